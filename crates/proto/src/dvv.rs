@@ -1,0 +1,338 @@
+//! Dotted version vector sets (Almeida et al. 2014; Riak 2.0's `dvvset`).
+//!
+//! A [`DvvSet`] is the full state of one key on one replica: a causal context
+//! (a [`VersionVector`] over node ids, the actors) and the sibling values still
+//! alive in it, each tagged with the [`Dot`] of the write that made it.
+//!
+//! Invariants (checked by [`DvvSet::is_valid`] and the property tests):
+//! - every sibling's dot is covered by the set's clock;
+//! - no two siblings share a dot;
+//! - siblings are kept sorted by dot, so equal states compare equal.
+//!
+//! Merge laws: [`DvvSet::sync`] is commutative, associative and idempotent
+//! (a join-semilattice), so replicas can exchange whole states in any order,
+//! any number of times, and converge. The only other way state changes is
+//! [`DvvSet::update`], the coordinator's local write.
+//!
+//! Because sibling dots of one actor are always minted by that actor from its
+//! own state, and replicas only ever exchange *whole* states of a key, a plain
+//! version vector is enough as the context: it never needs to describe gaps.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A node id, used as the actor in version vectors.
+pub type NodeId = u32;
+
+/// One event: the `counter`-th write coordinated by `node`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Dot {
+    /// The actor that minted this dot.
+    pub node: NodeId,
+    /// Its counter, starting at 1.
+    pub counter: u64,
+}
+
+/// A version vector: for each actor, the highest counter seen (all below it are seen too).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct VersionVector(pub BTreeMap<NodeId, u64>);
+
+impl VersionVector {
+    /// The empty vector: has seen nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Counter for `node` (0 when never seen).
+    pub fn get(&self, node: NodeId) -> u64 {
+        self.0.get(&node).copied().unwrap_or(0)
+    }
+
+    /// True when this vector has seen `dot`.
+    pub fn covers(&self, dot: Dot) -> bool {
+        self.get(dot.node) >= dot.counter
+    }
+
+    /// True when this vector has seen everything `other` has.
+    pub fn descends(&self, other: &VersionVector) -> bool {
+        other.0.iter().all(|(&n, &c)| self.get(n) >= c)
+    }
+
+    /// Pointwise maximum, in place.
+    pub fn join(&mut self, other: &VersionVector) {
+        for (&n, &c) in &other.0 {
+            let e = self.0.entry(n).or_insert(0);
+            *e = (*e).max(c);
+        }
+    }
+
+    /// Record `dot` as seen.
+    pub fn add(&mut self, dot: Dot) {
+        let e = self.0.entry(dot.node).or_insert(0);
+        *e = (*e).max(dot.counter);
+    }
+}
+
+/// A sibling: a value, or a tombstone (`None`) left by a delete.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Sibling {
+    /// The write that made this sibling.
+    pub dot: Dot,
+    /// The value; `None` is a tombstone.
+    #[serde(with = "serde_bytes")]
+    pub value: Option<Vec<u8>>,
+}
+
+/// The state of one key on one replica. See the module docs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DvvSet {
+    clock: VersionVector,
+    siblings: Vec<Sibling>,
+}
+
+impl DvvSet {
+    /// The empty set: no value, no history.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The causal context of this state: what a client passes back to overwrite it.
+    pub fn clock(&self) -> &VersionVector {
+        &self.clock
+    }
+
+    /// The live siblings, tombstones included, sorted by dot.
+    pub fn siblings(&self) -> &[Sibling] {
+        &self.siblings
+    }
+
+    /// The sibling values that are not tombstones.
+    pub fn values(&self) -> impl Iterator<Item = &[u8]> {
+        self.siblings.iter().filter_map(|s| s.value.as_deref())
+    }
+
+    /// True when there is no live value (empty, or tombstones only): a read says "not found".
+    pub fn is_deleted(&self) -> bool {
+        self.siblings.iter().all(|s| s.value.is_none())
+    }
+
+    /// Total bytes of sibling values (for limits and metrics).
+    pub fn value_bytes(&self) -> usize {
+        self.siblings.iter().map(|s| s.value.as_ref().map_or(0, Vec::len)).sum()
+    }
+
+    /// The coordinator's write: `actor` mints a new dot for `value` (`None`: a delete).
+    ///
+    /// Siblings covered by `context` are replaced; the rest stay as siblings of the
+    /// new value. A write with an empty context therefore never removes anything.
+    pub fn update(&mut self, context: &VersionVector, value: Option<Vec<u8>>, actor: NodeId) -> Dot {
+        self.siblings.retain(|s| !context.covers(s.dot));
+        self.clock.join(context);
+        let dot = Dot { node: actor, counter: self.clock.get(actor) + 1 };
+        self.clock.add(dot);
+        self.siblings.push(Sibling { dot, value });
+        self.siblings.sort_by_key(|s| s.dot);
+        dot
+    }
+
+    /// Merge another replica's state of the same key into this one.
+    ///
+    /// A sibling survives when the other side still has it, or has not seen it.
+    pub fn sync(&mut self, other: &DvvSet) {
+        let mine = std::mem::take(&mut self.siblings);
+        let mut out: Vec<Sibling> = Vec::with_capacity(mine.len() + other.siblings.len());
+        for s in mine {
+            if !other.clock.covers(s.dot) || other.has_dot(s.dot) {
+                out.push(s);
+            }
+        }
+        for s in &other.siblings {
+            if !self.clock.covers(s.dot) && !out.iter().any(|o| o.dot == s.dot) {
+                out.push(s.clone());
+            }
+        }
+        out.sort_by_key(|s| s.dot);
+        self.siblings = out;
+        self.clock.join(&other.clock);
+    }
+
+    /// The merge of two states, by value.
+    pub fn merged(mut self, other: &DvvSet) -> DvvSet {
+        self.sync(other);
+        self
+    }
+
+    /// True when this state already contains everything in `other` (syncing it changes nothing).
+    pub fn covers(&self, other: &DvvSet) -> bool {
+        self.clone().merged(other) == *self
+    }
+
+    fn has_dot(&self, dot: Dot) -> bool {
+        self.siblings.binary_search_by_key(&dot, |s| s.dot).is_ok()
+    }
+
+    /// Checks the invariants. Decoded states from the network or disk must pass
+    /// this before they are merged.
+    pub fn is_valid(&self) -> bool {
+        self.siblings.windows(2).all(|w| w[0].dot < w[1].dot)
+            && self.siblings.iter().all(|s| self.clock.covers(s.dot) && s.dot.counter > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vals(s: &DvvSet) -> Vec<&[u8]> {
+        s.values().collect()
+    }
+
+    #[test]
+    fn writes_with_no_context_become_siblings() {
+        let mut s = DvvSet::new();
+        s.update(&VersionVector::new(), Some(b"a".to_vec()), 1);
+        s.update(&VersionVector::new(), Some(b"b".to_vec()), 1);
+        assert_eq!(vals(&s), vec![b"a".as_slice(), b"b"]);
+    }
+
+    #[test]
+    fn writes_with_the_same_context_become_siblings() {
+        let mut s = DvvSet::new();
+        s.update(&VersionVector::new(), Some(b"v0".to_vec()), 1);
+        let ctx = s.clock().clone();
+        s.update(&ctx, Some(b"a".to_vec()), 1);
+        s.update(&ctx, Some(b"b".to_vec()), 2);
+        assert_eq!(vals(&s), vec![b"a".as_slice(), b"b"]);
+    }
+
+    #[test]
+    fn write_with_context_of_all_siblings_replaces_them() {
+        let mut s = DvvSet::new();
+        s.update(&VersionVector::new(), Some(b"a".to_vec()), 1);
+        s.update(&VersionVector::new(), Some(b"b".to_vec()), 2);
+        let ctx = s.clock().clone();
+        s.update(&ctx, Some(b"c".to_vec()), 3);
+        assert_eq!(vals(&s), vec![b"c".as_slice()]);
+    }
+
+    #[test]
+    fn write_with_older_context_keeps_newer_sibling() {
+        let mut s = DvvSet::new();
+        s.update(&VersionVector::new(), Some(b"v1".to_vec()), 1);
+        let old = s.clock().clone();
+        s.update(&old, Some(b"v2".to_vec()), 1);
+        s.update(&old, Some(b"v3".to_vec()), 2);
+        assert_eq!(vals(&s), vec![b"v2".as_slice(), b"v3"]);
+    }
+
+    #[test]
+    fn concurrent_writes_on_two_replicas_survive_sync() {
+        let mut a = DvvSet::new();
+        a.update(&VersionVector::new(), Some(b"x".to_vec()), 1);
+        let mut b = a.clone();
+        let ctx = a.clock().clone();
+        a.update(&ctx, Some(b"from-a".to_vec()), 1);
+        b.update(&ctx, Some(b"from-b".to_vec()), 2);
+        let m = a.clone().merged(&b);
+        assert_eq!(vals(&m), vec![b"from-a".as_slice(), b"from-b"]);
+        assert!(m.covers(&a) && m.covers(&b) && !a.covers(&b));
+    }
+
+    #[test]
+    fn delete_is_a_tombstone_sibling() {
+        let mut s = DvvSet::new();
+        s.update(&VersionVector::new(), Some(b"a".to_vec()), 1);
+        assert!(!s.is_deleted());
+        let ctx = s.clock().clone();
+        s.update(&ctx, None, 1);
+        assert!(s.is_deleted());
+        assert_eq!(s.siblings().len(), 1);
+        assert!(DvvSet::new().is_deleted());
+    }
+
+    #[test]
+    fn sync_drops_a_sibling_the_other_side_overwrote() {
+        let mut a = DvvSet::new();
+        a.update(&VersionVector::new(), Some(b"old".to_vec()), 1);
+        let mut b = a.clone();
+        let ctx = b.clock().clone();
+        b.update(&ctx, Some(b"new".to_vec()), 2);
+        a.sync(&b);
+        assert_eq!(vals(&a), vec![b"new".as_slice()]);
+    }
+
+    #[test]
+    fn invalid_states_are_detected() {
+        let mut s = DvvSet::new();
+        s.update(&VersionVector::new(), Some(b"a".to_vec()), 1);
+        let mut bad = s.clone();
+        bad.clock = VersionVector::new();
+        assert!(s.is_valid());
+        assert!(!bad.is_valid());
+    }
+}
+
+#[cfg(test)]
+mod laws {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Histories: a few replicas, each op either a local write (with the context
+    /// of some replica's current state, or none) or a sync from another replica.
+    fn states() -> impl Strategy<Value = Vec<DvvSet>> {
+        let op = (0usize..3, 0usize..3, 0u8..4, any::<u8>());
+        proptest::collection::vec(op, 0..24).prop_map(|ops| {
+            let mut reps = vec![DvvSet::new(); 3];
+            for (i, j, kind, v) in ops {
+                match kind {
+                    0 => {
+                        let ctx = reps[j].clock().clone();
+                        reps[i].update(&ctx, Some(vec![v]), i as NodeId + 1);
+                    }
+                    1 => {
+                        reps[i].update(&VersionVector::new(), Some(vec![v]), i as NodeId + 1);
+                    }
+                    2 => {
+                        let ctx = reps[i].clock().clone();
+                        reps[i].update(&ctx, None, i as NodeId + 1);
+                    }
+                    _ => {
+                        let other = reps[j].clone();
+                        reps[i].sync(&other);
+                    }
+                }
+            }
+            reps
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn sync_is_commutative(r in states()) {
+            prop_assert_eq!(r[0].clone().merged(&r[1]), r[1].clone().merged(&r[0]));
+        }
+
+        #[test]
+        fn sync_is_associative(r in states()) {
+            let left = r[0].clone().merged(&r[1]).merged(&r[2]);
+            let right = r[0].clone().merged(&r[1].clone().merged(&r[2]));
+            prop_assert_eq!(left, right);
+        }
+
+        #[test]
+        fn sync_is_idempotent(r in states()) {
+            prop_assert_eq!(r[0].clone().merged(&r[0]), r[0].clone());
+            let m = r[0].clone().merged(&r[1]);
+            prop_assert_eq!(m.clone().merged(&r[1]), m);
+        }
+
+        #[test]
+        fn states_stay_valid_and_merge_covers_inputs(r in states()) {
+            for s in &r { prop_assert!(s.is_valid()); }
+            let m = r[0].clone().merged(&r[1]);
+            prop_assert!(m.is_valid());
+            prop_assert!(m.covers(&r[0]) && m.covers(&r[1]));
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! Errors that cross the wire: each reads as a sentence a user can act on.
+
+use serde::{Deserialize, Serialize};
+
+/// A request's failure, as sent to clients and between nodes.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Error {
+    /// Not enough replicas are alive to try; nothing was sent.
+    #[error("unavailable: {level} needs {needed} replicas, {alive} alive; nothing was written")]
+    Unavailable {
+        /// The level asked for, e.g. `quorum`.
+        level: String,
+        /// Replies the level needs.
+        needed: u32,
+        /// Replicas believed alive.
+        alive: u32,
+    },
+    /// The deadline passed before enough replicas answered.
+    #[error(
+        "timeout: {acked} of {needed} replicas answered in time{}",
+        if *write { "; the write may still have landed on some replicas" } else { "" }
+    )]
+    Timeout {
+        /// Replicas that answered.
+        acked: u32,
+        /// Replies needed.
+        needed: u32,
+        /// True for writes and deletes.
+        write: bool,
+    },
+    /// Replicas answered with failures, so the level can no longer be reached.
+    #[error(
+        "failed: {acked} of {needed} replicas succeeded, {failed} failed ({cause}){}",
+        if *write { "; the write may still have landed on some replicas" } else { "" }
+    )]
+    Failed {
+        /// Replicas that succeeded.
+        acked: u32,
+        /// Replies needed.
+        needed: u32,
+        /// Replicas that failed.
+        failed: u32,
+        /// The first failure.
+        cause: String,
+        /// True for writes and deletes.
+        write: bool,
+    },
+    /// The level asks for more replicas than the key has.
+    #[error("invalid level: {level} needs {needed} replicas but the replication factor is {n}")]
+    InvalidLevel {
+        /// The level asked for.
+        level: String,
+        /// Replies it would need.
+        needed: usize,
+        /// The replication factor.
+        n: u32,
+    },
+    /// A key or value is over the configured limit.
+    #[error("too large: {what} is {size} bytes, the limit is {max}")]
+    TooLarge {
+        /// `key`, `value` or `frame`.
+        what: String,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// The request is malformed.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The peer's certificate does not allow this request.
+    #[error("not authorized: {0}")]
+    NotAuthorized(String),
+    /// The node could not store or read data.
+    #[error("storage error: {0}")]
+    Storage(String),
+    /// A node could not be reached.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// The node is shutting down.
+    #[error("shutting down")]
+    ShuttingDown,
+}
