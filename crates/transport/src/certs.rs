@@ -1,0 +1,126 @@
+//! Certificates for a cluster, made with rcgen: one CA, a certificate per node, client certificates.
+//!
+//! Node certificates carry the organisational unit [`NODE_OU`] and the common name
+//! `node-<id>`; client certificates carry [`CLIENT_OU`]. Both are signed by the cluster
+//! CA and both may send client requests; only node certificates may send replica traffic,
+//! and only they carry the server name [`SERVER_NAME`] that clients and nodes verify.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+
+use crate::TlsError;
+
+/// Organisational unit of node certificates.
+pub const NODE_OU: &str = "qkv-node";
+/// Organisational unit of client certificates.
+pub const CLIENT_OU: &str = "qkv-client";
+/// The DNS name every node certificate carries and every peer verifies.
+pub const SERVER_NAME: &str = "qkv-node";
+
+/// File paths of one identity: CA certificate, own certificate, own key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The cluster CA certificate (PEM).
+    pub ca: PathBuf,
+    /// This identity's certificate (PEM).
+    pub cert: PathBuf,
+    /// This identity's private key (PEM).
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// The conventional files in `dir` for `name` (`node-1`, `client`): `ca.pem`, `NAME.pem`, `NAME.key`.
+    pub fn in_dir(dir: &Path, name: &str) -> Self {
+        TlsFiles { ca: dir.join("ca.pem"), cert: dir.join(format!("{name}.pem")), key: dir.join(format!("{name}.key")) }
+    }
+}
+
+/// What [`generate`] wrote.
+#[derive(Debug, Default)]
+pub struct Generated {
+    /// Files created.
+    pub written: Vec<PathBuf>,
+    /// Files that existed and were kept.
+    pub kept: Vec<PathBuf>,
+}
+
+fn write_new(path: &Path, contents: &str, out: &mut Generated, private: bool) -> Result<(), TlsError> {
+    fs::write(path, contents).map_err(|e| TlsError::Io(path.to_path_buf(), e))?;
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|e| TlsError::Io(path.to_path_buf(), e))?;
+    }
+    let _ = private;
+    out.written.push(path.to_path_buf());
+    Ok(())
+}
+
+fn leaf_params(cn: &str, ou: &str, node: bool) -> Result<CertificateParams, TlsError> {
+    let names = if node { vec![SERVER_NAME.to_string(), "localhost".to_string()] } else { vec![] };
+    let mut p = CertificateParams::new(names).map_err(|e| TlsError::Generate(e.to_string()))?;
+    if node {
+        p.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().expect("valid ip")));
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    } else {
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    }
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    dn.push(DnType::OrganizationalUnitName, ou);
+    dn.push(DnType::OrganizationName, "quorumkv");
+    p.distinguished_name = dn;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    Ok(p)
+}
+
+/// Create, in `dir`, whatever is missing of: the CA (`ca.pem`, `ca.key`), `node-<id>.pem/.key`
+/// for each id in `nodes`, and `<client>.pem/.key` for each name in `clients`.
+/// Existing files are kept, so the command can be re-run to add nodes to a cluster.
+pub fn generate(dir: &Path, nodes: &[u32], clients: &[&str]) -> Result<Generated, TlsError> {
+    fs::create_dir_all(dir).map_err(|e| TlsError::Io(dir.to_path_buf(), e))?;
+    let mut out = Generated::default();
+    let (ca_pem, ca_key_path) = (dir.join("ca.pem"), dir.join("ca.key"));
+    let issuer = if ca_pem.exists() && ca_key_path.exists() {
+        let key_pem = fs::read_to_string(&ca_key_path).map_err(|e| TlsError::Io(ca_key_path.clone(), e))?;
+        let cert_pem = fs::read_to_string(&ca_pem).map_err(|e| TlsError::Io(ca_pem.clone(), e))?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| TlsError::Generate(format!("{}: {e}", ca_key_path.display())))?;
+        out.kept.extend([ca_pem.clone(), ca_key_path.clone()]);
+        Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| TlsError::Generate(format!("{}: {e}", ca_pem.display())))?
+    } else {
+        let key = KeyPair::generate().map_err(|e| TlsError::Generate(e.to_string()))?;
+        let mut p = CertificateParams::new(Vec::<String>::new()).map_err(|e| TlsError::Generate(e.to_string()))?;
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, "quorumkv cluster CA");
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let cert = p.self_signed(&key).map_err(|e| TlsError::Generate(e.to_string()))?;
+        write_new(&ca_pem, &cert.pem(), &mut out, false)?;
+        write_new(&ca_key_path, &key.serialize_pem(), &mut out, true)?;
+        Issuer::new(p, key)
+    };
+    let mut leaves: Vec<(String, CertificateParams)> = vec![];
+    for id in nodes {
+        let name = format!("node-{id}");
+        leaves.push((name.clone(), leaf_params(&name, NODE_OU, true)?));
+    }
+    for c in clients {
+        leaves.push((c.to_string(), leaf_params(c, CLIENT_OU, false)?));
+    }
+    for (name, params) in leaves {
+        let files = TlsFiles::in_dir(dir, &name);
+        if files.cert.exists() && files.key.exists() {
+            out.kept.extend([files.cert, files.key]);
+            continue;
+        }
+        let key = KeyPair::generate().map_err(|e| TlsError::Generate(e.to_string()))?;
+        let cert = params.signed_by(&key, &issuer).map_err(|e| TlsError::Generate(e.to_string()))?;
+        write_new(&files.cert, &cert.pem(), &mut out, false)?;
+        write_new(&files.key, &key.serialize_pem(), &mut out, true)?;
+    }
+    Ok(out)
+}

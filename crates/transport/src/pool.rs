@@ -1,0 +1,114 @@
+//! Outgoing requests over pooled connections: one connection per peer address,
+//! one bidirectional stream per request, redial with exponential backoff.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use qkv_proto::{Error, Request, Response};
+
+use crate::certs::SERVER_NAME;
+use crate::wire::{read_frame, write_frame};
+
+/// First wait after a failed dial.
+pub const BACKOFF_MIN_MS: u64 = 50;
+/// Longest wait between dials of a dead peer.
+pub const BACKOFF_MAX_MS: u64 = 1000;
+
+enum Slot {
+    Up(quinn::Connection),
+    Backoff { until: Instant, delay_ms: u64 },
+}
+
+/// A pool of connections to peers, sharing one QUIC endpoint.
+pub struct Pool {
+    endpoint: quinn::Endpoint,
+    slots: Mutex<HashMap<SocketAddr, Slot>>,
+    frame_bytes_max: usize,
+}
+
+impl Pool {
+    /// A pool sending from `endpoint`, which must have a default client config.
+    pub fn new(endpoint: quinn::Endpoint, frame_bytes_max: usize) -> Self {
+        Pool { endpoint, slots: Mutex::new(HashMap::new()), frame_bytes_max }
+    }
+
+    /// The endpoint (to close it on shutdown).
+    pub fn endpoint(&self) -> &quinn::Endpoint {
+        &self.endpoint
+    }
+
+    /// Send `req` to `addr` and wait for its response, all within `timeout`.
+    pub async fn request(&self, addr: SocketAddr, req: &Request, timeout: Duration) -> Result<Response, Error> {
+        match tokio::time::timeout(timeout, self.request_inner(addr, req)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Unreachable(format!("{addr} did not answer within {} ms", timeout.as_millis()))),
+        }
+    }
+
+    async fn request_inner(&self, addr: SocketAddr, req: &Request) -> Result<Response, Error> {
+        let conn = self.connection(addr).await?;
+        let (mut send, mut recv) = match conn.open_bi().await {
+            Ok(s) => s,
+            Err(_) => {
+                // The cached connection died: forget it and dial once more.
+                self.forget(addr, &conn);
+                self.connection(addr).await?.open_bi().await.map_err(|e| Error::Unreachable(format!("{addr}: {e}")))?
+            }
+        };
+        write_frame(&mut send, req, self.frame_bytes_max).await?;
+        read_frame(&mut recv, self.frame_bytes_max).await
+    }
+
+    fn forget(&self, addr: SocketAddr, conn: &quinn::Connection) {
+        let mut slots = self.slots.lock().expect("pool lock");
+        if matches!(slots.get(&addr), Some(Slot::Up(c)) if c.stable_id() == conn.stable_id()) {
+            slots.remove(&addr);
+        }
+    }
+
+    async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection, Error> {
+        let prev_delay = {
+            let mut slots = self.slots.lock().expect("pool lock");
+            match slots.get(&addr) {
+                Some(Slot::Up(c)) if c.close_reason().is_none() => return Ok(c.clone()),
+                Some(Slot::Up(_)) => {
+                    slots.remove(&addr);
+                    0
+                }
+                Some(Slot::Backoff { until, delay_ms }) => {
+                    let now = Instant::now();
+                    if now < *until {
+                        return Err(Error::Unreachable(format!(
+                            "{addr} is unreachable (next dial in {} ms)",
+                            (*until - now).as_millis()
+                        )));
+                    }
+                    *delay_ms
+                }
+                None => 0,
+            }
+        };
+        let dial = async {
+            self.endpoint
+                .connect(addr, SERVER_NAME)
+                .map_err(|e| Error::Unreachable(format!("{addr}: {e}")))?
+                .await
+                .map_err(|e| Error::Unreachable(format!("{addr}: {e}")))
+        };
+        let result = dial.await;
+        let mut slots = self.slots.lock().expect("pool lock");
+        match result {
+            Ok(conn) => {
+                slots.insert(addr, Slot::Up(conn.clone()));
+                Ok(conn)
+            }
+            Err(e) => {
+                let delay_ms = (prev_delay * 2).clamp(BACKOFF_MIN_MS, BACKOFF_MAX_MS);
+                slots.insert(addr, Slot::Backoff { until: Instant::now() + Duration::from_millis(delay_ms), delay_ms });
+                Err(e)
+            }
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! Who is on the other end of a connection, from its (already CA-verified) certificate.
+
+use rustls_pki_types::CertificateDer;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::certs::{CLIENT_OU, NODE_OU};
+
+/// The role a peer's certificate grants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerRole {
+    /// A cluster node: may send replica traffic.
+    Node,
+    /// A client: may send client requests only.
+    Client,
+}
+
+/// The role of a connection's peer; `None` when the certificate names no known role.
+pub fn peer_role(conn: &quinn::Connection) -> Option<PeerRole> {
+    let identity = conn.peer_identity()?;
+    let certs = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    let (_, cert) = X509Certificate::from_der(certs.first()?.as_ref()).ok()?;
+    let mut role = None;
+    for ou in cert.subject().iter_organizational_unit() {
+        match ou.as_str().ok()? {
+            NODE_OU => role = Some(PeerRole::Node),
+            CLIENT_OU if role.is_none() => role = Some(PeerRole::Client),
+            _ => {}
+        }
+    }
+    role
+}

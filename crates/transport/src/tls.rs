@@ -1,0 +1,98 @@
+//! rustls configurations for mutual TLS over QUIC: both sides present a certificate
+//! signed by the cluster CA; TLS 1.3 only; ALPN `qkv/1`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::RootCertStore;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::{TlsError, TlsFiles};
+
+/// ALPN protocol id.
+pub const ALPN: &[u8] = b"qkv/1";
+/// Most concurrent request streams a peer may open on one connection.
+pub const STREAMS_PER_CONNECTION_MAX: u32 = 256;
+/// A connection with no traffic for this long is closed (keep-alives prevent it while healthy).
+pub const IDLE_TIMEOUT_MS: u32 = 10_000;
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+struct Loaded {
+    roots: RootCertStore,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
+    let pem_err = |p: &std::path::Path, e: rustls_pki_types::pem::Error| TlsError::Pem(p.to_path_buf(), e.to_string());
+    let mut roots = RootCertStore::empty();
+    let cas: Vec<_> = CertificateDer::pem_file_iter(&files.ca)
+        .map_err(|e| pem_err(&files.ca, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| pem_err(&files.ca, e))?;
+    if cas.is_empty() {
+        return Err(TlsError::Pem(files.ca.clone(), "no certificate in file".into()));
+    }
+    for ca in cas {
+        roots.add(ca).map_err(|e| TlsError::Pem(files.ca.clone(), e.to_string()))?;
+    }
+    let chain: Vec<_> = CertificateDer::pem_file_iter(&files.cert)
+        .map_err(|e| pem_err(&files.cert, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| pem_err(&files.cert, e))?;
+    if chain.is_empty() {
+        return Err(TlsError::Pem(files.cert.clone(), "no certificate in file".into()));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| pem_err(&files.key, e))?;
+    Ok(Loaded { roots, chain, key })
+}
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(STREAMS_PER_CONNECTION_MAX.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(IDLE_TIMEOUT_MS))));
+    t.keep_alive_interval(Some(Duration::from_millis(u64::from(IDLE_TIMEOUT_MS) / 4)));
+    Arc::new(t)
+}
+
+/// Server side: require a client certificate signed by the cluster CA.
+pub fn server_config(files: &TlsFiles) -> Result<quinn::ServerConfig, TlsError> {
+    let l = load(files)?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(l.roots), provider())
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(l.chain, l.key)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    cfg.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicServerConfig::try_from(cfg).map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    server.transport_config(transport());
+    Ok(server)
+}
+
+/// Client side: verify the node's certificate against the cluster CA and present ours.
+pub fn client_config(files: &TlsFiles) -> Result<quinn::ClientConfig, TlsError> {
+    let l = load(files)?;
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(l.roots)
+        .with_client_auth_cert(l.chain, l.key)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    cfg.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicClientConfig::try_from(cfg).map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(quic));
+    client.transport_config(transport());
+    Ok(client)
+}
