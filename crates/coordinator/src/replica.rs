@@ -33,10 +33,16 @@ impl Limits {
 }
 
 /// The coordinator's write: a new dot from `me` for `value` (`None`: delete) after `context`.
-pub fn coordinate(local: Option<DvvSet>, context: &Context, value: Option<Vec<u8>>, me: NodeId) -> DvvSet {
+///
+/// Returns the new state and the context to give the client: what it sent plus the
+/// new dot. Not the state's whole clock, which may cover concurrent siblings the
+/// client never saw; a later write with that context would silently drop them.
+pub fn coordinate(local: Option<DvvSet>, context: &Context, value: Option<Vec<u8>>, me: NodeId) -> (DvvSet, Context) {
     let mut s = local.unwrap_or_default();
-    s.update(&context.0, value, me);
-    s
+    let dot = s.update(&context.0, value, me);
+    let mut ctx = context.clone();
+    ctx.0.add(dot);
+    (s, ctx)
 }
 
 /// Merge a state received from another replica; `None` when nothing changes (no write needed).
@@ -57,11 +63,21 @@ mod tests {
 
     #[test]
     fn merge_skips_writes_that_change_nothing() {
-        let s = coordinate(None, &Context::empty(), Some(b"a".to_vec()), 1);
+        let (s, _) = coordinate(None, &Context::empty(), Some(b"a".to_vec()), 1);
         assert_eq!(merge(Some(s.clone()), &s), Ok(None));
         assert_eq!(merge(None, &s), Ok(Some(s.clone())));
-        let t = coordinate(None, &Context::empty(), Some(b"b".to_vec()), 2);
+        let (t, _) = coordinate(None, &Context::empty(), Some(b"b".to_vec()), 2);
         assert_eq!(merge(Some(s.clone()), &t).unwrap().unwrap().values().count(), 2);
+    }
+
+    #[test]
+    fn the_returned_context_covers_only_what_the_client_saw_and_its_write() {
+        let (s, _) = coordinate(None, &Context::empty(), Some(b"other".to_vec()), 2);
+        let (s, ctx) = coordinate(Some(s), &Context::empty(), Some(b"mine".to_vec()), 1);
+        // Overwriting with the returned context replaces "mine" but keeps the concurrent "other".
+        let (s, _) = coordinate(Some(s), &ctx, Some(b"mine2".to_vec()), 1);
+        let vals: Vec<_> = s.values().collect();
+        assert_eq!(vals, vec![b"mine2".as_slice(), b"other"]);
     }
 
     #[test]

@@ -1,1 +1,38 @@
-pub fn x(){}
+//! The quorumkv replica node: storage on fjall, request handling, liveness.
+//! The binary `qkv-node` wraps [`run`].
+//!
+//! # Layout
+//! - [`config`]: the TOML config, `QKV_*` overrides, validation.
+//! - [`storage`]: fjall keyspaces, persist policies, group commit.
+//! - [`node`]: the request handler driving the sans-IO coordinator; peer pings.
+
+pub mod config;
+pub mod node;
+pub mod storage;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+use tracing::info;
+
+pub use config::Config;
+pub use node::Node;
+
+/// Run a node until `shutdown` turns true, then close connections and flush storage.
+pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let storage = storage::Storage::open(&cfg.data_dir, cfg.id, cfg.persist, cfg.persist_period_ms)?;
+    let endpoint = qkv_transport::node_endpoint(cfg.listen, &cfg.tls_files()).context("starting the QUIC endpoint")?;
+    let frame_bytes_max = cfg.frame_bytes_max();
+    let pool = qkv_transport::Pool::new(endpoint.clone(), frame_bytes_max);
+    let node = Node::new(&cfg, storage, pool)?;
+    info!(id = cfg.id, listen = %cfg.listen, persist = ?cfg.persist, n = cfg.replication, "node up");
+    let pinger = tokio::spawn(node.clone().ping_loop(cfg.ping_interval_ms));
+    qkv_transport::serve(endpoint.clone(), std::sync::Arc::new(node.clone()), frame_bytes_max, shutdown).await;
+    pinger.abort();
+    info!("shutting down: closing connections");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    node.storage().flush()?;
+    info!("storage flushed; bye");
+    Ok(())
+}

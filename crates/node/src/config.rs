@@ -1,0 +1,287 @@
+//! Node configuration: a TOML file, overridden by `QKV_*` environment variables,
+//! validated before anything starts.
+//!
+//! Relative paths are relative to the directory of the config file, so a config
+//! works from any working directory.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use qkv_coordinator::Ring;
+use qkv_proto::NodeId;
+use qkv_transport::TlsFiles;
+use serde::Deserialize;
+
+use crate::storage::Persist;
+
+/// A member of the cluster.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    /// Its node id.
+    pub id: NodeId,
+    /// Its QUIC address.
+    pub addr: SocketAddr,
+}
+
+/// Certificate paths.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsPaths {
+    /// Cluster CA certificate.
+    pub ca: PathBuf,
+    /// This node's certificate.
+    pub cert: PathBuf,
+    /// This node's key.
+    pub key: PathBuf,
+}
+
+fn default_replication() -> usize {
+    3
+}
+fn default_vnodes() -> u32 {
+    qkv_coordinator::ring::VNODES_DEFAULT
+}
+fn default_request_timeout_ms() -> u64 {
+    1000
+}
+fn default_period_ms() -> u64 {
+    100
+}
+fn default_key_max() -> usize {
+    qkv_proto::KEY_BYTES_MAX_DEFAULT
+}
+fn default_value_max() -> usize {
+    qkv_proto::VALUE_BYTES_MAX_DEFAULT
+}
+fn default_ping_ms() -> u64 {
+    qkv_coordinator::liveness::PING_INTERVAL_MS_DEFAULT
+}
+fn default_down_ms() -> u64 {
+    qkv_coordinator::liveness::DOWN_AFTER_MS_DEFAULT
+}
+
+/// A node's configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This node's id (a positive integer, unique in the cluster).
+    pub id: NodeId,
+    /// Address to listen on (UDP, QUIC).
+    pub listen: SocketAddr,
+    /// Where the node keeps its data.
+    pub data_dir: PathBuf,
+    /// All members, this node included.
+    pub peers: Vec<Peer>,
+    /// Replicas per key (N).
+    #[serde(default = "default_replication")]
+    pub replication: usize,
+    /// Virtual nodes per node on the ring.
+    #[serde(default = "default_vnodes")]
+    pub vnodes: u32,
+    /// `buffer`, `sync` or `periodic`.
+    #[serde(default)]
+    pub persist: Persist,
+    /// Period of the `periodic` policy's fdatasync.
+    #[serde(default = "default_period_ms")]
+    pub persist_period_ms: u64,
+    /// Default request deadline.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Largest key accepted.
+    #[serde(default = "default_key_max")]
+    pub key_bytes_max: usize,
+    /// Largest value accepted.
+    #[serde(default = "default_value_max")]
+    pub value_bytes_max: usize,
+    /// How often peers are pinged.
+    #[serde(default = "default_ping_ms")]
+    pub ping_interval_ms: u64,
+    /// Silence after which a peer counts as down.
+    #[serde(default = "default_down_ms")]
+    pub down_after_ms: u64,
+    /// Tokio worker threads; 0 means one per core.
+    #[serde(default)]
+    pub worker_threads: usize,
+    /// Certificates.
+    pub tls: TlsPaths,
+}
+
+/// Names of the settings `QKV_<NAME>` may override, and their TOML paths.
+const ENV_KEYS: &[(&str, &[&str])] = &[
+    ("ID", &["id"]),
+    ("LISTEN", &["listen"]),
+    ("DATA_DIR", &["data_dir"]),
+    ("REPLICATION", &["replication"]),
+    ("VNODES", &["vnodes"]),
+    ("PERSIST", &["persist"]),
+    ("PERSIST_PERIOD_MS", &["persist_period_ms"]),
+    ("REQUEST_TIMEOUT_MS", &["request_timeout_ms"]),
+    ("KEY_BYTES_MAX", &["key_bytes_max"]),
+    ("VALUE_BYTES_MAX", &["value_bytes_max"]),
+    ("PING_INTERVAL_MS", &["ping_interval_ms"]),
+    ("DOWN_AFTER_MS", &["down_after_ms"]),
+    ("WORKER_THREADS", &["worker_threads"]),
+    ("TLS_CA", &["tls", "ca"]),
+    ("TLS_CERT", &["tls", "cert"]),
+    ("TLS_KEY", &["tls", "key"]),
+];
+
+impl Config {
+    /// Read `path`, apply the `QKV_*` overrides from `env`, and validate.
+    pub fn load(path: &Path, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        Self::parse(&text, path.parent().unwrap_or(Path::new(".")), env)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    /// Parse config text; relative paths are taken from `base`.
+    pub fn parse(text: &str, base: &Path, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
+        let mut table: toml::Table = text.parse().map_err(|e| anyhow::anyhow!("invalid TOML: {e}"))?;
+        for (name, path) in ENV_KEYS {
+            let var = format!("QKV_{name}");
+            if let Some(raw) = env(&var) {
+                // A number stays a number; anything else is taken as a string.
+                let value = raw
+                    .parse::<i64>()
+                    .map(toml::Value::Integer)
+                    .unwrap_or_else(|_| toml::Value::String(raw.clone()));
+                let mut t = &mut table;
+                for part in &path[..path.len() - 1] {
+                    t = t
+                        .entry(part.to_string())
+                        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                        .as_table_mut()
+                        .ok_or_else(|| anyhow::anyhow!("{var}: `{part}` is not a table"))?;
+                }
+                t.insert(path[path.len() - 1].to_string(), value);
+            }
+        }
+        let mut cfg: Config = table.try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message()))?;
+        for p in [&mut cfg.data_dir, &mut cfg.tls.ca, &mut cfg.tls.cert, &mut cfg.tls.key] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        use anyhow::bail;
+        if self.id == 0 {
+            bail!("id must be a positive integer");
+        }
+        let ids: BTreeSet<_> = self.peers.iter().map(|p| p.id).collect();
+        if ids.len() != self.peers.len() {
+            bail!("peers: a node id appears twice");
+        }
+        let addrs: BTreeSet<_> = self.peers.iter().map(|p| p.addr).collect();
+        if addrs.len() != self.peers.len() {
+            bail!("peers: an address appears twice");
+        }
+        match self.peers.iter().find(|p| p.id == self.id) {
+            None => bail!("peers must list this node (id {}) too", self.id),
+            Some(me) if me.addr != self.listen && !self.listen.ip().is_unspecified() => {
+                bail!("peers lists node {} at {}, but listen is {}", self.id, me.addr, self.listen)
+            }
+            Some(_) => {}
+        }
+        let ring_ids: Vec<_> = self.peers.iter().map(|p| p.id).collect();
+        Ring::new(&ring_ids, self.vnodes, self.replication)?;
+        if self.request_timeout_ms == 0 || self.request_timeout_ms > 600_000 {
+            bail!("request_timeout_ms must be between 1 and 600000");
+        }
+        if self.persist_period_ms == 0 {
+            bail!("persist_period_ms must be positive");
+        }
+        if self.ping_interval_ms == 0 || self.down_after_ms < self.ping_interval_ms {
+            bail!("ping_interval_ms must be positive and no more than down_after_ms");
+        }
+        if self.key_bytes_max == 0 || self.key_bytes_max > 65_536 {
+            bail!("key_bytes_max must be between 1 and 65536 (the storage engine's limit)");
+        }
+        if self.value_bytes_max == 0 || self.value_bytes_max > 64 * 1024 * 1024 {
+            bail!("value_bytes_max must be between 1 and 67108864");
+        }
+        Ok(())
+    }
+
+    /// The certificate files.
+    pub fn tls_files(&self) -> TlsFiles {
+        TlsFiles { ca: self.tls.ca.clone(), cert: self.tls.cert.clone(), key: self.tls.key.clone() }
+    }
+
+    /// Frame limit: the largest value and key with room for siblings and clocks.
+    pub fn frame_bytes_max(&self) -> usize {
+        (self.value_bytes_max + self.key_bytes_max) * 4 + 64 * 1024
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+id = 1
+listen = "127.0.0.1:7001"
+data_dir = "data/node1"
+peers = [
+  { id = 1, addr = "127.0.0.1:7001" },
+  { id = 2, addr = "127.0.0.1:7002" },
+  { id = 3, addr = "127.0.0.1:7003" },
+]
+[tls]
+ca = "certs/ca.pem"
+cert = "certs/node-1.pem"
+key = "certs/node-1.key"
+"#;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults_and_relative_paths() {
+        let c = Config::parse(BASE, Path::new("/etc/qkv"), no_env).unwrap();
+        assert_eq!(c.replication, 3);
+        assert_eq!(c.vnodes, 64);
+        assert_eq!(c.persist, Persist::Buffer);
+        assert_eq!(c.data_dir, Path::new("/etc/qkv/data/node1"));
+        assert_eq!(c.tls.key, Path::new("/etc/qkv/certs/node-1.key"));
+    }
+
+    #[test]
+    fn env_overrides() {
+        let env = |k: &str| match k {
+            "QKV_PERSIST" => Some("sync".to_string()),
+            "QKV_VNODES" => Some("128".to_string()),
+            "QKV_TLS_CA" => Some("/x/ca.pem".to_string()),
+            _ => None,
+        };
+        let c = Config::parse(BASE, Path::new("."), env).unwrap();
+        assert_eq!(c.persist, Persist::Sync);
+        assert_eq!(c.vnodes, 128);
+        assert_eq!(c.tls.ca, Path::new("/x/ca.pem"));
+    }
+
+    #[test]
+    fn bad_configs_say_why() {
+        let cases = [
+            (BASE.replace("id = 1\n", "id = 9\n"), "must list this node"),
+            (BASE.replace("listen = ", "replication = 5\nlisten = "), "replication factor 5 needs at least 5 nodes"),
+            (BASE.replace("listen = ", "persist = \"fast\"\nlisten = "), "unknown variant"),
+            (BASE.replace("listen = ", "colour = 1\nlisten = "), "unknown field"),
+            (BASE.replace("7002", "7003"), "address appears twice"),
+            (BASE.replace("listen = ", "vnodes = 0\nlisten = "), "vnodes must be"),
+            ("id = ".to_string(), "invalid TOML"),
+        ];
+        for (text, want) in cases {
+            let err = Config::parse(&text, Path::new("."), no_env).unwrap_err().to_string();
+            assert!(err.contains(want), "expected `{want}` in `{err}`");
+        }
+        let env = |k: &str| (k == "QKV_REPLICATION").then(|| "zero".to_string());
+        assert!(Config::parse(BASE, Path::new("."), env).is_err());
+    }
+}
