@@ -1,1 +1,432 @@
-pub fn x(){}
+//! The quorumkv client: get, put and delete keys on a quorumkv cluster, choosing
+//! per request how many replicas must answer.
+//!
+//! ```no_run
+//! use qkv_client::{Client, Level};
+//!
+//! # async fn demo() -> Result<(), qkv_client::Error> {
+//! let client = Client::builder()
+//!     .nodes(["127.0.0.1:7001".parse().unwrap(), "127.0.0.1:7002".parse().unwrap()])
+//!     .tls("cluster/certs/ca.pem", "cluster/certs/client.pem", "cluster/certs/client.key")
+//!     .build()?;
+//!
+//! // A blind write: no context, so it replaces nothing and may become a sibling.
+//! client.put("user:42", "alice").w(Level::Quorum).await?;
+//!
+//! // Read at R = quorum: every sibling value, and the causal context.
+//! let got = client.get("user:42").r(Level::Quorum).await?;
+//! assert!(got.found);
+//!
+//! // Resolve the siblings by writing with the context of the read.
+//! client.put("user:42", "alice v2").context(got.context).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! A write made with the context of a read replaces every sibling that read
+//! returned; a write without one (or with an older one) keeps them, and the next
+//! read returns all of them as siblings. Nothing is dropped silently.
+//!
+//! With `strict()`, only the key's home replicas count toward R or W; with
+//! R + W > N strict, a read sees every write acknowledged before it started.
+//!
+//! # Layout
+//! - this file: [`Client`], [`ClientBuilder`], requests and results.
+//! - `error.rs`: [`Error`].
+//! - `config.rs`: [`ClientConfig`], the file the `qkv` command reads.
+
+#![warn(missing_docs)]
+
+mod config;
+mod error;
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+pub use config::ClientConfig;
+pub use error::Error;
+pub use qkv_proto::{Context, DvvSet, InspectReply, Level, NodeId, RingReply, StatusReply};
+use qkv_proto::{GetRequest, PutRequest, Request, Response};
+use qkv_transport::{Pool, TlsFiles};
+
+/// Default request deadline.
+pub const TIMEOUT_DEFAULT: Duration = Duration::from_secs(1);
+/// Time allowed beyond the request deadline for the network and one forwarding hop.
+const TRANSPORT_MARGIN: Duration = Duration::from_millis(1000);
+
+/// Builds a [`Client`].
+#[derive(Clone, Debug)]
+pub struct ClientBuilder {
+    nodes: Vec<SocketAddr>,
+    tls: Option<TlsFiles>,
+    read: Level,
+    write: Level,
+    timeout: Duration,
+    frame_bytes_max: usize,
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        ClientBuilder {
+            nodes: vec![],
+            tls: None,
+            read: Level::Quorum,
+            write: Level::Quorum,
+            timeout: TIMEOUT_DEFAULT,
+            frame_bytes_max: qkv_proto::frame::FRAME_BYTES_MAX_DEFAULT,
+        }
+    }
+}
+
+impl ClientBuilder {
+    /// The nodes to talk to; any node accepts any request. Tried in turn on connection errors.
+    pub fn nodes(mut self, nodes: impl IntoIterator<Item = SocketAddr>) -> Self {
+        self.nodes = nodes.into_iter().collect();
+        self
+    }
+
+    /// The cluster CA certificate and this client's certificate and key (PEM files).
+    pub fn tls(
+        mut self,
+        ca: impl Into<PathBuf>,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> Self {
+        self.tls = Some(TlsFiles {
+            ca: ca.into(),
+            cert: cert.into(),
+            key: key.into(),
+        });
+        self
+    }
+
+    /// Default R for reads (default `quorum`).
+    pub fn read_level(mut self, level: Level) -> Self {
+        self.read = level;
+        self
+    }
+
+    /// Default W for writes and deletes (default `quorum`).
+    pub fn write_level(mut self, level: Level) -> Self {
+        self.write = level;
+        self
+    }
+
+    /// Default request deadline (default 1 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Largest frame sent or accepted (default 16 MiB).
+    pub fn frame_bytes_max(mut self, bytes: usize) -> Self {
+        self.frame_bytes_max = bytes;
+        self
+    }
+
+    /// Create the client. Must be called inside a tokio runtime.
+    pub fn build(self) -> Result<Client, Error> {
+        if self.nodes.is_empty() {
+            return Err(Error::Config("no nodes given".into()));
+        }
+        let tls = self
+            .tls
+            .ok_or_else(|| Error::Config("no TLS files given (CA, certificate, key)".into()))?;
+        let endpoint =
+            qkv_transport::client_endpoint(&tls).map_err(|e| Error::Config(e.to_string()))?;
+        Ok(Client(Arc::new(Inner {
+            pool: Pool::new(endpoint, self.frame_bytes_max),
+            nodes: self.nodes,
+            next: AtomicUsize::new(0),
+            read: self.read,
+            write: self.write,
+            timeout: self.timeout,
+        })))
+    }
+}
+
+struct Inner {
+    pool: Pool,
+    nodes: Vec<SocketAddr>,
+    next: AtomicUsize,
+    read: Level,
+    write: Level,
+    timeout: Duration,
+}
+
+/// A quorumkv client. Cheap to clone; clones share connections.
+#[derive(Clone)]
+pub struct Client(Arc<Inner>);
+
+/// A read's result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GetResult {
+    /// False when the key was never written or is deleted.
+    pub found: bool,
+    /// Every sibling value (more than one after concurrent writes).
+    pub values: Vec<Vec<u8>>,
+    /// Pass to the next write of this key to replace these values.
+    pub context: Context,
+}
+
+/// A write's result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PutResult {
+    /// The context of this write: pass it to a later write to replace this value.
+    pub context: Context,
+    /// The home replicas that acknowledged the write before the answer.
+    pub home_acks: Vec<NodeId>,
+    /// The node that coordinated the write.
+    pub coordinator: NodeId,
+}
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+impl Client {
+    /// Start building a client.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    /// A client from a [`ClientConfig`] (what the `qkv` command reads).
+    pub fn from_config(cfg: &ClientConfig) -> Result<Client, Error> {
+        cfg.builder().build()
+    }
+
+    /// Read `key`. Await the returned request, after setting options on it.
+    pub fn get(&self, key: impl Into<Vec<u8>>) -> Get {
+        Get {
+            client: self.clone(),
+            key: key.into(),
+            r: self.0.read,
+            strict: false,
+            timeout: self.0.timeout,
+        }
+    }
+
+    /// Write `value` under `key`.
+    pub fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Put {
+        self.write(key.into(), Some(value.into()))
+    }
+
+    /// Delete `key` (a tombstone; pass the read's context to delete what you saw).
+    pub fn delete(&self, key: impl Into<Vec<u8>>) -> Put {
+        self.write(key.into(), None)
+    }
+
+    fn write(&self, key: Vec<u8>, value: Option<Vec<u8>>) -> Put {
+        Put {
+            client: self.clone(),
+            key,
+            value,
+            w: self.0.write,
+            strict: false,
+            context: Context::empty(),
+            timeout: self.0.timeout,
+        }
+    }
+
+    /// One node's view of the cluster.
+    pub async fn status_of(&self, node: SocketAddr) -> Result<StatusReply, Error> {
+        let resp = self
+            .0
+            .pool
+            .request(node, &Request::Status, self.0.timeout + TRANSPORT_MARGIN)
+            .await;
+        match resp.map_err(|e| Error::NoNodeReachable {
+            tried: 1,
+            last: e.to_string(),
+        })? {
+            Response::Status(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Each configured node's view of the cluster (or why it did not answer).
+    pub async fn status(&self) -> Vec<(SocketAddr, Result<StatusReply, Error>)> {
+        let mut out = vec![];
+        for &n in &self.0.nodes {
+            out.push((n, self.status_of(n).await));
+        }
+        out
+    }
+
+    /// A key's preference list.
+    pub async fn ring(&self, key: impl Into<Vec<u8>>) -> Result<RingReply, Error> {
+        match self
+            .send(Request::Ring { key: key.into() }, self.0.timeout)
+            .await?
+        {
+            Response::Ring(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// What each home replica holds for `key`, unmerged: the operator's view of divergence.
+    pub async fn inspect(&self, key: impl Into<Vec<u8>>) -> Result<InspectReply, Error> {
+        match self
+            .send(Request::Inspect { key: key.into() }, self.0.timeout)
+            .await?
+        {
+            Response::Inspect(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Send to one node after another until one answers; errors the node sends back are final.
+    async fn send(&self, req: Request, timeout: Duration) -> Result<Response, Error> {
+        let start = self.0.next.fetch_add(1, Ordering::Relaxed);
+        let mut last = String::new();
+        for i in 0..self.0.nodes.len() {
+            let addr = self.0.nodes[(start + i) % self.0.nodes.len()];
+            match self
+                .0
+                .pool
+                .request(addr, &req, timeout + TRANSPORT_MARGIN)
+                .await
+            {
+                Ok(Response::Error(e)) => return Err(Error::Cluster(e)),
+                Ok(r) => return Ok(r),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(Error::NoNodeReachable {
+            tried: self.0.nodes.len(),
+            last,
+        })
+    }
+}
+
+fn unexpected(r: Response) -> Error {
+    match r {
+        Response::Error(e) => Error::Cluster(e),
+        other => Error::Protocol(format!("unexpected response {other:?}")),
+    }
+}
+
+fn timeout_ms(d: Duration) -> Option<u32> {
+    Some(d.as_millis().clamp(1, u128::from(u32::MAX)) as u32)
+}
+
+/// A read in the making: set options, then `.await` it.
+#[must_use = "a request does nothing until awaited"]
+pub struct Get {
+    client: Client,
+    key: Vec<u8>,
+    r: Level,
+    strict: bool,
+    timeout: Duration,
+}
+
+impl Get {
+    /// Replicas that must answer (R).
+    pub fn r(mut self, level: Level) -> Self {
+        self.r = level;
+        self
+    }
+
+    /// Only the key's home replicas count toward R.
+    pub fn strict(mut self) -> Self {
+        self.strict = true;
+        self
+    }
+
+    /// Deadline for this request.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}
+
+impl IntoFuture for Get {
+    type Output = Result<GetResult, Error>;
+    type IntoFuture = BoxFuture<'static, Self::Output>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let req = GetRequest {
+                key: self.key,
+                r: self.r,
+                strict: self.strict,
+                timeout_ms: timeout_ms(self.timeout),
+            };
+            match self.client.send(Request::Get(req), self.timeout).await? {
+                Response::Get(g) => Ok(GetResult {
+                    found: g.found,
+                    values: g.values.into_iter().map(|v| v.into_vec()).collect(),
+                    context: g.context,
+                }),
+                other => Err(unexpected(other)),
+            }
+        })
+    }
+}
+
+/// A write or delete in the making: set options, then `.await` it.
+#[must_use = "a request does nothing until awaited"]
+pub struct Put {
+    client: Client,
+    key: Vec<u8>,
+    value: Option<Vec<u8>>,
+    w: Level,
+    strict: bool,
+    context: Context,
+    timeout: Duration,
+}
+
+impl Put {
+    /// Replicas that must acknowledge (W).
+    pub fn w(mut self, level: Level) -> Self {
+        self.w = level;
+        self
+    }
+
+    /// Only the key's home replicas count toward W.
+    pub fn strict(mut self) -> Self {
+        self.strict = true;
+        self
+    }
+
+    /// The context from an earlier read: the write replaces the values that read returned.
+    pub fn context(mut self, context: Context) -> Self {
+        self.context = context;
+        self
+    }
+
+    /// Deadline for this request.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}
+
+impl IntoFuture for Put {
+    type Output = Result<PutResult, Error>;
+    type IntoFuture = BoxFuture<'static, Self::Output>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let req = PutRequest {
+                key: self.key,
+                value: self.value,
+                context: self.context,
+                w: self.w,
+                strict: self.strict,
+                timeout_ms: timeout_ms(self.timeout),
+                forwarded: false,
+            };
+            match self.client.send(Request::Put(req), self.timeout).await? {
+                Response::Put(p) => Ok(PutResult {
+                    context: p.context,
+                    home_acks: p.home_acks,
+                    coordinator: p.coordinator,
+                }),
+                other => Err(unexpected(other)),
+            }
+        })
+    }
+}

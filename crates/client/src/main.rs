@@ -1,1 +1,423 @@
-fn main(){}
+//! `qkv`: the quorumkv command-line client.
+
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use base64::Engine as _;
+use clap::{Args, Parser, Subcommand};
+use qkv_client::{Client, ClientConfig, Context, Level};
+use serde_json::json;
+
+/// Talk to a quorumkv cluster.
+///
+/// Run from the repository root after `make cluster`, qkv finds the local cluster
+/// through cluster/client.toml. Exit status: 0 on success, 1 when a get finds
+/// nothing, 2 on any error (with a one-line message on stderr).
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// Client config file [default: cluster/client.toml].
+    #[arg(long, global = true, env = "QKV_CLIENT_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args)]
+struct Common {
+    /// Only the key's home replicas count.
+    #[arg(long)]
+    strict: bool,
+    /// Deadline in milliseconds [default: the config's timeout_ms].
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Write VALUE (`-` reads stdin) under KEY; prints the new context.
+    Put {
+        /// The key.
+        key: String,
+        /// The value, or `-` for stdin.
+        value: String,
+        /// Replicas that must acknowledge: one, two, three, quorum, all or a number.
+        #[arg(long)]
+        w: Option<Level>,
+        /// Context from an earlier get: replace the values it returned.
+        #[arg(long)]
+        context: Option<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Read KEY: each sibling value on its own line, then `context: TOKEN`.
+    Get {
+        /// The key.
+        key: String,
+        /// Replicas that must answer: one, two, three, quorum, all or a number.
+        #[arg(long)]
+        r: Option<Level>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Delete KEY (a tombstone); pass --context to delete exactly what a get returned.
+    Delete {
+        /// The key.
+        key: String,
+        /// Replicas that must acknowledge.
+        #[arg(long)]
+        w: Option<Level>,
+        /// Context from an earlier get.
+        #[arg(long)]
+        context: Option<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Every node's view of the cluster: liveness as seen by each node, ownership.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The preference list (home replicas) of KEY.
+    Ring {
+        /// The key.
+        key: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What each home replica holds for KEY: version vector and values, unmerged.
+    Inspect {
+        /// The key.
+        key: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a cluster CA, node certificates and a client certificate (keeps existing files).
+    Certs {
+        /// Directory for the PEM files.
+        #[arg(long, default_value = "cluster/certs")]
+        out: PathBuf,
+        /// Node ids to make certificates for, e.g. 1,2,3.
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<u32>,
+        /// Client certificate names.
+        #[arg(long, value_delimiter = ',', default_value = "client")]
+        clients: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("qkv: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("qkv: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn show(v: &[u8]) -> String {
+    match std::str::from_utf8(v) {
+        Ok(s) => s.to_string(),
+        Err(_) => format!(
+            "base64:{}",
+            base64::engine::general_purpose::STANDARD.encode(v)
+        ),
+    }
+}
+
+fn client(config: &Option<PathBuf>, timeout_ms: Option<u64>) -> anyhow::Result<Client> {
+    let path = config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("cluster/client.toml"));
+    let cfg = ClientConfig::load(&path, |k| std::env::var(k).ok())?;
+    let mut b = cfg.builder();
+    if let Some(t) = timeout_ms {
+        if t == 0 || t > 60_000 {
+            bail!("--timeout-ms must be between 1 and 60000");
+        }
+        b = b.timeout(std::time::Duration::from_millis(t));
+    }
+    Ok(b.build()?)
+}
+
+fn context(token: &Option<String>) -> anyhow::Result<Context> {
+    match token {
+        Some(t) => Ok(Context::decode(t)?),
+        None => Ok(Context::empty()),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Put {
+            key,
+            value,
+            w,
+            context: ctx,
+            common,
+        } => {
+            let value = if value == "-" {
+                let mut buf = vec![];
+                std::io::stdin()
+                    .read_to_end(&mut buf)
+                    .context("reading the value from stdin")?;
+                buf
+            } else {
+                value.into_bytes()
+            };
+            let ctx = context(&ctx)?;
+            let c = client(&cli.config, common.timeout_ms)?;
+            let mut req = c.put(key.clone(), value).context(ctx);
+            if let Some(w) = w {
+                req = req.w(w);
+            }
+            if common.strict {
+                req = req.strict();
+            }
+            let r = req.await?;
+            if common.json {
+                println!(
+                    "{}",
+                    json!({"key": key, "context": r.context.encode(), "coordinator": r.coordinator, "home_acks": r.home_acks})
+                );
+            } else {
+                println!("{}", r.context.encode());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Delete {
+            key,
+            w,
+            context: ctx,
+            common,
+        } => {
+            let ctx = context(&ctx)?;
+            let c = client(&cli.config, common.timeout_ms)?;
+            let mut req = c.delete(key.clone()).context(ctx);
+            if let Some(w) = w {
+                req = req.w(w);
+            }
+            if common.strict {
+                req = req.strict();
+            }
+            let r = req.await?;
+            if common.json {
+                println!(
+                    "{}",
+                    json!({"key": key, "context": r.context.encode(), "deleted": true})
+                );
+            } else {
+                println!("{}", r.context.encode());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Get { key, r, common } => {
+            let c = client(&cli.config, common.timeout_ms)?;
+            let mut req = c.get(key.clone());
+            if let Some(r) = r {
+                req = req.r(r);
+            }
+            if common.strict {
+                req = req.strict();
+            }
+            let got = req.await?;
+            if common.json {
+                let values: Vec<String> = got.values.iter().map(|v| show(v)).collect();
+                println!(
+                    "{}",
+                    json!({"key": key, "found": got.found, "values": values, "context": got.context.encode()})
+                );
+            } else {
+                for v in &got.values {
+                    println!("{}", show(v));
+                }
+                if !got.found {
+                    eprintln!("not found: {key}");
+                }
+                println!("context: {}", got.context.encode());
+            }
+            Ok(if got.found {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Cmd::Status { json } => status(&client(&cli.config, None)?, json).await,
+        Cmd::Ring { key, json } => {
+            let r = client(&cli.config, None)?.ring(key.clone()).await?;
+            if json {
+                let reps: Vec<_> = r
+                    .replicas
+                    .iter()
+                    .map(|(id, a)| json!({"node": id, "addr": a}))
+                    .collect();
+                println!("{}", json!({"key": key, "replicas": reps}));
+            } else {
+                for (i, (id, addr)) in r.replicas.iter().enumerate() {
+                    println!("{}  node {id}  {addr}", i + 1);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Inspect { key, json } => {
+            let r = client(&cli.config, None)?.inspect(key.clone()).await?;
+            if json {
+                let reps: Vec<_> = r
+                    .replicas
+                    .iter()
+                    .map(|(id, st)| match st {
+                        Ok(s) => {
+                            let s = s.clone().unwrap_or_default();
+                            json!({
+                                "node": id,
+                                "clock": s.clock().0,
+                                "siblings": s.siblings().iter().map(|x| json!({
+                                    "dot": [x.dot.node, x.dot.counter],
+                                    "value": x.value.as_deref().map(show),
+                                })).collect::<Vec<_>>(),
+                            })
+                        }
+                        Err(e) => json!({"node": id, "error": e.to_string()}),
+                    })
+                    .collect();
+                println!("{}", json!({"key": key, "replicas": reps}));
+            } else {
+                for (id, st) in &r.replicas {
+                    match st {
+                        Ok(None) => println!("node {id}: (nothing)"),
+                        Ok(Some(s)) => {
+                            let clock: Vec<String> = s
+                                .clock()
+                                .0
+                                .iter()
+                                .map(|(n, c)| format!("{n}:{c}"))
+                                .collect();
+                            let vals: Vec<String> = s
+                                .siblings()
+                                .iter()
+                                .map(|x| {
+                                    x.value
+                                        .as_deref()
+                                        .map(show)
+                                        .unwrap_or_else(|| "<tombstone>".into())
+                                })
+                                .collect();
+                            println!(
+                                "node {id}: clock [{}] values [{}]",
+                                clock.join(" "),
+                                vals.join(", ")
+                            );
+                        }
+                        Err(e) => println!("node {id}: error: {e}"),
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Certs {
+            out,
+            nodes,
+            clients,
+        } => {
+            if nodes.is_empty() || nodes.contains(&0) {
+                bail!("--nodes takes positive node ids, e.g. --nodes 1,2,3");
+            }
+            let names: Vec<&str> = clients.iter().map(String::as_str).collect();
+            let g = qkv_transport::certs::generate(&out, &nodes, &names)?;
+            for p in &g.written {
+                println!("wrote {}", p.display());
+            }
+            if !g.kept.is_empty() {
+                println!("kept {} existing files in {}", g.kept.len(), out.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn status(c: &Client, as_json: bool) -> anyhow::Result<ExitCode> {
+    let views = c.status().await;
+    let answered: Vec<_> = views.iter().filter_map(|(_, v)| v.as_ref().ok()).collect();
+    let Some(first) = answered.first() else {
+        let why: Vec<String> = views
+            .iter()
+            .map(|(a, v)| format!("{a}: {}", v.as_ref().err().unwrap()))
+            .collect();
+        bail!("no node answered ({})", why.join("; "));
+    };
+    if as_json {
+        let nodes: Vec<_> = views
+            .iter()
+            .map(|(addr, v)| match v {
+                Ok(s) => json!({
+                    "addr": addr.to_string(), "node": s.node, "n": s.n, "vnodes": s.vnodes,
+                    "read_repairs": s.read_repairs,
+                    "members": s.members.iter().map(|m| json!({
+                        "node": m.node, "addr": m.addr, "up": m.up, "ownership": m.ownership,
+                    })).collect::<Vec<_>>(),
+                }),
+                Err(e) => json!({"addr": addr.to_string(), "error": e.to_string()}),
+            })
+            .collect();
+        println!("{}", json!({"nodes": nodes}));
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "replication factor N={}, {} vnodes per node",
+        first.n, first.vnodes
+    );
+    let mut header = format!("{:<6}{:<22}{:>8}", "NODE", "ADDRESS", "OWNS");
+    for v in &answered {
+        header += &format!("  {:<11}", format!("SEEN BY {}", v.node));
+    }
+    println!("{header}  REPAIRS");
+    for m in &first.members {
+        let mut line = format!("{:<6}{:<22}{:>7.1}%", m.node, m.addr, m.ownership * 100.0);
+        for v in &answered {
+            let up = v
+                .members
+                .iter()
+                .find(|x| x.node == m.node)
+                .map(|x| if x.up { "up" } else { "down" });
+            line += &format!("  {:<11}", up.unwrap_or("?"));
+        }
+        let repairs = answered
+            .iter()
+            .find(|v| v.node == m.node)
+            .map(|v| v.read_repairs.to_string());
+        println!("{line}  {}", repairs.unwrap_or_else(|| "-".into()));
+    }
+    for (addr, v) in &views {
+        if let Err(e) = v {
+            println!("{addr}: no answer ({e})");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

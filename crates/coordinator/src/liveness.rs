@@ -32,8 +32,22 @@ pub struct Liveness {
 impl Liveness {
     /// Every peer starts up as of `now_ms`.
     pub fn new(peers: impl IntoIterator<Item = NodeId>, down_after_ms: u64, now_ms: u64) -> Self {
-        let peers = peers.into_iter().map(|p| (p, Peer { last_ok_ms: now_ms, up: true })).collect();
-        Liveness { down_after_ms, peers }
+        let peers = peers
+            .into_iter()
+            .map(|p| {
+                (
+                    p,
+                    Peer {
+                        last_ok_ms: now_ms,
+                        up: true,
+                    },
+                )
+            })
+            .collect();
+        Liveness {
+            down_after_ms,
+            peers,
+        }
     }
 
     /// Up as far as this node knows (unknown ids are down).

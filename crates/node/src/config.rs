@@ -131,14 +131,21 @@ const ENV_KEYS: &[(&str, &[&str])] = &[
 impl Config {
     /// Read `path`, apply the `QKV_*` overrides from `env`, and validate.
     pub fn load(path: &Path, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
         Self::parse(&text, path.parent().unwrap_or(Path::new(".")), env)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
     }
 
     /// Parse config text; relative paths are taken from `base`.
-    pub fn parse(text: &str, base: &Path, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
-        let mut table: toml::Table = text.parse().map_err(|e| anyhow::anyhow!("invalid TOML: {e}"))?;
+    pub fn parse(
+        text: &str,
+        base: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Config> {
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e| anyhow::anyhow!("invalid TOML: {e}"))?;
         for (name, path) in ENV_KEYS {
             let var = format!("QKV_{name}");
             if let Some(raw) = env(&var) {
@@ -158,8 +165,15 @@ impl Config {
                 t.insert(path[path.len() - 1].to_string(), value);
             }
         }
-        let mut cfg: Config = table.try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message()))?;
-        for p in [&mut cfg.data_dir, &mut cfg.tls.ca, &mut cfg.tls.cert, &mut cfg.tls.key] {
+        let mut cfg: Config = table
+            .try_into()
+            .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message()))?;
+        for p in [
+            &mut cfg.data_dir,
+            &mut cfg.tls.ca,
+            &mut cfg.tls.cert,
+            &mut cfg.tls.key,
+        ] {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -184,7 +198,12 @@ impl Config {
         match self.peers.iter().find(|p| p.id == self.id) {
             None => bail!("peers must list this node (id {}) too", self.id),
             Some(me) if me.addr != self.listen && !self.listen.ip().is_unspecified() => {
-                bail!("peers lists node {} at {}, but listen is {}", self.id, me.addr, self.listen)
+                bail!(
+                    "peers lists node {} at {}, but listen is {}",
+                    self.id,
+                    me.addr,
+                    self.listen
+                )
             }
             Some(_) => {}
         }
@@ -210,7 +229,11 @@ impl Config {
 
     /// The certificate files.
     pub fn tls_files(&self) -> TlsFiles {
-        TlsFiles { ca: self.tls.ca.clone(), cert: self.tls.cert.clone(), key: self.tls.key.clone() }
+        TlsFiles {
+            ca: self.tls.ca.clone(),
+            cert: self.tls.cert.clone(),
+            key: self.tls.key.clone(),
+        }
     }
 
     /// Frame limit: the largest value and key with room for siblings and clocks.
@@ -270,15 +293,29 @@ key = "certs/node-1.key"
     fn bad_configs_say_why() {
         let cases = [
             (BASE.replace("id = 1\n", "id = 9\n"), "must list this node"),
-            (BASE.replace("listen = ", "replication = 5\nlisten = "), "replication factor 5 needs at least 5 nodes"),
-            (BASE.replace("listen = ", "persist = \"fast\"\nlisten = "), "unknown variant"),
-            (BASE.replace("listen = ", "colour = 1\nlisten = "), "unknown field"),
+            (
+                BASE.replace("listen = ", "replication = 5\nlisten = "),
+                "replication factor 5 needs at least 5 nodes",
+            ),
+            (
+                BASE.replace("listen = ", "persist = \"fast\"\nlisten = "),
+                "unknown variant",
+            ),
+            (
+                BASE.replace("listen = ", "colour = 1\nlisten = "),
+                "unknown field",
+            ),
             (BASE.replace("7002", "7003"), "address appears twice"),
-            (BASE.replace("listen = ", "vnodes = 0\nlisten = "), "vnodes must be"),
+            (
+                BASE.replace("listen = ", "vnodes = 0\nlisten = "),
+                "vnodes must be",
+            ),
             ("id = ".to_string(), "invalid TOML"),
         ];
         for (text, want) in cases {
-            let err = Config::parse(&text, Path::new("."), no_env).unwrap_err().to_string();
+            let err = Config::parse(&text, Path::new("."), no_env)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(want), "expected `{want}` in `{err}`");
         }
         let env = |k: &str| (k == "QKV_REPLICATION").then(|| "zero".to_string());

@@ -7,10 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use qkv_coordinator::replica::{self, Limits};
-use qkv_coordinator::{GetAction, GetOp, Liveness, PutOp, Ring, WriteRoute, check_available, route_write};
+use qkv_coordinator::{
+    GetAction, GetOp, Liveness, PutOp, Ring, WriteRoute, check_available, route_write,
+};
 use qkv_proto::{
-    Context, DvvSet, Error, GetReply, GetRequest, InspectReply, MemberStatus, NodeId, PutReply, PutRequest, Request,
-    Response, RingReply, StatusReply,
+    Context, DvvSet, Error, GetReply, GetRequest, InspectReply, MemberStatus, NodeId, PutReply,
+    PutRequest, Request, Response, RingReply, StatusReply,
 };
 use qkv_transport::{Handler, PeerRole, Pool, server};
 use tokio::sync::{mpsc, oneshot};
@@ -63,7 +65,10 @@ impl Node {
             storage,
             pool,
             liveness: Mutex::new(Liveness::new(others, cfg.down_after_ms, 0)),
-            limits: Limits { key_bytes_max: cfg.key_bytes_max, value_bytes_max: cfg.value_bytes_max },
+            limits: Limits {
+                key_bytes_max: cfg.key_bytes_max,
+                value_bytes_max: cfg.value_bytes_max,
+            },
             request_timeout_ms: cfg.request_timeout_ms,
             start: Instant::now(),
             stats: Stats::default(),
@@ -92,40 +97,75 @@ impl Node {
         match asked {
             None => Ok(self.0.request_timeout_ms),
             Some(0) => Err(Error::BadRequest("timeout must be positive".into())),
-            Some(t) if u64::from(t) > REQUEST_TIMEOUT_MS_MAX => {
-                Err(Error::BadRequest(format!("timeout {t} ms is over the limit of {REQUEST_TIMEOUT_MS_MAX} ms")))
-            }
+            Some(t) if u64::from(t) > REQUEST_TIMEOUT_MS_MAX => Err(Error::BadRequest(format!(
+                "timeout {t} ms is over the limit of {REQUEST_TIMEOUT_MS_MAX} ms"
+            ))),
             Some(t) => Ok(u64::from(t)),
         }
     }
 
     /// Send `req` to node `to` with a deadline.
     async fn call(&self, to: NodeId, req: &Request, timeout_ms: u64) -> Result<Response, Error> {
-        let addr = *self.0.peers.get(&to).ok_or_else(|| Error::Unreachable(format!("unknown node {to}")))?;
-        self.0.pool.request(addr, req, Duration::from_millis(timeout_ms)).await
+        let addr = *self
+            .0
+            .peers
+            .get(&to)
+            .ok_or_else(|| Error::Unreachable(format!("unknown node {to}")))?;
+        self.0
+            .pool
+            .request(addr, req, Duration::from_millis(timeout_ms))
+            .await
     }
 
     /// This node's, or a remote replica's, raw state of `key`.
-    async fn replica_state(&self, to: NodeId, key: &[u8], timeout_ms: u64) -> Result<Option<DvvSet>, Error> {
+    async fn replica_state(
+        &self,
+        to: NodeId,
+        key: &[u8],
+        timeout_ms: u64,
+    ) -> Result<Option<DvvSet>, Error> {
         if to == self.0.me {
             return self.0.storage.get(key);
         }
-        match self.call(to, &Request::ReplicaGet { key: key.to_vec() }, timeout_ms).await? {
+        match self
+            .call(to, &Request::ReplicaGet { key: key.to_vec() }, timeout_ms)
+            .await?
+        {
             Response::ReplicaState(s) if s.as_ref().is_none_or(DvvSet::is_valid) => Ok(s),
             Response::Error(e) => Err(e),
-            other => Err(Error::BadRequest(format!("node {to} answered ReplicaGet with {other:?}"))),
+            other => Err(Error::BadRequest(format!(
+                "node {to} answered ReplicaGet with {other:?}"
+            ))),
         }
     }
 
     /// Merge `set` into this node's, or a remote replica's, state of `key`, durably.
-    async fn replica_sync(&self, to: NodeId, key: &[u8], set: &DvvSet, timeout_ms: u64) -> Result<(), Error> {
+    async fn replica_sync(
+        &self,
+        to: NodeId,
+        key: &[u8],
+        set: &DvvSet,
+        timeout_ms: u64,
+    ) -> Result<(), Error> {
         if to == self.0.me {
             return self.local_sync(key, set).await;
         }
-        match self.call(to, &Request::ReplicaPut { key: key.to_vec(), set: set.clone() }, timeout_ms).await? {
+        match self
+            .call(
+                to,
+                &Request::ReplicaPut {
+                    key: key.to_vec(),
+                    set: set.clone(),
+                },
+                timeout_ms,
+            )
+            .await?
+        {
             Response::ReplicaAck => Ok(()),
             Response::Error(e) => Err(e),
-            other => Err(Error::BadRequest(format!("node {to} answered ReplicaPut with {other:?}"))),
+            other => Err(Error::BadRequest(format!(
+                "node {to} answered ReplicaPut with {other:?}"
+            ))),
         }
     }
 
@@ -200,7 +240,11 @@ impl Node {
         let answer = answer_rx.await.map_err(|_| Error::ShuttingDown)??;
         Ok(GetReply {
             found: !answer.set.is_deleted(),
-            values: answer.set.values().map(|v| serde_bytes::ByteBuf::from(v.to_vec())).collect(),
+            values: answer
+                .set
+                .values()
+                .map(|v| serde_bytes::ByteBuf::from(v.to_vec()))
+                .collect(),
             context: Context(answer.set.clock().clone()),
             replied: answer.replied as u32,
         })
@@ -214,12 +258,19 @@ impl Node {
         let home = self.0.ring.preference_list(&req.key).to_vec();
         match route_write(&home, self.0.me, req.forwarded, |id| self.is_up(id))? {
             WriteRoute::Forward(to) => {
-                let fwd = Request::Put(PutRequest { forwarded: true, ..req });
+                let fwd = Request::Put(PutRequest {
+                    forwarded: true,
+                    ..req
+                });
                 return match self.call(to, &fwd, timeout_ms + FORWARD_MARGIN_MS).await {
                     Ok(Response::Put(r)) => Ok(r),
                     Ok(Response::Error(e)) => Err(e),
-                    Ok(other) => Err(Error::BadRequest(format!("node {to} answered a put with {other:?}"))),
-                    Err(e) => Err(Error::Unreachable(format!("forwarding to coordinator node {to}: {e}"))),
+                    Ok(other) => Err(Error::BadRequest(format!(
+                        "node {to} answered a put with {other:?}"
+                    ))),
+                    Err(e) => Err(Error::Unreachable(format!(
+                        "forwarding to coordinator node {to}: {e}"
+                    ))),
                 };
             }
             WriteRoute::Local => {}
@@ -233,7 +284,11 @@ impl Node {
         })?;
         self.0.storage.durable().await?;
         let mut op = PutOp::new(me, home, needed, self.now_ms(), timeout_ms);
-        let reply = |acked: Vec<NodeId>| PutReply { context: context.clone(), home_acks: acked, coordinator: me };
+        let reply = |acked: Vec<NodeId>| PutReply {
+            context: context.clone(),
+            home_acks: acked,
+            coordinator: me,
+        };
         if let Some(r) = op.poll() {
             // Still send to the others; the answer does not wait for them.
             self.spawn_replication(&op, &req.key, &set, timeout_ms, None);
@@ -302,7 +357,13 @@ impl Node {
 
     fn ring(&self, key: &[u8]) -> Result<RingReply, Error> {
         self.0.limits.check(key, None)?;
-        let replicas = self.0.ring.preference_list(key).iter().map(|id| (*id, self.0.peers[id].to_string())).collect();
+        let replicas = self
+            .0
+            .ring
+            .preference_list(key)
+            .iter()
+            .map(|id| (*id, self.0.peers[id].to_string()))
+            .collect();
         Ok(RingReply { replicas })
     }
 
@@ -317,7 +378,9 @@ impl Node {
         }
         let mut replicas = reads.join_all().await;
         replicas.sort_by_key(|r| r.0);
-        Ok(InspectReply { replicas: replicas.into_iter().map(|(_, id, r)| (id, r)).collect() })
+        Ok(InspectReply {
+            replicas: replicas.into_iter().map(|(_, id, r)| (id, r)).collect(),
+        })
     }
 
     /// Ping every peer forever, feeding the liveness detector.
@@ -357,7 +420,9 @@ impl Node {
 impl Handler for Node {
     async fn handle(&self, role: PeerRole, req: Request) -> Response {
         if !server::allowed(role, &req) {
-            return Response::Error(Error::NotAuthorized("replica traffic needs a node certificate".into()));
+            return Response::Error(Error::NotAuthorized(
+                "replica traffic needs a node certificate".into(),
+            ));
         }
         let r = match req {
             Request::Get(g) => self.get(g).await.map(Response::Get),
@@ -365,10 +430,16 @@ impl Handler for Node {
             Request::Status => Ok(Response::Status(self.status())),
             Request::Ring { key } => self.ring(&key).map(Response::Ring),
             Request::Inspect { key } => self.inspect(key).await.map(Response::Inspect),
-            Request::ReplicaGet { key } => {
-                self.0.limits.check(&key, None).and_then(|_| self.0.storage.get(&key)).map(Response::ReplicaState)
-            }
-            Request::ReplicaPut { key, set } => self.local_sync(&key, &set).await.map(|_| Response::ReplicaAck),
+            Request::ReplicaGet { key } => self
+                .0
+                .limits
+                .check(&key, None)
+                .and_then(|_| self.0.storage.get(&key))
+                .map(Response::ReplicaState),
+            Request::ReplicaPut { key, set } => self
+                .local_sync(&key, &set)
+                .await
+                .map(|_| Response::ReplicaAck),
             Request::Ping { .. } => Ok(Response::Pong { from: self.0.me }),
             _ => Err(Error::BadRequest("unsupported request".into())),
         };

@@ -67,13 +67,18 @@ fn encode(set: &DvvSet) -> Vec<u8> {
 fn decode(bytes: &[u8]) -> Result<DvvSet, Error> {
     match bytes.split_first() {
         Some((&RECORD_VERSION, rest)) => {
-            let set: DvvSet = rmp_serde::from_slice(rest).map_err(|e| Error::Storage(format!("corrupt record: {e}")))?;
+            let set: DvvSet = rmp_serde::from_slice(rest)
+                .map_err(|e| Error::Storage(format!("corrupt record: {e}")))?;
             if !set.is_valid() {
-                return Err(Error::Storage("corrupt record: invalid version vector set".into()));
+                return Err(Error::Storage(
+                    "corrupt record: invalid version vector set".into(),
+                ));
             }
             Ok(set)
         }
-        _ => Err(Error::Storage("corrupt record: unknown format version".into())),
+        _ => Err(Error::Storage(
+            "corrupt record: unknown format version".into(),
+        )),
     }
 }
 
@@ -81,8 +86,14 @@ impl Storage {
     /// Open (or create) the store in `dir` for node `id` with `policy`.
     ///
     /// Refuses a data directory that belongs to another node id.
-    pub fn open(dir: &std::path::Path, id: NodeId, policy: Persist, period_ms: u64) -> anyhow::Result<Storage> {
-        std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", dir.display()))?;
+    pub fn open(
+        dir: &std::path::Path,
+        id: NodeId,
+        policy: Persist,
+        period_ms: u64,
+    ) -> anyhow::Result<Storage> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", dir.display()))?;
         let db = Database::builder(dir)
             .worker_threads(1)
             .open()
@@ -91,8 +102,13 @@ impl Storage {
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
         match meta.get("node_id")? {
             Some(v) if v.as_ref() != id.to_be_bytes() => {
-                let owner = <[u8; 4]>::try_from(v.as_ref()).map(u32::from_be_bytes).unwrap_or(0);
-                anyhow::bail!("data dir {} belongs to node {owner}, not node {id}", dir.display());
+                let owner = <[u8; 4]>::try_from(v.as_ref())
+                    .map(u32::from_be_bytes)
+                    .unwrap_or(0);
+                anyhow::bail!(
+                    "data dir {} belongs to node {owner}, not node {id}",
+                    dir.display()
+                );
             }
             Some(_) => {}
             None => {
@@ -114,14 +130,22 @@ impl Storage {
             Persist::Sync => {
                 let (tx, rx) = bounded::<Waiter>(SYNC_WAITERS_MAX);
                 let db = s.db.clone();
-                s.thread = Some(std::thread::Builder::new().name("qkv-group-commit".into()).spawn(move || group_commit(db, rx))?);
+                s.thread = Some(
+                    std::thread::Builder::new()
+                        .name("qkv-group-commit".into())
+                        .spawn(move || group_commit(db, rx))?,
+                );
                 s.syncer = Some(tx);
             }
             Persist::Periodic => {
                 let (tx, rx) = bounded::<Waiter>(1);
                 let db = s.db.clone();
                 let period = Duration::from_millis(period_ms);
-                s.thread = Some(std::thread::Builder::new().name("qkv-periodic-sync".into()).spawn(move || periodic(db, rx, period))?);
+                s.thread = Some(
+                    std::thread::Builder::new()
+                        .name("qkv-periodic-sync".into())
+                        .spawn(move || periodic(db, rx, period))?,
+                );
                 s.stop = Some(tx);
             }
         }
@@ -130,7 +154,11 @@ impl Storage {
 
     /// The stored state of `key`.
     pub fn get(&self, key: &[u8]) -> Result<Option<DvvSet>, Error> {
-        self.data.get(key).map_err(storage_err)?.map(|v| decode(&v)).transpose()
+        self.data
+            .get(key)
+            .map_err(storage_err)?
+            .map(|v| decode(&v))
+            .transpose()
     }
 
     /// Read-modify-write `key` under its lock stripe; `f` returns the new state or `None` to leave it.
@@ -153,11 +181,17 @@ impl Storage {
 
     /// Wait until everything written so far is durable under the policy.
     pub async fn durable(&self) -> Result<(), Error> {
-        let Some(tx) = &self.syncer else { return Ok(()) };
+        let Some(tx) = &self.syncer else {
+            return Ok(());
+        };
         let (wtx, wrx) = oneshot::channel();
         match tx.try_send(wtx) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err(Error::Storage("too many writes waiting for fdatasync".into())),
+            Err(TrySendError::Full(_)) => {
+                return Err(Error::Storage(
+                    "too many writes waiting for fdatasync".into(),
+                ));
+            }
             Err(TrySendError::Disconnected(_)) => return Err(Error::ShuttingDown),
         }
         match wrx.await {
@@ -255,7 +289,10 @@ mod tests {
     fn a_data_dir_belongs_to_one_node() {
         let dir = tempfile::tempdir().unwrap();
         drop(Storage::open(dir.path(), 1, Persist::Buffer, 10).unwrap());
-        let err = Storage::open(dir.path(), 2, Persist::Buffer, 10).err().unwrap().to_string();
+        let err = Storage::open(dir.path(), 2, Persist::Buffer, 10)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("belongs to node 1"), "{err}");
     }
 

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 #[non_exhaustive]
 pub enum Error {
     /// Not enough replicas are alive to try; nothing was sent.
-    #[error("unavailable: {level} needs {needed} replicas, {alive} alive; nothing was written")]
+    #[error("unavailable: {level} needs {needed} replicas, {alive} alive; nothing was sent")]
     Unavailable {
         /// The level asked for, e.g. `quorum`.
         level: String,

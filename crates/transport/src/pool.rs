@@ -15,6 +15,8 @@ use crate::wire::{read_frame, write_frame};
 pub const BACKOFF_MIN_MS: u64 = 50;
 /// Longest wait between dials of a dead peer.
 pub const BACKOFF_MAX_MS: u64 = 1000;
+/// Longest wait for a QUIC handshake.
+pub const DIAL_TIMEOUT_MS: u64 = 1000;
 
 enum Slot {
     Up(quinn::Connection),
@@ -31,7 +33,11 @@ pub struct Pool {
 impl Pool {
     /// A pool sending from `endpoint`, which must have a default client config.
     pub fn new(endpoint: quinn::Endpoint, frame_bytes_max: usize) -> Self {
-        Pool { endpoint, slots: Mutex::new(HashMap::new()), frame_bytes_max }
+        Pool {
+            endpoint,
+            slots: Mutex::new(HashMap::new()),
+            frame_bytes_max,
+        }
     }
 
     /// The endpoint (to close it on shutdown).
@@ -40,25 +46,69 @@ impl Pool {
     }
 
     /// Send `req` to `addr` and wait for its response, all within `timeout`.
-    pub async fn request(&self, addr: SocketAddr, req: &Request, timeout: Duration) -> Result<Response, Error> {
-        match tokio::time::timeout(timeout, self.request_inner(addr, req)).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::Unreachable(format!("{addr} did not answer within {} ms", timeout.as_millis()))),
-        }
-    }
-
-    async fn request_inner(&self, addr: SocketAddr, req: &Request) -> Result<Response, Error> {
-        let conn = self.connection(addr).await?;
-        let (mut send, mut recv) = match conn.open_bi().await {
-            Ok(s) => s,
+    ///
+    /// A request that times out closes its connection: a peer that was killed and
+    /// restarted is only reached through a fresh one, and QUIC would otherwise keep
+    /// the dead connection until its idle timeout.
+    pub async fn request(
+        &self,
+        addr: SocketAddr,
+        req: &Request,
+        timeout: Duration,
+    ) -> Result<Response, Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let too_late = || {
+            Error::Unreachable(format!(
+                "{addr} did not answer within {} ms",
+                timeout.as_millis()
+            ))
+        };
+        let conn = tokio::time::timeout_at(deadline, self.connection(addr))
+            .await
+            .map_err(|_| too_late())??;
+        let conn = match conn.open_bi().await {
+            Ok(streams) => {
+                return self
+                    .finish(addr, conn, streams, req, deadline, too_late)
+                    .await;
+            }
             Err(_) => {
                 // The cached connection died: forget it and dial once more.
                 self.forget(addr, &conn);
-                self.connection(addr).await?.open_bi().await.map_err(|e| Error::Unreachable(format!("{addr}: {e}")))?
+                tokio::time::timeout_at(deadline, self.connection(addr))
+                    .await
+                    .map_err(|_| too_late())??
             }
         };
-        write_frame(&mut send, req, self.frame_bytes_max).await?;
-        read_frame(&mut recv, self.frame_bytes_max).await
+        let streams = conn
+            .open_bi()
+            .await
+            .map_err(|e| Error::Unreachable(format!("{addr}: {e}")))?;
+        self.finish(addr, conn, streams, req, deadline, too_late)
+            .await
+    }
+
+    async fn finish(
+        &self,
+        addr: SocketAddr,
+        conn: quinn::Connection,
+        (mut send, mut recv): (quinn::SendStream, quinn::RecvStream),
+        req: &Request,
+        deadline: tokio::time::Instant,
+        too_late: impl Fn() -> Error,
+    ) -> Result<Response, Error> {
+        let exchange = async {
+            write_frame(&mut send, req, self.frame_bytes_max).await?;
+            read_frame(&mut recv, self.frame_bytes_max).await
+        };
+        match tokio::time::timeout_at(deadline, exchange).await {
+            Ok(r) => r,
+            Err(_) => {
+                conn.close(0u32.into(), b"request timed out");
+                self.forget(addr, &conn);
+                Err(too_late())
+            }
+        }
     }
 
     fn forget(&self, addr: SocketAddr, conn: &quinn::Connection) {
@@ -97,7 +147,13 @@ impl Pool {
                 .await
                 .map_err(|e| Error::Unreachable(format!("{addr}: {e}")))
         };
-        let result = dial.await;
+        let result = tokio::time::timeout(Duration::from_millis(DIAL_TIMEOUT_MS), dial)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Unreachable(format!(
+                    "{addr}: no handshake within {DIAL_TIMEOUT_MS} ms"
+                )))
+            });
         let mut slots = self.slots.lock().expect("pool lock");
         match result {
             Ok(conn) => {
@@ -106,7 +162,13 @@ impl Pool {
             }
             Err(e) => {
                 let delay_ms = (prev_delay * 2).clamp(BACKOFF_MIN_MS, BACKOFF_MAX_MS);
-                slots.insert(addr, Slot::Backoff { until: Instant::now() + Duration::from_millis(delay_ms), delay_ms });
+                slots.insert(
+                    addr,
+                    Slot::Backoff {
+                        until: Instant::now() + Duration::from_millis(delay_ms),
+                        delay_ms,
+                    },
+                );
                 Err(e)
             }
         }
