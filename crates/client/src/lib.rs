@@ -49,6 +49,7 @@ use std::time::Duration;
 
 pub use config::ClientConfig;
 pub use error::Error;
+pub use qkv_proto::Error as ClusterError;
 pub use qkv_proto::{Context, DvvSet, InspectReply, Level, NodeId, RingReply, StatusReply};
 use qkv_proto::{GetRequest, PutRequest, Request, Response};
 use qkv_transport::{Pool, TlsFiles};

@@ -98,8 +98,17 @@ impl Pool {
         too_late: impl Fn() -> Error,
     ) -> Result<Response, Error> {
         let exchange = async {
-            write_frame(&mut send, req, self.frame_bytes_max).await?;
-            read_frame(&mut recv, self.frame_bytes_max).await
+            let written = write_frame(&mut send, req, self.frame_bytes_max).await;
+            if let Err(e @ Error::TooLarge { .. }) = written {
+                // Refused locally before sending: nothing will come back.
+                return Err(e);
+            }
+            // A peer that refuses a request (e.g. an oversized frame) stops our sending side
+            // but still answers why: read that answer before reporting the failed write.
+            match read_frame(&mut recv, self.frame_bytes_max).await {
+                Ok(resp) => Ok(resp),
+                Err(read_err) => Err(written.err().unwrap_or(read_err)),
+            }
         };
         match tokio::time::timeout_at(deadline, exchange).await {
             Ok(r) => r,

@@ -1,0 +1,261 @@
+//! Test harness: real `qkv-node` processes on loopback, free ports, temporary dirs.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use quorumkv::{Client, ClientConfig};
+
+/// Cluster tests in one binary run one at a time: a 2-core machine and 1 s deadlines.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Where cargo put the workspace binaries (`make test` builds them first).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (make test does)",
+        p.display()
+    );
+    p
+}
+
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Poll `cond` until it returns true or `within` passes.
+pub async fn wait_for<F, Fut>(what: &str, within: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A local cluster of real processes.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub addrs: Vec<SocketAddr>,
+    children: Vec<Option<Child>>,
+    _serial: MutexGuard<'static, ()>,
+}
+
+/// Extra `key = value` lines for every node config.
+pub struct Opts {
+    pub nodes: usize,
+    pub replication: usize,
+    pub extra: &'static str,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            nodes: 3,
+            replication: 3,
+            extra: "",
+        }
+    }
+}
+
+impl Cluster {
+    pub async fn start(opts: Opts) -> Cluster {
+        let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<String> = (1..=opts.nodes).map(|i| i.to_string()).collect();
+        let out = Command::new(bin("qkv"))
+            .args(["certs", "--out"])
+            .arg(dir.path().join("certs"))
+            .args(["--nodes", &ids.join(","), "--clients", "client"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "qkv certs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let addrs: Vec<SocketAddr> = (0..opts.nodes)
+            .map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap())
+            .collect();
+        let peers: String = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{{ id = {}, addr = \"{a}\" }},", i + 1))
+            .collect();
+        for (i, a) in addrs.iter().enumerate() {
+            let id = i + 1;
+            let cfg = format!(
+                "id = {id}\nlisten = \"{a}\"\ndata_dir = \"data/node{id}\"\nreplication = {}\nworker_threads = 1\n{}\npeers = [{peers}]\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/node-{id}.pem\"\nkey = \"certs/node-{id}.key\"\n",
+                opts.replication, opts.extra
+            );
+            std::fs::write(dir.path().join(format!("node{id}.toml")), cfg).unwrap();
+        }
+        let nodes: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
+        std::fs::write(
+            dir.path().join("client.toml"),
+            format!(
+                "nodes = [{}]\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/client.pem\"\nkey = \"certs/client.key\"\n",
+                nodes.join(", ")
+            ),
+        )
+        .unwrap();
+        let mut c = Cluster {
+            dir,
+            addrs,
+            children: (0..opts.nodes).map(|_| None).collect(),
+            _serial: serial,
+        };
+        for id in 1..=opts.nodes {
+            c.spawn(id);
+        }
+        for id in 1..=opts.nodes {
+            c.wait_serving(id).await;
+        }
+        c
+    }
+
+    fn spawn(&mut self, id: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("node{id}.log")))
+            .unwrap();
+        let child = Command::new(bin("qkv-node"))
+            .arg("--config")
+            .arg(self.dir.path().join(format!("node{id}.toml")))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.children[id - 1] = Some(child);
+    }
+
+    /// Wait until node `id` answers a status request.
+    pub async fn wait_serving(&self, id: usize) {
+        let c = self.client_for(&[id]);
+        wait_for(
+            &format!("node {id} serving"),
+            Duration::from_secs(20),
+            || {
+                let c = c.clone();
+                async move { c.status_of(self.addrs[id - 1]).await.is_ok() }
+            },
+        )
+        .await;
+    }
+
+    /// Wait until every running node sees node `id` as `up`.
+    pub async fn wait_seen(&self, id: usize, up: bool) {
+        let c = self.client();
+        let running: Vec<usize> = (1..=self.addrs.len())
+            .filter(|&i| i != id && self.children[i - 1].is_some())
+            .collect();
+        wait_for(
+            &format!("node {id} seen {}", if up { "up" } else { "down" }),
+            Duration::from_secs(20),
+            || {
+                let (c, running) = (c.clone(), running.clone());
+                async move {
+                    for i in running {
+                        match c.status_of(self.addrs[i - 1]).await {
+                            Ok(s)
+                                if s.members.iter().any(|m| m.node == id as u32 && m.up == up) => {}
+                            _ => return false,
+                        }
+                    }
+                    true
+                }
+            },
+        )
+        .await;
+    }
+
+    /// SIGKILL node `id`.
+    pub fn kill(&mut self, id: usize) {
+        if let Some(mut ch) = self.children[id - 1].take() {
+            ch.kill().unwrap();
+            ch.wait().unwrap();
+        }
+    }
+
+    /// Start node `id` again and wait until it serves.
+    pub async fn restart(&mut self, id: usize) {
+        self.spawn(id);
+        self.wait_serving(id).await;
+    }
+
+    pub fn client_config(&self) -> ClientConfig {
+        ClientConfig::load(&self.dir.path().join("client.toml"), |_| None).unwrap()
+    }
+
+    /// A client of every node.
+    pub fn client(&self) -> Client {
+        Client::from_config(&self.client_config()).unwrap()
+    }
+
+    /// A client of just these nodes.
+    pub fn client_for(&self, ids: &[usize]) -> Client {
+        self.client_config()
+            .builder()
+            .nodes(ids.iter().map(|&i| self.addrs[i - 1]))
+            .build()
+            .unwrap()
+    }
+
+    /// Run the `qkv` CLI against this cluster: (exit code, stdout, stderr).
+    pub fn qkv(&self, args: &[&str], stdin: Option<&[u8]>) -> (i32, String, String) {
+        use std::io::Write;
+        let mut cmd = Command::new(bin("qkv"));
+        cmd.arg("--config")
+            .arg(self.dir.path().join("client.toml"))
+            .args(args);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut ch = cmd.spawn().unwrap();
+        let mut input = ch.stdin.take().unwrap();
+        if let Some(s) = stdin {
+            input.write_all(s).unwrap();
+        }
+        drop(input);
+        let out = ch.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    pub fn log(&self, id: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("node{id}.log"))).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for ch in self.children.iter_mut().flatten() {
+            let _ = ch.kill();
+            let _ = ch.wait();
+        }
+    }
+}
