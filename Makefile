@@ -34,5 +34,6 @@ test:
 	cargo build --workspace --bins
 	cargo test --workspace
 
+# Until the full bench suite lands: sequential put/get latency against the running `make cluster`.
 bench:
-	@echo "bench: the latency benches are not built yet (see the open bench issue); nothing to run."
+	cargo bench --bench sequential
