@@ -198,6 +198,27 @@ impl Cluster {
         }
     }
 
+    /// The process id of node `id`.
+    pub fn pid(&self, id: usize) -> u32 {
+        self.children[id - 1].as_ref().expect("node running").id()
+    }
+
+    /// Wait up to `within` for node `id` to exit; its exit code.
+    pub fn wait_exit(&mut self, id: usize, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        let ch = self.children[id - 1].as_mut()?;
+        loop {
+            if let Some(st) = ch.try_wait().unwrap() {
+                self.children[id - 1] = None;
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Start node `id` again and wait until it serves.
     pub async fn restart(&mut self, id: usize) {
         self.spawn(id);
