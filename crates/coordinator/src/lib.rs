@@ -14,9 +14,11 @@
 //! - [`get`]: the read state machine, with the read-repair plan.
 //! - [`replica`]: the two ways a key's state changes, and input limits.
 //! - [`liveness`]: peer up/down from pings.
+//! - [`node_core`]: a whole node's logic as one state machine over a [`Store`].
 
 pub mod get;
 pub mod liveness;
+pub mod node_core;
 pub mod put;
 pub mod quorum;
 pub mod replica;
@@ -25,6 +27,7 @@ pub mod route;
 
 pub use get::{GetAction, GetAnswer, GetOp};
 pub use liveness::Liveness;
+pub use node_core::{Core, CoreConfig, Output, ReqId, RpcId, Store};
 pub use put::{PutOp, PutOutcome};
 pub use ring::{Ring, RingError};
 pub use route::{WriteRoute, check_available, route_write};

@@ -4,7 +4,7 @@
 //! # Layout
 //! - [`config`]: the TOML config, `QKV_*` overrides, validation.
 //! - [`storage`]: fjall keyspaces, persist policies, group commit.
-//! - [`node`]: the request handler driving the sans-IO coordinator; peer pings.
+//! - [`node`]: the driver running the sans-IO `qkv_coordinator::Core` on tokio and quinn.
 
 pub mod config;
 pub mod node;
@@ -21,15 +21,19 @@ pub use node::Node;
 
 /// Run a node until `shutdown` turns true, then close connections and flush storage.
 pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let storage =
-        storage::Storage::open(&cfg.data_dir, cfg.id, cfg.persist, cfg.persist_period_ms)?;
+    let storage = std::sync::Arc::new(storage::Storage::open(
+        &cfg.data_dir,
+        cfg.id,
+        cfg.persist,
+        cfg.persist_period_ms,
+    )?);
     let endpoint = qkv_transport::node_endpoint(cfg.listen, &cfg.tls_files())
         .context("starting the QUIC endpoint")?;
     let frame_bytes_max = cfg.frame_bytes_max();
     let pool = qkv_transport::Pool::new(endpoint.clone(), frame_bytes_max);
     let node = Node::new(&cfg, storage, pool)?;
     info!(id = cfg.id, listen = %cfg.listen, persist = ?cfg.persist, n = cfg.replication, "node up");
-    let pinger = tokio::spawn(node.clone().ping_loop(cfg.ping_interval_ms));
+    let timers = tokio::spawn(node.clone().timer_loop());
     qkv_transport::serve(
         endpoint.clone(),
         std::sync::Arc::new(node.clone()),
@@ -37,7 +41,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result
         shutdown,
     )
     .await;
-    pinger.abort();
+    timers.abort();
     info!("shutting down: closing connections");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     node.storage().flush()?;

@@ -10,7 +10,7 @@
 //!   fdatasync (group commit) through a dedicated thread.
 //! - `periodic`: `buffer`, plus an fdatasync every `persist_period_ms`.
 
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -24,8 +24,6 @@ use tracing::error;
 const RECORD_VERSION: u8 = 1;
 /// Most writers waiting for one group commit.
 pub const SYNC_WAITERS_MAX: usize = 16_384;
-/// Lock stripes for read-modify-write of a key.
-const STRIPES: usize = 256;
 
 /// When a write is made durable. See the module docs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -47,7 +45,6 @@ pub struct Storage {
     db: Database,
     data: Keyspace,
     meta: Keyspace,
-    stripes: Vec<Mutex<()>>,
     syncer: Option<Sender<Waiter>>,
     stop: Option<Sender<Waiter>>,
     thread: Option<JoinHandle<()>>,
@@ -120,7 +117,6 @@ impl Storage {
             db,
             data,
             meta,
-            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             syncer: None,
             stop: None,
             thread: None,
@@ -161,22 +157,15 @@ impl Storage {
             .transpose()
     }
 
-    /// Read-modify-write `key` under its lock stripe; `f` returns the new state or `None` to leave it.
-    ///
-    /// The write is in the journal (flushed to the OS) when this returns; call
-    /// [`Storage::durable`] before acknowledging to honour the persist policy.
-    pub fn update<T>(
-        &self,
-        key: &[u8],
-        f: impl FnOnce(Option<DvvSet>) -> Result<(Option<DvvSet>, T), Error>,
-    ) -> Result<T, Error> {
-        let stripe = &self.stripes[stripe_of(key)];
-        let _guard = stripe.lock().unwrap_or_else(|p| p.into_inner());
-        let (new, out) = f(self.get(key)?)?;
-        if let Some(set) = new {
-            self.data.insert(key, encode(&set)).map_err(storage_err)?;
-        }
-        Ok(out)
+    /// Store the state of `key`. It is in the journal, flushed to the OS, when this
+    /// returns; call [`Storage::durable`] before acknowledging to honour the policy.
+    pub fn put(&self, key: &[u8], set: &DvvSet) -> Result<(), Error> {
+        self.data.insert(key, encode(set)).map_err(storage_err)
+    }
+
+    /// True when writes need [`Storage::durable`] before their ack (the `sync` policy).
+    pub fn needs_sync(&self) -> bool {
+        self.syncer.is_some()
     }
 
     /// Wait until everything written so far is durable under the policy.
@@ -226,9 +215,16 @@ impl Drop for Storage {
     }
 }
 
-fn stripe_of(key: &[u8]) -> usize {
-    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-    BuildHasherDefault::<DefaultHasher>::default().hash_one(key) as usize % STRIPES
+/// The core's handle on the storage; the driver keeps another for flushes.
+pub struct StoreHandle(pub Arc<Storage>);
+
+impl qkv_coordinator::Store for StoreHandle {
+    fn get(&self, key: &[u8]) -> Result<Option<DvvSet>, Error> {
+        self.0.get(key)
+    }
+    fn put(&mut self, key: &[u8], set: &DvvSet) -> Result<(), Error> {
+        self.0.put(key, set)
+    }
 }
 
 /// Group commit: take every waiter queued so far, fdatasync once, answer them all.
@@ -276,7 +272,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             {
                 let s = Storage::open(dir.path(), 1, policy, 10).unwrap();
-                s.update(b"k", |_| Ok((Some(set(b"v")), ()))).unwrap();
+                s.put(b"k", &set(b"v")).unwrap();
                 s.durable().await.unwrap();
             }
             let s = Storage::open(dir.path(), 1, policy, 10).unwrap();
