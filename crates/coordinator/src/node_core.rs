@@ -6,8 +6,9 @@
 //!
 //! 1. pass each incoming request to [`Core::handle_request`] with a fresh [`ReqId`];
 //! 2. after every `handle_*` call, drain [`Core::poll_output`] and carry out each [`Output`]:
-//!    - `Send`: deliver the request to that node and report the answer, or a failure,
-//!      through [`Core::handle_response`] within `timeout_ms`;
+//!    - `Send`: deliver the request to that node and report its answer, or a failure,
+//!      through [`Core::handle_response`]. The core fails the request itself after
+//!      `timeout_ms`, so a lost answer never leaves work behind; a later report is ignored;
 //!    - `Reply`: answer the request `req`;
 //!    - `Flush`: make every store write so far durable under the node's persist
 //!      policy, then call [`Core::handle_flushed`];
@@ -152,7 +153,9 @@ pub struct Core<S> {
     store: S,
     next_id: u64,
     ops: HashMap<OpId, Op>,
-    rpcs: HashMap<RpcId, OpId>,
+    rpcs: HashMap<RpcId, (OpId, NodeId, u64)>,
+    rpc_deadlines: BTreeSet<(u64, RpcId)>,
+    now_ms: u64,
     flushes: HashMap<u64, OpId>,
     deadlines: BTreeSet<(u64, OpId)>,
     out: VecDeque<Output>,
@@ -175,6 +178,8 @@ impl<S: Store> Core<S> {
             next_id: 1,
             ops: HashMap::new(),
             rpcs: HashMap::new(),
+            rpc_deadlines: BTreeSet::new(),
+            now_ms,
             flushes: HashMap::new(),
             deadlines: BTreeSet::new(),
             out: VecDeque::new(),
@@ -212,9 +217,14 @@ impl<S: Store> Core<S> {
     /// When [`Core::handle_timeout`] must next be called.
     #[must_use]
     pub fn poll_timeout(&self) -> u64 {
-        self.deadlines
-            .first()
-            .map_or(self.next_ping_ms, |d| d.0.min(self.next_ping_ms))
+        let ops = self.deadlines.first().map_or(u64::MAX, |d| d.0);
+        let rpcs = self.rpc_deadlines.first().map_or(u64::MAX, |d| d.0);
+        ops.min(rpcs).min(self.next_ping_ms)
+    }
+
+    /// Time only moves forward, whatever the driver passes.
+    fn tick(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
     }
 
     fn id(&mut self) -> u64 {
@@ -231,7 +241,9 @@ impl<S: Store> Core<S> {
 
     fn send(&mut self, op: OpId, to: NodeId, req: Request, timeout_ms: u64) {
         let rpc = self.id();
-        self.rpcs.insert(rpc, op);
+        let deadline = self.now_ms + timeout_ms;
+        self.rpcs.insert(rpc, (op, to, deadline));
+        self.rpc_deadlines.insert((deadline, rpc));
         self.out.push_back(Output::Send {
             rpc,
             to,
@@ -259,6 +271,7 @@ impl<S: Store> Core<S> {
 
     /// A request arrived (already authorised by the driver).
     pub fn handle_request(&mut self, now_ms: u64, req_id: ReqId, req: Request) {
+        self.tick(now_ms);
         let immediate = match req {
             Request::Get(g) => self.start_get(now_ms, req_id, g),
             Request::Put(p) => self.start_put(req_id, p),
@@ -463,6 +476,7 @@ impl<S: Store> Core<S> {
 
     /// The driver finished a `Flush`: writes made before it are durable.
     pub fn handle_flushed(&mut self, now_ms: u64, token: u64, result: Result<(), Error>) {
+        self.tick(now_ms);
         let Some(op_id) = self.flushes.remove(&token) else {
             return;
         };
@@ -583,16 +597,13 @@ impl<S: Store> Core<S> {
     }
 
     /// The answer to (or failure of) a request this node sent.
-    pub fn handle_response(
-        &mut self,
-        now_ms: u64,
-        rpc: RpcId,
-        from: NodeId,
-        result: Result<Response, Error>,
-    ) {
-        let Some(op_id) = self.rpcs.remove(&rpc) else {
+    pub fn handle_response(&mut self, now_ms: u64, rpc: RpcId, result: Result<Response, Error>) {
+        self.tick(now_ms);
+        let Some((op_id, to, deadline)) = self.rpcs.remove(&rpc) else {
             return;
         };
+        self.rpc_deadlines.remove(&(deadline, rpc));
+        let from = to;
         if result.is_ok() {
             self.liveness.on_success(from, now_ms);
         }
@@ -672,6 +683,7 @@ impl<S: Store> Core<S> {
 
     /// Time passed: fire deadlines and pings.
     pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.tick(now_ms);
         while let Some(&(at, op_id)) = self.deadlines.first() {
             if at > now_ms {
                 break;
@@ -693,6 +705,20 @@ impl<S: Store> Core<S> {
                 }
                 _ => {}
             }
+        }
+        // After the ops' own deadlines, so an op due now answers "timeout", not "failed".
+        while let Some(&(at, rpc)) = self.rpc_deadlines.first() {
+            if at > now_ms {
+                break;
+            }
+            let to = self.rpcs.get(&rpc).map_or(0, |r| r.1);
+            self.handle_response(
+                now_ms,
+                rpc,
+                Err(Error::Unreachable(format!(
+                    "node {to} did not answer in time"
+                ))),
+            );
         }
         if now_ms >= self.next_ping_ms {
             self.next_ping_ms = now_ms + self.cfg.ping_interval_ms;

@@ -115,7 +115,7 @@ impl Node {
                         }
                         None => Err(Error::Unreachable(format!("unknown node {to}"))),
                     };
-                    node.with_core(|c, now| c.handle_response(now, rpc, to, r));
+                    node.with_core(|c, now| c.handle_response(now, rpc, r));
                 });
             }
             Output::Reply { req, resp } => {

@@ -1,0 +1,381 @@
+//! Several `Core`s wired through an in-memory network, driven by hand: the whole
+//! node logic without a socket, a clock or a thread (quinn-proto's `Pair`, for a cluster).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use qkv_coordinator::replica::Limits;
+use qkv_coordinator::{Core, CoreConfig, Output, Store};
+use qkv_proto::{Context, DvvSet, Error, GetRequest, Level, NodeId, PutRequest, Request, Response};
+
+#[derive(Default)]
+struct Mem(BTreeMap<Vec<u8>, DvvSet>);
+
+impl Store for Mem {
+    fn get(&self, key: &[u8]) -> Result<Option<DvvSet>, Error> {
+        Ok(self.0.get(key).cloned())
+    }
+    fn put(&mut self, key: &[u8], set: &DvvSet) -> Result<(), Error> {
+        self.0.insert(key.to_vec(), set.clone());
+        Ok(())
+    }
+}
+
+enum Msg {
+    Request {
+        from: NodeId,
+        to: NodeId,
+        rpc: u64,
+        req: Request,
+    },
+    Response {
+        to: NodeId,
+        rpc: u64,
+        resp: Result<Response, Error>,
+    },
+}
+
+/// A cluster in one thread. Messages to or from a node in `down` fail at once,
+/// as a refused connection would; `hung` nodes swallow them (no answer, no failure).
+struct Cluster {
+    cores: BTreeMap<NodeId, Core<Mem>>,
+    now: u64,
+    net: VecDeque<Msg>,
+    replies: HashMap<(NodeId, u64), Response>,
+    pending: HashMap<(NodeId, u64), (NodeId, u64)>,
+    down: BTreeSet<NodeId>,
+    hung: BTreeSet<NodeId>,
+    next_req: u64,
+}
+
+impl Cluster {
+    fn new(nodes: u32, n: usize) -> Cluster {
+        let members: Vec<(NodeId, String)> = (1..=nodes).map(|i| (i, format!("node{i}"))).collect();
+        let cores = (1..=nodes)
+            .map(|me| {
+                let cfg = CoreConfig {
+                    me,
+                    members: members.clone(),
+                    n,
+                    vnodes: 16,
+                    limits: Limits {
+                        key_bytes_max: 1024,
+                        value_bytes_max: 1024,
+                    },
+                    request_timeout_ms: 1000,
+                    ping_interval_ms: 100,
+                    down_after_ms: 300,
+                };
+                (me, Core::new(cfg, Mem::default(), 0).unwrap())
+            })
+            .collect();
+        Cluster {
+            cores,
+            now: 0,
+            net: VecDeque::new(),
+            replies: HashMap::new(),
+            pending: HashMap::new(),
+            down: BTreeSet::new(),
+            hung: BTreeSet::new(),
+            next_req: 1,
+        }
+    }
+
+    /// Carry out every output of `node`.
+    fn drain(&mut self, node: NodeId) {
+        while let Some(o) = self.cores.get_mut(&node).unwrap().poll_output() {
+            match o {
+                Output::Send { rpc, to, req, .. } => self.net.push_back(Msg::Request {
+                    from: node,
+                    to,
+                    rpc,
+                    req,
+                }),
+                Output::Reply { req, resp } => match self.pending.remove(&(node, req)) {
+                    Some((to, rpc)) => self.net.push_back(Msg::Response {
+                        to,
+                        rpc,
+                        resp: Ok(resp),
+                    }),
+                    None => {
+                        self.replies.insert((node, req), resp);
+                    }
+                },
+                Output::Flush { token } => {
+                    let now = self.now;
+                    self.cores
+                        .get_mut(&node)
+                        .unwrap()
+                        .handle_flushed(now, token, Ok(()));
+                }
+            }
+        }
+    }
+
+    /// Deliver messages until the network is quiet.
+    fn run(&mut self) {
+        while let Some(m) = self.net.pop_front() {
+            let now = self.now;
+            match m {
+                Msg::Request { from, to, rpc, req } => {
+                    if self.down.contains(&to) {
+                        let resp = Err(Error::Unreachable(format!("node {to} is down")));
+                        self.net.push_back(Msg::Response {
+                            to: from,
+                            rpc,
+                            resp,
+                        });
+                        continue;
+                    }
+                    if self.hung.contains(&to) {
+                        continue;
+                    }
+                    let id = self.next_req;
+                    self.next_req += 1;
+                    self.pending.insert((to, id), (from, rpc));
+                    self.cores
+                        .get_mut(&to)
+                        .unwrap()
+                        .handle_request(now, id, req);
+                    self.drain(to);
+                }
+                Msg::Response { to, rpc, resp, .. } => {
+                    if self.down.contains(&to) {
+                        continue;
+                    }
+                    self.cores
+                        .get_mut(&to)
+                        .unwrap()
+                        .handle_response(now, rpc, resp);
+                    self.drain(to);
+                }
+            }
+        }
+    }
+
+    /// A client request to `node`; returns its answer once the network is quiet (if any).
+    fn call(&mut self, node: NodeId, req: Request) -> Option<Response> {
+        let id = self.next_req;
+        self.next_req += 1;
+        let now = self.now;
+        self.cores
+            .get_mut(&node)
+            .unwrap()
+            .handle_request(now, id, req);
+        self.drain(node);
+        self.run();
+        self.replies.remove(&(node, id))
+    }
+
+    /// Move time to `t`, firing every core's timers.
+    fn advance(&mut self, t: u64) {
+        while self.now < t {
+            let next = self
+                .cores
+                .values()
+                .map(|c| c.poll_timeout())
+                .min()
+                .unwrap()
+                .clamp(self.now + 1, t);
+            self.now = next;
+            let ids: Vec<NodeId> = self
+                .cores
+                .keys()
+                .copied()
+                .filter(|i| !self.down.contains(i))
+                .collect();
+            for id in ids {
+                if self.cores[&id].poll_timeout() <= self.now {
+                    let now = self.now;
+                    self.cores.get_mut(&id).unwrap().handle_timeout(now);
+                    self.drain(id);
+                }
+            }
+            self.run();
+        }
+    }
+
+    fn stored(&self, node: NodeId, key: &[u8]) -> Option<DvvSet> {
+        self.cores[&node].store().0.get(key).cloned()
+    }
+}
+
+fn put(key: &str, value: &str, w: Level, context: Context) -> Request {
+    Request::Put(PutRequest {
+        key: key.into(),
+        value: Some(value.into()),
+        context,
+        w,
+        strict: true,
+        timeout_ms: None,
+        forwarded: false,
+    })
+}
+
+fn get(key: &str, r: Level) -> Request {
+    Request::Get(GetRequest {
+        key: key.into(),
+        r,
+        strict: true,
+        timeout_ms: None,
+    })
+}
+
+fn values(resp: &Response) -> Vec<Vec<u8>> {
+    match resp {
+        Response::Get(g) => g.values.iter().map(|v| v.to_vec()).collect(),
+        other => panic!("not a get answer: {other:?}"),
+    }
+}
+
+#[test]
+fn a_write_through_any_node_lands_on_exactly_the_home_replicas() {
+    let mut c = Cluster::new(5, 3);
+    for i in 0..50 {
+        let key = format!("k{i}");
+        let home = c.cores[&1].ring().preference_list(key.as_bytes()).to_vec();
+        let entry = (i % 5 + 1) as NodeId;
+        let resp = c
+            .call(entry, put(&key, "v", Level::All, Context::empty()))
+            .unwrap();
+        let Response::Put(p) = resp else {
+            panic!("{resp:?}")
+        };
+        assert!(home.contains(&p.coordinator));
+        for n in 1..=5 {
+            assert_eq!(
+                c.stored(n, key.as_bytes()).is_some(),
+                home.contains(&n),
+                "key {key} on node {n}"
+            );
+        }
+        assert_eq!(
+            values(&c.call(entry, get(&key, Level::All)).unwrap()),
+            vec![b"v".to_vec()]
+        );
+    }
+}
+
+#[test]
+fn quorum_survives_one_down_node_and_read_repair_fixes_it_afterwards() {
+    let mut c = Cluster::new(3, 3);
+    c.down.insert(3);
+    let resp = c
+        .call(1, put("k", "v", Level::Quorum, Context::empty()))
+        .unwrap();
+    assert!(matches!(resp, Response::Put(_)), "{resp:?}");
+    let resp = c
+        .call(1, put("k2", "v", Level::All, Context::empty()))
+        .unwrap();
+    assert!(
+        matches!(
+            resp,
+            Response::Error(Error::Failed {
+                acked: 2,
+                needed: 3,
+                ..
+            })
+        ),
+        "{resp:?}"
+    );
+    assert_eq!(c.stored(3, b"k"), None);
+
+    c.down.remove(&3);
+    let got = c.call(2, get("k", Level::All)).unwrap();
+    assert_eq!(values(&got), vec![b"v".to_vec()]);
+    assert_eq!(
+        c.stored(3, b"k"),
+        c.stored(1, b"k"),
+        "read repair brought node 3 up to date"
+    );
+    assert_eq!(c.cores[&2].stats().read_repairs, 1);
+}
+
+#[test]
+fn a_detected_failure_makes_all_unavailable_before_sending() {
+    let mut c = Cluster::new(3, 3);
+    c.down.insert(2);
+    c.advance(1000);
+    assert!(!c.cores[&1].is_up(2) && c.cores[&1].is_up(3));
+    let resp = c.call(1, get("k", Level::All)).unwrap();
+    assert_eq!(
+        resp,
+        Response::Error(Error::Unavailable {
+            level: "all".into(),
+            needed: 3,
+            alive: 2
+        })
+    );
+    c.down.remove(&2);
+    c.advance(1300);
+    assert!(c.cores[&1].is_up(2), "back up at its next ping");
+}
+
+#[test]
+fn unanswered_replicas_time_out_at_the_deadline() {
+    let mut c = Cluster::new(3, 3);
+    // Requests to node 3 vanish: no answer, no failure.
+    c.hung.insert(3);
+    let resp = c.call(1, put("k", "v", Level::Quorum, Context::empty()));
+    assert!(
+        matches!(resp, Some(Response::Put(_))),
+        "quorum does not wait for node 3"
+    );
+    let id = 999_999;
+    let now = c.now;
+    c.cores.get_mut(&1).unwrap().handle_request(
+        now,
+        id,
+        put("k", "w", Level::All, Context::empty()),
+    );
+    c.drain(1);
+    c.run();
+    assert!(!c.replies.contains_key(&(1, id)), "still waiting on node 3");
+    c.advance(now + 1000);
+    let resp = c
+        .replies
+        .remove(&(1, id))
+        .expect("answered at the deadline");
+    assert_eq!(
+        resp,
+        Response::Error(Error::Timeout {
+            acked: 2,
+            needed: 3,
+            write: true
+        })
+    );
+    assert!(resp_text(&resp).contains("may still have landed"));
+    // No op is left behind once everything has answered or timed out.
+    c.advance(now + 3000);
+    assert!(
+        c.cores[&1].ops_in_flight() <= 2,
+        "only pings may be in flight"
+    );
+}
+
+fn resp_text(r: &Response) -> String {
+    match r {
+        Response::Error(e) => e.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+#[test]
+fn concurrent_writes_through_different_coordinators_become_siblings() {
+    let mut c = Cluster::new(3, 3);
+    c.call(1, put("k", "a", Level::One, Context::empty()))
+        .unwrap();
+    c.call(2, put("k", "b", Level::One, Context::empty()))
+        .unwrap();
+    let got = c.call(3, get("k", Level::All)).unwrap();
+    let mut v = values(&got);
+    v.sort();
+    assert_eq!(v, vec![b"a".to_vec(), b"b".to_vec()]);
+    let Response::Get(g) = got else {
+        unreachable!()
+    };
+    c.call(3, put("k", "ab", Level::All, g.context)).unwrap();
+    assert_eq!(
+        values(&c.call(1, get("k", Level::All)).unwrap()),
+        vec![b"ab".to_vec()]
+    );
+}
