@@ -26,14 +26,8 @@ fn report(name: &str, h: &Histogram<u64>, elapsed: Duration) {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let path = std::env::var("QKV_CLIENT_CONFIG").unwrap_or_else(|_| "cluster/client.toml".into());
-    let ops: usize = std::env::var("QKV_BENCH_OPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1000);
-    let level: Level = std::env::var("QKV_BENCH_LEVEL")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(Level::Quorum);
+    let ops: usize = std::env::var("QKV_BENCH_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let level: Level = std::env::var("QKV_BENCH_LEVEL").ok().and_then(|s| s.parse().ok()).unwrap_or(Level::Quorum);
     let cfg = match ClientConfig::load(std::path::Path::new(&path), |k| std::env::var(k).ok()) {
         Ok(c) => c,
         Err(e) => {

@@ -19,24 +19,15 @@ async fn put_get_delete_and_exit_codes() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 3, "{out}");
     assert!(lines.contains(&"apple") && lines.contains(&"pear"));
-    let token = lines[2]
-        .strip_prefix("context: ")
-        .expect("context line")
-        .to_string();
+    let token = lines[2].strip_prefix("context: ").expect("context line").to_string();
 
     // Resolve with the context; JSON output.
-    let (code, out, _) = c.qkv(
-        &["put", "fruit", "apple+pear", "--context", &token, "--json"],
-        None,
-    );
+    let (code, out, _) = c.qkv(&["put", "fruit", "apple+pear", "--context", &token, "--json"], None);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["key"], "fruit");
     assert!(v["context"].is_string());
-    let (_, out, _) = c.qkv(
-        &["get", "fruit", "--json", "--strict", "--r", "quorum"],
-        None,
-    );
+    let (_, out, _) = c.qkv(&["get", "fruit", "--json", "--strict", "--r", "quorum"], None);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["found"], true);
     assert_eq!(v["values"], serde_json::json!(["apple+pear"]));
@@ -49,13 +40,7 @@ async fn put_get_delete_and_exit_codes() {
 
     // Delete, then get: exit 1, not found, a context still printed.
     let (_, out, _) = c.qkv(&["get", "fruit"], None);
-    let token = out
-        .lines()
-        .last()
-        .unwrap()
-        .strip_prefix("context: ")
-        .unwrap()
-        .to_string();
+    let token = out.lines().last().unwrap().strip_prefix("context: ").unwrap().to_string();
     assert_eq!(c.qkv(&["delete", "fruit", "--context", &token], None).0, 0);
     let (code, out, err) = c.qkv(&["get", "fruit"], None);
     assert_eq!(code, 1);
@@ -71,22 +56,10 @@ async fn put_get_delete_and_exit_codes() {
 async fn errors_are_one_line_with_exit_2_and_change_nothing() {
     let mut c = Cluster::start(Opts::default()).await;
     let cases: &[(&[&str], &str)] = &[
-        (
-            &["get", "k", "--r", "4"],
-            "invalid level: 4 needs 4 replicas but the replication factor is 3",
-        ),
-        (
-            &["put", "k", "v", "--context", "nonsense!"],
-            "invalid context token",
-        ),
-        (
-            &["put", "k", "v", "--w", "most"],
-            "invalid consistency level",
-        ),
-        (
-            &["get", "k", "--timeout-ms", "0"],
-            "--timeout-ms must be between 1 and 60000",
-        ),
+        (&["get", "k", "--r", "4"], "invalid level: 4 needs 4 replicas but the replication factor is 3"),
+        (&["put", "k", "v", "--context", "nonsense!"], "invalid context token"),
+        (&["put", "k", "v", "--w", "most"], "invalid consistency level"),
+        (&["get", "k", "--timeout-ms", "0"], "--timeout-ms must be between 1 and 60000"),
     ];
     for (args, want) in cases {
         let (code, out, err) = c.qkv(args, None);
@@ -94,11 +67,7 @@ async fn errors_are_one_line_with_exit_2_and_change_nothing() {
         assert!(err.contains(want), "{args:?}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     }
-    assert_eq!(
-        c.qkv(&["get", "k"], None).0,
-        1,
-        "nothing was written by the failed puts"
-    );
+    assert_eq!(c.qkv(&["get", "k"], None).0, 1, "nothing was written by the failed puts");
 
     c.kill(2);
     c.kill(3);
@@ -106,10 +75,7 @@ async fn errors_are_one_line_with_exit_2_and_change_nothing() {
     c.wait_seen(3, false).await;
     let (code, _, err) = c.qkv(&["put", "k", "v"], None);
     assert_eq!(code, 2);
-    assert_eq!(
-        err.trim(),
-        "qkv: unavailable: quorum needs 2 replicas, 1 alive; nothing was sent"
-    );
+    assert_eq!(err.trim(), "qkv: unavailable: quorum needs 2 replicas, 1 alive; nothing was sent");
 
     let missing = c.dir.path().join("nope.toml");
     let out = std::process::Command::new(common::bin("qkv"))
@@ -128,11 +94,7 @@ async fn status_ring_and_inspect() {
     let (code, out, _) = c.qkv(&["status"], None);
     assert_eq!(code, 0);
     assert!(out.contains("N=3"), "{out}");
-    assert_eq!(
-        out.lines().filter(|l| l.contains("100.0%")).count(),
-        3,
-        "{out}"
-    );
+    assert_eq!(out.lines().filter(|l| l.contains("100.0%")).count(), 3, "{out}");
 
     let (_, out, _) = c.qkv(&["ring", "somekey", "--json"], None);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();

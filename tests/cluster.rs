@@ -9,32 +9,20 @@ use quorumkv::{ClusterError, Error, Level};
 
 fn values(mut v: Vec<Vec<u8>>) -> Vec<String> {
     v.sort();
-    v.into_iter()
-        .map(|x| String::from_utf8(x).unwrap())
-        .collect()
+    v.into_iter().map(|x| String::from_utf8(x).unwrap()).collect()
 }
 
 #[tokio::test]
 async fn round_trips_at_every_level() {
     let c = Cluster::start(Opts::default()).await;
     let client = c.client();
-    let levels = [
-        Level::One,
-        Level::Two,
-        Level::Three,
-        Level::Quorum,
-        Level::All,
-        Level::Exactly(2),
-    ];
+    let levels = [Level::One, Level::Two, Level::Three, Level::Quorum, Level::All, Level::Exactly(2)];
     for (i, w) in levels.iter().enumerate() {
         for (j, r) in levels.iter().enumerate() {
             let key = format!("k-{i}-{j}");
             let value = format!("v-{w}-{r}");
             let put = client.put(key.clone(), value.clone()).w(*w).await.unwrap();
-            assert!(
-                put.home_acks.len() >= w.required(3).unwrap(),
-                "{w}: {put:?}"
-            );
+            assert!(put.home_acks.len() >= w.required(3).unwrap(), "{w}: {put:?}");
             // R + W > N: the read must see the write; otherwise retry until replication lands.
             let strict = w.required(3).unwrap() + r.required(3).unwrap() > 3;
             let mut got = client.get(key.clone()).r(*r).strict().await.unwrap();
@@ -52,27 +40,12 @@ async fn round_trips_at_every_level() {
     }
     // Deletes are tombstones: not found, but a context comes back.
     let put = client.put("gone", "x").await.unwrap();
-    client
-        .delete("gone")
-        .context(put.context)
-        .w(Level::All)
-        .await
-        .unwrap();
+    client.delete("gone").context(put.context).w(Level::All).await.unwrap();
     let got = client.get("gone").r(Level::All).await.unwrap();
     assert!(!got.found && got.values.is_empty() && !got.context.is_empty());
     // A level above N is a clear error.
     let err = client.get("k").r(Level::Exactly(4)).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Cluster(ClusterError::InvalidLevel {
-                needed: 4,
-                n: 3,
-                ..
-            })
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, Error::Cluster(ClusterError::InvalidLevel { needed: 4, n: 3, .. })), "{err}");
 }
 
 #[tokio::test]
@@ -81,19 +54,8 @@ async fn any_node_accepts_requests_and_a_quorum_write_is_seen_by_a_quorum_read()
     for writer in 1..=3 {
         for reader in 1..=3 {
             let key = format!("key-{writer}-{reader}");
-            c.client_for(&[writer])
-                .put(key.clone(), "v")
-                .w(Level::Quorum)
-                .strict()
-                .await
-                .unwrap();
-            let got = c
-                .client_for(&[reader])
-                .get(key)
-                .r(Level::Quorum)
-                .strict()
-                .await
-                .unwrap();
+            c.client_for(&[writer]).put(key.clone(), "v").w(Level::Quorum).strict().await.unwrap();
+            let got = c.client_for(&[reader]).get(key).r(Level::Quorum).strict().await.unwrap();
             assert_eq!(values(got.values), vec!["v"]);
         }
     }
@@ -107,48 +69,23 @@ async fn one_node_killed_quorum_still_works_and_all_fails() {
     c.kill(2);
     // Straight after the kill, before any detection: quorum still succeeds.
     client.put("during", "2").w(Level::Quorum).await.unwrap();
-    assert_eq!(
-        values(client.get("before").r(Level::Quorum).await.unwrap().values),
-        vec!["1"]
-    );
+    assert_eq!(values(client.get("before").r(Level::Quorum).await.unwrap().values), vec!["1"]);
     let err = client.put("x", "y").w(Level::All).await.unwrap_err();
     assert!(
         matches!(
             err,
             Error::Cluster(
-                ClusterError::Unavailable { .. }
-                    | ClusterError::Timeout { .. }
-                    | ClusterError::Failed { .. }
+                ClusterError::Unavailable { .. } | ClusterError::Timeout { .. } | ClusterError::Failed { .. }
             )
         ),
         "{err}"
     );
-    assert!(
-        err.to_string().contains("may still have landed")
-            || err.to_string().contains("unavailable"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("may still have landed") || err.to_string().contains("unavailable"), "{err}");
     c.wait_seen(2, false).await;
     let err = client.get("before").r(Level::All).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Cluster(ClusterError::Unavailable {
-                needed: 3,
-                alive: 2,
-                ..
-            })
-        ),
-        "{err}"
-    );
-    assert_eq!(
-        err.to_string(),
-        "unavailable: all needs 3 replicas, 2 alive; nothing was sent"
-    );
-    assert_eq!(
-        values(client.get("during").r(Level::Quorum).await.unwrap().values),
-        vec!["2"]
-    );
+    assert!(matches!(err, Error::Cluster(ClusterError::Unavailable { needed: 3, alive: 2, .. })), "{err}");
+    assert_eq!(err.to_string(), "unavailable: all needs 3 replicas, 2 alive; nothing was sent");
+    assert_eq!(values(client.get("during").r(Level::Quorum).await.unwrap().values), vec!["2"]);
 }
 
 #[tokio::test]
@@ -156,11 +93,7 @@ async fn a_killed_and_restarted_node_still_has_its_data() {
     let mut c = Cluster::start(Opts::default()).await;
     let client = c.client();
     for i in 0..50 {
-        client
-            .put(format!("k{i}"), format!("v{i}"))
-            .w(Level::All)
-            .await
-            .unwrap();
+        client.put(format!("k{i}"), format!("v{i}")).w(Level::All).await.unwrap();
     }
     c.kill(3);
     c.restart(3).await;
@@ -168,15 +101,8 @@ async fn a_killed_and_restarted_node_still_has_its_data() {
     for i in 0..50 {
         let ins = only3.inspect(format!("k{i}")).await.unwrap();
         let (_, state) = ins.replicas.iter().find(|(n, _)| *n == 3).unwrap();
-        let state = state
-            .as_ref()
-            .unwrap()
-            .as_ref()
-            .expect("node 3 kept the key");
-        assert_eq!(
-            state.values().collect::<Vec<_>>(),
-            vec![format!("v{i}").as_bytes()]
-        );
+        let state = state.as_ref().unwrap().as_ref().expect("node 3 kept the key");
+        assert_eq!(state.values().collect::<Vec<_>>(), vec![format!("v{i}").as_bytes()]);
     }
 }
 
@@ -184,21 +110,13 @@ async fn a_killed_and_restarted_node_still_has_its_data() {
 async fn concurrent_blind_writes_become_siblings_and_a_context_write_resolves_them() {
     let c = Cluster::start(Opts::default()).await;
     let (a, b) = (c.client_for(&[1]), c.client_for(&[2]));
-    let (ra, rb) = tokio::join!(
-        a.put("cart", "apple").w(Level::All),
-        b.put("cart", "pear").w(Level::All)
-    );
+    let (ra, rb) = tokio::join!(a.put("cart", "apple").w(Level::All), b.put("cart", "pear").w(Level::All));
     ra.unwrap();
     rb.unwrap();
     let got = c.client().get("cart").r(Level::All).await.unwrap();
     assert_eq!(values(got.values), vec!["apple", "pear"]);
     // Merge the siblings and write with the context: they are replaced.
-    c.client()
-        .put("cart", "apple+pear")
-        .context(got.context)
-        .w(Level::All)
-        .await
-        .unwrap();
+    c.client().put("cart", "apple+pear").context(got.context).w(Level::All).await.unwrap();
     let got = c.client().get("cart").r(Level::All).await.unwrap();
     assert_eq!(values(got.values), vec!["apple+pear"]);
     // A write with an older (empty) context keeps the newer value as a sibling.
@@ -219,13 +137,7 @@ async fn a_read_repairs_a_stale_replica() {
         let client = c.client_for(&[1]);
         async move {
             let ins = client.inspect("stale").await.unwrap();
-            ins.replicas
-                .iter()
-                .find(|(n, _)| *n == 3)
-                .unwrap()
-                .1
-                .clone()
-                .unwrap()
+            ins.replicas.iter().find(|(n, _)| *n == 3).unwrap().1.clone().unwrap()
         }
     };
     assert_eq!(held_by_3(&c).await, None, "node 3 missed the write");
@@ -233,10 +145,7 @@ async fn a_read_repairs_a_stale_replica() {
         + c.client().status_of(c.addrs[1]).await.unwrap().read_repairs;
     let got = client.get("stale").r(Level::All).await.unwrap();
     assert_eq!(values(got.values), vec!["new"]);
-    wait_for("read repair of node 3", Duration::from_secs(5), || async {
-        held_by_3(&c).await.is_some()
-    })
-    .await;
+    wait_for("read repair of node 3", Duration::from_secs(5), || async { held_by_3(&c).await.is_some() }).await;
     let after = c.client().status_of(c.addrs[0]).await.unwrap().read_repairs
         + c.client().status_of(c.addrs[1]).await.unwrap().read_repairs;
     assert!(after > before, "repair counted: {before} -> {after}");
@@ -256,11 +165,7 @@ async fn a_client_without_a_ca_signed_certificate_is_refused() {
     let stranger = c
         .client_config()
         .builder()
-        .tls(
-            c.dir.path().join("certs/ca.pem"),
-            other.path().join("client.pem"),
-            other.path().join("client.key"),
-        )
+        .tls(c.dir.path().join("certs/ca.pem"), other.path().join("client.pem"), other.path().join("client.key"))
         .build()
         .unwrap();
     let err = stranger.get("k").await.unwrap_err();
@@ -271,11 +176,7 @@ async fn a_client_without_a_ca_signed_certificate_is_refused() {
 
 #[tokio::test]
 async fn oversized_input_gets_a_clear_error_and_the_node_keeps_serving() {
-    let c = Cluster::start(Opts {
-        extra: "value_bytes_max = 65536\nkey_bytes_max = 1024",
-        ..Opts::default()
-    })
-    .await;
+    let c = Cluster::start(Opts { extra: "value_bytes_max = 65536\nkey_bytes_max = 1024", ..Opts::default() }).await;
     let client = c.client_for(&[1]);
     let err = client.put("big", vec![7u8; 65_537]).await.unwrap_err();
     assert!(
@@ -283,29 +184,14 @@ async fn oversized_input_gets_a_clear_error_and_the_node_keeps_serving() {
         "{err}"
     );
     let err = client.put(vec![b'k'; 1025], "v").await.unwrap_err();
-    assert!(
-        matches!(&err, Error::Cluster(ClusterError::TooLarge { what, .. }) if what == "key"),
-        "{err}"
-    );
+    assert!(matches!(&err, Error::Cluster(ClusterError::TooLarge { what, .. }) if what == "key"), "{err}");
     // A frame over the node's frame limit is refused before it is read.
-    let huge = c
-        .client_config()
-        .builder()
-        .nodes([c.addrs[0]])
-        .frame_bytes_max(64 << 20)
-        .build()
-        .unwrap();
+    let huge = c.client_config().builder().nodes([c.addrs[0]]).frame_bytes_max(64 << 20).build().unwrap();
     let err = huge.put("huge", vec![0u8; 2 << 20]).await.unwrap_err();
-    assert!(
-        matches!(&err, Error::Cluster(ClusterError::TooLarge { what, .. }) if what == "frame"),
-        "{err}"
-    );
+    assert!(matches!(&err, Error::Cluster(ClusterError::TooLarge { what, .. }) if what == "frame"), "{err}");
     // Nothing was stored, and the node keeps serving.
     assert!(!client.get("big").r(Level::All).await.unwrap().found);
     assert!(!client.get("huge").r(Level::All).await.unwrap().found);
     client.put("small", vec![1u8; 65_536]).await.unwrap();
-    assert_eq!(
-        client.get("small").await.unwrap().values,
-        vec![vec![1u8; 65_536]]
-    );
+    assert_eq!(client.get("small").await.unwrap().values, vec![vec![1u8; 65_536]]);
 }

@@ -7,8 +7,7 @@ use common::{Cluster, Opts};
 
 #[tokio::test]
 async fn the_readme_session_works_as_printed() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let start = readme.find("<!-- session:").expect("session marker");
     let end = readme.find("<!-- end session -->").expect("end marker");
     let block = &readme[start..end];
@@ -18,22 +17,14 @@ async fn the_readme_session_works_as_printed() {
     for line in body.lines() {
         match line.strip_prefix("$ ") {
             Some(cmd) => steps.push((cmd.to_string(), vec![])),
-            None => steps
-                .last_mut()
-                .expect("output before any command")
-                .1
-                .push(line.to_string()),
+            None => steps.last_mut().expect("output before any command").1.push(line.to_string()),
         }
     }
     assert!(steps.len() >= 8, "the session has its commands");
 
     let c = Cluster::start(Opts::default()).await;
     let bin_dir = common::bin("qkv").parent().unwrap().to_path_buf();
-    let path = format!(
-        "{}:{}",
-        bin_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
     for (cmd, want) in steps {
         // The README's PATH line points at the release build; the test uses this build's binaries.
         if cmd.starts_with("export PATH=") {
@@ -47,10 +38,7 @@ async fn the_readme_session_works_as_printed() {
             .env("QKV_CLIENT_CONFIG", c.dir.path().join("client.toml"))
             .output()
             .unwrap();
-        let got: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect();
+        let got: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
         assert_eq!(got, want, "README command `{cmd}`");
     }
 }

@@ -18,20 +18,12 @@ pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test exe path");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first (make test does)",
-        p.display()
-    );
+    assert!(p.exists(), "{} is missing: run `cargo build --workspace --bins` first (make test does)", p.display());
     p
 }
 
 fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Poll `cond` until it returns true or `within` passes.
@@ -45,10 +37,7 @@ where
         if cond().await {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for: {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -70,11 +59,7 @@ pub struct Opts {
 
 impl Default for Opts {
     fn default() -> Self {
-        Opts {
-            nodes: 3,
-            replication: 3,
-            extra: "",
-        }
+        Opts { nodes: 3, replication: 3, extra: "" }
     }
 }
 
@@ -89,19 +74,11 @@ impl Cluster {
             .args(["--nodes", &ids.join(","), "--clients", "client"])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "qkv certs: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let addrs: Vec<SocketAddr> = (0..opts.nodes)
-            .map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap())
-            .collect();
-        let peers: String = addrs
-            .iter()
-            .enumerate()
-            .map(|(i, a)| format!("{{ id = {}, addr = \"{a}\" }},", i + 1))
-            .collect();
+        assert!(out.status.success(), "qkv certs: {}", String::from_utf8_lossy(&out.stderr));
+        let addrs: Vec<SocketAddr> =
+            (0..opts.nodes).map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap()).collect();
+        let peers: String =
+            addrs.iter().enumerate().map(|(i, a)| format!("{{ id = {}, addr = \"{a}\" }},", i + 1)).collect();
         for (i, a) in addrs.iter().enumerate() {
             let id = i + 1;
             let cfg = format!(
@@ -119,12 +96,7 @@ impl Cluster {
             ),
         )
         .unwrap();
-        let mut c = Cluster {
-            dir,
-            addrs,
-            children: (0..opts.nodes).map(|_| None).collect(),
-            _serial: serial,
-        };
+        let mut c = Cluster { dir, addrs, children: (0..opts.nodes).map(|_| None).collect(), _serial: serial };
         for id in 1..=opts.nodes {
             c.spawn(id);
         }
@@ -153,40 +125,30 @@ impl Cluster {
     /// Wait until node `id` answers a status request.
     pub async fn wait_serving(&self, id: usize) {
         let c = self.client_for(&[id]);
-        wait_for(
-            &format!("node {id} serving"),
-            Duration::from_secs(20),
-            || {
-                let c = c.clone();
-                async move { c.status_of(self.addrs[id - 1]).await.is_ok() }
-            },
-        )
+        wait_for(&format!("node {id} serving"), Duration::from_secs(20), || {
+            let c = c.clone();
+            async move { c.status_of(self.addrs[id - 1]).await.is_ok() }
+        })
         .await;
     }
 
     /// Wait until every running node sees node `id` as `up`.
     pub async fn wait_seen(&self, id: usize, up: bool) {
         let c = self.client();
-        let running: Vec<usize> = (1..=self.addrs.len())
-            .filter(|&i| i != id && self.children[i - 1].is_some())
-            .collect();
-        wait_for(
-            &format!("node {id} seen {}", if up { "up" } else { "down" }),
-            Duration::from_secs(20),
-            || {
-                let (c, running) = (c.clone(), running.clone());
-                async move {
-                    for i in running {
-                        match c.status_of(self.addrs[i - 1]).await {
-                            Ok(s)
-                                if s.members.iter().any(|m| m.node == id as u32 && m.up == up) => {}
-                            _ => return false,
-                        }
+        let running: Vec<usize> =
+            (1..=self.addrs.len()).filter(|&i| i != id && self.children[i - 1].is_some()).collect();
+        wait_for(&format!("node {id} seen {}", if up { "up" } else { "down" }), Duration::from_secs(20), || {
+            let (c, running) = (c.clone(), running.clone());
+            async move {
+                for i in running {
+                    match c.status_of(self.addrs[i - 1]).await {
+                        Ok(s) if s.members.iter().any(|m| m.node == id as u32 && m.up == up) => {}
+                        _ => return false,
                     }
-                    true
                 }
-            },
-        )
+                true
+            }
+        })
         .await;
     }
 
@@ -236,23 +198,15 @@ impl Cluster {
 
     /// A client of just these nodes.
     pub fn client_for(&self, ids: &[usize]) -> Client {
-        self.client_config()
-            .builder()
-            .nodes(ids.iter().map(|&i| self.addrs[i - 1]))
-            .build()
-            .unwrap()
+        self.client_config().builder().nodes(ids.iter().map(|&i| self.addrs[i - 1])).build().unwrap()
     }
 
     /// Run the `qkv` CLI against this cluster: (exit code, stdout, stderr).
     pub fn qkv(&self, args: &[&str], stdin: Option<&[u8]>) -> (i32, String, String) {
         use std::io::Write;
         let mut cmd = Command::new(bin("qkv"));
-        cmd.arg("--config")
-            .arg(self.dir.path().join("client.toml"))
-            .args(args);
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.arg("--config").arg(self.dir.path().join("client.toml")).args(args);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut ch = cmd.spawn().unwrap();
         let mut input = ch.stdin.take().unwrap();
         if let Some(s) = stdin {

@@ -59,47 +59,29 @@ impl ClientConfig {
     /// Read `path` and apply overrides from `env`.
     pub fn load(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<ClientConfig, Error> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::Config(format!(
-                "cannot read {}: {e} (run `make cluster`, or pass --config)",
-                path.display()
-            ))
+            Error::Config(format!("cannot read {}: {e} (run `make cluster`, or pass --config)", path.display()))
         })?;
         Self::parse(&text, path.parent().unwrap_or(Path::new(".")), env)
             .map_err(|e| Error::Config(format!("{}: {e}", path.display())))
     }
 
     /// Parse config text; relative paths are taken from `base`.
-    pub fn parse(
-        text: &str,
-        base: &Path,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<ClientConfig, String> {
+    pub fn parse(text: &str, base: &Path, env: impl Fn(&str) -> Option<String>) -> Result<ClientConfig, String> {
         let f: File = toml::from_str(text).map_err(|e| e.message().to_string())?;
-        let nodes_text = env("QKV_NODES")
-            .map(|s| s.split(',').map(|x| x.trim().to_string()).collect())
-            .unwrap_or(f.nodes);
+        let nodes_text =
+            env("QKV_NODES").map(|s| s.split(',').map(|x| x.trim().to_string()).collect()).unwrap_or(f.nodes);
         let nodes = nodes_text
             .iter()
-            .map(|n| {
-                n.parse::<SocketAddr>()
-                    .map_err(|_| format!("invalid node address `{n}` (want IP:PORT)"))
-            })
+            .map(|n| n.parse::<SocketAddr>().map_err(|_| format!("invalid node address `{n}` (want IP:PORT)")))
             .collect::<Result<Vec<_>, _>>()?;
         if nodes.is_empty() {
             return Err("no nodes listed".into());
         }
-        let level = |v: Option<String>| {
-            v.map(|s| s.parse::<Level>())
-                .transpose()
-                .map(|l| l.unwrap_or(Level::Quorum))
-        };
+        let level = |v: Option<String>| v.map(|s| s.parse::<Level>()).transpose().map(|l| l.unwrap_or(Level::Quorum));
         let read = level(env("QKV_READ").or(f.read))?;
         let write = level(env("QKV_WRITE").or(f.write))?;
         let timeout_ms = match env("QKV_TIMEOUT_MS") {
-            Some(t) => Some(
-                t.parse::<u64>()
-                    .map_err(|_| format!("QKV_TIMEOUT_MS: `{t}` is not a number"))?,
-            ),
+            Some(t) => Some(t.parse::<u64>().map_err(|_| format!("QKV_TIMEOUT_MS: `{t}` is not a number"))?),
             None => f.timeout_ms,
         }
         .unwrap_or(1000);
@@ -154,29 +136,15 @@ key = "/abs/client.key"
         assert_eq!((c.read, c.write), (Level::Quorum, Level::All));
         assert_eq!(c.tls.0, Path::new("/c/certs/ca.pem"));
         assert_eq!(c.tls.2, Path::new("/abs/client.key"));
-        let env = |k: &str| {
-            (k == "QKV_NODES").then(|| "127.0.0.1:1, 127.0.0.1:2, 127.0.0.1:3".to_string())
-        };
-        assert_eq!(
-            ClientConfig::parse(TEXT, Path::new("."), env)
-                .unwrap()
-                .nodes
-                .len(),
-            3
-        );
+        let env = |k: &str| (k == "QKV_NODES").then(|| "127.0.0.1:1, 127.0.0.1:2, 127.0.0.1:3".to_string());
+        assert_eq!(ClientConfig::parse(TEXT, Path::new("."), env).unwrap().nodes.len(), 3);
     }
 
     #[test]
     fn bad_input_says_why() {
         let env = |k: &str| (k == "QKV_NODES").then(|| "localhost".to_string());
-        assert!(
-            ClientConfig::parse(TEXT, Path::new("."), env)
-                .unwrap_err()
-                .contains("invalid node address")
-        );
-        assert!(
-            ClientConfig::parse(&TEXT.replace("all", "most"), Path::new("."), |_| None).is_err()
-        );
+        assert!(ClientConfig::parse(TEXT, Path::new("."), env).unwrap_err().contains("invalid node address"));
+        assert!(ClientConfig::parse(&TEXT.replace("all", "most"), Path::new("."), |_| None).is_err());
         assert!(ClientConfig::parse("nodes = []", Path::new("."), |_| None).is_err());
     }
 }

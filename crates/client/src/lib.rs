@@ -50,7 +50,7 @@ use std::time::Duration;
 pub use config::ClientConfig;
 pub use error::Error;
 pub use qkv_proto::Error as ClusterError;
-pub use qkv_proto::{Context, DvvSet, InspectReply, Level, NodeId, RingReply, StatusReply};
+pub use qkv_proto::{Context, DvvSet, HintStatus, InspectReply, Level, NodeId, OwnerHints, RingReply, StatusReply};
 use qkv_proto::{GetRequest, PutRequest, Request, Response};
 use qkv_transport::{Pool, TlsFiles};
 
@@ -91,17 +91,8 @@ impl ClientBuilder {
     }
 
     /// The cluster CA certificate and this client's certificate and key (PEM files).
-    pub fn tls(
-        mut self,
-        ca: impl Into<PathBuf>,
-        cert: impl Into<PathBuf>,
-        key: impl Into<PathBuf>,
-    ) -> Self {
-        self.tls = Some(TlsFiles {
-            ca: ca.into(),
-            cert: cert.into(),
-            key: key.into(),
-        });
+    pub fn tls(mut self, ca: impl Into<PathBuf>, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.tls = Some(TlsFiles { ca: ca.into(), cert: cert.into(), key: key.into() });
         self
     }
 
@@ -134,11 +125,8 @@ impl ClientBuilder {
         if self.nodes.is_empty() {
             return Err(Error::Config("no nodes given".into()));
         }
-        let tls = self
-            .tls
-            .ok_or_else(|| Error::Config("no TLS files given (CA, certificate, key)".into()))?;
-        let endpoint =
-            qkv_transport::client_endpoint(&tls).map_err(|e| Error::Config(e.to_string()))?;
+        let tls = self.tls.ok_or_else(|| Error::Config("no TLS files given (CA, certificate, key)".into()))?;
+        let endpoint = qkv_transport::client_endpoint(&tls).map_err(|e| Error::Config(e.to_string()))?;
         Ok(Client(Arc::new(Inner {
             pool: Pool::new(endpoint, self.frame_bytes_max),
             nodes: self.nodes,
@@ -181,6 +169,9 @@ pub struct PutResult {
     pub context: Context,
     /// The home replicas that acknowledged the write before the answer.
     pub home_acks: Vec<NodeId>,
+    /// Stand-ins that acknowledged instead of a home replica that was down: (stand-in, home replica).
+    /// They hold the write as a hint and hand it to the home replica when it is back.
+    pub standin_acks: Vec<(NodeId, NodeId)>,
     /// The node that coordinated the write.
     pub coordinator: NodeId,
 }
@@ -200,13 +191,7 @@ impl Client {
 
     /// Read `key`. Await the returned request, after setting options on it.
     pub fn get(&self, key: impl Into<Vec<u8>>) -> Get {
-        Get {
-            client: self.clone(),
-            key: key.into(),
-            r: self.0.read,
-            strict: false,
-            timeout: self.0.timeout,
-        }
+        Get { client: self.clone(), key: key.into(), r: self.0.read, strict: false, timeout: self.0.timeout }
     }
 
     /// Write `value` under `key`.
@@ -233,15 +218,8 @@ impl Client {
 
     /// One node's view of the cluster.
     pub async fn status_of(&self, node: SocketAddr) -> Result<StatusReply, Error> {
-        let resp = self
-            .0
-            .pool
-            .request(node, &Request::Status, self.0.timeout + TRANSPORT_MARGIN)
-            .await;
-        match resp.map_err(|e| Error::NoNodeReachable {
-            tried: 1,
-            last: e.to_string(),
-        })? {
+        let resp = self.0.pool.request(node, &Request::Status, self.0.timeout + TRANSPORT_MARGIN).await;
+        match resp.map_err(|e| Error::NoNodeReachable { tried: 1, last: e.to_string() })? {
             Response::Status(s) => Ok(s),
             other => Err(unexpected(other)),
         }
@@ -258,10 +236,7 @@ impl Client {
 
     /// A key's preference list.
     pub async fn ring(&self, key: impl Into<Vec<u8>>) -> Result<RingReply, Error> {
-        match self
-            .send(Request::Ring { key: key.into() }, self.0.timeout)
-            .await?
-        {
+        match self.send(Request::Ring { key: key.into() }, self.0.timeout).await? {
             Response::Ring(r) => Ok(r),
             other => Err(unexpected(other)),
         }
@@ -269,11 +244,19 @@ impl Client {
 
     /// What each home replica holds for `key`, unmerged: the operator's view of divergence.
     pub async fn inspect(&self, key: impl Into<Vec<u8>>) -> Result<InspectReply, Error> {
-        match self
-            .send(Request::Inspect { key: key.into() }, self.0.timeout)
-            .await?
-        {
+        match self.send(Request::Inspect { key: key.into() }, self.0.timeout).await? {
             Response::Inspect(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Test-only: tell the node at `node` to cut itself off from `isolate` (empty: heal).
+    /// Refused unless that node's config enables `fault_injection`.
+    #[doc(hidden)]
+    pub async fn inject_fault(&self, node: SocketAddr, isolate: Vec<NodeId>) -> Result<(), Error> {
+        let resp = self.0.pool.request(node, &Request::Fault { isolate }, self.0.timeout + TRANSPORT_MARGIN).await;
+        match resp.map_err(|e| Error::NoNodeReachable { tried: 1, last: e.to_string() })? {
+            Response::ReplicaAck => Ok(()),
             other => Err(unexpected(other)),
         }
     }
@@ -284,21 +267,13 @@ impl Client {
         let mut last = String::new();
         for i in 0..self.0.nodes.len() {
             let addr = self.0.nodes[(start + i) % self.0.nodes.len()];
-            match self
-                .0
-                .pool
-                .request(addr, &req, timeout + TRANSPORT_MARGIN)
-                .await
-            {
+            match self.0.pool.request(addr, &req, timeout + TRANSPORT_MARGIN).await {
                 Ok(Response::Error(e)) => return Err(Error::Cluster(e)),
                 Ok(r) => return Ok(r),
                 Err(e) => last = e.to_string(),
             }
         }
-        Err(Error::NoNodeReachable {
-            tried: self.0.nodes.len(),
-            last,
-        })
+        Err(Error::NoNodeReachable { tried: self.0.nodes.len(), last })
     }
 }
 
@@ -349,12 +324,8 @@ impl IntoFuture for Get {
 
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
-            let req = GetRequest {
-                key: self.key,
-                r: self.r,
-                strict: self.strict,
-                timeout_ms: timeout_ms(self.timeout),
-            };
+            let req =
+                GetRequest { key: self.key, r: self.r, strict: self.strict, timeout_ms: timeout_ms(self.timeout) };
             match self.client.send(Request::Get(req), self.timeout).await? {
                 Response::Get(g) => Ok(GetResult {
                     found: g.found,
@@ -424,6 +395,7 @@ impl IntoFuture for Put {
                 Response::Put(p) => Ok(PutResult {
                     context: p.context,
                     home_acks: p.home_acks,
+                    standin_acks: p.standin_acks,
                     coordinator: p.coordinator,
                 }),
                 other => Err(unexpected(other)),

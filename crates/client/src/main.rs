@@ -121,27 +121,18 @@ fn main() -> ExitCode {
         Err(e) => {
             // One line, like every other error: clap's own text, without its usage footer.
             let text = e.to_string();
-            let msg: Vec<&str> = text
-                .lines()
-                .map(str::trim)
-                .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
-                .collect();
+            let msg: Vec<&str> =
+                text.lines().map(str::trim).take_while(|l| !l.is_empty() && !l.starts_with("Usage:")).collect();
             let msg = msg.join(" ");
             eprintln!("qkv: {}", msg.strip_prefix("error: ").unwrap_or(&msg));
             return ExitCode::from(2);
         }
     };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "error".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into()))
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("qkv: cannot start the runtime: {e}");
@@ -160,17 +151,12 @@ fn main() -> ExitCode {
 fn show(v: &[u8]) -> String {
     match std::str::from_utf8(v) {
         Ok(s) => s.to_string(),
-        Err(_) => format!(
-            "base64:{}",
-            base64::engine::general_purpose::STANDARD.encode(v)
-        ),
+        Err(_) => format!("base64:{}", base64::engine::general_purpose::STANDARD.encode(v)),
     }
 }
 
 fn client(config: &Option<PathBuf>, timeout_ms: Option<u64>) -> anyhow::Result<Client> {
-    let path = config
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("cluster/client.toml"));
+    let path = config.clone().unwrap_or_else(|| PathBuf::from("cluster/client.toml"));
     let cfg = ClientConfig::load(&path, |k| std::env::var(k).ok())?;
     let mut b = cfg.builder();
     if let Some(t) = timeout_ms {
@@ -191,18 +177,10 @@ fn context(token: &Option<String>) -> anyhow::Result<Context> {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
-        Cmd::Put {
-            key,
-            value,
-            w,
-            context: ctx,
-            common,
-        } => {
+        Cmd::Put { key, value, w, context: ctx, common } => {
             let value = if value == "-" {
                 let mut buf = vec![];
-                std::io::stdin()
-                    .read_to_end(&mut buf)
-                    .context("reading the value from stdin")?;
+                std::io::stdin().read_to_end(&mut buf).context("reading the value from stdin")?;
                 buf
             } else {
                 value.into_bytes()
@@ -220,19 +198,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if common.json {
                 println!(
                     "{}",
-                    json!({"key": key, "context": r.context.encode(), "coordinator": r.coordinator, "home_acks": r.home_acks})
+                    json!({
+                        "key": key,
+                        "context": r.context.encode(),
+                        "coordinator": r.coordinator,
+                        "acks": {"home": r.home_acks.len(), "standin": r.standin_acks.len()},
+                        "home_acks": r.home_acks,
+                        "standin_acks": r.standin_acks.iter().map(|(n, o)| json!({"node": n, "for": o})).collect::<Vec<_>>(),
+                    })
                 );
             } else {
                 println!("{}", r.context.encode());
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Delete {
-            key,
-            w,
-            context: ctx,
-            common,
-        } => {
+        Cmd::Delete { key, w, context: ctx, common } => {
             let ctx = context(&ctx)?;
             let c = client(&cli.config, common.timeout_ms)?;
             let mut req = c.delete(key.clone()).context(ctx);
@@ -244,10 +224,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let r = req.await?;
             if common.json {
-                println!(
-                    "{}",
-                    json!({"key": key, "context": r.context.encode(), "deleted": true})
-                );
+                println!("{}", json!({"key": key, "context": r.context.encode(), "deleted": true}));
             } else {
                 println!("{}", r.context.encode());
             }
@@ -278,21 +255,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 println!("context: {}", got.context.encode());
             }
-            Ok(if got.found {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            Ok(if got.found { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         Cmd::Status { json } => status(&client(&cli.config, None)?, json).await,
         Cmd::Ring { key, json } => {
             let r = client(&cli.config, None)?.ring(key.clone()).await?;
             if json {
-                let reps: Vec<_> = r
-                    .replicas
-                    .iter()
-                    .map(|(id, a)| json!({"node": id, "addr": a}))
-                    .collect();
+                let reps: Vec<_> = r.replicas.iter().map(|(id, a)| json!({"node": id, "addr": a})).collect();
                 println!("{}", json!({"key": key, "replicas": reps}));
             } else {
                 for (i, (id, addr)) in r.replicas.iter().enumerate() {
@@ -309,58 +278,44 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .iter()
                     .map(|(id, st)| match st {
                         Ok(s) => {
-                            let s = s.clone().unwrap_or_default();
-                            json!({
-                                "node": id,
-                                "clock": s.clock().0,
-                                "siblings": s.siblings().iter().map(|x| json!({
-                                    "dot": [x.dot.node, x.dot.counter],
-                                    "value": x.value.as_deref().map(show),
-                                })).collect::<Vec<_>>(),
-                            })
+                            let mut v = set_json(&s.clone().unwrap_or_default());
+                            v["node"] = json!(id);
+                            v
                         }
                         Err(e) => json!({"node": id, "error": e.to_string()}),
                     })
                     .collect();
-                println!("{}", json!({"key": key, "replicas": reps}));
+                let hints: Vec<_> = r
+                    .hints
+                    .iter()
+                    .map(|(node, owner, set, age)| {
+                        let mut v = set_json(set);
+                        v["node"] = json!(node);
+                        v["for"] = json!(owner);
+                        v["age_ms"] = json!(age);
+                        v
+                    })
+                    .collect();
+                println!("{}", json!({"key": key, "replicas": reps, "hints": hints}));
             } else {
                 for (id, st) in &r.replicas {
                     match st {
                         Ok(None) => println!("node {id}: (nothing)"),
-                        Ok(Some(s)) => {
-                            let clock: Vec<String> = s
-                                .clock()
-                                .0
-                                .iter()
-                                .map(|(n, c)| format!("{n}:{c}"))
-                                .collect();
-                            let vals: Vec<String> = s
-                                .siblings()
-                                .iter()
-                                .map(|x| {
-                                    x.value
-                                        .as_deref()
-                                        .map(show)
-                                        .unwrap_or_else(|| "<tombstone>".into())
-                                })
-                                .collect();
-                            println!(
-                                "node {id}: clock [{}] values [{}]",
-                                clock.join(" "),
-                                vals.join(", ")
-                            );
-                        }
+                        Ok(Some(s)) => println!("node {id}: {}", set_text(s)),
                         Err(e) => println!("node {id}: error: {e}"),
                     }
+                }
+                for (node, owner, set, age) in &r.hints {
+                    println!(
+                        "hint on node {node} for node {owner}: {} (age {:.1} s)",
+                        set_text(set),
+                        *age as f64 / 1000.0
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Certs {
-            out,
-            nodes,
-            clients,
-        } => {
+        Cmd::Certs { out, nodes, clients } => {
             if nodes.is_empty() || nodes.contains(&0) {
                 bail!("--nodes takes positive node ids, e.g. --nodes 1,2,3");
             }
@@ -377,14 +332,46 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+fn set_json(s: &qkv_client::DvvSet) -> serde_json::Value {
+    json!({
+        "clock": s.clock().0,
+        "siblings": s.siblings().iter().map(|x| json!({
+            "dot": [x.dot.node, x.dot.counter],
+            "value": x.value.as_deref().map(show),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn set_text(s: &qkv_client::DvvSet) -> String {
+    let clock: Vec<String> = s.clock().0.iter().map(|(n, c)| format!("{n}:{c}")).collect();
+    let vals: Vec<String> =
+        s.siblings().iter().map(|x| x.value.as_deref().map(show).unwrap_or_else(|| "<tombstone>".into())).collect();
+    format!("clock [{}] values [{}]", clock.join(" "), vals.join(", "))
+}
+
+fn bytes_text(b: f64) -> String {
+    match b {
+        b if b >= 1e9 => format!("{:.1} GB", b / 1e9),
+        b if b >= 1e6 => format!("{:.1} MB", b / 1e6),
+        b if b >= 1e3 => format!("{:.1} kB", b / 1e3),
+        b => format!("{b:.0} B"),
+    }
+}
+
+fn ms_text(ms: u64) -> String {
+    match ms {
+        ms if ms >= 3_600_000 => format!("{:.1} h", ms as f64 / 3.6e6),
+        ms if ms >= 60_000 => format!("{:.1} min", ms as f64 / 6e4),
+        ms => format!("{:.1} s", ms as f64 / 1e3),
+    }
+}
+
 async fn status(c: &Client, as_json: bool) -> anyhow::Result<ExitCode> {
     let views = c.status().await;
     let answered: Vec<_> = views.iter().filter_map(|(_, v)| v.as_ref().ok()).collect();
     let Some(first) = answered.first() else {
-        let why: Vec<String> = views
-            .iter()
-            .map(|(a, v)| format!("{a}: {}", v.as_ref().err().unwrap()))
-            .collect();
+        let why: Vec<String> =
+            views.iter().filter_map(|(a, v)| v.as_ref().err().map(|e| format!("{a}: {e}"))).collect();
         bail!("no node answered ({})", why.join("; "));
     };
     if as_json {
@@ -397,6 +384,7 @@ async fn status(c: &Client, as_json: bool) -> anyhow::Result<ExitCode> {
                     "members": s.members.iter().map(|m| json!({
                         "node": m.node, "addr": m.addr, "up": m.up, "ownership": m.ownership,
                     })).collect::<Vec<_>>(),
+                    "hints": serde_json::to_value(&s.hints).unwrap_or_default(),
                 }),
                 Err(e) => json!({"addr": addr.to_string(), "error": e.to_string()}),
             })
@@ -404,34 +392,62 @@ async fn status(c: &Client, as_json: bool) -> anyhow::Result<ExitCode> {
         println!("{}", json!({"nodes": nodes}));
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "replication factor N={}, {} vnodes per node",
-        first.n, first.vnodes
-    );
+    println!("replication factor N={}, {} vnodes per node", first.n, first.vnodes);
     let mut header = format!("{:<6}{:<22}{:>8}", "NODE", "ADDRESS", "OWNS");
     for v in &answered {
         header += &format!("  {:<11}", format!("SEEN BY {}", v.node));
     }
-    println!("{header}  REPAIRS");
+    println!("{header}  REPAIRS  HINTS HELD");
     for m in &first.members {
         let mut line = format!("{:<6}{:<22}{:>7.1}%", m.node, m.addr, m.ownership * 100.0);
         for v in &answered {
-            let up = v
-                .members
-                .iter()
-                .find(|x| x.node == m.node)
-                .map(|x| if x.up { "up" } else { "down" });
+            let up = v.members.iter().find(|x| x.node == m.node).map(|x| if x.up { "up" } else { "down" });
             line += &format!("  {:<11}", up.unwrap_or("?"));
         }
-        let repairs = answered
-            .iter()
-            .find(|v| v.node == m.node)
-            .map(|v| v.read_repairs.to_string());
-        println!("{line}  {}", repairs.unwrap_or_else(|| "-".into()));
+        match answered.iter().find(|v| v.node == m.node) {
+            Some(v) => {
+                println!("{line}  {:<7}  {} ({})", v.read_repairs, v.hints.count, bytes_text(v.hints.bytes as f64))
+            }
+            None => println!("{line}  -        -"),
+        }
     }
     for (addr, v) in &views {
         if let Err(e) = v {
             println!("{addr}: no answer ({e})");
+        }
+    }
+    let backlog: Vec<_> = answered.iter().flat_map(|v| v.hints.owners.iter().map(move |o| (v.node, o))).collect();
+    if !backlog.is_empty() {
+        println!();
+        println!("hint backlog (the replication lag stand-ins owe home replicas):");
+        println!(
+            "{:<8}{:<10}{:>8}{:>11}{:>10}{:>12}{:>12}{:>10}",
+            "HELD BY", "FOR", "HINTS", "BYTES", "OLDEST", "HINTS/S", "RATE", "DRAIN"
+        );
+        for (holder, o) in backlog {
+            let owner = format!("{} ({})", o.owner, if o.owner_up { "up" } else { "down" });
+            let drain = match (o.count, o.drain_eta_ms) {
+                (0, _) => "done".to_string(),
+                (_, Some(eta)) => ms_text(eta),
+                (_, None) if !o.owner_up => "owner down".to_string(),
+                (_, None) => "-".to_string(),
+            };
+            println!(
+                "{:<8}{:<10}{:>8}{:>11}{:>10}{:>12.1}{:>12}{:>10}",
+                holder,
+                owner,
+                o.count,
+                bytes_text(o.bytes as f64),
+                if o.count > 0 { ms_text(o.oldest_age_ms) } else { "-".into() },
+                o.rate_hints_per_s,
+                format!("{}/s", bytes_text(o.rate_bytes_per_s)),
+                drain
+            );
+        }
+    }
+    for v in &answered {
+        if v.hints.refused > 0 {
+            println!("node {}: {} hints refused at a limit", v.node, v.hints.refused);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -121,9 +121,7 @@ impl GetOp {
     }
 
     fn merged(&self) -> DvvSet {
-        self.replies
-            .iter()
-            .fold(DvvSet::new(), |acc, (_, s)| acc.merged(s))
+        self.replies.iter().fold(DvvSet::new(), |acc, (_, s)| acc.merged(s))
     }
 
     fn step(&mut self) -> Vec<GetAction> {
@@ -132,19 +130,11 @@ impl GetOp {
         }
         let mut out = vec![];
         if !self.answered {
-            match tally(
-                self.needed,
-                self.replies.len(),
-                self.failed.len(),
-                self.targets.len(),
-            ) {
+            match tally(self.needed, self.replies.len(), self.failed.len(), self.targets.len()) {
                 Tally::Pending => {}
                 Tally::Won => {
                     self.answered = true;
-                    out.push(GetAction::Reply(Ok(GetAnswer {
-                        set: self.merged(),
-                        replied: self.replies.len(),
-                    })));
+                    out.push(GetAction::Reply(Ok(GetAnswer { set: self.merged(), replied: self.replies.len() })));
                 }
                 Tally::Lost => {
                     self.answered = true;
@@ -152,11 +142,7 @@ impl GetOp {
                         acked: self.replies.len() as u32,
                         needed: self.needed as u32,
                         failed: self.failed.len() as u32,
-                        cause: self
-                            .failed
-                            .first()
-                            .map(|(n, e)| format!("node {n}: {e}"))
-                            .unwrap_or_default(),
+                        cause: self.failed.first().map(|(n, e)| format!("node {n}: {e}")).unwrap_or_default(),
                         write: false,
                     })));
                 }
@@ -175,10 +161,7 @@ impl GetOp {
         self.replies
             .iter()
             .filter(|(_, s)| !s.covers(&merged))
-            .map(|(to, _)| GetAction::Repair {
-                to: *to,
-                set: merged.clone(),
-            })
+            .map(|(to, _)| GetAction::Repair { to: *to, set: merged.clone() })
             .collect()
     }
 }
@@ -200,13 +183,7 @@ mod tests {
         let mut op = GetOp::new(vec![1, 2, 3], 2, 0, 1000);
         assert!(op.on_reply(1, Some(fresh.clone())).is_empty());
         let a = op.on_reply(2, Some(fresh.clone()));
-        assert_eq!(
-            a,
-            vec![GetAction::Reply(Ok(GetAnswer {
-                set: fresh.clone(),
-                replied: 2
-            }))]
-        );
+        assert_eq!(a, vec![GetAction::Reply(Ok(GetAnswer { set: fresh.clone(), replied: 2 }))]);
         assert!(!op.is_finished());
         let a = op.on_reply(3, None);
         assert_eq!(a, vec![GetAction::Repair { to: 3, set: fresh }]);
@@ -221,17 +198,8 @@ mod tests {
         let acts = op.on_reply(2, Some(b.clone()));
         let merged = a.merged(&b);
         assert_eq!(acts.len(), 3);
-        assert_eq!(
-            acts[0],
-            GetAction::Reply(Ok(GetAnswer {
-                set: merged.clone(),
-                replied: 2
-            }))
-        );
-        assert!(acts.contains(&GetAction::Repair {
-            to: 1,
-            set: merged.clone()
-        }));
+        assert_eq!(acts[0], GetAction::Reply(Ok(GetAnswer { set: merged.clone(), replied: 2 })));
+        assert!(acts.contains(&GetAction::Repair { to: 1, set: merged.clone() }));
         assert!(acts.contains(&GetAction::Repair { to: 2, set: merged }));
     }
 
@@ -241,14 +209,7 @@ mod tests {
         assert!(op.on_reply(1, Some(set(b"x", 1))).is_empty());
         assert!(op.on_reply(2, None).is_empty());
         let acts = op.on_timeout(1000);
-        assert_eq!(
-            acts[0],
-            GetAction::Reply(Err(Error::Timeout {
-                acked: 2,
-                needed: 3,
-                write: false
-            }))
-        );
+        assert_eq!(acts[0], GetAction::Reply(Err(Error::Timeout { acked: 2, needed: 3, write: false })));
         assert!(matches!(acts[1], GetAction::Repair { to: 2, .. }));
         assert!(op.is_finished());
         assert!(op.on_reply(3, None).is_empty());
@@ -259,9 +220,6 @@ mod tests {
         let mut op = GetOp::new(vec![1, 2, 3], 2, 0, 1000);
         assert!(op.on_failure(1, Error::ShuttingDown).is_empty());
         let acts = op.on_failure(2, Error::ShuttingDown);
-        assert!(matches!(
-            acts[0],
-            GetAction::Reply(Err(Error::Failed { .. }))
-        ));
+        assert!(matches!(acts[0], GetAction::Reply(Err(Error::Failed { .. }))));
     }
 }

@@ -13,12 +13,14 @@
 //! - [`put`]: the write state machine.
 //! - [`get`]: the read state machine, with the read-repair plan.
 //! - [`replica`]: the two ways a key's state changes, and input limits.
-//! - [`liveness`]: peer up/down from pings.
-//! - [`node_core`]: a whole node's logic as one state machine over a [`Store`].
+//! - [`liveness`]: the failure detector: pings and gossiped heartbeats.
+//! - [`hints`]: hint limits, sizes, ages and handoff pacing.
+//! - [`node`]: a whole node's logic as one state machine over a [`Store`].
 
 pub mod get;
+pub mod hints;
 pub mod liveness;
-pub mod node_core;
+pub mod node;
 pub mod put;
 pub mod quorum;
 pub mod replica;
@@ -26,8 +28,8 @@ pub mod ring;
 pub mod route;
 
 pub use get::{GetAction, GetAnswer, GetOp};
-pub use liveness::Liveness;
-pub use node_core::{Core, CoreConfig, Output, ReqId, RpcId, Store};
+pub use liveness::Detector;
+pub use node::{Core, CoreConfig, Hint, HintMeta, Output, ReqId, RpcId, StartError, Store};
 pub use put::{PutOp, PutOutcome};
 pub use ring::{Ring, RingError};
 pub use route::{WriteRoute, check_available, route_write};

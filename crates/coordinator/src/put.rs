@@ -28,23 +28,9 @@ pub type PutOutcome = Result<Vec<NodeId>, Error>;
 
 impl PutOp {
     /// A write to `targets` (the coordinator, `me`, among them, already acked) needing `needed` acks.
-    pub fn new(
-        me: NodeId,
-        targets: Vec<NodeId>,
-        needed: usize,
-        now_ms: u64,
-        timeout_ms: u64,
-    ) -> Self {
+    pub fn new(me: NodeId, targets: Vec<NodeId>, needed: usize, now_ms: u64, timeout_ms: u64) -> Self {
         debug_assert!(targets.contains(&me));
-        PutOp {
-            me,
-            needed,
-            targets,
-            acked: vec![me],
-            failed: vec![],
-            deadline_ms: now_ms + timeout_ms,
-            done: false,
-        }
+        PutOp { me, needed, targets, acked: vec![me], failed: vec![], deadline_ms: now_ms + timeout_ms, done: false }
     }
 
     /// The replicas the driver must send the new state to.
@@ -57,6 +43,14 @@ impl PutOp {
         self.deadline_ms
     }
 
+    /// Ask one more replica (a stand-in replacing one that failed). Call before
+    /// reporting the failure it replaces, so the op is not judged lost in between.
+    pub fn add_target(&mut self, node: NodeId) {
+        if !self.targets.contains(&node) {
+            self.targets.push(node);
+        }
+    }
+
     /// An answer that is already due (W = 1, or every target already answered).
     #[must_use]
     pub fn poll(&mut self) -> Option<PutOutcome> {
@@ -66,10 +60,7 @@ impl PutOp {
     /// A replica acknowledged the write durably.
     #[must_use]
     pub fn on_ack(&mut self, from: NodeId) -> Option<PutOutcome> {
-        if self.targets.contains(&from)
-            && !self.acked.contains(&from)
-            && !self.failed.iter().any(|f| f.0 == from)
-        {
+        if self.targets.contains(&from) && !self.acked.contains(&from) && !self.failed.iter().any(|f| f.0 == from) {
             self.acked.push(from);
         }
         self.decide()
@@ -78,10 +69,7 @@ impl PutOp {
     /// A replica failed or could not be reached.
     #[must_use]
     pub fn on_failure(&mut self, from: NodeId, err: Error) -> Option<PutOutcome> {
-        if self.targets.contains(&from)
-            && !self.acked.contains(&from)
-            && !self.failed.iter().any(|f| f.0 == from)
-        {
+        if self.targets.contains(&from) && !self.acked.contains(&from) && !self.failed.iter().any(|f| f.0 == from) {
             self.failed.push((from, err));
         }
         self.decide()
@@ -94,23 +82,14 @@ impl PutOp {
             return None;
         }
         self.done = true;
-        Some(Err(Error::Timeout {
-            acked: self.acked.len() as u32,
-            needed: self.needed as u32,
-            write: true,
-        }))
+        Some(Err(Error::Timeout { acked: self.acked.len() as u32, needed: self.needed as u32, write: true }))
     }
 
     fn decide(&mut self) -> Option<PutOutcome> {
         if self.done {
             return None;
         }
-        match tally(
-            self.needed,
-            self.acked.len(),
-            self.failed.len(),
-            self.targets.len(),
-        ) {
+        match tally(self.needed, self.acked.len(), self.failed.len(), self.targets.len()) {
             Tally::Pending => None,
             Tally::Won => {
                 self.done = true;
@@ -122,11 +101,7 @@ impl PutOp {
                     acked: self.acked.len() as u32,
                     needed: self.needed as u32,
                     failed: self.failed.len() as u32,
-                    cause: self
-                        .failed
-                        .first()
-                        .map(|(n, e)| format!("node {n}: {e}"))
-                        .unwrap_or_default(),
+                    cause: self.failed.first().map(|(n, e)| format!("node {n}: {e}")).unwrap_or_default(),
                     write: true,
                 }))
             }
@@ -155,23 +130,22 @@ mod tests {
     }
 
     #[test]
+    fn a_stand_in_added_before_a_failure_keeps_the_write_alive() {
+        let mut op = PutOp::new(1, vec![1, 2, 3], 3, 0, 1000);
+        op.add_target(4);
+        assert_eq!(op.on_failure(2, Error::ShuttingDown), None, "node 4 may still make three");
+        assert_eq!(op.on_ack(3), None);
+        assert_eq!(op.on_ack(4), Some(Ok(vec![1, 3, 4])));
+    }
+
+    #[test]
     fn failures_and_timeouts() {
         let mut op = PutOp::new(1, vec![1, 2, 3], 3, 0, 1000);
-        assert!(matches!(
-            op.on_failure(2, Error::Unreachable("x".into())),
-            Some(Err(Error::Failed { .. }))
-        ));
+        assert!(matches!(op.on_failure(2, Error::Unreachable("x".into())), Some(Err(Error::Failed { .. }))));
         let mut op = PutOp::new(1, vec![1, 2, 3], 3, 0, 1000);
         assert_eq!(op.on_ack(2), None);
         assert_eq!(op.on_timeout(999), None);
-        assert_eq!(
-            op.on_timeout(1000),
-            Some(Err(Error::Timeout {
-                acked: 2,
-                needed: 3,
-                write: true
-            }))
-        );
+        assert_eq!(op.on_timeout(1000), Some(Err(Error::Timeout { acked: 2, needed: 3, write: true })));
         assert_eq!(op.on_ack(3), None);
     }
 }

@@ -42,11 +42,7 @@ mod tests {
             ((1, 0, 0, 0), Tally::Lost),
         ];
         for ((n, a, f, t), want) in cases {
-            assert_eq!(
-                tally(n, a, f, t),
-                want,
-                "needed={n} acked={a} failed={f} total={t}"
-            );
+            assert_eq!(tally(n, a, f, t), want, "needed={n} acked={a} failed={f} total={t}");
         }
     }
 }

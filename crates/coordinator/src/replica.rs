@@ -21,11 +21,7 @@ impl Limits {
             return Err(Error::BadRequest("the key is empty".into()));
         }
         if key.len() > self.key_bytes_max {
-            return Err(Error::TooLarge {
-                what: "key".into(),
-                size: key.len() as u64,
-                max: self.key_bytes_max as u64,
-            });
+            return Err(Error::TooLarge { what: "key".into(), size: key.len() as u64, max: self.key_bytes_max as u64 });
         }
         if let Some(v) = value
             && v.len() > self.value_bytes_max
@@ -45,12 +41,7 @@ impl Limits {
 /// Returns the new state and the context to give the client: what it sent plus the
 /// new dot. Not the state's whole clock, which may cover concurrent siblings the
 /// client never saw; a later write with that context would silently drop them.
-pub fn coordinate(
-    local: Option<DvvSet>,
-    context: &Context,
-    value: Option<Vec<u8>>,
-    me: NodeId,
-) -> (DvvSet, Context) {
+pub fn coordinate(local: Option<DvvSet>, context: &Context, value: Option<Vec<u8>>, me: NodeId) -> (DvvSet, Context) {
     let mut s = local.unwrap_or_default();
     let dot = s.update(&context.0, value, me);
     let mut ctx = context.clone();
@@ -80,14 +71,7 @@ mod tests {
         assert_eq!(merge(Some(s.clone()), &s), Ok(None));
         assert_eq!(merge(None, &s), Ok(Some(s.clone())));
         let (t, _) = coordinate(None, &Context::empty(), Some(b"b".to_vec()), 2);
-        assert_eq!(
-            merge(Some(s.clone()), &t)
-                .unwrap()
-                .unwrap()
-                .values()
-                .count(),
-            2
-        );
+        assert_eq!(merge(Some(s.clone()), &t).unwrap().unwrap().values().count(), 2);
     }
 
     #[test]
@@ -102,19 +86,10 @@ mod tests {
 
     #[test]
     fn limits() {
-        let l = Limits {
-            key_bytes_max: 4,
-            value_bytes_max: 8,
-        };
+        let l = Limits { key_bytes_max: 4, value_bytes_max: 8 };
         assert!(l.check(b"abcd", Some(b"12345678")).is_ok());
-        assert!(matches!(
-            l.check(b"abcde", None),
-            Err(Error::TooLarge { .. })
-        ));
-        assert!(matches!(
-            l.check(b"a", Some(&[0; 9])),
-            Err(Error::TooLarge { .. })
-        ));
+        assert!(matches!(l.check(b"abcde", None), Err(Error::TooLarge { .. })));
+        assert!(matches!(l.check(b"a", Some(&[0; 9])), Err(Error::TooLarge { .. })));
         assert!(l.check(b"", None).is_err());
     }
 }

@@ -83,26 +83,18 @@ impl Ring {
         }
         let distinct: BTreeSet<NodeId> = members.iter().copied().collect();
         if distinct.len() != members.len() {
-            let dup = members
-                .iter()
-                .find(|m| members.iter().filter(|x| x == m).count() > 1);
+            let dup = members.iter().find(|m| members.iter().filter(|x| x == m).count() > 1);
             return Err(RingError::DuplicateNode(*dup.unwrap_or(&0)));
         }
         if members.len() < n {
-            return Err(RingError::TooFewNodes {
-                n,
-                nodes: members.len(),
-            });
+            return Err(RingError::TooFewNodes { n, nodes: members.len() });
         }
-        let all: Vec<VNode> = members
-            .iter()
-            .flat_map(|&node| (0..vnodes).map(move |index| VNode { node, index }))
-            .collect();
+        let all: Vec<VNode> =
+            members.iter().flat_map(|&node| (0..vnodes).map(move |index| VNode { node, index })).collect();
         let mut ring = HashRing::with_hasher(StableHasher);
         ring.batch_add(all.clone());
 
-        let mut tokens: Vec<(u64, VNode)> =
-            all.iter().map(|v| (StableHasher.hash_one(v), *v)).collect();
+        let mut tokens: Vec<(u64, VNode)> = all.iter().map(|v| (StableHasher.hash_one(v), *v)).collect();
         tokens.sort_by_key(|(t, _)| *t);
         let mut walks = HashMap::with_capacity(tokens.len());
         let mut arcs = Vec::with_capacity(tokens.len());
@@ -119,20 +111,10 @@ impl Ring {
             }
             walks.insert(tokens[i].1, walk);
             // Vnode i owns the keys hashing into (token[i-1], token[i]], wrapping at the ends.
-            let prev = if i == 0 {
-                tokens[tokens.len() - 1].0
-            } else {
-                tokens[i - 1].0
-            };
+            let prev = if i == 0 { tokens[tokens.len() - 1].0 } else { tokens[i - 1].0 };
             arcs.push((tokens[i].1, tokens[i].0.wrapping_sub(prev)));
         }
-        Ok(Ring {
-            ring,
-            walks,
-            arcs,
-            n,
-            vnodes,
-        })
+        Ok(Ring { ring, walks, arcs, n, vnodes })
     }
 
     /// Replication factor.
@@ -162,11 +144,7 @@ impl Ring {
         let mut out: BTreeMap<NodeId, f64> = BTreeMap::new();
         for (vnode, arc) in &self.arcs {
             // A single-vnode ring's arc wraps to 0: it owns everything.
-            let share = if self.arcs.len() == 1 {
-                1.0
-            } else {
-                *arc as f64 / 2f64.powi(64)
-            };
+            let share = if self.arcs.len() == 1 { 1.0 } else { *arc as f64 / 2f64.powi(64) };
             for node in &self.walks[vnode][..self.n] {
                 *out.entry(*node).or_default() += share;
             }
@@ -185,11 +163,7 @@ mod tests {
 
     #[test]
     fn preference_lists_hold_n_distinct_nodes() {
-        for (members, n) in [
-            (vec![1, 2, 3], 3),
-            (vec![1, 2, 3, 4, 5], 3),
-            (vec![1, 2, 3, 4, 5, 6, 7], 5),
-        ] {
+        for (members, n) in [(vec![1, 2, 3], 3), (vec![1, 2, 3, 4, 5], 3), (vec![1, 2, 3, 4, 5, 6, 7], 5)] {
             let ring = Ring::new(&members, 64, n).unwrap();
             for k in keys(2000) {
                 let p = ring.preference_list(&k);
@@ -225,18 +199,11 @@ mod tests {
         let ring = Ring::new(&[1, 2, 3, 4, 5], 64, 3).unwrap();
         let own = ring.ownership();
         let total: f64 = own.values().sum();
-        assert!(
-            (total - 3.0).abs() < 1e-6,
-            "ownership sums to N, got {total}"
-        );
+        assert!((total - 3.0).abs() < 1e-6, "ownership sums to N, got {total}");
         let mean = total / 5.0;
         let max = own.values().cloned().fold(0.0, f64::max);
         let min = own.values().cloned().fold(1.0, f64::min);
-        println!(
-            "ownership 5 nodes, 64 vnodes: max/mean = {:.3}, min/mean = {:.3}",
-            max / mean,
-            min / mean
-        );
+        println!("ownership 5 nodes, 64 vnodes: max/mean = {:.3}, min/mean = {:.3}", max / mean, min / mean);
         assert!(max / mean < 1.25 && min / mean > 0.75, "{own:?}");
         // Cross-check the arcs against real keys.
         let mut counts: BTreeMap<NodeId, usize> = BTreeMap::new();
@@ -247,11 +214,7 @@ mod tests {
         }
         for (node, c) in counts {
             let measured = c as f64 / 50_000.0;
-            assert!(
-                (measured - own[&node]).abs() < 0.02,
-                "node {node}: keys {measured} vs arcs {}",
-                own[&node]
-            );
+            assert!((measured - own[&node]).abs() < 0.02, "node {node}: keys {measured} vs arcs {}", own[&node]);
         }
     }
 
@@ -266,22 +229,10 @@ mod tests {
 
     #[test]
     fn bad_configs_are_errors() {
-        assert_eq!(
-            Ring::new(&[1, 2], 64, 3).err(),
-            Some(RingError::TooFewNodes { n: 3, nodes: 2 })
-        );
-        assert_eq!(
-            Ring::new(&[1, 2, 3], 0, 3).err(),
-            Some(RingError::BadVnodes(0))
-        );
-        assert_eq!(
-            Ring::new(&[1, 1, 3], 8, 1).err(),
-            Some(RingError::DuplicateNode(1))
-        );
-        assert_eq!(
-            Ring::new(&[1], 8, 0).err(),
-            Some(RingError::ZeroReplication)
-        );
+        assert_eq!(Ring::new(&[1, 2], 64, 3).err(), Some(RingError::TooFewNodes { n: 3, nodes: 2 }));
+        assert_eq!(Ring::new(&[1, 2, 3], 0, 3).err(), Some(RingError::BadVnodes(0)));
+        assert_eq!(Ring::new(&[1, 1, 3], 8, 1).err(), Some(RingError::DuplicateNode(1)));
+        assert_eq!(Ring::new(&[1], 8, 0).err(), Some(RingError::ZeroReplication));
         assert!(Ring::new(&[7], 1, 1).unwrap().ownership()[&7] == 1.0);
     }
 }

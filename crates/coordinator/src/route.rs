@@ -33,20 +33,14 @@ pub fn route_write(
         .copied()
         .find(|&n| is_up(n))
         .map(WriteRoute::Forward)
-        .ok_or(Error::Unreachable(
-            "no home replica of the key is up to coordinate the write".into(),
-        ))
+        .ok_or(Error::Unreachable("no home replica of the key is up to coordinate the write".into()))
 }
 
 /// Replies needed for `level`, refusing before anything is sent when fewer replicas are up.
 pub fn check_available(level: Level, n: usize, alive: usize) -> Result<usize, Error> {
     let needed = level.required(n)?;
     if alive < needed {
-        return Err(Error::Unavailable {
-            level: level.to_string(),
-            needed: needed as u32,
-            alive: alive as u32,
-        });
+        return Err(Error::Unavailable { level: level.to_string(), needed: needed as u32, alive: alive as u32 });
     }
     Ok(needed)
 }
@@ -59,14 +53,8 @@ mod tests {
     fn routing_table() {
         let up = |n: NodeId| n != 2;
         assert_eq!(route_write(&[1, 2, 3], 1, false, up), Ok(WriteRoute::Local));
-        assert_eq!(
-            route_write(&[2, 3, 4], 1, false, up),
-            Ok(WriteRoute::Forward(3))
-        );
-        assert_eq!(
-            route_write(&[3, 2, 4], 1, false, up),
-            Ok(WriteRoute::Forward(3))
-        );
+        assert_eq!(route_write(&[2, 3, 4], 1, false, up), Ok(WriteRoute::Forward(3)));
+        assert_eq!(route_write(&[3, 2, 4], 1, false, up), Ok(WriteRoute::Forward(3)));
         assert!(route_write(&[2, 3, 4], 1, true, up).is_err());
         assert!(route_write(&[2], 1, false, up).is_err());
     }
@@ -76,15 +64,8 @@ mod tests {
         assert_eq!(check_available(Level::Quorum, 3, 2), Ok(2));
         assert_eq!(
             check_available(Level::All, 3, 2),
-            Err(Error::Unavailable {
-                level: "all".into(),
-                needed: 3,
-                alive: 2
-            })
+            Err(Error::Unavailable { level: "all".into(), needed: 3, alive: 2 })
         );
-        assert!(matches!(
-            check_available(Level::Exactly(4), 3, 3),
-            Err(Error::InvalidLevel { .. })
-        ));
+        assert!(matches!(check_available(Level::Exactly(4), 3, 3), Err(Error::InvalidLevel { .. })));
     }
 }

@@ -3,35 +3,48 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
+use qkv_coordinator::hints::HintLimits;
 use qkv_coordinator::replica::Limits;
-use qkv_coordinator::{Core, CoreConfig, Output, Store};
+use qkv_coordinator::{Core, CoreConfig, Hint, HintMeta, Output, Store};
 use qkv_proto::{Context, DvvSet, Error, GetRequest, Level, NodeId, PutRequest, Request, Response};
 
 #[derive(Default)]
-struct Mem(BTreeMap<Vec<u8>, DvvSet>);
+struct Mem {
+    data: BTreeMap<Vec<u8>, DvvSet>,
+    hints: BTreeMap<(NodeId, Vec<u8>), Hint>,
+}
 
 impl Store for Mem {
     fn get(&self, key: &[u8]) -> Result<Option<DvvSet>, Error> {
-        Ok(self.0.get(key).cloned())
+        Ok(self.data.get(key).cloned())
     }
     fn put(&mut self, key: &[u8], set: &DvvSet) -> Result<(), Error> {
-        self.0.insert(key.to_vec(), set.clone());
+        self.data.insert(key.to_vec(), set.clone());
         Ok(())
+    }
+    fn get_hint(&self, owner: NodeId, key: &[u8]) -> Result<Option<Hint>, Error> {
+        Ok(self.hints.get(&(owner, key.to_vec())).cloned())
+    }
+    fn put_hint(&mut self, owner: NodeId, key: &[u8], hint: &Hint) -> Result<(), Error> {
+        self.hints.insert((owner, key.to_vec()), hint.clone());
+        Ok(())
+    }
+    fn delete_hint(&mut self, owner: NodeId, key: &[u8]) -> Result<(), Error> {
+        self.hints.remove(&(owner, key.to_vec()));
+        Ok(())
+    }
+    fn scan_hints(&self) -> Result<Vec<HintMeta>, Error> {
+        Ok(self
+            .hints
+            .iter()
+            .map(|((owner, key), h)| HintMeta { owner: *owner, key: key.clone(), bytes: 1, created_ms: h.created_ms })
+            .collect())
     }
 }
 
 enum Msg {
-    Request {
-        from: NodeId,
-        to: NodeId,
-        rpc: u64,
-        req: Request,
-    },
-    Response {
-        to: NodeId,
-        rpc: u64,
-        resp: Result<Response, Error>,
-    },
+    Request { from: NodeId, to: NodeId, rpc: u64, req: Request },
+    Response { to: NodeId, rpc: u64, resp: Result<Response, Error> },
 }
 
 /// A cluster in one thread. Messages to or from a node in `down` fail at once,
@@ -54,18 +67,17 @@ impl Cluster {
             .map(|me| {
                 let cfg = CoreConfig {
                     me,
+                    incarnation: 1,
+                    hints: HintLimits { owner_bytes_max: 4096, ..HintLimits::default() },
                     members: members.clone(),
                     n,
                     vnodes: 16,
-                    limits: Limits {
-                        key_bytes_max: 1024,
-                        value_bytes_max: 1024,
-                    },
+                    limits: Limits { key_bytes_max: 1024, value_bytes_max: 1024 },
                     request_timeout_ms: 1000,
                     ping_interval_ms: 100,
                     down_after_ms: 300,
                 };
-                (me, Core::new(cfg, Mem::default(), 0).unwrap())
+                (me, Core::new(cfg, Mem::default(), 0, 1_000_000).unwrap())
             })
             .collect();
         Cluster {
@@ -84,28 +96,16 @@ impl Cluster {
     fn drain(&mut self, node: NodeId) {
         while let Some(o) = self.cores.get_mut(&node).unwrap().poll_output() {
             match o {
-                Output::Send { rpc, to, req, .. } => self.net.push_back(Msg::Request {
-                    from: node,
-                    to,
-                    rpc,
-                    req,
-                }),
+                Output::Send { rpc, to, req, .. } => self.net.push_back(Msg::Request { from: node, to, rpc, req }),
                 Output::Reply { req, resp } => match self.pending.remove(&(node, req)) {
-                    Some((to, rpc)) => self.net.push_back(Msg::Response {
-                        to,
-                        rpc,
-                        resp: Ok(resp),
-                    }),
+                    Some((to, rpc)) => self.net.push_back(Msg::Response { to, rpc, resp: Ok(resp) }),
                     None => {
                         self.replies.insert((node, req), resp);
                     }
                 },
                 Output::Flush { token } => {
                     let now = self.now;
-                    self.cores
-                        .get_mut(&node)
-                        .unwrap()
-                        .handle_flushed(now, token, Ok(()));
+                    self.cores.get_mut(&node).unwrap().handle_flushed(now, token, Ok(()));
                 }
             }
         }
@@ -119,11 +119,7 @@ impl Cluster {
                 Msg::Request { from, to, rpc, req } => {
                     if self.down.contains(&to) {
                         let resp = Err(Error::Unreachable(format!("node {to} is down")));
-                        self.net.push_back(Msg::Response {
-                            to: from,
-                            rpc,
-                            resp,
-                        });
+                        self.net.push_back(Msg::Response { to: from, rpc, resp });
                         continue;
                     }
                     if self.hung.contains(&to) {
@@ -132,20 +128,14 @@ impl Cluster {
                     let id = self.next_req;
                     self.next_req += 1;
                     self.pending.insert((to, id), (from, rpc));
-                    self.cores
-                        .get_mut(&to)
-                        .unwrap()
-                        .handle_request(now, id, req);
+                    self.cores.get_mut(&to).unwrap().handle_request(now, id, req);
                     self.drain(to);
                 }
                 Msg::Response { to, rpc, resp, .. } => {
                     if self.down.contains(&to) {
                         continue;
                     }
-                    self.cores
-                        .get_mut(&to)
-                        .unwrap()
-                        .handle_response(now, rpc, resp);
+                    self.cores.get_mut(&to).unwrap().handle_response(now, rpc, resp);
                     self.drain(to);
                 }
             }
@@ -157,10 +147,7 @@ impl Cluster {
         let id = self.next_req;
         self.next_req += 1;
         let now = self.now;
-        self.cores
-            .get_mut(&node)
-            .unwrap()
-            .handle_request(now, id, req);
+        self.cores.get_mut(&node).unwrap().handle_request(now, id, req);
         self.drain(node);
         self.run();
         self.replies.remove(&(node, id))
@@ -169,20 +156,9 @@ impl Cluster {
     /// Move time to `t`, firing every core's timers.
     fn advance(&mut self, t: u64) {
         while self.now < t {
-            let next = self
-                .cores
-                .values()
-                .map(|c| c.poll_timeout())
-                .min()
-                .unwrap()
-                .clamp(self.now + 1, t);
+            let next = self.cores.values().map(|c| c.poll_timeout()).min().unwrap().clamp(self.now + 1, t);
             self.now = next;
-            let ids: Vec<NodeId> = self
-                .cores
-                .keys()
-                .copied()
-                .filter(|i| !self.down.contains(i))
-                .collect();
+            let ids: Vec<NodeId> = self.cores.keys().copied().filter(|i| !self.down.contains(i)).collect();
             for id in ids {
                 if self.cores[&id].poll_timeout() <= self.now {
                     let now = self.now;
@@ -195,29 +171,32 @@ impl Cluster {
     }
 
     fn stored(&self, node: NodeId, key: &[u8]) -> Option<DvvSet> {
-        self.cores[&node].store().0.get(key).cloned()
+        self.cores[&node].store().data.get(key).cloned()
+    }
+
+    fn hints_held(&self, node: NodeId) -> usize {
+        self.cores[&node].store().hints.len()
     }
 }
 
 fn put(key: &str, value: &str, w: Level, context: Context) -> Request {
+    put_with(key, value, w, context, true)
+}
+
+fn put_with(key: &str, value: &str, w: Level, context: Context, strict: bool) -> Request {
     Request::Put(PutRequest {
         key: key.into(),
         value: Some(value.into()),
         context,
         w,
-        strict: true,
+        strict,
         timeout_ms: None,
         forwarded: false,
     })
 }
 
 fn get(key: &str, r: Level) -> Request {
-    Request::Get(GetRequest {
-        key: key.into(),
-        r,
-        strict: true,
-        timeout_ms: None,
-    })
+    Request::Get(GetRequest { key: key.into(), r, strict: true, timeout_ms: None })
 }
 
 fn values(resp: &Response) -> Vec<Vec<u8>> {
@@ -234,24 +213,13 @@ fn a_write_through_any_node_lands_on_exactly_the_home_replicas() {
         let key = format!("k{i}");
         let home = c.cores[&1].ring().preference_list(key.as_bytes()).to_vec();
         let entry = (i % 5 + 1) as NodeId;
-        let resp = c
-            .call(entry, put(&key, "v", Level::All, Context::empty()))
-            .unwrap();
-        let Response::Put(p) = resp else {
-            panic!("{resp:?}")
-        };
+        let resp = c.call(entry, put(&key, "v", Level::All, Context::empty())).unwrap();
+        let Response::Put(p) = resp else { panic!("{resp:?}") };
         assert!(home.contains(&p.coordinator));
         for n in 1..=5 {
-            assert_eq!(
-                c.stored(n, key.as_bytes()).is_some(),
-                home.contains(&n),
-                "key {key} on node {n}"
-            );
+            assert_eq!(c.stored(n, key.as_bytes()).is_some(), home.contains(&n), "key {key} on node {n}");
         }
-        assert_eq!(
-            values(&c.call(entry, get(&key, Level::All)).unwrap()),
-            vec![b"v".to_vec()]
-        );
+        assert_eq!(values(&c.call(entry, get(&key, Level::All)).unwrap()), vec![b"v".to_vec()]);
     }
 }
 
@@ -259,34 +227,16 @@ fn a_write_through_any_node_lands_on_exactly_the_home_replicas() {
 fn quorum_survives_one_down_node_and_read_repair_fixes_it_afterwards() {
     let mut c = Cluster::new(3, 3);
     c.down.insert(3);
-    let resp = c
-        .call(1, put("k", "v", Level::Quorum, Context::empty()))
-        .unwrap();
+    let resp = c.call(1, put("k", "v", Level::Quorum, Context::empty())).unwrap();
     assert!(matches!(resp, Response::Put(_)), "{resp:?}");
-    let resp = c
-        .call(1, put("k2", "v", Level::All, Context::empty()))
-        .unwrap();
-    assert!(
-        matches!(
-            resp,
-            Response::Error(Error::Failed {
-                acked: 2,
-                needed: 3,
-                ..
-            })
-        ),
-        "{resp:?}"
-    );
+    let resp = c.call(1, put("k2", "v", Level::All, Context::empty())).unwrap();
+    assert!(matches!(resp, Response::Error(Error::Failed { acked: 2, needed: 3, .. })), "{resp:?}");
     assert_eq!(c.stored(3, b"k"), None);
 
     c.down.remove(&3);
     let got = c.call(2, get("k", Level::All)).unwrap();
     assert_eq!(values(&got), vec![b"v".to_vec()]);
-    assert_eq!(
-        c.stored(3, b"k"),
-        c.stored(1, b"k"),
-        "read repair brought node 3 up to date"
-    );
+    assert_eq!(c.stored(3, b"k"), c.stored(1, b"k"), "read repair brought node 3 up to date");
     assert_eq!(c.cores[&2].stats().read_repairs, 1);
 }
 
@@ -297,14 +247,7 @@ fn a_detected_failure_makes_all_unavailable_before_sending() {
     c.advance(1000);
     assert!(!c.cores[&1].is_up(2) && c.cores[&1].is_up(3));
     let resp = c.call(1, get("k", Level::All)).unwrap();
-    assert_eq!(
-        resp,
-        Response::Error(Error::Unavailable {
-            level: "all".into(),
-            needed: 3,
-            alive: 2
-        })
-    );
+    assert_eq!(resp, Response::Error(Error::Unavailable { level: "all".into(), needed: 3, alive: 2 }));
     c.down.remove(&2);
     c.advance(1300);
     assert!(c.cores[&1].is_up(2), "back up at its next ping");
@@ -316,40 +259,20 @@ fn unanswered_replicas_time_out_at_the_deadline() {
     // Requests to node 3 vanish: no answer, no failure.
     c.hung.insert(3);
     let resp = c.call(1, put("k", "v", Level::Quorum, Context::empty()));
-    assert!(
-        matches!(resp, Some(Response::Put(_))),
-        "quorum does not wait for node 3"
-    );
+    assert!(matches!(resp, Some(Response::Put(_))), "quorum does not wait for node 3");
     let id = 999_999;
     let now = c.now;
-    c.cores.get_mut(&1).unwrap().handle_request(
-        now,
-        id,
-        put("k", "w", Level::All, Context::empty()),
-    );
+    c.cores.get_mut(&1).unwrap().handle_request(now, id, put("k", "w", Level::All, Context::empty()));
     c.drain(1);
     c.run();
     assert!(!c.replies.contains_key(&(1, id)), "still waiting on node 3");
     c.advance(now + 1000);
-    let resp = c
-        .replies
-        .remove(&(1, id))
-        .expect("answered at the deadline");
-    assert_eq!(
-        resp,
-        Response::Error(Error::Timeout {
-            acked: 2,
-            needed: 3,
-            write: true
-        })
-    );
+    let resp = c.replies.remove(&(1, id)).expect("answered at the deadline");
+    assert_eq!(resp, Response::Error(Error::Timeout { acked: 2, needed: 3, write: true }));
     assert!(resp_text(&resp).contains("may still have landed"));
     // No op is left behind once everything has answered or timed out.
     c.advance(now + 3000);
-    assert!(
-        c.cores[&1].ops_in_flight() <= 2,
-        "only pings may be in flight"
-    );
+    assert!(c.cores[&1].ops_in_flight() <= 2, "only pings may be in flight");
 }
 
 fn resp_text(r: &Response) -> String {
@@ -362,20 +285,109 @@ fn resp_text(r: &Response) -> String {
 #[test]
 fn concurrent_writes_through_different_coordinators_become_siblings() {
     let mut c = Cluster::new(3, 3);
-    c.call(1, put("k", "a", Level::One, Context::empty()))
-        .unwrap();
-    c.call(2, put("k", "b", Level::One, Context::empty()))
-        .unwrap();
+    c.call(1, put("k", "a", Level::One, Context::empty())).unwrap();
+    c.call(2, put("k", "b", Level::One, Context::empty())).unwrap();
     let got = c.call(3, get("k", Level::All)).unwrap();
     let mut v = values(&got);
     v.sort();
     assert_eq!(v, vec![b"a".to_vec(), b"b".to_vec()]);
-    let Response::Get(g) = got else {
-        unreachable!()
-    };
+    let Response::Get(g) = got else { unreachable!() };
     c.call(3, put("k", "ab", Level::All, g.context)).unwrap();
-    assert_eq!(
-        values(&c.call(1, get("k", Level::All)).unwrap()),
-        vec![b"ab".to_vec()]
-    );
+    assert_eq!(values(&c.call(1, get("k", Level::All)).unwrap()), vec![b"ab".to_vec()]);
+}
+
+/// A key whose home replicas, in order, are `home`, on a cluster of `c`.
+fn key_with_home(c: &Cluster, prefix: &str, want: impl Fn(&[NodeId]) -> bool) -> String {
+    (0..10_000)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|k| want(c.cores[&1].ring().preference_list(k.as_bytes())))
+        .unwrap()
+}
+
+#[test]
+fn sloppy_writes_go_to_stand_ins_and_are_handed_off_when_the_owners_return() {
+    let mut c = Cluster::new(5, 3);
+    // A key homed on 1, 2, 3; nodes 2 and 3 die.
+    let key = key_with_home(&c, "s", |h| h.contains(&1) && h.contains(&2) && h.contains(&3));
+    c.down.insert(2);
+    c.down.insert(3);
+    c.advance(1000);
+    let strict = c.call(1, put_with(&key, "v", Level::Quorum, Context::empty(), true)).unwrap();
+    assert!(matches!(strict, Response::Error(Error::Unavailable { needed: 2, alive: 1, .. })), "{strict:?}");
+    let sloppy = c.call(1, put_with(&key, "v", Level::Quorum, Context::empty(), false)).unwrap();
+    let Response::Put(p) = sloppy else { panic!("{sloppy:?}") };
+    assert_eq!(p.home_acks, vec![1]);
+    assert_eq!(p.standin_acks.len(), 1, "{p:?}");
+    let (standin, owner) = p.standin_acks[0];
+    assert!([4, 5].contains(&standin) && [2, 3].contains(&owner));
+    // W = all, sloppy: both stand-ins take a hint.
+    let all = c.call(1, put_with(&key, "w", Level::All, Context::empty(), false)).unwrap();
+    let Response::Put(p) = all else { panic!("{all:?}") };
+    assert_eq!(p.standin_acks.len(), 2);
+    assert_eq!(c.hints_held(4) + c.hints_held(5), 2);
+    // A sloppy read sees the writes through the stand-ins' hints.
+    let got = c.call(1, get(&key, Level::All));
+    assert!(matches!(got, Some(Response::Error(Error::Unavailable { .. }))), "strict R=all: {got:?}");
+    let got =
+        c.call(1, Request::Get(GetRequest { key: key.clone().into(), r: Level::All, strict: false, timeout_ms: None }));
+    assert_eq!(values(&got.unwrap()).len(), 2, "v and w are siblings");
+
+    c.down.clear();
+    c.advance(3000);
+    assert_eq!(c.hints_held(4) + c.hints_held(5), 0, "handed off and deleted");
+    let home1 = c.stored(1, key.as_bytes());
+    assert_eq!(c.stored(2, key.as_bytes()), home1);
+    assert_eq!(c.stored(3, key.as_bytes()), home1);
+    let handed: u64 = [4, 5]
+        .iter()
+        .map(|&n| match c.call(n, Request::Status) {
+            Some(Response::Status(st)) => st.hints.handed_off,
+            other => panic!("{other:?}"),
+        })
+        .sum();
+    assert_eq!(handed, 2, "both hints counted as handed off");
+}
+
+#[test]
+fn a_home_replica_failing_mid_write_is_replaced_by_a_stand_in() {
+    let mut c = Cluster::new(4, 3);
+    let key = key_with_home(&c, "m", |h| h[0] == 1 && !h.contains(&4));
+    let other = c.cores[&1].ring().preference_list(key.as_bytes())[2];
+    // Not yet detected as down: the write goes to it, fails, and node 4 stands in.
+    c.down.insert(other);
+    let resp = c.call(1, put_with(&key, "v", Level::All, Context::empty(), false)).unwrap();
+    let Response::Put(p) = resp else { panic!("{resp:?}") };
+    assert_eq!(p.standin_acks, vec![(4, other)]);
+    assert_eq!(c.hints_held(4), 1);
+}
+
+#[test]
+fn a_stand_in_at_its_limit_refuses_and_the_next_one_takes_the_hint() {
+    let mut c = Cluster::new(5, 3);
+    let key = key_with_home(&c, "l", |h| h.contains(&1) && h.contains(&2) && h.contains(&3));
+    c.down.insert(3);
+    c.advance(1000);
+    // Fill the first stand-in for node 3 up to its 4096-byte per-owner limit.
+    let first = c.cores[&1].ring().walk(key.as_bytes())[3];
+    let mut filled = 0;
+    for i in 0..200 {
+        let k = format!("{key}-{i}");
+        if c.cores[&1].ring().walk(k.as_bytes())[3] != first
+            || !c.cores[&1].ring().preference_list(k.as_bytes()).contains(&3)
+        {
+            continue;
+        }
+        let big = "x".repeat(1000);
+        let _ = c.call(1, put_with(&k, &big, Level::One, Context::empty(), false));
+        filled += 1;
+    }
+    assert!(filled >= 5, "enough keys to fill the stand-in");
+    let big = "y".repeat(1000);
+    let resp = c.call(1, put_with(&key, &big, Level::All, Context::empty(), false)).unwrap();
+    let Response::Put(p) = resp else { panic!("{resp:?}") };
+    let second = c.cores[&1].ring().walk(key.as_bytes())[4];
+    assert_eq!(p.standin_acks, vec![(second, 3)], "the second stand-in took it");
+    let Response::Status(st) = c.call(first, Request::Status).unwrap() else { panic!() };
+    assert!(st.hints.refused >= 1);
+    assert!(st.hints.owners.iter().all(|o| o.bytes <= 4096));
 }

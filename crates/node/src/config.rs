@@ -61,6 +61,21 @@ fn default_ping_ms() -> u64 {
 fn default_down_ms() -> u64 {
     qkv_coordinator::liveness::DOWN_AFTER_MS_DEFAULT
 }
+fn hint_defaults() -> qkv_coordinator::hints::HintLimits {
+    qkv_coordinator::hints::HintLimits::default()
+}
+fn default_hints_bytes_max() -> u64 {
+    hint_defaults().total_bytes_max
+}
+fn default_hints_owner_bytes_max() -> u64 {
+    hint_defaults().owner_bytes_max
+}
+fn default_hint_window_ms() -> u64 {
+    hint_defaults().window_ms
+}
+fn default_handoff_bytes_per_s() -> u64 {
+    hint_defaults().rate_bytes_per_s
+}
 
 /// A node's configuration.
 #[derive(Clone, Debug, Deserialize)]
@@ -101,6 +116,21 @@ pub struct Config {
     /// Silence after which a peer counts as down.
     #[serde(default = "default_down_ms")]
     pub down_after_ms: u64,
+    /// Limit on all hints this node holds for others, bytes.
+    #[serde(default = "default_hints_bytes_max")]
+    pub hints_bytes_max: u64,
+    /// Limit on the hints held for one owner, bytes.
+    #[serde(default = "default_hints_owner_bytes_max")]
+    pub hints_owner_bytes_max: u64,
+    /// No new hints for an owner down longer than this.
+    #[serde(default = "default_hint_window_ms")]
+    pub hint_window_ms: u64,
+    /// Hinted handoff pace, bytes per second.
+    #[serde(default = "default_handoff_bytes_per_s")]
+    pub handoff_bytes_per_s: u64,
+    /// Accept the test-only fault switch (`Request::Fault`). Never enable in production.
+    #[serde(default)]
+    pub fault_injection: bool,
     /// Tokio worker threads; 0 means one per core.
     #[serde(default)]
     pub worker_threads: usize,
@@ -123,6 +153,10 @@ const ENV_KEYS: &[(&str, &[&str])] = &[
     ("PING_INTERVAL_MS", &["ping_interval_ms"]),
     ("DOWN_AFTER_MS", &["down_after_ms"]),
     ("WORKER_THREADS", &["worker_threads"]),
+    ("HINTS_BYTES_MAX", &["hints_bytes_max"]),
+    ("HINTS_OWNER_BYTES_MAX", &["hints_owner_bytes_max"]),
+    ("HINT_WINDOW_MS", &["hint_window_ms"]),
+    ("HANDOFF_BYTES_PER_S", &["handoff_bytes_per_s"]),
     ("TLS_CA", &["tls", "ca"]),
     ("TLS_CERT", &["tls", "cert"]),
     ("TLS_KEY", &["tls", "key"]),
@@ -131,29 +165,20 @@ const ENV_KEYS: &[(&str, &[&str])] = &[
 impl Config {
     /// Read `path`, apply the `QKV_*` overrides from `env`, and validate.
     pub fn load(path: &Path, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
         Self::parse(&text, path.parent().unwrap_or(Path::new(".")), env)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
     }
 
     /// Parse config text; relative paths are taken from `base`.
-    pub fn parse(
-        text: &str,
-        base: &Path,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> anyhow::Result<Config> {
-        let mut table: toml::Table = text
-            .parse()
-            .map_err(|e| anyhow::anyhow!("invalid TOML: {e}"))?;
+    pub fn parse(text: &str, base: &Path, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
+        let mut table: toml::Table = text.parse().map_err(|e| anyhow::anyhow!("invalid TOML: {e}"))?;
         for (name, path) in ENV_KEYS {
             let var = format!("QKV_{name}");
             if let Some(raw) = env(&var) {
                 // A number stays a number; anything else is taken as a string.
-                let value = raw
-                    .parse::<i64>()
-                    .map(toml::Value::Integer)
-                    .unwrap_or_else(|_| toml::Value::String(raw.clone()));
+                let value =
+                    raw.parse::<i64>().map(toml::Value::Integer).unwrap_or_else(|_| toml::Value::String(raw.clone()));
                 let mut t = &mut table;
                 for part in &path[..path.len() - 1] {
                     t = t
@@ -165,15 +190,8 @@ impl Config {
                 t.insert(path[path.len() - 1].to_string(), value);
             }
         }
-        let mut cfg: Config = table
-            .try_into()
-            .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message()))?;
-        for p in [
-            &mut cfg.data_dir,
-            &mut cfg.tls.ca,
-            &mut cfg.tls.cert,
-            &mut cfg.tls.key,
-        ] {
+        let mut cfg: Config = table.try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message()))?;
+        for p in [&mut cfg.data_dir, &mut cfg.tls.ca, &mut cfg.tls.cert, &mut cfg.tls.key] {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -198,12 +216,7 @@ impl Config {
         match self.peers.iter().find(|p| p.id == self.id) {
             None => bail!("peers must list this node (id {}) too", self.id),
             Some(me) if me.addr != self.listen && !self.listen.ip().is_unspecified() => {
-                bail!(
-                    "peers lists node {} at {}, but listen is {}",
-                    self.id,
-                    me.addr,
-                    self.listen
-                )
+                bail!("peers lists node {} at {}, but listen is {}", self.id, me.addr, self.listen)
             }
             Some(_) => {}
         }
@@ -224,16 +237,29 @@ impl Config {
         if self.value_bytes_max == 0 || self.value_bytes_max > 64 * 1024 * 1024 {
             bail!("value_bytes_max must be between 1 and 67108864");
         }
+        if self.hints_owner_bytes_max == 0 || self.hints_owner_bytes_max > self.hints_bytes_max {
+            bail!("hints_owner_bytes_max must be positive and no more than hints_bytes_max");
+        }
+        if self.handoff_bytes_per_s == 0 {
+            bail!("handoff_bytes_per_s must be positive");
+        }
         Ok(())
+    }
+
+    /// Hint limits and handoff pace.
+    pub fn hint_limits(&self) -> qkv_coordinator::hints::HintLimits {
+        qkv_coordinator::hints::HintLimits {
+            total_bytes_max: self.hints_bytes_max,
+            owner_bytes_max: self.hints_owner_bytes_max,
+            window_ms: self.hint_window_ms,
+            rate_bytes_per_s: self.handoff_bytes_per_s,
+            batch_bytes_max: hint_defaults().batch_bytes_max.min(self.handoff_bytes_per_s),
+        }
     }
 
     /// The certificate files.
     pub fn tls_files(&self) -> TlsFiles {
-        TlsFiles {
-            ca: self.tls.ca.clone(),
-            cert: self.tls.cert.clone(),
-            key: self.tls.key.clone(),
-        }
+        TlsFiles { ca: self.tls.ca.clone(), cert: self.tls.cert.clone(), key: self.tls.key.clone() }
     }
 
     /// Frame limit: the largest value and key with room for siblings and clocks.
@@ -293,29 +319,15 @@ key = "certs/node-1.key"
     fn bad_configs_say_why() {
         let cases = [
             (BASE.replace("id = 1\n", "id = 9\n"), "must list this node"),
-            (
-                BASE.replace("listen = ", "replication = 5\nlisten = "),
-                "replication factor 5 needs at least 5 nodes",
-            ),
-            (
-                BASE.replace("listen = ", "persist = \"fast\"\nlisten = "),
-                "unknown variant",
-            ),
-            (
-                BASE.replace("listen = ", "colour = 1\nlisten = "),
-                "unknown field",
-            ),
+            (BASE.replace("listen = ", "replication = 5\nlisten = "), "replication factor 5 needs at least 5 nodes"),
+            (BASE.replace("listen = ", "persist = \"fast\"\nlisten = "), "unknown variant"),
+            (BASE.replace("listen = ", "colour = 1\nlisten = "), "unknown field"),
             (BASE.replace("7002", "7003"), "address appears twice"),
-            (
-                BASE.replace("listen = ", "vnodes = 0\nlisten = "),
-                "vnodes must be",
-            ),
+            (BASE.replace("listen = ", "vnodes = 0\nlisten = "), "vnodes must be"),
             ("id = ".to_string(), "invalid TOML"),
         ];
         for (text, want) in cases {
-            let err = Config::parse(&text, Path::new("."), no_env)
-                .unwrap_err()
-                .to_string();
+            let err = Config::parse(&text, Path::new("."), no_env).unwrap_err().to_string();
             assert!(err.contains(want), "expected `{want}` in `{err}`");
         }
         let env = |k: &str| (k == "QKV_REPLICATION").then(|| "zero".to_string());

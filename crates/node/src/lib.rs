@@ -21,26 +21,15 @@ pub use node::Node;
 
 /// Run a node until `shutdown` turns true, then close connections and flush storage.
 pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let storage = std::sync::Arc::new(storage::Storage::open(
-        &cfg.data_dir,
-        cfg.id,
-        cfg.persist,
-        cfg.persist_period_ms,
-    )?);
-    let endpoint = qkv_transport::node_endpoint(cfg.listen, &cfg.tls_files())
-        .context("starting the QUIC endpoint")?;
+    let storage =
+        std::sync::Arc::new(storage::Storage::open(&cfg.data_dir, cfg.id, cfg.persist, cfg.persist_period_ms)?);
+    let endpoint = qkv_transport::node_endpoint(cfg.listen, &cfg.tls_files()).context("starting the QUIC endpoint")?;
     let frame_bytes_max = cfg.frame_bytes_max();
     let pool = qkv_transport::Pool::new(endpoint.clone(), frame_bytes_max);
     let node = Node::new(&cfg, storage, pool)?;
     info!(id = cfg.id, listen = %cfg.listen, persist = ?cfg.persist, n = cfg.replication, "node up");
     let timers = tokio::spawn(node.clone().timer_loop());
-    qkv_transport::serve(
-        endpoint.clone(),
-        std::sync::Arc::new(node.clone()),
-        frame_bytes_max,
-        shutdown,
-    )
-    .await;
+    qkv_transport::serve(endpoint.clone(), std::sync::Arc::new(node.clone()), frame_bytes_max, shutdown).await;
     timers.abort();
     info!("shutting down: closing connections");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;

@@ -4,13 +4,13 @@
 //! completed flush, a timer) takes the lock, feeds the core, drains its outputs
 //! and releases the lock before carrying them out, so no I/O happens under it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use qkv_coordinator::node_core::REQUEST_TIMEOUT_MS_MAX;
+use qkv_coordinator::node::REQUEST_TIMEOUT_MS_MAX;
 use qkv_coordinator::replica::Limits;
 use qkv_coordinator::{Core, CoreConfig, Output, ReqId};
 use qkv_proto::{Error, NodeId, Request, Response};
@@ -32,6 +32,9 @@ struct Inner {
     next_req: AtomicU64,
     timer: Notify,
     start: Instant,
+    fault_injection: bool,
+    /// Peers cut off by the test-only fault switch.
+    isolated: Mutex<BTreeSet<NodeId>>,
 }
 
 /// The request handler and driver; cheap to clone.
@@ -43,22 +46,19 @@ impl Node {
     pub fn new(cfg: &Config, storage: Arc<Storage>, pool: Pool) -> anyhow::Result<Node> {
         let core_cfg = CoreConfig {
             me: cfg.id,
-            members: cfg
-                .peers
-                .iter()
-                .map(|p| (p.id, p.addr.to_string()))
-                .collect(),
+            incarnation: storage.boot(),
+            hints: cfg.hint_limits(),
+            members: cfg.peers.iter().map(|p| (p.id, p.addr.to_string())).collect(),
             n: cfg.replication,
             vnodes: cfg.vnodes,
-            limits: Limits {
-                key_bytes_max: cfg.key_bytes_max,
-                value_bytes_max: cfg.value_bytes_max,
-            },
+            limits: Limits { key_bytes_max: cfg.key_bytes_max, value_bytes_max: cfg.value_bytes_max },
             request_timeout_ms: cfg.request_timeout_ms,
             ping_interval_ms: cfg.ping_interval_ms,
             down_after_ms: cfg.down_after_ms,
         };
-        let core = Core::new(core_cfg, StoreHandle(storage.clone()), 0)?;
+        let wall_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let core = Core::new(core_cfg, StoreHandle(storage.clone()), 0, wall_ms)?;
         Ok(Node(Arc::new(Inner {
             core: Mutex::new(core),
             storage,
@@ -68,6 +68,8 @@ impl Node {
             next_req: AtomicU64::new(1),
             timer: Notify::new(),
             start: Instant::now(),
+            fault_injection: cfg.fault_injection,
+            isolated: Mutex::new(BTreeSet::new()),
         })))
     }
 
@@ -98,34 +100,21 @@ impl Node {
 
     fn perform(&self, o: Output) {
         match o {
-            Output::Send {
-                rpc,
-                to,
-                req,
-                timeout_ms,
-            } => {
+            Output::Send { rpc, to, req, timeout_ms } => {
                 let node = self.clone();
                 tokio::spawn(async move {
                     let r = match node.0.addrs.get(&to) {
-                        Some(&addr) => {
-                            node.0
-                                .pool
-                                .request(addr, &req, Duration::from_millis(timeout_ms))
-                                .await
+                        _ if node.is_isolated(to) => {
+                            Err(Error::Unreachable(format!("node {to} is cut off (fault injection)")))
                         }
+                        Some(&addr) => node.0.pool.request(addr, &req, Duration::from_millis(timeout_ms)).await,
                         None => Err(Error::Unreachable(format!("unknown node {to}"))),
                     };
                     node.with_core(|c, now| c.handle_response(now, rpc, r));
                 });
             }
             Output::Reply { req, resp } => {
-                if let Some(tx) = self
-                    .0
-                    .waiters
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&req)
-                {
+                if let Some(tx) = self.0.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&req) {
                     let _ = tx.send(resp);
                 }
             }
@@ -137,21 +126,14 @@ impl Node {
                 });
             }
             // buffer and periodic: the write is already flushed to the OS.
-            Output::Flush { token } => {
-                self.with_core(|c, now| c.handle_flushed(now, token, Ok(())))
-            }
+            Output::Flush { token } => self.with_core(|c, now| c.handle_flushed(now, token, Ok(()))),
         }
     }
 
     /// Fire the core's timers (deadlines, pings) until the task is aborted.
     pub async fn timer_loop(self) {
         loop {
-            let next = self
-                .0
-                .core
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .poll_timeout();
+            let next = self.0.core.lock().unwrap_or_else(|p| p.into_inner()).poll_timeout();
             let at = tokio::time::Instant::from_std(self.0.start + Duration::from_millis(next));
             tokio::select! {
                 _ = tokio::time::sleep_until(at) => self.with_core(|c, now| c.handle_timeout(now)),
@@ -161,31 +143,40 @@ impl Node {
     }
 }
 
+impl Node {
+    fn is_isolated(&self, id: NodeId) -> bool {
+        self.0.isolated.lock().unwrap_or_else(|p| p.into_inner()).contains(&id)
+    }
+}
+
 impl Handler for Node {
     async fn handle(&self, role: PeerRole, req: Request) -> Response {
         if !server::allowed(role, &req) {
-            return Response::Error(Error::NotAuthorized(
-                "replica traffic needs a node certificate".into(),
-            ));
+            return Response::Error(Error::NotAuthorized("replica traffic needs a node certificate".into()));
+        }
+        if let PeerRole::Node(id) = role
+            && self.is_isolated(id)
+        {
+            return Response::Error(Error::Unreachable(format!("node {id} is cut off (fault injection)")));
+        }
+        if let Request::Fault { isolate } = req {
+            if !self.0.fault_injection {
+                return Response::Error(Error::NotAuthorized("fault injection is disabled on this node".into()));
+            }
+            tracing::warn!(?isolate, "fault injection: cutting off peers");
+            *self.0.isolated.lock().unwrap_or_else(|p| p.into_inner()) = isolate.into_iter().collect();
+            return Response::ReplicaAck;
         }
         let id = self.0.next_req.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.0
-            .waiters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, tx);
+        self.0.waiters.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
         self.with_core(|c, now| c.handle_request(now, id, req));
         let guard = Duration::from_millis(REQUEST_TIMEOUT_MS_MAX + SAFETY_MARGIN_MS);
         match tokio::time::timeout(guard, rx).await {
             Ok(Ok(resp)) => resp,
             Ok(Err(_)) => Response::Error(Error::ShuttingDown),
             Err(_) => {
-                self.0
-                    .waiters
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
+                self.0.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
                 Response::Error(Error::Storage("internal: request never answered".into()))
             }
         }

@@ -1,4 +1,5 @@
-//! Durable state on fjall: keyspace `data` (key → DVV set) and `meta` (node identity).
+//! Durable state on fjall: keyspaces `data` (key → DVV set), `hints` ((owner, key) →
+//! hint held for a home replica that was down) and `meta` (node identity, boot count).
 //!
 //! Records carry a format version byte before their msgpack body, so later
 //! releases can read what older ones wrote.
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use qkv_coordinator::{Hint, HintMeta};
 use qkv_proto::{DvvSet, Error, NodeId};
 use serde::Deserialize;
 use tokio::sync::oneshot;
@@ -44,7 +46,9 @@ type Waiter = oneshot::Sender<Result<(), String>>;
 pub struct Storage {
     db: Database,
     data: Keyspace,
+    hints: Keyspace,
     meta: Keyspace,
+    boot: u64,
     syncer: Option<Sender<Waiter>>,
     stop: Option<Sender<Waiter>>,
     thread: Option<JoinHandle<()>>,
@@ -64,18 +68,14 @@ fn encode(set: &DvvSet) -> Vec<u8> {
 fn decode(bytes: &[u8]) -> Result<DvvSet, Error> {
     match bytes.split_first() {
         Some((&RECORD_VERSION, rest)) => {
-            let set: DvvSet = rmp_serde::from_slice(rest)
-                .map_err(|e| Error::Storage(format!("corrupt record: {e}")))?;
+            let set: DvvSet =
+                rmp_serde::from_slice(rest).map_err(|e| Error::Storage(format!("corrupt record: {e}")))?;
             if !set.is_valid() {
-                return Err(Error::Storage(
-                    "corrupt record: invalid version vector set".into(),
-                ));
+                return Err(Error::Storage("corrupt record: invalid version vector set".into()));
             }
             Ok(set)
         }
-        _ => Err(Error::Storage(
-            "corrupt record: unknown format version".into(),
-        )),
+        _ => Err(Error::Storage("corrupt record: unknown format version".into())),
     }
 }
 
@@ -83,53 +83,38 @@ impl Storage {
     /// Open (or create) the store in `dir` for node `id` with `policy`.
     ///
     /// Refuses a data directory that belongs to another node id.
-    pub fn open(
-        dir: &std::path::Path,
-        id: NodeId,
-        policy: Persist,
-        period_ms: u64,
-    ) -> anyhow::Result<Storage> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", dir.display()))?;
+    pub fn open(dir: &std::path::Path, id: NodeId, policy: Persist, period_ms: u64) -> anyhow::Result<Storage> {
+        std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", dir.display()))?;
         let db = Database::builder(dir)
             .worker_threads(1)
             .open()
             .map_err(|e| anyhow::anyhow!("cannot open data dir {}: {e}", dir.display()))?;
         let data = db.keyspace("data", KeyspaceCreateOptions::default)?;
+        let hints = db.keyspace("hints", KeyspaceCreateOptions::default)?;
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
         match meta.get("node_id")? {
             Some(v) if v.as_ref() != id.to_be_bytes() => {
-                let owner = <[u8; 4]>::try_from(v.as_ref())
-                    .map(u32::from_be_bytes)
-                    .unwrap_or(0);
-                anyhow::bail!(
-                    "data dir {} belongs to node {owner}, not node {id}",
-                    dir.display()
-                );
+                let owner = <[u8; 4]>::try_from(v.as_ref()).map(u32::from_be_bytes).unwrap_or(0);
+                anyhow::bail!("data dir {} belongs to node {owner}, not node {id}", dir.display());
             }
             Some(_) => {}
-            None => {
-                meta.insert("node_id", id.to_be_bytes())?;
-                db.persist(PersistMode::SyncAll)?;
-            }
+            None => meta.insert("node_id", id.to_be_bytes())?,
         }
-        let mut s = Storage {
-            db,
-            data,
-            meta,
-            syncer: None,
-            stop: None,
-            thread: None,
+        // The boot count is this run's incarnation: its heartbeats must beat the last run's.
+        let boot = match meta.get("boot")? {
+            Some(v) => <[u8; 8]>::try_from(v.as_ref()).map(u64::from_be_bytes).unwrap_or(0) + 1,
+            None => 1,
         };
+        meta.insert("boot", boot.to_be_bytes())?;
+        db.persist(PersistMode::SyncAll)?;
+        let mut s = Storage { db, data, hints, meta, boot, syncer: None, stop: None, thread: None };
         match policy {
             Persist::Buffer => {}
             Persist::Sync => {
                 let (tx, rx) = bounded::<Waiter>(SYNC_WAITERS_MAX);
                 let db = s.db.clone();
                 s.thread = Some(
-                    std::thread::Builder::new()
-                        .name("qkv-group-commit".into())
-                        .spawn(move || group_commit(db, rx))?,
+                    std::thread::Builder::new().name("qkv-group-commit".into()).spawn(move || group_commit(db, rx))?,
                 );
                 s.syncer = Some(tx);
             }
@@ -150,11 +135,12 @@ impl Storage {
 
     /// The stored state of `key`.
     pub fn get(&self, key: &[u8]) -> Result<Option<DvvSet>, Error> {
-        self.data
-            .get(key)
-            .map_err(storage_err)?
-            .map(|v| decode(&v))
-            .transpose()
+        self.data.get(key).map_err(storage_err)?.map(|v| decode(&v)).transpose()
+    }
+
+    /// This run's boot count (1 on a fresh data dir).
+    pub fn boot(&self) -> u64 {
+        self.boot
     }
 
     /// Store the state of `key`. It is in the journal, flushed to the OS, when this
@@ -177,9 +163,7 @@ impl Storage {
         match tx.try_send(wtx) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                return Err(Error::Storage(
-                    "too many writes waiting for fdatasync".into(),
-                ));
+                return Err(Error::Storage("too many writes waiting for fdatasync".into()));
             }
             Err(TrySendError::Disconnected(_)) => return Err(Error::ShuttingDown),
         }
@@ -215,6 +199,31 @@ impl Drop for Storage {
     }
 }
 
+fn hint_key(owner: NodeId, key: &[u8]) -> Vec<u8> {
+    let mut k = owner.to_be_bytes().to_vec();
+    k.extend_from_slice(key);
+    k
+}
+
+fn encode_hint(h: &Hint) -> Vec<u8> {
+    let mut out = vec![RECORD_VERSION];
+    rmp_serde::encode::write_named(&mut out, h).expect("Hint serialises");
+    out
+}
+
+fn decode_hint(bytes: &[u8]) -> Result<Hint, Error> {
+    match bytes.split_first() {
+        Some((&RECORD_VERSION, rest)) => {
+            let h: Hint = rmp_serde::from_slice(rest).map_err(|e| Error::Storage(format!("corrupt hint: {e}")))?;
+            if !h.set.is_valid() {
+                return Err(Error::Storage("corrupt hint: invalid version vector set".into()));
+            }
+            Ok(h)
+        }
+        _ => Err(Error::Storage("corrupt hint: unknown format version".into())),
+    }
+}
+
 /// The core's handle on the storage; the driver keeps another for flushes.
 pub struct StoreHandle(pub Arc<Storage>);
 
@@ -224,6 +233,33 @@ impl qkv_coordinator::Store for StoreHandle {
     }
     fn put(&mut self, key: &[u8], set: &DvvSet) -> Result<(), Error> {
         self.0.put(key, set)
+    }
+    fn get_hint(&self, owner: NodeId, key: &[u8]) -> Result<Option<Hint>, Error> {
+        self.0.hints.get(hint_key(owner, key)).map_err(storage_err)?.map(|v| decode_hint(&v)).transpose()
+    }
+    fn put_hint(&mut self, owner: NodeId, key: &[u8], hint: &Hint) -> Result<(), Error> {
+        self.0.hints.insert(hint_key(owner, key), encode_hint(hint)).map_err(storage_err)
+    }
+    fn delete_hint(&mut self, owner: NodeId, key: &[u8]) -> Result<(), Error> {
+        self.0.hints.remove(hint_key(owner, key)).map_err(storage_err)
+    }
+    fn scan_hints(&self) -> Result<Vec<HintMeta>, Error> {
+        let mut out = vec![];
+        for kv in self.0.hints.iter() {
+            let (k, v) = kv.into_inner().map_err(storage_err)?;
+            let Some((owner, key)) = k.split_first_chunk::<4>() else {
+                return Err(Error::Storage("corrupt hint key".into()));
+            };
+            let h = decode_hint(&v)?;
+            let bytes = qkv_coordinator::hints::hint_bytes(key, h.set.value_bytes());
+            out.push(HintMeta {
+                owner: u32::from_be_bytes(*owner),
+                key: key.to_vec(),
+                bytes,
+                created_ms: h.created_ms,
+            });
+        }
+        Ok(out)
     }
 }
 
@@ -282,13 +318,32 @@ mod tests {
     }
 
     #[test]
+    fn hints_survive_a_reopen_and_the_boot_count_grows() {
+        use qkv_coordinator::Store;
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Arc::new(Storage::open(dir.path(), 1, Persist::Buffer, 10).unwrap());
+            assert_eq!(s.boot(), 1);
+            let mut h = StoreHandle(s);
+            h.put_hint(3, b"k", &Hint { set: set(b"v"), created_ms: 42 }).unwrap();
+            h.put_hint(4, b"k", &Hint { set: set(b"w"), created_ms: 43 }).unwrap();
+            h.delete_hint(4, b"k").unwrap();
+        }
+        let s = Arc::new(Storage::open(dir.path(), 1, Persist::Buffer, 10).unwrap());
+        assert_eq!(s.boot(), 2);
+        let h = StoreHandle(s);
+        let metas = h.scan_hints().unwrap();
+        assert_eq!(metas.len(), 1);
+        assert_eq!((metas[0].owner, metas[0].key.as_slice(), metas[0].created_ms), (3, b"k".as_slice(), 42));
+        assert_eq!(h.get_hint(3, b"k").unwrap().unwrap().set, set(b"v"));
+        assert!(h.get_hint(4, b"k").unwrap().is_none());
+    }
+
+    #[test]
     fn a_data_dir_belongs_to_one_node() {
         let dir = tempfile::tempdir().unwrap();
         drop(Storage::open(dir.path(), 1, Persist::Buffer, 10).unwrap());
-        let err = Storage::open(dir.path(), 2, Persist::Buffer, 10)
-            .err()
-            .unwrap()
-            .to_string();
+        let err = Storage::open(dir.path(), 2, Persist::Buffer, 10).err().unwrap().to_string();
         assert!(err.contains("belongs to node 1"), "{err}");
     }
 

@@ -42,9 +42,7 @@ impl Context {
         if token.len() > CONTEXT_CHARS_MAX {
             return Err(bad("too long"));
         }
-        let bytes = URL_SAFE_NO_PAD
-            .decode(token.trim())
-            .map_err(|_| bad("not base64url"))?;
+        let bytes = URL_SAFE_NO_PAD.decode(token.trim()).map_err(|_| bad("not base64url"))?;
         match bytes.split_first() {
             Some((&CONTEXT_VERSION, rest)) => {
                 let vv: VersionVector = rmp_serde::from_slice(rest).map_err(|_| bad("corrupt"))?;
@@ -67,10 +65,7 @@ mod tests {
         vv.0.insert(3, 2);
         let c = Context(vv);
         assert_eq!(Context::decode(&c.encode()).unwrap(), c);
-        assert_eq!(
-            Context::decode(&Context::empty().encode()).unwrap(),
-            Context::empty()
-        );
+        assert_eq!(Context::decode(&Context::empty().encode()).unwrap(), Context::empty());
         assert!(Context::decode("!!").is_err());
         assert!(Context::decode("").is_err());
         assert!(Context::decode(&URL_SAFE_NO_PAD.encode([9u8, 1, 2])).is_err());

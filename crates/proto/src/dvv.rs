@@ -119,28 +119,17 @@ impl DvvSet {
 
     /// Total bytes of sibling values (for limits and metrics).
     pub fn value_bytes(&self) -> usize {
-        self.siblings
-            .iter()
-            .map(|s| s.value.as_ref().map_or(0, Vec::len))
-            .sum()
+        self.siblings.iter().map(|s| s.value.as_ref().map_or(0, Vec::len)).sum()
     }
 
     /// The coordinator's write: `actor` mints a new dot for `value` (`None`: a delete).
     ///
     /// Siblings covered by `context` are replaced; the rest stay as siblings of the
     /// new value. A write with an empty context therefore never removes anything.
-    pub fn update(
-        &mut self,
-        context: &VersionVector,
-        value: Option<Vec<u8>>,
-        actor: NodeId,
-    ) -> Dot {
+    pub fn update(&mut self, context: &VersionVector, value: Option<Vec<u8>>, actor: NodeId) -> Dot {
         self.siblings.retain(|s| !context.covers(s.dot));
         self.clock.join(context);
-        let dot = Dot {
-            node: actor,
-            counter: self.clock.get(actor) + 1,
-        };
+        let dot = Dot { node: actor, counter: self.clock.get(actor) + 1 };
         self.clock.add(dot);
         self.siblings.push(Sibling { dot, value });
         self.siblings.sort_by_key(|s| s.dot);
@@ -187,10 +176,7 @@ impl DvvSet {
     /// this before they are merged.
     pub fn is_valid(&self) -> bool {
         self.siblings.windows(2).all(|w| w[0].dot < w[1].dot)
-            && self
-                .siblings
-                .iter()
-                .all(|s| self.clock.covers(s.dot) && s.dot.counter > 0)
+            && self.siblings.iter().all(|s| self.clock.covers(s.dot) && s.dot.counter > 0)
     }
 }
 

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::NodeId;
+
 /// A request's failure, as sent to clients and between nodes.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -78,6 +80,14 @@ pub enum Error {
     /// A node could not be reached.
     #[error("unreachable: {0}")]
     Unreachable(String),
+    /// A stand-in refused to hold a hint (a limit or the hint window); the coordinator tries another.
+    #[error("hint refused by node {node}: {reason}")]
+    HintRefused {
+        /// The stand-in.
+        node: NodeId,
+        /// Why, with the numbers.
+        reason: String,
+    },
     /// The node is shutting down.
     #[error("shutting down")]
     ShuttingDown,

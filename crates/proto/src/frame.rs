@@ -23,11 +23,7 @@ pub fn encode<T: Serialize>(msg: &T, frame_bytes_max: usize) -> Result<Vec<u8>, 
         .map_err(|e| Error::BadRequest(format!("cannot encode message: {e}")))?;
     let body = out.len() - LEN_BYTES;
     if body > frame_bytes_max {
-        return Err(Error::TooLarge {
-            what: "frame".into(),
-            size: body as u64,
-            max: frame_bytes_max as u64,
-        });
+        return Err(Error::TooLarge { what: "frame".into(), size: body as u64, max: frame_bytes_max as u64 });
     }
     out[..LEN_BYTES].copy_from_slice(&(body as u32).to_be_bytes());
     Ok(out)
@@ -37,11 +33,7 @@ pub fn encode<T: Serialize>(msg: &T, frame_bytes_max: usize) -> Result<Vec<u8>, 
 pub fn decode_len(prefix: [u8; LEN_BYTES], frame_bytes_max: usize) -> Result<usize, Error> {
     let len = u32::from_be_bytes(prefix) as usize;
     if len > frame_bytes_max {
-        return Err(Error::TooLarge {
-            what: "frame".into(),
-            size: len as u64,
-            max: frame_bytes_max as u64,
-        });
+        return Err(Error::TooLarge { what: "frame".into(), size: len as u64, max: frame_bytes_max as u64 });
     }
     if len == 0 {
         return Err(Error::BadRequest("empty frame".into()));
@@ -52,11 +44,12 @@ pub fn decode_len(prefix: [u8; LEN_BYTES], frame_bytes_max: usize) -> Result<usi
 /// Decode a frame body (version byte and message).
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
     match body.split_first() {
-        Some((&PROTOCOL_VERSION, rest)) => rmp_serde::from_slice(rest)
-            .map_err(|e| Error::BadRequest(format!("malformed frame: {e}"))),
-        Some((v, _)) => Err(Error::BadRequest(format!(
-            "unsupported protocol version {v} (this node speaks {PROTOCOL_VERSION})"
-        ))),
+        Some((&PROTOCOL_VERSION, rest)) => {
+            rmp_serde::from_slice(rest).map_err(|e| Error::BadRequest(format!("malformed frame: {e}")))
+        }
+        Some((v, _)) => {
+            Err(Error::BadRequest(format!("unsupported protocol version {v} (this node speaks {PROTOCOL_VERSION})")))
+        }
         None => Err(Error::BadRequest("empty frame".into())),
     }
 }
@@ -68,7 +61,7 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let req = Request::Ping { from: 3 };
+        let req = Request::Ping { from: 3, gossip: vec![] };
         let f = encode(&req, 1024).unwrap();
         let len = decode_len(f[..4].try_into().unwrap(), 1024).unwrap();
         assert_eq!(len, f.len() - 4);
@@ -77,10 +70,7 @@ mod tests {
 
     #[test]
     fn limits_and_garbage_are_errors() {
-        assert!(matches!(
-            decode_len(2048u32.to_be_bytes(), 1024),
-            Err(Error::TooLarge { .. })
-        ));
+        assert!(matches!(decode_len(2048u32.to_be_bytes(), 1024), Err(Error::TooLarge { .. })));
         assert!(decode_len([0; 4], 1024).is_err());
         assert!(decode_body::<Request>(&[PROTOCOL_VERSION, 0xc1, 0xff]).is_err());
         assert!(decode_body::<Request>(&[9, 0x90]).is_err());

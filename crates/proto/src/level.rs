@@ -38,11 +38,7 @@ impl Level {
             Level::Exactly(k) => k as usize,
         };
         if needed == 0 || needed > n {
-            return Err(Error::InvalidLevel {
-                level: self.to_string(),
-                needed,
-                n: n as u32,
-            });
+            return Err(Error::InvalidLevel { level: self.to_string(), needed, n: n as u32 });
         }
         Ok(needed)
     }

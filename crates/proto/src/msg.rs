@@ -43,11 +43,61 @@ pub enum Request {
         /// The state to merge.
         set: DvvSet,
     },
-    /// Node-to-node liveness probe.
+    /// Node-to-node: store this state as a hint for `owner`, a home replica that is down.
+    ReplicaHint {
+        /// The home replica the write is meant for.
+        owner: NodeId,
+        /// The key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        /// The state to hold and hand off.
+        set: DvvSet,
+    },
+    /// Node-to-node: hinted handoff; merge every item and persist before acking.
+    ReplicaPutBatch {
+        /// Keys and states.
+        items: Vec<KeyState>,
+    },
+    /// Node-to-node: the hints this node holds for a key, for any owner.
+    HintGet {
+        /// The key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+    /// Node-to-node liveness probe, carrying the sender's heartbeat gossip.
     Ping {
         /// The sender.
         from: NodeId,
+        /// The freshest heartbeat the sender knows for each node.
+        gossip: Vec<Heartbeat>,
     },
+    /// Test-only fault switch (refused unless the node enables `fault_injection`):
+    /// cut this node off from the listed nodes, both ways; an empty list heals.
+    Fault {
+        /// Nodes to cut off.
+        isolate: Vec<NodeId>,
+    },
+}
+
+/// A key and its state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeyState {
+    /// The key.
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    /// Its state.
+    pub set: DvvSet,
+}
+
+/// A node's heartbeat: its incarnation (boot count) and a counter within it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The node.
+    pub node: NodeId,
+    /// Bumped at every start of the node.
+    pub incarnation: u64,
+    /// Bumped at every ping round.
+    pub counter: u64,
 }
 
 /// A read.
@@ -105,11 +155,15 @@ pub enum Response {
     ReplicaState(Option<DvvSet>),
     /// A replica merged and persisted the state.
     ReplicaAck,
-    /// Liveness answer.
+    /// Liveness answer, with the answering node's heartbeat gossip.
     Pong {
         /// The answering node.
         from: NodeId,
+        /// The freshest heartbeat it knows for each node.
+        gossip: Vec<Heartbeat>,
     },
+    /// The hints a node holds for a key: (owner, state, age in ms).
+    Hints(Vec<(NodeId, DvvSet, u64)>),
 }
 
 /// A read's answer.
@@ -130,8 +184,10 @@ pub struct GetReply {
 pub struct PutReply {
     /// The context of the written state (covers the new value and what it replaced).
     pub context: Context,
-    /// Acks from home replicas.
+    /// Home replicas that acknowledged before the answer.
     pub home_acks: Vec<NodeId>,
+    /// Stand-ins that acknowledged before the answer, each with the home replica it holds the write for.
+    pub standin_acks: Vec<(NodeId, NodeId)>,
     /// The node that coordinated the write.
     pub coordinator: NodeId,
 }
@@ -149,6 +205,48 @@ pub struct StatusReply {
     pub members: Vec<MemberStatus>,
     /// Read repairs this node sent since start.
     pub read_repairs: u64,
+    /// The hints this node holds: the replication lag it owes others.
+    pub hints: HintStatus,
+}
+
+/// The hints one node holds, in total and per owner.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HintStatus {
+    /// Hints held.
+    pub count: u64,
+    /// Their approximate bytes (keys + values + per-hint overhead).
+    pub bytes: u64,
+    /// Hints refused since start because a limit was reached.
+    pub refused: u64,
+    /// Hints handed off (acknowledged by their owner) since start.
+    pub handed_off: u64,
+    /// Limit on all hints, bytes.
+    pub bytes_max: u64,
+    /// Limit per owner, bytes.
+    pub owner_bytes_max: u64,
+    /// Per owner with hints pending or handed off recently.
+    pub owners: Vec<OwnerHints>,
+}
+
+/// The hints one node holds for one owner.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OwnerHints {
+    /// The home replica the hints are for.
+    pub owner: NodeId,
+    /// Whether the holder sees the owner up.
+    pub owner_up: bool,
+    /// Hints pending.
+    pub count: u64,
+    /// Their approximate bytes.
+    pub bytes: u64,
+    /// Age of the oldest pending hint, ms.
+    pub oldest_age_ms: u64,
+    /// Handoff rate over the last seconds, hints/s.
+    pub rate_hints_per_s: f64,
+    /// Handoff rate over the last seconds, bytes/s.
+    pub rate_bytes_per_s: f64,
+    /// Estimated time to drain at that rate, ms (`None` when nothing moves).
+    pub drain_eta_ms: Option<u64>,
 }
 
 /// A member as seen by one node.
@@ -176,4 +274,6 @@ pub struct RingReply {
 pub struct InspectReply {
     /// Per home replica: its state, or why it could not be read.
     pub replicas: Vec<(NodeId, Result<Option<DvvSet>, Error>)>,
+    /// Hints held for the key by other nodes: (stand-in, owner, state, age ms).
+    pub hints: Vec<(NodeId, NodeId, DvvSet, u64)>,
 }

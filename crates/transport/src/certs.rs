@@ -9,8 +9,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 
 use crate::TlsError;
@@ -36,11 +36,7 @@ pub struct TlsFiles {
 impl TlsFiles {
     /// The conventional files in `dir` for `name` (`node-1`, `client`): `ca.pem`, `NAME.pem`, `NAME.key`.
     pub fn in_dir(dir: &Path, name: &str) -> Self {
-        TlsFiles {
-            ca: dir.join("ca.pem"),
-            cert: dir.join(format!("{name}.pem")),
-            key: dir.join(format!("{name}.key")),
-        }
+        TlsFiles { ca: dir.join("ca.pem"), cert: dir.join(format!("{name}.pem")), key: dir.join(format!("{name}.key")) }
     }
 }
 
@@ -53,12 +49,7 @@ pub struct Generated {
     pub kept: Vec<PathBuf>,
 }
 
-fn write_new(
-    path: &Path,
-    contents: &str,
-    out: &mut Generated,
-    private: bool,
-) -> Result<(), TlsError> {
+fn write_new(path: &Path, contents: &str, out: &mut Generated, private: bool) -> Result<(), TlsError> {
     fs::write(path, contents).map_err(|e| TlsError::Io(path.to_path_buf(), e))?;
     #[cfg(unix)]
     if private {
@@ -72,19 +63,11 @@ fn write_new(
 }
 
 fn leaf_params(cn: &str, ou: &str, node: bool) -> Result<CertificateParams, TlsError> {
-    let names = if node {
-        vec![SERVER_NAME.to_string(), "localhost".to_string()]
-    } else {
-        vec![]
-    };
+    let names = if node { vec![SERVER_NAME.to_string(), "localhost".to_string()] } else { vec![] };
     let mut p = CertificateParams::new(names).map_err(|e| TlsError::Generate(e.to_string()))?;
     if node {
-        p.subject_alt_names
-            .push(SanType::IpAddress("127.0.0.1".parse().expect("valid ip")));
-        p.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        p.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().expect("valid ip")));
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     } else {
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     }
@@ -105,29 +88,20 @@ pub fn generate(dir: &Path, nodes: &[u32], clients: &[&str]) -> Result<Generated
     let mut out = Generated::default();
     let (ca_pem, ca_key_path) = (dir.join("ca.pem"), dir.join("ca.key"));
     let issuer = if ca_pem.exists() && ca_key_path.exists() {
-        let key_pem =
-            fs::read_to_string(&ca_key_path).map_err(|e| TlsError::Io(ca_key_path.clone(), e))?;
+        let key_pem = fs::read_to_string(&ca_key_path).map_err(|e| TlsError::Io(ca_key_path.clone(), e))?;
         let cert_pem = fs::read_to_string(&ca_pem).map_err(|e| TlsError::Io(ca_pem.clone(), e))?;
-        let key = KeyPair::from_pem(&key_pem)
-            .map_err(|e| TlsError::Generate(format!("{}: {e}", ca_key_path.display())))?;
+        let key =
+            KeyPair::from_pem(&key_pem).map_err(|e| TlsError::Generate(format!("{}: {e}", ca_key_path.display())))?;
         out.kept.extend([ca_pem.clone(), ca_key_path.clone()]);
         Issuer::from_ca_cert_pem(&cert_pem, key)
             .map_err(|e| TlsError::Generate(format!("{}: {e}", ca_pem.display())))?
     } else {
         let key = KeyPair::generate().map_err(|e| TlsError::Generate(e.to_string()))?;
-        let mut p = CertificateParams::new(Vec::<String>::new())
-            .map_err(|e| TlsError::Generate(e.to_string()))?;
+        let mut p = CertificateParams::new(Vec::<String>::new()).map_err(|e| TlsError::Generate(e.to_string()))?;
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name
-            .push(DnType::CommonName, "quorumkv cluster CA");
-        p.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let cert = p
-            .self_signed(&key)
-            .map_err(|e| TlsError::Generate(e.to_string()))?;
+        p.distinguished_name.push(DnType::CommonName, "quorumkv cluster CA");
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let cert = p.self_signed(&key).map_err(|e| TlsError::Generate(e.to_string()))?;
         write_new(&ca_pem, &cert.pem(), &mut out, false)?;
         write_new(&ca_key_path, &key.serialize_pem(), &mut out, true)?;
         Issuer::new(p, key)
@@ -147,9 +121,7 @@ pub fn generate(dir: &Path, nodes: &[u32], clients: &[&str]) -> Result<Generated
             continue;
         }
         let key = KeyPair::generate().map_err(|e| TlsError::Generate(e.to_string()))?;
-        let cert = params
-            .signed_by(&key, &issuer)
-            .map_err(|e| TlsError::Generate(e.to_string()))?;
+        let cert = params.signed_by(&key, &issuer).map_err(|e| TlsError::Generate(e.to_string()))?;
         write_new(&files.cert, &cert.pem(), &mut out, false)?;
         write_new(&files.key, &key.serialize_pem(), &mut out, true)?;
     }

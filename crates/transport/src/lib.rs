@@ -47,8 +47,7 @@ pub enum TlsError {
 
 /// A server endpoint on `addr` that also dials peers with the same identity.
 pub fn node_endpoint(addr: SocketAddr, files: &TlsFiles) -> Result<quinn::Endpoint, TlsError> {
-    let mut ep = quinn::Endpoint::server(tls::server_config(files)?, addr)
-        .map_err(|e| TlsError::Bind(addr, e))?;
+    let mut ep = quinn::Endpoint::server(tls::server_config(files)?, addr).map_err(|e| TlsError::Bind(addr, e))?;
     ep.set_default_client_config(tls::client_config(files)?);
     Ok(ep)
 }

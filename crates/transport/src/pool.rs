@@ -33,11 +33,7 @@ pub struct Pool {
 impl Pool {
     /// A pool sending from `endpoint`, which must have a default client config.
     pub fn new(endpoint: quinn::Endpoint, frame_bytes_max: usize) -> Self {
-        Pool {
-            endpoint,
-            slots: Mutex::new(HashMap::new()),
-            frame_bytes_max,
-        }
+        Pool { endpoint, slots: Mutex::new(HashMap::new()), frame_bytes_max }
     }
 
     /// The endpoint (to close it on shutdown).
@@ -50,42 +46,22 @@ impl Pool {
     /// A request that times out closes its connection: a peer that was killed and
     /// restarted is only reached through a fresh one, and QUIC would otherwise keep
     /// the dead connection until its idle timeout.
-    pub async fn request(
-        &self,
-        addr: SocketAddr,
-        req: &Request,
-        timeout: Duration,
-    ) -> Result<Response, Error> {
+    pub async fn request(&self, addr: SocketAddr, req: &Request, timeout: Duration) -> Result<Response, Error> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let too_late = || {
-            Error::Unreachable(format!(
-                "{addr} did not answer within {} ms",
-                timeout.as_millis()
-            ))
-        };
-        let conn = tokio::time::timeout_at(deadline, self.connection(addr))
-            .await
-            .map_err(|_| too_late())??;
+        let too_late = || Error::Unreachable(format!("{addr} did not answer within {} ms", timeout.as_millis()));
+        let conn = tokio::time::timeout_at(deadline, self.connection(addr)).await.map_err(|_| too_late())??;
         let conn = match conn.open_bi().await {
             Ok(streams) => {
-                return self
-                    .finish(addr, conn, streams, req, deadline, too_late)
-                    .await;
+                return self.finish(addr, conn, streams, req, deadline, too_late).await;
             }
             Err(_) => {
                 // The cached connection died: forget it and dial once more.
                 self.forget(addr, &conn);
-                tokio::time::timeout_at(deadline, self.connection(addr))
-                    .await
-                    .map_err(|_| too_late())??
+                tokio::time::timeout_at(deadline, self.connection(addr)).await.map_err(|_| too_late())??
             }
         };
-        let streams = conn
-            .open_bi()
-            .await
-            .map_err(|e| Error::Unreachable(format!("{addr}: {e}")))?;
-        self.finish(addr, conn, streams, req, deadline, too_late)
-            .await
+        let streams = conn.open_bi().await.map_err(|e| Error::Unreachable(format!("{addr}: {e}")))?;
+        self.finish(addr, conn, streams, req, deadline, too_late).await
     }
 
     async fn finish(
@@ -158,11 +134,7 @@ impl Pool {
         };
         let result = tokio::time::timeout(Duration::from_millis(DIAL_TIMEOUT_MS), dial)
             .await
-            .unwrap_or_else(|_| {
-                Err(Error::Unreachable(format!(
-                    "{addr}: no handshake within {DIAL_TIMEOUT_MS} ms"
-                )))
-            });
+            .unwrap_or_else(|_| Err(Error::Unreachable(format!("{addr}: no handshake within {DIAL_TIMEOUT_MS} ms"))));
         let mut slots = self.slots.lock().expect("pool lock");
         match result {
             Ok(conn) => {
@@ -171,13 +143,7 @@ impl Pool {
             }
             Err(e) => {
                 let delay_ms = (prev_delay * 2).clamp(BACKOFF_MIN_MS, BACKOFF_MAX_MS);
-                slots.insert(
-                    addr,
-                    Slot::Backoff {
-                        until: Instant::now() + Duration::from_millis(delay_ms),
-                        delay_ms,
-                    },
-                );
+                slots.insert(addr, Slot::Backoff { until: Instant::now() + Duration::from_millis(delay_ms), delay_ms });
                 Err(e)
             }
         }

@@ -114,9 +114,12 @@ async fn serve_connection<H: Handler>(
 /// True when `role` may send `req`: replica traffic needs a node certificate.
 pub fn allowed(role: PeerRole, req: &Request) -> bool {
     match req {
-        Request::ReplicaGet { .. } | Request::ReplicaPut { .. } | Request::Ping { .. } => {
-            role == PeerRole::Node
-        }
+        Request::ReplicaGet { .. }
+        | Request::ReplicaPut { .. }
+        | Request::ReplicaPutBatch { .. }
+        | Request::ReplicaHint { .. }
+        | Request::HintGet { .. }
+        | Request::Ping { .. } => matches!(role, PeerRole::Node(_)),
         _ => true,
     }
 }

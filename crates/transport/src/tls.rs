@@ -30,34 +30,24 @@ struct Loaded {
 }
 
 fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
-    let pem_err = |p: &std::path::Path, e: rustls_pki_types::pem::Error| {
-        TlsError::Pem(p.to_path_buf(), e.to_string())
-    };
+    let pem_err = |p: &std::path::Path, e: rustls_pki_types::pem::Error| TlsError::Pem(p.to_path_buf(), e.to_string());
     let mut roots = RootCertStore::empty();
     let cas: Vec<_> = CertificateDer::pem_file_iter(&files.ca)
         .map_err(|e| pem_err(&files.ca, e))?
         .collect::<Result<_, _>>()
         .map_err(|e| pem_err(&files.ca, e))?;
     if cas.is_empty() {
-        return Err(TlsError::Pem(
-            files.ca.clone(),
-            "no certificate in file".into(),
-        ));
+        return Err(TlsError::Pem(files.ca.clone(), "no certificate in file".into()));
     }
     for ca in cas {
-        roots
-            .add(ca)
-            .map_err(|e| TlsError::Pem(files.ca.clone(), e.to_string()))?;
+        roots.add(ca).map_err(|e| TlsError::Pem(files.ca.clone(), e.to_string()))?;
     }
     let chain: Vec<_> = CertificateDer::pem_file_iter(&files.cert)
         .map_err(|e| pem_err(&files.cert, e))?
         .collect::<Result<_, _>>()
         .map_err(|e| pem_err(&files.cert, e))?;
     if chain.is_empty() {
-        return Err(TlsError::Pem(
-            files.cert.clone(),
-            "no certificate in file".into(),
-        ));
+        return Err(TlsError::Pem(files.cert.clone(), "no certificate in file".into()));
     }
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| pem_err(&files.key, e))?;
     Ok(Loaded { roots, chain, key })
@@ -67,9 +57,7 @@ fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(STREAMS_PER_CONNECTION_MAX.into());
     t.max_concurrent_uni_streams(0u32.into());
-    t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
-        IDLE_TIMEOUT_MS,
-    ))));
+    t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(IDLE_TIMEOUT_MS))));
     t.keep_alive_interval(Some(Duration::from_millis(u64::from(IDLE_TIMEOUT_MS) / 4)));
     Arc::new(t)
 }

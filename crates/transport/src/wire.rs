@@ -6,19 +6,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// Read one frame, refusing it before allocating when it is over `frame_bytes_max`.
-pub async fn read_frame<T: DeserializeOwned>(
-    recv: &mut quinn::RecvStream,
-    frame_bytes_max: usize,
-) -> Result<T, Error> {
+pub async fn read_frame<T: DeserializeOwned>(recv: &mut quinn::RecvStream, frame_bytes_max: usize) -> Result<T, Error> {
     let mut prefix = [0u8; LEN_BYTES];
-    recv.read_exact(&mut prefix)
-        .await
-        .map_err(|e| Error::Unreachable(format!("reading frame: {e}")))?;
+    recv.read_exact(&mut prefix).await.map_err(|e| Error::Unreachable(format!("reading frame: {e}")))?;
     let len = frame::decode_len(prefix, frame_bytes_max)?;
     let mut body = vec![0u8; len];
-    recv.read_exact(&mut body)
-        .await
-        .map_err(|e| Error::Unreachable(format!("reading frame: {e}")))?;
+    recv.read_exact(&mut body).await.map_err(|e| Error::Unreachable(format!("reading frame: {e}")))?;
     frame::decode_body(&body)
 }
 
@@ -29,10 +22,7 @@ pub async fn write_frame<T: Serialize>(
     frame_bytes_max: usize,
 ) -> Result<(), Error> {
     let bytes = frame::encode(msg, frame_bytes_max)?;
-    send.write_all(&bytes)
-        .await
-        .map_err(|e| Error::Unreachable(format!("writing frame: {e}")))?;
-    send.finish()
-        .map_err(|e| Error::Unreachable(format!("finishing stream: {e}")))?;
+    send.write_all(&bytes).await.map_err(|e| Error::Unreachable(format!("writing frame: {e}")))?;
+    send.finish().map_err(|e| Error::Unreachable(format!("finishing stream: {e}")))?;
     Ok(())
 }

@@ -1,0 +1,506 @@
+//! A whole node's logic as one sans-IO state machine: client requests, replica
+//! requests, forwarding, sloppy quorums with hints, hinted handoff, read repair,
+//! inspect, and failure detection by gossiped heartbeats.
+//!
+//! [`Core`] owns the node's [`Store`] and talks to the world only through its
+//! methods. The driver (`qkv-node` with tokio and quinn, or the simulator) must:
+//!
+//! 1. pass each incoming request to [`Core::handle_request`] with a fresh [`ReqId`];
+//! 2. after every `handle_*` call, drain [`Core::poll_output`] and carry out each [`Output`]:
+//!    - `Send`: deliver the request to that node and report its answer, or a failure,
+//!      through [`Core::handle_response`]. The core fails the request itself after
+//!      `timeout_ms`, so a lost answer never leaves work behind; a later report is ignored;
+//!    - `Reply`: answer the request `req`;
+//!    - `Flush`: make every store write so far durable under the node's persist
+//!      policy, then call [`Core::handle_flushed`];
+//! 3. call [`Core::handle_timeout`] whenever `now_ms` reaches [`Core::poll_timeout`].
+//!
+//! Time is `now_ms`, a monotonic millisecond count chosen by the driver. Wall-clock
+//! time is used only to date hints for display: `wall_ms - now_ms` is fixed at start.
+//!
+//! # Layout
+//! - this file: state, dispatch, timers, status.
+//! - `read.rs`: gets (strict and sloppy), read repair, inspect.
+//! - `write.rs`: puts, forwarding, stand-in selection, replica writes, hint intake.
+//! - `handoff.rs`: pushing hints to their owners.
+//! - `gossip.rs`: pings and the failure detector.
+
+mod gossip;
+mod handoff;
+mod read;
+mod write;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use qkv_proto::{Context, DvvSet, Error, HintStatus, MemberStatus, NodeId, Request, Response, RingReply, StatusReply};
+
+use crate::get::GetOp;
+use crate::hints::{HintIndex, HintLimits};
+use crate::liveness::Detector;
+use crate::put::PutOp;
+use crate::replica::Limits;
+use crate::ring::{Ring, RingError};
+
+/// Identifies a request this node must answer (chosen by the driver).
+pub type ReqId = u64;
+/// Identifies a request this node sent (chosen by the core).
+pub type RpcId = u64;
+
+/// Longest per-request deadline a client may ask for.
+pub const REQUEST_TIMEOUT_MS_MAX: u64 = 60_000;
+/// Extra time a forwarding node waits beyond the request deadline for the coordinator.
+pub const FORWARD_MARGIN_MS: u64 = 500;
+/// How often hinted handoff looks for work.
+pub const HANDOFF_INTERVAL_MS: u64 = 100;
+/// Deadline of one handoff batch.
+pub const HANDOFF_TIMEOUT_MS: u64 = 5_000;
+
+/// A write held by a stand-in for a home replica that was down.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Hint {
+    /// The merged state to hand off.
+    pub set: DvvSet,
+    /// When the stand-in first took a hint for this key and owner (wall clock, ms).
+    pub created_ms: u64,
+}
+
+/// A hint's identity and size, as listed at start to rebuild the index.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HintMeta {
+    /// The home replica it is for.
+    pub owner: NodeId,
+    /// The key.
+    pub key: Vec<u8>,
+    /// Its approximate size.
+    pub bytes: u64,
+    /// When it was first taken (wall clock, ms).
+    pub created_ms: u64,
+}
+
+/// The node's durable state: key → state (`data`) and (owner, key) → hint (`hints`).
+pub trait Store {
+    /// The state of `key`, if any.
+    fn get(&self, key: &[u8]) -> Result<Option<DvvSet>, Error>;
+    /// Replace the state of `key`. Durable only after the next completed `Flush`.
+    fn put(&mut self, key: &[u8], set: &DvvSet) -> Result<(), Error>;
+    /// The hint for `owner` and `key`, if any.
+    fn get_hint(&self, owner: NodeId, key: &[u8]) -> Result<Option<Hint>, Error>;
+    /// Replace the hint for `owner` and `key`. Durable only after the next completed `Flush`.
+    fn put_hint(&mut self, owner: NodeId, key: &[u8], hint: &Hint) -> Result<(), Error>;
+    /// Drop the hint for `owner` and `key`.
+    fn delete_hint(&mut self, owner: NodeId, key: &[u8]) -> Result<(), Error>;
+    /// Every hint's identity and size (read once, at start).
+    fn scan_hints(&self) -> Result<Vec<HintMeta>, Error>;
+}
+
+/// What a node is and how it behaves.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    /// This node.
+    pub me: NodeId,
+    /// Bumped by the driver at every start (persisted), so this run's heartbeats win.
+    pub incarnation: u64,
+    /// Every member, this node included, with its address (shown in status; never dialled here).
+    pub members: Vec<(NodeId, String)>,
+    /// Replication factor.
+    pub n: usize,
+    /// Virtual nodes per member.
+    pub vnodes: u32,
+    /// Key and value limits.
+    pub limits: Limits,
+    /// Hint limits and handoff pace.
+    pub hints: HintLimits,
+    /// Default request deadline.
+    pub request_timeout_ms: u64,
+    /// Ping period.
+    pub ping_interval_ms: u64,
+    /// Time without a fresh heartbeat after which a peer is down.
+    pub down_after_ms: u64,
+}
+
+/// Why a core could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The ring cannot be built from the config.
+    #[error(transparent)]
+    Ring(#[from] RingError),
+    /// The hints could not be listed.
+    #[error("reading hints: {0}")]
+    Store(#[from] Error),
+}
+
+/// An effect the driver must carry out. See the module docs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    /// Send `req` to `to`; report the answer with [`Core::handle_response`].
+    Send {
+        /// Echo this back.
+        rpc: RpcId,
+        /// The destination.
+        to: NodeId,
+        /// What to send.
+        req: Request,
+        /// After this long the core fails the request itself.
+        timeout_ms: u64,
+    },
+    /// Answer request `req`.
+    Reply {
+        /// The request being answered.
+        req: ReqId,
+        /// The answer.
+        resp: Response,
+    },
+    /// Make every write so far durable, then call [`Core::handle_flushed`] with `token`.
+    Flush {
+        /// Echo this back.
+        token: u64,
+    },
+}
+
+/// Counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Read repairs acknowledged by the stale replica.
+    pub read_repairs: u64,
+}
+
+type OpId = u64;
+/// One replica's raw state of a key, or why it could not be read.
+type ReplicaRead = Result<Option<DvvSet>, Error>;
+
+/// A write being replicated: home replicas, and stand-ins for those that are down.
+struct PutState {
+    req: ReqId,
+    op: PutOp,
+    ctx: Context,
+    key: Vec<u8>,
+    set: DvvSet,
+    home: Vec<NodeId>,
+    /// Stand-in → the home replica it holds the write for.
+    owners: BTreeMap<NodeId, NodeId>,
+    /// Further stand-in candidates, in ring order (sloppy writes only).
+    candidates: VecDeque<NodeId>,
+    sloppy: bool,
+}
+
+enum Op {
+    /// A client read; outlives its answer to finish read repair.
+    Get { req: Option<ReqId>, key: Vec<u8>, op: GetOp, home: Vec<NodeId> },
+    /// A client write, locally applied, waiting for its flush.
+    PutFlush { req: ReqId, key: Vec<u8>, set: DvvSet, ctx: Context, needed: usize, timeout_ms: u64, strict: bool },
+    /// A client write being replicated.
+    Put(Box<PutState>),
+    /// A write forwarded to its coordinator.
+    Forward { req: ReqId },
+    /// An incoming replica write or hint, waiting for its flush.
+    ReplicaFlush { req: ReqId },
+    /// An inspect gathering each home replica's state and the hints others hold.
+    Inspect {
+        req: ReqId,
+        slots: Vec<(NodeId, Option<ReplicaRead>)>,
+        hints_due: usize,
+        hints: Vec<(NodeId, NodeId, DvvSet, u64)>,
+    },
+    /// A read repair in flight.
+    Repair,
+    /// A write still being sent to a replica after the client was answered.
+    Replicate,
+    /// A ping in flight.
+    Ping { to: NodeId },
+    /// A handoff batch in flight: the states sent, to delete if still unchanged on ack.
+    Handoff { owner: NodeId, items: Vec<(Vec<u8>, DvvSet)> },
+}
+
+/// One node's logic. See the module docs for the driver contract.
+pub struct Core<S> {
+    cfg: CoreConfig,
+    ring: Ring,
+    detector: Detector,
+    hints: HintIndex,
+    store: S,
+    next_id: u64,
+    ops: HashMap<OpId, Op>,
+    rpcs: HashMap<RpcId, (OpId, NodeId, u64)>,
+    rpc_deadlines: BTreeSet<(u64, RpcId)>,
+    flushes: HashMap<u64, OpId>,
+    deadlines: BTreeSet<(u64, OpId)>,
+    out: VecDeque<Output>,
+    now_ms: u64,
+    wall_offset_ms: u64,
+    next_ping_ms: u64,
+    next_handoff_ms: u64,
+    stats: Stats,
+}
+
+impl<S: Store> Core<S> {
+    /// A node at monotonic time `now_ms` and wall-clock time `wall_ms`; every peer starts as up.
+    pub fn new(cfg: CoreConfig, store: S, now_ms: u64, wall_ms: u64) -> Result<Self, StartError> {
+        let ids: Vec<NodeId> = cfg.members.iter().map(|m| m.0).collect();
+        let ring = Ring::new(&ids, cfg.vnodes, cfg.n)?;
+        let detector = Detector::new(cfg.me, cfg.incarnation, ids, cfg.down_after_ms, now_ms);
+        let mut hints = HintIndex::new(cfg.hints, now_ms);
+        for h in store.scan_hints()? {
+            hints.record(h.owner, &h.key, h.bytes, h.created_ms);
+        }
+        Ok(Core {
+            cfg,
+            ring,
+            detector,
+            hints,
+            store,
+            next_id: 1,
+            ops: HashMap::new(),
+            rpcs: HashMap::new(),
+            rpc_deadlines: BTreeSet::new(),
+            flushes: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            out: VecDeque::new(),
+            now_ms,
+            wall_offset_ms: wall_ms.saturating_sub(now_ms),
+            next_ping_ms: now_ms,
+            next_handoff_ms: now_ms,
+            stats: Stats::default(),
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// The ring.
+    pub fn ring(&self) -> &Ring {
+        &self.ring
+    }
+
+    /// Whether `id` is up as this node sees it (itself always).
+    pub fn is_up(&self, id: NodeId) -> bool {
+        self.detector.is_up(id)
+    }
+
+    /// The next effect to carry out.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When [`Core::handle_timeout`] must next be called.
+    #[must_use]
+    pub fn poll_timeout(&self) -> u64 {
+        let ops = self.deadlines.first().map_or(u64::MAX, |d| d.0);
+        let rpcs = self.rpc_deadlines.first().map_or(u64::MAX, |d| d.0);
+        ops.min(rpcs).min(self.next_ping_ms).min(self.next_handoff_ms)
+    }
+
+    /// Ops in flight (for tests and metrics).
+    pub fn ops_in_flight(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Time only moves forward, whatever the driver passes.
+    fn tick(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+    }
+
+    fn wall_ms(&self) -> u64 {
+        self.now_ms + self.wall_offset_ms
+    }
+
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn reply(&mut self, req: ReqId, resp: Result<Response, Error>) {
+        self.out.push_back(Output::Reply { req, resp: resp.unwrap_or_else(Response::Error) });
+    }
+
+    fn send(&mut self, op: OpId, to: NodeId, req: Request, timeout_ms: u64) {
+        let rpc = self.id();
+        let deadline = self.now_ms + timeout_ms.max(1);
+        self.rpcs.insert(rpc, (op, to, deadline));
+        self.rpc_deadlines.insert((deadline, rpc));
+        self.out.push_back(Output::Send { rpc, to, req, timeout_ms });
+    }
+
+    fn flush(&mut self, op: OpId) {
+        let token = self.id();
+        self.flushes.insert(token, op);
+        self.out.push_back(Output::Flush { token });
+    }
+
+    fn timeout_ms(&self, asked: Option<u32>) -> Result<u64, Error> {
+        match asked {
+            None => Ok(self.cfg.request_timeout_ms),
+            Some(0) => Err(Error::BadRequest("timeout must be positive".into())),
+            Some(t) if u64::from(t) > REQUEST_TIMEOUT_MS_MAX => {
+                Err(Error::BadRequest(format!("timeout {t} ms is over the limit of {REQUEST_TIMEOUT_MS_MAX} ms")))
+            }
+            Some(t) => Ok(u64::from(t)),
+        }
+    }
+
+    fn is_member(&self, id: NodeId) -> bool {
+        self.cfg.members.iter().any(|m| m.0 == id)
+    }
+
+    /// A request arrived (already authorised by the driver).
+    pub fn handle_request(&mut self, now_ms: u64, req_id: ReqId, req: Request) {
+        self.tick(now_ms);
+        let immediate = match req {
+            Request::Get(g) => self.start_get(req_id, g),
+            Request::Put(p) => self.start_put(req_id, p),
+            Request::Inspect { key } => self.start_inspect(req_id, key),
+            Request::Status => Ok(Some(Response::Status(self.status()))),
+            Request::Ring { key } => self.ring_reply(&key).map(|r| Some(Response::Ring(r))),
+            Request::ReplicaGet { key } => self.replica_get(&key).map(|s| Some(Response::ReplicaState(s))),
+            Request::ReplicaPut { key, set } => self.replica_put(req_id, &key, &set),
+            Request::ReplicaPutBatch { items } => self.replica_put_batch(req_id, items),
+            Request::ReplicaHint { owner, key, set } => self.take_hint(req_id, owner, &key, &set),
+            Request::HintGet { key } => self.hints_for(&key).map(|h| Some(Response::Hints(h))),
+            Request::Ping { gossip, .. } => Ok(Some(self.on_ping(&gossip))),
+            _ => Err(Error::BadRequest("unsupported request".into())),
+        };
+        match immediate {
+            Ok(Some(resp)) => self.reply(req_id, Ok(resp)),
+            Ok(None) => {}
+            Err(e) => self.reply(req_id, Err(e)),
+        }
+    }
+
+    /// The driver finished a `Flush`: writes made before it are durable.
+    pub fn handle_flushed(&mut self, now_ms: u64, token: u64, result: Result<(), Error>) {
+        self.tick(now_ms);
+        let Some(op_id) = self.flushes.remove(&token) else { return };
+        match self.ops.remove(&op_id) {
+            Some(Op::ReplicaFlush { req }) => self.reply(req, result.map(|_| Response::ReplicaAck)),
+            Some(Op::PutFlush { req, key, set, ctx, needed, timeout_ms, strict }) => match result {
+                Ok(()) => self.replicate(op_id, req, key, set, ctx, needed, timeout_ms, strict),
+                Err(e) => self.reply(req, Err(e)),
+            },
+            Some(other) => {
+                self.ops.insert(op_id, other);
+            }
+            None => {}
+        }
+    }
+
+    /// The answer to (or failure of) a request this node sent.
+    pub fn handle_response(&mut self, now_ms: u64, rpc: RpcId, result: Result<Response, Error>) {
+        self.tick(now_ms);
+        let Some((op_id, from, deadline)) = self.rpcs.remove(&rpc) else { return };
+        self.rpc_deadlines.remove(&(deadline, rpc));
+        if result.is_ok() {
+            self.detector.on_reachable(from);
+        }
+        // A node's own error answer is a failure of that replica.
+        let result = match result {
+            Ok(Response::Error(e)) => Err(e),
+            other => other,
+        };
+        match self.ops.get(&op_id) {
+            Some(Op::Get { .. }) => self.get_response(op_id, from, result),
+            Some(Op::Put(_)) => self.put_response(op_id, from, result),
+            Some(Op::Forward { .. }) => self.forward_response(op_id, from, result),
+            Some(Op::Inspect { .. }) => self.inspect_response(op_id, from, result),
+            Some(Op::Repair) => {
+                self.ops.remove(&op_id);
+                if matches!(result, Ok(Response::ReplicaAck)) {
+                    self.stats.read_repairs += 1;
+                }
+            }
+            Some(Op::Replicate) => {
+                self.ops.remove(&op_id);
+            }
+            Some(Op::Ping { .. }) => self.ping_response(op_id, result),
+            Some(Op::Handoff { .. }) => self.handoff_response(op_id, result),
+            Some(Op::PutFlush { .. } | Op::ReplicaFlush { .. }) | None => {}
+        }
+    }
+
+    /// Time passed: fire deadlines, pings and handoff.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.tick(now_ms);
+        let now_ms = self.now_ms;
+        while let Some(&(at, op_id)) = self.deadlines.first() {
+            if at > now_ms {
+                break;
+            }
+            self.deadlines.remove(&(at, op_id));
+            self.op_deadline(op_id);
+        }
+        // After the ops' own deadlines, so an op due now answers "timeout", not "failed".
+        while let Some(&(at, rpc)) = self.rpc_deadlines.first() {
+            if at > now_ms {
+                break;
+            }
+            let to = self.rpcs.get(&rpc).map_or(0, |r| r.1);
+            self.handle_response(now_ms, rpc, Err(Error::Unreachable(format!("node {to} did not answer in time"))));
+        }
+        if now_ms >= self.next_ping_ms {
+            self.next_ping_ms = now_ms + self.cfg.ping_interval_ms;
+            self.ping_round();
+        }
+        if now_ms >= self.next_handoff_ms {
+            self.next_handoff_ms = now_ms + HANDOFF_INTERVAL_MS;
+            self.handoff_round();
+        }
+    }
+
+    fn op_deadline(&mut self, op_id: OpId) {
+        match self.ops.get(&op_id) {
+            Some(Op::Get { .. }) => self.get_deadline(op_id),
+            Some(Op::Put(_)) => self.put_deadline(op_id),
+            _ => {}
+        }
+    }
+
+    /// This node's view of the cluster, hints included.
+    pub fn status(&self) -> StatusReply {
+        let own = self.ring.ownership();
+        let (count, bytes) = self.hints.totals();
+        let limits = self.hints.limits();
+        StatusReply {
+            node: self.cfg.me,
+            n: self.ring.n() as u32,
+            vnodes: self.ring.vnodes(),
+            members: self
+                .cfg
+                .members
+                .iter()
+                .map(|(id, addr)| MemberStatus {
+                    node: *id,
+                    addr: addr.clone(),
+                    up: self.is_up(*id),
+                    ownership: own.get(id).copied().unwrap_or(0.0),
+                })
+                .collect(),
+            read_repairs: self.stats.read_repairs,
+            hints: HintStatus {
+                count,
+                bytes,
+                refused: self.hints.refused,
+                handed_off: self.hints.handed_off,
+                bytes_max: limits.total_bytes_max,
+                owner_bytes_max: limits.owner_bytes_max,
+                owners: self.hints.report(self.wall_ms(), |o| self.is_up(o)),
+            },
+        }
+    }
+
+    fn ring_reply(&self, key: &[u8]) -> Result<RingReply, Error> {
+        self.cfg.limits.check(key, None)?;
+        let addr = |id: NodeId| self.cfg.members.iter().find(|m| m.0 == id).map(|m| m.1.clone()).unwrap_or_default();
+        Ok(RingReply { replicas: self.ring.preference_list(key).iter().map(|&id| (id, addr(id))).collect() })
+    }
+}
+
+fn unexpected(from: NodeId, r: &Response) -> Error {
+    Error::BadRequest(format!("node {from} sent an unexpected answer: {r:?}"))
+}

@@ -1,0 +1,195 @@
+//! Reads: strict (home replicas only) or sloppy (the first N up nodes of the
+//! key's walk, where a stand-in answers from the hints it holds), read repair of
+//! home replicas, and inspect.
+
+use qkv_proto::{Context, DvvSet, Error, GetReply, GetRequest, InspectReply, NodeId, Request, Response};
+
+use super::{Core, Op, OpId, ReplicaRead, ReqId, Store, unexpected};
+use crate::get::{GetAction, GetOp};
+use crate::replica;
+use crate::route::check_available;
+
+impl<S: Store> Core<S> {
+    /// This node's state of `key`: its data when it is a home replica, else the
+    /// merge of the hints it holds for the key.
+    pub(super) fn replica_get(&self, key: &[u8]) -> Result<Option<DvvSet>, Error> {
+        self.cfg.limits.check(key, None)?;
+        if self.ring.preference_list(key).contains(&self.cfg.me) {
+            return self.store.get(key);
+        }
+        let mut merged: Option<DvvSet> = None;
+        for owner in self.hints.owners_of(key) {
+            if let Some(h) = self.store.get_hint(owner, key)? {
+                merged = Some(merged.unwrap_or_default().merged(&h.set));
+            }
+        }
+        Ok(merged)
+    }
+
+    /// The hints this node holds for `key`: (owner, state, age ms).
+    pub(super) fn hints_for(&self, key: &[u8]) -> Result<Vec<(NodeId, DvvSet, u64)>, Error> {
+        self.cfg.limits.check(key, None)?;
+        let mut out = vec![];
+        for owner in self.hints.owners_of(key) {
+            if let Some(h) = self.store.get_hint(owner, key)? {
+                out.push((owner, h.set, self.wall_ms().saturating_sub(h.created_ms)));
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) fn start_get(&mut self, req: ReqId, g: GetRequest) -> Result<Option<Response>, Error> {
+        self.cfg.limits.check(&g.key, None)?;
+        let timeout_ms = self.timeout_ms(g.timeout_ms)?;
+        let n = self.ring.n();
+        let home = self.ring.preference_list(&g.key).to_vec();
+        let targets: Vec<NodeId> = if g.strict {
+            home.clone()
+        } else {
+            self.ring.walk(&g.key).iter().copied().filter(|&id| self.is_up(id)).take(n).collect()
+        };
+        let alive = targets.iter().filter(|&&id| self.is_up(id)).count();
+        let needed = check_available(g.r, n, alive)?;
+        let op_id = self.id();
+        let get = GetOp::new(targets.clone(), needed, self.now_ms, timeout_ms);
+        self.deadlines.insert((get.deadline_ms(), op_id));
+        self.ops.insert(op_id, Op::Get { req: Some(req), key: g.key.clone(), op: get, home });
+        for t in targets {
+            if t == self.cfg.me {
+                let local = self.replica_get(&g.key);
+                self.get_event(op_id, t, local);
+            } else {
+                self.send(op_id, t, Request::ReplicaGet { key: g.key.clone() }, timeout_ms);
+            }
+        }
+        Ok(None)
+    }
+
+    pub(super) fn get_response(&mut self, op_id: OpId, from: NodeId, result: Result<Response, Error>) {
+        let state = result.and_then(|r| match r {
+            Response::ReplicaState(s) if s.as_ref().is_none_or(DvvSet::is_valid) => Ok(s),
+            other => Err(unexpected(from, &other)),
+        });
+        self.get_event(op_id, from, state);
+    }
+
+    pub(super) fn get_deadline(&mut self, op_id: OpId) {
+        let now = self.now_ms;
+        let Some(Op::Get { op, .. }) = self.ops.get_mut(&op_id) else { return };
+        // At its deadline a read answers (if it has not) and plans its repairs: it is finished.
+        let actions = op.on_timeout(now);
+        self.get_actions(op_id, actions);
+    }
+
+    fn get_event(&mut self, op_id: OpId, from: NodeId, r: ReplicaRead) {
+        let Some(Op::Get { op, .. }) = self.ops.get_mut(&op_id) else { return };
+        let actions = match r {
+            Ok(state) => op.on_reply(from, state),
+            Err(e) => op.on_failure(from, e),
+        };
+        self.get_actions(op_id, actions);
+    }
+
+    fn get_actions(&mut self, op_id: OpId, actions: Vec<GetAction>) {
+        let Some(Op::Get { req, key, op, home }) = self.ops.get_mut(&op_id) else { return };
+        let answering = actions.iter().any(|a| matches!(a, GetAction::Reply(_)));
+        let req = if answering { req.take() } else { None };
+        let (key, home, finished, deadline) = (key.clone(), home.clone(), op.is_finished(), op.deadline_ms());
+        for a in actions {
+            match a {
+                GetAction::Reply(r) => {
+                    if let Some(req) = req {
+                        self.reply(req, r.map(|a| Response::Get(get_reply(&a.set, a.replied))));
+                    }
+                }
+                // Only home replicas are repaired; a stand-in's hints go home by handoff.
+                GetAction::Repair { to, .. } if !home.contains(&to) => {}
+                GetAction::Repair { to, set } if to == self.cfg.me => self.repair_locally(&key, &set),
+                GetAction::Repair { to, set } => {
+                    let rep = self.id();
+                    self.ops.insert(rep, Op::Repair);
+                    let timeout_ms = self.cfg.request_timeout_ms;
+                    self.send(rep, to, Request::ReplicaPut { key: key.clone(), set }, timeout_ms);
+                }
+            }
+        }
+        if finished {
+            self.deadlines.remove(&(deadline, op_id));
+            self.ops.remove(&op_id);
+        }
+    }
+
+    fn repair_locally(&mut self, key: &[u8], set: &DvvSet) {
+        let merged = self.store.get(key).and_then(|l| replica::merge(l, set));
+        match merged.and_then(|m| m.map(|s| self.store.put(key, &s)).transpose()) {
+            Ok(Some(())) => self.stats.read_repairs += 1,
+            Ok(None) => {}
+            Err(e) => tracing::debug!("local read repair failed: {e}"),
+        }
+    }
+
+    pub(super) fn start_inspect(&mut self, req: ReqId, key: Vec<u8>) -> Result<Option<Response>, Error> {
+        self.cfg.limits.check(&key, None)?;
+        let walk = self.ring.walk(&key).to_vec();
+        let n = self.ring.n();
+        let (me, timeout_ms) = (self.cfg.me, self.cfg.request_timeout_ms);
+        let op = self.id();
+        let slots = walk[..n].iter().map(|&id| (id, (id == me).then(|| self.store.get(&key)))).collect();
+        let hints = if walk[n..].contains(&me) {
+            self.hints_for(&key)?.into_iter().map(|(owner, set, age)| (me, owner, set, age)).collect()
+        } else {
+            vec![]
+        };
+        let others: Vec<NodeId> = walk[n..].iter().copied().filter(|&id| id != me).collect();
+        self.ops.insert(op, Op::Inspect { req, slots, hints_due: others.len(), hints });
+        for &id in walk[..n].iter().filter(|&&id| id != me) {
+            self.send(op, id, Request::ReplicaGet { key: key.clone() }, timeout_ms);
+        }
+        for id in others {
+            self.send(op, id, Request::HintGet { key: key.clone() }, timeout_ms);
+        }
+        self.inspect_done(op);
+        Ok(None)
+    }
+
+    pub(super) fn inspect_response(&mut self, op_id: OpId, from: NodeId, result: Result<Response, Error>) {
+        let Some(Op::Inspect { slots, hints_due, hints, .. }) = self.ops.get_mut(&op_id) else { return };
+        match result {
+            Ok(Response::Hints(held)) => {
+                *hints_due -= 1;
+                hints.extend(held.into_iter().map(|(owner, set, age)| (from, owner, set, age)));
+            }
+            other => match slots.iter_mut().find(|s| s.0 == from && s.1.is_none()) {
+                Some(slot) => {
+                    slot.1 = Some(other.and_then(|r| match r {
+                        Response::ReplicaState(s) => Ok(s),
+                        r => Err(unexpected(from, &r)),
+                    }))
+                }
+                // A stand-in that could not say what it holds.
+                None => *hints_due = hints_due.saturating_sub(1),
+            },
+        }
+        self.inspect_done(op_id);
+    }
+
+    fn inspect_done(&mut self, op: OpId) {
+        let Some(Op::Inspect { slots, hints_due, .. }) = self.ops.get(&op) else { return };
+        if *hints_due == 0
+            && slots.iter().all(|s| s.1.is_some())
+            && let Some(Op::Inspect { req, slots, hints, .. }) = self.ops.remove(&op)
+        {
+            let replicas = slots.into_iter().map(|(id, r)| (id, r.expect("all slots are filled"))).collect();
+            self.reply(req, Ok(Response::Inspect(InspectReply { replicas, hints })));
+        }
+    }
+}
+
+fn get_reply(set: &DvvSet, replied: usize) -> GetReply {
+    GetReply {
+        found: !set.is_deleted(),
+        values: set.values().map(|v| serde_bytes::ByteBuf::from(v.to_vec())).collect(),
+        context: Context(set.clock().clone()),
+        replied: replied as u32,
+    }
+}

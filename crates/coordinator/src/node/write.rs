@@ -1,0 +1,284 @@
+//! Writes: routing to a home coordinator, the local write, replication to home
+//! replicas and (sloppy writes) to stand-ins for those that are down or fail,
+//! and the replica side: merging writes, batches and hints.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use qkv_proto::{Context, DvvSet, Error, KeyState, NodeId, PutReply, PutRequest, Request, Response};
+
+use super::{Core, FORWARD_MARGIN_MS, Hint, Op, OpId, PutState, ReqId, Store, unexpected};
+use crate::hints::{BATCH_KEYS_MAX, hint_bytes};
+use crate::put::{PutOp, PutOutcome};
+use crate::replica;
+use crate::route::{WriteRoute, check_available, route_write};
+
+impl<S: Store> Core<S> {
+    /// Replicas that can take a write: up home replicas, plus (sloppy) as many
+    /// stand-ins as there are down home replicas and up nodes to stand in.
+    fn write_alive(&self, key: &[u8], strict: bool) -> usize {
+        let n = self.ring.n();
+        let walk = self.ring.walk(key);
+        let home_up = walk[..n].iter().filter(|&&id| self.is_up(id)).count();
+        if strict {
+            return home_up;
+        }
+        let spare = walk[n..].iter().filter(|&&id| self.is_up(id)).count();
+        home_up + spare.min(n - home_up)
+    }
+
+    pub(super) fn start_put(&mut self, req: ReqId, p: PutRequest) -> Result<Option<Response>, Error> {
+        self.cfg.limits.check(&p.key, p.value.as_deref())?;
+        let timeout_ms = self.timeout_ms(p.timeout_ms)?;
+        let n = self.ring.n();
+        p.w.required(n)?;
+        let home = self.ring.preference_list(&p.key).to_vec();
+        let me = self.cfg.me;
+        if let WriteRoute::Forward(to) = route_write(&home, me, p.forwarded, |id| self.is_up(id))? {
+            let op = self.id();
+            self.ops.insert(op, Op::Forward { req });
+            self.send(op, to, Request::Put(PutRequest { forwarded: true, ..p }), timeout_ms + FORWARD_MARGIN_MS);
+            return Ok(None);
+        }
+        let needed = check_available(p.w, n, self.write_alive(&p.key, p.strict))?;
+        let (set, ctx) = replica::coordinate(self.store.get(&p.key)?, &p.context, p.value, me);
+        self.store.put(&p.key, &set)?;
+        let op = self.id();
+        self.ops.insert(op, Op::PutFlush { req, key: p.key, set, ctx, needed, timeout_ms, strict: p.strict });
+        self.flush(op);
+        Ok(None)
+    }
+
+    /// The local write is durable: send it to the other home replicas, and to
+    /// stand-ins for home replicas that are down (sloppy writes only).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn replicate(
+        &mut self,
+        op_id: OpId,
+        req: ReqId,
+        key: Vec<u8>,
+        set: DvvSet,
+        ctx: Context,
+        needed: usize,
+        timeout_ms: u64,
+        strict: bool,
+    ) {
+        let me = self.cfg.me;
+        let n = self.ring.n();
+        let walk = self.ring.walk(&key).to_vec();
+        let home = walk[..n].to_vec();
+        let mut candidates: VecDeque<NodeId> =
+            if strict { VecDeque::new() } else { walk[n..].iter().copied().filter(|&id| self.is_up(id)).collect() };
+        let mut targets = vec![];
+        let mut owners = BTreeMap::new();
+        for &h in &home {
+            if h == me || self.is_up(h) || strict {
+                targets.push(h);
+            } else if let Some(c) = candidates.pop_front() {
+                targets.push(c);
+                owners.insert(c, h);
+            } else {
+                // Nobody to stand in: try the home replica anyway.
+                targets.push(h);
+            }
+        }
+        let mut op = PutOp::new(me, targets.clone(), needed, self.now_ms, timeout_ms);
+        let decided = op.poll();
+        let state = PutState { req, op, ctx, key, set, home, owners, candidates, sloppy: !strict };
+        if let Some(outcome) = decided {
+            // Answered already (W = 1): the other replicas still get the write.
+            self.put_answer(&state, outcome);
+            for t in targets.into_iter().filter(|&t| t != me) {
+                let rep = self.id();
+                self.ops.insert(rep, Op::Replicate);
+                let msg = replica_write(&state, t);
+                self.send(rep, t, msg, timeout_ms);
+            }
+            return;
+        }
+        self.deadlines.insert((state.op.deadline_ms(), op_id));
+        // A sloppy write gives home replicas half the time, so a stand-in can still take over.
+        let home_timeout = if state.sloppy { (timeout_ms / 2).max(1) } else { timeout_ms };
+        let sends: Vec<(NodeId, Request, u64)> = targets
+            .into_iter()
+            .filter(|&t| t != me)
+            .map(|t| {
+                (t, replica_write(&state, t), if state.owners.contains_key(&t) { timeout_ms } else { home_timeout })
+            })
+            .collect();
+        self.ops.insert(op_id, Op::Put(Box::new(state)));
+        for (t, msg, timeout) in sends {
+            self.send(op_id, t, msg, timeout);
+        }
+    }
+
+    fn put_answer(&mut self, state: &PutState, outcome: PutOutcome) {
+        let me = self.cfg.me;
+        let resp = outcome.map(|acked| {
+            let home_acks = acked.iter().copied().filter(|a| state.home.contains(a)).collect();
+            let standin_acks = acked.iter().filter_map(|a| state.owners.get(a).map(|owner| (*a, *owner))).collect();
+            Response::Put(PutReply { context: state.ctx.clone(), home_acks, standin_acks, coordinator: me })
+        });
+        self.reply(state.req, resp);
+    }
+
+    pub(super) fn put_response(&mut self, op_id: OpId, from: NodeId, result: Result<Response, Error>) {
+        let Some(Op::Put(state)) = self.ops.get_mut(&op_id) else { return };
+        let outcome = match result {
+            Ok(Response::ReplicaAck) => state.op.on_ack(from),
+            other => {
+                let err = match other {
+                    Ok(r) => unexpected(from, &r),
+                    Err(e) => e,
+                };
+                // Sloppy: the next up node after the top N takes over, for the same owner.
+                let owner = state.owners.get(&from).copied().unwrap_or(from);
+                let mut standin = None;
+                if state.sloppy {
+                    while let Some(c) = state.candidates.pop_front() {
+                        if c != from && self.detector.is_up(c) && !state.owners.contains_key(&c) {
+                            standin = Some(c);
+                            break;
+                        }
+                    }
+                }
+                if let Some(c) = standin {
+                    state.op.add_target(c);
+                    state.owners.insert(c, owner);
+                }
+                let outcome = state.op.on_failure(from, err);
+                if let Some(c) = standin {
+                    let msg = Request::ReplicaHint { owner, key: state.key.clone(), set: state.set.clone() };
+                    let left = state.op.deadline_ms().saturating_sub(self.now_ms);
+                    self.send(op_id, c, msg, left);
+                }
+                outcome
+            }
+        };
+        self.put_decided(op_id, outcome);
+    }
+
+    pub(super) fn put_deadline(&mut self, op_id: OpId) {
+        let now = self.now_ms;
+        let Some(Op::Put(state)) = self.ops.get_mut(&op_id) else { return };
+        let outcome = state.op.on_timeout(now);
+        self.put_decided(op_id, outcome);
+    }
+
+    fn put_decided(&mut self, op_id: OpId, outcome: Option<PutOutcome>) {
+        let Some(outcome) = outcome else { return };
+        if let Some(Op::Put(state)) = self.ops.remove(&op_id) {
+            self.deadlines.remove(&(state.op.deadline_ms(), op_id));
+            self.put_answer(&state, outcome);
+        }
+    }
+
+    pub(super) fn forward_response(&mut self, op_id: OpId, from: NodeId, result: Result<Response, Error>) {
+        let Some(Op::Forward { req }) = self.ops.remove(&op_id) else { return };
+        let resp = match result {
+            Ok(r @ Response::Put(_)) => Ok(r),
+            Ok(other) => Err(unexpected(from, &other)),
+            Err(Error::Unreachable(e)) => {
+                Err(Error::Unreachable(format!("forwarding to coordinator node {from}: {e}")))
+            }
+            Err(e) => Err(e),
+        };
+        self.reply(req, resp);
+    }
+
+    /// Merge an incoming replica write; the ack waits for the flush when the state changed.
+    pub(super) fn replica_put(&mut self, req: ReqId, key: &[u8], set: &DvvSet) -> Result<Option<Response>, Error> {
+        self.cfg.limits.check(key, None)?;
+        match replica::merge(self.store.get(key)?, set)? {
+            None => Ok(Some(Response::ReplicaAck)),
+            Some(new) => {
+                self.store.put(key, &new)?;
+                self.await_flush(req);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Hinted handoff arriving at the owner: merge every item, one flush for all.
+    pub(super) fn replica_put_batch(&mut self, req: ReqId, items: Vec<KeyState>) -> Result<Option<Response>, Error> {
+        if items.len() > BATCH_KEYS_MAX {
+            return Err(Error::BadRequest(format!("a batch holds at most {BATCH_KEYS_MAX} keys, got {}", items.len())));
+        }
+        for it in &items {
+            self.cfg.limits.check(&it.key, None)?;
+            if !it.set.is_valid() {
+                return Err(Error::BadRequest("invalid version vector set".into()));
+            }
+        }
+        let mut changed = false;
+        for it in items {
+            if let Some(new) = replica::merge(self.store.get(&it.key)?, &it.set)? {
+                self.store.put(&it.key, &new)?;
+                changed = true;
+            }
+        }
+        if !changed {
+            return Ok(Some(Response::ReplicaAck));
+        }
+        self.await_flush(req);
+        Ok(None)
+    }
+
+    /// A stand-in takes a hint for `owner`, within its limits and the hint window.
+    pub(super) fn take_hint(
+        &mut self,
+        req: ReqId,
+        owner: NodeId,
+        key: &[u8],
+        set: &DvvSet,
+    ) -> Result<Option<Response>, Error> {
+        self.cfg.limits.check(key, None)?;
+        if !set.is_valid() {
+            return Err(Error::BadRequest("invalid version vector set".into()));
+        }
+        if owner == self.cfg.me || !self.is_member(owner) {
+            return Err(Error::BadRequest(format!("node {owner} cannot own a hint held by node {}", self.cfg.me)));
+        }
+        if self.ring.preference_list(key).contains(&self.cfg.me) {
+            // This node is itself a home replica of the key: keep it as data.
+            return self.replica_put(req, key, set);
+        }
+        let me = self.cfg.me;
+        let window = self.hints.limits().window_ms;
+        if let Some(down) = self.detector.down_for_ms(owner, self.now_ms)
+            && down > window
+        {
+            self.hints.refused += 1;
+            let reason =
+                format!("node {owner} has been down {} s, past the hint window of {} s", down / 1000, window / 1000);
+            return Err(Error::HintRefused { node: me, reason });
+        }
+        let merged = match self.store.get_hint(owner, key)? {
+            Some(h) => h.set.merged(set),
+            None => set.clone(),
+        };
+        let bytes = hint_bytes(key, merged.value_bytes());
+        if let Err(reason) = self.hints.admit(owner, key, bytes) {
+            self.hints.refused += 1;
+            return Err(Error::HintRefused { node: me, reason });
+        }
+        let created_ms = self.hints.created(owner, key).unwrap_or_else(|| self.wall_ms());
+        self.store.put_hint(owner, key, &Hint { set: merged, created_ms })?;
+        self.hints.record(owner, key, bytes, created_ms);
+        self.await_flush(req);
+        Ok(None)
+    }
+
+    fn await_flush(&mut self, req: ReqId) {
+        let op = self.id();
+        self.ops.insert(op, Op::ReplicaFlush { req });
+        self.flush(op);
+    }
+}
+
+/// What to send to target `t` of a write: the state, as a hint when `t` stands in for a home replica.
+fn replica_write(state: &PutState, t: NodeId) -> Request {
+    match state.owners.get(&t) {
+        Some(&owner) => Request::ReplicaHint { owner, key: state.key.clone(), set: state.set.clone() },
+        None => Request::ReplicaPut { key: state.key.clone(), set: state.set.clone() },
+    }
+}
