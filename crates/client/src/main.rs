@@ -421,7 +421,7 @@ async fn status(c: &Client, as_json: bool) -> anyhow::Result<ExitCode> {
         println!();
         println!("hint backlog (the replication lag stand-ins owe home replicas):");
         println!(
-            "{:<8}{:<10}{:>8}{:>11}{:>10}{:>12}{:>12}{:>10}",
+            "{:<8}{:<10}{:>8}{:>11}{:>10}{:>10}{:>12}  {}",
             "HELD BY", "FOR", "HINTS", "BYTES", "OLDEST", "HINTS/S", "RATE", "DRAIN"
         );
         for (holder, o) in backlog {
@@ -433,7 +433,7 @@ async fn status(c: &Client, as_json: bool) -> anyhow::Result<ExitCode> {
                 (_, None) => "-".to_string(),
             };
             println!(
-                "{:<8}{:<10}{:>8}{:>11}{:>10}{:>12.1}{:>12}{:>10}",
+                "{:<8}{:<10}{:>8}{:>11}{:>10}{:>10.1}{:>12}  {}",
                 holder,
                 owner,
                 o.count,

@@ -211,8 +211,10 @@ impl HintIndex {
         (self.owners.values().map(|o| o.keys.len() as u64).sum(), self.bytes)
     }
 
-    /// The backlog per owner; `up` says whether the owner is up, `now_ms` dates the ages.
-    pub fn report(&self, now_ms: u64, up: impl Fn(NodeId) -> bool) -> Vec<OwnerHints> {
+    /// The backlog per owner. Rates are measured on the monotonic `now_ms` (the clock
+    /// of [`HintIndex::batch_done`]); hint ages on `wall_ms` (the clock of their
+    /// creation times, which must survive restarts). `up` says whether an owner is up.
+    pub fn report(&self, now_ms: u64, wall_ms: u64, up: impl Fn(NodeId) -> bool) -> Vec<OwnerHints> {
         self.owners
             .iter()
             .filter(|(_, o)| !o.keys.is_empty() || !o.delivered.is_empty())
@@ -226,7 +228,7 @@ impl HintIndex {
                     owner_up: up(owner),
                     count: o.keys.len() as u64,
                     bytes: o.bytes,
-                    oldest_age_ms: o.by_age.first().map_or(0, |(t, _)| now_ms.saturating_sub(*t)),
+                    oldest_age_ms: o.by_age.first().map_or(0, |(t, _)| wall_ms.saturating_sub(*t)),
                     rate_hints_per_s: hints as f64 / secs,
                     rate_bytes_per_s: rate_bytes,
                     drain_eta_ms: (rate_bytes > 0.0).then(|| (o.bytes as f64 / rate_bytes * 1000.0) as u64),
@@ -284,11 +286,11 @@ mod tests {
         ix.record(2, b"a", 100, 1000);
         ix.record(2, b"b", 100, 2000);
         ix.record(2, b"a", 120, 5000);
-        let r = ix.report(6000, |_| true);
+        let r = ix.report(0, 6000, |_| true);
         assert_eq!((r[0].count, r[0].bytes, r[0].oldest_age_ms), (2, 220, 5000));
         assert_eq!(r[0].drain_eta_ms, None, "nothing has moved yet");
         ix.batch_done(2, 10, 1000, 6000);
-        let r = ix.report(7000, |_| false);
+        let r = ix.report(7000, 0, |_| false);
         assert_eq!(r[0].rate_bytes_per_s, 100.0);
         assert_eq!(r[0].rate_hints_per_s, 1.0);
         assert_eq!(r[0].drain_eta_ms, Some(2200));

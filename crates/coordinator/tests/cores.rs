@@ -62,13 +62,17 @@ struct Cluster {
 
 impl Cluster {
     fn new(nodes: u32, n: usize) -> Cluster {
+        Self::with_hint_window(nodes, n, HintLimits::default().window_ms)
+    }
+
+    fn with_hint_window(nodes: u32, n: usize, window_ms: u64) -> Cluster {
         let members: Vec<(NodeId, String)> = (1..=nodes).map(|i| (i, format!("node{i}"))).collect();
         let cores = (1..=nodes)
             .map(|me| {
                 let cfg = CoreConfig {
                     me,
                     incarnation: 1,
-                    hints: HintLimits { owner_bytes_max: 4096, ..HintLimits::default() },
+                    hints: HintLimits { owner_bytes_max: 4096, window_ms, ..HintLimits::default() },
                     members: members.clone(),
                     n,
                     vnodes: 16,
@@ -341,7 +345,13 @@ fn sloppy_writes_go_to_stand_ins_and_are_handed_off_when_the_owners_return() {
     let handed: u64 = [4, 5]
         .iter()
         .map(|&n| match c.call(n, Request::Status) {
-            Some(Response::Status(st)) => st.hints.handed_off,
+            Some(Response::Status(st)) => {
+                for o in &st.hints.owners {
+                    // Delivered within the rate window: a rate shows, nothing is pending.
+                    assert!(o.count == 0 && o.rate_hints_per_s > 0.0 && o.rate_bytes_per_s > 0.0, "{o:?}");
+                }
+                st.hints.handed_off
+            }
             other => panic!("{other:?}"),
         })
         .sum();
@@ -390,4 +400,18 @@ fn a_stand_in_at_its_limit_refuses_and_the_next_one_takes_the_hint() {
     let Response::Status(st) = c.call(first, Request::Status).unwrap() else { panic!() };
     assert!(st.hints.refused >= 1);
     assert!(st.hints.owners.iter().all(|o| o.bytes <= 4096));
+}
+
+#[test]
+fn no_hints_for_an_owner_down_past_the_hint_window() {
+    let mut c = Cluster::with_hint_window(5, 3, 500);
+    let key = key_with_home(&c, "w", |h| h.contains(&1) && h.contains(&3));
+    c.down.insert(3);
+    c.advance(400);
+    let resp = c.call(1, put_with(&key, "early", Level::All, Context::empty(), false)).unwrap();
+    assert!(matches!(resp, Response::Put(_)), "inside the window a stand-in takes it: {resp:?}");
+    c.advance(2000);
+    let resp = c.call(1, put_with(&key, "late", Level::All, Context::empty(), false)).unwrap();
+    let Response::Error(e) = resp else { panic!("{resp:?}") };
+    assert!(e.to_string().contains("past the hint window"), "{e}");
 }

@@ -489,7 +489,7 @@ impl<S: Store> Core<S> {
                 handed_off: self.hints.handed_off,
                 bytes_max: limits.total_bytes_max,
                 owner_bytes_max: limits.owner_bytes_max,
-                owners: self.hints.report(self.wall_ms(), |o| self.is_up(o)),
+                owners: self.hints.report(self.now_ms, self.wall_ms(), |o| self.is_up(o)),
             },
         }
     }
