@@ -421,8 +421,8 @@ async fn status(c: &Client, as_json: bool) -> anyhow::Result<ExitCode> {
         println!();
         println!("hint backlog (the replication lag stand-ins owe home replicas):");
         println!(
-            "{:<8}{:<10}{:>8}{:>11}{:>10}{:>10}{:>12}  {}",
-            "HELD BY", "FOR", "HINTS", "BYTES", "OLDEST", "HINTS/S", "RATE", "DRAIN"
+            "{:<8}{:<10}{:>8}{:>11}{:>10}{:>10}{:>12}  DRAIN",
+            "HELD BY", "FOR", "HINTS", "BYTES", "OLDEST", "HINTS/S", "RATE"
         );
         for (holder, o) in backlog {
             let owner = format!("{} ({})", o.owner, if o.owner_up { "up" } else { "down" });

@@ -217,7 +217,9 @@ impl HintIndex {
     pub fn report(&self, now_ms: u64, wall_ms: u64, up: impl Fn(NodeId) -> bool) -> Vec<OwnerHints> {
         self.owners
             .iter()
-            .filter(|(_, o)| !o.keys.is_empty() || !o.delivered.is_empty())
+            .filter(|(_, o)| {
+                !o.keys.is_empty() || o.delivered.back().is_some_and(|e| now_ms.saturating_sub(e.0) <= RATE_WINDOW_MS)
+            })
             .map(|(&owner, o)| {
                 let recent = o.delivered.iter().filter(|e| now_ms.saturating_sub(e.0) <= RATE_WINDOW_MS);
                 let (hints, bytes) = recent.fold((0u64, 0u64), |(h, b), e| (h + e.1, b + e.2));
