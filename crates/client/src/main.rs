@@ -185,51 +185,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 value.into_bytes()
             };
-            let ctx = context(&ctx)?;
-            let c = client(&cli.config, common.timeout_ms)?;
-            let mut req = c.put(key.clone(), value).context(ctx);
-            if let Some(w) = w {
-                req = req.w(w);
-            }
-            if common.strict {
-                req = req.strict();
-            }
-            let r = req.await?;
-            if common.json {
-                println!(
-                    "{}",
-                    json!({
-                        "key": key,
-                        "context": r.context.encode(),
-                        "coordinator": r.coordinator,
-                        "acks": {"home": r.home_acks.len(), "standin": r.standin_acks.len()},
-                        "home_acks": r.home_acks,
-                        "standin_acks": r.standin_acks.iter().map(|(n, o)| json!({"node": n, "for": o})).collect::<Vec<_>>(),
-                    })
-                );
-            } else {
-                println!("{}", r.context.encode());
-            }
-            Ok(ExitCode::SUCCESS)
+            write(&cli.config, key, Some(value), w, ctx, common).await
         }
-        Cmd::Delete { key, w, context: ctx, common } => {
-            let ctx = context(&ctx)?;
-            let c = client(&cli.config, common.timeout_ms)?;
-            let mut req = c.delete(key.clone()).context(ctx);
-            if let Some(w) = w {
-                req = req.w(w);
-            }
-            if common.strict {
-                req = req.strict();
-            }
-            let r = req.await?;
-            if common.json {
-                println!("{}", json!({"key": key, "context": r.context.encode(), "deleted": true}));
-            } else {
-                println!("{}", r.context.encode());
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Cmd::Delete { key, w, context: ctx, common } => write(&cli.config, key, None, w, ctx, common).await,
         Cmd::Get { key, r, common } => {
             let c = client(&cli.config, common.timeout_ms)?;
             let mut req = c.get(key.clone());
@@ -330,6 +288,49 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `qkv put` and `qkv delete`: a write (`value: None` deletes), printing the new context.
+async fn write(
+    config: &Option<PathBuf>,
+    key: String,
+    value: Option<Vec<u8>>,
+    w: Option<Level>,
+    ctx: Option<String>,
+    common: Common,
+) -> anyhow::Result<ExitCode> {
+    let ctx = context(&ctx)?;
+    let c = client(config, common.timeout_ms)?;
+    let deleting = value.is_none();
+    let mut req = match value {
+        Some(v) => c.put(key.clone(), v),
+        None => c.delete(key.clone()),
+    }
+    .context(ctx);
+    if let Some(w) = w {
+        req = req.w(w);
+    }
+    if common.strict {
+        req = req.strict();
+    }
+    let r = req.await?;
+    if common.json {
+        let mut out = json!({
+            "key": key,
+            "context": r.context.encode(),
+            "coordinator": r.coordinator,
+            "acks": {"home": r.home_acks.len(), "standin": r.standin_acks.len()},
+            "home_acks": r.home_acks,
+            "standin_acks": r.standin_acks.iter().map(|(n, o)| json!({"node": n, "for": o})).collect::<Vec<_>>(),
+        });
+        if deleting {
+            out["deleted"] = json!(true);
+        }
+        println!("{out}");
+    } else {
+        println!("{}", r.context.encode());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn set_json(s: &qkv_client::DvvSet) -> serde_json::Value {

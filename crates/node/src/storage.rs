@@ -58,25 +58,34 @@ fn storage_err(e: impl std::fmt::Display) -> Error {
     Error::Storage(e.to_string())
 }
 
-fn encode(set: &DvvSet) -> Vec<u8> {
+/// A record: format version byte, then msgpack.
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     let mut out = vec![RECORD_VERSION];
-    // A DvvSet of integers and byte strings always serialises.
-    rmp_serde::encode::write_named(&mut out, set).expect("DvvSet serialises");
+    // DVV sets and hints are integers and byte strings: they always serialise.
+    rmp_serde::encode::write_named(&mut out, value).expect("record serialises");
     out
 }
 
-fn decode(bytes: &[u8]) -> Result<DvvSet, Error> {
+/// Decode a record written by [`encode`]; `valid` checks what a corrupt disk could break.
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str, valid: impl Fn(&T) -> bool) -> Result<T, Error> {
     match bytes.split_first() {
         Some((&RECORD_VERSION, rest)) => {
-            let set: DvvSet =
-                rmp_serde::from_slice(rest).map_err(|e| Error::Storage(format!("corrupt record: {e}")))?;
-            if !set.is_valid() {
-                return Err(Error::Storage("corrupt record: invalid version vector set".into()));
+            let v: T = rmp_serde::from_slice(rest).map_err(|e| Error::Storage(format!("corrupt {what}: {e}")))?;
+            if !valid(&v) {
+                return Err(Error::Storage(format!("corrupt {what}: invalid version vector set")));
             }
-            Ok(set)
+            Ok(v)
         }
-        _ => Err(Error::Storage("corrupt record: unknown format version".into())),
+        _ => Err(Error::Storage(format!("corrupt {what}: unknown format version"))),
     }
+}
+
+fn decode_set(bytes: &[u8]) -> Result<DvvSet, Error> {
+    decode(bytes, "record", DvvSet::is_valid)
+}
+
+fn decode_hint(bytes: &[u8]) -> Result<Hint, Error> {
+    decode(bytes, "hint", |h: &Hint| h.set.is_valid())
 }
 
 impl Storage {
@@ -135,7 +144,7 @@ impl Storage {
 
     /// The stored state of `key`.
     pub fn get(&self, key: &[u8]) -> Result<Option<DvvSet>, Error> {
-        self.data.get(key).map_err(storage_err)?.map(|v| decode(&v)).transpose()
+        self.data.get(key).map_err(storage_err)?.map(|v| decode_set(&v)).transpose()
     }
 
     /// This run's boot count (1 on a fresh data dir).
@@ -205,25 +214,6 @@ fn hint_key(owner: NodeId, key: &[u8]) -> Vec<u8> {
     k
 }
 
-fn encode_hint(h: &Hint) -> Vec<u8> {
-    let mut out = vec![RECORD_VERSION];
-    rmp_serde::encode::write_named(&mut out, h).expect("Hint serialises");
-    out
-}
-
-fn decode_hint(bytes: &[u8]) -> Result<Hint, Error> {
-    match bytes.split_first() {
-        Some((&RECORD_VERSION, rest)) => {
-            let h: Hint = rmp_serde::from_slice(rest).map_err(|e| Error::Storage(format!("corrupt hint: {e}")))?;
-            if !h.set.is_valid() {
-                return Err(Error::Storage("corrupt hint: invalid version vector set".into()));
-            }
-            Ok(h)
-        }
-        _ => Err(Error::Storage("corrupt hint: unknown format version".into())),
-    }
-}
-
 /// The core's handle on the storage; the driver keeps another for flushes.
 pub struct StoreHandle(pub Arc<Storage>);
 
@@ -238,7 +228,7 @@ impl qkv_coordinator::Store for StoreHandle {
         self.0.hints.get(hint_key(owner, key)).map_err(storage_err)?.map(|v| decode_hint(&v)).transpose()
     }
     fn put_hint(&mut self, owner: NodeId, key: &[u8], hint: &Hint) -> Result<(), Error> {
-        self.0.hints.insert(hint_key(owner, key), encode_hint(hint)).map_err(storage_err)
+        self.0.hints.insert(hint_key(owner, key), encode(hint)).map_err(storage_err)
     }
     fn delete_hint(&mut self, owner: NodeId, key: &[u8]) -> Result<(), Error> {
         self.0.hints.remove(hint_key(owner, key)).map_err(storage_err)
@@ -349,9 +339,10 @@ mod tests {
 
     #[test]
     fn corrupt_records_are_errors_not_panics() {
-        assert!(decode(&[]).is_err());
-        assert!(decode(&[9, 1]).is_err());
-        assert!(decode(&[RECORD_VERSION, 0xc1]).is_err());
-        assert_eq!(decode(&encode(&set(b"x"))).unwrap(), set(b"x"));
+        assert!(decode_set(&[]).is_err());
+        assert!(decode_set(&[9, 1]).is_err());
+        assert!(decode_set(&[RECORD_VERSION, 0xc1]).is_err());
+        assert!(decode_hint(&encode(&set(b"x"))).is_err(), "a set is not a hint");
+        assert_eq!(decode_set(&encode(&set(b"x"))).unwrap(), set(b"x"));
     }
 }
