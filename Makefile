@@ -2,7 +2,7 @@
 NODES ?= 3
 export NODES
 
-.PHONY: cluster stop status kill start-node logs clean test bench build
+.PHONY: cluster stop status kill start-node logs clean test bench build sim chaos
 
 build:
 	cargo build --release --workspace --bins
@@ -37,3 +37,16 @@ test:
 # Until the full bench suite lands: sequential put/get latency against the running `make cluster`.
 bench:
 	cargo bench --bench sequential
+
+# Many seeded schedules of a simulated cluster, each checked: make sim SEEDS=100000 NODES=5
+SEEDS ?= 10000
+sim:
+	cargo run --release -p qkv-sim -- --seeds $(SEEDS) --nodes $(NODES)
+
+# Real qkv-node processes in network namespaces under faults, then the same checker (root only;
+# otherwise it says so and skips). make chaos DURATION=60 NODES=5 [PROFILE=debug]
+DURATION ?= 60
+PROFILE ?= release
+chaos:
+	cargo build $(if $(filter release,$(PROFILE)),--release,) --workspace --bins
+	./target/$(PROFILE)/qkv-chaos --duration $(DURATION) --nodes $(if $(filter 1 2,$(NODES)),3,$(NODES))

@@ -29,7 +29,7 @@ pub mod route;
 
 pub use get::{GetAction, GetAnswer, GetOp};
 pub use liveness::Detector;
-pub use node::{Core, CoreConfig, Hint, HintMeta, Output, ReqId, RpcId, StartError, Store};
+pub use node::{Bugs, Core, CoreConfig, Hint, HintMeta, Output, ReqId, RpcId, StartError, Store};
 pub use put::{PutOp, PutOutcome};
 pub use ring::{Ring, RingError};
 pub use route::{WriteRoute, check_available, route_write};

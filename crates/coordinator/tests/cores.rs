@@ -80,6 +80,7 @@ impl Cluster {
                     request_timeout_ms: 1000,
                     ping_interval_ms: 100,
                     down_after_ms: 300,
+                    bugs: Default::default(),
                 };
                 (me, Core::new(cfg, Mem::default(), 0, 1_000_000).unwrap())
             })
@@ -414,4 +415,28 @@ fn no_hints_for_an_owner_down_past_the_hint_window() {
     let resp = c.call(1, put_with(&key, "late", Level::All, Context::empty(), false)).unwrap();
     let Response::Error(e) = resp else { panic!("{resp:?}") };
     assert!(e.to_string().contains("past the hint window"), "{e}");
+}
+
+#[test]
+fn a_duplicate_replica_write_is_not_acked_before_the_first_copy_is_flushed() {
+    let c = Cluster::new(3, 3);
+    let mut core = c.cores.into_iter().next().unwrap().1;
+    let mut set = DvvSet::new();
+    set.update(&qkv_proto::VersionVector::new(), Some(b"v".to_vec()), 2);
+    let req = || Request::ReplicaPut { key: b"k".to_vec(), set: set.clone() };
+    let drain = |core: &mut Core<Mem>| std::iter::from_fn(|| core.poll_output()).collect::<Vec<_>>();
+    core.handle_request(0, 1, req());
+    let first = drain(&mut core);
+    // The same state again (a duplicated message, a retry, a read repair) before the flush completes.
+    core.handle_request(0, 2, req());
+    let second = drain(&mut core);
+    let replies = first.iter().chain(&second).filter(|o| matches!(o, Output::Reply { .. })).count();
+    assert_eq!(replies, 0, "nothing is acked before it is durable: {first:?} {second:?}");
+    for o in first.into_iter().chain(second) {
+        if let Output::Flush { token } = o {
+            core.handle_flushed(1, token, Ok(()));
+        }
+    }
+    let acks = drain(&mut core).into_iter().filter(|o| matches!(o, Output::Reply { resp: Response::ReplicaAck, .. })).count();
+    assert_eq!(acks, 2, "both acked after the flush");
 }

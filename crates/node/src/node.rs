@@ -55,6 +55,7 @@ impl Node {
             request_timeout_ms: cfg.request_timeout_ms,
             ping_interval_ms: cfg.ping_interval_ms,
             down_after_ms: cfg.down_after_ms,
+            bugs: Default::default(),
         };
         let wall_ms =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);

@@ -172,6 +172,17 @@ impl DvvSet {
         self.siblings.binary_search_by_key(&dot, |s| s.dot).is_ok()
     }
 
+    /// Last-writer-wins by dot order: keep only the newest sibling. What a store
+    /// without siblings would keep; it silently drops concurrent writes, so it is
+    /// never applied by default (the simulator uses it as a known-broken merge).
+    pub fn newest_only(&self) -> DvvSet {
+        let mut s = self.clone();
+        if let Some(last) = s.siblings.iter().max_by_key(|x| (x.dot.counter, x.dot.node)).cloned() {
+            s.siblings = vec![last];
+        }
+        s
+    }
+
     /// Checks the invariants. Decoded states from the network or disk must pass
     /// this before they are merged.
     pub fn is_valid(&self) -> bool {

@@ -93,6 +93,19 @@ pub trait Store {
     fn scan_hints(&self) -> Result<Vec<HintMeta>, Error>;
 }
 
+/// Deliberate bugs, so the simulator can show its checker catches them. All off by
+/// default; `qkv-node` never sets them and no config file can.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bugs {
+    /// Keep only the newest sibling on every write (last-writer-wins).
+    pub lww: bool,
+    /// Acknowledge writes before they are flushed.
+    pub ack_before_flush: bool,
+    /// Let stand-in acks count toward W even for strict writes.
+    pub strict_counts_standins: bool,
+}
+
 /// What a node is and how it behaves.
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
@@ -116,6 +129,9 @@ pub struct CoreConfig {
     pub ping_interval_ms: u64,
     /// Time without a fresh heartbeat after which a peer is down.
     pub down_after_ms: u64,
+    /// Deliberate bugs (simulator only).
+    #[doc(hidden)]
+    pub bugs: Bugs,
 }
 
 /// Why a core could not start.
@@ -344,6 +360,14 @@ impl<S: Store> Core<S> {
             }
             Some(t) => Ok(u64::from(t)),
         }
+    }
+
+    /// Every write of a key's data goes through here.
+    fn put_data(&mut self, key: &[u8], set: &DvvSet) -> Result<(), Error> {
+        if self.cfg.bugs.lww {
+            return self.store.put(key, &set.newest_only());
+        }
+        self.store.put(key, set)
     }
 
     fn is_member(&self, id: NodeId) -> bool {

@@ -121,7 +121,7 @@ impl<S: Store> Core<S> {
 
     fn repair_locally(&mut self, key: &[u8], set: &DvvSet) {
         let merged = self.store.get(key).and_then(|l| replica::merge(l, set));
-        match merged.and_then(|m| m.map(|s| self.store.put(key, &s)).transpose()) {
+        match merged.and_then(|m| m.map(|s| self.put_data(key, &s)).transpose()) {
             Ok(Some(())) => self.stats.read_repairs += 1,
             Ok(None) => {}
             Err(e) => tracing::debug!("local read repair failed: {e}"),

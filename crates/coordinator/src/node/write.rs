@@ -39,11 +39,17 @@ impl<S: Store> Core<S> {
             self.send(op, to, Request::Put(PutRequest { forwarded: true, ..p }), timeout_ms + FORWARD_MARGIN_MS);
             return Ok(None);
         }
-        let needed = check_available(p.w, n, self.write_alive(&p.key, p.strict))?;
+        let strict = p.strict && !self.cfg.bugs.strict_counts_standins;
+        let needed = check_available(p.w, n, self.write_alive(&p.key, strict))?;
         let (set, ctx) = replica::coordinate(self.store.get(&p.key)?, &p.context, p.value, me);
-        self.store.put(&p.key, &set)?;
+        self.put_data(&p.key, &set)?;
         let op = self.id();
-        self.ops.insert(op, Op::PutFlush { req, key: p.key, set, ctx, needed, timeout_ms, strict: p.strict });
+        if self.cfg.bugs.ack_before_flush {
+            self.flush(0);
+            self.replicate(op, req, p.key, set, ctx, needed, timeout_ms, strict);
+            return Ok(None);
+        }
+        self.ops.insert(op, Op::PutFlush { req, key: p.key, set, ctx, needed, timeout_ms, strict });
         self.flush(op);
         Ok(None)
     }
@@ -185,17 +191,19 @@ impl<S: Store> Core<S> {
         self.reply(req, resp);
     }
 
-    /// Merge an incoming replica write; the ack waits for the flush when the state changed.
+    /// Merge an incoming replica write; ack only after a flush.
+    ///
+    /// Even when the merge changes nothing: the state may be an earlier copy of the
+    /// same write (a duplicated message, a retry, a read repair) whose flush has not
+    /// completed, and acking it now would ack a write a power loss can still take.
+    /// (Found by the simulator: a stale strict read after a power loss.)
     pub(super) fn replica_put(&mut self, req: ReqId, key: &[u8], set: &DvvSet) -> Result<Option<Response>, Error> {
         self.cfg.limits.check(key, None)?;
-        match replica::merge(self.store.get(key)?, set)? {
-            None => Ok(Some(Response::ReplicaAck)),
-            Some(new) => {
-                self.store.put(key, &new)?;
-                self.await_flush(req);
-                Ok(None)
-            }
+        if let Some(new) = replica::merge(self.store.get(key)?, set)? {
+            self.put_data(key, &new)?;
         }
+        self.await_flush(req);
+        Ok(None)
     }
 
     /// Hinted handoff arriving at the owner: merge every item, one flush for all.
@@ -209,16 +217,12 @@ impl<S: Store> Core<S> {
                 return Err(Error::BadRequest("invalid version vector set".into()));
             }
         }
-        let mut changed = false;
         for it in items {
             if let Some(new) = replica::merge(self.store.get(&it.key)?, &it.set)? {
-                self.store.put(&it.key, &new)?;
-                changed = true;
+                self.put_data(&it.key, &new)?;
             }
         }
-        if !changed {
-            return Ok(Some(Response::ReplicaAck));
-        }
+        // Acked after a flush even when nothing changed: see `replica_put`.
         self.await_flush(req);
         Ok(None)
     }
@@ -269,6 +273,10 @@ impl<S: Store> Core<S> {
     }
 
     fn await_flush(&mut self, req: ReqId) {
+        if self.cfg.bugs.ack_before_flush {
+            self.flush(0);
+            return self.reply(req, Ok(Response::ReplicaAck));
+        }
         let op = self.id();
         self.ops.insert(op, Op::ReplicaFlush { req });
         self.flush(op);

@@ -1,0 +1,321 @@
+//! The consistency checker: judges a history against the final state of every key.
+//!
+//! Checks, for every key:
+//! - **no acknowledged write lost**: its dot is a sibling of the final state, or
+//!   covered by the final clock *and* some put was sent with a context covering it
+//!   (someone read it and wrote over it);
+//! - **strict quorums see acknowledged writes**: a strict read with R + W > N that
+//!   started after a strict write was acknowledged returns a context covering it;
+//! - **convergence**: every home replica holds the same state;
+//! - **no value from nowhere**: every value read was written by some put;
+//! - **set workload**: every element of an acknowledged set write is in the final state.
+//!
+//! Schedules that destroy data beyond what N and W promise are not generated yet:
+//! crashes and power losses lose only unflushed writes, which a correct node never
+//! acknowledged, so every acknowledged write is owed. Disk-loss faults arrive with
+//! anti-entropy; they must come with an excuse for writes whose every copy they destroyed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use qkv_proto::{DvvSet, NodeId};
+
+use crate::history::{Entry, History, OpKind, Outcome};
+
+/// What the checker found wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// Which property.
+    pub kind: &'static str,
+    /// The key.
+    pub key: Vec<u8>,
+    /// What happened, in a sentence.
+    pub detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} on key {}: {}", self.kind, String::from_utf8_lossy(&self.key), self.detail)
+    }
+}
+
+/// The state of one key at the end of a run.
+#[derive(Clone, Debug, Default)]
+pub struct FinalKey {
+    /// Each home replica's state (`None`: it holds nothing).
+    pub replicas: Vec<(NodeId, Option<DvvSet>)>,
+}
+
+impl FinalKey {
+    /// The merge of every home replica.
+    pub fn merged(&self) -> DvvSet {
+        self.replicas.iter().filter_map(|r| r.1.as_ref()).fold(DvvSet::new(), |acc, s| acc.merged(s))
+    }
+}
+
+/// What the checker needs besides the history.
+pub struct Facts<'a> {
+    /// Replication factor.
+    pub n: usize,
+    /// Final state per key.
+    pub finals: &'a BTreeMap<Vec<u8>, FinalKey>,
+    /// Whether the set workload ran (values are comma-separated element sets).
+    pub set_workload: bool,
+    /// Whether to require convergence of home replicas.
+    pub check_convergence: bool,
+}
+
+/// A checker's verdict.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Violations found.
+    pub violations: Vec<Violation>,
+    /// Acknowledged writes checked.
+    pub acked_writes: usize,
+    /// Reads checked.
+    pub reads: usize,
+}
+
+/// Parse a set-workload value: comma-separated decimal elements.
+pub fn parse_set(v: &[u8]) -> BTreeSet<u64> {
+    std::str::from_utf8(v).unwrap_or("").split(',').filter_map(|x| x.parse().ok()).collect()
+}
+
+/// Encode a set-workload value.
+pub fn encode_set(s: &BTreeSet<u64>) -> Vec<u8> {
+    s.iter().map(u64::to_string).collect::<Vec<_>>().join(",").into_bytes()
+}
+
+fn required(level: qkv_proto::Level, n: usize) -> usize {
+    level.required(n).unwrap_or(usize::MAX)
+}
+
+/// Judge a history.
+pub fn check(history: &History, facts: &Facts<'_>) -> Report {
+    let mut report = Report::default();
+    let keys: BTreeSet<&Vec<u8>> = history.entries.iter().map(|e| &e.key).collect();
+    for key in keys {
+        let entries = history.of_key(key);
+        let fin = facts.finals.get(key).cloned().unwrap_or_default();
+        check_key(key, &entries, &fin, facts, &mut report);
+    }
+    report
+}
+
+fn check_key(key: &[u8], entries: &[&Entry], fin: &FinalKey, facts: &Facts<'_>, report: &mut Report) {
+    let merged = fin.merged();
+    let mut bad = |kind: &'static str, detail: String| {
+        report.violations.push(Violation { kind, key: key.to_vec(), detail });
+    };
+    // No acknowledged write lost.
+    let sent: Vec<&qkv_proto::VersionVector> = entries.iter().filter_map(|e| e.sent_context()).collect();
+    for e in entries.iter().filter(|e| e.is_acked_put()) {
+        let Some(dot) = e.dot() else {
+            bad("malformed answer", format!("client {} got a put context without a new dot", e.client));
+            continue;
+        };
+        let written = match &e.op {
+            OpKind::Put { value, .. } => value.as_deref(),
+            OpKind::Get { .. } => None,
+        };
+        // A write is its dot *and* its value: a node that lost its disk may mint the dot again.
+        if merged.siblings().iter().any(|s| s.dot == dot && s.value.as_deref() != written) {
+            bad(
+                "dot reused",
+                format!(
+                    "client {}'s write at {} ms has dot {}:{}, which now holds another value",
+                    e.client, e.completed_ms, dot.node, dot.counter
+                ),
+            );
+            continue;
+        }
+        let present = merged.siblings().iter().any(|s| s.dot == dot);
+        let superseded = merged.clock().covers(dot) && sent.iter().any(|c| c.covers(dot));
+        if !present && !superseded {
+            let why = if merged.clock().covers(dot) {
+                "its sibling is gone though no put was ever sent with a context covering it"
+            } else {
+                "no home replica has seen it"
+            };
+            bad(
+                "acknowledged write lost",
+                format!("client {}'s write at {} ms (dot {}:{}) : {why}", e.client, e.completed_ms, dot.node, dot.counter),
+            );
+        }
+    }
+    report.acked_writes += entries.iter().filter(|e| e.is_acked_put()).count();
+
+    // Strict quorums: a strict read with R + W > N after a strict acked write covers it.
+    for r in entries.iter() {
+        let (OpKind::Get { r: rl, strict: true }, Outcome::Get { context, .. }) = (&r.op, &r.outcome) else {
+            continue;
+        };
+        report.reads += 1;
+        for w in entries.iter().filter(|w| w.is_acked_put() && w.completed_ms < r.invoked_ms) {
+            let OpKind::Put { w: wl, strict: true, .. } = &w.op else { continue };
+            if required(*rl, facts.n).saturating_add(required(*wl, facts.n)) <= facts.n {
+                continue;
+            }
+            if let Some(dot) = w.dot()
+                && !context.0.covers(dot)
+            {
+                bad(
+                    "stale strict read",
+                    format!(
+                        "client {}'s read (R={rl}) at {} ms missed client {}'s write (W={wl}, dot {}:{}) acknowledged at {} ms",
+                        r.client, r.invoked_ms, w.client, dot.node, dot.counter, w.completed_ms
+                    ),
+                );
+            }
+        }
+    }
+
+    // Nothing read that nobody wrote.
+    let written: BTreeSet<&[u8]> = entries
+        .iter()
+        .filter_map(|e| match &e.op {
+            OpKind::Put { value: Some(v), .. } => Some(v.as_slice()),
+            _ => None,
+        })
+        .collect();
+    for e in entries.iter() {
+        if let Outcome::Get { values, .. } = &e.outcome {
+            for v in values.iter().filter(|v| !written.contains(v.as_slice())) {
+                bad("phantom value", format!("client {} read {:?}, which nobody wrote", e.client, String::from_utf8_lossy(v)));
+            }
+        }
+    }
+
+    // Convergence of home replicas.
+    if facts.check_convergence && fin.replicas.windows(2).any(|w| w[0].1.clone().unwrap_or_default() != w[1].1.clone().unwrap_or_default()) {
+        let states: Vec<String> = fin
+            .replicas
+            .iter()
+            .map(|(n, s)| format!("node {n}: {:?}", s.as_ref().map(|s| (s.clock().0.clone(), s.siblings().len()))))
+            .collect();
+        bad("replicas diverge", states.join("; "));
+    }
+
+    // Set workload: every acknowledged element survives.
+    if facts.set_workload {
+        let have: BTreeSet<u64> = merged.values().flat_map(parse_set).collect();
+        for e in entries.iter().filter(|e| e.is_acked_put()) {
+            if let OpKind::Put { value: Some(v), .. } = &e.op {
+                let missing: Vec<u64> = parse_set(v).difference(&have).copied().collect();
+                if !missing.is_empty() {
+                    bad("acknowledged set element lost", format!("client {}'s write lost elements {missing:?}", e.client));
+                }
+            }
+        }
+    }
+}
+
+/// The trace of one key, for a violation report.
+pub fn trace(history: &History, key: &[u8]) -> String {
+    let mut out = String::new();
+    for e in history.of_key(key) {
+        let op = match &e.op {
+            OpKind::Put { value, context, w, strict } => format!(
+                "put {} ctx={:?} w={w}{}",
+                value.as_deref().map_or("<delete>".into(), |v| String::from_utf8_lossy(v).into_owned()),
+                context.0.0,
+                if *strict { " strict" } else { "" }
+            ),
+            OpKind::Get { r, strict } => format!("get r={r}{}", if *strict { " strict" } else { "" }),
+        };
+        let outcome = match &e.outcome {
+            Outcome::Put { context } => format!("ok ctx={:?}", context.0.0),
+            Outcome::Get { values, context } => format!(
+                "ok {:?} ctx={:?}",
+                values.iter().map(|v| String::from_utf8_lossy(v).into_owned()).collect::<Vec<_>>(),
+                context.0.0
+            ),
+            Outcome::Failed(e) => format!("failed: {e}"),
+            Outcome::Unknown => "no answer".into(),
+        };
+        out += &format!("  [{:>7} .. {:>7} ms] client {:>2}: {op} -> {outcome}\n", e.invoked_ms, e.completed_ms, e.client);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qkv_proto::{Context, Level, VersionVector};
+
+    fn put(client: u32, value: &str, sent: &[(u32, u64)], got: &[(u32, u64)], at: u64, strict: bool) -> Entry {
+        let vv = |v: &[(u32, u64)]| Context(VersionVector(v.iter().copied().collect()));
+        Entry {
+            client,
+            key: b"k".to_vec(),
+            op: OpKind::Put { value: Some(value.into()), context: vv(sent), w: Level::Quorum, strict },
+            invoked_ms: at,
+            completed_ms: at + 1,
+            outcome: Outcome::Put { context: vv(got) },
+        }
+    }
+
+    fn finals(set: DvvSet) -> BTreeMap<Vec<u8>, FinalKey> {
+        [(b"k".to_vec(), FinalKey { replicas: vec![(1, Some(set.clone())), (2, Some(set))] })].into()
+    }
+
+    fn facts(f: &BTreeMap<Vec<u8>, FinalKey>) -> Facts<'_> {
+        Facts { n: 3, finals: f, set_workload: false, check_convergence: true }
+    }
+
+    #[test]
+    fn a_lost_write_and_an_lww_drop_are_caught() {
+        let mut s = DvvSet::new();
+        s.update(&VersionVector::new(), Some(b"a".to_vec()), 1);
+        let h = History { entries: vec![put(1, "a", &[], &[(1, 1)], 0, false), put(2, "b", &[], &[(2, 1)], 5, false)] };
+        let f = finals(s.clone());
+        let r = check(&h, &facts(&f));
+        assert_eq!(r.violations.len(), 1, "{:?}", r.violations);
+        assert!(r.violations[0].detail.contains("no home replica has seen it"));
+        // LWW: the clock covers b's dot but its sibling is gone with no context covering it.
+        let mut lww = s.clone();
+        lww.update(&VersionVector::new(), Some(b"b".to_vec()), 2);
+        let lww = lww.newest_only();
+        let r = check(&h, &facts(&finals(lww)));
+        assert_eq!(r.violations.len(), 1, "{:?}", r.violations);
+        assert!(r.violations[0].detail.contains("no put was ever sent with a context covering it"));
+    }
+
+    #[test]
+    fn a_reused_dot_with_another_value_is_caught() {
+        let mut s = DvvSet::new();
+        s.update(&VersionVector::new(), Some(b"other".to_vec()), 1);
+        let h = History { entries: vec![put(1, "a", &[], &[(1, 1)], 0, false)] };
+        let r = check(&h, &facts(&finals(s)));
+        assert_eq!(r.violations.iter().map(|v| v.kind).collect::<Vec<_>>(), vec!["dot reused"]);
+    }
+
+    #[test]
+    fn overwriting_with_a_context_is_not_a_loss() {
+        let mut s = DvvSet::new();
+        s.update(&VersionVector::new(), Some(b"a".to_vec()), 1);
+        let ctx = s.clock().clone();
+        s.update(&ctx, Some(b"b".to_vec()), 1);
+        let h = History { entries: vec![put(1, "a", &[], &[(1, 1)], 0, false), put(1, "b", &[(1, 1)], &[(1, 2)], 5, false)] };
+        assert!(check(&h, &facts(&finals(s))).violations.is_empty());
+    }
+
+    #[test]
+    fn a_stale_strict_read_divergence_and_phantoms_are_caught() {
+        let mut s = DvvSet::new();
+        s.update(&VersionVector::new(), Some(b"a".to_vec()), 1);
+        let read = Entry {
+            client: 3,
+            key: b"k".to_vec(),
+            op: OpKind::Get { r: Level::Quorum, strict: true },
+            invoked_ms: 10,
+            completed_ms: 11,
+            outcome: Outcome::Get { values: vec![b"zzz".to_vec()], context: Context::empty() },
+        };
+        let h = History { entries: vec![put(1, "a", &[], &[(1, 1)], 0, true), read] };
+        let mut f = finals(s);
+        f.get_mut(b"k".as_slice()).unwrap().replicas.push((3, None));
+        let kinds: Vec<&str> = check(&h, &facts(&f)).violations.iter().map(|v| v.kind).collect();
+        assert_eq!(kinds, vec!["stale strict read", "phantom value", "replicas diverge"]);
+    }
+}

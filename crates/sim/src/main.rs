@@ -1,0 +1,198 @@
+//! `qkv-sim`: run many seeded schedules of a simulated cluster and check every history.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use qkv_coordinator::Bugs;
+use qkv_sim::{SimConfig, Workload, checker, run_seed};
+
+/// Simulate a quorumkv cluster from seeds and check every history.
+///
+/// Each seed is one schedule: clients at random consistency levels, crashes with
+/// lost unflushed writes, partitions (symmetric, one-way, flapping), message loss,
+/// duplication and reordering, clock jumps. A violation prints the seed, the key's
+/// trace and the command that replays it. Exit status 1 when anything is violated.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// How many seeds to run.
+    #[arg(long, default_value_t = 1000)]
+    seeds: u64,
+    /// The first seed.
+    #[arg(long, default_value_t = 0)]
+    first: u64,
+    /// Run just this seed (replay) and print its whole history.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Nodes, 3 to 7.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(3..=7))]
+    nodes: u16,
+    /// Replication factor.
+    #[arg(long, default_value_t = 3)]
+    n: usize,
+    /// Clients.
+    #[arg(long, default_value_t = 6)]
+    clients: usize,
+    /// Operations per client.
+    #[arg(long, default_value_t = 40)]
+    ops: usize,
+    /// mixed, set, register, or all (a different one per seed).
+    #[arg(long, default_value = "all")]
+    workload: String,
+    /// No crashes, partitions or clock jumps.
+    #[arg(long)]
+    no_faults: bool,
+    /// Message loss probability.
+    #[arg(long, default_value_t = 0.01)]
+    loss: f64,
+    /// Message duplication probability.
+    #[arg(long, default_value_t = 0.01)]
+    dup: f64,
+    /// Share of faults that are a power loss of every node at once.
+    #[arg(long, default_value_t = 0.1)]
+    power_loss: f64,
+    /// Run a deliberately broken core: lww, ack-before-flush or strict-counts-standins.
+    #[arg(long)]
+    bug: Option<String>,
+    /// Stop at the first violating seed.
+    #[arg(long)]
+    fail_fast: bool,
+}
+
+fn workload_for(name: &str, seed: u64) -> Result<Workload, String> {
+    match name {
+        "all" => Ok([Workload::Mixed, Workload::Set, Workload::Register][(seed % 3) as usize]),
+        other => other.parse(),
+    }
+}
+
+/// Parse `--bug`.
+fn bugs(name: Option<&str>) -> Result<Bugs, String> {
+    let mut b = Bugs::default();
+    match name {
+        None => {}
+        Some("lww") => b.lww = true,
+        Some("ack-before-flush") => b.ack_before_flush = true,
+        Some("strict-counts-standins") => b.strict_counts_standins = true,
+        Some(other) => return Err(format!("unknown bug `{other}`: lww, ack-before-flush or strict-counts-standins")),
+    }
+    Ok(b)
+}
+
+fn main() -> ExitCode {
+    let a = Args::parse();
+    let fail = |msg: String| {
+        eprintln!("qkv-sim: {msg}");
+        ExitCode::from(2)
+    };
+    let bugs = match bugs(a.bug.as_deref()) {
+        Ok(b) => b,
+        Err(e) => return fail(e),
+    };
+    if a.n == 0 || a.n > a.nodes as usize {
+        return fail(format!("--n must be between 1 and --nodes ({})", a.nodes));
+    }
+    if !(0.0..=0.5).contains(&a.loss) || !(0.0..=0.5).contains(&a.dup) || !(0.0..=1.0).contains(&a.power_loss) {
+        return fail("--loss and --dup must be between 0 and 0.5, --power-loss between 0 and 1".into());
+    }
+    let seeds: Vec<u64> = match a.seed {
+        Some(s) => vec![s],
+        None => (a.first..a.first.saturating_add(a.seeds)).collect(),
+    };
+    let bar = ProgressBar::new(seeds.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} seeds  {per_sec}  eta {eta}  {msg}")
+            .expect("valid template"),
+    );
+    let started = Instant::now();
+    let (mut ops, mut msgs, mut lost, mut dups, mut cut) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let (mut bad_seeds, mut violations, mut writes, mut reads) = (0u64, 0usize, 0usize, 0usize);
+    for &seed in &seeds {
+        let workload = match workload_for(&a.workload, seed) {
+            Ok(w) => w,
+            Err(e) => return fail(e),
+        };
+        let cfg = SimConfig {
+            nodes: a.nodes as usize,
+            n: a.n,
+            clients: a.clients,
+            ops_per_client: a.ops,
+            workload,
+            faults: !a.no_faults,
+            loss: a.loss,
+            dup: a.dup,
+            power_loss: a.power_loss,
+            bugs,
+        };
+        let (run, report) = run_seed(seed, &cfg);
+        ops += run.counters.ops;
+        msgs += run.counters.messages;
+        lost += run.counters.lost;
+        dups += run.counters.duplicated;
+        cut += run.counters.partitioned;
+        for (k, v) in &run.counters.faults {
+            *faults.entry(k).or_default() += v;
+        }
+        writes += report.acked_writes;
+        reads += report.reads;
+        if a.seed.is_some() {
+            bar.suspend(|| {
+                for key in run.finals.keys() {
+                    println!("key {}:\n{}", String::from_utf8_lossy(key), checker::trace(&run.history, key));
+                }
+                println!("history fingerprint {:016x}, virtual time {} ms", run.history.fingerprint(), run.end_ms);
+            });
+        }
+        if !report.violations.is_empty() {
+            bad_seeds += 1;
+            violations += report.violations.len();
+            bar.suspend(|| {
+                println!("\nseed {seed} ({workload:?}): {} violation(s)", report.violations.len());
+                for v in report.violations.iter().take(3) {
+                    println!("  {v}\n{}", checker::trace(&run.history, &v.key));
+                }
+                let mut replay = format!(
+                    "cargo run --release -p qkv-sim -- --seed {seed} --nodes {} --n {} --clients {} --ops {} --workload {}",
+                    a.nodes,
+                    a.n,
+                    a.clients,
+                    a.ops,
+                    format!("{workload:?}").to_lowercase()
+                );
+                if a.no_faults {
+                    replay += " --no-faults";
+                }
+                if let Some(b) = &a.bug {
+                    replay += &format!(" --bug {b}");
+                }
+                println!("  replay: {replay} --loss {} --dup {} --power-loss {}", a.loss, a.dup, a.power_loss);
+            });
+            if a.fail_fast {
+                break;
+            }
+        }
+        bar.set_message(format!("{bad_seeds} bad"));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{} schedules ({} nodes, N={}), {ops} operations ({writes} acknowledged writes and {reads} strict reads checked)",
+        bar.position(),
+        a.nodes,
+        a.n
+    );
+    println!("messages: {msgs} sent, {lost} lost, {dups} duplicated, {cut} dropped by partitions");
+    let f: Vec<String> = faults.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    println!("faults: {}", if f.is_empty() { "none".into() } else { f.join(", ") });
+    println!(
+        "violations: {violations} in {bad_seeds} schedules; {:.1} s ({:.1} s per 1000 seeds)",
+        secs,
+        secs * 1000.0 / bar.position().max(1) as f64
+    );
+    if violations > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS }
+}

@@ -1,0 +1,634 @@
+//! The simulated world: one seeded event loop driving every node's real `Core`,
+//! a network with latency, loss, duplication, reordering and partitions, disks
+//! that lose unflushed writes on a crash, skewed clocks, and clients.
+//!
+//! A run has three phases: *active* (clients work, faults strike), *healing*
+//! (partitions healed, crashed nodes restarted, the network made reliable, then a
+//! quiet period for handoff), and *sweep* (a strict R = all read of every key,
+//! whose read repair brings home replicas together, then another quiet period).
+//! The final state of every key is then read straight off the home replicas' disks.
+
+use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::rc::Rc;
+
+use qkv_coordinator::hints::HintLimits;
+use qkv_coordinator::replica::Limits;
+use qkv_coordinator::{Bugs, Core, CoreConfig, Output, Ring};
+use qkv_proto::{GetRequest, Level, NodeId, Request, Response};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use crate::checker::FinalKey;
+use crate::disk::{Disk, SharedDisk};
+use crate::history::{Entry, History, OpKind, Outcome};
+use crate::workload::{ClientState, Workload};
+
+/// What to simulate.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Nodes (3 to 7).
+    pub nodes: usize,
+    /// Replication factor.
+    pub n: usize,
+    /// Clients.
+    pub clients: usize,
+    /// Operations per client.
+    pub ops_per_client: usize,
+    /// What the clients do.
+    pub workload: Workload,
+    /// Inject crashes, partitions and clock jumps.
+    pub faults: bool,
+    /// Probability a message is lost (active phase).
+    pub loss: f64,
+    /// Probability a message is delivered twice (active phase).
+    pub dup: f64,
+    /// Share of injected faults that are a power loss of every node at once.
+    pub power_loss: f64,
+    /// Deliberate bugs in every node.
+    pub bugs: Bugs,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            nodes: 5,
+            n: 3,
+            clients: 6,
+            ops_per_client: 40,
+            workload: Workload::Mixed,
+            faults: true,
+            loss: 0.01,
+            dup: 0.01,
+            power_loss: 0.1,
+            bugs: Bugs::default(),
+        }
+    }
+}
+
+/// Counters of a run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Client operations invoked.
+    pub ops: u64,
+    /// Messages sent.
+    pub messages: u64,
+    /// Messages lost at random.
+    pub lost: u64,
+    /// Messages delivered twice.
+    pub duplicated: u64,
+    /// Messages dropped by a partition.
+    pub partitioned: u64,
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<&'static str, u64>,
+}
+
+/// The outcome of one run.
+pub struct Run {
+    /// What the clients did and saw.
+    pub history: History,
+    /// The final state of every key.
+    pub finals: BTreeMap<Vec<u8>, FinalKey>,
+    /// Counters.
+    pub counters: Counters,
+    /// Virtual time at the end, ms.
+    pub end_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Addr {
+    /// A node; `inc` 0 means whichever incarnation is running.
+    Node(NodeId, u64),
+    Client(u32),
+}
+
+impl Addr {
+    /// The host, whatever the incarnation.
+    fn host(self) -> Addr {
+        match self {
+            Addr::Node(n, _) => Addr::Node(n, 0),
+            c => c,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Body {
+    Req(Request),
+    Resp(Response),
+}
+
+#[derive(Clone, Debug)]
+enum Ev {
+    Deliver { from: Addr, to: Addr, corr: u64, body: Body },
+    Timer { node: NodeId, inc: u64 },
+    Flushed { node: NodeId, inc: u64, token: u64 },
+    ClientNext { client: u32 },
+    ClientTimeout { client: u32, seq: u64 },
+    Crash(NodeId),
+    Restart(NodeId),
+    Partition(Vec<(NodeId, NodeId)>),
+    Heal,
+    ClockJump(NodeId, i64),
+    PowerLoss,
+}
+
+struct SimNode {
+    disk: Rc<RefCell<Disk>>,
+    core: Option<Core<SharedDisk>>,
+    inc: u64,
+    pending: BTreeMap<u64, (Addr, u64)>,
+    next_req: u64,
+    timer_at: Option<u64>,
+    mono_offset: u64,
+    wall_skew_ms: i64,
+}
+
+struct InFlight {
+    seq: u64,
+    key: Vec<u8>,
+    op: OpKind,
+    invoked_ms: u64,
+}
+
+struct SimClient {
+    state: ClientState,
+    seq: u64,
+    inflight: Option<InFlight>,
+}
+
+/// Client id of the final sweep.
+const SWEEP_CLIENT: u32 = 9_999;
+/// A client gives up on a request after this long.
+const CLIENT_TIMEOUT_MS: u64 = 3_000;
+const HEAL_QUIET_MS: u64 = 5_000;
+const SWEEP_QUIET_MS: u64 = 3_000;
+const WALL_EPOCH_MS: u64 = 1_700_000_000_000;
+/// No run goes on longer than this, whatever happens.
+const RUN_MS_MAX: u64 = 30 * 60 * 1000;
+
+/// One seeded world.
+pub struct World {
+    cfg: SimConfig,
+    rng: StdRng,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
+    events: BTreeMap<usize, Ev>,
+    next_event: usize,
+    nodes: BTreeMap<NodeId, SimNode>,
+    clients: BTreeMap<u32, SimClient>,
+    blocked: BTreeSet<(NodeId, NodeId)>,
+    /// Each link's own base latency, ms, drawn at first use.
+    link_ms: BTreeMap<(Addr, Addr), u64>,
+    reliable: bool,
+    history: History,
+    counters: Counters,
+    ring: Ring,
+}
+
+impl World {
+    /// A world for `seed`.
+    pub fn new(seed: u64, cfg: SimConfig) -> World {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let ids: Vec<NodeId> = (1..=cfg.nodes as NodeId).collect();
+        let ring = Ring::new(&ids, 16, cfg.n).expect("valid sim ring");
+        let nodes = ids
+            .iter()
+            .map(|&id| {
+                let node = SimNode {
+                    disk: Rc::new(RefCell::new(Disk::default())),
+                    core: None,
+                    inc: 0,
+                    pending: BTreeMap::new(),
+                    next_req: 1,
+                    timer_at: None,
+                    mono_offset: rng.random_range(0..1_000_000_000),
+                    wall_skew_ms: rng.random_range(-60_000..=60_000),
+                };
+                (id, node)
+            })
+            .collect();
+        let clients =
+            (1..=cfg.clients as u32).map(|c| (c, SimClient { state: ClientState::new(cfg.ops_per_client), seq: 0, inflight: None })).collect();
+        let mut w = World {
+            cfg,
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            events: BTreeMap::new(),
+            next_event: 0,
+            nodes,
+            clients,
+            blocked: BTreeSet::new(),
+            link_ms: BTreeMap::new(),
+            reliable: false,
+            history: History::default(),
+            counters: Counters::default(),
+            ring,
+        };
+        for id in ids {
+            w.start(id);
+        }
+        w
+    }
+
+    fn at(&mut self, t: u64, ev: Ev) {
+        self.seq += 1;
+        self.next_event += 1;
+        self.events.insert(self.next_event, ev);
+        self.queue.push(Reverse((t.max(self.now), self.seq, self.next_event)));
+    }
+
+    fn core_config(&self, me: NodeId, inc: u64) -> CoreConfig {
+        CoreConfig {
+            me,
+            incarnation: inc,
+            members: (1..=self.cfg.nodes as NodeId).map(|i| (i, format!("sim-{i}"))).collect(),
+            n: self.cfg.n,
+            vnodes: 16,
+            limits: Limits { key_bytes_max: 1024, value_bytes_max: 64 * 1024 },
+            hints: HintLimits::default(),
+            request_timeout_ms: 1000,
+            ping_interval_ms: 250,
+            down_after_ms: 1000,
+            bugs: self.cfg.bugs,
+        }
+    }
+
+    fn mono(&self, id: NodeId) -> u64 {
+        self.now + self.nodes[&id].mono_offset
+    }
+
+    fn start(&mut self, id: NodeId) {
+        let inc = self.nodes[&id].inc + 1;
+        let cfg = self.core_config(id, inc);
+        let mono = self.mono(id);
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        let wall = (WALL_EPOCH_MS + self.now).saturating_add_signed(node.wall_skew_ms);
+        let core = Core::new(cfg, SharedDisk(node.disk.clone()), mono, wall).expect("a sim node starts");
+        node.core = Some(core);
+        node.inc = inc;
+        node.timer_at = None;
+        self.schedule_timer(id);
+    }
+
+    fn crash(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        if node.core.take().is_some() {
+            node.disk.borrow_mut().crash();
+            node.pending.clear();
+            node.timer_at = None;
+        }
+    }
+
+    /// Run a node's core, then carry out its outputs.
+    fn with_core(&mut self, id: NodeId, f: impl FnOnce(&mut Core<SharedDisk>, u64)) {
+        let mono = self.mono(id);
+        let Some(core) = self.nodes.get_mut(&id).and_then(|n| n.core.as_mut()) else { return };
+        f(core, mono);
+        let mut outs = vec![];
+        while let Some(o) = core.poll_output() {
+            outs.push(o);
+        }
+        let inc = self.nodes[&id].inc;
+        for o in outs {
+            match o {
+                Output::Send { rpc, to, req, .. } => {
+                    self.send(Addr::Node(id, inc), Addr::Node(to, 0), rpc, Body::Req(req));
+                }
+                Output::Reply { req, resp } => {
+                    if let Some((to, corr)) = self.nodes.get_mut(&id).and_then(|n| n.pending.remove(&req)) {
+                        self.send(Addr::Node(id, inc), to, corr, Body::Resp(resp));
+                    }
+                }
+                Output::Flush { token } => {
+                    // fdatasync takes a while: a crash in between loses the write.
+                    let delay = self.rng.random_range(1..=10);
+                    self.at(self.now + delay, Ev::Flushed { node: id, inc, token });
+                }
+            }
+        }
+        self.schedule_timer(id);
+    }
+
+    fn schedule_timer(&mut self, id: NodeId) {
+        let now = self.now;
+        let Some(node) = self.nodes.get_mut(&id) else { return };
+        let Some(core) = node.core.as_ref() else { return };
+        let due = core.poll_timeout().saturating_sub(node.mono_offset).max(now);
+        if node.timer_at.is_none_or(|t| due < t) {
+            node.timer_at = Some(due);
+            let inc = node.inc;
+            self.at(due, Ev::Timer { node: id, inc });
+        }
+    }
+
+    fn node_of(a: Addr) -> Option<NodeId> {
+        match a {
+            Addr::Node(n, _) => Some(n),
+            Addr::Client(_) => None,
+        }
+    }
+
+    fn send(&mut self, from: Addr, to: Addr, corr: u64, body: Body) {
+        self.counters.messages += 1;
+        if let (Some(a), Some(b)) = (Self::node_of(from), Self::node_of(to))
+            && self.blocked.contains(&(a, b))
+        {
+            self.counters.partitioned += 1;
+            return;
+        }
+        if !self.reliable && self.rng.random_bool(self.cfg.loss) {
+            self.counters.lost += 1;
+            return;
+        }
+        let copies = if !self.reliable && self.rng.random_bool(self.cfg.dup) { 2 } else { 1 };
+        self.counters.duplicated += copies - 1;
+        let link = (from.host(), to.host());
+        let base = match self.link_ms.get(&link) {
+            Some(&b) => b,
+            None => {
+                let b = self.rng.random_range(0..4);
+                self.link_ms.insert(link, b);
+                b
+            }
+        };
+        for _ in 0..copies {
+            // Per-link base latency, jitter, and rare spikes: messages overtake each other.
+            let spike = if self.rng.random_bool(0.02) { self.rng.random_range(20..200) } else { 0 };
+            let latency = 1 + base + self.rng.random_range(0..4) + spike;
+            self.at(self.now + latency, Ev::Deliver { from, to, corr, body: body.clone() });
+        }
+    }
+
+    fn deliver(&mut self, from: Addr, to: Addr, corr: u64, body: Body) {
+        match (to, body) {
+            (Addr::Node(id, inc), body) => {
+                let Some(node) = self.nodes.get_mut(&id) else { return };
+                if node.core.is_none() || (inc != 0 && inc != node.inc) {
+                    return;
+                }
+                match body {
+                    Body::Req(req) => {
+                        let rid = node.next_req;
+                        node.next_req += 1;
+                        node.pending.insert(rid, (from, corr));
+                        self.with_core(id, |c, now| c.handle_request(now, rid, req));
+                    }
+                    Body::Resp(resp) => self.with_core(id, |c, now| c.handle_response(now, corr, Ok(resp))),
+                }
+            }
+            (Addr::Client(c), Body::Resp(resp)) => self.client_done(c, corr, Some(resp)),
+            (Addr::Client(_), Body::Req(_)) => {}
+        }
+    }
+
+    fn client_next(&mut self, c: u32) {
+        let Some(cl) = self.clients.get_mut(&c) else { return };
+        if cl.inflight.is_some() || cl.state.ops_left == 0 {
+            return;
+        }
+        cl.seq += 1;
+        let seq = cl.seq;
+        let (key, op, req) = cl.state.next(c, seq, self.cfg.workload, self.cfg.n, &mut self.rng);
+        cl.inflight = Some(InFlight { seq, key, op, invoked_ms: self.now });
+        self.counters.ops += 1;
+        let node = self.rng.random_range(1..=self.cfg.nodes as NodeId);
+        self.send(Addr::Client(c), Addr::Node(node, 0), seq, Body::Req(req));
+        self.at(self.now + CLIENT_TIMEOUT_MS, Ev::ClientTimeout { client: c, seq });
+    }
+
+    fn client_done(&mut self, c: u32, seq: u64, resp: Option<Response>) {
+        let Some(cl) = self.clients.get_mut(&c) else { return };
+        if cl.inflight.as_ref().is_none_or(|f| f.seq != seq) {
+            return;
+        }
+        let f = cl.inflight.take().expect("checked");
+        let outcome = match resp {
+            Some(Response::Put(p)) => Outcome::Put { context: p.context },
+            Some(Response::Get(g)) => {
+                Outcome::Get { values: g.values.into_iter().map(|v| v.into_vec()).collect(), context: g.context }
+            }
+            Some(Response::Error(e)) => Outcome::Failed(e.to_string()),
+            Some(other) => Outcome::Failed(format!("unexpected answer {other:?}")),
+            None => Outcome::Unknown,
+        };
+        cl.state.completed(self.cfg.workload, &f.key, &f.op, &outcome);
+        let more = cl.state.ops_left > 0;
+        self.history.entries.push(Entry {
+            client: c,
+            key: f.key,
+            op: f.op,
+            invoked_ms: f.invoked_ms,
+            completed_ms: self.now,
+            outcome,
+        });
+        if more {
+            let think = self.rng.random_range(0..10);
+            self.at(self.now + think, Ev::ClientNext { client: c });
+        }
+    }
+
+    fn fault(&mut self, kind: &'static str) {
+        *self.counters.faults.entry(kind).or_default() += 1;
+    }
+
+    /// Schedule the faults of the active phase, from now until `until`.
+    fn plan_faults(&mut self, until: u64) {
+        let mut t = self.now + self.rng.random_range(100..600);
+        let ids: Vec<NodeId> = (1..=self.cfg.nodes as NodeId).collect();
+        while t < until {
+            if self.rng.random_bool(self.cfg.power_loss) {
+                // Power loss: every node at once; only what was flushed survives.
+                self.at(t, Ev::PowerLoss);
+                let back = t + self.rng.random_range(100..1000);
+                for &n in &ids {
+                    self.at(back, Ev::Restart(n));
+                }
+                t += self.rng.random_range(200..1000);
+                continue;
+            }
+            match self.rng.random_range(0..100) {
+                0..30 => {
+                    let n = ids[self.rng.random_range(0..ids.len())];
+                    self.at(t, Ev::Crash(n));
+                    let back = t + self.rng.random_range(100..3000);
+                    self.at(back, Ev::Restart(n));
+                }
+                30..65 => {
+                    let oneway = self.rng.random_bool(0.3);
+                    let side: BTreeSet<NodeId> = ids.iter().copied().filter(|_| self.rng.random_bool(0.5)).collect();
+                    let mut cut = vec![];
+                    for &a in &ids {
+                        for &b in &ids {
+                            if side.contains(&a) && !side.contains(&b) {
+                                cut.push((a, b));
+                                if !oneway {
+                                    cut.push((b, a));
+                                }
+                            }
+                        }
+                    }
+                    let flapping = self.rng.random_bool(0.3);
+                    let end = t + self.rng.random_range(300..3000);
+                    if flapping {
+                        let mut s = t;
+                        while s < end {
+                            self.at(s, Ev::Partition(cut.clone()));
+                            s += self.rng.random_range(50..300);
+                            self.at(s, Ev::Heal);
+                            s += self.rng.random_range(50..300);
+                        }
+                        *self.counters.faults.entry("partition (flapping)").or_default() += 1;
+                    } else {
+                        self.at(t, Ev::Partition(cut));
+                        self.at(end, Ev::Heal);
+                        self.fault(if oneway { "partition (one-way)" } else { "partition" });
+                    }
+                }
+                65..75 => {
+                    let n = ids[self.rng.random_range(0..ids.len())];
+                    let jump = self.rng.random_range(-60_000..=60_000);
+                    self.at(t, Ev::ClockJump(n, jump));
+                }
+                _ => {}
+            }
+            t += self.rng.random_range(200..1000);
+        }
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Deliver { from, to, corr, body } => self.deliver(from, to, corr, body),
+            Ev::Timer { node, inc } => {
+                let now = self.now;
+                let Some(n) = self.nodes.get_mut(&node) else { return };
+                if n.inc != inc || n.core.is_none() {
+                    return;
+                }
+                if n.timer_at == Some(now) {
+                    n.timer_at = None;
+                }
+                self.with_core(node, |c, now| {
+                    if c.poll_timeout() <= now {
+                        c.handle_timeout(now);
+                    }
+                });
+            }
+            Ev::Flushed { node, inc, token } => {
+                let Some(n) = self.nodes.get(&node) else { return };
+                if n.inc != inc || n.core.is_none() {
+                    return;
+                }
+                n.disk.borrow_mut().sync();
+                self.with_core(node, |c, now| c.handle_flushed(now, token, Ok(())));
+            }
+            Ev::ClientNext { client } => self.client_next(client),
+            Ev::ClientTimeout { client, seq } => self.client_done(client, seq, None),
+            Ev::Crash(n) => {
+                if self.nodes[&n].core.is_some() {
+                    self.fault("crash");
+                    self.crash(n);
+                }
+            }
+            Ev::Restart(n) => {
+                if self.nodes[&n].core.is_none() {
+                    self.start(n);
+                }
+            }
+            Ev::PowerLoss => {
+                self.fault("power loss (all nodes)");
+                let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+                for n in ids {
+                    self.crash(n);
+                }
+            }
+            Ev::Partition(cut) => self.blocked = cut.into_iter().collect(),
+            Ev::Heal => self.blocked.clear(),
+            Ev::ClockJump(n, jump) => {
+                // Cores read the wall clock only when they start: a jump shows at the next restart.
+                self.fault("clock jump");
+                if let Some(node) = self.nodes.get_mut(&n) {
+                    node.wall_skew_ms = jump;
+                }
+            }
+        }
+    }
+
+    /// Process events until `done` or virtual time `until`.
+    fn run_until(&mut self, until: u64, done: impl Fn(&World) -> bool) {
+        while !done(self) {
+            match self.queue.peek() {
+                Some(&Reverse((t, _, id))) if t <= until => {
+                    self.queue.pop();
+                    self.now = t;
+                    // Events removed from the map were cancelled (healing drops pending faults).
+                    if let Some(ev) = self.events.remove(&id) {
+                        self.handle(ev);
+                    }
+                }
+                _ => {
+                    self.now = self.now.max(until);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn clients_done(&self) -> bool {
+        self.clients.values().all(|c| c.state.ops_left == 0 && c.inflight.is_none())
+    }
+
+    /// Run the whole schedule.
+    pub fn run(mut self) -> Run {
+        let clients: Vec<u32> = self.clients.keys().copied().collect();
+        for c in clients {
+            let start = self.rng.random_range(0..50);
+            self.at(start, Ev::ClientNext { client: c });
+        }
+        if self.cfg.faults {
+            let horizon = (self.cfg.ops_per_client as u64) * 40;
+            self.plan_faults(horizon);
+        }
+        self.run_until(RUN_MS_MAX, World::clients_done);
+
+        // Healing: no more faults, every node up, a reliable network, then quiet.
+        self.events.retain(|_, e| !matches!(e, Ev::Crash(_) | Ev::PowerLoss | Ev::Partition(_) | Ev::ClockJump(..)));
+        self.blocked.clear();
+        self.reliable = true;
+        let down: Vec<NodeId> = self.nodes.iter().filter(|(_, n)| n.core.is_none()).map(|(&id, _)| id).collect();
+        for id in down {
+            self.start(id);
+        }
+        let quiet = self.now + HEAL_QUIET_MS;
+        self.run_until(quiet, |_| false);
+
+        // Sweep: a strict read of every key at R = all repairs its home replicas.
+        let keys: BTreeSet<Vec<u8>> = self.history.entries.iter().map(|e| e.key.clone()).collect();
+        self.clients.insert(SWEEP_CLIENT, SimClient { state: ClientState::new(0), seq: 0, inflight: None });
+        for (i, key) in keys.iter().enumerate() {
+            let node = (i % self.cfg.nodes) as NodeId + 1;
+            let req = Request::Get(GetRequest { key: key.clone(), r: Level::All, strict: true, timeout_ms: None });
+            self.send(Addr::Client(SWEEP_CLIENT), Addr::Node(node, 0), 1_000_000 + i as u64, Body::Req(req));
+        }
+        let quiet = self.now + SWEEP_QUIET_MS;
+        self.run_until(quiet, |_| false);
+
+        let finals = keys
+            .into_iter()
+            .map(|key| {
+                let replicas = self
+                    .ring
+                    .preference_list(&key)
+                    .iter()
+                    .map(|id| (*id, self.nodes[id].disk.borrow().current().data.get(&key).cloned()))
+                    .collect();
+                (key, FinalKey { replicas })
+            })
+            .collect();
+        Run { history: self.history, finals, counters: self.counters, end_ms: self.now }
+    }
+}
