@@ -437,6 +437,7 @@ fn a_duplicate_replica_write_is_not_acked_before_the_first_copy_is_flushed() {
             core.handle_flushed(1, token, Ok(()));
         }
     }
-    let acks = drain(&mut core).into_iter().filter(|o| matches!(o, Output::Reply { resp: Response::ReplicaAck, .. })).count();
+    let acks =
+        drain(&mut core).into_iter().filter(|o| matches!(o, Output::Reply { resp: Response::ReplicaAck, .. })).count();
     assert_eq!(acks, 2, "both acked after the flush");
 }

@@ -139,7 +139,10 @@ fn check_key(key: &[u8], entries: &[&Entry], fin: &FinalKey, facts: &Facts<'_>, 
             };
             bad(
                 "acknowledged write lost",
-                format!("client {}'s write at {} ms (dot {}:{}) : {why}", e.client, e.completed_ms, dot.node, dot.counter),
+                format!(
+                    "client {}'s write at {} ms (dot {}:{}) : {why}",
+                    e.client, e.completed_ms, dot.node, dot.counter
+                ),
             );
         }
     }
@@ -181,13 +184,18 @@ fn check_key(key: &[u8], entries: &[&Entry], fin: &FinalKey, facts: &Facts<'_>, 
     for e in entries.iter() {
         if let Outcome::Get { values, .. } = &e.outcome {
             for v in values.iter().filter(|v| !written.contains(v.as_slice())) {
-                bad("phantom value", format!("client {} read {:?}, which nobody wrote", e.client, String::from_utf8_lossy(v)));
+                bad(
+                    "phantom value",
+                    format!("client {} read {:?}, which nobody wrote", e.client, String::from_utf8_lossy(v)),
+                );
             }
         }
     }
 
     // Convergence of home replicas.
-    if facts.check_convergence && fin.replicas.windows(2).any(|w| w[0].1.clone().unwrap_or_default() != w[1].1.clone().unwrap_or_default()) {
+    if facts.check_convergence
+        && fin.replicas.windows(2).any(|w| w[0].1.clone().unwrap_or_default() != w[1].1.clone().unwrap_or_default())
+    {
         let states: Vec<String> = fin
             .replicas
             .iter()
@@ -203,7 +211,10 @@ fn check_key(key: &[u8], entries: &[&Entry], fin: &FinalKey, facts: &Facts<'_>, 
             if let OpKind::Put { value: Some(v), .. } = &e.op {
                 let missing: Vec<u64> = parse_set(v).difference(&have).copied().collect();
                 if !missing.is_empty() {
-                    bad("acknowledged set element lost", format!("client {}'s write lost elements {missing:?}", e.client));
+                    bad(
+                        "acknowledged set element lost",
+                        format!("client {}'s write lost elements {missing:?}", e.client),
+                    );
                 }
             }
         }
@@ -233,7 +244,8 @@ pub fn trace(history: &History, key: &[u8]) -> String {
             Outcome::Failed(e) => format!("failed: {e}"),
             Outcome::Unknown => "no answer".into(),
         };
-        out += &format!("  [{:>7} .. {:>7} ms] client {:>2}: {op} -> {outcome}\n", e.invoked_ms, e.completed_ms, e.client);
+        out +=
+            &format!("  [{:>7} .. {:>7} ms] client {:>2}: {op} -> {outcome}\n", e.invoked_ms, e.completed_ms, e.client);
     }
     out
 }
@@ -296,7 +308,9 @@ mod tests {
         s.update(&VersionVector::new(), Some(b"a".to_vec()), 1);
         let ctx = s.clock().clone();
         s.update(&ctx, Some(b"b".to_vec()), 1);
-        let h = History { entries: vec![put(1, "a", &[], &[(1, 1)], 0, false), put(1, "b", &[(1, 1)], &[(1, 2)], 5, false)] };
+        let h = History {
+            entries: vec![put(1, "a", &[], &[(1, 1)], 0, false), put(1, "b", &[(1, 1)], &[(1, 2)], 5, false)],
+        };
         assert!(check(&h, &facts(&finals(s))).violations.is_empty());
     }
 

@@ -94,7 +94,8 @@ impl ClientState {
                 } else {
                     let context = self.contexts.get(&key).cloned().unwrap_or_default();
                     let value = Some(format!("c{id}-{seq}").into_bytes());
-                    let op = OpKind::Put { value: value.clone(), context: context.clone(), w: Level::Quorum, strict: true };
+                    let op =
+                        OpKind::Put { value: value.clone(), context: context.clone(), w: Level::Quorum, strict: true };
                     (key.clone(), op, put(key, value, context, Level::Quorum, true))
                 }
             }

@@ -210,8 +210,9 @@ impl World {
                 (id, node)
             })
             .collect();
-        let clients =
-            (1..=cfg.clients as u32).map(|c| (c, SimClient { state: ClientState::new(cfg.ops_per_client), seq: 0, inflight: None })).collect();
+        let clients = (1..=cfg.clients as u32)
+            .map(|c| (c, SimClient { state: ClientState::new(cfg.ops_per_client), seq: 0, inflight: None }))
+            .collect();
         let mut w = World {
             cfg,
             rng,

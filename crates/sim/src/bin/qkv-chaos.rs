@@ -61,12 +61,22 @@ enum Cmd {
 }
 
 fn sh(args: &[&str]) -> bool {
-    Command::new(args[0]).args(&args[1..]).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new(args[0])
+        .args(&args[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn must(args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new(args[0]).args(&args[1..]).output()?;
-    anyhow::ensure!(out.status.success(), "`{}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    anyhow::ensure!(
+        out.status.success(),
+        "`{}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
     Ok(())
 }
 
@@ -134,7 +144,10 @@ impl Net {
         if nft {
             for i in 1..=nodes {
                 in_ns(&ns(i), &["nft", "add", "table", "inet", "chaos"]);
-                in_ns(&ns(i), &["nft", "add", "chain", "inet", "chaos", "out", "{ type filter hook output priority 0; }"]);
+                in_ns(
+                    &ns(i),
+                    &["nft", "add", "chain", "inet", "chaos", "out", "{ type filter hook output priority 0; }"],
+                );
             }
         }
         Ok(net)
@@ -144,7 +157,10 @@ impl Net {
     fn cut(&self, i: usize, to: usize) {
         let target = format!("{SUBNET}.{to}/32");
         if self.nft {
-            in_ns(&ns(i), &["nft", "add", "rule", "inet", "chaos", "out", "ip", "daddr", &format!("{SUBNET}.{to}"), "drop"]);
+            in_ns(
+                &ns(i),
+                &["nft", "add", "rule", "inet", "chaos", "out", "ip", "daddr", &format!("{SUBNET}.{to}"), "drop"],
+            );
         } else {
             in_ns(&ns(i), &["ip", "route", "add", "blackhole", &target]);
         }
@@ -164,7 +180,24 @@ impl Net {
             in_ns(&ns(i), &v);
         }
         // No netem in this kernel: queueing delay from a slow token bucket instead.
-        in_ns(&ns(i), &["tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", "2mbit", "burst", "16kb", "latency", &format!("{}ms", delay_ms.max(10))]);
+        in_ns(
+            &ns(i),
+            &[
+                "tc",
+                "qdisc",
+                "replace",
+                "dev",
+                "eth0",
+                "root",
+                "tbf",
+                "rate",
+                "2mbit",
+                "burst",
+                "16kb",
+                "latency",
+                &format!("{}ms", delay_ms.max(10)),
+            ],
+        );
     }
 
     fn heal(&self) {
@@ -256,7 +289,8 @@ fn write_configs(dir: &Path, nodes: usize) -> anyhow::Result<()> {
 }
 
 fn ensure_tools() {
-    let have = |c: &str| Command::new(c).arg("-V").output().is_ok() || Command::new(c).arg("--version").output().is_ok();
+    let have =
+        |c: &str| Command::new(c).arg("-V").output().is_ok() || Command::new(c).arg("--version").output().is_ok();
     if !have("ip") || !have("nft") {
         println!("chaos: installing iproute2 and nftables");
         sh(&["apt-get", "update", "-qq"]);
@@ -275,7 +309,13 @@ fn orchestrate(a: &Args) -> anyhow::Result<bool> {
         "chaos: {nodes} nodes in namespaces {NS}-n1..{nodes} ({SUBNET}.0/24), {} clients, {} s; delay/loss via {}",
         a.clients,
         a.duration,
-        if net.netem { "tc netem" } else if net.nft { "nftables (random drop) + tbf (queueing delay); this kernel has no netem" } else { "tbf only" }
+        if net.netem {
+            "tc netem"
+        } else if net.nft {
+            "nftables (random drop) + tbf (queueing delay); this kernel has no netem"
+        } else {
+            "tbf only"
+        }
     );
     let exe = std::env::current_exe()?;
     let bin = exe.with_file_name("qkv-node");
@@ -290,7 +330,14 @@ fn orchestrate(a: &Args) -> anyhow::Result<bool> {
         .arg(&exe)
         .args(["drive", "--dir"])
         .arg(&dir)
-        .args(["--duration", &a.duration.to_string(), "--clients", &a.clients.to_string(), "--seed", &a.seed.to_string()])
+        .args([
+            "--duration",
+            &a.duration.to_string(),
+            "--clients",
+            &a.clients.to_string(),
+            "--seed",
+            &a.seed.to_string(),
+        ])
         .spawn()?;
 
     let mut rng = StdRng::seed_from_u64(a.seed);
@@ -394,7 +441,14 @@ async fn drive(dir: PathBuf, duration: u64, clients: u32, seed: u64) -> anyhow::
                 let outcome = execute(&client, &key, &op).await;
                 state.completed(workload, &key, &op, &outcome);
                 let completed_ms = start.elapsed().as_millis() as u64;
-                history.lock().expect("history").entries.push(Entry { client: id, key, op, invoked_ms, completed_ms, outcome });
+                history.lock().expect("history").entries.push(Entry {
+                    client: id,
+                    key,
+                    op,
+                    invoked_ms,
+                    completed_ms,
+                    outcome,
+                });
                 tokio::time::sleep(Duration::from_millis(rng.random_range(0..20))).await;
             }
         });
