@@ -51,6 +51,15 @@ impl PutOp {
         }
     }
 
+    /// Targets that have neither acked nor failed.
+    pub fn pending_targets(&self) -> Vec<NodeId> {
+        self.targets
+            .iter()
+            .copied()
+            .filter(|t| !self.acked.contains(t) && !self.failed.iter().any(|f| f.0 == *t))
+            .collect()
+    }
+
     /// An answer that is already due (W = 1, or every target already answered).
     #[must_use]
     pub fn poll(&mut self) -> Option<PutOutcome> {

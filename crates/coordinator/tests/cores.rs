@@ -441,3 +441,24 @@ fn a_duplicate_replica_write_is_not_acked_before_the_first_copy_is_flushed() {
         drain(&mut core).into_iter().filter(|o| matches!(o, Output::Reply { resp: Response::ReplicaAck, .. })).count();
     assert_eq!(acks, 2, "both acked after the flush");
 }
+
+#[test]
+fn time_to_all_replicas_is_sampled_when_the_last_home_replica_gets_the_write() {
+    let mut c = Cluster::new(3, 3);
+    c.call(1, put("fast", "v", Level::All, Context::empty())).unwrap();
+    assert_eq!(c.cores.get_mut(&1).unwrap().take_lag_samples(), vec![0], "W=all: on every replica at the ack");
+
+    c.down.insert(3);
+    c.advance(1000);
+    let Response::Put(_) = c.call(1, put("slow", "v", Level::Quorum, Context::empty())).unwrap() else { panic!() };
+    assert_eq!(c.cores[&1].lag_pending().0, 1, "node 3 lacks it");
+    c.down.remove(&3);
+    c.advance(4000);
+    assert!(c.cores.get_mut(&1).unwrap().take_lag_samples().is_empty(), "still missing: no hint, no read");
+    c.call(2, get("slow", Level::All)).unwrap();
+    c.advance(6000);
+    let samples = c.cores.get_mut(&1).unwrap().take_lag_samples();
+    assert_eq!(samples.len(), 1, "{samples:?}");
+    assert!((3000..=4000).contains(&samples[0]), "{samples:?}: acked at 1 s, repaired at 4 s, seen by the next probe");
+    assert_eq!(c.cores[&1].lag_pending(), (0, 0));
+}

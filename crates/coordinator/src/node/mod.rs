@@ -27,6 +27,7 @@
 
 mod gossip;
 mod handoff;
+pub mod lag;
 mod read;
 mod write;
 
@@ -220,12 +221,14 @@ enum Op {
     },
     /// A read repair in flight.
     Repair,
-    /// A write still being sent to a replica after the client was answered.
-    Replicate,
     /// A ping in flight.
     Ping { to: NodeId },
     /// A handoff batch in flight: the states sent, to delete if still unchanged on ack.
     Handoff { owner: NodeId, items: Vec<(Vec<u8>, DvvSet)> },
+    /// An answered write whose remaining replica acks still count for its lag.
+    PutTail { track: Option<u64>, outstanding: usize },
+    /// Asking a replica whether it holds a tracked write yet.
+    LagProbe { track: u64, node: NodeId },
 }
 
 /// One node's logic. See the module docs for the driver contract.
@@ -247,6 +250,7 @@ pub struct Core<S> {
     next_ping_ms: u64,
     next_handoff_ms: u64,
     stats: Stats,
+    lag: lag::LagTracker,
 }
 
 impl<S: Store> Core<S> {
@@ -277,6 +281,7 @@ impl<S: Store> Core<S> {
             next_ping_ms: now_ms,
             next_handoff_ms: now_ms,
             stats: Stats::default(),
+            lag: lag::LagTracker::default(),
         })
     }
 
@@ -312,6 +317,16 @@ impl<S: Store> Core<S> {
         let ops = self.deadlines.first().map_or(u64::MAX, |d| d.0);
         let rpcs = self.rpc_deadlines.first().map_or(u64::MAX, |d| d.0);
         ops.min(rpcs).min(self.next_ping_ms).min(self.next_handoff_ms)
+    }
+
+    /// Time-to-all-replicas samples (ms) since the last call; the driver records them.
+    pub fn take_lag_samples(&mut self) -> Vec<u64> {
+        self.lag.take_samples()
+    }
+
+    /// Writes acked but not yet on every home replica, and writes that stopped being tracked.
+    pub fn lag_pending(&self) -> (usize, u64) {
+        (self.lag.tracked(), self.lag.untracked)
     }
 
     /// Ops in flight (for tests and metrics).
@@ -439,11 +454,10 @@ impl<S: Store> Core<S> {
                     self.stats.read_repairs += 1;
                 }
             }
-            Some(Op::Replicate) => {
-                self.ops.remove(&op_id);
-            }
             Some(Op::Ping { .. }) => self.ping_response(op_id, result),
             Some(Op::Handoff { .. }) => self.handoff_response(op_id, result),
+            Some(Op::PutTail { .. }) => self.put_tail_response(op_id, from, result),
+            Some(Op::LagProbe { .. }) => self.lag_probe_response(op_id, result),
             Some(Op::PutFlush { .. } | Op::ReplicaFlush { .. }) | None => {}
         }
     }
@@ -474,6 +488,7 @@ impl<S: Store> Core<S> {
         if now_ms >= self.next_handoff_ms {
             self.next_handoff_ms = now_ms + HANDOFF_INTERVAL_MS;
             self.handoff_round();
+            self.lag_round();
         }
     }
 

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use qkv_proto::{Context, DvvSet, Error, KeyState, NodeId, PutReply, PutRequest, Request, Response};
+use qkv_proto::{Context, Dot, DvvSet, Error, KeyState, NodeId, PutReply, PutRequest, Request, Response};
 
 use super::{Core, FORWARD_MARGIN_MS, Hint, Op, OpId, PutState, ReqId, Store, unexpected};
 use crate::hints::{BATCH_KEYS_MAX, hint_bytes};
@@ -92,12 +92,12 @@ impl<S: Store> Core<S> {
         let state = PutState { req, op, ctx, key, set, home, owners, candidates, sloppy: !strict };
         if let Some(outcome) = decided {
             // Answered already (W = 1): the other replicas still get the write.
-            self.put_answer(&state, outcome);
-            for t in targets.into_iter().filter(|&t| t != me) {
-                let rep = self.id();
-                self.ops.insert(rep, Op::Replicate);
+            let track = self.put_answer(&state, outcome);
+            let remote: Vec<NodeId> = targets.into_iter().filter(|&t| t != me).collect();
+            self.ops.insert(op_id, Op::PutTail { track, outstanding: remote.len() });
+            for t in remote {
                 let msg = replica_write(&state, t);
-                self.send(rep, t, msg, timeout_ms);
+                self.send(op_id, t, msg, timeout_ms);
             }
             return;
         }
@@ -117,14 +117,33 @@ impl<S: Store> Core<S> {
         }
     }
 
-    fn put_answer(&mut self, state: &PutState, outcome: PutOutcome) {
+    /// Answer the client; a successful write starts its time-to-all-replicas track.
+    fn put_answer(&mut self, state: &PutState, outcome: PutOutcome) -> Option<u64> {
         let me = self.cfg.me;
+        let mut track = None;
         let resp = outcome.map(|acked| {
-            let home_acks = acked.iter().copied().filter(|a| state.home.contains(a)).collect();
+            let home_acks: Vec<NodeId> = acked.iter().copied().filter(|a| state.home.contains(a)).collect();
+            let missing = state.home.iter().copied().filter(|h| !home_acks.contains(h)).collect();
+            let dot = Dot { node: me, counter: state.ctx.0.get(me) };
+            track = self.lag.start(&state.key, dot, self.now_ms, missing);
             let standin_acks = acked.iter().filter_map(|a| state.owners.get(a).map(|owner| (*a, *owner))).collect();
             Response::Put(PutReply { context: state.ctx.clone(), home_acks, standin_acks, coordinator: me })
         });
         self.reply(state.req, resp);
+        track
+    }
+
+    /// A replica's answer after the client was answered: it only counts toward the lag.
+    pub(super) fn put_tail_response(&mut self, op_id: OpId, from: NodeId, result: Result<Response, Error>) {
+        let Some(Op::PutTail { track, outstanding }) = self.ops.get_mut(&op_id) else { return };
+        let track = *track;
+        *outstanding = outstanding.saturating_sub(1);
+        if *outstanding == 0 {
+            self.ops.remove(&op_id);
+        }
+        if let (Some(t), Ok(Response::ReplicaAck)) = (track, result) {
+            self.lag.applied(t, from, self.now_ms);
+        }
     }
 
     pub(super) fn put_response(&mut self, op_id: OpId, from: NodeId, result: Result<Response, Error>) {
@@ -174,7 +193,12 @@ impl<S: Store> Core<S> {
         let Some(outcome) = outcome else { return };
         if let Some(Op::Put(state)) = self.ops.remove(&op_id) {
             self.deadlines.remove(&(state.op.deadline_ms(), op_id));
-            self.put_answer(&state, outcome);
+            let track = self.put_answer(&state, outcome);
+            // Replicas still to answer keep counting toward the write's lag.
+            let outstanding = state.op.pending_targets().len();
+            if outstanding > 0 {
+                self.ops.insert(op_id, Op::PutTail { track, outstanding });
+            }
         }
     }
 
