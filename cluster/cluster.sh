@@ -41,6 +41,7 @@ vnodes = 64
 persist = "buffer"      # buffer | sync | periodic
 request_timeout_ms = 1000
 worker_threads = 1      # the whole cluster shares this machine
+metrics_listen = "127.0.0.1:$((base_port + 2000 + i - 1))"   # Prometheus: GET /metrics
 peers = [
 $peers]
 

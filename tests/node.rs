@@ -83,3 +83,48 @@ fn a_bad_config_is_refused_with_a_clear_message() {
         assert!(!dir.path().join("d").exists(), "nothing created for a refused config");
     }
 }
+
+#[tokio::test]
+async fn metrics_are_served_over_http_and_stats_over_quic() {
+    let c = Cluster::start(Opts::default()).await;
+    let client = c.client_for(&[1]);
+    for i in 0..20 {
+        client.put(format!("m{i}"), "v").w(Level::All).await.unwrap();
+        client.get(format!("m{i}")).r(Level::Quorum).await.unwrap();
+    }
+    let _ = client.get("m0").r(Level::Exactly(4)).await;
+    let stats = client.stats_of(c.addrs[0]).await.unwrap();
+    let puts = stats.ops.iter().find(|o| o.op == "put" && o.level == "all").expect("puts at all");
+    assert_eq!(puts.latency_us.count, 20);
+    assert!(puts.latency_us.p50 > 0.0);
+    wait_for("every write on every replica", Duration::from_secs(5), || async {
+        client.stats_of(c.addrs[0]).await.unwrap().replication_lag_ms.count == 20
+    })
+    .await;
+
+    let addr = stats.metrics_addr.expect("metrics served");
+    let text = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    })
+    .await
+    .unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    for want in [
+        "qkv_requests_total{node=\"1\",op=\"put\",level=\"all\",strict=\"false\"} 20",
+        "qkv_request_duration_seconds_bucket{node=\"1\",op=\"get\",level=\"quorum\",strict=\"false\",le=\"+Inf\"} 20",
+        "qkv_request_errors_total{node=\"1\",kind=\"invalid_level\"} 1",
+        "qkv_replication_lag_seconds_count{node=\"1\"} 20",
+        "qkv_peer_up{node=\"1\",peer=\"2\"} 1",
+        "qkv_storage_bytes{node=\"1\"}",
+    ] {
+        assert!(text.contains(want), "missing `{want}`");
+    }
+    let (code, out, _) = c.qkv(&["stats"], None);
+    assert_eq!(code, 0);
+    assert!(out.contains("time to all replicas") && out.contains("metrics at http://"), "{out}");
+}

@@ -82,7 +82,7 @@ impl Cluster {
         for (i, a) in addrs.iter().enumerate() {
             let id = i + 1;
             let cfg = format!(
-                "id = {id}\nlisten = \"{a}\"\ndata_dir = \"data/node{id}\"\nreplication = {}\nworker_threads = 1\n{}\npeers = [{peers}]\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/node-{id}.pem\"\nkey = \"certs/node-{id}.key\"\n",
+                "id = {id}\nlisten = \"{a}\"\ndata_dir = \"data/node{id}\"\nreplication = {}\nworker_threads = 1\nmetrics_listen = \"127.0.0.1:0\"\n{}\npeers = [{peers}]\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/node-{id}.pem\"\nkey = \"certs/node-{id}.key\"\n",
                 opts.replication, opts.extra
             );
             std::fs::write(dir.path().join(format!("node{id}.toml")), cfg).unwrap();

@@ -50,7 +50,10 @@ use std::time::Duration;
 pub use config::ClientConfig;
 pub use error::Error;
 pub use qkv_proto::Error as ClusterError;
-pub use qkv_proto::{Context, DvvSet, HintStatus, InspectReply, Level, NodeId, OwnerHints, RingReply, StatusReply};
+pub use qkv_proto::{
+    Context, DvvSet, HintStatus, InspectReply, Level, NodeId, OpStats, OwnerHints, Percentiles, RingReply, StatsReply,
+    StatusReply,
+};
 use qkv_proto::{GetRequest, PutRequest, Request, Response};
 use qkv_transport::{Pool, TlsFiles};
 
@@ -223,6 +226,20 @@ impl Client {
             Response::Status(s) => Ok(s),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// One node's request and replication statistics.
+    pub async fn stats_of(&self, node: SocketAddr) -> Result<StatsReply, Error> {
+        let resp = self.0.pool.request(node, &Request::Stats, self.0.timeout + TRANSPORT_MARGIN).await;
+        match resp.map_err(|e| Error::NoNodeReachable { tried: 1, last: e.to_string() })? {
+            Response::Stats(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The configured nodes' addresses.
+    pub fn nodes(&self) -> &[SocketAddr] {
+        &self.0.nodes
     }
 
     /// Each configured node's view of the cluster (or why it did not answer).

@@ -84,6 +84,13 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Each node's statistics: latency per operation and level, errors, read repairs,
+    /// siblings per read, hints, and time to all replicas (replication lag).
+    Stats {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The preference list (home replicas) of KEY.
     Ring {
         /// The key.
@@ -216,6 +223,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(if got.found { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         Cmd::Status { json } => status(&client(&cli.config, None)?, json).await,
+        Cmd::Stats { json } => stats(&client(&cli.config, None)?, json).await,
         Cmd::Ring { key, json } => {
             let r = client(&cli.config, None)?.ring(key.clone()).await?;
             if json {
@@ -365,6 +373,78 @@ fn ms_text(ms: u64) -> String {
         ms if ms >= 60_000 => format!("{:.1} min", ms as f64 / 6e4),
         ms => format!("{:.1} s", ms as f64 / 1e3),
     }
+}
+
+async fn stats(c: &Client, as_json: bool) -> anyhow::Result<ExitCode> {
+    let mut all = vec![];
+    for &addr in c.nodes() {
+        all.push((addr, c.stats_of(addr).await));
+    }
+    if all.iter().all(|(_, r)| r.is_err()) {
+        bail!("no node answered");
+    }
+    if as_json {
+        let nodes: Vec<_> = all
+            .iter()
+            .map(|(addr, r)| match r {
+                Ok(s) => serde_json::to_value(s).unwrap_or_default(),
+                Err(e) => json!({"addr": addr.to_string(), "error": e.to_string()}),
+            })
+            .collect();
+        println!("{}", json!({"nodes": nodes}));
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (addr, r) in &all {
+        let s = match r {
+            Ok(s) => s,
+            Err(e) => {
+                println!("{addr}: no answer ({e})\n");
+                continue;
+            }
+        };
+        let metrics = s.metrics_addr.as_ref().map(|a| format!(", metrics at http://{a}/metrics")).unwrap_or_default();
+        println!("node {} ({addr}), up {}{metrics}", s.node, ms_text(s.uptime_ms));
+        println!(
+            "  {:<7}{:<8}{:<8}{:>9}{:>8}{:>10}{:>10}{:>10}{:>10}",
+            "OP", "LEVEL", "MODE", "COUNT", "ERRORS", "P50 ms", "P99 ms", "P99.9 ms", "MAX ms"
+        );
+        for o in &s.ops {
+            let l = &o.latency_us;
+            println!(
+                "  {:<7}{:<8}{:<8}{:>9}{:>8}{:>10.3}{:>10.3}{:>10.3}{:>10.3}",
+                o.op,
+                o.level,
+                if o.strict { "strict" } else { "sloppy" },
+                l.count,
+                o.errors,
+                l.p50 / 1e3,
+                l.p99 / 1e3,
+                l.p999 / 1e3,
+                l.max / 1e3
+            );
+        }
+        let errors: Vec<String> = s.errors.iter().map(|(k, v)| format!("{v} {k}")).collect();
+        if !errors.is_empty() {
+            println!("  errors: {}", errors.join(", "));
+        }
+        let sib = &s.siblings_per_read;
+        println!(
+            "  read repairs {}, siblings per read p50 {} p99 {} max {}, hints {} ({}), storage {}",
+            s.read_repairs,
+            sib.p50,
+            sib.p99,
+            sib.max,
+            s.hints.0,
+            bytes_text(s.hints.1 as f64),
+            bytes_text(s.storage_bytes as f64)
+        );
+        let lag = &s.replication_lag_ms;
+        println!(
+            "  time to all replicas: {} writes, p50 {} ms, p99 {} ms, max {} ms; {} writes still missing a replica\n",
+            lag.count, lag.p50, lag.p99, lag.max, s.replication_lag_pending
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn status(c: &Client, as_json: bool) -> anyhow::Result<ExitCode> {

@@ -61,6 +61,9 @@ fn default_ping_ms() -> u64 {
 fn default_down_ms() -> u64 {
     qkv_coordinator::liveness::DOWN_AFTER_MS_DEFAULT
 }
+fn default_metrics_listen() -> String {
+    "auto".into()
+}
 fn hint_defaults() -> qkv_coordinator::hints::HintLimits {
     qkv_coordinator::hints::HintLimits::default()
 }
@@ -131,6 +134,10 @@ pub struct Config {
     /// Accept the test-only fault switch (`Request::Fault`). Never enable in production.
     #[serde(default)]
     pub fault_injection: bool,
+    /// Where to serve Prometheus metrics over HTTP: an address, `auto` (127.0.0.1 and the
+    /// QUIC port + 1000) or `off`.
+    #[serde(default = "default_metrics_listen")]
+    pub metrics_listen: String,
     /// Tokio worker threads; 0 means one per core.
     #[serde(default)]
     pub worker_threads: usize,
@@ -157,6 +164,7 @@ const ENV_KEYS: &[(&str, &[&str])] = &[
     ("HINTS_OWNER_BYTES_MAX", &["hints_owner_bytes_max"]),
     ("HINT_WINDOW_MS", &["hint_window_ms"]),
     ("HANDOFF_BYTES_PER_S", &["handoff_bytes_per_s"]),
+    ("METRICS_LISTEN", &["metrics_listen"]),
     ("TLS_CA", &["tls", "ca"]),
     ("TLS_CERT", &["tls", "cert"]),
     ("TLS_KEY", &["tls", "key"]),
@@ -243,7 +251,24 @@ impl Config {
         if self.handoff_bytes_per_s == 0 {
             bail!("handoff_bytes_per_s must be positive");
         }
+        self.metrics_addr()?;
         Ok(())
+    }
+
+    /// The metrics address, or `None` when metrics are off.
+    pub fn metrics_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        match self.metrics_listen.as_str() {
+            "off" => Ok(None),
+            "auto" => {
+                let port = self.listen.port().checked_add(1000).ok_or_else(|| {
+                    anyhow::anyhow!("metrics_listen = \"auto\" needs the QUIC port + 1000 to fit; give an address")
+                })?;
+                Ok(Some(SocketAddr::from(([127, 0, 0, 1], port))))
+            }
+            a => a.parse().map(Some).map_err(|_| {
+                anyhow::anyhow!("metrics_listen must be an address like 127.0.0.1:9100, `auto` or `off`, got `{a}`")
+            }),
+        }
     }
 
     /// Hint limits and handoff pace.
@@ -324,6 +349,7 @@ key = "certs/node-1.key"
             (BASE.replace("listen = ", "colour = 1\nlisten = "), "unknown field"),
             (BASE.replace("7002", "7003"), "address appears twice"),
             (BASE.replace("listen = ", "vnodes = 0\nlisten = "), "vnodes must be"),
+            (BASE.replace("listen = ", "metrics_listen = \"here\"\nlisten = "), "metrics_listen must be"),
             ("id = ".to_string(), "invalid TOML"),
         ];
         for (text, want) in cases {

@@ -5,8 +5,11 @@
 //! - [`config`]: the TOML config, `QKV_*` overrides, validation.
 //! - [`storage`]: fjall keyspaces, persist policies, group commit.
 //! - [`node`]: the driver running the sans-IO `qkv_coordinator::Core` on tokio and quinn.
+//! - [`metrics`]: the metrics registry; [`http`]: the Prometheus endpoint.
 
 pub mod config;
+pub mod http;
+pub mod metrics;
 pub mod node;
 pub mod storage;
 
@@ -26,7 +29,14 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result
     let endpoint = qkv_transport::node_endpoint(cfg.listen, &cfg.tls_files()).context("starting the QUIC endpoint")?;
     let frame_bytes_max = cfg.frame_bytes_max();
     let pool = qkv_transport::Pool::new(endpoint.clone(), frame_bytes_max);
-    let node = Node::new(&cfg, storage, pool)?;
+    let metrics_listener = http::bind(cfg.metrics_addr()?).await?;
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let node = Node::new(&cfg, storage, pool, metrics_addr)?;
+    if let Some(l) = metrics_listener {
+        info!(addr = ?metrics_addr, "serving Prometheus metrics at /metrics");
+        let n = node.clone();
+        tokio::spawn(http::serve(l, std::sync::Arc::new(move || n.prometheus()), shutdown.clone()));
+    }
     info!(id = cfg.id, listen = %cfg.listen, persist = ?cfg.persist, n = cfg.replication, "node up");
     let timers = tokio::spawn(node.clone().timer_loop());
     qkv_transport::serve(endpoint.clone(), std::sync::Arc::new(node.clone()), frame_bytes_max, shutdown).await;

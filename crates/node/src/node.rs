@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 use qkv_coordinator::node::REQUEST_TIMEOUT_MS_MAX;
 use qkv_coordinator::replica::Limits;
 use qkv_coordinator::{Core, CoreConfig, Output, ReqId};
-use qkv_proto::{Error, NodeId, Request, Response};
+use qkv_proto::{Error, NodeId, Request, Response, StatsReply};
 use qkv_transport::{Handler, PeerRole, Pool, server};
 use tokio::sync::{Notify, oneshot};
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::storage::{Storage, StoreHandle};
 
 /// A request unanswered this long after its own deadline is failed by the driver (a bug guard).
@@ -35,6 +36,8 @@ struct Inner {
     fault_injection: bool,
     /// Peers cut off by the test-only fault switch.
     isolated: Mutex<BTreeSet<NodeId>>,
+    metrics: Metrics,
+    metrics_addr: Option<SocketAddr>,
 }
 
 /// The request handler and driver; cheap to clone.
@@ -43,7 +46,12 @@ pub struct Node(Arc<Inner>);
 
 impl Node {
     /// Assemble a node from its parts.
-    pub fn new(cfg: &Config, storage: Arc<Storage>, pool: Pool) -> anyhow::Result<Node> {
+    pub fn new(
+        cfg: &Config,
+        storage: Arc<Storage>,
+        pool: Pool,
+        metrics_addr: Option<SocketAddr>,
+    ) -> anyhow::Result<Node> {
         let core_cfg = CoreConfig {
             me: cfg.id,
             incarnation: storage.boot(),
@@ -71,6 +79,8 @@ impl Node {
             start: Instant::now(),
             fault_injection: cfg.fault_injection,
             isolated: Mutex::new(BTreeSet::new()),
+            metrics: Metrics::default(),
+            metrics_addr,
         })))
     }
 
@@ -137,7 +147,14 @@ impl Node {
             let next = self.0.core.lock().unwrap_or_else(|p| p.into_inner()).poll_timeout();
             let at = tokio::time::Instant::from_std(self.0.start + Duration::from_millis(next));
             tokio::select! {
-                _ = tokio::time::sleep_until(at) => self.with_core(|c, now| c.handle_timeout(now)),
+                _ = tokio::time::sleep_until(at) => {
+                    let mut lag = vec![];
+                    self.with_core(|c, now| {
+                        c.handle_timeout(now);
+                        lag = c.take_lag_samples();
+                    });
+                    self.0.metrics.lag(&lag);
+                }
                 _ = self.0.timer.notified() => {}
             }
         }
@@ -147,6 +164,52 @@ impl Node {
 impl Node {
     fn is_isolated(&self, id: NodeId) -> bool {
         self.0.isolated.lock().unwrap_or_else(|p| p.into_inner()).contains(&id)
+    }
+
+    fn stats(&self) -> (qkv_proto::StatusReply, StatsReply) {
+        let (status, (pending, _)) = {
+            let core = self.0.core.lock().unwrap_or_else(|p| p.into_inner());
+            (core.status(), core.lag_pending())
+        };
+        let base = StatsReply {
+            node: status.node,
+            uptime_ms: self.now_ms(),
+            replication_lag_pending: pending as u64,
+            storage_bytes: self.0.storage.disk_bytes(),
+            metrics_addr: self.0.metrics_addr.map(|a| a.to_string()),
+            ..Default::default()
+        };
+        let stats = self.0.metrics.stats(&status, base);
+        (status, stats)
+    }
+
+    /// The Prometheus exposition.
+    pub fn prometheus(&self) -> String {
+        let (status, stats) = self.stats();
+        self.0.metrics.prometheus(&status, &stats)
+    }
+
+    /// Serve one request through the core, recording client requests in the metrics.
+    async fn serve(&self, req: Request) -> Response {
+        let measured = match &req {
+            Request::Get(g) => Some(("get", g.r.to_string(), g.strict)),
+            Request::Put(p) if !p.forwarded => {
+                Some((if p.value.is_some() { "put" } else { "delete" }, p.w.to_string(), p.strict))
+            }
+            _ => None,
+        };
+        let started = Instant::now();
+        let resp = self.through_core(req).await;
+        if let Some((op, level, strict)) = measured {
+            let micros = started.elapsed().as_micros() as u64;
+            let outcome = match &resp {
+                Response::Error(e) => Err(e),
+                Response::Get(g) => Ok(Some(g.values.len())),
+                _ => Ok(None),
+            };
+            self.0.metrics.request(op, level, strict, micros, outcome);
+        }
+        resp
     }
 }
 
@@ -168,6 +231,15 @@ impl Handler for Node {
             *self.0.isolated.lock().unwrap_or_else(|p| p.into_inner()) = isolate.into_iter().collect();
             return Response::ReplicaAck;
         }
+        if let Request::Stats = req {
+            return Response::Stats(self.stats().1);
+        }
+        self.serve(req).await
+    }
+}
+
+impl Node {
+    async fn through_core(&self, req: Request) -> Response {
         let id = self.0.next_req.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.0.waiters.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);

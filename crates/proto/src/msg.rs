@@ -17,6 +17,8 @@ pub enum Request {
     Put(PutRequest),
     /// The node's view of the cluster.
     Status,
+    /// The node's request and replication statistics.
+    Stats,
     /// The preference list of a key.
     Ring {
         /// The key.
@@ -147,6 +149,8 @@ pub enum Response {
     Put(PutReply),
     /// A node's view of the cluster.
     Status(StatusReply),
+    /// A node's statistics.
+    Stats(StatsReply),
     /// A key's preference list.
     Ring(RingReply),
     /// Each home replica's state of a key.
@@ -276,4 +280,63 @@ pub struct InspectReply {
     pub replicas: Vec<(NodeId, Result<Option<DvvSet>, Error>)>,
     /// Hints held for the key by other nodes: (stand-in, owner, state, age ms).
     pub hints: Vec<(NodeId, NodeId, DvvSet, u64)>,
+}
+
+/// Percentiles of a distribution.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Percentiles {
+    /// Samples.
+    pub count: u64,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+/// Requests the node coordinated for one operation, level and mode.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OpStats {
+    /// `get`, `put` or `delete`.
+    pub op: String,
+    /// The level asked for.
+    pub level: String,
+    /// Strict or sloppy.
+    pub strict: bool,
+    /// Errors among them.
+    pub errors: u64,
+    /// Latency as seen by the node, microseconds.
+    pub latency_us: Percentiles,
+}
+
+/// A node's statistics.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatsReply {
+    /// The node.
+    pub node: NodeId,
+    /// Milliseconds since it started.
+    pub uptime_ms: u64,
+    /// Per operation, level and mode.
+    pub ops: Vec<OpStats>,
+    /// Errors by kind (`unavailable`, `timeout`, ...).
+    pub errors: Vec<(String, u64)>,
+    /// Read repairs acknowledged.
+    pub read_repairs: u64,
+    /// Siblings per successful read.
+    pub siblings_per_read: Percentiles,
+    /// Time from a write's ack until its last home replica held it, ms (writes this node coordinated).
+    pub replication_lag_ms: Percentiles,
+    /// Writes acked but not yet on every home replica.
+    pub replication_lag_pending: u64,
+    /// Hints held, and their bytes.
+    pub hints: (u64, u64),
+    /// Bytes on disk.
+    pub storage_bytes: u64,
+    /// Where the node serves Prometheus metrics, if it does.
+    pub metrics_addr: Option<String>,
 }

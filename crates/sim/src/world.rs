@@ -121,7 +121,7 @@ enum Body {
 
 #[derive(Clone, Debug)]
 enum Ev {
-    Deliver { from: Addr, to: Addr, corr: u64, body: Body },
+    Deliver { from: Addr, to: Addr, corr: u64, body: Box<Body> },
     Timer { node: NodeId, inc: u64 },
     Flushed { node: NodeId, inc: u64, token: u64 },
     ClientNext { client: u32 },
@@ -361,7 +361,7 @@ impl World {
             // Per-link base latency, jitter, and rare spikes: messages overtake each other.
             let spike = if self.rng.random_bool(0.02) { self.rng.random_range(20..200) } else { 0 };
             let latency = 1 + base + self.rng.random_range(0..4) + spike;
-            self.at(self.now + latency, Ev::Deliver { from, to, corr, body: body.clone() });
+            self.at(self.now + latency, Ev::Deliver { from, to, corr, body: Box::new(body.clone()) });
         }
     }
 
@@ -503,7 +503,7 @@ impl World {
 
     fn handle(&mut self, ev: Ev) {
         match ev {
-            Ev::Deliver { from, to, corr, body } => self.deliver(from, to, corr, body),
+            Ev::Deliver { from, to, corr, body } => self.deliver(from, to, corr, *body),
             Ev::Timer { node, inc } => {
                 let now = self.now;
                 let Some(n) = self.nodes.get_mut(&node) else { return };
