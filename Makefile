@@ -1,5 +1,6 @@
 # quorumkv: `make cluster` starts a local cluster, `make test` runs every check.
 NODES ?= 3
+QUICK ?= 0
 export NODES
 
 .PHONY: cluster stop status kill start-node logs clean test bench build sim chaos
@@ -34,9 +35,10 @@ test:
 	cargo build --workspace --bins
 	cargo test --workspace
 
-# Until the full bench suite lands: sequential put/get latency against the running `make cluster`.
+# Latency benches on a fresh local cluster: make bench [QUICK=1] [NODES=5] (results in target/bench/)
 bench:
-	cargo bench --bench sequential
+	cargo build --release --workspace --bins
+	QKV_BENCH_QUICK=$(QUICK) QKV_BENCH_NODES=$(NODES) cargo bench --bench latency
 
 # Many seeded schedules of a simulated cluster, each checked: make sim SEEDS=100000 NODES=5
 SEEDS ?= 10000

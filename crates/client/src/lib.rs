@@ -39,13 +39,14 @@
 mod config;
 mod error;
 
+use std::collections::HashMap;
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 pub use config::ClientConfig;
 pub use error::Error;
@@ -61,6 +62,21 @@ use qkv_transport::{Pool, TlsFiles};
 pub const TIMEOUT_DEFAULT: Duration = Duration::from_secs(1);
 /// Time allowed beyond the request deadline for the network and one forwarding hop.
 const TRANSPORT_MARGIN: Duration = Duration::from_millis(1000);
+/// A node that failed is skipped at least this long, doubling while it stays down.
+const DOWN_BACKOFF_MIN: Duration = Duration::from_millis(250);
+/// ... up to this long between probes.
+const DOWN_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A node with requests in flight that has answered nothing for this long is tried last.
+const SUSPECT_AFTER: Duration = Duration::from_millis(250);
+/// Deadline of a background probe of a node marked down.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// A node the client is avoiding.
+struct Down {
+    until: Instant,
+    backoff: Duration,
+    probing: bool,
+}
 
 /// Builds a [`Client`].
 #[derive(Clone, Debug)]
@@ -132,6 +148,8 @@ impl ClientBuilder {
         let endpoint = qkv_transport::client_endpoint(&tls).map_err(|e| Error::Config(e.to_string()))?;
         Ok(Client(Arc::new(Inner {
             pool: Pool::new(endpoint, self.frame_bytes_max),
+            health: Mutex::new(HashMap::new()),
+            load: Mutex::new(HashMap::new()),
             nodes: self.nodes,
             next: AtomicUsize::new(0),
             read: self.read,
@@ -143,6 +161,10 @@ impl ClientBuilder {
 
 struct Inner {
     pool: Pool,
+    /// Nodes that failed at the transport level, skipped until a background probe gets an answer.
+    health: Mutex<HashMap<SocketAddr, Down>>,
+    /// Requests in flight per node, and when it last answered.
+    load: Mutex<HashMap<SocketAddr, (u32, Instant)>>,
     nodes: Vec<SocketAddr>,
     next: AtomicUsize,
     read: Level,
@@ -279,18 +301,80 @@ impl Client {
     }
 
     /// Send to one node after another until one answers; errors the node sends back are final.
+    ///
+    /// Nodes that failed recently are tried last, and so are suspect nodes: those with
+    /// requests in flight that have answered nothing for [`SUSPECT_AFTER`]. A node that
+    /// dies costs the requests already sent to it their deadline, not every request
+    /// until it returns.
     async fn send(&self, req: Request, timeout: Duration) -> Result<Response, Error> {
         let start = self.0.next.fetch_add(1, Ordering::Relaxed);
+        let n = self.0.nodes.len();
+        let mut order: Vec<(u8, SocketAddr)> = (0..n)
+            .map(|i| self.0.nodes[(start + i) % n])
+            .map(|a| (if self.is_down(a) { 2 } else { u8::from(self.is_suspect(a)) }, a))
+            .collect();
+        order.sort_by_key(|(rank, _)| *rank);
         let mut last = String::new();
-        for i in 0..self.0.nodes.len() {
-            let addr = self.0.nodes[(start + i) % self.0.nodes.len()];
-            match self.0.pool.request(addr, &req, timeout + TRANSPORT_MARGIN).await {
+        for (_, addr) in order {
+            self.load(addr, |l| l.0 += 1);
+            let result = self.0.pool.request(addr, &req, timeout + TRANSPORT_MARGIN).await;
+            self.load(addr, |l| {
+                l.0 = l.0.saturating_sub(1);
+                if result.is_ok() {
+                    l.1 = Instant::now();
+                }
+            });
+            match result {
                 Ok(Response::Error(e)) => return Err(Error::Cluster(e)),
-                Ok(r) => return Ok(r),
-                Err(e) => last = e.to_string(),
+                Ok(r) => {
+                    self.0.health.lock().unwrap_or_else(|p| p.into_inner()).remove(&addr);
+                    return Ok(r);
+                }
+                Err(e) => {
+                    self.mark_down(addr);
+                    last = e.to_string();
+                }
             }
         }
-        Err(Error::NoNodeReachable { tried: self.0.nodes.len(), last })
+        Err(Error::NoNodeReachable { tried: n, last })
+    }
+
+    fn load(&self, addr: SocketAddr, f: impl FnOnce(&mut (u32, Instant))) {
+        let mut load = self.0.load.lock().unwrap_or_else(|p| p.into_inner());
+        f(load.entry(addr).or_insert((0, Instant::now())));
+    }
+
+    fn is_suspect(&self, addr: SocketAddr) -> bool {
+        let load = self.0.load.lock().unwrap_or_else(|p| p.into_inner());
+        load.get(&addr).is_some_and(|(in_flight, heard)| *in_flight > 0 && heard.elapsed() > SUSPECT_AFTER)
+    }
+
+    fn is_down(&self, addr: SocketAddr) -> bool {
+        let mut health = self.0.health.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(d) = health.get_mut(&addr) else { return false };
+        if Instant::now() >= d.until && !d.probing {
+            // Time to look again: in the background, so no request pays for a dead node.
+            d.probing = true;
+            let client = self.clone();
+            tokio::spawn(async move {
+                let ok = client.0.pool.request(addr, &Request::Status, PROBE_TIMEOUT).await.is_ok();
+                let mut health = client.0.health.lock().unwrap_or_else(|p| p.into_inner());
+                if ok {
+                    health.remove(&addr);
+                } else if let Some(d) = health.get_mut(&addr) {
+                    d.probing = false;
+                    d.backoff = (d.backoff * 2).min(DOWN_BACKOFF_MAX);
+                    d.until = Instant::now() + d.backoff;
+                }
+            });
+        }
+        true
+    }
+
+    fn mark_down(&self, addr: SocketAddr) {
+        let mut health = self.0.health.lock().unwrap_or_else(|p| p.into_inner());
+        let d = health.entry(addr).or_insert(Down { until: Instant::now(), backoff: DOWN_BACKOFF_MIN, probing: false });
+        d.until = Instant::now() + d.backoff;
     }
 }
 
