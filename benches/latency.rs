@@ -315,7 +315,8 @@ async fn preload(client: &Client, s: &Settings) {
     while tasks.join_next().await.is_some() {}
 }
 
-async fn latency_benches(s: &Settings, out: &std::path::Path) -> anyhow::Result<Vec<Value>> {
+/// The runs, and time to all replicas per policy and node.
+async fn latency_benches(s: &Settings, out: &std::path::Path) -> anyhow::Result<(Vec<Value>, Value)> {
     let mut works = vec![];
     for strict in [false, true] {
         for level in [Level::One, Level::Quorum, Level::All] {
@@ -327,6 +328,7 @@ async fn latency_benches(s: &Settings, out: &std::path::Path) -> anyhow::Result<
     let modes = [Mode::Closed(1), Mode::Closed(32), Mode::Open(s.rate)];
     let zipf = Arc::new(Zipf::new(s.keys));
     let mut rows = vec![];
+    let mut lags = serde_json::Map::new();
     for policy in ["buffer", "sync"] {
         let extra: &'static str = if policy == "sync" { "persist = \"sync\"" } else { "" };
         let cluster = Cluster::start(Opts { nodes: s.nodes, replication: 3, extra }).await;
@@ -350,6 +352,20 @@ async fn latency_benches(s: &Settings, out: &std::path::Path) -> anyhow::Result<
         for r in &mine {
             print_row(r);
         }
+        // Time to all replicas, per node, over everything this cluster did.
+        let mut lag = vec![];
+        for &addr in &cluster.addrs {
+            if let Ok(st) = client.stats_of(addr).await {
+                let l = st.replication_lag_ms;
+                println!(
+                    "  node {}: time to all replicas over {} writes: p50 {} ms, p99 {} ms, max {} ms; {} still missing a replica",
+                    st.node, l.count, l.p50, l.p99, l.max, st.replication_lag_pending
+                );
+                lag.push(json!({"node": st.node, "writes": l.count, "p50_ms": l.p50, "p99_ms": l.p99, "max_ms": l.max,
+                    "pending": st.replication_lag_pending}));
+            }
+        }
+        lags.insert(policy.to_string(), json!(lag));
         let c32: Vec<&Value> = mine.iter().filter(|r| r["mode"] == "closed c=32").collect();
         plot_percentiles(
             &out.join(format!("latency-{policy}.svg")),
@@ -358,7 +374,7 @@ async fn latency_benches(s: &Settings, out: &std::path::Path) -> anyhow::Result<
         )?;
         rows.extend(mine);
     }
-    Ok(rows)
+    Ok((rows, Value::Object(lags)))
 }
 
 /// Sloppy W = all writes on 5 nodes while node 2 is killed and restarted.
@@ -518,11 +534,12 @@ async fn main() -> anyhow::Result<()> {
     let out = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench"));
     std::fs::create_dir_all(&out)?;
     let started = Instant::now();
-    let rows = latency_benches(&s, &out).await?;
+    let (rows, lags) = latency_benches(&s, &out).await?;
     let failure = failure_bench(&s, &out).await?;
     let results = json!({
         "nodes": s.nodes, "n": 3, "value_bytes": s.value, "keys": s.keys, "secs_per_run": s.secs,
-        "warmup_secs": s.warmup, "open_loop_rate": s.rate, "quick": s.quick, "runs": rows, "failure": failure,
+        "warmup_secs": s.warmup, "open_loop_rate": s.rate, "quick": s.quick, "runs": rows,
+        "time_to_all_replicas": lags, "failure": failure,
     });
     std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&results)?)?;
     println!(
