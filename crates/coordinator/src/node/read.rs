@@ -17,13 +17,7 @@ impl<S: Store> Core<S> {
         if self.ring.preference_list(key).contains(&self.cfg.me) {
             return self.store.get(key);
         }
-        let mut merged: Option<DvvSet> = None;
-        for owner in self.hints.owners_of(key) {
-            if let Some(h) = self.store.get_hint(owner, key)? {
-                merged = Some(merged.unwrap_or_default().merged(&h.set));
-            }
-        }
-        Ok(merged)
+        Ok(self.hints_for(key)?.into_iter().map(|(_, set, _)| set).reduce(|acc, s| acc.merged(&s)))
     }
 
     /// The hints this node holds for `key`: (owner, state, age ms).
