@@ -462,3 +462,13 @@ fn time_to_all_replicas_is_sampled_when_the_last_home_replica_gets_the_write() {
     assert!((3000..=4000).contains(&samples[0]), "{samples:?}: acked at 1 s, repaired at 4 s, seen by the next probe");
     assert_eq!(c.cores[&1].lag_pending(), (0, 0));
 }
+
+#[test]
+fn a_single_replica_write_leaves_no_op_behind() {
+    let mut c = Cluster::new(1, 1);
+    for i in 0..10 {
+        let resp = c.call(1, put(&format!("k{i}"), "v", Level::One, Context::empty())).unwrap();
+        assert!(matches!(resp, Response::Put(_)), "{resp:?}");
+    }
+    assert_eq!(c.cores[&1].ops_in_flight(), 0, "nothing waits on replicas that do not exist");
+}

@@ -186,6 +186,17 @@ type OpId = u64;
 /// One replica's raw state of a key, or why it could not be read.
 type ReplicaRead = Result<Option<DvvSet>, Error>;
 
+/// A client write applied locally, not yet sent to the other replicas.
+struct PendingPut {
+    req: ReqId,
+    key: Vec<u8>,
+    set: DvvSet,
+    ctx: Context,
+    needed: usize,
+    timeout_ms: u64,
+    strict: bool,
+}
+
 /// A write being replicated: home replicas, and stand-ins for those that are down.
 struct PutState {
     req: ReqId,
@@ -205,7 +216,7 @@ enum Op {
     /// A client read; outlives its answer to finish read repair.
     Get { req: Option<ReqId>, key: Vec<u8>, op: GetOp, home: Vec<NodeId> },
     /// A client write, locally applied, waiting for its flush.
-    PutFlush { req: ReqId, key: Vec<u8>, set: DvvSet, ctx: Context, needed: usize, timeout_ms: u64, strict: bool },
+    PutFlush(PendingPut),
     /// A client write being replicated.
     Put(Box<PutState>),
     /// A write forwarded to its coordinator.
@@ -419,9 +430,9 @@ impl<S: Store> Core<S> {
         let Some(op_id) = self.flushes.remove(&token) else { return };
         match self.ops.remove(&op_id) {
             Some(Op::ReplicaFlush { req }) => self.reply(req, result.map(|_| Response::ReplicaAck)),
-            Some(Op::PutFlush { req, key, set, ctx, needed, timeout_ms, strict }) => match result {
-                Ok(()) => self.replicate(op_id, req, key, set, ctx, needed, timeout_ms, strict),
-                Err(e) => self.reply(req, Err(e)),
+            Some(Op::PutFlush(pending)) => match result {
+                Ok(()) => self.replicate(op_id, pending),
+                Err(e) => self.reply(pending.req, Err(e)),
             },
             Some(other) => {
                 self.ops.insert(op_id, other);
@@ -458,7 +469,7 @@ impl<S: Store> Core<S> {
             Some(Op::Handoff { .. }) => self.handoff_response(op_id, result),
             Some(Op::PutTail { .. }) => self.put_tail_response(op_id, from, result),
             Some(Op::LagProbe { .. }) => self.lag_probe_response(op_id, result),
-            Some(Op::PutFlush { .. } | Op::ReplicaFlush { .. }) | None => {}
+            Some(Op::PutFlush(_) | Op::ReplicaFlush { .. }) | None => {}
         }
     }
 

@@ -4,9 +4,9 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use qkv_proto::{Context, Dot, DvvSet, Error, KeyState, NodeId, PutReply, PutRequest, Request, Response};
+use qkv_proto::{Dot, DvvSet, Error, KeyState, NodeId, PutReply, PutRequest, Request, Response};
 
-use super::{Core, FORWARD_MARGIN_MS, Hint, Op, OpId, PutState, ReqId, Store, unexpected};
+use super::{Core, FORWARD_MARGIN_MS, Hint, Op, OpId, PendingPut, PutState, ReqId, Store, unexpected};
 use crate::hints::{BATCH_KEYS_MAX, hint_bytes};
 use crate::put::{PutOp, PutOutcome};
 use crate::replica;
@@ -44,30 +44,21 @@ impl<S: Store> Core<S> {
         let (set, ctx) = replica::coordinate(self.store.get(&p.key)?, &p.context, p.value, me);
         self.put_data(&p.key, &set)?;
         let op = self.id();
+        let pending = PendingPut { req, key: p.key, set, ctx, needed, timeout_ms, strict };
         if self.cfg.bugs.ack_before_flush {
             self.flush(0);
-            self.replicate(op, req, p.key, set, ctx, needed, timeout_ms, strict);
+            self.replicate(op, pending);
             return Ok(None);
         }
-        self.ops.insert(op, Op::PutFlush { req, key: p.key, set, ctx, needed, timeout_ms, strict });
+        self.ops.insert(op, Op::PutFlush(pending));
         self.flush(op);
         Ok(None)
     }
 
     /// The local write is durable: send it to the other home replicas, and to
     /// stand-ins for home replicas that are down (sloppy writes only).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn replicate(
-        &mut self,
-        op_id: OpId,
-        req: ReqId,
-        key: Vec<u8>,
-        set: DvvSet,
-        ctx: Context,
-        needed: usize,
-        timeout_ms: u64,
-        strict: bool,
-    ) {
+    pub(super) fn replicate(&mut self, op_id: OpId, pending: PendingPut) {
+        let PendingPut { req, key, set, ctx, needed, timeout_ms, strict } = pending;
         let me = self.cfg.me;
         let n = self.ring.n();
         let walk = self.ring.walk(&key).to_vec();
@@ -94,7 +85,7 @@ impl<S: Store> Core<S> {
             // Answered already (W = 1): the other replicas still get the write.
             let track = self.put_answer(&state, outcome);
             let remote: Vec<NodeId> = targets.into_iter().filter(|&t| t != me).collect();
-            self.ops.insert(op_id, Op::PutTail { track, outstanding: remote.len() });
+            self.put_tail(op_id, track, remote.len());
             for t in remote {
                 let msg = replica_write(&state, t);
                 self.send(op_id, t, msg, timeout_ms);
@@ -131,6 +122,14 @@ impl<S: Store> Core<S> {
         });
         self.reply(state.req, resp);
         track
+    }
+
+    /// After the answer, replicas still to answer keep counting toward the write's lag;
+    /// with none left (N = 1, or all answered) nothing is kept.
+    fn put_tail(&mut self, op_id: OpId, track: Option<u64>, outstanding: usize) {
+        if outstanding > 0 {
+            self.ops.insert(op_id, Op::PutTail { track, outstanding });
+        }
     }
 
     /// A replica's answer after the client was answered: it only counts toward the lag.
@@ -194,11 +193,7 @@ impl<S: Store> Core<S> {
         if let Some(Op::Put(state)) = self.ops.remove(&op_id) {
             self.deadlines.remove(&(state.op.deadline_ms(), op_id));
             let track = self.put_answer(&state, outcome);
-            // Replicas still to answer keep counting toward the write's lag.
-            let outstanding = state.op.pending_targets().len();
-            if outstanding > 0 {
-                self.ops.insert(op_id, Op::PutTail { track, outstanding });
-            }
+            self.put_tail(op_id, track, state.op.pending_targets().len());
         }
     }
 
