@@ -47,7 +47,6 @@ pub struct Storage {
     db: Database,
     data: Keyspace,
     hints: Keyspace,
-    meta: Keyspace,
     boot: u64,
     syncer: Option<Sender<Waiter>>,
     stop: Option<Sender<Waiter>>,
@@ -116,7 +115,7 @@ impl Storage {
         };
         meta.insert("boot", boot.to_be_bytes())?;
         db.persist(PersistMode::SyncAll)?;
-        let mut s = Storage { db, data, hints, meta, boot, syncer: None, stop: None, thread: None };
+        let mut s = Storage { db, data, hints, boot, syncer: None, stop: None, thread: None };
         match policy {
             Persist::Buffer => {}
             Persist::Sync => {
@@ -185,11 +184,6 @@ impl Storage {
     /// Bytes on disk.
     pub fn disk_bytes(&self) -> u64 {
         self.db.disk_space().unwrap_or(0)
-    }
-
-    /// The meta keyspace, for node-level records.
-    pub fn meta(&self) -> &Keyspace {
-        &self.meta
     }
 
     /// fsync everything (on clean shutdown).

@@ -54,11 +54,6 @@ impl VersionVector {
         self.get(dot.node) >= dot.counter
     }
 
-    /// True when this vector has seen everything `other` has.
-    pub fn descends(&self, other: &VersionVector) -> bool {
-        other.0.iter().all(|(&n, &c)| self.get(n) >= c)
-    }
-
     /// Pointwise maximum, in place.
     pub fn join(&mut self, other: &VersionVector) {
         for (&n, &c) in &other.0 {

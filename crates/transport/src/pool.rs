@@ -36,11 +36,6 @@ impl Pool {
         Pool { endpoint, slots: Mutex::new(HashMap::new()), frame_bytes_max }
     }
 
-    /// The endpoint (to close it on shutdown).
-    pub fn endpoint(&self) -> &quinn::Endpoint {
-        &self.endpoint
-    }
-
     /// Send `req` to `addr` and wait for its response, all within `timeout`.
     ///
     /// A request that times out closes its connection: a peer that was killed and
