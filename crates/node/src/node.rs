@@ -95,18 +95,19 @@ impl Node {
 
     /// Feed the core under its lock, then carry out what it asks outside the lock.
     fn with_core(&self, f: impl FnOnce(&mut Core<StoreHandle>, u64)) {
-        let outputs: Vec<Output> = {
+        let (outputs, earlier): (Vec<Output>, bool) = {
             let mut core = self.0.core.lock().unwrap_or_else(|p| p.into_inner());
+            let due = core.poll_timeout();
             f(&mut core, self.now_ms());
-            std::iter::from_fn(|| core.poll_output()).collect()
+            (std::iter::from_fn(|| core.poll_output()).collect(), core.poll_timeout() < due)
         };
-        if outputs.is_empty() {
-            return;
-        }
         for o in outputs {
             self.perform(o);
         }
-        self.0.timer.notify_one();
+        // The timer task sleeps until the deadline it last saw: wake it only if one came earlier.
+        if earlier {
+            self.0.timer.notify_one();
+        }
     }
 
     fn perform(&self, o: Output) {
