@@ -212,6 +212,22 @@ impl Node {
         }
         resp
     }
+
+    async fn through_core(&self, req: Request) -> Response {
+        let id = self.0.next_req.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.0.waiters.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
+        self.with_core(|c, now| c.handle_request(now, id, req));
+        let guard = Duration::from_millis(REQUEST_TIMEOUT_MS_MAX + SAFETY_MARGIN_MS);
+        match tokio::time::timeout(guard, rx).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(_)) => Response::Error(Error::ShuttingDown),
+            Err(_) => {
+                self.0.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                Response::Error(Error::Storage("internal: request never answered".into()))
+            }
+        }
+    }
 }
 
 impl Handler for Node {
@@ -236,23 +252,5 @@ impl Handler for Node {
             return Response::Stats(self.stats().1);
         }
         self.serve(req).await
-    }
-}
-
-impl Node {
-    async fn through_core(&self, req: Request) -> Response {
-        let id = self.0.next_req.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.0.waiters.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
-        self.with_core(|c, now| c.handle_request(now, id, req));
-        let guard = Duration::from_millis(REQUEST_TIMEOUT_MS_MAX + SAFETY_MARGIN_MS);
-        match tokio::time::timeout(guard, rx).await {
-            Ok(Ok(resp)) => resp,
-            Ok(Err(_)) => Response::Error(Error::ShuttingDown),
-            Err(_) => {
-                self.0.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-                Response::Error(Error::Storage("internal: request never answered".into()))
-            }
-        }
     }
 }
