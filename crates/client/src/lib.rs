@@ -52,8 +52,8 @@ pub use config::ClientConfig;
 pub use error::Error;
 pub use qkv_proto::Error as ClusterError;
 pub use qkv_proto::{
-    Context, DvvSet, HintStatus, InspectReply, Level, NodeId, OpStats, OwnerHints, Percentiles, RingReply, StatsReply,
-    StatusReply,
+    AaePair, AaeStatus, Actor, Context, DvvSet, HintStatus, InspectReply, Level, NodeId, OpStats, OwnerHints,
+    Percentiles, RingReply, StatsReply, StatusReply, actor_name, actor_node,
 };
 use qkv_proto::{GetRequest, PutRequest, Request, Response};
 use qkv_transport::{Pool, TlsFiles};

@@ -343,16 +343,16 @@ async fn write(
 
 fn set_json(s: &qkv_client::DvvSet) -> serde_json::Value {
     json!({
-        "clock": s.clock().0,
+        "clock": s.clock().0.iter().map(|(a, c)| (qkv_client::actor_name(*a), *c)).collect::<std::collections::BTreeMap<_, _>>(),
         "siblings": s.siblings().iter().map(|x| json!({
-            "dot": [x.dot.node, x.dot.counter],
+            "dot": [qkv_client::actor_name(x.dot.actor), x.dot.counter],
             "value": x.value.as_deref().map(show),
         })).collect::<Vec<_>>(),
     })
 }
 
 fn set_text(s: &qkv_client::DvvSet) -> String {
-    let clock: Vec<String> = s.clock().0.iter().map(|(n, c)| format!("{n}:{c}")).collect();
+    let clock: Vec<String> = s.clock().0.iter().map(|(a, c)| format!("{}:{c}", qkv_client::actor_name(*a))).collect();
     let vals: Vec<String> =
         s.siblings().iter().map(|x| x.value.as_deref().map(show).unwrap_or_else(|| "<tombstone>".into())).collect();
     format!("clock [{}] values [{}]", clock.join(" "), vals.join(", "))

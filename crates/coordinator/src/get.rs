@@ -173,7 +173,7 @@ mod tests {
 
     fn set(v: &[u8], actor: NodeId) -> DvvSet {
         let mut s = DvvSet::new();
-        s.update(&VersionVector::new(), Some(v.to_vec()), actor);
+        s.update(&VersionVector::new(), Some(v.to_vec()), u64::from(actor));
         s
     }
 

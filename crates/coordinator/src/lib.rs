@@ -15,11 +15,15 @@
 //! - [`replica`]: the two ways a key's state changes, and input limits.
 //! - [`liveness`]: the failure detector: pings and gossiped heartbeats.
 //! - [`hints`]: hint limits, sizes, ages and handoff pacing.
+//! - [`aae`]: anti-entropy hash trees (XOR Merkle trees per range).
+//! - [`mem`]: an in-memory store for tests and the simulator.
 //! - [`node`]: a whole node's logic as one state machine over a [`Store`].
 
+pub mod aae;
 pub mod get;
 pub mod hints;
 pub mod liveness;
+pub mod mem;
 pub mod node;
 pub mod put;
 pub mod quorum;
@@ -29,7 +33,7 @@ pub mod route;
 
 pub use get::{GetAction, GetAnswer, GetOp};
 pub use liveness::Detector;
-pub use node::{Bugs, Core, CoreConfig, Hint, HintMeta, Output, ReqId, RpcId, StartError, Store};
+pub use node::{AaeConfig, Bugs, Core, CoreConfig, Hint, HintMeta, Output, ReqId, RpcId, StartError, Store};
 pub use put::{PutOp, PutOutcome};
 pub use ring::{Ring, RingError};
 pub use route::{WriteRoute, check_available, route_write};

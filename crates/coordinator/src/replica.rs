@@ -3,7 +3,7 @@
 //! Both are pure; the node (and the simulator) read the current state, call one
 //! of these, and persist the result before acknowledging.
 
-use qkv_proto::{Context, DvvSet, Error, NodeId};
+use qkv_proto::{Actor, Context, Dot, DvvSet, Error};
 
 /// Limits on what a replica accepts.
 #[derive(Clone, Copy, Debug)]
@@ -36,17 +36,25 @@ impl Limits {
     }
 }
 
-/// The coordinator's write: a new dot from `me` for `value` (`None`: delete) after `context`.
+/// The coordinator's write: a new dot from `actor` for `value` (`None`: delete) after
+/// `context`, with a counter above `floor` (the highest the actor ever minted).
 ///
-/// Returns the new state and the context to give the client: what it sent plus the
-/// new dot. Not the state's whole clock, which may cover concurrent siblings the
-/// client never saw; a later write with that context would silently drop them.
-pub fn coordinate(local: Option<DvvSet>, context: &Context, value: Option<Vec<u8>>, me: NodeId) -> (DvvSet, Context) {
+/// Returns the new state, the context to give the client and the new dot. The
+/// context is what the client sent plus the new dot; not the state's whole clock,
+/// which may cover concurrent siblings the client never saw: a later write with
+/// that context would silently drop them.
+pub fn coordinate(
+    local: Option<DvvSet>,
+    context: &Context,
+    value: Option<Vec<u8>>,
+    actor: Actor,
+    floor: u64,
+) -> (DvvSet, Context, Dot) {
     let mut s = local.unwrap_or_default();
-    let dot = s.update(&context.0, value, me);
+    let dot = s.update_from(&context.0, value, actor, floor);
     let mut ctx = context.clone();
     ctx.0.add(dot);
-    (s, ctx)
+    (s, ctx, dot)
 }
 
 /// Merge a state received from another replica; `None` when nothing changes (no write needed).
@@ -67,21 +75,36 @@ mod tests {
 
     #[test]
     fn merge_skips_writes_that_change_nothing() {
-        let (s, _) = coordinate(None, &Context::empty(), Some(b"a".to_vec()), 1);
+        let (s, _, _) = coordinate(None, &Context::empty(), Some(b"a".to_vec()), 1, 0);
         assert_eq!(merge(Some(s.clone()), &s), Ok(None));
         assert_eq!(merge(None, &s), Ok(Some(s.clone())));
-        let (t, _) = coordinate(None, &Context::empty(), Some(b"b".to_vec()), 2);
+        let (t, _, _) = coordinate(None, &Context::empty(), Some(b"b".to_vec()), 2, 0);
         assert_eq!(merge(Some(s.clone()), &t).unwrap().unwrap().values().count(), 2);
     }
 
     #[test]
     fn the_returned_context_covers_only_what_the_client_saw_and_its_write() {
-        let (s, _) = coordinate(None, &Context::empty(), Some(b"other".to_vec()), 2);
-        let (s, ctx) = coordinate(Some(s), &Context::empty(), Some(b"mine".to_vec()), 1);
+        let (s, _, _) = coordinate(None, &Context::empty(), Some(b"other".to_vec()), 2, 0);
+        let (s, ctx, _) = coordinate(Some(s), &Context::empty(), Some(b"mine".to_vec()), 1, 0);
         // Overwriting with the returned context replaces "mine" but keeps the concurrent "other".
-        let (s, _) = coordinate(Some(s), &ctx, Some(b"mine2".to_vec()), 1);
+        let (s, _, _) = coordinate(Some(s), &ctx, Some(b"mine2".to_vec()), 1, 0);
         let vals: Vec<_> = s.values().collect();
         assert_eq!(vals, vec![b"mine2".as_slice(), b"other"]);
+    }
+
+    #[test]
+    fn a_purged_key_gets_a_dot_no_old_replica_has_seen() {
+        // A tombstone replicas still hold, after the coordinator purged its own copy.
+        let (s, ctx, _) = coordinate(None, &Context::empty(), Some(b"old".to_vec()), 1, 0);
+        let (tomb, _, _) = coordinate(Some(s), &ctx, None, 1, 5);
+        // Counting from the key's (purged, so empty) state would mint a covered dot: lost.
+        let (blind, _, dot) = coordinate(None, &Context::empty(), Some(b"new".to_vec()), 1, 0);
+        assert!(tomb.clock().covers(dot));
+        assert_eq!(tomb.clone().merged(&blind).values().count(), 0, "the new write would vanish");
+        // The node-wide floor keeps it.
+        let (fresh, _, dot) = coordinate(None, &Context::empty(), Some(b"new".to_vec()), 1, 6);
+        assert!(!tomb.clock().covers(dot));
+        assert_eq!(tomb.merged(&fresh).values().collect::<Vec<_>>(), vec![b"new".as_slice()]);
     }
 
     #[test]

@@ -68,8 +68,18 @@ pub struct Ring {
     walks: HashMap<VNode, Vec<NodeId>>,
     /// Each vnode's token and share of the hash space, for ownership reports.
     arcs: Vec<(VNode, u64)>,
+    /// Sorted tokens: arc `i` holds the keys whose token is in `(tokens[i-1], tokens[i]]`.
+    tokens: Vec<u64>,
+    /// Each arc's home replicas, sorted by id (the arc's replica set).
+    arc_homes: Vec<Vec<NodeId>>,
     n: usize,
     vnodes: u32,
+    fingerprint: u64,
+}
+
+/// A key's position on the ring: what `hashring` hashes to place it.
+pub fn token(key: &[u8]) -> u64 {
+    StableHasher.hash_one(key)
 }
 
 impl Ring {
@@ -114,7 +124,19 @@ impl Ring {
             let prev = if i == 0 { tokens[tokens.len() - 1].0 } else { tokens[i - 1].0 };
             arcs.push((tokens[i].1, tokens[i].0.wrapping_sub(prev)));
         }
-        Ok(Ring { ring, walks, arcs, n, vnodes })
+        let arc_homes = tokens
+            .iter()
+            .map(|(_, v)| {
+                let mut home = walks[v][..n].to_vec();
+                home.sort_unstable();
+                home
+            })
+            .collect();
+        let mut ids: Vec<NodeId> = members.to_vec();
+        ids.sort_unstable();
+        let fingerprint = StableHasher.hash_one((&ids, vnodes, n));
+        let tokens = tokens.iter().map(|(t, _)| *t).collect();
+        Ok(Ring { ring, walks, arcs, tokens, arc_homes, n, vnodes, fingerprint })
     }
 
     /// Replication factor.
@@ -137,6 +159,36 @@ impl Ring {
     /// The key's home replicas: the first N distinct nodes clockwise from its token.
     pub fn preference_list(&self, key: &[u8]) -> &[NodeId] {
         &self.walk(key)[..self.n]
+    }
+
+    /// Identifies the ring's layout (members, vnodes, N): peers compare it before
+    /// comparing anti-entropy trees, which only line up on the same ring.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
+    /// Number of arcs (every vnode's token ends one).
+    pub fn arc_count(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// The arc holding `token`: the first token at or after it, wrapping (as `hashring` places keys).
+    pub fn arc_of(&self, token: u64) -> usize {
+        let i = self.tokens.partition_point(|&t| t < token);
+        if i == self.tokens.len() { 0 } else { i }
+    }
+
+    /// Arc `i` as `(lo, width)`: it holds tokens `lo + 1 ..= lo + width` (wrapping);
+    /// `width` 0 means the whole ring (a single arc).
+    pub fn arc_span(&self, i: usize) -> (u64, u64) {
+        let hi = self.tokens[i];
+        let lo = if i == 0 { self.tokens[self.tokens.len() - 1] } else { self.tokens[i - 1] };
+        (lo, hi.wrapping_sub(lo))
+    }
+
+    /// Arc `i`'s home replicas, sorted by id.
+    pub fn arc_home(&self, i: usize) -> &[NodeId] {
+        &self.arc_homes[i]
     }
 
     /// For each node, the share of the key space it is a home replica for (sums to N).
@@ -225,6 +277,27 @@ mod tests {
         let a = ring.preference_list(b"hello").to_vec();
         let again = Ring::new(&[5, 4, 3, 2, 1], 64, 3).unwrap();
         assert_eq!(a, again.preference_list(b"hello"));
+    }
+
+    #[test]
+    fn arcs_agree_with_hashring_placement() {
+        for (members, vnodes) in [(vec![1, 2, 3], 64), (vec![1, 2, 3, 4, 5], 16), (vec![9], 1)] {
+            let n = members.len().min(3);
+            let ring = Ring::new(&members, vnodes, n).unwrap();
+            for k in keys(5000) {
+                let t = token(&k);
+                let arc = ring.arc_of(t);
+                let mut home = ring.preference_list(&k).to_vec();
+                home.sort_unstable();
+                assert_eq!(ring.arc_home(arc), home.as_slice());
+                let (lo, width) = ring.arc_span(arc);
+                let off = t.wrapping_sub(lo);
+                assert!(off >= 1 && (width == 0 || off <= width), "token {t} outside arc {arc}");
+            }
+        }
+        let a = Ring::new(&[1, 2, 3], 64, 3).unwrap().fingerprint();
+        assert_eq!(a, Ring::new(&[3, 2, 1], 64, 3).unwrap().fingerprint());
+        assert_ne!(a, Ring::new(&[1, 2, 3], 32, 3).unwrap().fingerprint());
     }
 
     #[test]

@@ -4,43 +4,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use qkv_coordinator::hints::HintLimits;
+use qkv_coordinator::mem::MemStore;
 use qkv_coordinator::replica::Limits;
-use qkv_coordinator::{Core, CoreConfig, Hint, HintMeta, Output, Store};
+use qkv_coordinator::{AaeConfig, Core, CoreConfig, Output};
 use qkv_proto::{Context, DvvSet, Error, GetRequest, Level, NodeId, PutRequest, Request, Response};
 
-#[derive(Default)]
-struct Mem {
-    data: BTreeMap<Vec<u8>, DvvSet>,
-    hints: BTreeMap<(NodeId, Vec<u8>), Hint>,
-}
-
-impl Store for Mem {
-    fn get(&self, key: &[u8]) -> Result<Option<DvvSet>, Error> {
-        Ok(self.data.get(key).cloned())
-    }
-    fn put(&mut self, key: &[u8], set: &DvvSet) -> Result<(), Error> {
-        self.data.insert(key.to_vec(), set.clone());
-        Ok(())
-    }
-    fn get_hint(&self, owner: NodeId, key: &[u8]) -> Result<Option<Hint>, Error> {
-        Ok(self.hints.get(&(owner, key.to_vec())).cloned())
-    }
-    fn put_hint(&mut self, owner: NodeId, key: &[u8], hint: &Hint) -> Result<(), Error> {
-        self.hints.insert((owner, key.to_vec()), hint.clone());
-        Ok(())
-    }
-    fn delete_hint(&mut self, owner: NodeId, key: &[u8]) -> Result<(), Error> {
-        self.hints.remove(&(owner, key.to_vec()));
-        Ok(())
-    }
-    fn scan_hints(&self) -> Result<Vec<HintMeta>, Error> {
-        Ok(self
-            .hints
-            .iter()
-            .map(|((owner, key), h)| HintMeta { owner: *owner, key: key.clone(), bytes: 1, created_ms: h.created_ms })
-            .collect())
-    }
-}
+type Mem = MemStore;
 
 enum Msg {
     Request { from: NodeId, to: NodeId, rpc: u64, req: Request },
@@ -62,26 +31,36 @@ struct Cluster {
 
 impl Cluster {
     fn new(nodes: u32, n: usize) -> Cluster {
-        Self::with_hint_window(nodes, n, HintLimits::default().window_ms)
+        Self::build(nodes, n, |_| {})
     }
 
     fn with_hint_window(nodes: u32, n: usize, window_ms: u64) -> Cluster {
-        let members: Vec<(NodeId, String)> = (1..=nodes).map(|i| (i, format!("node{i}"))).collect();
+        Self::build(nodes, n, |c| c.hints.window_ms = window_ms)
+    }
+
+    fn config(me: NodeId, nodes: u32, n: usize) -> CoreConfig {
+        CoreConfig {
+            me,
+            incarnation: 1,
+            hints: HintLimits { owner_bytes_max: 4096, ..HintLimits::default() },
+            members: (1..=nodes).map(|i| (i, format!("node{i}"))).collect(),
+            n,
+            vnodes: 16,
+            limits: Limits { key_bytes_max: 1024, value_bytes_max: 1024 },
+            request_timeout_ms: 1000,
+            ping_interval_ms: 100,
+            down_after_ms: 300,
+            epoch: me,
+            aae: AaeConfig { interval_ms: 200, tombstone_grace_ms: 1000, ..AaeConfig::default() },
+            bugs: Default::default(),
+        }
+    }
+
+    fn build(nodes: u32, n: usize, tweak: impl Fn(&mut CoreConfig)) -> Cluster {
         let cores = (1..=nodes)
             .map(|me| {
-                let cfg = CoreConfig {
-                    me,
-                    incarnation: 1,
-                    hints: HintLimits { owner_bytes_max: 4096, window_ms, ..HintLimits::default() },
-                    members: members.clone(),
-                    n,
-                    vnodes: 16,
-                    limits: Limits { key_bytes_max: 1024, value_bytes_max: 1024 },
-                    request_timeout_ms: 1000,
-                    ping_interval_ms: 100,
-                    down_after_ms: 300,
-                    bugs: Default::default(),
-                };
+                let mut cfg = Self::config(me, nodes, n);
+                tweak(&mut cfg);
                 (me, Core::new(cfg, Mem::default(), 0, 1_000_000).unwrap())
             })
             .collect();
@@ -175,8 +154,20 @@ impl Cluster {
         }
     }
 
+    /// Restart `node` from its store (`wipe`: from an empty one, as a new disk would,
+    /// under `epoch`), the way a driver would, with `tweak` applied to its config.
+    fn restart(&mut self, node: NodeId, wipe: bool, tweak: impl Fn(&mut CoreConfig)) {
+        let old = self.cores.remove(&node).unwrap();
+        let store = if wipe { Mem::default() } else { old.store().clone() };
+        let nodes = self.cores.len() as u32 + 1;
+        let mut cfg = Self::config(node, nodes, old.ring().n());
+        cfg.incarnation = 2;
+        tweak(&mut cfg);
+        self.cores.insert(node, Core::new(cfg, store, self.now, 1_000_000 + self.now).unwrap());
+    }
+
     fn stored(&self, node: NodeId, key: &[u8]) -> Option<DvvSet> {
-        self.cores[&node].store().data.get(key).cloned()
+        self.cores[&node].store().value(key).cloned()
     }
 
     fn hints_held(&self, node: NodeId) -> usize {
@@ -260,7 +251,7 @@ fn a_detected_failure_makes_all_unavailable_before_sending() {
 
 #[test]
 fn unanswered_replicas_time_out_at_the_deadline() {
-    let mut c = Cluster::new(3, 3);
+    let mut c = Cluster::build(3, 3, |cfg| cfg.aae.enabled = false);
     // Requests to node 3 vanish: no answer, no failure.
     c.hung.insert(3);
     let resp = c.call(1, put("k", "v", Level::Quorum, Context::empty()));
@@ -444,7 +435,8 @@ fn a_duplicate_replica_write_is_not_acked_before_the_first_copy_is_flushed() {
 
 #[test]
 fn time_to_all_replicas_is_sampled_when_the_last_home_replica_gets_the_write() {
-    let mut c = Cluster::new(3, 3);
+    // Without anti-entropy, so only the read below repairs node 3.
+    let mut c = Cluster::build(3, 3, |cfg| cfg.aae.enabled = false);
     c.call(1, put("fast", "v", Level::All, Context::empty())).unwrap();
     assert_eq!(c.cores.get_mut(&1).unwrap().take_lag_samples(), vec![0], "W=all: on every replica at the ack");
 
@@ -471,4 +463,135 @@ fn a_single_replica_write_leaves_no_op_behind() {
         assert!(matches!(resp, Response::Put(_)), "{resp:?}");
     }
     assert_eq!(c.cores[&1].ops_in_flight(), 0, "nothing waits on replicas that do not exist");
+}
+
+fn delete(key: &str, w: Level, context: Context) -> Request {
+    Request::Put(PutRequest {
+        key: key.into(),
+        value: None,
+        context,
+        w,
+        strict: true,
+        timeout_ms: None,
+        forwarded: false,
+    })
+}
+
+fn aae(c: &Cluster, node: NodeId) -> qkv_proto::AaeStatus {
+    c.cores[&node].status().aae
+}
+
+#[test]
+fn anti_entropy_converges_cold_keys_without_any_read() {
+    let mut c = Cluster::new(5, 3);
+    c.down.insert(3);
+    c.advance(1000);
+    let keys: Vec<String> = (0..300).map(|i| format!("cold{i}")).collect();
+    for k in &keys {
+        // Strict quorum: no stand-in, no hint; node 3's keys miss it.
+        let home = c.cores[&1].ring().preference_list(k.as_bytes()).to_vec();
+        let entry = *home.iter().find(|&&h| h != 3).unwrap();
+        assert!(matches!(c.call(entry, put(k, "v", Level::Quorum, Context::empty())), Some(Response::Put(_))));
+    }
+    let ring = c.cores[&1].ring().clone();
+    let missing = keys.iter().filter(|k| ring.preference_list(k.as_bytes()).contains(&3)).count();
+    assert!(keys.iter().all(|k| c.stored(3, k.as_bytes()).is_none()));
+    assert!(missing > 100, "node 3 missed its share: {missing}");
+    c.down.remove(&3);
+    c.advance(8000);
+    for k in &keys {
+        let home = c.cores[&1].ring().preference_list(k.as_bytes()).to_vec();
+        let first = c.stored(home[0], k.as_bytes());
+        assert!(first.is_some());
+        for h in &home[1..] {
+            assert_eq!(c.stored(*h, k.as_bytes()), first, "{k} on node {h}");
+        }
+    }
+    let st = aae(&c, 3);
+    let repaired: u64 = (1..=5).map(|n| aae(&c, n).keys_repaired).sum();
+    assert!(repaired >= missing as u64, "{repaired} < {missing}");
+    assert_eq!(st.ranges_out_of_sync, 0, "{st:?}");
+    assert!(st.pairs.iter().all(|p| p.in_sync && p.last_exchange_ago_ms.is_some()), "{st:?}");
+}
+
+#[test]
+fn a_wiped_node_takes_a_new_epoch_so_its_writes_never_replace_values_it_never_saw() {
+    for new_epoch in [true, false] {
+        let mut c = Cluster::build(3, 3, |cfg| cfg.aae.enabled = false);
+        c.call(3, put("k", "old", Level::All, Context::empty())).unwrap();
+        // Node 3's disk is lost. It restarts empty, before anything refills it.
+        c.restart(3, true, |cfg| {
+            cfg.aae.enabled = false;
+            if new_epoch {
+                cfg.epoch = 33;
+            }
+        });
+        let Some(Response::Put(p)) = c.call(3, put("k", "new", Level::All, Context::empty())) else { panic!() };
+        assert_eq!(p.coordinator, 3);
+        let mut vals = values(&c.call(1, get("k", Level::All)).unwrap());
+        vals.sort();
+        if new_epoch {
+            assert_eq!(vals, vec![b"new".to_vec(), b"old".to_vec()], "the blind write is a sibling of the old value");
+        } else {
+            // The reuse the epoch prevents: same actor, same counter, one write silently gone.
+            assert_eq!(vals.len(), 1, "without a new epoch a dot is reused: {vals:?}");
+        }
+    }
+}
+
+#[test]
+fn a_wiped_node_is_refilled_by_anti_entropy() {
+    let mut c = Cluster::new(3, 3);
+    for i in 0..100 {
+        c.call(1, put(&format!("k{i}"), "v", Level::All, Context::empty())).unwrap();
+    }
+    c.restart(2, true, |cfg| cfg.epoch = 22);
+    assert!(c.stored(2, b"k0").is_none());
+    c.advance(5000);
+    for i in 0..100 {
+        let k = format!("k{i}");
+        assert_eq!(c.stored(2, k.as_bytes()), c.stored(1, k.as_bytes()), "{k}");
+    }
+}
+
+#[test]
+fn tombstones_are_purged_only_once_every_home_replica_holds_them() {
+    let mut c = Cluster::new(3, 3);
+    let Some(Response::Put(p)) = c.call(1, put("gone", "v", Level::All, Context::empty())) else { panic!() };
+    let old = c.stored(3, b"gone").unwrap();
+    c.down.insert(3);
+    c.advance(1000);
+    c.call(1, delete("gone", Level::Quorum, p.context)).unwrap();
+    assert!(c.stored(1, b"gone").unwrap().is_deleted());
+    // Far past the grace delay: nodes 1 and 2 keep the tombstone, node 3 never confirmed it.
+    c.advance(20_000);
+    for n in [1, 2] {
+        assert!(c.stored(n, b"gone").is_some_and(|s| s.is_deleted()), "node {n} must keep the tombstone");
+        assert_eq!(aae(&c, n).tombstones_pending, 1);
+        assert_eq!(aae(&c, n).tombstones_purged, 0);
+    }
+    // Node 3 returns, still holding the value the delete replaced.
+    assert_eq!(c.stored(3, b"gone"), Some(old.clone()));
+    c.down.remove(&3);
+    let back = c.now;
+    while (1..=3).any(|n| c.stored(n, b"gone").is_some()) {
+        // While node 3 still holds the old value, the others keep the tombstone that replaces it.
+        if c.stored(3, b"gone").is_some_and(|s| !s.is_deleted()) {
+            assert!([1, 2].iter().all(|&n| c.stored(n, b"gone").is_some_and(|s| s.is_deleted())));
+        }
+        assert!(c.now < back + 30_000, "not purged in 30 s");
+        let t = c.now + 100;
+        c.advance(t);
+    }
+    for n in 1..=3 {
+        assert!(aae(&c, n).tombstones_purged >= 1);
+    }
+    assert!(values(&c.call(2, get("gone", Level::All)).unwrap()).is_empty(), "the value did not come back");
+    // A late copy of the old value (a replica or hint that missed the delete) is dropped, not resurrected.
+    let resp = c.call(1, Request::ReplicaPut { key: b"gone".to_vec(), set: old });
+    assert_eq!(resp, Some(Response::ReplicaAck));
+    assert_eq!(c.stored(1, b"gone"), None);
+    // A new write to the key after the purge is kept.
+    c.call(1, put("gone", "again", Level::All, Context::empty())).unwrap();
+    assert_eq!(values(&c.call(3, get("gone", Level::All)).unwrap()), vec![b"again".to_vec()]);
 }

@@ -79,6 +79,24 @@ fn default_hint_window_ms() -> u64 {
 fn default_handoff_bytes_per_s() -> u64 {
     hint_defaults().rate_bytes_per_s
 }
+fn aae_defaults() -> qkv_coordinator::AaeConfig {
+    qkv_coordinator::AaeConfig::default()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_aae_interval_ms() -> u64 {
+    aae_defaults().interval_ms
+}
+fn default_aae_keys_per_s() -> u64 {
+    aae_defaults().keys_per_s
+}
+fn default_aae_bytes_per_s() -> u64 {
+    aae_defaults().bytes_per_s
+}
+fn default_tombstone_grace_ms() -> u64 {
+    aae_defaults().tombstone_grace_ms
+}
 
 /// A node's configuration.
 #[derive(Clone, Debug, Deserialize)]
@@ -131,6 +149,22 @@ pub struct Config {
     /// Hinted handoff pace, bytes per second.
     #[serde(default = "default_handoff_bytes_per_s")]
     pub handoff_bytes_per_s: u64,
+    /// Run anti-entropy exchanges (without them tombstones are never purged).
+    #[serde(default = "default_true")]
+    pub anti_entropy: bool,
+    /// Pause between one anti-entropy exchange and the next.
+    #[serde(default = "default_aae_interval_ms")]
+    pub aae_interval_ms: u64,
+    /// Keys anti-entropy may move per second (received and sent).
+    #[serde(default = "default_aae_keys_per_s")]
+    pub aae_keys_per_s: u64,
+    /// Bytes anti-entropy may move per second (received and sent).
+    #[serde(default = "default_aae_bytes_per_s")]
+    pub aae_bytes_per_s: u64,
+    /// How long a tombstone is kept once every home replica is known to hold it.
+    /// At least `hint_window_ms`, so a hint taken before the delete cannot outlive it.
+    #[serde(default = "default_tombstone_grace_ms")]
+    pub tombstone_grace_ms: u64,
     /// Accept the test-only fault switch (`Request::Fault`). Never enable in production.
     #[serde(default)]
     pub fault_injection: bool,
@@ -165,6 +199,11 @@ const ENV_KEYS: &[(&str, &[&str])] = &[
     ("HINT_WINDOW_MS", &["hint_window_ms"]),
     ("HANDOFF_BYTES_PER_S", &["handoff_bytes_per_s"]),
     ("METRICS_LISTEN", &["metrics_listen"]),
+    ("ANTI_ENTROPY", &["anti_entropy"]),
+    ("AAE_INTERVAL_MS", &["aae_interval_ms"]),
+    ("AAE_KEYS_PER_S", &["aae_keys_per_s"]),
+    ("AAE_BYTES_PER_S", &["aae_bytes_per_s"]),
+    ("TOMBSTONE_GRACE_MS", &["tombstone_grace_ms"]),
     ("TLS_CA", &["tls", "ca"]),
     ("TLS_CERT", &["tls", "cert"]),
     ("TLS_KEY", &["tls", "key"]),
@@ -184,9 +223,12 @@ impl Config {
         for (name, path) in ENV_KEYS {
             let var = format!("QKV_{name}");
             if let Some(raw) = env(&var) {
-                // A number stays a number; anything else is taken as a string.
-                let value =
-                    raw.parse::<i64>().map(toml::Value::Integer).unwrap_or_else(|_| toml::Value::String(raw.clone()));
+                // A number stays a number, true/false a boolean; anything else is a string.
+                let value = raw.parse::<i64>().map(toml::Value::Integer).unwrap_or_else(|_| match raw.as_str() {
+                    "true" => toml::Value::Boolean(true),
+                    "false" => toml::Value::Boolean(false),
+                    _ => toml::Value::String(raw.clone()),
+                });
                 let mut t = &mut table;
                 for part in &path[..path.len() - 1] {
                     t = t
@@ -251,6 +293,17 @@ impl Config {
         if self.handoff_bytes_per_s == 0 {
             bail!("handoff_bytes_per_s must be positive");
         }
+        if self.aae_interval_ms == 0 || self.aae_keys_per_s == 0 || self.aae_bytes_per_s == 0 {
+            bail!("aae_interval_ms, aae_keys_per_s and aae_bytes_per_s must be positive");
+        }
+        if self.tombstone_grace_ms < self.hint_window_ms {
+            bail!(
+                "tombstone_grace_ms ({}) must be at least hint_window_ms ({}): a hint taken before a delete \
+                 could otherwise outlive the tombstone and bring the value back",
+                self.tombstone_grace_ms,
+                self.hint_window_ms
+            );
+        }
         self.metrics_addr()?;
         Ok(())
     }
@@ -282,14 +335,26 @@ impl Config {
         }
     }
 
+    /// Anti-entropy settings.
+    pub fn aae(&self) -> qkv_coordinator::AaeConfig {
+        qkv_coordinator::AaeConfig {
+            enabled: self.anti_entropy,
+            interval_ms: self.aae_interval_ms,
+            keys_per_s: self.aae_keys_per_s,
+            bytes_per_s: self.aae_bytes_per_s,
+            tombstone_grace_ms: self.tombstone_grace_ms,
+        }
+    }
+
     /// The certificate files.
     pub fn tls_files(&self) -> TlsFiles {
         TlsFiles { ca: self.tls.ca.clone(), cert: self.tls.cert.clone(), key: self.tls.key.clone() }
     }
 
-    /// Frame limit: the largest value and key with room for siblings and clocks.
+    /// Frame limit: the largest value and key with room for siblings and clocks, and
+    /// at least 8 MiB, room for anti-entropy's batches (at most 2 MiB of states).
     pub fn frame_bytes_max(&self) -> usize {
-        (self.value_bytes_max + self.key_bytes_max) * 4 + 64 * 1024
+        ((self.value_bytes_max + self.key_bytes_max) * 4 + 64 * 1024).max(8 << 20)
     }
 }
 

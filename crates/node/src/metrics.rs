@@ -272,8 +272,15 @@ mod tests {
         m.request("get", "quorum".into(), false, 300, Ok(Some(2)));
         m.request("put", "all".into(), true, 5_000, Err(&Error::Timeout { acked: 1, needed: 3, write: true }));
         m.lag(&[0, 1500]);
-        let status =
-            StatusReply { node: 1, n: 3, vnodes: 64, members: vec![], read_repairs: 4, hints: Default::default() };
+        let status = StatusReply {
+            node: 1,
+            n: 3,
+            vnodes: 64,
+            members: vec![],
+            read_repairs: 4,
+            hints: Default::default(),
+            aae: Default::default(),
+        };
         let stats = m.stats(&status, StatsReply::default());
         assert_eq!(stats.ops.len(), 2);
         assert_eq!(stats.errors, vec![("timeout".to_string(), 1)]);

@@ -63,6 +63,8 @@ impl Node {
             request_timeout_ms: cfg.request_timeout_ms,
             ping_interval_ms: cfg.ping_interval_ms,
             down_after_ms: cfg.down_after_ms,
+            epoch: storage.epoch(),
+            aae: cfg.aae(),
             bugs: Default::default(),
         };
         let wall_ms =

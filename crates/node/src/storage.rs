@@ -1,5 +1,9 @@
-//! Durable state on fjall: keyspaces `data` (key → DVV set), `hints` ((owner, key) →
-//! hint held for a home replica that was down) and `meta` (node identity, boot count).
+//! Durable state on fjall: keyspaces `data` ((token, key) → DVV set), `hints`
+//! ((owner, key) → hint held for a home replica that was down) and `meta` (node
+//! identity, disk epoch, boot count, the actor's counter lease, format).
+//!
+//! `data` keys start with the key's ring token (8 bytes, big-endian), so the keys
+//! of one arc of the ring, and of one anti-entropy leaf, are one range scan.
 //!
 //! Records carry a format version byte before their msgpack body, so later
 //! releases can read what older ones wrote.
@@ -17,6 +21,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use qkv_coordinator::ring::token;
 use qkv_coordinator::{Hint, HintMeta};
 use qkv_proto::{DvvSet, Error, NodeId};
 use serde::Deserialize;
@@ -24,6 +29,8 @@ use tokio::sync::oneshot;
 use tracing::error;
 
 const RECORD_VERSION: u8 = 1;
+/// Layout of the data directory; 2 = token-prefixed `data` keys.
+const FORMAT: u64 = 2;
 /// Most writers waiting for one group commit.
 pub const SYNC_WAITERS_MAX: usize = 16_384;
 
@@ -47,7 +54,10 @@ pub struct Storage {
     db: Database,
     data: Keyspace,
     hints: Keyspace,
+    meta: Keyspace,
     boot: u64,
+    epoch: u32,
+    fresh: bool,
     syncer: Option<Sender<Waiter>>,
     stop: Option<Sender<Waiter>>,
     thread: Option<JoinHandle<()>>,
@@ -100,22 +110,43 @@ impl Storage {
         let data = db.keyspace("data", KeyspaceCreateOptions::default)?;
         let hints = db.keyspace("hints", KeyspaceCreateOptions::default)?;
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
+        let fresh = meta.get("node_id")?.is_none();
         match meta.get("node_id")? {
             Some(v) if v.as_ref() != id.to_be_bytes() => {
                 let owner = <[u8; 4]>::try_from(v.as_ref()).map(u32::from_be_bytes).unwrap_or(0);
                 anyhow::bail!("data dir {} belongs to node {owner}, not node {id}", dir.display());
             }
             Some(_) => {}
-            None => meta.insert("node_id", id.to_be_bytes())?,
+            None => {
+                meta.insert("node_id", id.to_be_bytes())?;
+                meta.insert("format", FORMAT.to_be_bytes())?;
+            }
         }
-        // The boot count is this run's incarnation: its heartbeats must beat the last run's.
-        let boot = match meta.get("boot")? {
-            Some(v) => <[u8; 8]>::try_from(v.as_ref()).map(u64::from_be_bytes).unwrap_or(0) + 1,
-            None => 1,
+        let format = meta_u64(&meta, "format")?.unwrap_or(1);
+        if format != FORMAT {
+            anyhow::bail!(
+                "data dir {} has layout {format}; this build reads layout {FORMAT}: move it aside and let \
+                 anti-entropy refill the node",
+                dir.display()
+            );
+        }
+        // A new disk (never written, or wiped) takes a new epoch: its actor never reuses the
+        // counters an earlier disk of this node handed out.
+        let epoch = match meta_u64(&meta, "epoch")? {
+            Some(e) => e as u32,
+            None => {
+                let e = random_epoch();
+                meta.insert("epoch", u64::from(e).to_be_bytes())?;
+                e
+            }
         };
+        // This run's incarnation: its heartbeats must beat every earlier run's, including
+        // runs on a disk since wiped, hence the wall clock as a floor.
+        let wall_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        let boot = (meta_u64(&meta, "boot")?.unwrap_or(0) + 1).max(wall_ms as u64);
         meta.insert("boot", boot.to_be_bytes())?;
         db.persist(PersistMode::SyncAll)?;
-        let mut s = Storage { db, data, hints, boot, syncer: None, stop: None, thread: None };
+        let mut s = Storage { db, data, hints, meta, boot, epoch, fresh, syncer: None, stop: None, thread: None };
         match policy {
             Persist::Buffer => {}
             Persist::Sync => {
@@ -143,18 +174,28 @@ impl Storage {
 
     /// The stored state of `key`.
     pub fn get(&self, key: &[u8]) -> Result<Option<DvvSet>, Error> {
-        self.data.get(key).map_err(storage_err)?.map(|v| decode_set(&v)).transpose()
+        self.data.get(data_key(key)).map_err(storage_err)?.map(|v| decode_set(&v)).transpose()
     }
 
-    /// This run's boot count (1 on a fresh data dir).
+    /// This run's incarnation: above every earlier run's.
     pub fn boot(&self) -> u64 {
         self.boot
+    }
+
+    /// The disk's epoch (see `qkv_proto::Actor`).
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// True when this run created the data dir (a new or wiped disk).
+    pub fn fresh(&self) -> bool {
+        self.fresh
     }
 
     /// Store the state of `key`. It is in the journal, flushed to the OS, when this
     /// returns; call [`Storage::durable`] before acknowledging to honour the policy.
     pub fn put(&self, key: &[u8], set: &DvvSet) -> Result<(), Error> {
-        self.data.insert(key, encode(set)).map_err(storage_err)
+        self.data.insert(data_key(key), encode(set)).map_err(storage_err)
     }
 
     /// True when writes need [`Storage::durable`] before their ack (the `sync` policy).
@@ -202,6 +243,32 @@ impl Drop for Storage {
     }
 }
 
+fn meta_u64(meta: &Keyspace, name: &str) -> anyhow::Result<Option<u64>> {
+    match meta.get(name)? {
+        None => Ok(None),
+        Some(v) => match <[u8; 8]>::try_from(v.as_ref()) {
+            Ok(b) => Ok(Some(u64::from_be_bytes(b))),
+            Err(_) => anyhow::bail!("corrupt meta record {name:?}"),
+        },
+    }
+}
+
+/// A random epoch from the OS-seeded keys of std's `RandomState` (never 0).
+fn random_epoch() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    (h.finish() as u32).max(1)
+}
+
+/// A `data` key: the ring token, then the key.
+fn data_key(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + key.len());
+    k.extend_from_slice(&token(key).to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
 fn hint_key(owner: NodeId, key: &[u8]) -> Vec<u8> {
     let mut k = owner.to_be_bytes().to_vec();
     k.extend_from_slice(key);
@@ -217,6 +284,34 @@ impl qkv_coordinator::Store for StoreHandle {
     }
     fn put(&mut self, key: &[u8], set: &DvvSet) -> Result<(), Error> {
         self.0.put(key, set)
+    }
+    fn delete(&mut self, key: &[u8]) -> Result<(), Error> {
+        self.0.data.remove(data_key(key)).map_err(storage_err)
+    }
+    fn scan(&self, from: (u64, &[u8]), to: u64, limit: usize) -> Result<Vec<(Vec<u8>, DvvSet)>, Error> {
+        let mut start = from.0.to_be_bytes().to_vec();
+        start.extend_from_slice(from.1);
+        let mut out = vec![];
+        for kv in self.0.data.range(start..) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = kv.into_inner().map_err(storage_err)?;
+            let Some((t, key)) = k.split_first_chunk::<8>() else {
+                return Err(Error::Storage("corrupt data key".into()));
+            };
+            if u64::from_be_bytes(*t) > to {
+                break;
+            }
+            out.push((key.to_vec(), decode_set(&v)?));
+        }
+        Ok(out)
+    }
+    fn counter_lease(&self) -> Result<u64, Error> {
+        meta_u64(&self.0.meta, "counter").map(|c| c.unwrap_or(0)).map_err(storage_err)
+    }
+    fn put_counter_lease(&mut self, lease: u64) -> Result<(), Error> {
+        self.0.meta.insert("counter", lease.to_be_bytes()).map_err(storage_err)
     }
     fn get_hint(&self, owner: NodeId, key: &[u8]) -> Result<Option<Hint>, Error> {
         self.0.hints.get(hint_key(owner, key)).map_err(storage_err)?.map(|v| decode_hint(&v)).transpose()
@@ -307,20 +402,64 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = Arc::new(Storage::open(dir.path(), 1, Persist::Buffer, 10).unwrap());
-            assert_eq!(s.boot(), 1);
             let mut h = StoreHandle(s);
             h.put_hint(3, b"k", &Hint { set: set(b"v"), created_ms: 42 }).unwrap();
             h.put_hint(4, b"k", &Hint { set: set(b"w"), created_ms: 43 }).unwrap();
             h.delete_hint(4, b"k").unwrap();
         }
         let s = Arc::new(Storage::open(dir.path(), 1, Persist::Buffer, 10).unwrap());
-        assert_eq!(s.boot(), 2);
         let h = StoreHandle(s);
         let metas = h.scan_hints().unwrap();
         assert_eq!(metas.len(), 1);
         assert_eq!((metas[0].owner, metas[0].key.as_slice(), metas[0].created_ms), (3, b"k".as_slice(), 42));
         assert_eq!(h.get_hint(3, b"k").unwrap().unwrap().set, set(b"v"));
         assert!(h.get_hint(4, b"k").unwrap().is_none());
+    }
+
+    #[test]
+    fn boots_grow_and_a_new_disk_takes_a_new_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (boot, epoch) = {
+            let s = Storage::open(dir.path(), 1, Persist::Buffer, 10).unwrap();
+            assert!(s.fresh());
+            (s.boot(), s.epoch())
+        };
+        let s = Storage::open(dir.path(), 1, Persist::Buffer, 10).unwrap();
+        assert!(!s.fresh());
+        assert!(s.boot() > boot);
+        assert_eq!(s.epoch(), epoch, "a restart keeps the epoch");
+        drop(s);
+        let wiped = tempfile::tempdir().unwrap();
+        let s = Storage::open(wiped.path(), 1, Persist::Buffer, 10).unwrap();
+        assert!(s.fresh() && s.boot() > boot, "a wiped disk still beats the old incarnation");
+        assert_ne!(s.epoch(), epoch, "a wiped disk takes a new epoch");
+    }
+
+    #[test]
+    fn scans_follow_token_order_and_stop_at_the_bound() {
+        use qkv_coordinator::Store;
+        let dir = tempfile::tempdir().unwrap();
+        let mut h = StoreHandle(Arc::new(Storage::open(dir.path(), 1, Persist::Buffer, 10).unwrap()));
+        let keys: Vec<Vec<u8>> = (0..50).map(|i| format!("k{i}").into_bytes()).collect();
+        for k in &keys {
+            h.put(k, &set(k)).unwrap();
+        }
+        let all = h.scan((0, &[]), u64::MAX, 1000).unwrap();
+        assert_eq!(all.len(), 50);
+        assert!(all.windows(2).all(|w| token(&w[0].0) <= token(&w[1].0)));
+        let mid = token(&all[25].0);
+        let low = h.scan((0, &[]), mid, 1000).unwrap();
+        assert_eq!(low.len(), 26);
+        let page = h.scan((token(&all[10].0), &all[10].0), u64::MAX, 5).unwrap();
+        assert_eq!(
+            page.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+            all[10..15].iter().map(|(k, _)| k.clone()).collect::<Vec<_>>()
+        );
+        h.delete(&keys[3]).unwrap();
+        assert!(h.get(&keys[3]).unwrap().is_none());
+        assert_eq!(h.counter_lease().unwrap(), 0);
+        h.put_counter_lease(77).unwrap();
+        assert_eq!(h.counter_lease().unwrap(), 77);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Dotted version vector sets (Almeida et al. 2014; Riak 2.0's `dvvset`).
 //!
 //! A [`DvvSet`] is the full state of one key on one replica: a causal context
-//! (a [`VersionVector`] over node ids, the actors) and the sibling values still
+//! (a [`VersionVector`] over [`Actor`]s: a node id and its disk epoch) and the sibling values still
 //! alive in it, each tagged with the [`Dot`] of the write that made it.
 //!
 //! Invariants (checked by [`DvvSet::is_valid`] and the property tests):
@@ -15,28 +15,63 @@
 //! [`DvvSet::update`], the coordinator's local write.
 //!
 //! Because sibling dots of one actor are always minted by that actor from its
-//! own state, and replicas only ever exchange *whole* states of a key, a plain
-//! version vector is enough as the context: it never needs to describe gaps.
+//! own durable state (above every counter it ever minted, and under a new epoch
+//! after its disk is lost), and replicas only ever exchange *whole* states of a
+//! key, a plain version vector is enough as the context: the counters of a key
+//! it skips were never used for that key.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// A node id, used as the actor in version vectors.
+/// A node id.
 pub type NodeId = u32;
 
-/// One event: the `counter`-th write coordinated by `node`.
+/// The actor in version vectors: a node *and the epoch of its disk*.
+///
+/// A node takes a fresh random epoch whenever it starts on an empty disk, so a
+/// node whose data was wiped never mints a dot it minted before the wipe (Riak's
+/// "doomstone" loss, basho/riak_kv#679): its new writes become siblings of the old
+/// ones instead of silently replacing values it never saw. Layout: the epoch in
+/// the high 32 bits, the node id in the low 32. Clocks grow by one entry per wipe.
+pub type Actor = u64;
+
+/// The actor of `node` in `epoch`.
+pub fn actor(node: NodeId, epoch: u32) -> Actor {
+    (u64::from(epoch) << 32) | u64::from(node)
+}
+
+/// The node an actor belongs to.
+pub fn actor_node(a: Actor) -> NodeId {
+    a as u32
+}
+
+/// The disk epoch of an actor.
+pub fn actor_epoch(a: Actor) -> u32 {
+    (a >> 32) as u32
+}
+
+/// An actor as people read it: `node.epoch` (epoch in hex).
+pub fn actor_name(a: Actor) -> String {
+    format!("{}.{:08x}", actor_node(a), actor_epoch(a))
+}
+
+/// One event: the `counter`-th write coordinated by `actor`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Dot {
     /// The actor that minted this dot.
-    pub node: NodeId,
+    pub actor: Actor,
     /// Its counter, starting at 1.
     pub counter: u64,
 }
 
-/// A version vector: for each actor, the highest counter seen (all below it are seen too).
+/// A version vector: for each actor, the highest counter seen.
+///
+/// An actor's counter is per node, not per key (see [`DvvSet::update_from`]): an
+/// entry `a: c` says every dot of `a` *for this key* up to `c` is seen, and there
+/// may be none below `c`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct VersionVector(pub BTreeMap<NodeId, u64>);
+pub struct VersionVector(pub BTreeMap<Actor, u64>);
 
 impl VersionVector {
     /// The empty vector: has seen nothing.
@@ -44,14 +79,14 @@ impl VersionVector {
         Self::default()
     }
 
-    /// Counter for `node` (0 when never seen).
-    pub fn get(&self, node: NodeId) -> u64 {
-        self.0.get(&node).copied().unwrap_or(0)
+    /// Counter for `actor` (0 when never seen).
+    pub fn get(&self, actor: Actor) -> u64 {
+        self.0.get(&actor).copied().unwrap_or(0)
     }
 
     /// True when this vector has seen `dot`.
     pub fn covers(&self, dot: Dot) -> bool {
-        self.get(dot.node) >= dot.counter
+        self.get(dot.actor) >= dot.counter
     }
 
     /// Pointwise maximum, in place.
@@ -64,7 +99,7 @@ impl VersionVector {
 
     /// Record `dot` as seen.
     pub fn add(&mut self, dot: Dot) {
-        let e = self.0.entry(dot.node).or_insert(0);
+        let e = self.0.entry(dot.actor).or_insert(0);
         *e = (*e).max(dot.counter);
     }
 }
@@ -121,10 +156,18 @@ impl DvvSet {
     ///
     /// Siblings covered by `context` are replaced; the rest stay as siblings of the
     /// new value. A write with an empty context therefore never removes anything.
-    pub fn update(&mut self, context: &VersionVector, value: Option<Vec<u8>>, actor: NodeId) -> Dot {
+    pub fn update(&mut self, context: &VersionVector, value: Option<Vec<u8>>, actor: Actor) -> Dot {
+        self.update_from(context, value, actor, 0)
+    }
+
+    /// [`DvvSet::update`] with the actor's counter taken above `floor` as well as
+    /// above what this key has seen: the node passes the highest counter it ever
+    /// minted, so a key whose state was purged (tombstone GC) never gets a dot that
+    /// a replica still holding the old state would think it has already seen.
+    pub fn update_from(&mut self, context: &VersionVector, value: Option<Vec<u8>>, actor: Actor, floor: u64) -> Dot {
         self.siblings.retain(|s| !context.covers(s.dot));
         self.clock.join(context);
-        let dot = Dot { node: actor, counter: self.clock.get(actor) + 1 };
+        let dot = Dot { actor, counter: self.clock.get(actor).max(floor) + 1 };
         self.clock.add(dot);
         self.siblings.push(Sibling { dot, value });
         self.siblings.sort_by_key(|s| s.dot);
@@ -172,7 +215,7 @@ impl DvvSet {
     /// never applied by default (the simulator uses it as a known-broken merge).
     pub fn newest_only(&self) -> DvvSet {
         let mut s = self.clone();
-        if let Some(last) = s.siblings.iter().max_by_key(|x| (x.dot.counter, x.dot.node)).cloned() {
+        if let Some(last) = s.siblings.iter().max_by_key(|x| (x.dot.counter, x.dot.actor)).cloned() {
             s.siblings = vec![last];
         }
         s
@@ -294,14 +337,15 @@ mod laws {
                 match kind {
                     0 => {
                         let ctx = reps[j].clock().clone();
-                        reps[i].update(&ctx, Some(vec![v]), i as NodeId + 1);
+                        reps[i].update(&ctx, Some(vec![v]), i as Actor + 1);
                     }
                     1 => {
-                        reps[i].update(&VersionVector::new(), Some(vec![v]), i as NodeId + 1);
+                        // A blind write, its counter above a node-wide floor (a jump, as after a purge).
+                        reps[i].update_from(&VersionVector::new(), Some(vec![v]), i as Actor + 1, u64::from(v));
                     }
                     2 => {
                         let ctx = reps[i].clock().clone();
-                        reps[i].update(&ctx, None, i as NodeId + 1);
+                        reps[i].update(&ctx, None, i as Actor + 1);
                     }
                     _ => {
                         let other = reps[j].clone();

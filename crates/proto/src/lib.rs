@@ -16,7 +16,7 @@ pub mod level;
 pub mod msg;
 
 pub use context::Context;
-pub use dvv::{Dot, DvvSet, NodeId, Sibling, VersionVector};
+pub use dvv::{Actor, Dot, DvvSet, NodeId, Sibling, VersionVector, actor, actor_epoch, actor_name, actor_node};
 pub use error::Error;
 pub use level::Level;
 pub use msg::*;

@@ -31,6 +31,28 @@ pub enum Request {
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
+    /// Node-to-node anti-entropy, step 1: the sender's root hash of each range it
+    /// shares with the receiver. The answer lists the receiver's leaves of every
+    /// range whose root differs.
+    AaeRoots {
+        /// The ring both sides must be on ([`crate`] users: `Ring::fingerprint`).
+        fingerprint: u64,
+        /// (range, root).
+        ranges: Vec<(u32, u64)>,
+    },
+    /// Node-to-node anti-entropy, step 2: the sender's keys and digests in some
+    /// leaves of a range. The receiver answers with its states of the keys that
+    /// differ or that the sender lacks, and the keys it lacks itself.
+    AaeCompare {
+        /// The ring both sides must be on.
+        fingerprint: u64,
+        /// The range.
+        range: u32,
+        /// The leaves compared.
+        leaves: Vec<u32>,
+        /// The sender's keys in those leaves, with their digests.
+        entries: Vec<KeyDigest>,
+    },
     /// Node-to-node: this replica's state of a key.
     ReplicaGet {
         /// The key.
@@ -168,6 +190,46 @@ pub enum Response {
     },
     /// The hints a node holds for a key: (owner, state, age in ms).
     Hints(Vec<(NodeId, DvvSet, u64)>),
+    /// Anti-entropy: the leaves of each range whose root differed.
+    AaeLeaves(Vec<(u32, Vec<u64>)>),
+    /// Anti-entropy: the outcome of a leaf comparison.
+    AaeCompared(AaeCompared),
+}
+
+/// A key and the digest of one replica's state of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyDigest {
+    /// The key.
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    /// The digest of its state.
+    pub digest: u64,
+}
+
+/// The answer to [`Request::AaeCompare`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AaeCompared {
+    /// The receiver's states of keys whose digests differ, or that the sender lacks.
+    pub theirs: Vec<KeyState>,
+    /// Keys the sender listed that the receiver lacks.
+    #[serde(with = "serde_bytes_vec")]
+    pub missing: Vec<Vec<u8>>,
+    /// More differing states did not fit: compare these leaves again.
+    pub more: bool,
+}
+
+mod serde_bytes_vec {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_bytes::ByteBuf;
+
+    pub fn serialize<S: Serializer>(v: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        let bufs: Vec<&serde_bytes::Bytes> = v.iter().map(|b| serde_bytes::Bytes::new(b)).collect();
+        bufs.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        Ok(Vec::<ByteBuf>::deserialize(d)?.into_iter().map(ByteBuf::into_vec).collect())
+    }
 }
 
 /// A read's answer.
@@ -211,6 +273,49 @@ pub struct StatusReply {
     pub read_repairs: u64,
     /// The hints this node holds: the replication lag it owes others.
     pub hints: HintStatus,
+    /// Anti-entropy progress.
+    pub aae: AaeStatus,
+}
+
+/// A node's anti-entropy progress.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AaeStatus {
+    /// Whether exchanges run at all.
+    pub enabled: bool,
+    /// Ranges whose last comparison with every peer found them equal.
+    pub ranges_in_sync: u32,
+    /// Ranges not (yet) found equal with every peer.
+    pub ranges_out_of_sync: u32,
+    /// Exchanges completed since start.
+    pub exchanges: u64,
+    /// Exchanges that failed (peer unreachable, ring mismatch, ...).
+    pub exchanges_failed: u64,
+    /// Keys this node changed, or a peer acknowledged, through anti-entropy.
+    pub keys_repaired: u64,
+    /// States received and sent by exchanges.
+    pub keys_exchanged: u64,
+    /// Bytes of states received and sent by exchanges.
+    pub bytes_exchanged: u64,
+    /// Tombstones held, waiting for every home replica and the grace delay.
+    pub tombstones_pending: u64,
+    /// Tombstones purged since start.
+    pub tombstones_purged: u64,
+    /// Per range and peer: when an exchange last completed (ms ago) and whether the
+    /// range was equal at its last comparison.
+    pub pairs: Vec<AaePair>,
+}
+
+/// One (range, peer) pair's anti-entropy state.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AaePair {
+    /// The range.
+    pub range: u32,
+    /// The peer.
+    pub peer: NodeId,
+    /// Since the last completed exchange, ms (`None`: never).
+    pub last_exchange_ago_ms: Option<u64>,
+    /// Whether the last comparison found the range equal.
+    pub in_sync: bool,
 }
 
 /// The hints one node holds, in total and per owner.

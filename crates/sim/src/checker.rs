@@ -2,23 +2,28 @@
 //!
 //! Checks, for every key:
 //! - **no acknowledged write lost**: its dot is a sibling of the final state, or
-//!   covered by the final clock *and* some put was sent with a context covering it
-//!   (someone read it and wrote over it);
+//!   covered by the final clock (or by a tombstone some replica purged) *and* some
+//!   put was sent with a context covering it (someone read it and wrote over it);
+//! - **no resurrection**: a write some acknowledged put overwrote is not a sibling
+//!   of the final state (a tombstone purged too early brings such values back);
 //! - **strict quorums see acknowledged writes**: a strict read with R + W > N that
 //!   started after a strict write was acknowledged returns a context covering it;
-//! - **convergence**: every home replica holds the same state;
+//! - **convergence**: every home replica holds the same state (a tombstone-only
+//!   state and no state are the same: both read as "not found");
 //! - **no value from nowhere**: every value read was written by some put;
 //! - **set workload**: every element of an acknowledged set write is in the final state.
 //!
-//! Schedules that destroy data beyond what N and W promise are not generated yet:
-//! crashes and power losses lose only unflushed writes, which a correct node never
-//! acknowledged, so every acknowledged write is owed. Disk-loss faults arrive with
-//! anti-entropy; they must come with an excuse for writes whose every copy they destroyed.
+//! Crashes and power losses lose only unflushed writes, which a correct node never
+//! acknowledged. Disk wipes lose flushed ones, so they come with excuses: a write
+//! whose every durable copy a wipe destroyed ([`Facts::destroyed`]) may be lost, an
+//! overwrite whose copies were destroyed may leave the old value, and a strict read
+//! may miss a write if a home replica of the key was wiped after the write began
+//! (the wiped replica answers until anti-entropy refills it).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use qkv_proto::{DvvSet, NodeId};
+use qkv_proto::{Dot, DvvSet, NodeId, VersionVector};
 
 use crate::history::{Entry, History, OpKind, Outcome};
 
@@ -44,6 +49,8 @@ impl fmt::Display for Violation {
 pub struct FinalKey {
     /// Each home replica's state (`None`: it holds nothing).
     pub replicas: Vec<(NodeId, Option<DvvSet>)>,
+    /// Tombstones of this key that replicas purged: when, and their clocks.
+    pub purged: Vec<(u64, VersionVector)>,
 }
 
 impl FinalKey {
@@ -63,6 +70,10 @@ pub struct Facts<'a> {
     pub set_workload: bool,
     /// Whether to require convergence of home replicas.
     pub check_convergence: bool,
+    /// Dots whose every durable copy a disk wipe destroyed.
+    pub destroyed: &'a BTreeSet<Dot>,
+    /// Disk wipes: (node, time ms).
+    pub wipes: &'a [(NodeId, u64)],
 }
 
 /// A checker's verdict.
@@ -104,6 +115,17 @@ pub fn check(history: &History, facts: &Facts<'_>) -> Report {
 
 fn check_key(key: &[u8], entries: &[&Entry], fin: &FinalKey, facts: &Facts<'_>, report: &mut Report) {
     let merged = fin.merged();
+    let mut seen = merged.clock().clone();
+    let mut purged = VersionVector::new();
+    for (_, c) in &fin.purged {
+        purged.join(c);
+    }
+    seen.join(&purged);
+    // A purge covering `dot` by time `t`: the key's history before it may be gone from replies.
+    let purged_by = |dot: Dot, t: u64| fin.purged.iter().any(|(at, c)| *at <= t && c.covers(dot));
+    let home: Vec<NodeId> = fin.replicas.iter().map(|r| r.0).collect();
+    let wiped_between =
+        |from: u64, to: u64| facts.wipes.iter().any(|&(n, t)| home.contains(&n) && from <= t && t <= to);
     let mut bad = |kind: &'static str, detail: String| {
         report.violations.push(Violation { kind, key: key.to_vec(), detail });
     };
@@ -124,15 +146,38 @@ fn check_key(key: &[u8], entries: &[&Entry], fin: &FinalKey, facts: &Facts<'_>, 
                 "dot reused",
                 format!(
                     "client {}'s write at {} ms has dot {}:{}, which now holds another value",
-                    e.client, e.completed_ms, dot.node, dot.counter
+                    e.client,
+                    e.completed_ms,
+                    qkv_proto::actor_name(dot.actor),
+                    dot.counter
                 ),
             );
             continue;
         }
         let present = merged.siblings().iter().any(|s| s.dot == dot);
-        let superseded = merged.clock().covers(dot) && sent.iter().any(|c| c.covers(dot));
-        if !present && !superseded {
-            let why = if merged.clock().covers(dot) {
+        let superseded = seen.covers(dot) && sent.iter().any(|c| c.covers(dot));
+        // Overwritten by an acknowledged put whose copies no wipe destroyed: it must stay gone.
+        let overwritten_for_good = entries.iter().any(|o| {
+            o.is_acked_put()
+                && o.sent_context().is_some_and(|c| c.covers(dot))
+                && o.dot().is_some_and(|d| !facts.destroyed.contains(&d))
+        });
+        if present && overwritten_for_good {
+            bad(
+                "resurrected value",
+                format!(
+                    "client {}'s write at {} ms (dot {}:{}) was overwritten by an acknowledged put, yet is back",
+                    e.client,
+                    e.completed_ms,
+                    qkv_proto::actor_name(dot.actor),
+                    dot.counter
+                ),
+            );
+        }
+        // A delete whose tombstone was purged once every home replica held it is not lost.
+        let purged_delete = written.is_none() && purged.covers(dot);
+        if !present && !superseded && !purged_delete && !facts.destroyed.contains(&dot) {
+            let why = if seen.covers(dot) {
                 "its sibling is gone though no put was ever sent with a context covering it"
             } else {
                 "no home replica has seen it"
@@ -141,7 +186,10 @@ fn check_key(key: &[u8], entries: &[&Entry], fin: &FinalKey, facts: &Facts<'_>, 
                 "acknowledged write lost",
                 format!(
                     "client {}'s write at {} ms (dot {}:{}) : {why}",
-                    e.client, e.completed_ms, dot.node, dot.counter
+                    e.client,
+                    e.completed_ms,
+                    qkv_proto::actor_name(dot.actor),
+                    dot.counter
                 ),
             );
         }
@@ -161,12 +209,19 @@ fn check_key(key: &[u8], entries: &[&Entry], fin: &FinalKey, facts: &Facts<'_>, 
             }
             if let Some(dot) = w.dot()
                 && !context.0.covers(dot)
+                && !wiped_between(w.invoked_ms, r.completed_ms)
+                && !purged_by(dot, r.completed_ms)
             {
                 bad(
                     "stale strict read",
                     format!(
                         "client {}'s read (R={rl}) at {} ms missed client {}'s write (W={wl}, dot {}:{}) acknowledged at {} ms",
-                        r.client, r.invoked_ms, w.client, dot.node, dot.counter, w.completed_ms
+                        r.client,
+                        r.invoked_ms,
+                        w.client,
+                        qkv_proto::actor_name(dot.actor),
+                        dot.counter,
+                        w.completed_ms
                     ),
                 );
             }
@@ -193,9 +248,8 @@ fn check_key(key: &[u8], entries: &[&Entry], fin: &FinalKey, facts: &Facts<'_>, 
     }
 
     // Convergence of home replicas.
-    if facts.check_convergence
-        && fin.replicas.windows(2).any(|w| w[0].1.clone().unwrap_or_default() != w[1].1.clone().unwrap_or_default())
-    {
+    let normal = |s: &Option<DvvSet>| s.clone().filter(|s| !s.is_deleted());
+    if facts.check_convergence && fin.replicas.windows(2).any(|w| normal(&w[0].1) != normal(&w[1].1)) {
         let states: Vec<String> = fin
             .replicas
             .iter()
@@ -255,8 +309,8 @@ mod tests {
     use super::*;
     use qkv_proto::{Context, Level, VersionVector};
 
-    fn put(client: u32, value: &str, sent: &[(u32, u64)], got: &[(u32, u64)], at: u64, strict: bool) -> Entry {
-        let vv = |v: &[(u32, u64)]| Context(VersionVector(v.iter().copied().collect()));
+    fn put(client: u32, value: &str, sent: &[(u64, u64)], got: &[(u64, u64)], at: u64, strict: bool) -> Entry {
+        let vv = |v: &[(u64, u64)]| Context(VersionVector(v.iter().copied().collect()));
         Entry {
             client,
             key: b"k".to_vec(),
@@ -268,11 +322,17 @@ mod tests {
     }
 
     fn finals(set: DvvSet) -> BTreeMap<Vec<u8>, FinalKey> {
-        [(b"k".to_vec(), FinalKey { replicas: vec![(1, Some(set.clone())), (2, Some(set))] })].into()
+        [(
+            b"k".to_vec(),
+            FinalKey { replicas: vec![(1, Some(set.clone())), (2, Some(set))], purged: Default::default() },
+        )]
+        .into()
     }
 
+    static NONE: BTreeSet<Dot> = BTreeSet::new();
+
     fn facts(f: &BTreeMap<Vec<u8>, FinalKey>) -> Facts<'_> {
-        Facts { n: 3, finals: f, set_workload: false, check_convergence: true }
+        Facts { n: 3, finals: f, set_workload: false, check_convergence: true, destroyed: &NONE, wipes: &[] }
     }
 
     #[test]

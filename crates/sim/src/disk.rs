@@ -1,28 +1,34 @@
 //! A simulated disk implementing the core's `Store`: writes are volatile until a
 //! flush completes; a crash loses whatever was not flushed.
 
+use qkv_coordinator::mem::MemStore;
+use qkv_coordinator::{Hint, HintMeta, Store};
+
 use std::collections::BTreeMap;
 
-use qkv_coordinator::{Hint, HintMeta, Store};
-use qkv_proto::{DvvSet, Error, NodeId};
+use qkv_proto::{DvvSet, Error, NodeId, VersionVector};
 
 /// What a node's store holds.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Contents {
-    /// Key → state.
-    pub data: BTreeMap<Vec<u8>, DvvSet>,
-    /// (owner, key) → hint.
-    pub hints: BTreeMap<(NodeId, Vec<u8>), Hint>,
-}
+pub type Contents = MemStore;
 
 /// One node's disk: what the process sees, and what survives a crash.
 #[derive(Clone, Debug, Default)]
 pub struct Disk {
     current: Contents,
     durable: Contents,
+    /// The simulator's record (not the node's): per key, when this node purged a
+    /// tombstone and its clock, so the checker knows what it covered.
+    pub purged: BTreeMap<Vec<u8>, Vec<(u64, VersionVector)>>,
+    /// Virtual time, set by the simulator before it runs the node.
+    pub now: u64,
 }
 
 impl Disk {
+    /// What survives a crash now.
+    pub fn durable(&self) -> &Contents {
+        &self.durable
+    }
+
     /// What the process sees now.
     pub fn current(&self) -> &Contents {
         &self.current
@@ -37,39 +43,11 @@ impl Disk {
     pub fn crash(&mut self) {
         self.current = self.durable.clone();
     }
-}
 
-impl Store for Disk {
-    fn get(&self, key: &[u8]) -> Result<Option<DvvSet>, Error> {
-        Ok(self.current.data.get(key).cloned())
-    }
-    fn put(&mut self, key: &[u8], set: &DvvSet) -> Result<(), Error> {
-        self.current.data.insert(key.to_vec(), set.clone());
-        Ok(())
-    }
-    fn get_hint(&self, owner: NodeId, key: &[u8]) -> Result<Option<Hint>, Error> {
-        Ok(self.current.hints.get(&(owner, key.to_vec())).cloned())
-    }
-    fn put_hint(&mut self, owner: NodeId, key: &[u8], hint: &Hint) -> Result<(), Error> {
-        self.current.hints.insert((owner, key.to_vec()), hint.clone());
-        Ok(())
-    }
-    fn delete_hint(&mut self, owner: NodeId, key: &[u8]) -> Result<(), Error> {
-        self.current.hints.remove(&(owner, key.to_vec()));
-        Ok(())
-    }
-    fn scan_hints(&self) -> Result<Vec<HintMeta>, Error> {
-        Ok(self
-            .current
-            .hints
-            .iter()
-            .map(|((owner, key), h)| HintMeta {
-                owner: *owner,
-                key: key.clone(),
-                bytes: qkv_coordinator::hints::hint_bytes(key, h.set.value_bytes()),
-                created_ms: h.created_ms,
-            })
-            .collect())
+    /// Lose everything, flushed or not (a wiped or replaced disk).
+    pub fn wipe(&mut self) {
+        self.current = Contents::default();
+        self.durable = Contents::default();
     }
 }
 
@@ -78,21 +56,38 @@ pub struct SharedDisk(pub std::rc::Rc<std::cell::RefCell<Disk>>);
 
 impl Store for SharedDisk {
     fn get(&self, key: &[u8]) -> Result<Option<DvvSet>, Error> {
-        self.0.borrow().get(key)
+        self.0.borrow().current.get(key)
     }
     fn put(&mut self, key: &[u8], set: &DvvSet) -> Result<(), Error> {
-        self.0.borrow_mut().put(key, set)
+        self.0.borrow_mut().current.put(key, set)
+    }
+    fn delete(&mut self, key: &[u8]) -> Result<(), Error> {
+        let mut d = self.0.borrow_mut();
+        if let Some(old) = d.current.value(key).cloned() {
+            let now = d.now;
+            d.purged.entry(key.to_vec()).or_default().push((now, old.clock().clone()));
+        }
+        d.current.delete(key)
+    }
+    fn scan(&self, from: (u64, &[u8]), to: u64, limit: usize) -> Result<Vec<(Vec<u8>, DvvSet)>, Error> {
+        self.0.borrow().current.scan(from, to, limit)
+    }
+    fn counter_lease(&self) -> Result<u64, Error> {
+        self.0.borrow().current.counter_lease()
+    }
+    fn put_counter_lease(&mut self, lease: u64) -> Result<(), Error> {
+        self.0.borrow_mut().current.put_counter_lease(lease)
     }
     fn get_hint(&self, owner: NodeId, key: &[u8]) -> Result<Option<Hint>, Error> {
-        self.0.borrow().get_hint(owner, key)
+        self.0.borrow().current.get_hint(owner, key)
     }
     fn put_hint(&mut self, owner: NodeId, key: &[u8], hint: &Hint) -> Result<(), Error> {
-        self.0.borrow_mut().put_hint(owner, key, hint)
+        self.0.borrow_mut().current.put_hint(owner, key, hint)
     }
     fn delete_hint(&mut self, owner: NodeId, key: &[u8]) -> Result<(), Error> {
-        self.0.borrow_mut().delete_hint(owner, key)
+        self.0.borrow_mut().current.delete_hint(owner, key)
     }
     fn scan_hints(&self) -> Result<Vec<HintMeta>, Error> {
-        self.0.borrow().scan_hints()
+        self.0.borrow().current.scan_hints()
     }
 }

@@ -72,7 +72,7 @@ impl Entry {
         let (OpKind::Put { context: sent, .. }, Outcome::Put { context: got }) = (&self.op, &self.outcome) else {
             return None;
         };
-        got.0.0.iter().find(|(n, c)| **c > sent.0.get(**n)).map(|(&node, &counter)| Dot { node, counter })
+        got.0.0.iter().find(|(n, c)| **c > sent.0.get(**n)).map(|(&actor, &counter)| Dot { actor, counter })
     }
 
     /// True for an acknowledged put.

@@ -30,6 +30,8 @@ pub fn run_seed(seed: u64, cfg: &SimConfig) -> (Run, Report) {
         finals: &run.finals,
         set_workload: cfg.workload == Workload::Set,
         check_convergence: true,
+        destroyed: &run.destroyed,
+        wipes: &run.wipes,
     };
     let report = checker::check(&run.history, &facts);
     (run, report)

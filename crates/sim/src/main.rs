@@ -54,7 +54,13 @@ struct Args {
     /// Share of faults that are a power loss of every node at once.
     #[arg(long, default_value_t = 0.1)]
     power_loss: f64,
-    /// Run a deliberately broken core: lww, ack-before-flush or strict-counts-standins.
+    /// Share of faults that wipe one node's disk (it restarts empty, under a new epoch).
+    #[arg(long, default_value_t = 0.05)]
+    wipe: f64,
+    /// Longest crash or partition, ms (nodes purge a tombstone 300 ms after every replica holds it).
+    #[arg(long, default_value_t = 3000)]
+    outage_ms: u64,
+    /// Run a deliberately broken core: lww, ack-before-flush, strict-counts-standins or gc-unconfirmed.
     #[arg(long)]
     bug: Option<String>,
     /// Stop at the first violating seed.
@@ -77,7 +83,12 @@ fn bugs(name: Option<&str>) -> Result<Bugs, String> {
         Some("lww") => b.lww = true,
         Some("ack-before-flush") => b.ack_before_flush = true,
         Some("strict-counts-standins") => b.strict_counts_standins = true,
-        Some(other) => return Err(format!("unknown bug `{other}`: lww, ack-before-flush or strict-counts-standins")),
+        Some("gc-unconfirmed") => b.gc_unconfirmed = true,
+        Some(other) => {
+            return Err(format!(
+                "unknown bug `{other}`: lww, ack-before-flush, strict-counts-standins or gc-unconfirmed"
+            ));
+        }
     }
     Ok(b)
 }
@@ -95,8 +106,12 @@ fn main() -> ExitCode {
     if a.n == 0 || a.n > a.nodes as usize {
         return fail(format!("--n must be between 1 and --nodes ({})", a.nodes));
     }
-    if !(0.0..=0.5).contains(&a.loss) || !(0.0..=0.5).contains(&a.dup) || !(0.0..=1.0).contains(&a.power_loss) {
-        return fail("--loss and --dup must be between 0 and 0.5, --power-loss between 0 and 1".into());
+    if !(0.0..=0.5).contains(&a.loss)
+        || !(0.0..=0.5).contains(&a.dup)
+        || !(0.0..=1.0).contains(&a.power_loss)
+        || !(0.0..=1.0).contains(&a.wipe)
+    {
+        return fail("--loss and --dup must be between 0 and 0.5, --power-loss and --wipe between 0 and 1".into());
     }
     let seeds: Vec<u64> = match a.seed {
         Some(s) => vec![s],
@@ -111,6 +126,7 @@ fn main() -> ExitCode {
     let (mut ops, mut msgs, mut lost, mut dups, mut cut) = (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
     let (mut bad_seeds, mut violations, mut writes, mut reads) = (0u64, 0usize, 0usize, 0usize);
+    let (mut converge_ms, mut unconverged) = (Vec::<u64>::new(), 0u64);
     for &seed in &seeds {
         let workload = match workload_for(&a.workload, seed) {
             Ok(w) => w,
@@ -126,6 +142,8 @@ fn main() -> ExitCode {
             loss: a.loss,
             dup: a.dup,
             power_loss: a.power_loss,
+            wipe: a.wipe,
+            outage_ms_max: a.outage_ms,
             bugs,
         };
         let (run, report) = run_seed(seed, &cfg);
@@ -136,6 +154,10 @@ fn main() -> ExitCode {
         cut += run.counters.partitioned;
         for (k, v) in &run.counters.faults {
             *faults.entry(k).or_default() += v;
+        }
+        match run.converged_after_ms {
+            Some(ms) => converge_ms.push(ms),
+            None => unconverged += 1,
         }
         writes += report.acked_writes;
         reads += report.reads;
@@ -169,7 +191,10 @@ fn main() -> ExitCode {
                 if let Some(b) = &a.bug {
                     replay += &format!(" --bug {b}");
                 }
-                println!("  replay: {replay} --loss {} --dup {} --power-loss {}", a.loss, a.dup, a.power_loss);
+                println!(
+                    "  replay: {replay} --loss {} --dup {} --power-loss {} --wipe {} --outage-ms {}",
+                    a.loss, a.dup, a.power_loss, a.wipe, a.outage_ms
+                );
             });
             if a.fail_fast {
                 break;
@@ -189,6 +214,14 @@ fn main() -> ExitCode {
     println!("messages: {msgs} sent, {lost} lost, {dups} duplicated, {cut} dropped by partitions");
     let f: Vec<String> = faults.iter().map(|(k, v)| format!("{v} {k}")).collect();
     println!("faults: {}", if f.is_empty() { "none".into() } else { f.join(", ") });
+    converge_ms.sort_unstable();
+    let pct = |p: f64| converge_ms.get(((converge_ms.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0);
+    println!(
+        "convergence after healing, no reads: p50 {} ms, p99 {} ms, max {} ms; {unconverged} schedules did not converge in 30 s",
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    );
     println!(
         "violations: {violations} in {bad_seeds} schedules; {:.1} s ({:.1} s per 1000 seeds)",
         secs,

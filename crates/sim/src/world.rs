@@ -2,11 +2,12 @@
 //! a network with latency, loss, duplication, reordering and partitions, disks
 //! that lose unflushed writes on a crash, skewed clocks, and clients.
 //!
-//! A run has three phases: *active* (clients work, faults strike), *healing*
-//! (partitions healed, crashed nodes restarted, the network made reliable, then a
-//! quiet period for handoff), and *sweep* (a strict R = all read of every key,
-//! whose read repair brings home replicas together, then another quiet period).
-//! The final state of every key is then read straight off the home replicas' disks.
+//! A run has two phases: *active* (clients work, faults strike: crashes, power
+//! losses, disk wipes, partitions, clock jumps) and *healing* (partitions healed,
+//! crashed nodes restarted, the network made reliable, no client request at all)
+//! until every key's home replicas agree, by hinted handoff and anti-entropy
+//! alone, or 30 s of virtual time pass. The final state of every key is then read
+//! straight off the home replicas' disks.
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
@@ -15,8 +16,8 @@ use std::rc::Rc;
 
 use qkv_coordinator::hints::HintLimits;
 use qkv_coordinator::replica::Limits;
-use qkv_coordinator::{Bugs, Core, CoreConfig, Output, Ring};
-use qkv_proto::{GetRequest, Level, NodeId, Request, Response};
+use qkv_coordinator::{AaeConfig, Bugs, Core, CoreConfig, Output, Ring};
+use qkv_proto::{Dot, DvvSet, NodeId, Request, Response};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -46,6 +47,10 @@ pub struct SimConfig {
     pub dup: f64,
     /// Share of injected faults that are a power loss of every node at once.
     pub power_loss: f64,
+    /// Share of injected faults that wipe one node's disk.
+    pub wipe: f64,
+    /// Longest crash or partition, ms.
+    pub outage_ms_max: u64,
     /// Deliberate bugs in every node.
     pub bugs: Bugs,
 }
@@ -62,6 +67,8 @@ impl Default for SimConfig {
             loss: 0.01,
             dup: 0.01,
             power_loss: 0.1,
+            wipe: 0.05,
+            outage_ms_max: 3_000,
             bugs: Bugs::default(),
         }
     }
@@ -94,6 +101,12 @@ pub struct Run {
     pub counters: Counters,
     /// Virtual time at the end, ms.
     pub end_ms: u64,
+    /// Dots whose every durable copy a wipe destroyed.
+    pub destroyed: BTreeSet<Dot>,
+    /// Disk wipes: (node, time ms).
+    pub wipes: Vec<(NodeId, u64)>,
+    /// Virtual time from healing until every key's home replicas agreed, ms.
+    pub converged_after_ms: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -121,17 +134,36 @@ enum Body {
 
 #[derive(Clone, Debug)]
 enum Ev {
-    Deliver { from: Addr, to: Addr, corr: u64, body: Box<Body> },
-    Timer { node: NodeId, inc: u64 },
-    Flushed { node: NodeId, inc: u64, token: u64 },
-    ClientNext { client: u32 },
-    ClientTimeout { client: u32, seq: u64 },
+    Deliver {
+        from: Addr,
+        to: Addr,
+        corr: u64,
+        body: Box<Body>,
+    },
+    Timer {
+        node: NodeId,
+        inc: u64,
+    },
+    Flushed {
+        node: NodeId,
+        inc: u64,
+        token: u64,
+    },
+    ClientNext {
+        client: u32,
+    },
+    ClientTimeout {
+        client: u32,
+        seq: u64,
+    },
     Crash(NodeId),
     Restart(NodeId),
     Partition(Vec<(NodeId, NodeId)>),
     Heal,
     ClockJump(NodeId, i64),
     PowerLoss,
+    /// The node's disk is lost (the process with it); it restarts empty.
+    Wipe(NodeId),
 }
 
 struct SimNode {
@@ -143,6 +175,8 @@ struct SimNode {
     timer_at: Option<u64>,
     mono_offset: u64,
     wall_skew_ms: i64,
+    /// The epoch of the node's current disk; a wipe draws a new one.
+    epoch: u32,
 }
 
 struct InFlight {
@@ -158,12 +192,11 @@ struct SimClient {
     inflight: Option<InFlight>,
 }
 
-/// Client id of the final sweep.
-const SWEEP_CLIENT: u32 = 9_999;
 /// A client gives up on a request after this long.
 const CLIENT_TIMEOUT_MS: u64 = 3_000;
-const HEAL_QUIET_MS: u64 = 5_000;
-const SWEEP_QUIET_MS: u64 = 3_000;
+/// After healing, anti-entropy gets this long to make every key's replicas agree.
+const CONVERGE_MS_MAX: u64 = 30_000;
+const CONVERGE_STEP_MS: u64 = 250;
 const WALL_EPOCH_MS: u64 = 1_700_000_000_000;
 /// No run goes on longer than this, whatever happens.
 const RUN_MS_MAX: u64 = 30 * 60 * 1000;
@@ -186,6 +219,8 @@ pub struct World {
     history: History,
     counters: Counters,
     ring: Ring,
+    destroyed: BTreeSet<Dot>,
+    wipes: Vec<(NodeId, u64)>,
 }
 
 impl World {
@@ -206,6 +241,7 @@ impl World {
                     timer_at: None,
                     mono_offset: rng.random_range(0..1_000_000_000),
                     wall_skew_ms: rng.random_range(-60_000..=60_000),
+                    epoch: rng.random_range(1..=u32::MAX),
                 };
                 (id, node)
             })
@@ -229,6 +265,8 @@ impl World {
             history: History::default(),
             counters: Counters::default(),
             ring,
+            destroyed: BTreeSet::new(),
+            wipes: vec![],
         };
         for id in ids {
             w.start(id);
@@ -255,6 +293,8 @@ impl World {
             request_timeout_ms: 1000,
             ping_interval_ms: 250,
             down_after_ms: 1000,
+            epoch: self.nodes[&me].epoch,
+            aae: AaeConfig { interval_ms: 500, tombstone_grace_ms: 300, ..AaeConfig::default() },
             bugs: self.cfg.bugs,
         }
     }
@@ -276,6 +316,40 @@ impl World {
         self.schedule_timer(id);
     }
 
+    /// Node `id`'s disk is lost: note every dot it held that no other durable disk holds
+    /// (or covers), then wipe it; the node restarts under a new epoch.
+    fn wipe(&mut self, id: NodeId) {
+        self.wipes.push((id, self.now));
+        let others: Vec<_> = self.nodes.iter().filter(|(n, _)| **n != id).map(|(_, n)| n.disk.clone()).collect();
+        let covered_elsewhere = |key: &[u8], dot: Dot| {
+            others.iter().any(|d| {
+                let d = d.borrow();
+                let c = d.durable();
+                c.value(key).is_some_and(|s| s.clock().covers(dot))
+                    || c.hints.iter().any(|((_, k), h)| k == key && h.set.clock().covers(dot))
+                    || d.purged.get(key).is_some_and(|p| p.iter().any(|(_, c)| c.covers(dot)))
+            })
+        };
+        let mine: Vec<(Vec<u8>, DvvSet)> = {
+            let d = self.nodes[&id].disk.borrow();
+            let c = d.durable();
+            c.entries()
+                .map(|(k, s)| (k.to_vec(), s.clone()))
+                .chain(c.hints.iter().map(|((_, k), h)| (k.clone(), h.set.clone())))
+                .collect()
+        };
+        for (key, set) in mine {
+            for sib in set.siblings() {
+                if !covered_elsewhere(&key, sib.dot) {
+                    self.destroyed.insert(sib.dot);
+                }
+            }
+        }
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        node.disk.borrow_mut().wipe();
+        node.epoch = self.rng.random_range(1..=u32::MAX);
+    }
+
     fn crash(&mut self, id: NodeId) {
         let node = self.nodes.get_mut(&id).expect("node exists");
         if node.core.take().is_some() {
@@ -288,7 +362,10 @@ impl World {
     /// Run a node's core, then carry out its outputs.
     fn with_core(&mut self, id: NodeId, f: impl FnOnce(&mut Core<SharedDisk>, u64)) {
         let mono = self.mono(id);
-        let Some(core) = self.nodes.get_mut(&id).and_then(|n| n.core.as_mut()) else { return };
+        let now = self.now;
+        let Some(node) = self.nodes.get_mut(&id) else { return };
+        node.disk.borrow_mut().now = now;
+        let Some(core) = node.core.as_mut() else { return };
         f(core, mono);
         let mut outs = vec![];
         while let Some(o) = core.poll_output() {
@@ -452,11 +529,19 @@ impl World {
                 t += self.rng.random_range(200..1000);
                 continue;
             }
+            if self.rng.random_bool(self.cfg.wipe) {
+                let n = ids[self.rng.random_range(0..ids.len())];
+                self.at(t, Ev::Wipe(n));
+                let back = t + self.rng.random_range(100..2000);
+                self.at(back, Ev::Restart(n));
+                t += self.rng.random_range(200..1000);
+                continue;
+            }
             match self.rng.random_range(0..100) {
                 0..30 => {
                     let n = ids[self.rng.random_range(0..ids.len())];
                     self.at(t, Ev::Crash(n));
-                    let back = t + self.rng.random_range(100..3000);
+                    let back = t + self.rng.random_range(100..self.cfg.outage_ms_max.max(101));
                     self.at(back, Ev::Restart(n));
                 }
                 30..65 => {
@@ -474,7 +559,7 @@ impl World {
                         }
                     }
                     let flapping = self.rng.random_bool(0.3);
-                    let end = t + self.rng.random_range(300..3000);
+                    let end = t + self.rng.random_range(300..self.cfg.outage_ms_max.max(301));
                     if flapping {
                         let mut s = t;
                         while s < end {
@@ -547,6 +632,11 @@ impl World {
                     self.crash(n);
                 }
             }
+            Ev::Wipe(n) => {
+                self.fault("disk wipe");
+                self.crash(n);
+                self.wipe(n);
+            }
             Ev::Partition(cut) => self.blocked = cut.into_iter().collect(),
             Ev::Heal => self.blocked.clear(),
             Ev::ClockJump(n, jump) => {
@@ -597,26 +687,28 @@ impl World {
         self.run_until(RUN_MS_MAX, World::clients_done);
 
         // Healing: no more faults, every node up, a reliable network, then quiet.
-        self.events.retain(|_, e| !matches!(e, Ev::Crash(_) | Ev::PowerLoss | Ev::Partition(_) | Ev::ClockJump(..)));
+        self.events.retain(|_, e| {
+            !matches!(e, Ev::Crash(_) | Ev::PowerLoss | Ev::Partition(_) | Ev::ClockJump(..) | Ev::Wipe(_))
+        });
         self.blocked.clear();
         self.reliable = true;
         let down: Vec<NodeId> = self.nodes.iter().filter(|(_, n)| n.core.is_none()).map(|(&id, _)| id).collect();
         for id in down {
             self.start(id);
         }
-        let quiet = self.now + HEAL_QUIET_MS;
-        self.run_until(quiet, |_| false);
-
-        // Sweep: a strict read of every key at R = all repairs its home replicas.
+        // No client reads from here on: anti-entropy alone must bring every key's home
+        // replicas to the same state, within the deadline.
         let keys: BTreeSet<Vec<u8>> = self.history.entries.iter().map(|e| e.key.clone()).collect();
-        self.clients.insert(SWEEP_CLIENT, SimClient { state: ClientState::new(0), seq: 0, inflight: None });
-        for (i, key) in keys.iter().enumerate() {
-            let node = (i % self.cfg.nodes) as NodeId + 1;
-            let req = Request::Get(GetRequest { key: key.clone(), r: Level::All, strict: true, timeout_ms: None });
-            self.send(Addr::Client(SWEEP_CLIENT), Addr::Node(node, 0), 1_000_000 + i as u64, Body::Req(req));
+        let healed = self.now;
+        let mut converged_after_ms = None;
+        while self.now < healed + CONVERGE_MS_MAX {
+            let step = self.now + CONVERGE_STEP_MS;
+            self.run_until(step, |_| false);
+            if self.converged(&keys) {
+                converged_after_ms = Some(self.now - healed);
+                break;
+            }
         }
-        let quiet = self.now + SWEEP_QUIET_MS;
-        self.run_until(quiet, |_| false);
 
         let finals = keys
             .into_iter()
@@ -625,11 +717,34 @@ impl World {
                     .ring
                     .preference_list(&key)
                     .iter()
-                    .map(|id| (*id, self.nodes[id].disk.borrow().current().data.get(&key).cloned()))
+                    .map(|id| (*id, self.nodes[id].disk.borrow().current().value(&key).cloned()))
                     .collect();
-                (key, FinalKey { replicas })
+                let purged =
+                    self.nodes.values().flat_map(|n| n.disk.borrow().purged.get(&key).cloned()).flatten().collect();
+                (key, FinalKey { replicas, purged })
             })
             .collect();
-        Run { history: self.history, finals, counters: self.counters, end_ms: self.now }
+        Run {
+            history: self.history,
+            finals,
+            counters: self.counters,
+            end_ms: self.now,
+            destroyed: self.destroyed,
+            wipes: self.wipes,
+            converged_after_ms,
+        }
+    }
+
+    /// Every key's home replicas hold the same state (tombstone-only counts as none).
+    fn converged(&self, keys: &BTreeSet<Vec<u8>>) -> bool {
+        keys.iter().all(|key| {
+            let states: Vec<Option<DvvSet>> = self
+                .ring
+                .preference_list(key)
+                .iter()
+                .map(|id| self.nodes[id].disk.borrow().current().value(key).cloned().filter(|s| !s.is_deleted()))
+                .collect();
+            states.windows(2).all(|w| w[0] == w[1])
+        })
     }
 }

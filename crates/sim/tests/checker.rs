@@ -72,3 +72,10 @@ fn the_checker_catches_acknowledging_before_persisting() {
     let (seed, v) = caught.expect("ack-before-flush caught within 600 seeds");
     println!("ack-before-flush caught at seed {seed}: {v}");
 }
+
+#[test]
+fn the_checker_catches_tombstones_purged_on_a_timer_alone() {
+    let caught = first_caught(Bugs { gc_unconfirmed: true, ..Bugs::default() }, 300, |_| {});
+    let (seed, v) = caught.expect("unconfirmed tombstone GC caught within 300 seeds");
+    println!("gc-unconfirmed caught at seed {seed}: {v}");
+}

@@ -119,6 +119,8 @@ pub fn allowed(role: PeerRole, req: &Request) -> bool {
         | Request::ReplicaPutBatch { .. }
         | Request::ReplicaHint { .. }
         | Request::HintGet { .. }
+        | Request::AaeRoots { .. }
+        | Request::AaeCompare { .. }
         | Request::Ping { .. } => matches!(role, PeerRole::Node(_)),
         _ => true,
     }

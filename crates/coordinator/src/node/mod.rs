@@ -24,7 +24,9 @@
 //! - `write.rs`: puts, forwarding, stand-in selection, replica writes, hint intake.
 //! - `handoff.rs`: pushing hints to their owners.
 //! - `gossip.rs`: pings and the failure detector.
+//! - `aae.rs`: anti-entropy exchanges and tombstone GC.
 
+mod aae;
 mod gossip;
 mod handoff;
 pub mod lag;
@@ -33,14 +35,18 @@ mod write;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
-use qkv_proto::{Context, DvvSet, Error, HintStatus, MemberStatus, NodeId, Request, Response, RingReply, StatusReply};
+use qkv_proto::{
+    Actor, Context, Dot, DvvSet, Error, HintStatus, MemberStatus, NodeId, Request, Response, RingReply, StatusReply,
+};
 
 use crate::get::GetOp;
 use crate::hints::{HintIndex, HintLimits};
 use crate::liveness::Detector;
 use crate::put::PutOp;
-use crate::replica::Limits;
+use crate::replica::{self, Limits};
 use crate::ring::{Ring, RingError};
+
+pub use aae::AaeConfig;
 
 /// Identifies a request this node must answer (chosen by the driver).
 pub type ReqId = u64;
@@ -78,12 +84,24 @@ pub struct HintMeta {
     pub created_ms: u64,
 }
 
-/// The node's durable state: key → state (`data`) and (owner, key) → hint (`hints`).
+/// The node's durable state: key → state (`data`, kept in token order: see
+/// [`Store::scan`]), (owner, key) → hint (`hints`) and the actor's counter lease.
 pub trait Store {
     /// The state of `key`, if any.
     fn get(&self, key: &[u8]) -> Result<Option<DvvSet>, Error>;
     /// Replace the state of `key`. Durable only after the next completed `Flush`.
     fn put(&mut self, key: &[u8], set: &DvvSet) -> Result<(), Error>;
+    /// Drop the state of `key` (tombstone GC). Durable only after the next completed `Flush`.
+    fn delete(&mut self, key: &[u8]) -> Result<(), Error>;
+    /// At most `limit` keys and states, ordered by ([`token`] of the key, key), from
+    /// `from` (inclusive) while the token is at most `to`.
+    ///
+    /// [`token`]: crate::ring::token
+    fn scan(&self, from: (u64, &[u8]), to: u64, limit: usize) -> Result<Vec<(Vec<u8>, DvvSet)>, Error>;
+    /// The last recorded counter lease: no dot this node's actor minted is above it (0: none).
+    fn counter_lease(&self) -> Result<u64, Error>;
+    /// Record a counter lease. Durable only after the next completed `Flush`.
+    fn put_counter_lease(&mut self, lease: u64) -> Result<(), Error>;
     /// The hint for `owner` and `key`, if any.
     fn get_hint(&self, owner: NodeId, key: &[u8]) -> Result<Option<Hint>, Error>;
     /// Replace the hint for `owner` and `key`. Durable only after the next completed `Flush`.
@@ -105,6 +123,9 @@ pub struct Bugs {
     pub ack_before_flush: bool,
     /// Let stand-in acks count toward W even for strict writes.
     pub strict_counts_standins: bool,
+    /// Purge tombstones after the grace delay alone, without knowing every home replica
+    /// holds them, and forget them at once (the naive GC of a timer).
+    pub gc_unconfirmed: bool,
 }
 
 /// What a node is and how it behaves.
@@ -114,6 +135,9 @@ pub struct CoreConfig {
     pub me: NodeId,
     /// Bumped by the driver at every start (persisted), so this run's heartbeats win.
     pub incarnation: u64,
+    /// The epoch of this node's disk: drawn at random by the driver when it starts
+    /// on an empty disk, then kept. With `me`, it makes the node's [`Actor`].
+    pub epoch: u32,
     /// Every member, this node included, with its address (shown in status; never dialled here).
     pub members: Vec<(NodeId, String)>,
     /// Replication factor.
@@ -130,6 +154,8 @@ pub struct CoreConfig {
     pub ping_interval_ms: u64,
     /// Time without a fresh heartbeat after which a peer is down.
     pub down_after_ms: u64,
+    /// Anti-entropy and tombstone GC.
+    pub aae: AaeConfig,
     /// Deliberate bugs (simulator only).
     #[doc(hidden)]
     pub bugs: Bugs,
@@ -192,6 +218,7 @@ struct PendingPut {
     key: Vec<u8>,
     set: DvvSet,
     ctx: Context,
+    dot: Dot,
     needed: usize,
     timeout_ms: u64,
     strict: bool,
@@ -202,6 +229,7 @@ struct PutState {
     req: ReqId,
     op: PutOp,
     ctx: Context,
+    dot: Dot,
     key: Vec<u8>,
     set: DvvSet,
     home: Vec<NodeId>,
@@ -236,6 +264,8 @@ enum Op {
     Ping { to: NodeId },
     /// A handoff batch in flight: the states sent, to delete if still unchanged on ack.
     Handoff { owner: NodeId, items: Vec<(Vec<u8>, DvvSet)> },
+    /// The anti-entropy exchange this node started (its state is in `Core::aae`).
+    Aae,
     /// An answered write whose remaining replica acks still count for its lag.
     PutTail { track: Option<u64>, outstanding: usize },
     /// Asking a replica whether it holds a tracked write yet.
@@ -262,7 +292,15 @@ pub struct Core<S> {
     next_handoff_ms: u64,
     stats: Stats,
     lag: lag::LagTracker,
+    aae: aae::AaeState,
+    actor: Actor,
+    /// The highest counter this node's actor minted, and the recorded lease above it.
+    counter: u64,
+    counter_lease: u64,
 }
+
+/// Counters are leased in steps of this many, so the lease is rarely written.
+pub const COUNTER_LEASE_STEP: u64 = 10_000;
 
 impl<S: Store> Core<S> {
     /// A node at monotonic time `now_ms` and wall-clock time `wall_ms`; every peer starts as up.
@@ -274,7 +312,10 @@ impl<S: Store> Core<S> {
         for h in store.scan_hints()? {
             hints.record(h.owner, &h.key, h.bytes, h.created_ms);
         }
-        Ok(Core {
+        let aae = aae::AaeState::new(cfg.aae, &ring, cfg.me, now_ms);
+        let counter = store.counter_lease()?;
+        let actor = qkv_proto::actor(cfg.me, cfg.epoch);
+        let mut core = Core {
             cfg,
             ring,
             detector,
@@ -293,7 +334,18 @@ impl<S: Store> Core<S> {
             next_handoff_ms: now_ms,
             stats: Stats::default(),
             lag: lag::LagTracker::default(),
-        })
+            aae,
+            actor,
+            counter,
+            counter_lease: counter,
+        };
+        core.load_trees()?;
+        Ok(core)
+    }
+
+    /// This node's actor in version vectors.
+    pub fn actor(&self) -> Actor {
+        self.actor
     }
 
     /// The store.
@@ -327,7 +379,7 @@ impl<S: Store> Core<S> {
     pub fn poll_timeout(&self) -> u64 {
         let ops = self.deadlines.first().map_or(u64::MAX, |d| d.0);
         let rpcs = self.rpc_deadlines.first().map_or(u64::MAX, |d| d.0);
-        ops.min(rpcs).min(self.next_ping_ms).min(self.next_handoff_ms)
+        ops.min(rpcs).min(self.next_ping_ms).min(self.next_handoff_ms).min(self.aae.next_wakeup_ms())
     }
 
     /// Time-to-all-replicas samples (ms) since the last call; the driver records them.
@@ -388,12 +440,55 @@ impl<S: Store> Core<S> {
         }
     }
 
-    /// Every write of a key's data goes through here.
-    fn put_data(&mut self, key: &[u8], set: &DvvSet) -> Result<(), Error> {
-        if self.cfg.bugs.lww {
-            return self.store.put(key, &set.newest_only());
+    /// Every write of a key's data goes through here: `old` is the state it replaces.
+    /// Keeps the anti-entropy trees and the tombstone list in step with the store.
+    fn put_data(&mut self, key: &[u8], old: Option<&DvvSet>, set: &DvvSet) -> Result<(), Error> {
+        let lww;
+        let set = if self.cfg.bugs.lww {
+            lww = set.newest_only();
+            &lww
+        } else {
+            set
+        };
+        self.store.put(key, set)?;
+        self.aae.on_write(&self.ring, key, old, Some(set), self.now_ms);
+        Ok(())
+    }
+
+    /// Merge a state from another replica (a replica write, handoff, read repair or
+    /// anti-entropy) into this node's; true when the stored state changed.
+    fn merge_in(&mut self, key: &[u8], incoming: &DvvSet) -> Result<bool, Error> {
+        let local = self.store.get(key)?;
+        if local.is_none() && self.aae.purged_covers(key, incoming, self.now_ms) {
+            // Older than a tombstone this node purged: taking it back would resurrect it.
+            return Ok(false);
         }
-        self.store.put(key, set)
+        match replica::merge(local.clone(), incoming)? {
+            Some(new) => {
+                self.put_data(key, local.as_ref(), &new)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// The coordinator's local write: a fresh dot above every counter this actor minted.
+    fn coordinate_write(
+        &mut self,
+        key: &[u8],
+        context: &Context,
+        value: Option<Vec<u8>>,
+    ) -> Result<(DvvSet, Context, Dot), Error> {
+        let local = self.store.get(key)?;
+        let (set, ctx, dot) = replica::coordinate(local.clone(), context, value, self.actor, self.counter);
+        self.counter = self.counter.max(dot.counter);
+        if self.counter >= self.counter_lease {
+            // Written with this write and made durable by the same flush, before the dot leaves the node.
+            self.counter_lease = self.counter + COUNTER_LEASE_STEP;
+            self.store.put_counter_lease(self.counter_lease)?;
+        }
+        self.put_data(key, local.as_ref(), &set)?;
+        Ok((set, ctx, dot))
     }
 
     fn is_member(&self, id: NodeId) -> bool {
@@ -414,6 +509,10 @@ impl<S: Store> Core<S> {
             Request::ReplicaPutBatch { items } => self.replica_put_batch(req_id, items),
             Request::ReplicaHint { owner, key, set } => self.take_hint(req_id, owner, &key, &set),
             Request::HintGet { key } => self.hints_for(&key).map(|h| Some(Response::Hints(h))),
+            Request::AaeRoots { fingerprint, ranges } => self.aae_roots(fingerprint, &ranges).map(Some),
+            Request::AaeCompare { fingerprint, range, leaves, entries } => {
+                self.aae_compare(fingerprint, range, &leaves, entries).map(Some)
+            }
             Request::Ping { gossip, .. } => Ok(Some(self.on_ping(&gossip))),
             _ => Err(Error::BadRequest("unsupported request".into())),
         };
@@ -467,6 +566,7 @@ impl<S: Store> Core<S> {
             }
             Some(Op::Ping { .. }) => self.ping_response(op_id, result),
             Some(Op::Handoff { .. }) => self.handoff_response(op_id, result),
+            Some(Op::Aae) => self.aae_response(op_id, from, result),
             Some(Op::PutTail { .. }) => self.put_tail_response(op_id, from, result),
             Some(Op::LagProbe { .. }) => self.lag_probe_response(op_id, result),
             Some(Op::PutFlush(_) | Op::ReplicaFlush { .. }) | None => {}
@@ -501,6 +601,7 @@ impl<S: Store> Core<S> {
             self.handoff_round();
             self.lag_round();
         }
+        self.aae_round();
     }
 
     fn op_deadline(&mut self, op_id: OpId) {
@@ -541,6 +642,7 @@ impl<S: Store> Core<S> {
                 owner_bytes_max: limits.owner_bytes_max,
                 owners: self.hints.report(self.now_ms, self.wall_ms(), |o| self.is_up(o)),
             },
+            aae: self.aae.status(self.now_ms),
         }
     }
 

@@ -6,7 +6,6 @@ use qkv_proto::{Context, DvvSet, Error, GetReply, GetRequest, InspectReply, Node
 
 use super::{Core, Op, OpId, ReplicaRead, ReqId, Store, unexpected};
 use crate::get::{GetAction, GetOp};
-use crate::replica;
 use crate::route::check_available;
 
 impl<S: Store> Core<S> {
@@ -114,10 +113,9 @@ impl<S: Store> Core<S> {
     }
 
     fn repair_locally(&mut self, key: &[u8], set: &DvvSet) {
-        let merged = self.store.get(key).and_then(|l| replica::merge(l, set));
-        match merged.and_then(|m| m.map(|s| self.put_data(key, &s)).transpose()) {
-            Ok(Some(())) => self.stats.read_repairs += 1,
-            Ok(None) => {}
+        match self.merge_in(key, set) {
+            Ok(true) => self.stats.read_repairs += 1,
+            Ok(false) => {}
             Err(e) => tracing::debug!("local read repair failed: {e}"),
         }
     }

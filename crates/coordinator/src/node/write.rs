@@ -4,12 +4,11 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use qkv_proto::{Dot, DvvSet, Error, KeyState, NodeId, PutReply, PutRequest, Request, Response};
+use qkv_proto::{DvvSet, Error, KeyState, NodeId, PutReply, PutRequest, Request, Response};
 
 use super::{Core, FORWARD_MARGIN_MS, Hint, Op, OpId, PendingPut, PutState, ReqId, Store, unexpected};
 use crate::hints::{BATCH_KEYS_MAX, hint_bytes};
 use crate::put::{PutOp, PutOutcome};
-use crate::replica;
 use crate::route::{WriteRoute, check_available, route_write};
 
 impl<S: Store> Core<S> {
@@ -41,10 +40,9 @@ impl<S: Store> Core<S> {
         }
         let strict = p.strict && !self.cfg.bugs.strict_counts_standins;
         let needed = check_available(p.w, n, self.write_alive(&p.key, strict))?;
-        let (set, ctx) = replica::coordinate(self.store.get(&p.key)?, &p.context, p.value, me);
-        self.put_data(&p.key, &set)?;
+        let (set, ctx, dot) = self.coordinate_write(&p.key, &p.context, p.value)?;
         let op = self.id();
-        let pending = PendingPut { req, key: p.key, set, ctx, needed, timeout_ms, strict };
+        let pending = PendingPut { req, key: p.key, set, ctx, dot, needed, timeout_ms, strict };
         if self.cfg.bugs.ack_before_flush {
             self.flush(0);
             self.replicate(op, pending);
@@ -58,7 +56,7 @@ impl<S: Store> Core<S> {
     /// The local write is durable: send it to the other home replicas, and to
     /// stand-ins for home replicas that are down (sloppy writes only).
     pub(super) fn replicate(&mut self, op_id: OpId, pending: PendingPut) {
-        let PendingPut { req, key, set, ctx, needed, timeout_ms, strict } = pending;
+        let PendingPut { req, key, set, ctx, dot, needed, timeout_ms, strict } = pending;
         let me = self.cfg.me;
         let n = self.ring.n();
         let walk = self.ring.walk(&key).to_vec();
@@ -80,7 +78,7 @@ impl<S: Store> Core<S> {
         }
         let mut op = PutOp::new(me, targets.clone(), needed, self.now_ms, timeout_ms);
         let decided = op.poll();
-        let state = PutState { req, op, ctx, key, set, home, owners, candidates, sloppy: !strict };
+        let state = PutState { req, op, ctx, dot, key, set, home, owners, candidates, sloppy: !strict };
         if let Some(outcome) = decided {
             // Answered already (W = 1): the other replicas still get the write.
             let track = self.put_answer(&state, outcome);
@@ -115,8 +113,7 @@ impl<S: Store> Core<S> {
         let resp = outcome.map(|acked| {
             let home_acks: Vec<NodeId> = acked.iter().copied().filter(|a| state.home.contains(a)).collect();
             let missing = state.home.iter().copied().filter(|h| !home_acks.contains(h)).collect();
-            let dot = Dot { node: me, counter: state.ctx.0.get(me) };
-            track = self.lag.start(&state.key, dot, self.now_ms, missing);
+            track = self.lag.start(&state.key, state.dot, self.now_ms, missing);
             let standin_acks = acked.iter().filter_map(|a| state.owners.get(a).map(|owner| (*a, *owner))).collect();
             Response::Put(PutReply { context: state.ctx.clone(), home_acks, standin_acks, coordinator: me })
         });
@@ -218,9 +215,10 @@ impl<S: Store> Core<S> {
     /// (Found by the simulator: a stale strict read after a power loss.)
     pub(super) fn replica_put(&mut self, req: ReqId, key: &[u8], set: &DvvSet) -> Result<Option<Response>, Error> {
         self.cfg.limits.check(key, None)?;
-        if let Some(new) = replica::merge(self.store.get(key)?, set)? {
-            self.put_data(key, &new)?;
+        if !set.is_valid() {
+            return Err(Error::BadRequest("invalid version vector set".into()));
         }
+        self.merge_in(key, set)?;
         self.await_flush(req);
         Ok(None)
     }
@@ -237,9 +235,7 @@ impl<S: Store> Core<S> {
             }
         }
         for it in items {
-            if let Some(new) = replica::merge(self.store.get(&it.key)?, &it.set)? {
-                self.put_data(&it.key, &new)?;
-            }
+            self.merge_in(&it.key, &it.set)?;
         }
         // Acked after a flush even when nothing changed: see `replica_put`.
         self.await_flush(req);

@@ -479,13 +479,15 @@ async fn drive(dir: PathBuf, duration: u64, clients: u32, seed: u64) -> anyhow::
             Ok(ins) if ins.replicas.iter().all(|r| r.1.is_ok()) => {
                 let replicas: Vec<(NodeId, Option<qkv_proto::DvvSet>)> =
                     ins.replicas.into_iter().map(|(id, r)| (id, r.ok().flatten())).collect();
-                finals.insert(key.clone(), FinalKey { replicas });
+                finals.insert(key.clone(), FinalKey { replicas, purged: Default::default() });
             }
             _ => unreadable += 1,
         }
     }
     anyhow::ensure!(unreadable == 0, "{unreadable} keys could not be read from every home replica after healing");
-    let facts = Facts { n, finals: &finals, set_workload: true, check_convergence: true };
+    let destroyed = std::collections::BTreeSet::new();
+    let facts =
+        Facts { n, finals: &finals, set_workload: true, check_convergence: true, destroyed: &destroyed, wipes: &[] };
     let report = checker::check(&history, &facts);
     let acked = history.entries.iter().filter(|e| e.is_acked_put()).count();
     let unknown = history.entries.iter().filter(|e| matches!(e.outcome, Outcome::Unknown | Outcome::Failed(_))).count();

@@ -1,0 +1,737 @@
+//! Anti-entropy exchanges and tombstone GC.
+//!
+//! Every `interval_ms` a node with no exchange running starts one with its next
+//! up peer (round robin) over every range the two replicate:
+//!
+//! 1. `AaeRoots`: its root per range; the peer answers with its leaves of each
+//!    range whose root differs;
+//! 2. `AaeCompare`, per group of differing leaves: its keys and digests there; the
+//!    peer answers with its states of the keys that differ or that this node
+//!    lacks, and the keys it lacks itself;
+//! 3. this node merges the peer's states, then pushes its merged state of every
+//!    key the peer lacks or holds differently (`ReplicaPutBatch`, acked after the
+//!    peer's flush): a DVV sync in both directions, of the differing keys only.
+//!
+//! Exchanges are paced by token buckets over keys and bytes moved, so they never
+//! take more than the configured share of the node. An exchange that completes
+//! tells this node the peer held everything this node held when it started: what
+//! tombstone GC waits for. A tombstone is purged once every other home replica
+//! of its range completed an exchange with this node *that started after the
+//! tombstone was written*, and `tombstone_grace_ms` passed; never on a timer alone.
+//! A purged key's clock is remembered for another grace period, so an older state
+//! arriving late (a replica or hint that missed the delete) is dropped, not
+//! resurrected.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use qkv_proto::{AaeCompared, AaePair, AaeStatus, DvvSet, Error, KeyDigest, KeyState, NodeId, Request, Response};
+
+use super::{Core, Op, OpId, Output, Store, unexpected};
+use crate::aae::{RangeId, Trees, digest};
+use crate::hints::BATCH_KEYS_MAX;
+use crate::ring::{Ring, token};
+
+/// Anti-entropy settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AaeConfig {
+    /// Run exchanges at all (tombstones are never purged without them).
+    pub enabled: bool,
+    /// Pause between the end of one exchange and the start of the next.
+    pub interval_ms: u64,
+    /// Keys moved per second, both directions, at most (bursts of one second).
+    pub keys_per_s: u64,
+    /// Bytes of keys and values moved per second, at most.
+    pub bytes_per_s: u64,
+    /// How long a tombstone is kept after every home replica is known to hold it.
+    pub tombstone_grace_ms: u64,
+}
+
+impl Default for AaeConfig {
+    fn default() -> Self {
+        AaeConfig {
+            enabled: true,
+            interval_ms: 2_000,
+            keys_per_s: 10_000,
+            bytes_per_s: 8 << 20,
+            tombstone_grace_ms: 4 * 3600 * 1000,
+        }
+    }
+}
+
+/// Deadline of one exchange request.
+pub const AAE_TIMEOUT_MS: u64 = 10_000;
+/// Most leaves one `AaeCompare` may name.
+pub const COMPARE_LEAVES_MAX: usize = 1024;
+/// Most keys one `AaeCompare` may list, and most keys a node scans for one.
+pub const COMPARE_ENTRIES_MAX: usize = 65_536;
+/// The initiator stops adding leaves to a comparison at this many keys, key bytes or leaves.
+const GROUP_ENTRIES: usize = 2048;
+const GROUP_BYTES: usize = 1 << 20;
+const GROUP_LEAVES: usize = 64;
+/// Most states in one `AaeCompared` answer, and their bytes (a frame holds at least 8 MiB).
+const THEIRS_KEYS_MAX: usize = 1024;
+const THEIRS_BYTES_MAX: usize = 2 << 20;
+/// Bytes per push batch.
+const PUSH_BYTES_MAX: usize = 1 << 20;
+/// A group still answered "more" after this many rounds: give up this exchange.
+const REPEATS_MAX: u32 = 64;
+const GC_INTERVAL_MS: u64 = 1_000;
+/// Tombstones checked per GC round.
+const GC_BATCH: usize = 10_000;
+/// Purged keys remembered, at most.
+const PURGED_MAX: usize = 100_000;
+const SCAN_PAGE: usize = 4096;
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Pair {
+    /// When an exchange with this peer over this range last completed.
+    done_ms: Option<u64>,
+    /// When that exchange started: the peer then held all this node held.
+    synced_from_ms: Option<u64>,
+    /// The last comparison found the range equal.
+    in_sync: bool,
+}
+
+#[derive(Debug)]
+enum Waiting {
+    Roots,
+    Compare { range: RangeId, leaves: Vec<u32> },
+    Pushes { left: usize, keys: u64, range: RangeId, leaves: Vec<u32>, more: bool },
+    Budget,
+}
+
+#[derive(Debug)]
+struct Exchange {
+    op: OpId,
+    peer: NodeId,
+    started_ms: u64,
+    ranges: Vec<RangeId>,
+    /// Differing leaves not compared yet, per range.
+    work: VecDeque<(RangeId, VecDeque<u32>)>,
+    waiting: Waiting,
+    repeats: u32,
+    /// Something was skipped: the exchange ends, but does not count as complete.
+    incomplete: bool,
+    wait_until: u64,
+}
+
+/// A token bucket over one quantity.
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
+    allowance: f64,
+}
+
+impl Bucket {
+    fn new(rate: u64) -> Bucket {
+        Bucket { rate: rate.max(1) as f64, allowance: rate.max(1) as f64 }
+    }
+    fn refill(&mut self, elapsed_ms: u64) {
+        self.allowance = (self.allowance + self.rate * elapsed_ms as f64 / 1000.0).min(self.rate);
+    }
+    /// Ms until the allowance is back to zero (0: spend now).
+    fn wait_ms(&self) -> u64 {
+        if self.allowance >= 0.0 { 0 } else { (-self.allowance / self.rate * 1000.0).ceil() as u64 }
+    }
+}
+
+/// Anti-entropy state of one node.
+pub(super) struct AaeState {
+    cfg: AaeConfig,
+    me: NodeId,
+    trees: Trees,
+    exchange: Option<Exchange>,
+    next_ms: u64,
+    next_gc_ms: u64,
+    peer_turn: usize,
+    pairs: BTreeMap<(RangeId, NodeId), Pair>,
+    /// Tombstone-only keys → when they last changed.
+    tombstones: HashMap<Vec<u8>, u64>,
+    /// Purged keys → the clock of the purged tombstone, until it expires.
+    purged: HashMap<Vec<u8>, qkv_proto::VersionVector>,
+    purged_order: VecDeque<(u64, Vec<u8>)>,
+    keys: Bucket,
+    bytes: Bucket,
+    budget_at: u64,
+    exchanges: u64,
+    exchanges_failed: u64,
+    keys_repaired: u64,
+    keys_exchanged: u64,
+    bytes_exchanged: u64,
+    tombstones_purged: u64,
+}
+
+impl AaeState {
+    pub(super) fn new(cfg: AaeConfig, ring: &Ring, me: NodeId, now_ms: u64) -> AaeState {
+        AaeState {
+            cfg,
+            me,
+            trees: Trees::new(ring, me),
+            exchange: None,
+            // The first exchange waits one interval: peers are still being detected.
+            next_ms: now_ms + cfg.interval_ms,
+            next_gc_ms: now_ms + GC_INTERVAL_MS,
+            peer_turn: me as usize,
+            pairs: BTreeMap::new(),
+            tombstones: HashMap::new(),
+            purged: HashMap::new(),
+            purged_order: VecDeque::new(),
+            keys: Bucket::new(cfg.keys_per_s),
+            bytes: Bucket::new(cfg.bytes_per_s),
+            budget_at: now_ms,
+            exchanges: 0,
+            exchanges_failed: 0,
+            keys_repaired: 0,
+            keys_exchanged: 0,
+            bytes_exchanged: 0,
+            tombstones_purged: 0,
+        }
+    }
+
+    /// A key's stored state changed from `old` to `new` (`None`: absent).
+    pub(super) fn on_write(&mut self, ring: &Ring, key: &[u8], old: Option<&DvvSet>, new: Option<&DvvSet>, now: u64) {
+        let t = token(key);
+        self.trees.update(ring, t, old.map(|o| digest(key, o)), new.map(|n| digest(key, n)));
+        match new {
+            Some(n) if n.is_deleted() => {
+                self.tombstones.insert(key.to_vec(), now);
+            }
+            _ => {
+                self.tombstones.remove(key);
+            }
+        }
+    }
+
+    /// True when `incoming` is no newer than a tombstone this node purged for `key`.
+    pub(super) fn purged_covers(&self, key: &[u8], incoming: &DvvSet, _now: u64) -> bool {
+        self.purged.get(key).is_some_and(|c| incoming.clock().0.iter().all(|(&a, &n)| c.get(a) >= n))
+    }
+
+    fn remember_purged(&mut self, key: Vec<u8>, clock: qkv_proto::VersionVector, now: u64) {
+        while self.purged.len() >= PURGED_MAX {
+            let Some((_, k)) = self.purged_order.pop_front() else { break };
+            self.purged.remove(&k);
+        }
+        self.purged_order.push_back((now + self.cfg.tombstone_grace_ms, key.clone()));
+        self.purged.insert(key, clock);
+    }
+
+    fn expire_purged(&mut self, now: u64) {
+        while let Some((at, _)) = self.purged_order.front() {
+            if *at > now {
+                break;
+            }
+            if let Some((_, k)) = self.purged_order.pop_front() {
+                self.purged.remove(&k);
+            }
+        }
+    }
+
+    pub(super) fn next_wakeup_ms(&self) -> u64 {
+        if !self.cfg.enabled {
+            return u64::MAX;
+        }
+        let ex = match &self.exchange {
+            None => self.next_ms,
+            Some(x) if matches!(x.waiting, Waiting::Budget) => x.wait_until,
+            Some(_) => u64::MAX,
+        };
+        ex.min(self.next_gc_ms)
+    }
+
+    fn refill(&mut self, now: u64) {
+        let elapsed = now.saturating_sub(self.budget_at);
+        self.budget_at = now;
+        self.keys.refill(elapsed);
+        self.bytes.refill(elapsed);
+    }
+
+    fn charge(&mut self, keys: u64, bytes: u64) {
+        self.keys.allowance -= keys as f64;
+        self.bytes.allowance -= bytes as f64;
+        self.keys_exchanged += keys;
+        self.bytes_exchanged += bytes;
+    }
+
+    fn pair(&mut self, range: RangeId, peer: NodeId) -> &mut Pair {
+        self.pairs.entry((range, peer)).or_default()
+    }
+
+    pub(super) fn status(&self, now: u64) -> AaeStatus {
+        let mut st = AaeStatus {
+            enabled: self.cfg.enabled,
+            exchanges: self.exchanges,
+            exchanges_failed: self.exchanges_failed,
+            keys_repaired: self.keys_repaired,
+            keys_exchanged: self.keys_exchanged,
+            bytes_exchanged: self.bytes_exchanged,
+            tombstones_pending: self.tombstones.len() as u64,
+            tombstones_purged: self.tombstones_purged,
+            ..AaeStatus::default()
+        };
+        for range in self.trees.ranges() {
+            let mut all = true;
+            for &peer in self.trees.home(range).iter().filter(|&&p| p != self.me) {
+                let p = self.pairs.get(&(range, peer)).copied().unwrap_or_default();
+                all &= p.in_sync;
+                st.pairs.push(AaePair {
+                    range,
+                    peer,
+                    last_exchange_ago_ms: p.done_ms.map(|d| now.saturating_sub(d)),
+                    in_sync: p.in_sync,
+                });
+            }
+            if all {
+                st.ranges_in_sync += 1;
+            } else {
+                st.ranges_out_of_sync += 1;
+            }
+        }
+        st
+    }
+}
+
+/// A state's size as counted against the bytes budget.
+fn state_bytes(key: &[u8], set: &DvvSet) -> u64 {
+    (key.len() + set.value_bytes() + 16 * set.siblings().len() + 16 * set.clock().0.len()) as u64
+}
+
+impl<S: Store> Core<S> {
+    /// Build the trees and the tombstone list from the store (once, at start).
+    pub(super) fn load_trees(&mut self) -> Result<(), Error> {
+        let mut from: (u64, Vec<u8>) = (0, vec![]);
+        loop {
+            let page = self.store.scan((from.0, &from.1), u64::MAX, SCAN_PAGE)?;
+            for (key, set) in &page {
+                self.aae.on_write(&self.ring, key, None, Some(set), self.now_ms);
+            }
+            match page.last() {
+                Some((k, _)) if page.len() == SCAN_PAGE => {
+                    let mut next = k.clone();
+                    next.push(0);
+                    from = (token(k), next);
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// The keys and states of one leaf, at most `limit`.
+    fn scan_leaf(&self, range: RangeId, leaf: u32, limit: usize) -> Result<Vec<(Vec<u8>, DvvSet)>, Error> {
+        let mut out = vec![];
+        for (a, b) in self.aae.trees.leaf_spans(&self.ring, range, leaf) {
+            if out.len() >= limit {
+                break;
+            }
+            out.extend(self.store.scan((a, &[]), b, limit - out.len())?);
+        }
+        Ok(out)
+    }
+
+    fn check_fingerprint(&self, fingerprint: u64) -> Result<(), Error> {
+        if fingerprint != self.ring.fingerprint() {
+            return Err(Error::BadRequest(format!(
+                "node {} is on a different ring (members, vnodes or N differ): cannot compare trees",
+                self.cfg.me
+            )));
+        }
+        Ok(())
+    }
+
+    /// Exchange step 1, the peer's side: the leaves of every range whose root differs.
+    pub(super) fn aae_roots(&self, fingerprint: u64, ranges: &[(u32, u64)]) -> Result<Response, Error> {
+        self.check_fingerprint(fingerprint)?;
+        let mut out = vec![];
+        for &(range, root) in ranges {
+            match (self.aae.trees.root(range), self.aae.trees.leaves(range)) {
+                (Some(mine), Some(leaves)) => {
+                    if mine != root {
+                        out.push((range, leaves.to_vec()));
+                    }
+                }
+                _ => {
+                    return Err(Error::BadRequest(format!(
+                        "node {} is not a home replica of range {range}",
+                        self.cfg.me
+                    )));
+                }
+            }
+        }
+        Ok(Response::AaeLeaves(out))
+    }
+
+    /// Exchange step 2, the peer's side: compare the sender's keys with this node's.
+    pub(super) fn aae_compare(
+        &self,
+        fingerprint: u64,
+        range: RangeId,
+        leaves: &[u32],
+        entries: Vec<KeyDigest>,
+    ) -> Result<Response, Error> {
+        self.check_fingerprint(fingerprint)?;
+        let Some(all) = self.aae.trees.leaves(range) else {
+            return Err(Error::BadRequest(format!("node {} is not a home replica of range {range}", self.cfg.me)));
+        };
+        if leaves.len() > COMPARE_LEAVES_MAX || entries.len() > COMPARE_ENTRIES_MAX {
+            return Err(Error::BadRequest(format!(
+                "a comparison holds at most {COMPARE_LEAVES_MAX} leaves and {COMPARE_ENTRIES_MAX} keys"
+            )));
+        }
+        if let Some(l) = leaves.iter().find(|&&l| l as usize >= all.len()) {
+            return Err(Error::BadRequest(format!("range {range} has no leaf {l}")));
+        }
+        for e in &entries {
+            self.cfg.limits.check(&e.key, None)?;
+        }
+        let mut mine: BTreeMap<Vec<u8>, DvvSet> = BTreeMap::new();
+        for &leaf in leaves {
+            let left = COMPARE_ENTRIES_MAX.saturating_sub(mine.len());
+            mine.extend(self.scan_leaf(range, leaf, left)?);
+        }
+        let mut out = AaeCompared::default();
+        let mut bytes = 0u64;
+        let mut give = |out: &mut AaeCompared, key: Vec<u8>, set: DvvSet| {
+            if out.theirs.len() >= THEIRS_KEYS_MAX || bytes >= THEIRS_BYTES_MAX as u64 {
+                out.more = true;
+            } else {
+                bytes += state_bytes(&key, &set);
+                out.theirs.push(KeyState { key, set });
+            }
+        };
+        for e in entries {
+            match mine.remove(&e.key) {
+                None => out.missing.push(e.key),
+                Some(set) if digest(&e.key, &set) != e.digest => give(&mut out, e.key, set),
+                Some(_) => {}
+            }
+        }
+        for (key, set) in mine {
+            give(&mut out, key, set);
+        }
+        Ok(Response::AaeCompared(out))
+    }
+
+    /// Timers: tombstone GC, and starting or resuming this node's exchange.
+    pub(super) fn aae_round(&mut self) {
+        if !self.aae.cfg.enabled {
+            return;
+        }
+        let now = self.now_ms;
+        if now >= self.aae.next_gc_ms {
+            self.aae.next_gc_ms = now + GC_INTERVAL_MS;
+            self.gc_tombstones();
+        }
+        match &self.aae.exchange {
+            None if now >= self.aae.next_ms => self.start_exchange(),
+            Some(x) if matches!(x.waiting, Waiting::Budget) && now >= x.wait_until => self.aae_step(),
+            _ => {}
+        }
+    }
+
+    fn start_exchange(&mut self) {
+        let now = self.now_ms;
+        self.aae.next_ms = now + self.aae.cfg.interval_ms;
+        let mut peers: Vec<NodeId> = self
+            .aae
+            .trees
+            .ranges()
+            .flat_map(|r| self.aae.trees.home(r).to_vec())
+            .filter(|&p| p != self.cfg.me)
+            .collect();
+        peers.sort_unstable();
+        peers.dedup();
+        let Some(peer) =
+            (0..peers.len()).map(|i| peers[(self.aae.peer_turn + i) % peers.len()]).find(|&p| self.is_up(p))
+        else {
+            return;
+        };
+        self.aae.peer_turn = self.aae.peer_turn.wrapping_add(1);
+        let ranges = self.aae.trees.shared_with(peer);
+        let roots = ranges.iter().map(|&r| (r, self.aae.trees.root(r).unwrap_or(0))).collect();
+        let op = self.id();
+        self.ops.insert(op, Op::Aae);
+        self.aae.exchange = Some(Exchange {
+            op,
+            peer,
+            started_ms: now,
+            ranges,
+            work: VecDeque::new(),
+            waiting: Waiting::Roots,
+            repeats: 0,
+            incomplete: false,
+            wait_until: now,
+        });
+        let fingerprint = self.ring.fingerprint();
+        self.send(op, peer, Request::AaeRoots { fingerprint, ranges: roots }, AAE_TIMEOUT_MS);
+    }
+
+    pub(super) fn aae_response(&mut self, op_id: OpId, from: NodeId, result: Result<Response, Error>) {
+        let Some(x) = self.aae.exchange.as_mut().filter(|x| x.op == op_id) else {
+            self.ops.remove(&op_id);
+            return;
+        };
+        let waiting = std::mem::replace(&mut x.waiting, Waiting::Roots);
+        match (waiting, result) {
+            (Waiting::Roots, Ok(Response::AaeLeaves(list))) => self.aae_plan(list),
+            (Waiting::Compare { range, leaves }, Ok(Response::AaeCompared(c))) => {
+                if let Err(e) = self.aae_apply(range, leaves, c) {
+                    tracing::debug!(peer = from, "anti-entropy: {e}");
+                    self.aae_finish(false);
+                }
+            }
+            (Waiting::Pushes { left, keys, range, leaves, more }, r) => {
+                if !matches!(r, Ok(Response::ReplicaAck)) {
+                    x.incomplete = true;
+                }
+                if left > 1 {
+                    x.waiting = Waiting::Pushes { left: left - 1, keys, range, leaves, more };
+                    return;
+                }
+                if !x.incomplete {
+                    self.aae.keys_repaired += keys;
+                }
+                self.aae_group_done(range, leaves, more);
+            }
+            (_, r) => {
+                let e = match r {
+                    Ok(other) => unexpected(from, &other),
+                    Err(e) => e,
+                };
+                tracing::debug!(peer = from, "anti-entropy exchange failed: {e}");
+                self.aae_finish(false);
+            }
+        }
+    }
+
+    /// Step 1 answered: note equal ranges, queue the differing leaves of the rest.
+    fn aae_plan(&mut self, list: Vec<(u32, Vec<u64>)>) {
+        let Some(x) = self.aae.exchange.as_mut() else { return };
+        let (peer, ranges) = (x.peer, x.ranges.clone());
+        let mut theirs: BTreeMap<RangeId, Vec<u64>> = BTreeMap::new();
+        for (r, leaves) in list {
+            if !ranges.contains(&r) {
+                return self.aae_finish(false);
+            }
+            theirs.insert(r, leaves);
+        }
+        let mut work = VecDeque::new();
+        for r in ranges {
+            match theirs.get(&r) {
+                None => self.aae.pair(r, peer).in_sync = true,
+                Some(t) => {
+                    self.aae.pair(r, peer).in_sync = false;
+                    let mine = self.aae.trees.leaves(r).unwrap_or(&[]);
+                    if mine.len() != t.len() {
+                        return self.aae_finish(false);
+                    }
+                    let diff: VecDeque<u32> =
+                        mine.iter().zip(t).enumerate().filter(|(_, (a, b))| a != b).map(|(i, _)| i as u32).collect();
+                    if !diff.is_empty() {
+                        work.push_back((r, diff));
+                    }
+                }
+            }
+        }
+        if let Some(x) = self.aae.exchange.as_mut() {
+            x.work = work;
+        }
+        self.aae_step();
+    }
+
+    /// Compare the next group of differing leaves, budget permitting.
+    fn aae_step(&mut self) {
+        let now = self.now_ms;
+        self.aae.refill(now);
+        let wait = self.aae.keys.wait_ms().max(self.aae.bytes.wait_ms());
+        let Some(x) = self.aae.exchange.as_mut() else { return };
+        if wait > 0 {
+            x.waiting = Waiting::Budget;
+            x.wait_until = now + wait;
+            return;
+        }
+        let Some((range, mut pending)) = x.work.pop_front() else {
+            return self.aae_finish(true);
+        };
+        let mut leaves = vec![];
+        let mut entries: Vec<KeyDigest> = vec![];
+        let mut entry_bytes = 0;
+        let mut truncated = false;
+        while let Some(leaf) = pending.pop_front() {
+            let left = COMPARE_ENTRIES_MAX - entries.len();
+            match self.scan_leaf(range, leaf, left) {
+                Ok(keys) => {
+                    truncated |= keys.len() >= left;
+                    entry_bytes += keys.iter().map(|(k, _)| k.len() + 8).sum::<usize>();
+                    entries.extend(keys.into_iter().map(|(key, set)| KeyDigest { digest: digest(&key, &set), key }));
+                }
+                Err(e) => {
+                    tracing::warn!("anti-entropy: reading leaf {leaf} of range {range}: {e}");
+                    return self.aae_finish(false);
+                }
+            }
+            leaves.push(leaf);
+            if entries.len() >= GROUP_ENTRIES || entry_bytes >= GROUP_BYTES || leaves.len() >= GROUP_LEAVES {
+                break;
+            }
+        }
+        let Some(x) = self.aae.exchange.as_mut() else { return };
+        x.incomplete |= truncated;
+        if !pending.is_empty() {
+            x.work.push_front((range, pending));
+        }
+        let (op, peer) = (x.op, x.peer);
+        x.waiting = Waiting::Compare { range, leaves: leaves.clone() };
+        let fingerprint = self.ring.fingerprint();
+        self.send(op, peer, Request::AaeCompare { fingerprint, range, leaves, entries }, AAE_TIMEOUT_MS);
+    }
+
+    /// Step 2 answered: merge the peer's states, push back what it lacks or holds differently.
+    fn aae_apply(&mut self, range: RangeId, leaves: Vec<u32>, c: AaeCompared) -> Result<(), Error> {
+        let in_group = |core: &Self, key: &[u8]| {
+            core.aae.trees.locate(&core.ring, token(key)).is_some_and(|(r, l)| r == range && leaves.contains(&l))
+        };
+        let (mut keys, mut bytes) = (0u64, 0u64);
+        let mut pushes: Vec<KeyState> = vec![];
+        let mut changed = false;
+        for it in c.theirs {
+            if !in_group(self, &it.key) || !it.set.is_valid() {
+                return Err(Error::BadRequest("the peer sent a key outside the compared leaves".into()));
+            }
+            keys += 1;
+            bytes += state_bytes(&it.key, &it.set);
+            if self.merge_in(&it.key, &it.set)? {
+                changed = true;
+                self.aae.keys_repaired += 1;
+            }
+            match self.store.get(&it.key)? {
+                Some(mine) if mine != it.set => pushes.push(KeyState { key: it.key, set: mine }),
+                _ => {}
+            }
+        }
+        for key in c.missing {
+            if !in_group(self, &key) {
+                continue;
+            }
+            if let Some(set) = self.store.get(&key)? {
+                pushes.push(KeyState { key, set });
+            }
+        }
+        for p in &pushes {
+            keys += 1;
+            bytes += state_bytes(&p.key, &p.set);
+        }
+        self.aae.charge(keys, bytes);
+        if changed {
+            let token = self.id();
+            self.out.push_back(Output::Flush { token });
+        }
+        let Some(x) = self.aae.exchange.as_mut() else { return Ok(()) };
+        let (op, peer) = (x.op, x.peer);
+        if pushes.is_empty() {
+            self.aae_group_done(range, leaves, c.more);
+            return Ok(());
+        }
+        let pushed = pushes.len() as u64;
+        let mut batches: Vec<Vec<KeyState>> = vec![];
+        let mut size = 0;
+        for p in pushes {
+            let b = state_bytes(&p.key, &p.set) as usize;
+            match batches.last_mut() {
+                Some(last) if last.len() < BATCH_KEYS_MAX && size + b <= PUSH_BYTES_MAX => {
+                    size += b;
+                    last.push(p);
+                }
+                _ => {
+                    size = b;
+                    batches.push(vec![p]);
+                }
+            }
+        }
+        x.waiting = Waiting::Pushes { left: batches.len(), keys: pushed, range, leaves, more: c.more };
+        for items in batches {
+            self.send(op, peer, Request::ReplicaPutBatch { items }, AAE_TIMEOUT_MS);
+        }
+        Ok(())
+    }
+
+    fn aae_group_done(&mut self, range: RangeId, leaves: Vec<u32>, more: bool) {
+        let Some(x) = self.aae.exchange.as_mut() else { return };
+        if more {
+            x.repeats += 1;
+            if x.repeats > REPEATS_MAX {
+                x.incomplete = true;
+            } else {
+                x.work.push_front((range, leaves.into()));
+            }
+        } else {
+            x.repeats = 0;
+        }
+        self.aae_step();
+    }
+
+    fn aae_finish(&mut self, ok: bool) {
+        let Some(x) = self.aae.exchange.take() else { return };
+        self.ops.remove(&x.op);
+        let now = self.now_ms;
+        self.aae.next_ms = now + self.aae.cfg.interval_ms;
+        if ok && !x.incomplete {
+            self.aae.exchanges += 1;
+            for r in x.ranges {
+                let p = self.aae.pair(r, x.peer);
+                p.done_ms = Some(now);
+                p.synced_from_ms = Some(x.started_ms);
+            }
+        } else {
+            self.aae.exchanges_failed += 1;
+        }
+    }
+
+    /// Purge tombstones every other home replica is known to hold, past the grace delay.
+    fn gc_tombstones(&mut self) {
+        let now = self.now_ms;
+        self.aae.expire_purged(now);
+        let grace = self.aae.cfg.tombstone_grace_ms;
+        let due: Vec<(Vec<u8>, u64)> = self
+            .aae
+            .tombstones
+            .iter()
+            .filter(|(_, since)| **since + grace <= now)
+            .take(GC_BATCH)
+            .map(|(k, s)| (k.clone(), *s))
+            .collect();
+        let mut purged = false;
+        for (key, since) in due {
+            let range = self.aae.trees.range_of(&self.ring, token(&key));
+            let home = self.aae.trees.home(range);
+            let held_by_all = !home.is_empty()
+                && home.iter().filter(|&&p| p != self.cfg.me).all(|&p| {
+                    self.aae.pairs.get(&(range, p)).and_then(|x| x.synced_from_ms).is_some_and(|from| from > since)
+                });
+            if !held_by_all && !self.cfg.bugs.gc_unconfirmed {
+                continue;
+            }
+            match self.store.get(&key) {
+                Ok(Some(set)) if set.is_deleted() => {
+                    if let Err(e) = self.store.delete(&key) {
+                        tracing::warn!("purging a tombstone: {e}");
+                        continue;
+                    }
+                    self.aae.on_write(&self.ring, &key, Some(&set), None, now);
+                    if !self.cfg.bugs.gc_unconfirmed {
+                        self.aae.remember_purged(key, set.clock().clone(), now);
+                    }
+                    self.aae.tombstones_purged += 1;
+                    purged = true;
+                }
+                Ok(_) => {
+                    self.aae.tombstones.remove(&key);
+                }
+                Err(e) => tracing::warn!("reading a tombstone: {e}"),
+            }
+        }
+        if purged {
+            let token = self.id();
+            self.out.push_back(Output::Flush { token });
+        }
+    }
+}
