@@ -3,7 +3,7 @@ NODES ?= 3
 QUICK ?= 0
 export NODES
 
-.PHONY: cluster stop status kill start-node logs clean test bench build sim chaos
+.PHONY: cluster stop status kill start-node logs clean test bench bench-aae build sim chaos
 
 build:
 	cargo build --release --workspace --bins
@@ -39,6 +39,11 @@ test:
 bench:
 	cargo build --release --workspace --bins
 	QKV_BENCH_QUICK=$(QUICK) QKV_BENCH_NODES=$(NODES) cargo bench --bench latency
+
+# Anti-entropy: time to converge 100k divergent keys, idle CPU, throughput during a refill
+bench-aae:
+	cargo build --release --workspace --bins
+	cargo bench --bench aae
 
 # Many seeded schedules of a simulated cluster, each checked: make sim SEEDS=100000 NODES=5
 SEEDS ?= 10000

@@ -466,6 +466,7 @@ async fn status(c: &Client, as_json: bool) -> anyhow::Result<ExitCode> {
                         "node": m.node, "addr": m.addr, "up": m.up, "ownership": m.ownership,
                     })).collect::<Vec<_>>(),
                     "hints": serde_json::to_value(&s.hints).unwrap_or_default(),
+                    "anti_entropy": serde_json::to_value(&s.aae).unwrap_or_default(),
                 }),
                 Err(e) => json!({"addr": addr.to_string(), "error": e.to_string()}),
             })
@@ -531,5 +532,34 @@ async fn status(c: &Client, as_json: bool) -> anyhow::Result<ExitCode> {
             println!("node {}: {} hints refused at a limit", v.node, v.hints.refused);
         }
     }
+    println!();
+    println!("anti-entropy:");
+    for v in &answered {
+        println!("node {}: {}", v.node, aae_line(&v.aae));
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line of anti-entropy progress.
+fn aae_line(a: &qkv_client::AaeStatus) -> String {
+    if !a.enabled {
+        return format!("off; {} tombstones kept (never purged without anti-entropy)", a.tombstones_pending);
+    }
+    let oldest = a.pairs.iter().map(|p| p.last_exchange_ago_ms).max().flatten();
+    let never = a.pairs.iter().filter(|p| p.last_exchange_ago_ms.is_none()).count();
+    let last = match (never, oldest) {
+        (0, Some(ms)) => format!("every range exchanged within {}", ms_text(ms)),
+        (0, None) => "no range to exchange".to_string(),
+        (n, _) => format!("{n} range/peer pairs never exchanged yet"),
+    };
+    format!(
+        "{}/{} ranges in sync, {last}; {} keys repaired, {} keys / {} exchanged; {} tombstones pending GC, {} purged",
+        a.ranges_in_sync,
+        a.ranges_in_sync + a.ranges_out_of_sync,
+        a.keys_repaired,
+        a.keys_exchanged,
+        bytes_text(a.bytes_exchanged as f64),
+        a.tombstones_pending,
+        a.tombstones_purged
+    )
 }

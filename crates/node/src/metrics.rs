@@ -227,6 +227,86 @@ impl Metrics {
             "counter",
             vec![(String::new(), h.handed_off as f64)],
         );
+        let a = &status.aae;
+        let one = |v: f64| vec![(String::new(), v)];
+        gauge(
+            &mut out,
+            "qkv_aae_ranges",
+            "Ranges this node replicates, by whether the last comparison with every peer found them equal.",
+            "gauge",
+            vec![
+                (",state=\"in_sync\"".into(), f64::from(a.ranges_in_sync)),
+                (",state=\"out_of_sync\"".into(), f64::from(a.ranges_out_of_sync)),
+            ],
+        );
+        gauge(
+            &mut out,
+            "qkv_aae_exchanges_total",
+            "Anti-entropy exchanges this node started, by outcome.",
+            "counter",
+            vec![
+                (",outcome=\"completed\"".into(), a.exchanges as f64),
+                (",outcome=\"failed\"".into(), a.exchanges_failed as f64),
+            ],
+        );
+        gauge(
+            &mut out,
+            "qkv_aae_keys_repaired_total",
+            "Keys changed here, or acknowledged by a peer, through anti-entropy.",
+            "counter",
+            one(a.keys_repaired as f64),
+        );
+        gauge(
+            &mut out,
+            "qkv_aae_keys_exchanged_total",
+            "Key states received and sent by exchanges this node started.",
+            "counter",
+            one(a.keys_exchanged as f64),
+        );
+        gauge(
+            &mut out,
+            "qkv_aae_bytes_exchanged_total",
+            "Bytes of key states received and sent by exchanges this node started.",
+            "counter",
+            one(a.bytes_exchanged as f64),
+        );
+        gauge(
+            &mut out,
+            "qkv_aae_last_exchange_age_seconds",
+            "Since the last completed exchange, per range and peer (absent: never).",
+            "gauge",
+            a.pairs
+                .iter()
+                .filter_map(|p| {
+                    p.last_exchange_ago_ms
+                        .map(|ms| (format!(",range=\"{}\",peer=\"{}\"", p.range, p.peer), ms as f64 / 1e3))
+                })
+                .collect(),
+        );
+        gauge(
+            &mut out,
+            "qkv_aae_in_sync",
+            "1 when the last comparison of the range with the peer found them equal.",
+            "gauge",
+            a.pairs
+                .iter()
+                .map(|p| (format!(",range=\"{}\",peer=\"{}\"", p.range, p.peer), if p.in_sync { 1.0 } else { 0.0 }))
+                .collect(),
+        );
+        gauge(
+            &mut out,
+            "qkv_tombstones_pending_gc",
+            "Tombstones held until every home replica holds them and the grace delay passed.",
+            "gauge",
+            one(a.tombstones_pending as f64),
+        );
+        gauge(
+            &mut out,
+            "qkv_tombstones_purged_total",
+            "Tombstones purged.",
+            "counter",
+            one(a.tombstones_purged as f64),
+        );
         let peers =
             status.members.iter().map(|p| (format!(",peer=\"{}\"", p.node), if p.up { 1.0 } else { 0.0 })).collect();
         gauge(&mut out, "qkv_peer_up", "1 when this node sees the peer up.", "gauge", peers);
