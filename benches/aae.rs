@@ -4,15 +4,20 @@
 //!    (100,000) keys of 100 bytes are written to node 1 alone (W = one, strict: no
 //!    hints). Node 2 restarts and the bench times how long until both nodes report
 //!    every range in sync (their trees' roots equal), with no client reading
-//!    anything: once at the default pace (10,000 keys/s, 8 MiB/s) and once unpaced.
+//!    anything: once at the default pace (2,000 key states/s, 4 MiB/s per node) and
+//!    once unpaced.
 //! 2. **Steady-state CPU.** Three nodes holding the same keys, in sync and idle for
 //!    `QKV_BENCH_AAE_IDLE_S` (20) seconds: CPU time of the node processes with
 //!    anti-entropy on and off (exchanges every 2 s, the default).
 //! 3. **Throughput cost.** Three nodes; 32 clients in closed loop, half quorum
-//!    reads, half quorum writes, for 10 s while in sync; then node 3 loses its disk
-//!    and restarts, and the same load runs while anti-entropy refills it.
+//!    reads, half quorum writes over 10,000 keys, for 10 s while in sync. Then node 3
+//!    is stopped while 100,000 *other* keys are written, restarted (20 s later, once
+//!    nodes 1 and 2 have compacted them), and the same load
+//!    runs for 10 s while anti-entropy copies those keys to it (the load's own keys
+//!    stay in sync, so no read repair muddles the figure): at the default pace,
+//!    unpaced, and with anti-entropy off (the cost of the restart alone).
 //!
-//! Exchanges run every 200 ms in parts 1 and 3 so the timing is not rounded up to
+//! `QKV_BENCH_AAE_PARTS` picks parts (`converge,cpu,cost`). Exchanges run every 200 ms in parts 1 and 3 so the timing is not rounded up to
 //! the 2 s default interval. Results go to stdout and `target/bench/aae.json`.
 
 #[path = "../tests/common/mod.rs"]
@@ -116,7 +121,7 @@ async fn idle_cpu(keys: usize, idle: u64, aae: bool) -> anyhow::Result<f64> {
     Ok(share)
 }
 
-/// Ops per second of a 50/50 quorum read/write load at concurrency 32 for `secs`.
+/// Ops per second of a 50/50 quorum read/write load over `keys` keys at concurrency 32 for `secs`.
 async fn throughput(client: &Client, keys: usize, secs: f64) -> f64 {
     let end = Instant::now() + Duration::from_secs_f64(secs);
     let mut tasks = tokio::task::JoinSet::new();
@@ -129,7 +134,7 @@ async fn throughput(client: &Client, keys: usize, secs: f64) -> f64 {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                let key = format!("aae-{:08}", x % keys as u64);
+                let key = format!("load-{:08}", x % keys as u64);
                 let ok = if x & 1 == 0 {
                     client.get(key).r(Level::Quorum).await.is_ok()
                 } else {
@@ -147,50 +152,86 @@ async fn throughput(client: &Client, keys: usize, secs: f64) -> f64 {
     total as f64 / secs
 }
 
-async fn cost(keys: usize) -> anyhow::Result<(f64, f64, f64)> {
-    let mut c = Cluster::start(Opts { nodes: 3, replication: 3, extra: "aae_interval_ms = 200" }).await;
+/// (ops/s in sync, ops/s while node 3 takes `keys` divergent keys, seconds until in sync).
+async fn cost(keys: usize, pace: &str) -> anyhow::Result<(f64, f64, Option<f64>)> {
+    const LOAD_KEYS: usize = 10_000;
+    let extra: &'static str = Box::leak(format!("aae_interval_ms = 200\n{pace}").into_boxed_str());
+    let mut c = Cluster::start(Opts { nodes: 3, replication: 3, extra }).await;
     let client = c.client_for(&[1, 2]);
-    load(&client, keys, Level::All, false).await;
-    let before = throughput(&client, keys, 10.0).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..32 {
+        let client = client.clone();
+        tasks.spawn(async move {
+            for i in (t..LOAD_KEYS).step_by(32) {
+                client.put(format!("load-{i:08}"), vec![b'w'; 100]).w(Level::All).await.expect("preload");
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let before = throughput(&client, LOAD_KEYS, 10.0).await;
     c.kill(3);
-    std::fs::remove_dir_all(c.dir.path().join("data/node3"))?;
+    c.wait_seen(3, false).await;
+    load(&client, keys, Level::Quorum, true).await;
+    // Let nodes 1 and 2 flush and compact what they just took, so the figure after the
+    // restart is not their LSM catching up.
+    tokio::time::sleep(Duration::from_secs(20)).await;
     c.restart(3).await;
+    c.wait_seen(3, true).await;
     let start = Instant::now();
-    let during = throughput(&client, keys, 10.0).await;
+    let during = throughput(&client, LOAD_KEYS, 10.0).await;
+    if pace.contains("anti_entropy = false") {
+        return Ok((before, during, None));
+    }
     let all = c.client();
     while !in_sync(&c, &all, &[1, 2, 3]).await {
         anyhow::ensure!(start.elapsed() < Duration::from_secs(600), "no convergence in 10 min");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok((before, during, start.elapsed().as_secs_f64()))
+    Ok((before, during, Some(start.elapsed().as_secs_f64())))
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let keys: usize = env("QKV_BENCH_AAE_KEYS", 100_000);
     let idle: u64 = env("QKV_BENCH_AAE_IDLE_S", 20);
-    println!("convergence of {keys} divergent keys between two replicas, default pace:");
-    let paced = converge(keys, "").await?;
-    println!("convergence, unpaced (aae_keys_per_s = 10000000, aae_bytes_per_s = 1 GiB):");
-    let unpaced = converge(keys, "aae_keys_per_s = 10000000\naae_bytes_per_s = 1073741824").await?;
-    println!("steady state, {keys} keys in sync, idle {idle} s:");
-    let on = idle_cpu(keys, idle, true).await?;
-    let off = idle_cpu(keys, idle, false).await?;
-    println!("  CPU per node: {on:.3} % of a core with anti-entropy, {off:.3} % without");
-    println!("throughput, 32 clients, quorum 50/50 reads and writes:");
-    let (before, during, refill) = cost(keys).await?;
-    println!(
-        "  {before:.0} ops/s in sync; {during:.0} ops/s while node 3 is refilled ({:+.1} %); refilled in {refill:.1} s",
-        (during / before - 1.0) * 100.0
-    );
+    let parts: String = env("QKV_BENCH_AAE_PARTS", "converge,cpu,cost".to_string());
+    const UNPACED: &str = "aae_keys_per_s = 10000000\naae_bytes_per_s = 1073741824";
+    let mut j = json!({ "keys": keys });
+    if parts.contains("converge") {
+        println!("convergence of {keys} divergent keys between two replicas, default pace:");
+        let paced = converge(keys, "").await?;
+        println!("convergence, unpaced (aae_keys_per_s = 10000000, aae_bytes_per_s = 1 GiB):");
+        let unpaced = converge(keys, UNPACED).await?;
+        j["converge_s"] = json!({"default_pace": paced, "unpaced": unpaced});
+    }
+    if parts.contains("cpu") {
+        println!("steady state, {keys} keys in sync, idle {idle} s:");
+        let on = idle_cpu(keys, idle, true).await?;
+        let off = idle_cpu(keys, idle, false).await?;
+        println!("  CPU per node: {on:.3} % of a core with anti-entropy, {off:.3} % without");
+        j["idle_cpu_percent_per_node"] = json!({"aae_on": on, "aae_off": off, "idle_s": idle});
+    }
+    if parts.contains("cost") {
+        println!("throughput, 32 clients, quorum 50/50 reads and writes, while node 3 takes {keys} missed keys:");
+        let mut costs = vec![];
+        // QKV_BENCH_AAE_PACE, e.g. "aae_keys_per_s = 500", replaces the default pace here.
+        let custom: String = env("QKV_BENCH_AAE_PACE", String::new());
+        let first = if custom.is_empty() { "default pace" } else { custom.as_str() };
+        for (name, pace) in
+            [(first, custom.as_str()), ("unpaced", UNPACED), ("anti-entropy off", "anti_entropy = false")]
+        {
+            let (before, during, refill) = cost(keys, pace).await?;
+            let refill_text = refill.map_or("never (off)".to_string(), |s| format!("{s:.1} s"));
+            println!(
+                "  {name}: {before:.0} ops/s in sync; {during:.0} ops/s after the restart ({:+.1} %); in sync after {refill_text}",
+                (during / before - 1.0) * 100.0
+            );
+            costs.push(json!({"pace": name, "in_sync": before, "during_refill": during, "refill_s": refill}));
+        }
+        j["throughput_ops_s"] = json!(costs);
+    }
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&out)?;
-    let j = json!({
-        "keys": keys,
-        "converge_s": {"default_pace": paced, "unpaced": unpaced},
-        "idle_cpu_percent_per_node": {"aae_on": on, "aae_off": off, "idle_s": idle},
-        "throughput_ops_s": {"in_sync": before, "during_refill": during, "refill_s": refill},
-    });
     std::fs::write(out.join("aae.json"), serde_json::to_string_pretty(&j)?)?;
     println!("results: target/bench/aae.json");
     Ok(())

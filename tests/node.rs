@@ -121,6 +121,11 @@ async fn metrics_are_served_over_http_and_stats_over_quic() {
         "qkv_replication_lag_seconds_count{node=\"1\"} 20",
         "qkv_peer_up{node=\"1\",peer=\"2\"} 1",
         "qkv_storage_bytes{node=\"1\"}",
+        "qkv_aae_ranges{node=\"1\",state=\"in_sync\"}",
+        "qkv_aae_exchanges_total{node=\"1\",outcome=\"completed\"}",
+        "qkv_aae_keys_repaired_total{node=\"1\"}",
+        "qkv_aae_bytes_exchanged_total{node=\"1\"}",
+        "qkv_tombstones_pending_gc{node=\"1\"} 0",
     ] {
         assert!(text.contains(want), "missing `{want}`");
     }

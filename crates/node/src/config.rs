@@ -155,10 +155,10 @@ pub struct Config {
     /// Pause between one anti-entropy exchange and the next.
     #[serde(default = "default_aae_interval_ms")]
     pub aae_interval_ms: u64,
-    /// Keys anti-entropy may move per second (received and sent).
+    /// Key states anti-entropy may send (and this node's exchanges receive) per second.
     #[serde(default = "default_aae_keys_per_s")]
     pub aae_keys_per_s: u64,
-    /// Bytes anti-entropy may move per second (received and sent).
+    /// Bytes anti-entropy may send (and this node's exchanges receive) per second.
     #[serde(default = "default_aae_bytes_per_s")]
     pub aae_bytes_per_s: u64,
     /// How long a tombstone is kept once every home replica is known to hold it.

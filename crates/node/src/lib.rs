@@ -26,6 +26,12 @@ pub use node::Node;
 pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let storage =
         std::sync::Arc::new(storage::Storage::open(&cfg.data_dir, cfg.id, cfg.persist, cfg.persist_period_ms)?);
+    if storage.fresh() {
+        tracing::info!(
+            epoch = format_args!("{:08x}", storage.epoch()),
+            "new data dir: this disk writes as a new actor; anti-entropy will fill it from the other replicas"
+        );
+    }
     let endpoint = qkv_transport::node_endpoint(cfg.listen, &cfg.tls_files()).context("starting the QUIC endpoint")?;
     let frame_bytes_max = cfg.frame_bytes_max();
     let pool = qkv_transport::Pool::new(endpoint.clone(), frame_bytes_max);

@@ -216,6 +216,8 @@ pub struct AaeCompared {
     pub missing: Vec<Vec<u8>>,
     /// More differing states did not fit: compare these leaves again.
     pub more: bool,
+    /// The receiver's anti-entropy pace is spent: compare again no sooner than this, ms.
+    pub wait_ms: u64,
 }
 
 mod serde_bytes_vec {

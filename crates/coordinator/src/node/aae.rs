@@ -12,8 +12,13 @@
 //!    key the peer lacks or holds differently (`ReplicaPutBatch`, acked after the
 //!    peer's flush): a DVV sync in both directions, of the differing keys only.
 //!
-//! Exchanges are paced by token buckets over keys and bytes moved, so they never
-//! take more than the configured share of the node. An exchange that completes
+//! Pace: one pair of token buckets per node, over key states and bytes. They are
+//! charged for every state the node sends (answers to a peer's comparison, its
+//! own pushes) and every state its own exchanges receive; the node starts no
+//! comparison while they are in debt, and answers a peer's with no more states
+//! than they allow (at least one, so every round progresses). So a node sends at
+//! most `keys_per_s` states a second, and takes in at most that from its own
+//! exchanges plus what its peers send it under their own paces. An exchange that completes
 //! tells this node the peer held everything this node held when it started: what
 //! tombstone GC waits for. A tombstone is purged once every other home replica
 //! of its range completed an exchange with this node *that started after the
@@ -51,8 +56,8 @@ impl Default for AaeConfig {
         AaeConfig {
             enabled: true,
             interval_ms: 2_000,
-            keys_per_s: 10_000,
-            bytes_per_s: 8 << 20,
+            keys_per_s: 2_000,
+            bytes_per_s: 4 << 20,
             tombstone_grace_ms: 4 * 3600 * 1000,
         }
     }
@@ -73,7 +78,7 @@ const THEIRS_KEYS_MAX: usize = 1024;
 const THEIRS_BYTES_MAX: usize = 2 << 20;
 /// Bytes per push batch.
 const PUSH_BYTES_MAX: usize = 1 << 20;
-/// A group still answered "more" after this many rounds: give up this exchange.
+/// A group answered "more" this many rounds in a row without moving a state: give up.
 const REPEATS_MAX: u32 = 64;
 const GC_INTERVAL_MS: u64 = 1_000;
 /// Tombstones checked per GC round.
@@ -113,6 +118,8 @@ struct Exchange {
     /// Something was skipped: the exchange ends, but does not count as complete.
     incomplete: bool,
     wait_until: u64,
+    /// The peer asked for no comparison before this (its pace was spent).
+    peer_wait_until: u64,
 }
 
 /// A token bucket over one quantity.
@@ -203,7 +210,7 @@ impl AaeState {
     }
 
     /// True when `incoming` is no newer than a tombstone this node purged for `key`.
-    pub(super) fn purged_covers(&self, key: &[u8], incoming: &DvvSet, _now: u64) -> bool {
+    pub(super) fn purged_covers(&self, key: &[u8], incoming: &DvvSet) -> bool {
         self.purged.get(key).is_some_and(|c| incoming.clock().0.iter().all(|(&a, &n)| c.get(a) >= n))
     }
 
@@ -316,14 +323,23 @@ impl<S: Store> Core<S> {
         }
     }
 
-    /// The keys and states of one leaf, at most `limit`.
-    fn scan_leaf(&self, range: RangeId, leaf: u32, limit: usize) -> Result<Vec<(Vec<u8>, DvvSet)>, Error> {
-        let mut out = vec![];
+    /// The keys of one leaf and their digests, at most `limit`, read a page at a time
+    /// so a leaf of large values never sits in memory whole.
+    fn leaf_digests(&self, range: RangeId, leaf: u32, limit: usize) -> Result<Vec<KeyDigest>, Error> {
+        let mut out: Vec<KeyDigest> = vec![];
         for (a, b) in self.aae.trees.leaf_spans(&self.ring, range, leaf) {
-            if out.len() >= limit {
-                break;
+            let mut from: (u64, Vec<u8>) = (a, vec![]);
+            while out.len() < limit {
+                let page = self.store.scan((from.0, &from.1), b, SCAN_PAGE.min(limit - out.len()))?;
+                let full = page.len() == SCAN_PAGE.min(limit - out.len());
+                let Some(last) = page.last().map(|(k, _)| k.clone()) else { break };
+                out.extend(page.into_iter().map(|(key, set)| KeyDigest { digest: digest(&key, &set), key }));
+                if !full {
+                    break;
+                }
+                from = (token(&last), last);
+                from.1.push(0);
             }
-            out.extend(self.store.scan((a, &[]), b, limit - out.len())?);
         }
         Ok(out)
     }
@@ -362,7 +378,7 @@ impl<S: Store> Core<S> {
 
     /// Exchange step 2, the peer's side: compare the sender's keys with this node's.
     pub(super) fn aae_compare(
-        &self,
+        &mut self,
         fingerprint: u64,
         range: RangeId,
         leaves: &[u32],
@@ -383,30 +399,44 @@ impl<S: Store> Core<S> {
         for e in &entries {
             self.cfg.limits.check(&e.key, None)?;
         }
-        let mut mine: BTreeMap<Vec<u8>, DvvSet> = BTreeMap::new();
+        let mut mine: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
         for &leaf in leaves {
             let left = COMPARE_ENTRIES_MAX.saturating_sub(mine.len());
-            mine.extend(self.scan_leaf(range, leaf, left)?);
+            mine.extend(self.leaf_digests(range, leaf, left)?.into_iter().map(|e| (e.key, e.digest)));
         }
+        // What this node sends counts against its own pace too: at most what its
+        // buckets allow now (at least one state, so every round makes progress).
+        self.aae.refill(self.now_ms);
+        let keys_max = (self.aae.keys.allowance.max(1.0) as usize).min(THEIRS_KEYS_MAX);
+        let bytes_max = (self.aae.bytes.allowance.max(1.0) as u64).min(THEIRS_BYTES_MAX as u64);
         let mut out = AaeCompared::default();
-        let mut bytes = 0u64;
-        let mut give = |out: &mut AaeCompared, key: Vec<u8>, set: DvvSet| {
-            if out.theirs.len() >= THEIRS_KEYS_MAX || bytes >= THEIRS_BYTES_MAX as u64 {
-                out.more = true;
-            } else {
-                bytes += state_bytes(&key, &set);
-                out.theirs.push(KeyState { key, set });
-            }
-        };
+        let mut give = vec![];
         for e in entries {
             match mine.remove(&e.key) {
                 None => out.missing.push(e.key),
-                Some(set) if digest(&e.key, &set) != e.digest => give(&mut out, e.key, set),
+                Some(d) if d != e.digest => give.push(e.key),
                 Some(_) => {}
             }
         }
-        for (key, set) in mine {
-            give(&mut out, key, set);
+        give.extend(mine.into_keys());
+        let mut bytes = 0u64;
+        for key in give {
+            if out.theirs.len() >= keys_max || (bytes >= bytes_max && !out.theirs.is_empty()) {
+                out.more = true;
+                break;
+            }
+            // Read again: only the states sent are ever held in memory.
+            if let Some(set) = self.store.get(&key)? {
+                bytes += state_bytes(&key, &set);
+                out.theirs.push(KeyState { key, set });
+            }
+        }
+        let sent = out.theirs.len() as u64;
+        self.aae.charge(sent, bytes);
+        if out.more {
+            // Held back for the pace: tell the asker when there is budget again, rather
+            // than have it ask (and both sides scan) in a tight loop.
+            out.wait_ms = self.aae.keys.wait_ms().max(self.aae.bytes.wait_ms());
         }
         Ok(Response::AaeCompared(out))
     }
@@ -460,6 +490,7 @@ impl<S: Store> Core<S> {
             repeats: 0,
             incomplete: false,
             wait_until: now,
+            peer_wait_until: now,
         });
         let fingerprint = self.ring.fingerprint();
         self.send(op, peer, Request::AaeRoots { fingerprint, ranges: roots }, AAE_TIMEOUT_MS);
@@ -490,7 +521,7 @@ impl<S: Store> Core<S> {
                 if !x.incomplete {
                     self.aae.keys_repaired += keys;
                 }
-                self.aae_group_done(range, leaves, more);
+                self.aae_group_done(range, leaves, more, true);
             }
             (_, r) => {
                 let e = match r {
@@ -542,8 +573,9 @@ impl<S: Store> Core<S> {
     fn aae_step(&mut self) {
         let now = self.now_ms;
         self.aae.refill(now);
-        let wait = self.aae.keys.wait_ms().max(self.aae.bytes.wait_ms());
+        let own = self.aae.keys.wait_ms().max(self.aae.bytes.wait_ms());
         let Some(x) = self.aae.exchange.as_mut() else { return };
+        let wait = own.max(x.peer_wait_until.saturating_sub(now));
         if wait > 0 {
             x.waiting = Waiting::Budget;
             x.wait_until = now + wait;
@@ -558,11 +590,11 @@ impl<S: Store> Core<S> {
         let mut truncated = false;
         while let Some(leaf) = pending.pop_front() {
             let left = COMPARE_ENTRIES_MAX - entries.len();
-            match self.scan_leaf(range, leaf, left) {
+            match self.leaf_digests(range, leaf, left) {
                 Ok(keys) => {
                     truncated |= keys.len() >= left;
-                    entry_bytes += keys.iter().map(|(k, _)| k.len() + 8).sum::<usize>();
-                    entries.extend(keys.into_iter().map(|(key, set)| KeyDigest { digest: digest(&key, &set), key }));
+                    entry_bytes += keys.iter().map(|e| e.key.len() + 8).sum::<usize>();
+                    entries.extend(keys);
                 }
                 Err(e) => {
                     tracing::warn!("anti-entropy: reading leaf {leaf} of range {range}: {e}");
@@ -592,6 +624,8 @@ impl<S: Store> Core<S> {
         };
         let (mut keys, mut bytes) = (0u64, 0u64);
         let mut pushes: Vec<KeyState> = vec![];
+        let mut push_bytes = 0u64;
+        let mut more = c.more;
         let mut changed = false;
         for it in c.theirs {
             if !in_group(self, &it.key) || !it.set.is_valid() {
@@ -604,7 +638,10 @@ impl<S: Store> Core<S> {
                 self.aae.keys_repaired += 1;
             }
             match self.store.get(&it.key)? {
-                Some(mine) if mine != it.set => pushes.push(KeyState { key: it.key, set: mine }),
+                Some(mine) if mine != it.set => {
+                    push_bytes += state_bytes(&it.key, &mine);
+                    pushes.push(KeyState { key: it.key, set: mine });
+                }
                 _ => {}
             }
         }
@@ -612,23 +649,29 @@ impl<S: Store> Core<S> {
             if !in_group(self, &key) {
                 continue;
             }
+            if push_bytes >= THEIRS_BYTES_MAX as u64 || pushes.len() >= THEIRS_KEYS_MAX {
+                // The rest in the next round of this group: pushes stay bounded in memory.
+                more = true;
+                break;
+            }
             if let Some(set) = self.store.get(&key)? {
+                push_bytes += state_bytes(&key, &set);
                 pushes.push(KeyState { key, set });
             }
         }
-        for p in &pushes {
-            keys += 1;
-            bytes += state_bytes(&p.key, &p.set);
-        }
+        keys += pushes.len() as u64;
+        bytes += push_bytes;
         self.aae.charge(keys, bytes);
         if changed {
             let token = self.id();
             self.out.push_back(Output::Flush { token });
         }
+        let now = self.now_ms;
         let Some(x) = self.aae.exchange.as_mut() else { return Ok(()) };
+        x.peer_wait_until = now + c.wait_ms.min(AAE_TIMEOUT_MS);
         let (op, peer) = (x.op, x.peer);
         if pushes.is_empty() {
-            self.aae_group_done(range, leaves, c.more);
+            self.aae_group_done(range, leaves, more, keys > 0);
             return Ok(());
         }
         let pushed = pushes.len() as u64;
@@ -647,15 +690,21 @@ impl<S: Store> Core<S> {
                 }
             }
         }
-        x.waiting = Waiting::Pushes { left: batches.len(), keys: pushed, range, leaves, more: c.more };
+        x.waiting = Waiting::Pushes { left: batches.len(), keys: pushed, range, leaves, more };
         for items in batches {
             self.send(op, peer, Request::ReplicaPutBatch { items }, AAE_TIMEOUT_MS);
         }
         Ok(())
     }
 
-    fn aae_group_done(&mut self, range: RangeId, leaves: Vec<u32>, more: bool) {
+    /// A group is done; `more`: the peer held states back, so compare it again.
+    /// `progress`: this round moved at least one state (a round that moved none and
+    /// still says "more" counts toward giving up).
+    fn aae_group_done(&mut self, range: RangeId, leaves: Vec<u32>, more: bool, progress: bool) {
         let Some(x) = self.aae.exchange.as_mut() else { return };
+        if progress {
+            x.repeats = 0;
+        }
         if more {
             x.repeats += 1;
             if x.repeats > REPEATS_MAX {
@@ -663,8 +712,6 @@ impl<S: Store> Core<S> {
             } else {
                 x.work.push_front((range, leaves.into()));
             }
-        } else {
-            x.repeats = 0;
         }
         self.aae_step();
     }

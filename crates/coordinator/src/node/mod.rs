@@ -459,7 +459,7 @@ impl<S: Store> Core<S> {
     /// anti-entropy) into this node's; true when the stored state changed.
     fn merge_in(&mut self, key: &[u8], incoming: &DvvSet) -> Result<bool, Error> {
         let local = self.store.get(key)?;
-        if local.is_none() && self.aae.purged_covers(key, incoming, self.now_ms) {
+        if local.is_none() && self.aae.purged_covers(key, incoming) {
             // Older than a tombstone this node purged: taking it back would resurrect it.
             return Ok(false);
         }
