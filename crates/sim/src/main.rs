@@ -12,9 +12,11 @@ use qkv_sim::{SimConfig, Workload, checker, run_seed};
 /// Simulate a quorumkv cluster from seeds and check every history.
 ///
 /// Each seed is one schedule: clients at random consistency levels, crashes with
-/// lost unflushed writes, partitions (symmetric, one-way, flapping), message loss,
-/// duplication and reordering, clock jumps. A violation prints the seed, the key's
-/// trace and the command that replays it. Exit status 1 when anything is violated.
+/// lost unflushed writes, power losses, disk wipes, partitions (symmetric, one-way,
+/// flapping), message loss, duplication and reordering, clock jumps; then healing,
+/// with no client read, until handoff and anti-entropy make every key's replicas
+/// agree. A violation prints the seed, the key's trace and the command that replays
+/// it. Exit status 1 when anything is violated.
 #[derive(Parser)]
 #[command(version)]
 struct Args {
