@@ -4,7 +4,7 @@
 //!    (100,000) keys of 100 bytes are written to node 1 alone (W = one, strict: no
 //!    hints). Node 2 restarts and the bench times how long until both nodes report
 //!    every range in sync (their trees' roots equal), with no client reading
-//!    anything: once at the default pace (2,000 key states/s, 4 MiB/s per node) and
+//!    anything: once at the default pace (1,000 key states/s, 2 MiB/s per node) and
 //!    once unpaced.
 //! 2. **Steady-state CPU.** Three nodes holding the same keys, in sync and idle for
 //!    `QKV_BENCH_AAE_IDLE_S` (20) seconds: CPU time of the node processes with
@@ -122,11 +122,14 @@ async fn idle_cpu(keys: usize, idle: u64, aae: bool) -> anyhow::Result<f64> {
 }
 
 /// Ops per second of a 50/50 quorum read/write load over `keys` keys at concurrency 32 for `secs`.
-async fn throughput(client: &Client, keys: usize, secs: f64) -> f64 {
+///
+/// Writes pass the last context seen for their key (from a read or a write), as a
+/// real client would: blind writes would pile up siblings and slow every later run.
+async fn throughput(client: &Client, keys: usize, secs: f64, contexts: &Contexts) -> f64 {
     let end = Instant::now() + Duration::from_secs_f64(secs);
     let mut tasks = tokio::task::JoinSet::new();
     for t in 0..32u64 {
-        let client = client.clone();
+        let (client, contexts) = (client.clone(), contexts.clone());
         tasks.spawn(async move {
             let mut n = 0u64;
             let mut x = t.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -134,13 +137,22 @@ async fn throughput(client: &Client, keys: usize, secs: f64) -> f64 {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                let key = format!("load-{:08}", x % keys as u64);
-                let ok = if x & 1 == 0 {
-                    client.get(key).r(Level::Quorum).await.is_ok()
+                let i = x % keys as u64;
+                let key = format!("load-{i:08}");
+                let ctx = if x & 1 == 0 {
+                    client.get(key).r(Level::Quorum).await.map(|g| g.context)
                 } else {
-                    client.put(key, vec![b'w'; 100]).w(Level::Quorum).await.is_ok()
+                    let known = contexts.lock().expect("contexts").get(&i).cloned();
+                    let mut put = client.put(key, vec![b'w'; 100]).w(Level::Quorum);
+                    if let Some(c) = known {
+                        put = put.context(c);
+                    }
+                    put.await.map(|p| p.context)
                 };
-                n += u64::from(ok);
+                if let Ok(c) = ctx {
+                    contexts.lock().expect("contexts").insert(i, c);
+                    n += 1;
+                }
             }
             n
         });
@@ -151,6 +163,8 @@ async fn throughput(client: &Client, keys: usize, secs: f64) -> f64 {
     }
     total as f64 / secs
 }
+
+type Contexts = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<u64, quorumkv::Context>>>;
 
 /// (ops/s in sync, ops/s while node 3 takes `keys` divergent keys, seconds until in sync).
 async fn cost(keys: usize, pace: &str) -> anyhow::Result<(f64, f64, Option<f64>)> {
@@ -168,7 +182,8 @@ async fn cost(keys: usize, pace: &str) -> anyhow::Result<(f64, f64, Option<f64>)
         });
     }
     while tasks.join_next().await.is_some() {}
-    let before = throughput(&client, LOAD_KEYS, 10.0).await;
+    let contexts = Contexts::default();
+    let before = throughput(&client, LOAD_KEYS, 10.0, &contexts).await;
     c.kill(3);
     c.wait_seen(3, false).await;
     load(&client, keys, Level::Quorum, true).await;
@@ -178,7 +193,7 @@ async fn cost(keys: usize, pace: &str) -> anyhow::Result<(f64, f64, Option<f64>)
     c.restart(3).await;
     c.wait_seen(3, true).await;
     let start = Instant::now();
-    let during = throughput(&client, LOAD_KEYS, 10.0).await;
+    let during = throughput(&client, LOAD_KEYS, 10.0, &contexts).await;
     if pace.contains("anti_entropy = false") {
         return Ok((before, during, None));
     }

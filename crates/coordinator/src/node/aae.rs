@@ -56,8 +56,8 @@ impl Default for AaeConfig {
         AaeConfig {
             enabled: true,
             interval_ms: 2_000,
-            keys_per_s: 2_000,
-            bytes_per_s: 4 << 20,
+            keys_per_s: 1_000,
+            bytes_per_s: 2 << 20,
             tombstone_grace_ms: 4 * 3600 * 1000,
         }
     }
