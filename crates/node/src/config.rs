@@ -403,6 +403,8 @@ key = "certs/node-1.key"
         assert_eq!(c.persist, Persist::Sync);
         assert_eq!(c.vnodes, 128);
         assert_eq!(c.tls.ca, Path::new("/x/ca.pem"));
+        let off = |k: &str| (k == "QKV_ANTI_ENTROPY").then(|| "false".to_string());
+        assert!(!Config::parse(BASE, Path::new("."), off).unwrap().aae().enabled);
     }
 
     #[test]
@@ -415,6 +417,9 @@ key = "certs/node-1.key"
             (BASE.replace("7002", "7003"), "address appears twice"),
             (BASE.replace("listen = ", "vnodes = 0\nlisten = "), "vnodes must be"),
             (BASE.replace("listen = ", "metrics_listen = \"here\"\nlisten = "), "metrics_listen must be"),
+            (BASE.replace("listen = ", "tombstone_grace_ms = 1000\nlisten = "), "must be at least hint_window_ms"),
+            (BASE.replace("listen = ", "aae_keys_per_s = 0\nlisten = "), "must be positive"),
+            (BASE.replace("listen = ", "anti_entropy = \"yes\"\nlisten = "), "invalid type"),
             ("id = ".to_string(), "invalid TOML"),
         ];
         for (text, want) in cases {
