@@ -13,6 +13,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use qkv_proto::{NodeId, OwnerHints};
 
+use crate::pace::Bucket;
+
 /// Per-hint overhead counted towards the limits (clock, dots, record framing).
 pub const HINT_OVERHEAD_BYTES: u64 = 64;
 /// Most keys in one handoff batch.
@@ -69,8 +71,7 @@ pub struct HintIndex {
     limits: HintLimits,
     owners: BTreeMap<NodeId, Owner>,
     bytes: u64,
-    tokens: f64,
-    refilled_ms: u64,
+    tokens: Bucket,
     /// Hints refused since start.
     pub refused: u64,
     /// Hints handed off since start.
@@ -84,8 +85,7 @@ impl HintIndex {
             limits,
             owners: BTreeMap::new(),
             bytes: 0,
-            tokens: limits.rate_bytes_per_s as f64,
-            refilled_ms: now_ms,
+            tokens: Bucket::new(limits.rate_bytes_per_s, now_ms),
             refused: 0,
             handed_off: 0,
         }
@@ -161,8 +161,8 @@ impl HintIndex {
     /// Choose the next batch for `owner` within the pace, and mark it in flight.
     /// Keys are taken in order from where the last batch stopped, wrapping around.
     pub fn next_batch(&mut self, owner: NodeId, now_ms: u64) -> Vec<Vec<u8>> {
-        self.refill(now_ms);
-        let budget = (self.tokens.max(0.0) as u64).min(self.limits.batch_bytes_max);
+        self.tokens.refill(now_ms);
+        let budget = (self.tokens.tokens().max(0.0) as u64).min(self.limits.batch_bytes_max);
         let Some(o) = self.owners.get_mut(&owner) else { return vec![] };
         if budget == 0 || o.in_flight || o.keys.is_empty() {
             return vec![];
@@ -180,7 +180,7 @@ impl HintIndex {
         if let Some(last) = picked.last() {
             o.cursor = last.clone();
             o.in_flight = true;
-            self.tokens -= used as f64;
+            self.tokens.spend(used as f64);
         }
         picked
     }
@@ -197,13 +197,6 @@ impl HintIndex {
             }
         }
         self.handed_off += delivered;
-    }
-
-    fn refill(&mut self, now_ms: u64) {
-        let elapsed = now_ms.saturating_sub(self.refilled_ms);
-        self.refilled_ms = self.refilled_ms.max(now_ms);
-        let cap = self.limits.rate_bytes_per_s as f64;
-        self.tokens = (self.tokens + cap * elapsed as f64 / 1000.0).min(cap);
     }
 
     /// Hints held and their bytes.

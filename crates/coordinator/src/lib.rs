@@ -17,6 +17,7 @@
 //! - [`hints`]: hint limits, sizes, ages and handoff pacing.
 //! - [`aae`]: anti-entropy hash trees (XOR Merkle trees per range).
 //! - [`mem`]: an in-memory store for tests and the simulator.
+//! - [`pace`]: the token bucket that paces handoff and anti-entropy.
 //! - [`node`]: a whole node's logic as one state machine over a [`Store`].
 
 pub mod aae;
@@ -25,6 +26,7 @@ pub mod hints;
 pub mod liveness;
 pub mod mem;
 pub mod node;
+pub mod pace;
 pub mod put;
 pub mod quorum;
 pub mod replica;

@@ -54,6 +54,15 @@ pub struct FinalKey {
 }
 
 impl FinalKey {
+    /// Every home replica holds the same state; a tombstone-only state and no state
+    /// are the same (both read as "not found"; GC turns one into the other).
+    pub fn agrees(&self) -> bool {
+        fn live(s: &Option<DvvSet>) -> Option<&DvvSet> {
+            s.as_ref().filter(|s| !s.is_deleted())
+        }
+        self.replicas.windows(2).all(|w| live(&w[0].1) == live(&w[1].1))
+    }
+
     /// The merge of every home replica.
     pub fn merged(&self) -> DvvSet {
         self.replicas.iter().filter_map(|r| r.1.as_ref()).fold(DvvSet::new(), |acc, s| acc.merged(s))
@@ -248,8 +257,7 @@ fn check_key(key: &[u8], entries: &[&Entry], fin: &FinalKey, facts: &Facts<'_>, 
     }
 
     // Convergence of home replicas.
-    let normal = |s: &Option<DvvSet>| s.clone().filter(|s| !s.is_deleted());
-    if facts.check_convergence && fin.replicas.windows(2).any(|w| normal(&w[0].1) != normal(&w[1].1)) {
+    if facts.check_convergence && !fin.agrees() {
         let states: Vec<String> = fin
             .replicas
             .iter()

@@ -710,20 +710,7 @@ impl World {
             }
         }
 
-        let finals = keys
-            .into_iter()
-            .map(|key| {
-                let replicas = self
-                    .ring
-                    .preference_list(&key)
-                    .iter()
-                    .map(|id| (*id, self.nodes[id].disk.borrow().current().value(&key).cloned()))
-                    .collect();
-                let purged =
-                    self.nodes.values().flat_map(|n| n.disk.borrow().purged.get(&key).cloned()).flatten().collect();
-                (key, FinalKey { replicas, purged })
-            })
-            .collect();
+        let finals = keys.into_iter().map(|key| (key.clone(), self.final_key(&key))).collect();
         Run {
             history: self.history,
             finals,
@@ -735,16 +722,20 @@ impl World {
         }
     }
 
-    /// Every key's home replicas hold the same state (tombstone-only counts as none).
+    /// What each home replica of `key` holds now, and the tombstones of it purged so far.
+    fn final_key(&self, key: &[u8]) -> FinalKey {
+        let replicas = self
+            .ring
+            .preference_list(key)
+            .iter()
+            .map(|id| (*id, self.nodes[id].disk.borrow().current().value(key).cloned()))
+            .collect();
+        let purged = self.nodes.values().flat_map(|n| n.disk.borrow().purged.get(key).cloned()).flatten().collect();
+        FinalKey { replicas, purged }
+    }
+
+    /// Every key's home replicas agree ([`FinalKey::agrees`]).
     fn converged(&self, keys: &BTreeSet<Vec<u8>>) -> bool {
-        keys.iter().all(|key| {
-            let states: Vec<Option<DvvSet>> = self
-                .ring
-                .preference_list(key)
-                .iter()
-                .map(|id| self.nodes[id].disk.borrow().current().value(key).cloned().filter(|s| !s.is_deleted()))
-                .collect();
-            states.windows(2).all(|w| w[0] == w[1])
-        })
+        keys.iter().all(|key| self.final_key(key).agrees())
     }
 }

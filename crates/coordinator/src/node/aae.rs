@@ -31,9 +31,10 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use qkv_proto::{AaeCompared, AaePair, AaeStatus, DvvSet, Error, KeyDigest, KeyState, NodeId, Request, Response};
 
-use super::{Core, Op, OpId, Output, Store, unexpected};
+use super::{Core, Op, OpId, Store, unexpected};
 use crate::aae::{RangeId, Trees, digest};
 use crate::hints::BATCH_KEYS_MAX;
+use crate::pace::Bucket;
 use crate::ring::{Ring, token};
 
 /// Anti-entropy settings.
@@ -122,26 +123,6 @@ struct Exchange {
     peer_wait_until: u64,
 }
 
-/// A token bucket over one quantity.
-#[derive(Debug)]
-struct Bucket {
-    rate: f64,
-    allowance: f64,
-}
-
-impl Bucket {
-    fn new(rate: u64) -> Bucket {
-        Bucket { rate: rate.max(1) as f64, allowance: rate.max(1) as f64 }
-    }
-    fn refill(&mut self, elapsed_ms: u64) {
-        self.allowance = (self.allowance + self.rate * elapsed_ms as f64 / 1000.0).min(self.rate);
-    }
-    /// Ms until the allowance is back to zero (0: spend now).
-    fn wait_ms(&self) -> u64 {
-        if self.allowance >= 0.0 { 0 } else { (-self.allowance / self.rate * 1000.0).ceil() as u64 }
-    }
-}
-
 /// Anti-entropy state of one node.
 pub(super) struct AaeState {
     cfg: AaeConfig,
@@ -159,7 +140,6 @@ pub(super) struct AaeState {
     purged_order: VecDeque<(u64, Vec<u8>)>,
     keys: Bucket,
     bytes: Bucket,
-    budget_at: u64,
     exchanges: u64,
     exchanges_failed: u64,
     keys_repaired: u64,
@@ -183,9 +163,8 @@ impl AaeState {
             tombstones: HashMap::new(),
             purged: HashMap::new(),
             purged_order: VecDeque::new(),
-            keys: Bucket::new(cfg.keys_per_s),
-            bytes: Bucket::new(cfg.bytes_per_s),
-            budget_at: now_ms,
+            keys: Bucket::new(cfg.keys_per_s.max(1), now_ms),
+            bytes: Bucket::new(cfg.bytes_per_s.max(1), now_ms),
             exchanges: 0,
             exchanges_failed: 0,
             keys_repaired: 0,
@@ -195,17 +174,17 @@ impl AaeState {
         }
     }
 
-    /// A key's stored state changed from `old` to `new` (`None`: absent).
-    pub(super) fn on_write(&mut self, ring: &Ring, key: &[u8], old: Option<&DvvSet>, new: Option<&DvvSet>, now: u64) {
-        let t = token(key);
-        self.trees.update(ring, t, old.map(|o| digest(key, o)), new.map(|n| digest(key, n)));
+    /// A key's stored state changed from the one of digest `old` to `new` (`None`: absent).
+    pub(super) fn on_write(&mut self, ring: &Ring, key: &[u8], old: Option<u64>, new: Option<&DvvSet>, now: u64) {
+        self.trees.update(ring, token(key), old, new.map(|n| digest(key, n)));
         match new {
             Some(n) if n.is_deleted() => {
                 self.tombstones.insert(key.to_vec(), now);
             }
-            _ => {
+            _ if !self.tombstones.is_empty() => {
                 self.tombstones.remove(key);
             }
+            _ => {}
         }
     }
 
@@ -247,15 +226,18 @@ impl AaeState {
     }
 
     fn refill(&mut self, now: u64) {
-        let elapsed = now.saturating_sub(self.budget_at);
-        self.budget_at = now;
-        self.keys.refill(elapsed);
-        self.bytes.refill(elapsed);
+        self.keys.refill(now);
+        self.bytes.refill(now);
+    }
+
+    /// Ms until both buckets are out of debt.
+    fn wait_ms(&self) -> u64 {
+        self.keys.wait_ms().max(self.bytes.wait_ms())
     }
 
     fn charge(&mut self, keys: u64, bytes: u64) {
-        self.keys.allowance -= keys as f64;
-        self.bytes.allowance -= bytes as f64;
+        self.keys.spend(keys as f64);
+        self.bytes.spend(bytes as f64);
         self.keys_exchanged += keys;
         self.bytes_exchanged += bytes;
     }
@@ -298,6 +280,39 @@ impl AaeState {
     }
 }
 
+/// Visit at most `limit` stored keys with tokens in `from..=to`, in order, reading a
+/// page at a time so a range of large values never sits in memory whole.
+fn scan_pages<S: Store>(
+    store: &S,
+    from: u64,
+    to: u64,
+    limit: usize,
+    mut visit: impl FnMut(Vec<u8>, DvvSet),
+) -> Result<(), Error> {
+    let mut cursor: (u64, Vec<u8>) = (from, vec![]);
+    let mut left = limit;
+    while left > 0 {
+        let want = SCAN_PAGE.min(left);
+        let page = store.scan((cursor.0, &cursor.1), to, want)?;
+        let full = page.len() == want;
+        left -= page.len();
+        let next = page.last().map(|(k, _)| {
+            // The smallest key after the last one seen, at its token.
+            let mut after = k.clone();
+            after.push(0);
+            (token(k), after)
+        });
+        for (key, set) in page {
+            visit(key, set);
+        }
+        match next {
+            Some(c) if full => cursor = c,
+            _ => break,
+        }
+    }
+    Ok(())
+}
+
 /// A state's size as counted against the bytes budget.
 fn state_bytes(key: &[u8], set: &DvvSet) -> u64 {
     (key.len() + set.value_bytes() + 16 * set.siblings().len() + 16 * set.clock().0.len()) as u64
@@ -306,40 +321,18 @@ fn state_bytes(key: &[u8], set: &DvvSet) -> u64 {
 impl<S: Store> Core<S> {
     /// Build the trees and the tombstone list from the store (once, at start).
     pub(super) fn load_trees(&mut self) -> Result<(), Error> {
-        let mut from: (u64, Vec<u8>) = (0, vec![]);
-        loop {
-            let page = self.store.scan((from.0, &from.1), u64::MAX, SCAN_PAGE)?;
-            for (key, set) in &page {
-                self.aae.on_write(&self.ring, key, None, Some(set), self.now_ms);
-            }
-            match page.last() {
-                Some((k, _)) if page.len() == SCAN_PAGE => {
-                    let mut next = k.clone();
-                    next.push(0);
-                    from = (token(k), next);
-                }
-                _ => return Ok(()),
-            }
-        }
+        let now = self.now_ms;
+        scan_pages(&self.store, 0, u64::MAX, usize::MAX, |key, set| {
+            self.aae.on_write(&self.ring, &key, None, Some(&set), now);
+        })
     }
 
-    /// The keys of one leaf and their digests, at most `limit`, read a page at a time
-    /// so a leaf of large values never sits in memory whole.
+    /// The keys of one leaf and their digests, at most `limit`.
     fn leaf_digests(&self, range: RangeId, leaf: u32, limit: usize) -> Result<Vec<KeyDigest>, Error> {
         let mut out: Vec<KeyDigest> = vec![];
         for (a, b) in self.aae.trees.leaf_spans(&self.ring, range, leaf) {
-            let mut from: (u64, Vec<u8>) = (a, vec![]);
-            while out.len() < limit {
-                let page = self.store.scan((from.0, &from.1), b, SCAN_PAGE.min(limit - out.len()))?;
-                let full = page.len() == SCAN_PAGE.min(limit - out.len());
-                let Some(last) = page.last().map(|(k, _)| k.clone()) else { break };
-                out.extend(page.into_iter().map(|(key, set)| KeyDigest { digest: digest(&key, &set), key }));
-                if !full {
-                    break;
-                }
-                from = (token(&last), last);
-                from.1.push(0);
-            }
+            let left = limit.saturating_sub(out.len());
+            scan_pages(&self.store, a, b, left, |key, set| out.push(KeyDigest { digest: digest(&key, &set), key }))?;
         }
         Ok(out)
     }
@@ -407,8 +400,8 @@ impl<S: Store> Core<S> {
         // What this node sends counts against its own pace too: at most what its
         // buckets allow now (at least one state, so every round makes progress).
         self.aae.refill(self.now_ms);
-        let keys_max = (self.aae.keys.allowance.max(1.0) as usize).min(THEIRS_KEYS_MAX);
-        let bytes_max = (self.aae.bytes.allowance.max(1.0) as u64).min(THEIRS_BYTES_MAX as u64);
+        let keys_max = (self.aae.keys.tokens().max(1.0) as usize).min(THEIRS_KEYS_MAX);
+        let bytes_max = (self.aae.bytes.tokens().max(1.0) as u64).min(THEIRS_BYTES_MAX as u64);
         let mut out = AaeCompared::default();
         let mut give = vec![];
         for e in entries {
@@ -436,7 +429,7 @@ impl<S: Store> Core<S> {
         if out.more {
             // Held back for the pace: tell the asker when there is budget again, rather
             // than have it ask (and both sides scan) in a tight loop.
-            out.wait_ms = self.aae.keys.wait_ms().max(self.aae.bytes.wait_ms());
+            out.wait_ms = self.aae.wait_ms();
         }
         Ok(Response::AaeCompared(out))
     }
@@ -573,7 +566,7 @@ impl<S: Store> Core<S> {
     fn aae_step(&mut self) {
         let now = self.now_ms;
         self.aae.refill(now);
-        let own = self.aae.keys.wait_ms().max(self.aae.bytes.wait_ms());
+        let own = self.aae.wait_ms();
         let Some(x) = self.aae.exchange.as_mut() else { return };
         let wait = own.max(x.peer_wait_until.saturating_sub(now));
         if wait > 0 {
@@ -663,8 +656,7 @@ impl<S: Store> Core<S> {
         bytes += push_bytes;
         self.aae.charge(keys, bytes);
         if changed {
-            let token = self.id();
-            self.out.push_back(Output::Flush { token });
+            self.flush_unawaited();
         }
         let now = self.now_ms;
         let Some(x) = self.aae.exchange.as_mut() else { return Ok(()) };
@@ -763,7 +755,7 @@ impl<S: Store> Core<S> {
                         tracing::warn!("purging a tombstone: {e}");
                         continue;
                     }
-                    self.aae.on_write(&self.ring, &key, Some(&set), None, now);
+                    self.aae.on_write(&self.ring, &key, Some(digest(&key, &set)), None, now);
                     if !self.cfg.bugs.gc_unconfirmed {
                         self.aae.remember_purged(key, set.clock().clone(), now);
                     }
@@ -777,8 +769,7 @@ impl<S: Store> Core<S> {
             }
         }
         if purged {
-            let token = self.id();
-            self.out.push_back(Output::Flush { token });
+            self.flush_unawaited();
         }
     }
 }

@@ -39,6 +39,7 @@ use qkv_proto::{
     Actor, Context, Dot, DvvSet, Error, HintStatus, MemberStatus, NodeId, Request, Response, RingReply, StatusReply,
 };
 
+use crate::aae::digest;
 use crate::get::GetOp;
 use crate::hints::{HintIndex, HintLimits};
 use crate::liveness::Detector;
@@ -440,9 +441,15 @@ impl<S: Store> Core<S> {
         }
     }
 
-    /// Every write of a key's data goes through here: `old` is the state it replaces.
-    /// Keeps the anti-entropy trees and the tombstone list in step with the store.
-    fn put_data(&mut self, key: &[u8], old: Option<&DvvSet>, set: &DvvSet) -> Result<(), Error> {
+    /// A make-durable request nobody waits on (the writes' own acks do not depend on it).
+    fn flush_unawaited(&mut self) {
+        let token = self.id();
+        self.out.push_back(Output::Flush { token });
+    }
+
+    /// Every write of a key's data goes through here: `old` is the digest of the state it
+    /// replaces. Keeps the anti-entropy trees and the tombstone list in step with the store.
+    fn put_data(&mut self, key: &[u8], old: Option<u64>, set: &DvvSet) -> Result<(), Error> {
         let lww;
         let set = if self.cfg.bugs.lww {
             lww = set.newest_only();
@@ -459,17 +466,13 @@ impl<S: Store> Core<S> {
     /// anti-entropy) into this node's; true when the stored state changed.
     fn merge_in(&mut self, key: &[u8], incoming: &DvvSet) -> Result<bool, Error> {
         let local = self.store.get(key)?;
+        let Some(new) = replica::merge(local.as_ref(), incoming)? else { return Ok(false) };
         if local.is_none() && self.aae.purged_covers(key, incoming) {
             // Older than a tombstone this node purged: taking it back would resurrect it.
             return Ok(false);
         }
-        match replica::merge(local.clone(), incoming)? {
-            Some(new) => {
-                self.put_data(key, local.as_ref(), &new)?;
-                Ok(true)
-            }
-            None => Ok(false),
-        }
+        self.put_data(key, local.as_ref().map(|l| digest(key, l)), &new)?;
+        Ok(true)
     }
 
     /// The coordinator's local write: a fresh dot above every counter this actor minted.
@@ -480,14 +483,15 @@ impl<S: Store> Core<S> {
         value: Option<Vec<u8>>,
     ) -> Result<(DvvSet, Context, Dot), Error> {
         let local = self.store.get(key)?;
-        let (set, ctx, dot) = replica::coordinate(local.clone(), context, value, self.actor, self.counter);
+        let old = local.as_ref().map(|l| digest(key, l));
+        let (set, ctx, dot) = replica::coordinate(local, context, value, self.actor, self.counter);
         self.counter = self.counter.max(dot.counter);
         if self.counter >= self.counter_lease {
             // Written with this write and made durable by the same flush, before the dot leaves the node.
             self.counter_lease = self.counter + COUNTER_LEASE_STEP;
             self.store.put_counter_lease(self.counter_lease)?;
         }
-        self.put_data(key, local.as_ref(), &set)?;
+        self.put_data(key, old, &set)?;
         Ok((set, ctx, dot))
     }
 

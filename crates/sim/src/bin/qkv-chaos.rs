@@ -477,11 +477,7 @@ async fn drive(dir: PathBuf, duration: u64, clients: u32, seed: u64) -> anyhow::
                 _ => unreadable += 1,
             }
         }
-        let agree = |f: &FinalKey| {
-            let live: Vec<_> = f.replicas.iter().map(|r| r.1.clone().filter(|s| !s.is_deleted())).collect();
-            live.windows(2).all(|w| w[0] == w[1])
-        };
-        if (unreadable == 0 && finals.values().all(agree)) || settle.elapsed() > Duration::from_secs(90) {
+        if (unreadable == 0 && finals.values().all(FinalKey::agrees)) || settle.elapsed() > Duration::from_secs(90) {
             break (finals, unreadable);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
