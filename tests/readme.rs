@@ -1,10 +1,11 @@
 //! The README's CLI session works exactly as printed: each `$ ` line is run by `sh`
 //! against a fresh 3-node cluster and its output compared with the lines below it.
 //!
-//! Causal contexts are the one exception: they name each node's disk epoch, drawn
-//! at random when a data dir is created, so every cluster prints its own. A word
-//! that is a context token in both the README and the output may differ; the
-//! README's token then stands for the cluster's in later commands.
+//! Causal contexts are the one exception: they carry a MAC under the cluster's own
+//! secret, so every cluster prints its own. A word that is a context token in both
+//! the README and the output may differ. The session passes tokens on in shell
+//! variables (`ctx=$(...)`), as a newcomer pasting it does: such a line prints
+//! nothing, and its variable is set for the commands after it.
 
 mod common;
 
@@ -31,6 +32,7 @@ async fn the_readme_session_works_as_printed() {
     let bin_dir = common::bin("qkv").parent().unwrap().to_path_buf();
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
     let mut tokens: Vec<(String, String)> = vec![];
+    let mut vars: Vec<(String, String)> = vec![];
     for (cmd, want) in steps {
         // The README's PATH line points at the release build; the test uses this build's binaries.
         if cmd.starts_with("export PATH=") {
@@ -40,14 +42,28 @@ async fn the_readme_session_works_as_printed() {
         for (readme, real) in &tokens {
             cmd = cmd.replace(readme.as_str(), real);
         }
+        // `name=$(...)`: run it, keep what it printed as `$name` for later commands.
+        let assign = cmd.split_once("=$(").filter(|(n, _)| !n.is_empty() && n.chars().all(|c| c.is_ascii_lowercase()));
+        let script = match assign {
+            Some((name, _)) => format!("{cmd}\nprintf %s \"${name}\""),
+            // The newline keeps a trailing `# comment` in the command from swallowing the `}`.
+            None => format!("{{ {cmd}\n}} 2>&1"),
+        };
         let out = std::process::Command::new("sh")
             .arg("-c")
-            // The newline keeps a trailing `# comment` in the command from swallowing the `}`.
-            .arg(format!("{{ {cmd}\n}} 2>&1"))
+            .arg(script)
+            .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("PATH", &path)
             .env("QKV_CLIENT_CONFIG", c.dir.path().join("client.toml"))
             .output()
             .unwrap();
+        if let Some((name, _)) = assign {
+            let value = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            assert!(out.status.success() && is_token(&value), "README command `{cmd}` set no context: {out:?}");
+            assert!(want.is_empty(), "`{cmd}` prints nothing");
+            vars.push((name.to_string(), value));
+            continue;
+        }
         let got: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
         let same = got.len() == want.len()
             && got.iter().zip(&want).all(|(g, w)| {
@@ -77,4 +93,41 @@ fn is_token(w: &str) -> bool {
     w.len() >= 6
         && w.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         && quorumkv::Context::decode(w).is_ok()
+}
+
+/// Every simulator command the README prints runs as printed (with fewer seeds, and
+/// in the test build's profile: the same code), `make sim` included.
+#[test]
+fn the_readme_simulator_commands_run() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let mut cmds: Vec<String> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("$ cargo run "))
+        .map(|l| format!("cargo run {}", l.split('#').next().unwrap().trim()))
+        .collect();
+    assert!(readme.contains("make sim"), "the README shows make sim");
+    let make = std::process::Command::new("make").args(["-n", "sim", "SEEDS=3", "NODES=5"]).current_dir(root).output();
+    let make = make.expect("make runs");
+    cmds.push(String::from_utf8_lossy(&make.stdout).trim().to_string());
+    assert!(cmds.len() >= 2 && cmds.iter().all(|c| c.contains("qkv-sim")), "{cmds:?}");
+    for cmd in cmds {
+        let words: Vec<String> = cmd.split_whitespace().filter(|w| *w != "--release").map(String::from).collect();
+        let mut args: Vec<String> = vec![];
+        let mut it = words[1..].iter();
+        while let Some(w) = it.next() {
+            args.push(w.clone());
+            if w == "--seeds" {
+                it.next();
+                args.push("3".into());
+            }
+        }
+        let out = std::process::Command::new(&words[0]).args(&args).current_dir(root).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("violations: 0"),
+            "README command `{cmd}` failed: {}\n{text}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

@@ -52,7 +52,7 @@ pub use config::ClientConfig;
 pub use error::Error;
 pub use qkv_proto::Error as ClusterError;
 pub use qkv_proto::{
-    AaePair, AaeStatus, Actor, Context, DvvSet, HintStatus, InspectReply, Level, NodeId, OpStats, OwnerHints,
+    AaePair, AaeStatus, Actor, Context, Dot, DvvSet, HintStatus, InspectReply, Level, NodeId, OpStats, OwnerHints,
     Percentiles, RingReply, StatsReply, StatusReply, actor_name, actor_node,
 };
 use qkv_proto::{GetRequest, PutRequest, Request, Response};
@@ -190,8 +190,11 @@ pub struct GetResult {
 /// A write's result.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PutResult {
-    /// The context of this write: pass it to a later write to replace this value.
+    /// The context of this write: what the writer saw plus this write, never a concurrent
+    /// write it did not see. Pass it to a later write to replace this value (and only it).
     pub context: Context,
+    /// The write's version (its dot), for tracing.
+    pub dot: Dot,
     /// The home replicas that acknowledged the write before the answer.
     pub home_acks: Vec<NodeId>,
     /// Stand-ins that acknowledged instead of a home replica that was down: (stand-in, home replica).
@@ -495,6 +498,7 @@ impl IntoFuture for Put {
             match self.client.send(Request::Put(req), self.timeout).await? {
                 Response::Put(p) => Ok(PutResult {
                     context: p.context,
+                    dot: p.dot,
                     home_acks: p.home_acks,
                     standin_acks: p.standin_acks,
                     coordinator: p.coordinator,

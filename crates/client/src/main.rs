@@ -40,7 +40,8 @@ struct Common {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Write VALUE (`-` reads stdin) under KEY; prints the new context.
+    /// Write VALUE (`-` reads stdin) under KEY; prints the new context, which covers this
+    /// write and what --context covered, never a concurrent write.
     Put {
         /// The key.
         key: String,
@@ -49,7 +50,7 @@ enum Cmd {
         /// Replicas that must acknowledge: one, two, three, quorum, all or a number.
         #[arg(long)]
         w: Option<Level>,
-        /// Context from an earlier get: replace the values it returned.
+        /// Context from an earlier get (or put): replace the values it returned.
         #[arg(long)]
         context: Option<String>,
         #[command(flatten)]
@@ -62,6 +63,9 @@ enum Cmd {
         /// Replicas that must answer: one, two, three, quorum, all or a number.
         #[arg(long)]
         r: Option<Level>,
+        /// Print only the context token, for a later write: `ctx=$(qkv get k --context-only)`.
+        #[arg(long, conflicts_with = "json")]
+        context_only: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -195,7 +199,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             write(&cli.config, key, Some(value), w, ctx, common).await
         }
         Cmd::Delete { key, w, context: ctx, common } => write(&cli.config, key, None, w, ctx, common).await,
-        Cmd::Get { key, r, common } => {
+        Cmd::Get { key, r, context_only, common } => {
             let c = client(&cli.config, common.timeout_ms)?;
             let mut req = c.get(key.clone());
             if let Some(r) = r {
@@ -205,7 +209,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 req = req.strict();
             }
             let got = req.await?;
-            if common.json {
+            if context_only {
+                println!("{}", got.context.encode());
+            } else if common.json {
                 let values: Vec<String> = got.values.iter().map(|v| show(v)).collect();
                 println!(
                     "{}",

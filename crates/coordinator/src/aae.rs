@@ -29,11 +29,12 @@ pub const SLICES: u64 = 16;
 pub type RangeId = u32;
 
 /// What a replica's state of a key hashes to in the trees: the key, its clock
-/// and its siblings' dots. Values need not be hashed: a dot names one write.
+/// cloud and its siblings' dots. Values need not be hashed: a dot names one write.
 pub fn digest(key: &[u8], set: &DvvSet) -> u64 {
     let mut h = StableHasher.build_hasher();
     key.hash(&mut h);
     set.clock().0.hash(&mut h);
+    set.cloud().hash(&mut h);
     for s in set.siblings() {
         s.dot.hash(&mut h);
     }
@@ -185,7 +186,7 @@ fn slice_offsets(slice: u64, width: u64) -> Option<(u64, u64)> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use qkv_proto::{Context, VersionVector};
+    use qkv_proto::VersionVector;
 
     use crate::ring::token;
 
@@ -266,7 +267,8 @@ mod tests {
         assert_eq!(a.keys(range), 200);
         // One key moves on: its leaf and the root differ, nothing else.
         let (k, s) = &states[7];
-        let (s2, _, _) = crate::replica::coordinate(Some(s.clone()), &Context::empty(), Some(b"x".to_vec()), 2, 0);
+        let (s2, _, _) =
+            crate::replica::coordinate(Some(s.clone()), &qkv_proto::Seen::new(), Some(b"x".to_vec()), 2, 0);
         b.update(&ring, token(k), Some(digest(k, s)), Some(digest(k, &s2)));
         assert_ne!(a.root(range), b.root(range));
         let diff = a.leaves(range).unwrap().iter().zip(b.leaves(range).unwrap()).filter(|(x, y)| x != y).count();

@@ -3,7 +3,7 @@
 //! Both are pure; the node (and the simulator) read the current state, call one
 //! of these, and persist the result before acknowledging.
 
-use qkv_proto::{Actor, Context, Dot, DvvSet, Error};
+use qkv_proto::{Actor, Dot, DvvSet, Error, Seen};
 
 /// Limits on what a replica accepts.
 #[derive(Clone, Copy, Debug)]
@@ -36,25 +36,46 @@ impl Limits {
     }
 }
 
-/// The coordinator's write: a new dot from `actor` for `value` (`None`: delete) after
-/// `context`, with a counter above `floor` (the highest the actor ever minted).
+/// The coordinator's write: a new dot from `actor` for `value` (`None`: delete) by a
+/// writer who saw `seen`, with a counter above `floor` (the highest the actor ever
+/// minted) and above the key's own entry; never taken from `seen`, which a client sent.
 ///
-/// Returns the new state, the context to give the client and the new dot. The
-/// context is what the client sent plus the new dot; not the state's whole clock,
-/// which may cover concurrent siblings the client never saw: a later write with
-/// that context would silently drop them.
+/// Returns the new state, what the writer has now seen (for the context it gets
+/// back) and the new dot. That covers exactly what `seen` covered plus the new write,
+/// never a concurrent write the writer did not see: the new dot joins the vector
+/// only when no live sibling of `actor` is left that `seen` did not cover (then
+/// every dot of `actor` the vector claims is the writer's or dead), and is kept
+/// apart otherwise. Dots of `seen` this replica already knows are dropped: the new
+/// state carries them in its history.
 pub fn coordinate(
     local: Option<DvvSet>,
-    context: &Context,
+    seen: &Seen,
     value: Option<Vec<u8>>,
     actor: Actor,
     floor: u64,
-) -> (DvvSet, Context, Dot) {
+) -> (DvvSet, Seen, Dot) {
     let mut s = local.unwrap_or_default();
-    let dot = s.update_from(&context.0, value, actor, floor);
-    let mut ctx = context.clone();
-    ctx.0.add(dot);
-    (s, ctx, dot)
+    let dot = Dot { actor, counter: s.clock().get(actor).max(floor) + 1 };
+    let concurrent_own = s.siblings().iter().any(|x| x.dot.actor == actor && !seen.covers(x.dot));
+    let mut back =
+        Seen { vv: seen.vv.clone(), dots: seen.dots.iter().copied().filter(|d| !s.covers_dot(*d)).collect() };
+    s.apply(seen, value, dot);
+    if concurrent_own {
+        back.add_dot(dot);
+    } else {
+        back.vv.add(dot);
+        back.normalize();
+    }
+    (s, back, dot)
+}
+
+/// The context rule before dotted contexts (`Bugs::vv_context`): the writer's vector
+/// joined with the new dot, which claims concurrent writes of the same actor.
+pub fn vv_context(seen: &Seen, dot: Dot) -> Seen {
+    let mut back = seen.clone();
+    back.vv.add(dot);
+    back.normalize();
+    back
 }
 
 /// Merge a state received from another replica; `None` when nothing changes (no write needed).
@@ -74,17 +95,17 @@ mod tests {
 
     #[test]
     fn merge_skips_writes_that_change_nothing() {
-        let (s, _, _) = coordinate(None, &Context::empty(), Some(b"a".to_vec()), 1, 0);
+        let (s, _, _) = coordinate(None, &Seen::new(), Some(b"a".to_vec()), 1, 0);
         assert_eq!(merge(Some(&s), &s), Ok(None));
         assert_eq!(merge(None, &s), Ok(Some(s.clone())));
-        let (t, _, _) = coordinate(None, &Context::empty(), Some(b"b".to_vec()), 2, 0);
+        let (t, _, _) = coordinate(None, &Seen::new(), Some(b"b".to_vec()), 2, 0);
         assert_eq!(merge(Some(&s), &t).unwrap().unwrap().values().count(), 2);
     }
 
     #[test]
     fn the_returned_context_covers_only_what_the_client_saw_and_its_write() {
-        let (s, _, _) = coordinate(None, &Context::empty(), Some(b"other".to_vec()), 2, 0);
-        let (s, ctx, _) = coordinate(Some(s), &Context::empty(), Some(b"mine".to_vec()), 1, 0);
+        let (s, _, _) = coordinate(None, &Seen::new(), Some(b"other".to_vec()), 2, 0);
+        let (s, ctx, _) = coordinate(Some(s), &Seen::new(), Some(b"mine".to_vec()), 1, 0);
         // Overwriting with the returned context replaces "mine" but keeps the concurrent "other".
         let (s, _, _) = coordinate(Some(s), &ctx, Some(b"mine2".to_vec()), 1, 0);
         let vals: Vec<_> = s.values().collect();
@@ -94,14 +115,14 @@ mod tests {
     #[test]
     fn a_purged_key_gets_a_dot_no_old_replica_has_seen() {
         // A tombstone replicas still hold, after the coordinator purged its own copy.
-        let (s, ctx, _) = coordinate(None, &Context::empty(), Some(b"old".to_vec()), 1, 0);
+        let (s, ctx, _) = coordinate(None, &Seen::new(), Some(b"old".to_vec()), 1, 0);
         let (tomb, _, _) = coordinate(Some(s), &ctx, None, 1, 5);
         // Counting from the key's (purged, so empty) state would mint a covered dot: lost.
-        let (blind, _, dot) = coordinate(None, &Context::empty(), Some(b"new".to_vec()), 1, 0);
+        let (blind, _, dot) = coordinate(None, &Seen::new(), Some(b"new".to_vec()), 1, 0);
         assert!(tomb.clock().covers(dot));
         assert_eq!(tomb.clone().merged(&blind).values().count(), 0, "the new write would vanish");
         // The node-wide floor keeps it.
-        let (fresh, _, dot) = coordinate(None, &Context::empty(), Some(b"new".to_vec()), 1, 6);
+        let (fresh, _, dot) = coordinate(None, &Seen::new(), Some(b"new".to_vec()), 1, 6);
         assert!(!tomb.clock().covers(dot));
         assert_eq!(tomb.merged(&fresh).values().collect::<Vec<_>>(), vec![b"new".as_slice()]);
     }

@@ -52,6 +52,7 @@ impl Cluster {
             down_after_ms: 300,
             epoch: me,
             aae: AaeConfig { interval_ms: 200, tombstone_grace_ms: 1000, ..AaeConfig::default() },
+            secret: qkv_proto::Secret([3; qkv_proto::context::SECRET_BYTES]),
             bugs: Default::default(),
         }
     }
@@ -594,4 +595,86 @@ fn tombstones_are_purged_only_once_every_home_replica_holds_them() {
     // A new write to the key after the purge is kept.
     c.call(1, put("gone", "again", Level::All, Context::empty())).unwrap();
     assert_eq!(values(&c.call(3, get("gone", Level::All)).unwrap()), vec![b"again".to_vec()]);
+}
+
+fn put_context(r: &Response) -> Context {
+    match r {
+        Response::Put(p) => p.context.clone(),
+        other => panic!("not a put answer: {other:?}"),
+    }
+}
+
+/// Issue 10, point 1: X and Y write blind through the same coordinator (dots A:1 and
+/// A:2). Y's answer must not claim X's write: replacing "its" value with that context
+/// keeps X's.
+#[test]
+fn a_put_reply_context_claims_only_the_writers_own_write() {
+    for bug in [false, true] {
+        let mut c = Cluster::build(3, 3, |cfg| cfg.bugs.vv_context = bug);
+        c.call(1, put("k", "x", Level::All, Context::empty())).unwrap();
+        let y = put_context(&c.call(1, put("k", "y", Level::All, Context::empty())).unwrap());
+        let y2 = put_context(&c.call(1, put("k", "y2", Level::All, y)).unwrap());
+        let mut v = values(&c.call(2, get("k", Level::All)).unwrap());
+        v.sort();
+        if bug {
+            assert_eq!(v, vec![b"y2".to_vec()], "the old rule deletes x, which Y never saw");
+        } else {
+            assert_eq!(v, vec![b"x".to_vec(), b"y2".to_vec()], "x survives; only y is replaced");
+            // Chained put-reply contexts stay small and keep replacing only the writer's value.
+            let mut ctx = put_context(&c.call(2, put("k", "y3", Level::All, y2)).unwrap());
+            for i in 0..20 {
+                ctx = put_context(&c.call(1 + i % 3, put("k", &format!("y{}", i + 4), Level::All, ctx)).unwrap());
+                assert!(ctx.seen.actors() <= 4, "{:?}", ctx.seen);
+            }
+            let mut v = values(&c.call(3, get("k", Level::All)).unwrap());
+            v.sort();
+            assert_eq!(v, vec![b"x".to_vec(), b"y23".to_vec()]);
+        }
+    }
+}
+
+/// A delete's answer is a context too, with the same rule.
+#[test]
+fn a_delete_reply_context_claims_only_the_delete() {
+    let mut c = Cluster::new(3, 3);
+    c.call(1, put("k", "x", Level::All, Context::empty())).unwrap();
+    let d = put_context(&c.call(1, delete("k", Level::All, Context::empty())).unwrap());
+    c.call(1, put("k", "after", Level::All, d)).unwrap();
+    let mut v = values(&c.call(2, get("k", Level::All)).unwrap());
+    v.sort();
+    assert_eq!(v, vec![b"after".to_vec(), b"x".to_vec()]);
+}
+
+/// Issue 10, point 2: a forged, oversized, foreign-key or corrupt context gets a clear
+/// error and changes nothing; the node-wide counter cannot be moved by client input.
+#[test]
+fn untrusted_contexts_are_refused_and_change_nothing() {
+    let mut c = Cluster::new(3, 3);
+    let r = c.call(1, put("k", "x", Level::All, Context::empty())).unwrap();
+    let genuine = put_context(&r);
+    let other = put_context(&c.call(1, put("j", "other", Level::All, Context::empty())).unwrap());
+    let before: Vec<_> = (1..=3).map(|n| c.stored(n, b"k")).collect();
+    let actor = c.cores[&1].actor();
+    let mut near_max = genuine.clone();
+    near_max.seen.vv.0.insert(actor, u64::MAX - 1);
+    let mut invented = genuine.clone();
+    for a in 0..300u64 {
+        invented.seen.vv.0.insert(1000 + a, 1);
+    }
+    let mut flipped = genuine.clone();
+    flipped.mac[0] ^= 1;
+    let cases = [(near_max, "did not issue"), (invented, "actors"), (other, "another key"), (flipped, "did not issue")];
+    for (ctx, want) in cases {
+        let resp = c.call(1, put("k", "evil", Level::All, ctx)).unwrap();
+        let text = resp_text(&resp);
+        assert!(text.contains(want), "expected `{want}` in `{text}`");
+    }
+    let after: Vec<_> = (1..=3).map(|n| c.stored(n, b"k")).collect();
+    assert_eq!(before, after, "nothing changed");
+    // The counter did not move: writes of every key still work at W = all.
+    for key in ["k", "j", "z"] {
+        let r = c.call(1, put(key, "fine", Level::All, Context::empty())).unwrap();
+        let Response::Put(p) = r else { panic!("{}", resp_text(&r)) };
+        assert!(p.dot.counter < 1_000_000, "{:?}", p.dot);
+    }
 }

@@ -35,6 +35,10 @@ pub struct TlsPaths {
     pub cert: PathBuf,
     /// This node's key.
     pub key: PathBuf,
+    /// The cluster secret that authenticates causal contexts (made by `qkv certs`; the
+    /// same file on every node, never on a client) [default: `cluster.secret` beside `ca`].
+    #[serde(default)]
+    pub secret: Option<PathBuf>,
 }
 
 fn default_replication() -> usize {
@@ -207,6 +211,7 @@ const ENV_KEYS: &[(&str, &[&str])] = &[
     ("TLS_CA", &["tls", "ca"]),
     ("TLS_CERT", &["tls", "cert"]),
     ("TLS_KEY", &["tls", "key"]),
+    ("TLS_SECRET", &["tls", "secret"]),
 ];
 
 impl Config {
@@ -246,6 +251,12 @@ impl Config {
                 *p = base.join(&*p);
             }
         }
+        let secret = match cfg.tls.secret.take() {
+            Some(p) if p.is_relative() => base.join(p),
+            Some(p) => p,
+            None => cfg.tls.ca.with_file_name(qkv_transport::certs::SECRET_FILE),
+        };
+        cfg.tls.secret = Some(secret);
         cfg.validate()?;
         Ok(cfg)
     }
@@ -344,6 +355,11 @@ impl Config {
             bytes_per_s: self.aae_bytes_per_s,
             tombstone_grace_ms: self.tombstone_grace_ms,
         }
+    }
+
+    /// The cluster secret's file.
+    pub fn secret_path(&self) -> PathBuf {
+        self.tls.secret.clone().unwrap_or_else(|| self.tls.ca.with_file_name(qkv_transport::certs::SECRET_FILE))
     }
 
     /// The certificate files.

@@ -65,6 +65,8 @@ impl Node {
             down_after_ms: cfg.down_after_ms,
             epoch: storage.epoch(),
             aae: cfg.aae(),
+            secret: qkv_transport::certs::load_secret(&cfg.secret_path())
+                .map_err(|e| anyhow::anyhow!("cluster secret: {e} (run `qkv certs` to create it)"))?,
             bugs: Default::default(),
         };
         let wall_ms =

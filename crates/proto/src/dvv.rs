@@ -1,24 +1,31 @@
 //! Dotted version vector sets (Almeida et al. 2014; Riak 2.0's `dvvset`).
 //!
 //! A [`DvvSet`] is the full state of one key on one replica: a causal context
-//! (a [`VersionVector`] over [`Actor`]s: a node id and its disk epoch) and the sibling values still
-//! alive in it, each tagged with the [`Dot`] of the write that made it.
+//! (what the replica has seen: a [`VersionVector`] over [`Actor`]s, a node id and
+//! its disk epoch, plus a *cloud* of single dots outside it) and the sibling values
+//! still alive in it, each tagged with the [`Dot`] of the write that made it.
 //!
 //! Invariants (checked by [`DvvSet::is_valid`] and the property tests):
 //! - every sibling's dot is covered by the set's clock;
 //! - no two siblings share a dot;
-//! - siblings are kept sorted by dot, so equal states compare equal.
+//! - siblings and cloud dots are kept sorted, and no cloud dot is covered by the
+//!   clock, so equal states compare equal.
 //!
 //! Merge laws: [`DvvSet::sync`] is commutative, associative and idempotent
-//! (a join-semilattice), so replicas can exchange whole states in any order,
-//! any number of times, and converge. The only other way state changes is
-//! [`DvvSet::update`], the coordinator's local write.
+//! (a join-semilattice: the causal contexts are unioned, and a sibling survives
+//! when both sides hold it or the other side has not seen it), so replicas can
+//! exchange whole states in any order, any number of times, and converge. The
+//! only other way state changes is [`DvvSet::apply`], the coordinator's local write.
 //!
-//! Because sibling dots of one actor are always minted by that actor from its
-//! own durable state (above every counter it ever minted, and under a new epoch
-//! after its disk is lost), and replicas only ever exchange *whole* states of a
-//! key, a plain version vector is enough as the context: the counters of a key
-//! it skips were never used for that key.
+//! Why a clock entry `a: c` may stand for "every dot of `a` up to `c`" although
+//! counters are per node, not per key: the dots of one actor for one key are all
+//! minted by that actor from its own durable state of the key, so the actor's own
+//! entry is always truthful, and replicas only ever exchange *whole* states. What
+//! is not truthful is a clock built from what a *client* saw: a writer that saw
+//! only its own write `a: 7` has not seen `a: 3`, a concurrent write of the same
+//! key. So what a writer saw is a [`Seen`]: a version vector plus dots kept apart,
+//! and a state records dots it was told were overwritten, but has not received
+//! yet, in its cloud, until their states arrive and the clock covers them.
 
 use std::collections::BTreeMap;
 
@@ -67,7 +74,7 @@ pub struct Dot {
 
 /// A version vector: for each actor, the highest counter seen.
 ///
-/// An actor's counter is per node, not per key (see [`DvvSet::update_from`]): an
+/// An actor's counter is per node, not per key (see the module docs): an
 /// entry `a: c` says every dot of `a` *for this key* up to `c` is seen, and there
 /// may be none below `c`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -104,6 +111,66 @@ impl VersionVector {
     }
 }
 
+/// What a writer has seen of a key: a version vector and dots outside it
+/// (see the module docs). Dots are kept sorted and never covered by the vector.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Seen {
+    /// Every dot up to each counter.
+    pub vv: VersionVector,
+    /// Single dots besides.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dots: Vec<Dot>,
+}
+
+impl Seen {
+    /// Nothing seen: a blind write.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Seen exactly what `vv` covers.
+    pub fn of(vv: VersionVector) -> Self {
+        Seen { vv, dots: vec![] }
+    }
+
+    /// True when nothing was seen.
+    pub fn is_empty(&self) -> bool {
+        self.vv.0.is_empty() && self.dots.is_empty()
+    }
+
+    /// True when `dot` was seen.
+    pub fn covers(&self, dot: Dot) -> bool {
+        self.vv.covers(dot) || self.dots.binary_search(&dot).is_ok()
+    }
+
+    /// Record one more dot, kept apart from the vector.
+    pub fn add_dot(&mut self, dot: Dot) {
+        if !self.vv.covers(dot)
+            && let Err(i) = self.dots.binary_search(&dot)
+        {
+            self.dots.insert(i, dot);
+        }
+    }
+
+    /// Sorted, deduplicated, and no dot the vector covers.
+    pub fn is_normal(&self) -> bool {
+        self.dots.windows(2).all(|w| w[0] < w[1]) && self.dots.iter().all(|d| !self.vv.covers(*d) && d.counter > 0)
+    }
+
+    /// Bring to normal form (after joining the vector with another).
+    pub fn normalize(&mut self) {
+        self.dots.sort_unstable();
+        self.dots.dedup();
+        let vv = &self.vv;
+        self.dots.retain(|d| !vv.covers(*d));
+    }
+
+    /// Actors named, in the vector and the dots.
+    pub fn actors(&self) -> usize {
+        self.vv.0.len() + self.dots.len()
+    }
+}
+
 /// A sibling: a value, or a tombstone (`None`) left by a delete.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Sibling {
@@ -118,6 +185,9 @@ pub struct Sibling {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DvvSet {
     clock: VersionVector,
+    /// Dots seen outside the clock (overwritten by a writer who saw them, not received yet).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    cloud: Vec<Dot>,
     siblings: Vec<Sibling>,
 }
 
@@ -127,9 +197,24 @@ impl DvvSet {
         Self::default()
     }
 
-    /// The causal context of this state: what a client passes back to overwrite it.
+    /// The clock: every dot up to each counter has been seen.
     pub fn clock(&self) -> &VersionVector {
         &self.clock
+    }
+
+    /// Dots seen besides the clock.
+    pub fn cloud(&self) -> &[Dot] {
+        &self.cloud
+    }
+
+    /// Everything this state has seen: what a reader of it saw, to pass back with a write.
+    pub fn seen(&self) -> Seen {
+        Seen { vv: self.clock.clone(), dots: self.cloud.clone() }
+    }
+
+    /// True when this state has seen `dot`.
+    pub fn covers_dot(&self, dot: Dot) -> bool {
+        self.clock.covers(dot) || self.cloud.binary_search(&dot).is_ok()
     }
 
     /// The live siblings, tombstones included, sorted by dot.
@@ -152,26 +237,44 @@ impl DvvSet {
         self.siblings.iter().map(|s| s.value.as_ref().map_or(0, Vec::len)).sum()
     }
 
-    /// The coordinator's write: `actor` mints a new dot for `value` (`None`: a delete).
-    ///
-    /// Siblings covered by `context` are replaced; the rest stay as siblings of the
-    /// new value. A write with an empty context therefore never removes anything.
-    pub fn update(&mut self, context: &VersionVector, value: Option<Vec<u8>>, actor: Actor) -> Dot {
-        self.update_from(context, value, actor, 0)
+    /// About the bytes this state takes encoded: values, plus 24 per sibling and 16 per
+    /// clock entry or cloud dot. What the per-key size limit counts.
+    pub fn size_bytes(&self) -> usize {
+        self.value_bytes() + 24 * self.siblings.len() + 16 * (self.clock.0.len() + self.cloud.len())
     }
 
-    /// [`DvvSet::update`] with the actor's counter taken above `floor` as well as
-    /// above what this key has seen: the node passes the highest counter it ever
-    /// minted, so a key whose state was purged (tombstone GC) never gets a dot that
-    /// a replica still holding the old state would think it has already seen.
-    pub fn update_from(&mut self, context: &VersionVector, value: Option<Vec<u8>>, actor: Actor, floor: u64) -> Dot {
-        self.siblings.retain(|s| !context.covers(s.dot));
-        self.clock.join(context);
-        let dot = Dot { actor, counter: self.clock.get(actor).max(floor) + 1 };
+    /// A write by `actor` after `context`, a plain version vector (tests and tools;
+    /// the coordinator uses [`DvvSet::apply`] with a counter of its own).
+    pub fn update(&mut self, context: &VersionVector, value: Option<Vec<u8>>, actor: Actor) -> Dot {
+        let dot = Dot { actor, counter: self.clock.get(actor) + 1 };
+        self.apply(&Seen::of(context.clone()), value, dot);
+        dot
+    }
+
+    /// The coordinator's write of `value` (`None`: a delete) under the new `dot`, by a
+    /// writer who saw `seen`.
+    ///
+    /// Siblings `seen` covers are replaced; the rest stay as siblings of the new value,
+    /// so a write that saw nothing never removes anything. Dots `seen` names that this
+    /// state has not received yet go in the cloud, so they are dropped when they arrive.
+    /// The caller mints `dot` above every counter its actor ever used (the node-wide
+    /// counter): never from `seen`, which a client sent.
+    pub fn apply(&mut self, seen: &Seen, value: Option<Vec<u8>>, dot: Dot) {
+        debug_assert!(!self.covers_dot(dot), "a new dot is above everything seen");
+        self.siblings.retain(|s| !seen.covers(s.dot));
+        self.clock.join(&seen.vv);
+        self.cloud.extend(seen.dots.iter().copied());
         self.clock.add(dot);
+        self.normalize_cloud();
         self.siblings.push(Sibling { dot, value });
         self.siblings.sort_by_key(|s| s.dot);
-        dot
+    }
+
+    fn normalize_cloud(&mut self) {
+        self.cloud.sort_unstable();
+        self.cloud.dedup();
+        let clock = &self.clock;
+        self.cloud.retain(|d| !clock.covers(*d));
     }
 
     /// Merge another replica's state of the same key into this one.
@@ -181,18 +284,20 @@ impl DvvSet {
         let mine = std::mem::take(&mut self.siblings);
         let mut out: Vec<Sibling> = Vec::with_capacity(mine.len() + other.siblings.len());
         for s in mine {
-            if !other.clock.covers(s.dot) || other.has_dot(s.dot) {
+            if !other.covers_dot(s.dot) || other.has_dot(s.dot) {
                 out.push(s);
             }
         }
         for s in &other.siblings {
-            if !self.clock.covers(s.dot) && !out.iter().any(|o| o.dot == s.dot) {
+            if !self.covers_dot(s.dot) && !out.iter().any(|o| o.dot == s.dot) {
                 out.push(s.clone());
             }
         }
         out.sort_by_key(|s| s.dot);
         self.siblings = out;
         self.clock.join(&other.clock);
+        self.cloud.extend(other.cloud.iter().copied());
+        self.normalize_cloud();
     }
 
     /// The merge of two states, by value.
@@ -222,10 +327,12 @@ impl DvvSet {
     }
 
     /// Checks the invariants. Decoded states from the network or disk must pass
-    /// this before they are merged.
+    /// this before they are merged, and a state must pass it before it is encoded.
     pub fn is_valid(&self) -> bool {
         self.siblings.windows(2).all(|w| w[0].dot < w[1].dot)
             && self.siblings.iter().all(|s| self.clock.covers(s.dot) && s.dot.counter > 0)
+            && self.cloud.windows(2).all(|w| w[0] < w[1])
+            && self.cloud.iter().all(|d| !self.clock.covers(*d) && d.counter > 0)
     }
 }
 
@@ -340,8 +447,15 @@ mod laws {
                         reps[i].update(&ctx, Some(vec![v]), i as Actor + 1);
                     }
                     1 => {
-                        // A blind write, its counter above a node-wide floor (a jump, as after a purge).
-                        reps[i].update_from(&VersionVector::new(), Some(vec![v]), i as Actor + 1, u64::from(v));
+                        // A write that saw one other replica's state and one dot it has not received
+                        // (a put reply's context), its counter above a node-wide floor.
+                        let mut seen = Seen::of(reps[j].clock().clone());
+                        if let Some(s) = reps[(j + 1) % 3].siblings().first() {
+                            seen.add_dot(s.dot);
+                        }
+                        let actor = i as Actor + 1;
+                        let dot = Dot { actor, counter: reps[i].clock().get(actor).max(u64::from(v)) + 1 };
+                        reps[i].apply(&seen, Some(vec![v]), dot);
                     }
                     2 => {
                         let ctx = reps[i].clock().clone();

@@ -15,8 +15,8 @@ pub mod frame;
 pub mod level;
 pub mod msg;
 
-pub use context::Context;
-pub use dvv::{Actor, Dot, DvvSet, NodeId, Sibling, VersionVector, actor, actor_epoch, actor_name, actor_node};
+pub use context::{Context, Secret};
+pub use dvv::{Actor, Dot, DvvSet, NodeId, Seen, Sibling, VersionVector, actor, actor_epoch, actor_name, actor_node};
 pub use error::Error;
 pub use level::Level;
 pub use msg::*;

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Context, DvvSet, Error, Level, NodeId};
+use crate::{Context, Dot, DvvSet, Error, Level, NodeId};
 
 /// A request, client-to-node or node-to-node.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -250,8 +250,11 @@ pub struct GetReply {
 /// A write's answer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PutReply {
-    /// The context of the written state (covers the new value and what it replaced).
+    /// What the writer has now seen: exactly its own context plus this write, never a
+    /// concurrent write it did not see. Pass it to a later write to replace this value.
     pub context: Context,
+    /// The write's dot (its version), for tracing and checkers.
+    pub dot: Dot,
     /// Home replicas that acknowledged before the answer.
     pub home_acks: Vec<NodeId>,
     /// Stand-ins that acknowledged before the answer, each with the home replica it holds the write for.

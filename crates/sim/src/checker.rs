@@ -139,7 +139,7 @@ fn check_key(key: &[u8], entries: &[&Entry], fin: &FinalKey, facts: &Facts<'_>, 
         report.violations.push(Violation { kind, key: key.to_vec(), detail });
     };
     // No acknowledged write lost.
-    let sent: Vec<&qkv_proto::VersionVector> = entries.iter().filter_map(|e| e.sent_context()).collect();
+    let sent: Vec<&qkv_proto::Seen> = entries.iter().filter_map(|e| e.sent_context()).collect();
     for e in entries.iter().filter(|e| e.is_acked_put()) {
         let Some(dot) = e.dot() else {
             bad("malformed answer", format!("client {} got a put context without a new dot", e.client));
@@ -164,7 +164,25 @@ fn check_key(key: &[u8], entries: &[&Entry], fin: &FinalKey, facts: &Facts<'_>, 
             continue;
         }
         let present = merged.siblings().iter().any(|s| s.dot == dot);
-        let superseded = seen.covers(dot) && sent.iter().any(|c| c.covers(dot));
+        // A value may disappear only when a later write was sent with the context of an
+        // observation that returned it: a read that showed the value, or this write's own
+        // answer (its writer replacing it). A tombstone, whenever a context covered it.
+        let superseded = seen.covers(dot)
+            && match written {
+                Some(v) => entries.iter().any(|p| {
+                    let OpKind::Put { context: c, .. } = &p.op else { return false };
+                    c.seen.covers(dot)
+                        && entries.iter().any(|o| {
+                            o.observed_context() == Some(c)
+                                && match &o.outcome {
+                                    Outcome::Get { values, .. } => values.iter().any(|x| x.as_slice() == v),
+                                    Outcome::Put { dot: d, .. } => *d == dot,
+                                    _ => false,
+                                }
+                        })
+                }),
+                None => sent.iter().any(|c| c.covers(dot)),
+            };
         // Overwritten by an acknowledged put whose copies no wipe destroyed: it must stay gone.
         let overwritten_for_good = entries.iter().any(|o| {
             o.is_acked_put()
@@ -187,7 +205,7 @@ fn check_key(key: &[u8], entries: &[&Entry], fin: &FinalKey, facts: &Facts<'_>, 
         let purged_delete = written.is_none() && purged.covers(dot);
         if !present && !superseded && !purged_delete && !facts.destroyed.contains(&dot) {
             let why = if seen.covers(dot) {
-                "its sibling is gone though no put was ever sent with a context covering it"
+                "its sibling is gone though no put was sent with the context of an observation that returned it"
             } else {
                 "no home replica has seen it"
             };
@@ -217,7 +235,7 @@ fn check_key(key: &[u8], entries: &[&Entry], fin: &FinalKey, facts: &Facts<'_>, 
                 continue;
             }
             if let Some(dot) = w.dot()
-                && !context.0.covers(dot)
+                && !context.seen.covers(dot)
                 && !wiped_between(w.invoked_ms, r.completed_ms)
                 && !purged_by(dot, r.completed_ms)
             {
@@ -283,25 +301,34 @@ fn check_key(key: &[u8], entries: &[&Entry], fin: &FinalKey, facts: &Facts<'_>, 
     }
 }
 
+fn seen_text(s: &qkv_proto::Seen) -> String {
+    let vv: Vec<String> = s.vv.0.iter().map(|(a, c)| format!("{}:{c}", qkv_proto::actor_name(*a))).collect();
+    let dots: Vec<String> =
+        s.dots.iter().map(|d| format!("{}:{}", qkv_proto::actor_name(d.actor), d.counter)).collect();
+    if dots.is_empty() { format!("[{}]", vv.join(" ")) } else { format!("[{}]+{{{}}}", vv.join(" "), dots.join(" ")) }
+}
+
 /// The trace of one key, for a violation report.
 pub fn trace(history: &History, key: &[u8]) -> String {
     let mut out = String::new();
     for e in history.of_key(key) {
         let op = match &e.op {
             OpKind::Put { value, context, w, strict } => format!(
-                "put {} ctx={:?} w={w}{}",
+                "put {} ctx={} w={w}{}",
                 value.as_deref().map_or("<delete>".into(), |v| String::from_utf8_lossy(v).into_owned()),
-                context.0.0,
+                seen_text(&context.seen),
                 if *strict { " strict" } else { "" }
             ),
             OpKind::Get { r, strict } => format!("get r={r}{}", if *strict { " strict" } else { "" }),
         };
         let outcome = match &e.outcome {
-            Outcome::Put { context } => format!("ok ctx={:?}", context.0.0),
+            Outcome::Put { context, dot } => {
+                format!("ok dot={}:{} ctx={}", qkv_proto::actor_name(dot.actor), dot.counter, seen_text(&context.seen))
+            }
             Outcome::Get { values, context } => format!(
-                "ok {:?} ctx={:?}",
+                "ok {:?} ctx={}",
                 values.iter().map(|v| String::from_utf8_lossy(v).into_owned()).collect::<Vec<_>>(),
-                context.0.0
+                seen_text(&context.seen)
             ),
             Outcome::Failed(e) => format!("failed: {e}"),
             Outcome::Unknown => "no answer".into(),
@@ -315,17 +342,18 @@ pub fn trace(history: &History, key: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use qkv_proto::{Context, Level, VersionVector};
+    use qkv_proto::{Context, Level, Seen, VersionVector};
 
     fn put(client: u32, value: &str, sent: &[(u64, u64)], got: &[(u64, u64)], at: u64, strict: bool) -> Entry {
-        let vv = |v: &[(u64, u64)]| Context(VersionVector(v.iter().copied().collect()));
+        let vv = |v: &[(u64, u64)]| Context { seen: Seen::of(VersionVector(v.iter().copied().collect())), mac: vec![] };
+        let grew = got.iter().find(|(a, c)| !sent.iter().any(|(b, d)| a == b && d >= c)).copied().unwrap_or((0, 0));
         Entry {
             client,
             key: b"k".to_vec(),
             op: OpKind::Put { value: Some(value.into()), context: vv(sent), w: Level::Quorum, strict },
             invoked_ms: at,
             completed_ms: at + 1,
-            outcome: Outcome::Put { context: vv(got) },
+            outcome: Outcome::Put { context: vv(got), dot: Dot { actor: grew.0, counter: grew.1 } },
         }
     }
 
@@ -358,7 +386,7 @@ mod tests {
         let lww = lww.newest_only();
         let r = check(&h, &facts(&finals(lww)));
         assert_eq!(r.violations.len(), 1, "{:?}", r.violations);
-        assert!(r.violations[0].detail.contains("no put was ever sent with a context covering it"));
+        assert!(r.violations[0].detail.contains("no put was sent with the context of an observation that returned it"));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::hash::Hasher;
 
-use qkv_proto::{Context, Dot, Level, VersionVector};
+use qkv_proto::{Context, Dot, Level, Seen};
 
 /// What a client asked.
 #[derive(Clone, Debug, PartialEq)]
@@ -35,6 +35,8 @@ pub enum Outcome {
     Put {
         /// The returned context: the sent one plus the write's dot.
         context: Context,
+        /// The write's dot.
+        dot: Dot,
     },
     /// A get answered.
     Get {
@@ -69,10 +71,18 @@ pub struct Entry {
 impl Entry {
     /// The dot an acknowledged put minted: the one clock entry that grew.
     pub fn dot(&self) -> Option<Dot> {
-        let (OpKind::Put { context: sent, .. }, Outcome::Put { context: got }) = (&self.op, &self.outcome) else {
-            return None;
-        };
-        got.0.0.iter().find(|(n, c)| **c > sent.0.get(**n)).map(|(&actor, &counter)| Dot { actor, counter })
+        match (&self.op, &self.outcome) {
+            (OpKind::Put { .. }, Outcome::Put { dot, .. }) => Some(*dot),
+            _ => None,
+        }
+    }
+
+    /// The context this operation's answer carried (a read's, or a write's).
+    pub fn observed_context(&self) -> Option<&Context> {
+        match &self.outcome {
+            Outcome::Put { context, .. } | Outcome::Get { context, .. } => Some(context),
+            _ => None,
+        }
     }
 
     /// True for an acknowledged put.
@@ -81,9 +91,9 @@ impl Entry {
     }
 
     /// The context a put sent, if this is a put.
-    pub fn sent_context(&self) -> Option<&VersionVector> {
+    pub fn sent_context(&self) -> Option<&Seen> {
         match &self.op {
-            OpKind::Put { context, .. } => Some(&context.0),
+            OpKind::Put { context, .. } => Some(&context.seen),
             OpKind::Get { .. } => None,
         }
     }

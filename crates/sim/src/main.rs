@@ -62,7 +62,8 @@ struct Args {
     /// Longest crash or partition, ms (nodes purge a tombstone 300 ms after every replica holds it).
     #[arg(long, default_value_t = 3000)]
     outage_ms: u64,
-    /// Run a deliberately broken core: lww, ack-before-flush, strict-counts-standins or gc-unconfirmed.
+    /// Run a deliberately broken core: lww, ack-before-flush, strict-counts-standins, gc-unconfirmed or
+    /// vv-context (a put's answer claims concurrent writes of its coordinator, as before dotted contexts).
     #[arg(long)]
     bug: Option<String>,
     /// Stop at the first violating seed.
@@ -86,9 +87,10 @@ fn bugs(name: Option<&str>) -> Result<Bugs, String> {
         Some("ack-before-flush") => b.ack_before_flush = true,
         Some("strict-counts-standins") => b.strict_counts_standins = true,
         Some("gc-unconfirmed") => b.gc_unconfirmed = true,
+        Some("vv-context") => b.vv_context = true,
         Some(other) => {
             return Err(format!(
-                "unknown bug `{other}`: lww, ack-before-flush, strict-counts-standins or gc-unconfirmed"
+                "unknown bug `{other}`: lww, ack-before-flush, strict-counts-standins, gc-unconfirmed or vv-context"
             ));
         }
     }

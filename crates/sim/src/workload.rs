@@ -129,7 +129,7 @@ impl ClientState {
                     return;
                 }
             }
-            Outcome::Put { context } => {
+            Outcome::Put { context, .. } => {
                 self.contexts.insert(key.to_vec(), context.clone());
             }
             Outcome::Failed(_) | Outcome::Unknown => {}

@@ -295,6 +295,7 @@ impl World {
             down_after_ms: 1000,
             epoch: self.nodes[&me].epoch,
             aae: AaeConfig { interval_ms: 500, tombstone_grace_ms: 300, ..AaeConfig::default() },
+            secret: qkv_proto::Secret([0x5a; qkv_proto::context::SECRET_BYTES]),
             bugs: self.cfg.bugs,
         }
     }
@@ -486,7 +487,7 @@ impl World {
         }
         let f = cl.inflight.take().expect("checked");
         let outcome = match resp {
-            Some(Response::Put(p)) => Outcome::Put { context: p.context },
+            Some(Response::Put(p)) => Outcome::Put { context: p.context, dot: p.dot },
             Some(Response::Get(g)) => {
                 Outcome::Get { values: g.values.into_iter().map(|v| v.into_vec()).collect(), context: g.context }
             }

@@ -79,3 +79,15 @@ fn the_checker_catches_tombstones_purged_on_a_timer_alone() {
     let (seed, v) = caught.expect("unconfirmed tombstone GC caught within 300 seeds");
     println!("gc-unconfirmed caught at seed {seed}: {v}");
 }
+
+/// Issue 10, point 1: the context a put returned used to be the writer's vector joined
+/// with the new dot, claiming concurrent writes of the same coordinator. Writers that
+/// reuse put-reply contexts then delete values they never saw; the checker's rule (a
+/// value may vanish only under a context from an observation that returned it) sees it.
+#[test]
+fn the_checker_catches_put_contexts_that_claim_concurrent_writes() {
+    let caught = first_caught(Bugs { vv_context: true, ..Bugs::default() }, 100, |c| c.workload = Workload::Mixed);
+    let (seed, v) = caught.expect("the old context rule caught within 100 seeds");
+    assert!(v.contains("acknowledged write lost"), "{v}");
+    println!("vv-context caught at seed {seed}: {v}");
+}

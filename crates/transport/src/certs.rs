@@ -40,6 +40,15 @@ impl TlsFiles {
     }
 }
 
+/// The cluster secret's file name, beside the CA.
+pub const SECRET_FILE: &str = "cluster.secret";
+
+/// Read a cluster secret file.
+pub fn load_secret(path: &Path) -> Result<qkv_proto::Secret, TlsError> {
+    let text = fs::read_to_string(path).map_err(|e| TlsError::Io(path.to_path_buf(), e))?;
+    qkv_proto::Secret::parse(&text).map_err(|e| TlsError::Pem(path.to_path_buf(), e))
+}
+
 /// What [`generate`] wrote.
 #[derive(Debug, Default)]
 pub struct Generated {
@@ -80,7 +89,8 @@ fn leaf_params(cn: &str, ou: &str, node: bool) -> Result<CertificateParams, TlsE
     Ok(p)
 }
 
-/// Create, in `dir`, whatever is missing of: the CA (`ca.pem`, `ca.key`), `node-<id>.pem/.key`
+/// Create, in `dir`, whatever is missing of: the CA (`ca.pem`, `ca.key`), the cluster secret
+/// (`cluster.secret`, which every node needs and no client may see), `node-<id>.pem/.key`
 /// for each id in `nodes`, and `<client>.pem/.key` for each name in `clients`.
 /// Existing files are kept, so the command can be re-run to add nodes to a cluster.
 pub fn generate(dir: &Path, nodes: &[u32], clients: &[&str]) -> Result<Generated, TlsError> {
@@ -106,6 +116,16 @@ pub fn generate(dir: &Path, nodes: &[u32], clients: &[&str]) -> Result<Generated
         write_new(&ca_key_path, &key.serialize_pem(), &mut out, true)?;
         Issuer::new(p, key)
     };
+    // The cluster secret that authenticates causal contexts (see `qkv_proto::context`).
+    let secret = dir.join(SECRET_FILE);
+    if secret.exists() {
+        out.kept.push(secret);
+    } else {
+        let mut bytes = [0u8; qkv_proto::context::SECRET_BYTES];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+            .map_err(|_| TlsError::Generate("no randomness for the cluster secret".into()))?;
+        write_new(&secret, &format!("{}\n", qkv_proto::Secret(bytes).to_hex()), &mut out, true)?;
+    }
     let mut leaves: Vec<(String, CertificateParams)> = vec![];
     for id in nodes {
         let name = format!("node-{id}");

@@ -36,7 +36,8 @@ mod write;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use qkv_proto::{
-    Actor, Context, Dot, DvvSet, Error, HintStatus, MemberStatus, NodeId, Request, Response, RingReply, StatusReply,
+    Actor, Context, Dot, DvvSet, Error, HintStatus, MemberStatus, NodeId, Request, Response, RingReply, Secret, Seen,
+    StatusReply,
 };
 
 use crate::aae::digest;
@@ -127,6 +128,9 @@ pub struct Bugs {
     /// Purge tombstones after the grace delay alone, without knowing every home replica
     /// holds them, and forget them at once (the naive GC of a timer).
     pub gc_unconfirmed: bool,
+    /// Give a put the old context: the writer's vector joined with the new dot, which
+    /// claims concurrent writes of the same coordinator it never saw.
+    pub vv_context: bool,
 }
 
 /// What a node is and how it behaves.
@@ -157,6 +161,8 @@ pub struct CoreConfig {
     pub down_after_ms: u64,
     /// Anti-entropy and tombstone GC.
     pub aae: AaeConfig,
+    /// The cluster's secret: contexts carry a MAC under it (see `qkv_proto::context`).
+    pub secret: Secret,
     /// Deliberate bugs (simulator only).
     #[doc(hidden)]
     pub bugs: Bugs,
@@ -475,16 +481,22 @@ impl<S: Store> Core<S> {
         Ok(true)
     }
 
-    /// The coordinator's local write: a fresh dot above every counter this actor minted.
+    /// The coordinator's local write: a fresh dot above every counter this actor minted,
+    /// by a writer who saw `seen` (already verified). Returns the new state, the
+    /// context for the writer, and the dot.
     fn coordinate_write(
         &mut self,
         key: &[u8],
-        context: &Context,
+        seen: &Seen,
         value: Option<Vec<u8>>,
     ) -> Result<(DvvSet, Context, Dot), Error> {
         let local = self.store.get(key)?;
         let old = local.as_ref().map(|l| digest(key, l));
-        let (set, ctx, dot) = replica::coordinate(local, context, value, self.actor, self.counter);
+        let (set, mut back, dot) = replica::coordinate(local, seen, value, self.actor, self.counter);
+        if self.cfg.bugs.vv_context {
+            back = replica::vv_context(seen, dot);
+        }
+        debug_assert!(set.is_valid(), "a coordinated state is valid before it is stored and sent");
         self.counter = self.counter.max(dot.counter);
         if self.counter >= self.counter_lease {
             // Written with this write and made durable by the same flush, before the dot leaves the node.
@@ -492,7 +504,7 @@ impl<S: Store> Core<S> {
             self.store.put_counter_lease(self.counter_lease)?;
         }
         self.put_data(key, old, &set)?;
-        Ok((set, ctx, dot))
+        Ok((set, Context::issue(&self.cfg.secret, key, back), dot))
     }
 
     fn is_member(&self, id: NodeId) -> bool {

@@ -2,7 +2,7 @@
 //! key's walk, where a stand-in answers from the hints it holds), read repair of
 //! home replicas, and inspect.
 
-use qkv_proto::{Context, DvvSet, Error, GetReply, GetRequest, InspectReply, NodeId, Request, Response};
+use qkv_proto::{Context, DvvSet, Error, GetReply, GetRequest, InspectReply, NodeId, Request, Response, Secret};
 
 use super::{Core, Op, OpId, ReplicaRead, ReqId, Store, unexpected};
 use crate::get::{GetAction, GetOp};
@@ -92,7 +92,7 @@ impl<S: Store> Core<S> {
             match a {
                 GetAction::Reply(r) => {
                     if let Some(req) = req {
-                        self.reply(req, r.map(|a| Response::Get(get_reply(&a.set, a.replied))));
+                        self.reply(req, r.map(|a| Response::Get(get_reply(&self.cfg.secret, &key, &a.set, a.replied))));
                     }
                 }
                 // Only home replicas are repaired; a stand-in's hints go home by handoff.
@@ -177,11 +177,11 @@ impl<S: Store> Core<S> {
     }
 }
 
-fn get_reply(set: &DvvSet, replied: usize) -> GetReply {
+fn get_reply(secret: &Secret, key: &[u8], set: &DvvSet, replied: usize) -> GetReply {
     GetReply {
         found: !set.is_deleted(),
         values: set.values().map(|v| serde_bytes::ByteBuf::from(v.to_vec())).collect(),
-        context: Context(set.clock().clone()),
+        context: Context::issue(secret, key, set.seen()),
         replied: replied as u32,
     }
 }

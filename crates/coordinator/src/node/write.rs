@@ -40,7 +40,9 @@ impl<S: Store> Core<S> {
         }
         let strict = p.strict && !self.cfg.bugs.strict_counts_standins;
         let needed = check_available(p.w, n, self.write_alive(&p.key, strict))?;
-        let (set, ctx, dot) = self.coordinate_write(&p.key, &p.context, p.value)?;
+        // A context is untrusted input: only one the cluster issued for this key may delete siblings.
+        let seen = p.context.verify(&self.cfg.secret, &p.key)?.clone();
+        let (set, ctx, dot) = self.coordinate_write(&p.key, &seen, p.value)?;
         let op = self.id();
         let pending = PendingPut { req, key: p.key, set, ctx, dot, needed, timeout_ms, strict };
         if self.cfg.bugs.ack_before_flush {
@@ -115,7 +117,13 @@ impl<S: Store> Core<S> {
             let missing = state.home.iter().copied().filter(|h| !home_acks.contains(h)).collect();
             track = self.lag.start(&state.key, state.dot, self.now_ms, missing);
             let standin_acks = acked.iter().filter_map(|a| state.owners.get(a).map(|owner| (*a, *owner))).collect();
-            Response::Put(PutReply { context: state.ctx.clone(), home_acks, standin_acks, coordinator: me })
+            Response::Put(PutReply {
+                context: state.ctx.clone(),
+                dot: state.dot,
+                home_acks,
+                standin_acks,
+                coordinator: me,
+            })
         });
         self.reply(state.req, resp);
         track

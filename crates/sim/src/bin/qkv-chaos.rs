@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use qkv_client::{Client, ClientConfig, Context, Error as ClientError};
+use qkv_client::{Client, ClientConfig, Error as ClientError};
 use qkv_proto::NodeId;
 use qkv_sim::checker::{self, Facts, FinalKey};
 use qkv_sim::history::{Entry, History, OpKind, Outcome};
@@ -517,11 +517,11 @@ async fn execute(client: &Client, key: &[u8], op: &OpKind) -> Outcome {
                 Some(v) => client.put(key.to_vec(), v.clone()),
                 None => client.delete(key.to_vec()),
             };
-            let mut p = req.context(Context(context.0.clone())).w(*w);
+            let mut p = req.context(context.clone()).w(*w);
             if *strict {
                 p = p.strict();
             }
-            p.await.map(|r| Outcome::Put { context: r.context })
+            p.await.map(|r| Outcome::Put { context: r.context, dot: r.dot })
         }
     };
     match result {
