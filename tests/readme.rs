@@ -107,9 +107,13 @@ fn the_readme_simulator_commands_run() {
         .map(|l| format!("cargo run {}", l.split('#').next().unwrap().trim()))
         .collect();
     assert!(readme.contains("make sim"), "the README shows make sim");
-    let make = std::process::Command::new("make").args(["-n", "sim", "SEEDS=3", "NODES=5"]).current_dir(root).output();
-    let make = make.expect("make runs");
-    cmds.push(String::from_utf8_lossy(&make.stdout).trim().to_string());
+    let make = std::process::Command::new("make")
+        .args(["--no-print-directory", "-n", "sim", "SEEDS=3", "NODES=5"])
+        .current_dir(root)
+        .output()
+        .expect("make runs");
+    let printed = String::from_utf8_lossy(&make.stdout);
+    cmds.extend(printed.lines().filter(|l| l.trim_start().starts_with("cargo ")).map(|l| l.trim().to_string()));
     assert!(cmds.len() >= 2 && cmds.iter().all(|c| c.contains("qkv-sim")), "{cmds:?}");
     for cmd in cmds {
         let words: Vec<String> = cmd.split_whitespace().filter(|w| *w != "--release").map(String::from).collect();

@@ -28,12 +28,11 @@ pub fn route_write(
             "a forwarded write reached node {me}, which is not a replica of the key: do the nodes' peer lists differ?"
         )));
     }
-    preference
-        .iter()
-        .copied()
-        .find(|&n| is_up(n))
-        .map(WriteRoute::Forward)
-        .ok_or(Error::Unreachable("no home replica of the key is up to coordinate the write".into()))
+    preference.iter().copied().find(|&n| is_up(n)).map(WriteRoute::Forward).ok_or(Error::Unreachable(format!(
+        "no home replica of the key is up to coordinate the write (all {} are down); stand-ins hold \
+             copies for home replicas that are down, but one home replica must coordinate",
+        preference.len()
+    )))
 }
 
 /// Replies needed for `level`, refusing before anything is sent when fewer replicas are up.

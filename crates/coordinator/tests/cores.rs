@@ -88,7 +88,7 @@ impl Cluster {
                         self.replies.insert((node, req), resp);
                     }
                 },
-                Output::Flush { token } => {
+                Output::Flush { token, .. } => {
                     let now = self.now;
                     self.cores.get_mut(&node).unwrap().handle_flushed(now, token, Ok(()));
                 }
@@ -425,7 +425,7 @@ fn a_duplicate_replica_write_is_not_acked_before_the_first_copy_is_flushed() {
     let replies = first.iter().chain(&second).filter(|o| matches!(o, Output::Reply { .. })).count();
     assert_eq!(replies, 0, "nothing is acked before it is durable: {first:?} {second:?}");
     for o in first.into_iter().chain(second) {
-        if let Output::Flush { token } = o {
+        if let Output::Flush { token, .. } = o {
             core.handle_flushed(1, token, Ok(()));
         }
     }

@@ -134,15 +134,26 @@ impl Node {
                     let _ = tx.send(resp);
                 }
             }
-            Output::Flush { token } if self.0.storage.needs_sync() => {
+            Output::Flush { token, .. } if self.0.storage.needs_sync() => {
                 let node = self.clone();
                 tokio::spawn(async move {
                     let r = node.0.storage.durable().await;
                     node.with_core(|c, now| c.handle_flushed(now, token, r));
                 });
             }
+            // buffer and periodic, for a counter lease: fdatasync off the async workers.
+            Output::Flush { token, sync: true } => {
+                let node = self.clone();
+                tokio::spawn(async move {
+                    let storage = node.0.storage.clone();
+                    let r = tokio::task::spawn_blocking(move || storage.sync_data())
+                        .await
+                        .unwrap_or(Err(Error::ShuttingDown));
+                    node.with_core(|c, now| c.handle_flushed(now, token, r));
+                });
+            }
             // buffer and periodic: the write is already flushed to the OS.
-            Output::Flush { token } => self.with_core(|c, now| c.handle_flushed(now, token, Ok(()))),
+            Output::Flush { token, sync: false } => self.with_core(|c, now| c.handle_flushed(now, token, Ok(()))),
         }
     }
 

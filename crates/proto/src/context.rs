@@ -88,8 +88,13 @@ impl Context {
     }
 
     /// A context for `key` that has seen `seen`, signed with `secret`.
-    pub fn issue(secret: &Secret, key: &[u8], seen: Seen) -> Context {
+    ///
+    /// A context names at most [`CONTEXT_ACTORS_MAX`] actors: beyond that its single dots
+    /// are left out, which only makes a write with it delete less, never more.
+    pub fn issue(secret: &Secret, key: &[u8], mut seen: Seen) -> Context {
         debug_assert!(seen.is_normal(), "contexts are issued in normal form");
+        let room = CONTEXT_ACTORS_MAX.saturating_sub(seen.vv.0.len());
+        seen.dots.truncate(room);
         if seen.is_empty() {
             return Context::empty();
         }

@@ -238,7 +238,7 @@ impl DvvSet {
     }
 
     /// About the bytes this state takes encoded: values, plus 24 per sibling and 16 per
-    /// clock entry or cloud dot. What the per-key size limit counts.
+    /// clock entry or cloud dot.
     pub fn size_bytes(&self) -> usize {
         self.value_bytes() + 24 * self.siblings.len() + 16 * (self.clock.0.len() + self.cloud.len())
     }

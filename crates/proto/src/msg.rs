@@ -250,8 +250,9 @@ pub struct GetReply {
 /// A write's answer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PutReply {
-    /// What the writer has now seen: exactly its own context plus this write, never a
-    /// concurrent write it did not see. Pass it to a later write to replace this value.
+    /// What the writer has now seen: its own context plus this write, never a concurrent
+    /// write it did not see (dots of its context the coordinator already holds are left
+    /// out: the new state carries them). Pass it to a later write to replace this value.
     pub context: Context,
     /// The write's dot (its version), for tracing and checkers.
     pub dot: Dot,

@@ -124,12 +124,13 @@ pub fn check(history: &History, facts: &Facts<'_>) -> Report {
 
 fn check_key(key: &[u8], entries: &[&Entry], fin: &FinalKey, facts: &Facts<'_>, report: &mut Report) {
     let merged = fin.merged();
-    let mut seen = merged.clock().clone();
+    let mut seen = qkv_proto::Seen { vv: merged.clock().clone(), dots: merged.cloud().to_vec() };
     let mut purged = VersionVector::new();
     for (_, c) in &fin.purged {
         purged.join(c);
     }
-    seen.join(&purged);
+    seen.vv.join(&purged);
+    seen.normalize();
     // A purge covering `dot` by time `t`: the key's history before it may be gone from replies.
     let purged_by = |dot: Dot, t: u64| fin.purged.iter().any(|(at, c)| *at <= t && c.covers(dot));
     let home: Vec<NodeId> = fin.replicas.iter().map(|r| r.0).collect();
@@ -173,7 +174,10 @@ fn check_key(key: &[u8], entries: &[&Entry], fin: &FinalKey, facts: &Facts<'_>, 
                     let OpKind::Put { context: c, .. } = &p.op else { return false };
                     c.seen.covers(dot)
                         && entries.iter().any(|o| {
-                            o.observed_context() == Some(c)
+                            // The writer's own earlier observation, not an equal context someone else got.
+                            o.client == p.client
+                                && o.completed_ms <= p.invoked_ms
+                                && o.observed_context() == Some(c)
                                 && match &o.outcome {
                                     Outcome::Get { values, .. } => values.iter().any(|x| x.as_slice() == v),
                                     Outcome::Put { dot: d, .. } => *d == dot,
@@ -287,7 +291,8 @@ fn check_key(key: &[u8], entries: &[&Entry], fin: &FinalKey, facts: &Facts<'_>, 
     // Set workload: every acknowledged element survives.
     if facts.set_workload {
         let have: BTreeSet<u64> = merged.values().flat_map(parse_set).collect();
-        for e in entries.iter().filter(|e| e.is_acked_put()) {
+        // A write whose every durable copy was lost (a wipe, or a power loss of `buffer` nodes) is excused.
+        for e in entries.iter().filter(|e| e.is_acked_put() && e.dot().is_none_or(|d| !facts.destroyed.contains(&d))) {
             if let OpKind::Put { value: Some(v), .. } = &e.op {
                 let missing: Vec<u64> = parse_set(v).difference(&have).copied().collect();
                 if !missing.is_empty() {

@@ -62,8 +62,14 @@ struct Args {
     /// Longest crash or partition, ms (nodes purge a tombstone 300 ms after every replica holds it).
     #[arg(long, default_value_t = 3000)]
     outage_ms: u64,
+    /// Share of nodes that persist with `buffer` (acked once in the OS buffer, lost by a power
+    /// loss; the counter lease is still synced); the rest use `sync`. Off by default: with
+    /// buffer nodes the checker still reports losses it should excuse (being triaged).
+    #[arg(long, default_value_t = 0.0)]
+    buffer: f64,
     /// Run a deliberately broken core: lww, ack-before-flush, strict-counts-standins, gc-unconfirmed or
-    /// vv-context (a put's answer claims concurrent writes of its coordinator, as before dotted contexts).
+    /// vv-context (a put's answer claims concurrent writes of its coordinator, as before dotted contexts)
+    /// or lease-not-durable (a counter lease rides in the OS buffer, as before).
     #[arg(long)]
     bug: Option<String>,
     /// Stop at the first violating seed.
@@ -88,9 +94,10 @@ fn bugs(name: Option<&str>) -> Result<Bugs, String> {
         Some("strict-counts-standins") => b.strict_counts_standins = true,
         Some("gc-unconfirmed") => b.gc_unconfirmed = true,
         Some("vv-context") => b.vv_context = true,
+        Some("lease-not-durable") => b.lease_not_durable = true,
         Some(other) => {
             return Err(format!(
-                "unknown bug `{other}`: lww, ack-before-flush, strict-counts-standins, gc-unconfirmed or vv-context"
+                "unknown bug `{other}`: lww, ack-before-flush, strict-counts-standins, gc-unconfirmed, vv-context or lease-not-durable"
             ));
         }
     }
@@ -114,6 +121,7 @@ fn main() -> ExitCode {
         || !(0.0..=0.5).contains(&a.dup)
         || !(0.0..=1.0).contains(&a.power_loss)
         || !(0.0..=1.0).contains(&a.wipe)
+        || !(0.0..=1.0).contains(&a.buffer)
     {
         return fail("--loss and --dup must be between 0 and 0.5, --power-loss and --wipe between 0 and 1".into());
     }
@@ -148,6 +156,7 @@ fn main() -> ExitCode {
             power_loss: a.power_loss,
             wipe: a.wipe,
             outage_ms_max: a.outage_ms,
+            buffer: a.buffer,
             bugs,
         };
         let (run, report) = run_seed(seed, &cfg);
@@ -196,8 +205,8 @@ fn main() -> ExitCode {
                     replay += &format!(" --bug {b}");
                 }
                 println!(
-                    "  replay: {replay} --loss {} --dup {} --power-loss {} --wipe {} --outage-ms {}",
-                    a.loss, a.dup, a.power_loss, a.wipe, a.outage_ms
+                    "  replay: {replay} --loss {} --dup {} --power-loss {} --wipe {} --outage-ms {} --buffer {}",
+                    a.loss, a.dup, a.power_loss, a.wipe, a.outage_ms, a.buffer
                 );
             });
             if a.fail_fast {

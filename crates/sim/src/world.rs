@@ -51,6 +51,8 @@ pub struct SimConfig {
     pub wipe: f64,
     /// Longest crash or partition, ms.
     pub outage_ms_max: u64,
+    /// Share of nodes that persist with `buffer` (the rest with `sync`).
+    pub buffer: f64,
     /// Deliberate bugs in every node.
     pub bugs: Bugs,
 }
@@ -69,6 +71,7 @@ impl Default for SimConfig {
             power_loss: 0.1,
             wipe: 0.05,
             outage_ms_max: 3_000,
+            buffer: 0.0,
             bugs: Bugs::default(),
         }
     }
@@ -148,6 +151,8 @@ enum Ev {
         node: NodeId,
         inc: u64,
         token: u64,
+        /// An fdatasync (not a `buffer` node's write to the OS).
+        durable: bool,
     },
     ClientNext {
         client: u32,
@@ -177,6 +182,10 @@ struct SimNode {
     wall_skew_ms: i64,
     /// The epoch of the node's current disk; a wipe draws a new one.
     epoch: u32,
+    /// Persist policy `buffer`: a write is acked once in the OS buffer, which a killed
+    /// process keeps and a power loss drops; only a sync flush (a counter lease) or the
+    /// start (the store is synced when opened) makes it durable. Otherwise `sync`.
+    buffer: bool,
 }
 
 struct InFlight {
@@ -242,6 +251,7 @@ impl World {
                     mono_offset: rng.random_range(0..1_000_000_000),
                     wall_skew_ms: rng.random_range(-60_000..=60_000),
                     epoch: rng.random_range(1..=u32::MAX),
+                    buffer: rng.random_bool(cfg.buffer),
                 };
                 (id, node)
             })
@@ -309,6 +319,8 @@ impl World {
         let cfg = self.core_config(id, inc);
         let mono = self.mono(id);
         let node = self.nodes.get_mut(&id).expect("node exists");
+        // Opening the store syncs it (fjall's recovery, then `persist`).
+        node.disk.borrow_mut().sync();
         let wall = (WALL_EPOCH_MS + self.now).saturating_add_signed(node.wall_skew_ms);
         let core = Core::new(cfg, SharedDisk(node.disk.clone()), mono, wall).expect("a sim node starts");
         node.core = Some(core);
@@ -351,10 +363,48 @@ impl World {
         node.epoch = self.rng.random_range(1..=u32::MAX);
     }
 
+    /// Every node loses power: `buffer` nodes lose what was acked but never synced. Note
+    /// the dots no disk keeps durably (the checker excuses them, as `buffer` promises
+    /// nothing across a power loss) and, as for a wipe, which home replicas lost writes.
+    fn lose_unsynced(&mut self) {
+        let durable: Vec<_> = self.nodes.values().map(|n| n.disk.borrow().durable().clone()).collect();
+        let purged: Vec<_> = self.nodes.values().map(|n| n.disk.borrow().purged.clone()).collect();
+        let kept = |key: &[u8], dot: Dot| {
+            durable.iter().any(|c| {
+                c.value(key).is_some_and(|s| s.clock().covers(dot))
+                    || c.hints.iter().any(|((_, k), h)| k == key && h.set.clock().covers(dot))
+            }) || purged.iter().any(|p| p.get(key).is_some_and(|p| p.iter().any(|(_, c)| c.covers(dot))))
+        };
+        let mut lost = vec![];
+        for (&id, n) in &self.nodes {
+            let d = n.disk.borrow();
+            // A `sync` node acks only what it synced: what it loses was never acked (or it is a bug to catch).
+            if !n.buffer || d.current() == d.durable() {
+                continue;
+            }
+            lost.push(id);
+            let c = d.current();
+            for (key, set) in c.entries().chain(c.hints.iter().map(|((_, k), h)| (k.as_slice(), &h.set))) {
+                for sib in set.siblings() {
+                    if !kept(key, sib.dot) {
+                        self.destroyed.insert(sib.dot);
+                    }
+                }
+            }
+        }
+        for id in lost {
+            self.wipes.push((id, self.now));
+        }
+    }
+
     fn crash(&mut self, id: NodeId) {
         let node = self.nodes.get_mut(&id).expect("node exists");
+        // A killed `buffer` node keeps what reached the OS; a `sync` one is modelled harder:
+        // it loses whatever was not synced, as if its power went with it.
         if node.core.take().is_some() {
-            node.disk.borrow_mut().crash();
+            if !node.buffer {
+                node.disk.borrow_mut().crash();
+            }
             node.pending.clear();
             node.timer_at = None;
         }
@@ -383,10 +433,15 @@ impl World {
                         self.send(Addr::Node(id, inc), to, corr, Body::Resp(resp));
                     }
                 }
-                Output::Flush { token } => {
-                    // fdatasync takes a while: a crash in between loses the write.
-                    let delay = self.rng.random_range(1..=10);
-                    self.at(self.now + delay, Ev::Flushed { node: id, inc, token });
+                Output::Flush { token, sync } => {
+                    if self.nodes[&id].buffer && !sync {
+                        // Already in the OS buffer: acked at once, durable only at the next sync.
+                        self.at(self.now, Ev::Flushed { node: id, inc, token, durable: false });
+                    } else {
+                        // fdatasync takes a while: a crash in between loses the write.
+                        let delay = self.rng.random_range(1..=10);
+                        self.at(self.now + delay, Ev::Flushed { node: id, inc, token, durable: true });
+                    }
                 }
             }
         }
@@ -605,12 +660,14 @@ impl World {
                     }
                 });
             }
-            Ev::Flushed { node, inc, token } => {
+            Ev::Flushed { node, inc, token, durable } => {
                 let Some(n) = self.nodes.get(&node) else { return };
                 if n.inc != inc || n.core.is_none() {
                     return;
                 }
-                n.disk.borrow_mut().sync();
+                if durable {
+                    n.disk.borrow_mut().sync();
+                }
                 self.with_core(node, |c, now| c.handle_flushed(now, token, Ok(())));
             }
             Ev::ClientNext { client } => self.client_next(client),
@@ -628,8 +685,10 @@ impl World {
             }
             Ev::PowerLoss => {
                 self.fault("power loss (all nodes)");
+                self.lose_unsynced();
                 let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
                 for n in ids {
+                    self.nodes[&n].disk.borrow_mut().crash();
                     self.crash(n);
                 }
             }

@@ -59,14 +59,18 @@ pub struct Generated {
 }
 
 fn write_new(path: &Path, contents: &str, out: &mut Generated, private: bool) -> Result<(), TlsError> {
-    fs::write(path, contents).map_err(|e| TlsError::Io(path.to_path_buf(), e))?;
+    use std::io::Write as _;
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    // Keys and the cluster secret are private from the moment they exist.
     #[cfg(unix)]
     if private {
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600))
-            .map_err(|e| TlsError::Io(path.to_path_buf(), e))?;
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
     }
     let _ = private;
+    let mut f = opts.open(path).map_err(|e| TlsError::Io(path.to_path_buf(), e))?;
+    f.write_all(contents.as_bytes()).map_err(|e| TlsError::Io(path.to_path_buf(), e))?;
     out.written.push(path.to_path_buf());
     Ok(())
 }

@@ -101,9 +101,11 @@ fn a_dead_peer_fails_fast_while_backing_off() {
 fn certs_are_kept_when_regenerating() {
     let dir = tempfile::tempdir().unwrap();
     let first = certs::generate(dir.path(), &[1], &["client"]).unwrap();
-    assert_eq!(first.written.len(), 6);
+    assert_eq!(first.written.len(), 7, "CA, cluster secret, node-1 and client: {:?}", first.written);
+    let secret = certs::load_secret(&dir.path().join(certs::SECRET_FILE)).unwrap();
     let again = certs::generate(dir.path(), &[1, 2], &["client"]).unwrap();
     assert_eq!(again.written.len(), 2, "only node-2 is new");
+    assert_eq!(certs::load_secret(&dir.path().join(certs::SECRET_FILE)).unwrap(), secret, "the secret is kept");
     tls::server_config(&TlsFiles::in_dir(dir.path(), "node-2")).unwrap();
     let missing = TlsFiles::in_dir(dir.path(), "node-9");
     assert!(tls::client_config(&missing).is_err());

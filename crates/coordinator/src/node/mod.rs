@@ -128,6 +128,8 @@ pub struct Bugs {
     /// Purge tombstones after the grace delay alone, without knowing every home replica
     /// holds them, and forget them at once (the naive GC of a timer).
     pub gc_unconfirmed: bool,
+    /// Persist a counter lease only with the write that crosses it, without a sync.
+    pub lease_not_durable: bool,
     /// Give a put the old context: the writer's vector joined with the new dot, which
     /// claims concurrent writes of the same coordinator it never saw.
     pub vv_context: bool,
@@ -205,6 +207,10 @@ pub enum Output {
     Flush {
         /// Echo this back.
         token: u64,
+        /// Durable against power loss (fdatasync) whatever the persist policy: the core
+        /// asks this for a counter lease, which must never roll back (see
+        /// [`COUNTER_LEASE_STEP`]).
+        sync: bool,
     },
 }
 
@@ -304,9 +310,25 @@ pub struct Core<S> {
     /// The highest counter this node's actor minted, and the recorded lease above it.
     counter: u64,
     counter_lease: u64,
+    /// The lease known to survive a power loss: no dot above it leaves the node.
+    lease_durable: u64,
+    /// Sync flushes in flight, with the lease each makes durable.
+    lease_syncs: HashMap<u64, u64>,
+    /// Client writes waiting for the lease's sync before they mint a dot.
+    lease_waiters: VecDeque<(ReqId, qkv_proto::PutRequest)>,
 }
 
+/// Most writes waiting for a counter lease's sync.
+pub const LEASE_WAITERS_MAX: usize = 4096;
+
 /// Counters are leased in steps of this many, so the lease is rarely written.
+///
+/// No dot above the *durable* lease is minted: a write that would mint one waits for
+/// the lease's sync (fdatasync, whatever the persist policy), because under `buffer`
+/// or `periodic` a power loss would roll an unsynced lease back and the node would
+/// mint dots it already handed out (in answers or read contexts) again for other
+/// values, a divergence no digest sees. Leases are renewed half a step ahead with a
+/// sync of their own, so in the steady state no write waits.
 pub const COUNTER_LEASE_STEP: u64 = 10_000;
 
 impl<S: Store> Core<S> {
@@ -345,6 +367,10 @@ impl<S: Store> Core<S> {
             actor,
             counter,
             counter_lease: counter,
+            // The driver makes the store durable when it opens it.
+            lease_durable: counter,
+            lease_syncs: HashMap::new(),
+            lease_waiters: VecDeque::new(),
         };
         core.load_trees()?;
         Ok(core)
@@ -431,9 +457,17 @@ impl<S: Store> Core<S> {
     }
 
     fn flush(&mut self, op: OpId) {
+        self.flush_with(op, false);
+    }
+
+    /// A flush for `op`; `sync`: durable against power loss, making the recorded lease durable too.
+    fn flush_with(&mut self, op: OpId, sync: bool) {
         let token = self.id();
         self.flushes.insert(token, op);
-        self.out.push_back(Output::Flush { token });
+        if sync {
+            self.lease_syncs.insert(token, self.counter_lease);
+        }
+        self.out.push_back(Output::Flush { token, sync });
     }
 
     fn timeout_ms(&self, asked: Option<u32>) -> Result<u64, Error> {
@@ -450,7 +484,7 @@ impl<S: Store> Core<S> {
     /// A make-durable request nobody waits on (the writes' own acks do not depend on it).
     fn flush_unawaited(&mut self) {
         let token = self.id();
-        self.out.push_back(Output::Flush { token });
+        self.out.push_back(Output::Flush { token, sync: false });
     }
 
     /// Every write of a key's data goes through here: `old` is the digest of the state it
@@ -498,13 +532,38 @@ impl<S: Store> Core<S> {
         }
         debug_assert!(set.is_valid(), "a coordinated state is valid before it is stored and sent");
         self.counter = self.counter.max(dot.counter);
-        if self.counter >= self.counter_lease {
-            // Written with this write and made durable by the same flush, before the dot leaves the node.
+        if self.cfg.bugs.lease_not_durable && self.counter >= self.counter_lease {
+            // The old rule: the lease rides with this write's own flush, in the OS buffer only.
             self.counter_lease = self.counter + COUNTER_LEASE_STEP;
             self.store.put_counter_lease(self.counter_lease)?;
+            self.lease_durable = self.counter_lease;
         }
         self.put_data(key, old, &set)?;
         Ok((set, Context::issue(&self.cfg.secret, key, back), dot))
+    }
+
+    /// Whether a write that saw `seen` may mint its dot now: the next counter (above every
+    /// counter of this actor the node minted, and any a verified context names, so a dot
+    /// handed out before a power loss is never minted again) is within the durable lease.
+    /// Renews the lease, with a sync of its own, when it is within half a step.
+    fn lease_ready(&mut self, seen: &Seen) -> bool {
+        let own = seen.dots.iter().filter(|d| d.actor == self.actor).map(|d| d.counter).max().unwrap_or(0);
+        self.counter = self.counter.max(seen.vv.get(self.actor)).max(own);
+        if self.cfg.bugs.lease_not_durable {
+            return true;
+        }
+        if self.counter.saturating_add(COUNTER_LEASE_STEP / 2) >= self.counter_lease && self.lease_syncs.is_empty() {
+            self.counter_lease = self.counter.saturating_add(COUNTER_LEASE_STEP);
+            match self.store.put_counter_lease(self.counter_lease) {
+                Ok(()) => {
+                    let token = self.id();
+                    self.lease_syncs.insert(token, self.counter_lease);
+                    self.out.push_back(Output::Flush { token, sync: true });
+                }
+                Err(e) => tracing::warn!("recording a counter lease: {e}"),
+            }
+        }
+        self.counter < self.lease_durable
     }
 
     fn is_member(&self, id: NodeId) -> bool {
@@ -542,6 +601,22 @@ impl<S: Store> Core<S> {
     /// The driver finished a `Flush`: writes made before it are durable.
     pub fn handle_flushed(&mut self, now_ms: u64, token: u64, result: Result<(), Error>) {
         self.tick(now_ms);
+        if let Some(lease) = self.lease_syncs.remove(&token) {
+            match &result {
+                Ok(()) => self.lease_durable = self.lease_durable.max(lease),
+                Err(e) => tracing::warn!("syncing a counter lease: {e}"),
+            }
+            // Writes that waited for it go on (or, if it failed, wait for the next one).
+            let waiting: Vec<_> = self.lease_waiters.drain(..).collect();
+            for (req, p) in waiting {
+                match self.start_put(req, p) {
+                    Ok(Some(resp)) => self.reply(req, Ok(resp)),
+                    Ok(None) => {}
+                    Err(e) => self.reply(req, Err(e)),
+                }
+            }
+            return;
+        }
         let Some(op_id) = self.flushes.remove(&token) else { return };
         match self.ops.remove(&op_id) {
             Some(Op::ReplicaFlush { req }) => self.reply(req, result.map(|_| Response::ReplicaAck)),

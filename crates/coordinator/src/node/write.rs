@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, VecDeque};
 
 use qkv_proto::{DvvSet, Error, KeyState, NodeId, PutReply, PutRequest, Request, Response};
 
-use super::{Core, FORWARD_MARGIN_MS, Hint, Op, OpId, PendingPut, PutState, ReqId, Store, unexpected};
+use super::{
+    Core, FORWARD_MARGIN_MS, Hint, LEASE_WAITERS_MAX, Op, OpId, PendingPut, PutState, ReqId, Store, unexpected,
+};
 use crate::hints::{BATCH_KEYS_MAX, hint_bytes};
 use crate::put::{PutOp, PutOutcome};
 use crate::route::{WriteRoute, check_available, route_write};
@@ -42,8 +44,17 @@ impl<S: Store> Core<S> {
         let needed = check_available(p.w, n, self.write_alive(&p.key, strict))?;
         // A context is untrusted input: only one the cluster issued for this key may delete siblings.
         let seen = p.context.verify(&self.cfg.secret, &p.key)?.clone();
+        if !self.lease_ready(&seen) {
+            // No dot is minted above the durable lease: wait for the lease's sync (a few ms).
+            if self.lease_waiters.len() >= LEASE_WAITERS_MAX {
+                return Err(Error::Storage(format!("{LEASE_WAITERS_MAX} writes are waiting for a counter lease")));
+            }
+            self.lease_waiters.push_back((req, p));
+            return Ok(None);
+        }
         let (set, ctx, dot) = self.coordinate_write(&p.key, &seen, p.value)?;
         let op = self.id();
+        debug_assert!(dot.counter <= self.lease_durable, "no dot above the durable lease");
         let pending = PendingPut { req, key: p.key, set, ctx, dot, needed, timeout_ms, strict };
         if self.cfg.bugs.ack_before_flush {
             self.flush_unawaited();
