@@ -457,17 +457,9 @@ impl<S: Store> Core<S> {
     }
 
     fn flush(&mut self, op: OpId) {
-        self.flush_with(op, false);
-    }
-
-    /// A flush for `op`; `sync`: durable against power loss, making the recorded lease durable too.
-    fn flush_with(&mut self, op: OpId, sync: bool) {
         let token = self.id();
         self.flushes.insert(token, op);
-        if sync {
-            self.lease_syncs.insert(token, self.counter_lease);
-        }
-        self.out.push_back(Output::Flush { token, sync });
+        self.out.push_back(Output::Flush { token, sync: false });
     }
 
     fn timeout_ms(&self, asked: Option<u32>) -> Result<u64, Error> {
