@@ -34,6 +34,15 @@ impl Disk {
         &self.current
     }
 
+    /// True when what survives a crash holds or covers `dot` of `key`: its state, a
+    /// hint of it, or a purged tombstone's clock.
+    pub fn durably_covers(&self, key: &[u8], dot: qkv_proto::Dot) -> bool {
+        let c = &self.durable;
+        c.value(key).is_some_and(|s| s.covers_dot(dot))
+            || c.hints.iter().any(|((_, k), h)| k == key && h.set.covers_dot(dot))
+            || self.purged.get(key).is_some_and(|p| p.iter().any(|(_, c)| c.covers(dot)))
+    }
+
     /// An fdatasync completed: everything written so far is durable.
     pub fn sync(&mut self) {
         self.durable = self.current.clone();

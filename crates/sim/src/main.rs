@@ -179,6 +179,9 @@ fn main() -> ExitCode {
                 for key in run.finals.keys() {
                     println!("key {}:\n{}", String::from_utf8_lossy(key), checker::trace(&run.history, key));
                 }
+                for (t, what) in &run.fault_log {
+                    println!("  [{t:>7} ms] {what}");
+                }
                 println!("history fingerprint {:016x}, virtual time {} ms", run.history.fingerprint(), run.end_ms);
             });
         }

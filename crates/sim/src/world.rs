@@ -110,6 +110,8 @@ pub struct Run {
     pub wipes: Vec<(NodeId, u64)>,
     /// Virtual time from healing until every key's home replicas agreed, ms.
     pub converged_after_ms: Option<u64>,
+    /// The faults as they happened: (time ms, what), for a replay's trace.
+    pub fault_log: Vec<(u64, String)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -230,6 +232,7 @@ pub struct World {
     ring: Ring,
     destroyed: BTreeSet<Dot>,
     wipes: Vec<(NodeId, u64)>,
+    fault_log: Vec<(u64, String)>,
 }
 
 impl World {
@@ -277,6 +280,7 @@ impl World {
             ring,
             destroyed: BTreeSet::new(),
             wipes: vec![],
+            fault_log: vec![],
         };
         for id in ids {
             w.start(id);
@@ -329,20 +333,27 @@ impl World {
         self.schedule_timer(id);
     }
 
+    /// The dots a lost `state` of `key` took with it: its siblings, and the acknowledged
+    /// writes it had seen overwritten (the overwrite may have been the only record of
+    /// that), unless `kept` says another durable copy holds or covers them.
+    fn note_destroyed(&mut self, key: &[u8], state: &DvvSet, kept: impl Fn(&[u8], Dot) -> bool) {
+        let acked = self.history.entries.iter().filter(|e| e.key == key).filter_map(|e| e.dot());
+        let candidates: Vec<Dot> =
+            state.siblings().iter().map(|s| s.dot).chain(acked.filter(|&d| state.covers_dot(d))).collect();
+        for dot in candidates {
+            if !kept(key, dot) {
+                self.destroyed.insert(dot);
+            }
+        }
+    }
+
     /// Node `id`'s disk is lost: note every dot it held that no other durable disk holds
     /// (or covers), then wipe it; the node restarts under a new epoch.
     fn wipe(&mut self, id: NodeId) {
         self.wipes.push((id, self.now));
-        let others: Vec<_> = self.nodes.iter().filter(|(n, _)| **n != id).map(|(_, n)| n.disk.clone()).collect();
-        let covered_elsewhere = |key: &[u8], dot: Dot| {
-            others.iter().any(|d| {
-                let d = d.borrow();
-                let c = d.durable();
-                c.value(key).is_some_and(|s| s.clock().covers(dot))
-                    || c.hints.iter().any(|((_, k), h)| k == key && h.set.clock().covers(dot))
-                    || d.purged.get(key).is_some_and(|p| p.iter().any(|(_, c)| c.covers(dot)))
-            })
-        };
+        let others: Vec<Disk> =
+            self.nodes.iter().filter(|(n, _)| **n != id).map(|(_, n)| n.disk.borrow().clone()).collect();
+        let covered_elsewhere = |key: &[u8], dot: Dot| others.iter().any(|d| d.durably_covers(key, dot));
         let mine: Vec<(Vec<u8>, DvvSet)> = {
             let d = self.nodes[&id].disk.borrow();
             let c = d.durable();
@@ -352,11 +363,7 @@ impl World {
                 .collect()
         };
         for (key, set) in mine {
-            for sib in set.siblings() {
-                if !covered_elsewhere(&key, sib.dot) {
-                    self.destroyed.insert(sib.dot);
-                }
-            }
+            self.note_destroyed(&key, &set, covered_elsewhere);
         }
         let node = self.nodes.get_mut(&id).expect("node exists");
         node.disk.borrow_mut().wipe();
@@ -367,15 +374,10 @@ impl World {
     /// the dots no disk keeps durably (the checker excuses them, as `buffer` promises
     /// nothing across a power loss) and, as for a wipe, which home replicas lost writes.
     fn lose_unsynced(&mut self) {
-        let durable: Vec<_> = self.nodes.values().map(|n| n.disk.borrow().durable().clone()).collect();
-        let purged: Vec<_> = self.nodes.values().map(|n| n.disk.borrow().purged.clone()).collect();
-        let kept = |key: &[u8], dot: Dot| {
-            durable.iter().any(|c| {
-                c.value(key).is_some_and(|s| s.clock().covers(dot))
-                    || c.hints.iter().any(|((_, k), h)| k == key && h.set.clock().covers(dot))
-            }) || purged.iter().any(|p| p.get(key).is_some_and(|p| p.iter().any(|(_, c)| c.covers(dot))))
-        };
+        let disks: Vec<Disk> = self.nodes.values().map(|n| n.disk.borrow().clone()).collect();
+        let kept = |key: &[u8], dot: Dot| disks.iter().any(|d| d.durably_covers(key, dot));
         let mut lost = vec![];
+        let mut states = vec![];
         for (&id, n) in &self.nodes {
             let d = n.disk.borrow();
             // A `sync` node acks only what it synced: what it loses was never acked (or it is a bug to catch).
@@ -384,13 +386,14 @@ impl World {
             }
             lost.push(id);
             let c = d.current();
-            for (key, set) in c.entries().chain(c.hints.iter().map(|((_, k), h)| (k.as_slice(), &h.set))) {
-                for sib in set.siblings() {
-                    if !kept(key, sib.dot) {
-                        self.destroyed.insert(sib.dot);
-                    }
-                }
-            }
+            states.extend(
+                c.entries()
+                    .map(|(k, s)| (k.to_vec(), s.clone()))
+                    .chain(c.hints.iter().map(|((_, k), h)| (k.clone(), h.set.clone()))),
+            );
+        }
+        for (key, set) in states {
+            self.note_destroyed(&key, &set, kept);
         }
         for id in lost {
             self.wipes.push((id, self.now));
@@ -570,6 +573,10 @@ impl World {
         *self.counters.faults.entry(kind).or_default() += 1;
     }
 
+    fn log(&mut self, what: String) {
+        self.fault_log.push((self.now, what));
+    }
+
     /// Schedule the faults of the active phase, from now until `until`.
     fn plan_faults(&mut self, until: u64) {
         let mut t = self.now + self.rng.random_range(100..600);
@@ -674,6 +681,7 @@ impl World {
             Ev::ClientTimeout { client, seq } => self.client_done(client, seq, None),
             Ev::Crash(n) => {
                 if self.nodes[&n].core.is_some() {
+                    self.log(format!("node {n} crashes"));
                     self.fault("crash");
                     self.crash(n);
                 }
@@ -681,9 +689,12 @@ impl World {
             Ev::Restart(n) => {
                 if self.nodes[&n].core.is_none() {
                     self.start(n);
+                    let epoch = qkv_proto::actor_name(qkv_proto::actor(n, self.nodes[&n].epoch));
+                    self.log(format!("node {n} starts as {epoch}"));
                 }
             }
             Ev::PowerLoss => {
+                self.log("power loss (all nodes)".into());
                 self.fault("power loss (all nodes)");
                 self.lose_unsynced();
                 let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
@@ -693,12 +704,19 @@ impl World {
                 }
             }
             Ev::Wipe(n) => {
+                self.log(format!("node {n} loses its disk"));
                 self.fault("disk wipe");
                 self.crash(n);
                 self.wipe(n);
             }
-            Ev::Partition(cut) => self.blocked = cut.into_iter().collect(),
-            Ev::Heal => self.blocked.clear(),
+            Ev::Partition(cut) => {
+                self.log(format!("partition {cut:?}"));
+                self.blocked = cut.into_iter().collect();
+            }
+            Ev::Heal => {
+                self.log("partition heals".into());
+                self.blocked.clear();
+            }
             Ev::ClockJump(n, jump) => {
                 // Cores read the wall clock only when they start: a jump shows at the next restart.
                 self.fault("clock jump");
@@ -779,6 +797,7 @@ impl World {
             destroyed: self.destroyed,
             wipes: self.wipes,
             converged_after_ms,
+            fault_log: self.fault_log,
         }
     }
 
