@@ -177,7 +177,11 @@ async fn a_client_without_a_ca_signed_certificate_is_refused() {
 
 #[tokio::test]
 async fn oversized_input_gets_a_clear_error_and_the_node_keeps_serving() {
-    let c = Cluster::start(Opts { extra: "value_bytes_max = 65536\nkey_bytes_max = 1024", ..Opts::default() }).await;
+    let c = Cluster::start(Opts {
+        extra: "value_bytes_max = 65536\nkey_bytes_max = 1024\nkey_state_bytes_max = 1048576",
+        ..Opts::default()
+    })
+    .await;
     let client = c.client_for(&[1]);
     let err = client.put("big", vec![7u8; 65_537]).await.unwrap_err();
     assert!(
@@ -195,4 +199,36 @@ async fn oversized_input_gets_a_clear_error_and_the_node_keeps_serving() {
     assert!(!client.get("huge").r(Level::All).await.unwrap().found);
     client.put("small", vec![1u8; 65_536]).await.unwrap();
     assert_eq!(client.get("small").await.unwrap().values, vec![vec![1u8; 65_536]]);
+}
+
+#[tokio::test]
+async fn blind_writes_cannot_grow_a_key_past_its_limit_and_it_stays_readable_and_resolvable() {
+    // The defaults: 4 MiB values, 8 MiB and 32 siblings per key. Eight blind 3 MiB
+    // writes once left a 24 MiB key that no frame could carry.
+    let c = Cluster::start(Opts::default()).await;
+    let client = c.client();
+    let mut accepted = 0;
+    let mut refused = None;
+    for i in 0..8u8 {
+        match client.put("fat", vec![i; 3 << 20]).w(Level::All).timeout(Duration::from_secs(20)).await {
+            Ok(_) => accepted += 1,
+            Err(e) => {
+                refused.get_or_insert(e);
+            }
+        }
+    }
+    assert_eq!(accepted, 2, "two 3 MiB siblings fit in 8 MiB, a third does not");
+    let err = refused.expect("writes past the limit are refused");
+    assert!(matches!(&err, Error::Cluster(ClusterError::KeyFull { siblings: 2, siblings_after: 3, .. })), "{err}");
+    assert!(err.to_string().contains("read the key and write with its context"), "{err}");
+    // Still readable, at every level, and resolvable with the read's context.
+    let got = client.get("fat").r(Level::All).timeout(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(got.values.len(), 2);
+    client.put("fat", "merged").context(got.context).w(Level::All).await.unwrap();
+    let got = client.get("fat").r(Level::All).await.unwrap();
+    assert_eq!(values(got.values), vec!["merged"]);
+    // Counted where an operator looks: status (and /metrics, from the same counters).
+    let refusals: u64 =
+        client.status().await.into_iter().filter_map(|(_, s)| s.ok()).map(|s| s.key_limits.writes_refused).sum();
+    assert_eq!(refusals, 6);
 }

@@ -16,6 +16,14 @@ pub enum Error {
         /// The last connection error.
         last: String,
     },
+    /// The request's deadline passed while failing over between nodes.
+    #[error("deadline passed after trying {tried} nodes (last error: {last}); a write may still have landed")]
+    Deadline {
+        /// Nodes tried.
+        tried: usize,
+        /// The last error.
+        last: String,
+    },
     /// The client's configuration is unusable.
     #[error("config: {0}")]
     Config(String),

@@ -44,7 +44,7 @@ use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -62,6 +62,8 @@ use qkv_transport::{Pool, TlsFiles};
 pub const TIMEOUT_DEFAULT: Duration = Duration::from_secs(1);
 /// Time allowed beyond the request deadline for the network and one forwarding hop.
 const TRANSPORT_MARGIN: Duration = Duration::from_millis(1000);
+/// A failover attempt needs at least this much of the request's deadline left.
+const MIN_ATTEMPT: Duration = Duration::from_millis(20);
 /// A node that failed is skipped at least this long, doubling while it stays down.
 const DOWN_BACKOFF_MIN: Duration = Duration::from_millis(250);
 /// ... up to this long between probes.
@@ -309,7 +311,11 @@ impl Client {
     /// requests in flight that have answered nothing for [`SUSPECT_AFTER`]. A node that
     /// dies costs the requests already sent to it their deadline, not every request
     /// until it returns.
-    async fn send(&self, req: Request, timeout: Duration) -> Result<Response, Error> {
+    /// Send `req` to a node, failing over to the next one when a node cannot be
+    /// reached. `timeout` is the whole request's: every attempt gets what is left of it
+    /// (a retried write keeps its write id, so it never lands twice).
+    async fn send(&self, mut req: Request, timeout: Duration) -> Result<Response, Error> {
+        let deadline = Instant::now() + timeout + TRANSPORT_MARGIN;
         let start = self.0.next.fetch_add(1, Ordering::Relaxed);
         let n = self.0.nodes.len();
         let mut order: Vec<(u8, SocketAddr)> = (0..n)
@@ -318,9 +324,15 @@ impl Client {
             .collect();
         order.sort_by_key(|(rank, _)| *rank);
         let mut last = String::new();
-        for (_, addr) in order {
+        for (tried, (_, addr)) in order.into_iter().enumerate() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tried > 0 && left < MIN_ATTEMPT {
+                return Err(Error::Deadline { tried, last });
+            }
+            // The node's own deadline leaves room for the network, as the first attempt's did.
+            set_timeout(&mut req, left.saturating_sub(TRANSPORT_MARGIN).max(left / 2));
             self.load(addr, |l| l.0 += 1);
-            let result = self.0.pool.request(addr, &req, timeout + TRANSPORT_MARGIN).await;
+            let result = self.0.pool.request(addr, &req, left).await;
             self.load(addr, |l| {
                 l.0 = l.0.saturating_sub(1);
                 if result.is_ok() {
@@ -494,6 +506,7 @@ impl IntoFuture for Put {
                 strict: self.strict,
                 timeout_ms: timeout_ms(self.timeout),
                 forwarded: false,
+                write_id: Some(new_write_id()),
             };
             match self.client.send(Request::Put(req), self.timeout).await? {
                 Response::Put(p) => Ok(PutResult {
@@ -507,4 +520,24 @@ impl IntoFuture for Put {
             }
         })
     }
+}
+
+/// Set the deadline a node applies to `req` (reads and writes carry one).
+fn set_timeout(req: &mut Request, t: Duration) {
+    match req {
+        Request::Get(g) => g.timeout_ms = timeout_ms(t),
+        Request::Put(p) => p.timeout_ms = timeout_ms(t),
+        _ => {}
+    }
+}
+
+/// A fresh write id: random per process (std's randomly keyed hasher), unique per write.
+fn new_write_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut h = KEYS.get_or_init(Default::default).build_hasher();
+    h.write_u64(NEXT.fetch_add(1, Ordering::Relaxed));
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.finish()
 }

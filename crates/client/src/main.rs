@@ -473,6 +473,7 @@ async fn status(c: &Client, as_json: bool) -> anyhow::Result<ExitCode> {
                     })).collect::<Vec<_>>(),
                     "hints": serde_json::to_value(&s.hints).unwrap_or_default(),
                     "anti_entropy": serde_json::to_value(&s.aae).unwrap_or_default(),
+                    "key_limits": serde_json::to_value(&s.key_limits).unwrap_or_default(),
                 }),
                 Err(e) => json!({"addr": addr.to_string(), "error": e.to_string()}),
             })
@@ -536,6 +537,24 @@ async fn status(c: &Client, as_json: bool) -> anyhow::Result<ExitCode> {
     for v in &answered {
         if v.hints.refused > 0 {
             println!("node {}: {} hints refused at a limit", v.node, v.hints.refused);
+        }
+        if v.hints.redirected + v.hints.expired > 0 {
+            println!(
+                "node {}: {} hints handed to another home replica (owner down past half the tombstone grace), \
+                 {} dropped past the grace",
+                v.node, v.hints.redirected, v.hints.expired
+            );
+        }
+        let k = &v.key_limits;
+        if k.writes_refused + k.merges_refused > 0 {
+            println!(
+                "node {}: {} writes and {} replica merges refused at the per-key limit ({} siblings, {})",
+                v.node,
+                k.writes_refused,
+                k.merges_refused,
+                k.siblings_max,
+                bytes_text(k.bytes_max as f64)
+            );
         }
     }
     println!();

@@ -268,7 +268,7 @@ mod tests {
         // One key moves on: its leaf and the root differ, nothing else.
         let (k, s) = &states[7];
         let (s2, _, _) =
-            crate::replica::coordinate(Some(s.clone()), &qkv_proto::Seen::new(), Some(b"x".to_vec()), 2, 0);
+            crate::replica::coordinate(Some(s.clone()), &qkv_proto::Seen::new(), Some(b"x".to_vec()), 2, 0, None);
         b.update(&ring, token(k), Some(digest(k, s)), Some(digest(k, &s2)));
         assert_ne!(a.root(range), b.root(range));
         let diff = a.leaves(range).unwrap().iter().zip(b.leaves(range).unwrap()).filter(|(x, y)| x != y).count();

@@ -76,6 +76,11 @@ pub struct HintIndex {
     pub refused: u64,
     /// Hints handed off since start.
     pub handed_off: u64,
+    /// Hints handed to another home replica of their key since start (their owner
+    /// stayed down past half the tombstone grace).
+    pub redirected: u64,
+    /// Hints dropped since start, older than the tombstone grace.
+    pub expired: u64,
 }
 
 impl HintIndex {
@@ -88,6 +93,8 @@ impl HintIndex {
             tokens: Bucket::new(limits.rate_bytes_per_s, now_ms),
             refused: 0,
             handed_off: 0,
+            redirected: 0,
+            expired: 0,
         }
     }
 
@@ -153,6 +160,11 @@ impl HintIndex {
         self.owners.iter().filter(|(_, o)| o.keys.contains_key(key)).map(|(&id, _)| id).collect()
     }
 
+    /// Owners for which hints are held.
+    pub fn owners_held(&self) -> Vec<NodeId> {
+        self.owners.iter().filter(|(_, o)| !o.keys.is_empty()).map(|(&id, _)| id).collect()
+    }
+
     /// Owners with hints pending and no batch in flight.
     pub fn ready_owners(&self) -> Vec<NodeId> {
         self.owners.iter().filter(|(_, o)| !o.keys.is_empty() && !o.in_flight).map(|(&id, _)| id).collect()
@@ -183,6 +195,25 @@ impl HintIndex {
             self.tokens.spend(used as f64);
         }
         picked
+    }
+
+    /// Hints for `owner` created at or before `cutoff` (wall ms), oldest first, at most `limit`.
+    pub fn older_than(&self, owner: NodeId, cutoff: u64, limit: usize) -> Vec<Vec<u8>> {
+        let Some(o) = self.owners.get(&owner) else { return vec![] };
+        o.by_age.iter().take_while(|(t, _)| *t <= cutoff).take(limit).map(|(_, k)| k.clone()).collect()
+    }
+
+    /// Mark a batch for `owner` of `bytes` in flight outside [`HintIndex::next_batch`]
+    /// (one sent to another home replica), within the pace; false when over it.
+    pub fn start_batch(&mut self, owner: NodeId, bytes: u64, now_ms: u64) -> bool {
+        self.tokens.refill(now_ms);
+        let Some(o) = self.owners.get_mut(&owner) else { return false };
+        if o.in_flight || self.tokens.tokens() <= 0.0 {
+            return false;
+        }
+        o.in_flight = true;
+        self.tokens.spend(bytes as f64);
+        true
     }
 
     /// A batch for `owner` finished; `delivered` hints (of `bytes`) were handed off.

@@ -16,6 +16,7 @@
 //! - [`liveness`]: the failure detector: pings and gossiped heartbeats.
 //! - [`hints`]: hint limits, sizes, ages and handoff pacing.
 //! - [`aae`]: anti-entropy hash trees (XOR Merkle trees per range).
+//! - [`tombstones`]: the tombstone index GC works from, and purge records.
 //! - [`mem`]: an in-memory store for tests and the simulator.
 //! - [`pace`]: the token bucket that paces handoff and anti-entropy.
 //! - [`node`]: a whole node's logic as one state machine over a [`Store`].
@@ -32,6 +33,7 @@ pub mod quorum;
 pub mod replica;
 pub mod ring;
 pub mod route;
+pub mod tombstones;
 
 pub use get::{GetAction, GetAnswer, GetOp};
 pub use liveness::Detector;

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use qkv_proto::{DvvSet, Error, NodeId};
+use qkv_proto::{DvvSet, Error, NodeId, Seen};
 
 use crate::hints::hint_bytes;
 use crate::node::{Hint, HintMeta, Store};
@@ -17,6 +17,8 @@ pub struct MemStore {
     pub hints: BTreeMap<(NodeId, Vec<u8>), Hint>,
     /// The actor's counter lease.
     pub counter_lease: u64,
+    /// Purged tombstones: key → what they had seen.
+    pub purged: BTreeMap<Vec<u8>, Seen>,
 }
 
 impl MemStore {
@@ -81,5 +83,16 @@ impl Store for MemStore {
                 created_ms: h.created_ms,
             })
             .collect())
+    }
+    fn put_purged(&mut self, key: &[u8], seen: &Seen) -> Result<(), Error> {
+        self.purged.insert(key.to_vec(), seen.clone());
+        Ok(())
+    }
+    fn delete_purged(&mut self, key: &[u8]) -> Result<(), Error> {
+        self.purged.remove(key);
+        Ok(())
+    }
+    fn scan_purged(&self) -> Result<Vec<(Vec<u8>, Seen)>, Error> {
+        Ok(self.purged.iter().map(|(k, s)| (k.clone(), s.clone())).collect())
     }
 }

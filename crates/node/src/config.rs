@@ -59,6 +59,12 @@ fn default_key_max() -> usize {
 fn default_value_max() -> usize {
     qkv_proto::VALUE_BYTES_MAX_DEFAULT
 }
+fn default_key_siblings_max() -> usize {
+    qkv_coordinator::replica::KEY_SIBLINGS_MAX_DEFAULT
+}
+fn default_key_state_bytes_max() -> usize {
+    qkv_coordinator::replica::KEY_STATE_BYTES_MAX_DEFAULT
+}
 fn default_ping_ms() -> u64 {
     qkv_coordinator::liveness::PING_INTERVAL_MS_DEFAULT
 }
@@ -135,6 +141,13 @@ pub struct Config {
     /// Largest value accepted.
     #[serde(default = "default_value_max")]
     pub value_bytes_max: usize,
+    /// Most siblings a write may leave in one key (Riak's `max_siblings`).
+    #[serde(default = "default_key_siblings_max")]
+    pub key_siblings_max: usize,
+    /// Most bytes a write may leave in one key's state, all siblings together
+    /// (Riak's `max_object_size`).
+    #[serde(default = "default_key_state_bytes_max")]
+    pub key_state_bytes_max: usize,
     /// How often peers are pinged.
     #[serde(default = "default_ping_ms")]
     pub ping_interval_ms: u64,
@@ -298,6 +311,16 @@ impl Config {
         if self.value_bytes_max == 0 || self.value_bytes_max > 64 * 1024 * 1024 {
             bail!("value_bytes_max must be between 1 and 67108864");
         }
+        if self.key_siblings_max == 0 || self.key_siblings_max > 1000 {
+            bail!("key_siblings_max must be between 1 and 1000");
+        }
+        if self.key_state_bytes_max < self.value_bytes_max + 4096 || self.key_state_bytes_max > 128 * 1024 * 1024 {
+            bail!(
+                "key_state_bytes_max must be at least value_bytes_max + 4096 ({}), so a key can always be \
+                 resolved to one value, and at most 134217728",
+                self.value_bytes_max + 4096
+            );
+        }
         if self.hints_owner_bytes_max == 0 || self.hints_owner_bytes_max > self.hints_bytes_max {
             bail!("hints_owner_bytes_max must be positive and no more than hints_bytes_max");
         }
@@ -354,6 +377,7 @@ impl Config {
             keys_per_s: self.aae_keys_per_s,
             bytes_per_s: self.aae_bytes_per_s,
             tombstone_grace_ms: self.tombstone_grace_ms,
+            ..aae_defaults()
         }
     }
 
@@ -367,10 +391,21 @@ impl Config {
         TlsFiles { ca: self.tls.ca.clone(), cert: self.tls.cert.clone(), key: self.tls.key.clone() }
     }
 
-    /// Frame limit: the largest value and key with room for siblings and clocks, and
-    /// at least 8 MiB, room for anti-entropy's batches (at most 2 MiB of states).
+    /// The key, value and per-key limits.
+    pub fn limits(&self) -> qkv_coordinator::replica::Limits {
+        qkv_coordinator::replica::Limits {
+            key_bytes_max: self.key_bytes_max,
+            value_bytes_max: self.value_bytes_max,
+            key_siblings_max: self.key_siblings_max,
+            key_state_bytes_max: self.key_state_bytes_max,
+        }
+    }
+
+    /// Frame limit: the largest state a replica holds (twice the per-key limit, see
+    /// `qkv_coordinator::replica::Limits`) with its key and a margin for the message around it,
+    /// and at least 8 MiB, room for anti-entropy's batches (at most 2 MiB of states).
     pub fn frame_bytes_max(&self) -> usize {
-        ((self.value_bytes_max + self.key_bytes_max) * 4 + 64 * 1024).max(8 << 20)
+        (self.key_state_bytes_max * 2 + self.key_bytes_max + 256 * 1024).max(8 << 20)
     }
 }
 

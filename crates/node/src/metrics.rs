@@ -60,6 +60,7 @@ pub fn error_kind(e: &Error) -> &'static str {
         Error::Storage(_) => "storage",
         Error::Unreachable(_) => "unreachable",
         Error::HintRefused { .. } => "hint_refused",
+        Error::KeyFull { .. } => "key_full",
         Error::ShuttingDown => "shutting_down",
         _ => "other",
     }
@@ -222,6 +223,32 @@ impl Metrics {
         );
         gauge(
             &mut out,
+            "qkv_hints_redirected_total",
+            "Hints handed to another home replica of their key (their owner was down past half the tombstone grace).",
+            "counter",
+            vec![(String::new(), h.redirected as f64)],
+        );
+        gauge(
+            &mut out,
+            "qkv_hints_expired_total",
+            "Hints dropped, older than the tombstone grace.",
+            "counter",
+            vec![(String::new(), h.expired as f64)],
+        );
+        let k = &status.key_limits;
+        gauge(
+            &mut out,
+            "qkv_key_limit_refusals_total",
+            "Writes refused at the per-key limit (kind=\"write\": client writes this node coordinated; \
+             kind=\"merge\": replica merges past twice the limit).",
+            "counter",
+            vec![
+                (",kind=\"write\"".into(), k.writes_refused as f64),
+                (",kind=\"merge\"".into(), k.merges_refused as f64),
+            ],
+        );
+        gauge(
+            &mut out,
             "qkv_hints_handed_off_total",
             "Hints handed off to their owners.",
             "counter",
@@ -360,6 +387,7 @@ mod tests {
             read_repairs: 4,
             hints: Default::default(),
             aae: Default::default(),
+            key_limits: qkv_proto::KeyLimitStatus { writes_refused: 2, ..Default::default() },
         };
         let stats = m.stats(&status, StatsReply::default());
         assert_eq!(stats.ops.len(), 2);
@@ -374,6 +402,7 @@ mod tests {
             "qkv_replication_lag_seconds_bucket{node=\"1\",le=\"5\"} 2",
             "qkv_replication_lag_seconds_bucket{node=\"1\",le=\"1\"} 1",
             "qkv_read_repairs_total{node=\"1\"} 4",
+            "qkv_key_limit_refusals_total{node=\"1\",kind=\"write\"} 2",
             "# TYPE qkv_siblings_per_read histogram",
         ] {
             assert!(text.contains(want), "missing `{want}` in:\n{text}");

@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use qkv_coordinator::node::REQUEST_TIMEOUT_MS_MAX;
-use qkv_coordinator::replica::Limits;
 use qkv_coordinator::{Core, CoreConfig, Output, ReqId};
 use qkv_proto::{Error, NodeId, Request, Response, StatsReply};
 use qkv_transport::{Handler, PeerRole, Pool, server};
@@ -59,7 +58,7 @@ impl Node {
             members: cfg.peers.iter().map(|p| (p.id, p.addr.to_string())).collect(),
             n: cfg.replication,
             vnodes: cfg.vnodes,
-            limits: Limits { key_bytes_max: cfg.key_bytes_max, value_bytes_max: cfg.value_bytes_max },
+            limits: cfg.limits(),
             request_timeout_ms: cfg.request_timeout_ms,
             ping_interval_ms: cfg.ping_interval_ms,
             down_after_ms: cfg.down_after_ms,

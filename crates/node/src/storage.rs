@@ -54,6 +54,8 @@ pub struct Storage {
     db: Database,
     data: Keyspace,
     hints: Keyspace,
+    /// Purged tombstones: key → what they had seen (`Seen`), so late old states are dropped.
+    purged: Keyspace,
     meta: Keyspace,
     boot: u64,
     epoch: u32,
@@ -109,6 +111,7 @@ impl Storage {
             .map_err(|e| anyhow::anyhow!("cannot open data dir {}: {e}", dir.display()))?;
         let data = db.keyspace("data", KeyspaceCreateOptions::default)?;
         let hints = db.keyspace("hints", KeyspaceCreateOptions::default)?;
+        let purged = db.keyspace("purged", KeyspaceCreateOptions::default)?;
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
         let fresh = meta.get("node_id")?.is_none();
         match meta.get("node_id")? {
@@ -146,7 +149,8 @@ impl Storage {
         let boot = (meta_u64(&meta, "boot")?.unwrap_or(0) + 1).max(wall_ms as u64);
         meta.insert("boot", boot.to_be_bytes())?;
         db.persist(PersistMode::SyncAll)?;
-        let mut s = Storage { db, data, hints, meta, boot, epoch, fresh, syncer: None, stop: None, thread: None };
+        let mut s =
+            Storage { db, data, hints, purged, meta, boot, epoch, fresh, syncer: None, stop: None, thread: None };
         match policy {
             Persist::Buffer => {}
             Persist::Sync => {
@@ -342,6 +346,20 @@ impl qkv_coordinator::Store for StoreHandle {
                 bytes,
                 created_ms: h.created_ms,
             });
+        }
+        Ok(out)
+    }
+    fn put_purged(&mut self, key: &[u8], seen: &qkv_proto::Seen) -> Result<(), Error> {
+        self.0.purged.insert(key, encode(seen)).map_err(storage_err)
+    }
+    fn delete_purged(&mut self, key: &[u8]) -> Result<(), Error> {
+        self.0.purged.remove(key).map_err(storage_err)
+    }
+    fn scan_purged(&self) -> Result<Vec<(Vec<u8>, qkv_proto::Seen)>, Error> {
+        let mut out = vec![];
+        for kv in self.0.purged.iter() {
+            let (k, v) = kv.into_inner().map_err(storage_err)?;
+            out.push((k.to_vec(), decode(&v, "purge record", |s: &qkv_proto::Seen| s.is_normal())?));
         }
         Ok(out)
     }

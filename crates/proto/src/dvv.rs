@@ -179,6 +179,10 @@ pub struct Sibling {
     /// The value; `None` is a tombstone.
     #[serde(with = "serde_bytes")]
     pub value: Option<Vec<u8>>,
+    /// The client's id of the write ([`crate::PutRequest::write_id`]): two siblings
+    /// of one id are one write taken twice (a retry), and only the first dot is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_id: Option<u64>,
 }
 
 /// The state of one key on one replica. See the module docs.
@@ -247,7 +251,7 @@ impl DvvSet {
     /// the coordinator uses [`DvvSet::apply`] with a counter of its own).
     pub fn update(&mut self, context: &VersionVector, value: Option<Vec<u8>>, actor: Actor) -> Dot {
         let dot = Dot { actor, counter: self.clock.get(actor) + 1 };
-        self.apply(&Seen::of(context.clone()), value, dot);
+        self.apply(&Seen::of(context.clone()), value, dot, None);
         dot
     }
 
@@ -259,15 +263,40 @@ impl DvvSet {
     /// state has not received yet go in the cloud, so they are dropped when they arrive.
     /// The caller mints `dot` above every counter its actor ever used (the node-wide
     /// counter): never from `seen`, which a client sent.
-    pub fn apply(&mut self, seen: &Seen, value: Option<Vec<u8>>, dot: Dot) {
+    pub fn apply(&mut self, seen: &Seen, value: Option<Vec<u8>>, dot: Dot, write_id: Option<u64>) {
         debug_assert!(!self.covers_dot(dot), "a new dot is above everything seen");
         self.siblings.retain(|s| !seen.covers(s.dot));
         self.clock.join(&seen.vv);
         self.cloud.extend(seen.dots.iter().copied());
         self.clock.add(dot);
         self.normalize_cloud();
-        self.siblings.push(Sibling { dot, value });
+        self.siblings.push(Sibling { dot, value, write_id });
         self.siblings.sort_by_key(|s| s.dot);
+        self.dedup_writes();
+    }
+
+    /// This state without the siblings `drop` picks; the clock still covers them, so
+    /// they stay gone wherever this state is merged.
+    pub fn without(&self, drop: impl Fn(&Sibling) -> bool) -> DvvSet {
+        let mut s = self.clone();
+        s.siblings.retain(|x| !drop(x));
+        s
+    }
+
+    /// The dot of the live sibling written under `write_id`, if any.
+    pub fn find_write(&self, write_id: u64) -> Option<Dot> {
+        self.siblings.iter().find(|s| s.write_id == Some(write_id)).map(|s| s.dot)
+    }
+
+    /// One write taken twice (a retry that reached two coordinators) is one sibling:
+    /// keep the smallest dot of each write id. The other dots stay in the clock, so
+    /// every replica drops them too, whatever order states arrive in.
+    fn dedup_writes(&mut self) {
+        if self.siblings.iter().all(|s| s.write_id.is_none()) {
+            return;
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        self.siblings.retain(|s| s.write_id.is_none_or(|id| ids.insert(id)));
     }
 
     fn normalize_cloud(&mut self) {
@@ -298,6 +327,7 @@ impl DvvSet {
         self.clock.join(&other.clock);
         self.cloud.extend(other.cloud.iter().copied());
         self.normalize_cloud();
+        self.dedup_writes();
     }
 
     /// The merge of two states, by value.
@@ -455,7 +485,7 @@ mod laws {
                         }
                         let actor = i as Actor + 1;
                         let dot = Dot { actor, counter: reps[i].clock().get(actor).max(u64::from(v)) + 1 };
-                        reps[i].apply(&seen, Some(vec![v]), dot);
+                        reps[i].apply(&seen, Some(vec![v]), dot, None);
                     }
                     2 => {
                         let ctx = reps[i].clock().clone();
@@ -489,6 +519,55 @@ mod laws {
             prop_assert_eq!(r[0].clone().merged(&r[0]), r[0].clone());
             let m = r[0].clone().merged(&r[1]);
             prop_assert_eq!(m.clone().merged(&r[1]), m);
+        }
+
+        /// Two coordinators taking one write (a retry after failover) mint two dots of
+        /// one write id. Merging is then not associative (which copy a later overwrite
+        /// saw matters), but it still converges, and no state keeps two copies.
+        #[test]
+        fn retried_writes_converge_to_one_copy(
+            ops in proptest::collection::vec((0usize..3, 0usize..3, 0u8..3, 0u64..3), 0..24)
+        ) {
+            let mut reps = vec![DvvSet::new(); 3];
+            for (i, j, kind, id) in ops {
+                let actor = i as Actor + 1;
+                match kind {
+                    0 => {
+                        // A write (or its retry), blind or with another replica's context.
+                        let seen = if id == 0 { Seen::new() } else { reps[j].seen() };
+                        if reps[i].find_write(id).is_none() {
+                            let dot = Dot { actor, counter: reps[i].clock().get(actor) + 1 };
+                            reps[i].apply(&seen, Some(vec![id as u8]), dot, Some(id));
+                        }
+                    }
+                    1 => {
+                        let seen = reps[j].seen();
+                        let dot = Dot { actor, counter: reps[i].clock().get(actor) + 1 };
+                        reps[i].apply(&seen, Some(vec![9]), dot, None);
+                    }
+                    _ => {
+                        let other = reps[j].clone();
+                        reps[i].sync(&other);
+                    }
+                }
+                for r in &reps {
+                    let ids: Vec<u64> = r.siblings().iter().filter_map(|s| s.write_id).collect();
+                    let unique: std::collections::BTreeSet<_> = ids.iter().collect();
+                    prop_assert_eq!(ids.len(), unique.len(), "two copies of one write in {:?}", r);
+                    prop_assert!(r.is_valid());
+                }
+            }
+            // Anti-entropy: sync every pair until nothing changes.
+            for _ in 0..6 {
+                for i in 0..3 {
+                    for j in 0..3 {
+                        let other = reps[j].clone();
+                        reps[i].sync(&other);
+                    }
+                }
+            }
+            prop_assert_eq!(&reps[0], &reps[1]);
+            prop_assert_eq!(&reps[1], &reps[2]);
         }
 
         #[test]

@@ -68,6 +68,28 @@ pub enum Error {
         /// The limit.
         max: u64,
     },
+    /// The write would take one key's state past its limit: too many siblings or
+    /// bytes. Nothing changed; the key stays readable, and a write with its read's
+    /// context (which replaces the siblings it saw) is accepted.
+    #[error(
+        "key full: the key holds {siblings} siblings in {bytes} bytes and this write would make it {siblings_after} \
+         in {bytes_after} bytes, past the per-key limit of {siblings_max} siblings or {bytes_max} bytes; read the \
+         key and write with its context to resolve the siblings"
+    )]
+    KeyFull {
+        /// Siblings the key holds now.
+        siblings: u64,
+        /// Bytes its state takes now.
+        bytes: u64,
+        /// Siblings it would hold after the write.
+        siblings_after: u64,
+        /// Bytes it would take after the write.
+        bytes_after: u64,
+        /// The sibling limit.
+        siblings_max: u64,
+        /// The byte limit.
+        bytes_max: u64,
+    },
     /// The request is malformed.
     #[error("bad request: {0}")]
     BadRequest(String),

@@ -157,6 +157,12 @@ pub struct PutRequest {
     pub timeout_ms: Option<u32>,
     /// Set by a node that forwarded the write to a replica; a forwarded write is not forwarded again.
     pub forwarded: bool,
+    /// The write's identity, the same on every retry of it (the client draws it at
+    /// random). A coordinator holding a sibling of this id answers with it instead of
+    /// writing again, and replicas merging two siblings of one id keep one: a retry
+    /// never becomes a second sibling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_id: Option<u64>,
 }
 
 /// A response to a [`Request`].
@@ -281,6 +287,22 @@ pub struct StatusReply {
     pub hints: HintStatus,
     /// Anti-entropy progress.
     pub aae: AaeStatus,
+    /// The per-key limits and what they refused.
+    #[serde(default)]
+    pub key_limits: KeyLimitStatus,
+}
+
+/// The bound on one key's state, and the writes it turned away.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct KeyLimitStatus {
+    /// Most siblings a write may leave in a key.
+    pub siblings_max: u64,
+    /// Most bytes a write may leave in a key.
+    pub bytes_max: u64,
+    /// Client writes this node refused as coordinator since start (`key full`).
+    pub writes_refused: u64,
+    /// Replica merges refused since start (past twice the limits).
+    pub merges_refused: u64,
 }
 
 /// A node's anti-entropy progress.
@@ -306,6 +328,12 @@ pub struct AaeStatus {
     pub tombstones_pending: u64,
     /// Tombstones purged since start.
     pub tombstones_purged: u64,
+    /// The in-memory tombstone index was full and is being rebuilt from the store.
+    #[serde(default)]
+    pub tombstones_index_incomplete: bool,
+    /// Purge records held (what purged tombstones had seen, for a grace period).
+    #[serde(default)]
+    pub purge_records: u64,
     /// Per range and peer: when an exchange last completed (ms ago) and whether the
     /// range was equal at its last comparison.
     pub pairs: Vec<AaePair>,
@@ -335,6 +363,13 @@ pub struct HintStatus {
     pub refused: u64,
     /// Hints handed off (acknowledged by their owner) since start.
     pub handed_off: u64,
+    /// Hints handed to another home replica of their key since start: the owner
+    /// stayed down past half the tombstone grace.
+    #[serde(default)]
+    pub redirected: u64,
+    /// Hints dropped since start, older than the tombstone grace.
+    #[serde(default)]
+    pub expired: u64,
     /// Limit on all hints, bytes.
     pub bytes_max: u64,
     /// Limit per owner, bytes.

@@ -164,7 +164,9 @@ fn check_key(key: &[u8], entries: &[&Entry], fin: &FinalKey, facts: &Facts<'_>, 
             );
             continue;
         }
-        let present = merged.siblings().iter().any(|s| s.dot == dot);
+        // A retry taken by two coordinators is one sibling under the first dot: same write, same value.
+        let present =
+            merged.siblings().iter().any(|s| s.dot == dot || (written.is_some() && s.value.as_deref() == written));
         // A value may disappear only when a later write was sent with the context of an
         // observation that returned it: a read that showed the value, or this write's own
         // answer (its writer replacing it). A tombstone, whenever a context covered it.
@@ -226,6 +228,24 @@ fn check_key(key: &[u8], entries: &[&Entry], fin: &FinalKey, facts: &Facts<'_>, 
         }
     }
     report.acked_writes += entries.iter().filter(|e| e.is_acked_put()).count();
+
+    // A write refused for its context or the key's limit changed nothing: its value is nowhere.
+    for e in entries {
+        let (OpKind::Put { value: Some(v), .. }, Outcome::Failed(why)) = (&e.op, &e.outcome) else { continue };
+        if e.duplicated || !(why.starts_with("key full") || why.starts_with("bad request: invalid context")) {
+            continue;
+        }
+        let read_back = entries.iter().any(|o| matches!(&o.outcome, Outcome::Get { values, .. } if values.contains(v)));
+        if read_back || merged.values().any(|x| x == v.as_slice()) {
+            bad(
+                "refused write landed",
+                format!(
+                    "client {}'s write at {} ms was refused ({why}), yet its value was stored",
+                    e.client, e.completed_ms
+                ),
+            );
+        }
+    }
 
     // Strict quorums: a strict read with R + W > N after a strict acked write covers it.
     for r in entries.iter() {
@@ -314,13 +334,21 @@ fn seen_text(s: &qkv_proto::Seen) -> String {
 }
 
 /// The trace of one key, for a violation report.
+/// A value as a trace shows it: large ones (the hot key's) by their name and size.
+fn value_text(v: &[u8]) -> String {
+    match v.iter().position(|&b| b == b':') {
+        Some(i) if v.len() > 40 => format!("{}:<{} bytes>", String::from_utf8_lossy(&v[..i]), v.len()),
+        _ => String::from_utf8_lossy(v).into_owned(),
+    }
+}
+
 pub fn trace(history: &History, key: &[u8]) -> String {
     let mut out = String::new();
     for e in history.of_key(key) {
         let op = match &e.op {
             OpKind::Put { value, context, w, strict } => format!(
                 "put {} ctx={} w={w}{}",
-                value.as_deref().map_or("<delete>".into(), |v| String::from_utf8_lossy(v).into_owned()),
+                value.as_deref().map_or("<delete>".into(), value_text),
                 seen_text(&context.seen),
                 if *strict { " strict" } else { "" }
             ),
@@ -332,7 +360,7 @@ pub fn trace(history: &History, key: &[u8]) -> String {
             }
             Outcome::Get { values, context } => format!(
                 "ok {:?} ctx={}",
-                values.iter().map(|v| String::from_utf8_lossy(v).into_owned()).collect::<Vec<_>>(),
+                values.iter().map(|v| value_text(v)).collect::<Vec<_>>(),
                 seen_text(&context.seen)
             ),
             Outcome::Failed(e) => format!("failed: {e}"),
@@ -359,6 +387,7 @@ mod tests {
             invoked_ms: at,
             completed_ms: at + 1,
             outcome: Outcome::Put { context: vv(got), dot: Dot { actor: grew.0, counter: grew.1 } },
+            duplicated: false,
         }
     }
 
@@ -426,6 +455,7 @@ mod tests {
             invoked_ms: 10,
             completed_ms: 11,
             outcome: Outcome::Get { values: vec![b"zzz".to_vec()], context: Context::empty() },
+            duplicated: false,
         };
         let h = History { entries: vec![put(1, "a", &[], &[(1, 1)], 0, true), read] };
         let mut f = finals(s);

@@ -99,4 +99,13 @@ impl Store for SharedDisk {
     fn scan_hints(&self) -> Result<Vec<HintMeta>, Error> {
         self.0.borrow().current.scan_hints()
     }
+    fn put_purged(&mut self, key: &[u8], seen: &qkv_proto::Seen) -> Result<(), Error> {
+        self.0.borrow_mut().current.put_purged(key, seen)
+    }
+    fn delete_purged(&mut self, key: &[u8]) -> Result<(), Error> {
+        self.0.borrow_mut().current.delete_purged(key)
+    }
+    fn scan_purged(&self) -> Result<Vec<(Vec<u8>, qkv_proto::Seen)>, Error> {
+        self.0.borrow().current.scan_purged()
+    }
 }

@@ -66,6 +66,9 @@ pub struct Entry {
     pub completed_ms: u64,
     /// How it ended.
     pub outcome: Outcome,
+    /// The request may have reached nodes more than once (a duplicated message, a
+    /// client's failover): its answer speaks for one attempt only.
+    pub duplicated: bool,
 }
 
 impl Entry {

@@ -136,6 +136,7 @@ fn main() -> ExitCode {
     );
     let started = Instant::now();
     let (mut ops, mut msgs, mut lost, mut dups, mut cut) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut node_counts = [0u64; 4];
     let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
     let (mut bad_seeds, mut violations, mut writes, mut reads) = (0u64, 0usize, 0usize, 0usize);
     let (mut converge_ms, mut unconverged) = (Vec::<u64>::new(), 0u64);
@@ -165,6 +166,10 @@ fn main() -> ExitCode {
         lost += run.counters.lost;
         dups += run.counters.duplicated;
         cut += run.counters.partitioned;
+        node_counts[0] += run.counters.hints_redirected;
+        node_counts[1] += run.counters.hints_expired;
+        node_counts[2] += run.counters.tombstones_purged;
+        node_counts[3] += run.counters.key_full;
         for (k, v) in &run.counters.faults {
             *faults.entry(k).or_default() += v;
         }
@@ -228,6 +233,11 @@ fn main() -> ExitCode {
         a.n
     );
     println!("messages: {msgs} sent, {lost} lost, {dups} duplicated, {cut} dropped by partitions");
+    let [redirected, expired, purged, full] = node_counts;
+    println!(
+        "nodes: {purged} tombstones purged, {redirected} hints handed to another home replica, {expired} hints \
+         expired, {full} writes refused at the per-key limit"
+    );
     let f: Vec<String> = faults.iter().map(|(k, v)| format!("{v} {k}")).collect();
     println!("faults: {}", if f.is_empty() { "none".into() } else { f.join(", ") });
     converge_ms.sort_unstable();

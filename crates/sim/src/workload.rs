@@ -35,6 +35,10 @@ impl std::str::FromStr for Workload {
 }
 
 const MIXED_KEYS: usize = 6;
+/// The mixed workload's hot key: blind writes of large values, against the per-key limit.
+pub const HOT_KEY: &[u8] = b"hot";
+/// Its values are 4 to 24 KiB: a few blind ones fill the simulator's 96 KiB per-key limit.
+const HOT_VALUE_BYTES: std::ops::Range<usize> = 4096..24_576;
 const SET_KEYS: usize = 3;
 
 /// One client's memory.
@@ -68,23 +72,43 @@ impl ClientState {
     pub fn next(&mut self, id: u32, seq: u64, w: Workload, n: usize, rng: &mut StdRng) -> (Vec<u8>, OpKind, Request) {
         match w {
             Workload::Mixed => {
-                let key = format!("k{}", rng.random_range(0..MIXED_KEYS)).into_bytes();
+                let hot = rng.random_bool(0.1);
+                let key =
+                    if hot { HOT_KEY.to_vec() } else { format!("k{}", rng.random_range(0..MIXED_KEYS)).into_bytes() };
                 let strict = rng.random_bool(0.5);
                 let roll = rng.random_range(0..100);
+                if hot && roll >= 30 {
+                    // Mostly blind: siblings pile up until the limit refuses them, and a
+                    // write with a read's context resolves them.
+                    let mut value = format!("c{id}-{seq}:").into_bytes();
+                    value.resize(rng.random_range(HOT_VALUE_BYTES), b'.');
+                    let context = if rng.random_bool(0.3) {
+                        self.contexts.get(&key).cloned().unwrap_or_default()
+                    } else {
+                        Context::empty()
+                    };
+                    let wl = level(rng, n);
+                    let op = OpKind::Put { value: Some(value.clone()), context: context.clone(), w: wl, strict };
+                    return (key.clone(), op, put(key, Some(value), context, wl, strict, Some(rng.random())));
+                }
                 if roll < 45 {
                     let r = level(rng, n);
                     (key.clone(), OpKind::Get { r, strict }, get(key, r, strict))
                 } else {
                     // One write in ten is a delete.
                     let value = if roll >= 90 { None } else { Some(format!("c{id}-{seq}").into_bytes()) };
-                    let context = if value.is_none() || rng.random_bool(0.7) {
-                        self.contexts.get(&key).cloned().unwrap_or_default()
-                    } else {
-                        Context::empty()
+                    let context = match rng.random_range(0..100) {
+                        // Untrusted input: another key's context, or a forged one. Both are refused.
+                        0..3 => self.foreign_context(&key, rng),
+                        3..5 => forged(self.contexts.get(&key).cloned().unwrap_or_default(), rng),
+                        _ if value.is_none() || rng.random_bool(0.7) => {
+                            self.contexts.get(&key).cloned().unwrap_or_default()
+                        }
+                        _ => Context::empty(),
                     };
                     let wl = level(rng, n);
                     let op = OpKind::Put { value: value.clone(), context: context.clone(), w: wl, strict };
-                    (key.clone(), op, put(key, value, context, wl, strict))
+                    (key.clone(), op, put(key, value, context, wl, strict, Some(rng.random())))
                 }
             }
             Workload::Register => {
@@ -96,7 +120,7 @@ impl ClientState {
                     let value = Some(format!("c{id}-{seq}").into_bytes());
                     let op =
                         OpKind::Put { value: value.clone(), context: context.clone(), w: Level::Quorum, strict: true };
-                    (key.clone(), op, put(key, value, context, Level::Quorum, true))
+                    (key.clone(), op, put(key, value, context, Level::Quorum, true, Some(rng.random())))
                 }
             }
             Workload::Set => match self.pending_add.take() {
@@ -105,7 +129,7 @@ impl ClientState {
                     elements.insert(u64::from(id) * 1_000_000 + self.next_element);
                     let value = Some(encode_set(&elements));
                     let op = OpKind::Put { value: value.clone(), context: context.clone(), w: Level::Quorum, strict };
-                    (key.clone(), op, put(key, value, context, Level::Quorum, strict))
+                    (key.clone(), op, put(key, value, context, Level::Quorum, strict, Some(rng.random())))
                 }
                 None => {
                     let key = format!("set{}", rng.random_range(0..SET_KEYS)).into_bytes();
@@ -114,6 +138,16 @@ impl ClientState {
                 }
             },
         }
+    }
+
+    /// A context this client got for some other key (empty if it has none).
+    fn foreign_context(&self, key: &[u8], rng: &mut StdRng) -> Context {
+        let others: Vec<&Context> =
+            self.contexts.iter().filter(|(k, c)| k.as_slice() != key && !c.is_empty()).map(|(_, c)| c).collect();
+        if others.is_empty() {
+            return Context::empty();
+        }
+        others[rng.random_range(0..others.len())].clone()
     }
 
     /// Remember what an operation returned.
@@ -138,10 +172,35 @@ impl ClientState {
     }
 }
 
+/// A context with a forged clock: a counter raised far ahead (what a client would do to
+/// claim it saw everything), or invented actors; its MAC no longer matches.
+fn forged(mut c: Context, rng: &mut StdRng) -> Context {
+    if rng.random_bool(0.5) && !c.seen.vv.0.is_empty() {
+        for v in c.seen.vv.0.values_mut() {
+            *v = v.saturating_add(rng.random_range(1..1_000_000));
+        }
+    } else {
+        for _ in 0..rng.random_range(1..300) {
+            c.seen.vv.0.insert(rng.random(), rng.random_range(1..u64::MAX));
+        }
+        if c.mac.is_empty() {
+            c.mac = vec![0; 16];
+        }
+    }
+    c
+}
+
 fn get(key: Vec<u8>, r: Level, strict: bool) -> Request {
     Request::Get(GetRequest { key, r, strict, timeout_ms: None })
 }
 
-fn put(key: Vec<u8>, value: Option<Vec<u8>>, context: Context, w: Level, strict: bool) -> Request {
-    Request::Put(PutRequest { key, value, context, w, strict, timeout_ms: None, forwarded: false })
+fn put(
+    key: Vec<u8>,
+    value: Option<Vec<u8>>,
+    context: Context,
+    w: Level,
+    strict: bool,
+    write_id: Option<u64>,
+) -> Request {
+    Request::Put(PutRequest { key, value, context, w, strict, timeout_ms: None, forwarded: false, write_id })
 }

@@ -92,6 +92,26 @@ pub struct Counters {
     pub partitioned: u64,
     /// Faults injected, by kind.
     pub faults: BTreeMap<&'static str, u64>,
+    /// What the nodes counted, summed over every incarnation: hints handed to another
+    /// home replica, hints dropped past the grace, tombstones purged, writes refused
+    /// at the per-key limit.
+    pub hints_redirected: u64,
+    /// See `hints_redirected`.
+    pub hints_expired: u64,
+    /// See `hints_redirected`.
+    pub tombstones_purged: u64,
+    /// See `hints_redirected`.
+    pub key_full: u64,
+}
+
+impl Counters {
+    fn absorb(&mut self, core: &Core<SharedDisk>) {
+        let s = core.status();
+        self.hints_redirected += s.hints.redirected;
+        self.hints_expired += s.hints.expired;
+        self.tombstones_purged += s.aae.tombstones_purged;
+        self.key_full += s.key_limits.writes_refused;
+    }
 }
 
 /// The outcome of one run.
@@ -192,6 +212,7 @@ struct SimNode {
 
 struct InFlight {
     seq: u64,
+    write_id: Option<u64>,
     key: Vec<u8>,
     op: OpKind,
     invoked_ms: u64,
@@ -233,6 +254,8 @@ pub struct World {
     destroyed: BTreeSet<Dot>,
     wipes: Vec<(NodeId, u64)>,
     fault_log: Vec<(u64, String)>,
+    /// Write ids of puts some copy of which was duplicated on the way.
+    dup_writes: BTreeSet<u64>,
 }
 
 impl World {
@@ -281,6 +304,7 @@ impl World {
             destroyed: BTreeSet::new(),
             wipes: vec![],
             fault_log: vec![],
+            dup_writes: BTreeSet::new(),
         };
         for id in ids {
             w.start(id);
@@ -302,7 +326,12 @@ impl World {
             members: (1..=self.cfg.nodes as NodeId).map(|i| (i, format!("sim-{i}"))).collect(),
             n: self.cfg.n,
             vnodes: 16,
-            limits: Limits { key_bytes_max: 1024, value_bytes_max: 64 * 1024 },
+            limits: Limits {
+                key_bytes_max: 1024,
+                value_bytes_max: 64 * 1024,
+                key_siblings_max: 8,
+                key_state_bytes_max: 96 * 1024,
+            },
             hints: HintLimits::default(),
             request_timeout_ms: 1000,
             ping_interval_ms: 250,
@@ -404,7 +433,8 @@ impl World {
         let node = self.nodes.get_mut(&id).expect("node exists");
         // A killed `buffer` node keeps what reached the OS; a `sync` one is modelled harder:
         // it loses whatever was not synced, as if its power went with it.
-        if node.core.take().is_some() {
+        if let Some(core) = node.core.take() {
+            self.counters.absorb(&core);
             if !node.buffer {
                 node.disk.borrow_mut().crash();
             }
@@ -483,6 +513,12 @@ impl World {
             return;
         }
         let copies = if !self.reliable && self.rng.random_bool(self.cfg.dup) { 2 } else { 1 };
+        if copies > 1
+            && let Body::Req(Request::Put(p)) = &body
+            && let Some(id) = p.write_id
+        {
+            self.dup_writes.insert(id);
+        }
         self.counters.duplicated += copies - 1;
         let link = (from.host(), to.host());
         let base = match self.link_ms.get(&link) {
@@ -531,7 +567,11 @@ impl World {
         cl.seq += 1;
         let seq = cl.seq;
         let (key, op, req) = cl.state.next(c, seq, self.cfg.workload, self.cfg.n, &mut self.rng);
-        cl.inflight = Some(InFlight { seq, key, op, invoked_ms: self.now });
+        let write_id = match &req {
+            Request::Put(p) => p.write_id,
+            _ => None,
+        };
+        cl.inflight = Some(InFlight { seq, write_id, key, op, invoked_ms: self.now });
         self.counters.ops += 1;
         let node = self.rng.random_range(1..=self.cfg.nodes as NodeId);
         self.send(Addr::Client(c), Addr::Node(node, 0), seq, Body::Req(req));
@@ -562,6 +602,7 @@ impl World {
             invoked_ms: f.invoked_ms,
             completed_ms: self.now,
             outcome,
+            duplicated: f.write_id.is_some_and(|id| self.dup_writes.contains(&id)),
         });
         if more {
             let think = self.rng.random_range(0..10);
@@ -789,6 +830,11 @@ impl World {
         }
 
         let finals = keys.into_iter().map(|key| (key.clone(), self.final_key(&key))).collect();
+        for n in self.nodes.values() {
+            if let Some(core) = &n.core {
+                self.counters.absorb(core);
+            }
+        }
         Run {
             history: self.history,
             finals,

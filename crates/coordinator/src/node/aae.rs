@@ -27,15 +27,16 @@
 //! arriving late (a replica or hint that missed the delete) is dropped, not
 //! resurrected.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
-use qkv_proto::{AaeCompared, AaePair, AaeStatus, DvvSet, Error, KeyDigest, KeyState, NodeId, Request, Response};
+use qkv_proto::{AaeCompared, AaePair, AaeStatus, DvvSet, Error, KeyDigest, KeyState, NodeId, Request, Response, Seen};
 
 use super::{Core, Op, OpId, Store, unexpected};
 use crate::aae::{RangeId, Trees, digest};
 use crate::hints::BATCH_KEYS_MAX;
 use crate::pace::Bucket;
 use crate::ring::{Ring, token};
+use crate::tombstones::{PurgeRecords, TombstoneIndex};
 
 /// Anti-entropy settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +51,8 @@ pub struct AaeConfig {
     pub bytes_per_s: u64,
     /// How long a tombstone is kept after every home replica is known to hold it.
     pub tombstone_grace_ms: u64,
+    /// Tombstones purged per GC round (one a second), at most.
+    pub gc_batch: usize,
 }
 
 impl Default for AaeConfig {
@@ -60,6 +63,7 @@ impl Default for AaeConfig {
             keys_per_s: 1_000,
             bytes_per_s: 2 << 20,
             tombstone_grace_ms: 4 * 3600 * 1000,
+            gc_batch: GC_BATCH,
         }
     }
 }
@@ -82,10 +86,12 @@ const PUSH_BYTES_MAX: usize = 1 << 20;
 /// A group answered "more" this many rounds in a row without moving a state: give up.
 const REPEATS_MAX: u32 = 64;
 const GC_INTERVAL_MS: u64 = 1_000;
-/// Tombstones checked per GC round.
-const GC_BATCH: usize = 10_000;
-/// Purged keys remembered, at most.
-const PURGED_MAX: usize = 100_000;
+/// Default for [`AaeConfig::gc_batch`].
+pub const GC_BATCH: usize = 10_000;
+/// Purge records kept, at most (see [`crate::tombstones`]: when full, GC waits).
+pub const PURGED_MAX: usize = 100_000;
+/// Tombstones indexed in memory, at most (past that, found again by a rescan).
+pub const TOMBSTONE_INDEX_MAX: usize = 1 << 20;
 const SCAN_PAGE: usize = 4096;
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -133,11 +139,12 @@ pub(super) struct AaeState {
     next_gc_ms: u64,
     peer_turn: usize,
     pairs: BTreeMap<(RangeId, NodeId), Pair>,
-    /// Tombstone-only keys → when they last changed.
-    tombstones: HashMap<Vec<u8>, u64>,
-    /// Purged keys → the clock of the purged tombstone, until it expires.
-    purged: HashMap<Vec<u8>, qkv_proto::VersionVector>,
-    purged_order: VecDeque<(u64, Vec<u8>)>,
+    /// Tombstone-only keys, by range and since when.
+    tombstones: TombstoneIndex,
+    /// Where a rescan for tombstones left out of a full index stands.
+    rescan: Option<(u64, Vec<u8>)>,
+    /// What purged tombstones had seen, for a grace period.
+    purged: PurgeRecords,
     keys: Bucket,
     bytes: Bucket,
     exchanges: u64,
@@ -160,9 +167,9 @@ impl AaeState {
             next_gc_ms: now_ms + GC_INTERVAL_MS,
             peer_turn: me as usize,
             pairs: BTreeMap::new(),
-            tombstones: HashMap::new(),
-            purged: HashMap::new(),
-            purged_order: VecDeque::new(),
+            tombstones: TombstoneIndex::new(TOMBSTONE_INDEX_MAX),
+            rescan: None,
+            purged: PurgeRecords::new(PURGED_MAX),
             keys: Bucket::new(cfg.keys_per_s.max(1), now_ms),
             bytes: Bucket::new(cfg.bytes_per_s.max(1), now_ms),
             exchanges: 0,
@@ -176,10 +183,12 @@ impl AaeState {
 
     /// A key's stored state changed from the one of digest `old` to `new` (`None`: absent).
     pub(super) fn on_write(&mut self, ring: &Ring, key: &[u8], old: Option<u64>, new: Option<&DvvSet>, now: u64) {
-        self.trees.update(ring, token(key), old, new.map(|n| digest(key, n)));
+        let tok = token(key);
+        self.trees.update(ring, tok, old, new.map(|n| digest(key, n)));
         match new {
             Some(n) if n.is_deleted() => {
-                self.tombstones.insert(key.to_vec(), now);
+                let range = self.trees.range_of(ring, tok);
+                self.tombstones.insert(range, key, now);
             }
             _ if !self.tombstones.is_empty() => {
                 self.tombstones.remove(key);
@@ -188,29 +197,25 @@ impl AaeState {
         }
     }
 
-    /// True when `incoming` is no newer than a tombstone this node purged for `key`.
-    pub(super) fn purged_covers(&self, key: &[u8], incoming: &DvvSet) -> bool {
-        self.purged.get(key).is_some_and(|c| incoming.clock().0.iter().all(|(&a, &n)| c.get(a) >= n))
+    /// `incoming` without the values a tombstone this node purged for `key` had
+    /// deleted (`None`: nothing to strip). See [`crate::tombstones`].
+    pub(super) fn strip_purged(&self, key: &[u8], incoming: &DvvSet) -> Option<DvvSet> {
+        self.purged.strip(key, incoming)
     }
 
-    fn remember_purged(&mut self, key: Vec<u8>, clock: qkv_proto::VersionVector, now: u64) {
-        while self.purged.len() >= PURGED_MAX {
-            let Some((_, k)) = self.purged_order.pop_front() else { break };
-            self.purged.remove(&k);
-        }
-        self.purged_order.push_back((now + self.cfg.tombstone_grace_ms, key.clone()));
-        self.purged.insert(key, clock);
+    /// The tombstone grace, ms.
+    pub(super) fn grace_ms(&self) -> u64 {
+        self.cfg.tombstone_grace_ms
     }
 
-    fn expire_purged(&mut self, now: u64) {
-        while let Some((at, _)) = self.purged_order.front() {
-            if *at > now {
-                break;
-            }
-            if let Some((_, k)) = self.purged_order.pop_front() {
-                self.purged.remove(&k);
-            }
-        }
+    /// Whether anti-entropy (and so tombstone GC) runs.
+    pub(super) fn enabled(&self) -> bool {
+        self.cfg.enabled
+    }
+
+    /// A purge record read back at start: kept one grace period from now.
+    pub(super) fn load_purged(&mut self, key: &[u8], seen: Seen, now: u64) {
+        self.purged.insert(key, seen, now + self.cfg.tombstone_grace_ms);
     }
 
     pub(super) fn next_wakeup_ms(&self) -> u64 {
@@ -255,6 +260,8 @@ impl AaeState {
             keys_exchanged: self.keys_exchanged,
             bytes_exchanged: self.bytes_exchanged,
             tombstones_pending: self.tombstones.len() as u64,
+            tombstones_index_incomplete: self.tombstones.incomplete() || self.rescan.is_some(),
+            purge_records: self.purged.len() as u64,
             tombstones_purged: self.tombstones_purged,
             ..AaeStatus::default()
         };
@@ -726,50 +733,103 @@ impl<S: Store> Core<S> {
     }
 
     /// Purge tombstones every other home replica is known to hold, past the grace delay.
+    ///
+    /// Per range, the tombstones written before the oldest last exchange with the
+    /// range's other home replicas started (see [`crate::tombstones`]); a range that
+    /// cannot be confirmed blocks only its own. Each purge is recorded (durably, with
+    /// the purge) before the tombstone goes; with the records full, GC waits.
     fn gc_tombstones(&mut self) {
         let now = self.now_ms;
-        self.aae.expire_purged(now);
+        for key in self.aae.purged.expire(now) {
+            if let Err(e) = self.store.delete_purged(&key) {
+                tracing::warn!("forgetting a purge record: {e}");
+            }
+        }
+        self.rescan_tombstones();
         let grace = self.aae.cfg.tombstone_grace_ms;
-        let due: Vec<(Vec<u8>, u64)> = self
-            .aae
-            .tombstones
-            .iter()
-            .filter(|(_, since)| **since + grace <= now)
-            .take(GC_BATCH)
-            .map(|(k, s)| (k.clone(), *s))
-            .collect();
+        let me = self.cfg.me;
+        let unconfirmed = self.cfg.bugs.gc_unconfirmed;
+        let (trees, pairs) = (&self.aae.trees, &self.aae.pairs);
+        let confirmed = |range: RangeId| -> Option<u64> {
+            if unconfirmed {
+                return Some(u64::MAX);
+            }
+            let home = trees.home(range);
+            if home.is_empty() {
+                return None;
+            }
+            home.iter()
+                .filter(|&&p| p != me)
+                .map(|&p| pairs.get(&(range, p)).and_then(|x| x.synced_from_ms))
+                .try_fold(u64::MAX, |m, from| from.map(|f| m.min(f)))
+        };
+        let due = self.aae.tombstones.purgeable(now.saturating_sub(grace), self.aae.cfg.gc_batch.max(1), confirmed);
         let mut purged = false;
-        for (key, since) in due {
-            let range = self.aae.trees.range_of(&self.ring, token(&key));
-            let home = self.aae.trees.home(range);
-            let held_by_all = !home.is_empty()
-                && home.iter().filter(|&&p| p != self.cfg.me).all(|&p| {
-                    self.aae.pairs.get(&(range, p)).and_then(|x| x.synced_from_ms).is_some_and(|from| from > since)
-                });
-            if !held_by_all && !self.cfg.bugs.gc_unconfirmed {
-                continue;
+        for key in due {
+            if self.aae.purged.is_full() && !unconfirmed {
+                break;
             }
             match self.store.get(&key) {
                 Ok(Some(set)) if set.is_deleted() => {
+                    if !unconfirmed {
+                        if let Err(e) = self.store.put_purged(&key, &set.seen()) {
+                            tracing::warn!("recording a purge: {e}");
+                            continue;
+                        }
+                        self.aae.purged.insert(&key, set.seen(), now + grace);
+                    }
                     if let Err(e) = self.store.delete(&key) {
                         tracing::warn!("purging a tombstone: {e}");
                         continue;
                     }
                     self.aae.on_write(&self.ring, &key, Some(digest(&key, &set)), None, now);
-                    if !self.cfg.bugs.gc_unconfirmed {
-                        self.aae.remember_purged(key, set.clock().clone(), now);
-                    }
+                    self.aae.tombstones.remove(&key);
                     self.aae.tombstones_purged += 1;
                     purged = true;
                 }
-                Ok(_) => {
-                    self.aae.tombstones.remove(&key);
-                }
+                Ok(_) => self.aae.tombstones.remove(&key),
                 Err(e) => tracing::warn!("reading a tombstone: {e}"),
             }
         }
         if purged {
             self.flush_unawaited();
         }
+    }
+
+    /// The index left tombstones out when it was full: once it has room, look for
+    /// them in the store again, one page per GC round.
+    fn rescan_tombstones(&mut self) {
+        if self.aae.rescan.is_none() && self.aae.tombstones.wants_rescan() {
+            self.aae.tombstones.rescan_started();
+            self.aae.rescan = Some((0, vec![]));
+        }
+        let Some((tok, key)) = self.aae.rescan.take() else { return };
+        let page = match self.store.scan((tok, &key), u64::MAX, SCAN_PAGE) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("rescanning for tombstones: {e}");
+                self.aae.rescan = Some((tok, key));
+                return;
+            }
+        };
+        let now = self.now_ms;
+        let full = page.len() == SCAN_PAGE;
+        let mut next = None;
+        for (k, set) in page {
+            let t = token(&k);
+            if set.is_deleted() {
+                let range = self.aae.trees.range_of(&self.ring, t);
+                self.aae.tombstones.insert_if_absent(range, &k, now);
+            }
+            next = Some((t, k));
+        }
+        // Resume just after the last key seen.
+        self.aae.rescan = match next {
+            Some((t, mut k)) if full => {
+                k.push(0);
+                Some((t, k))
+            }
+            _ => None,
+        };
     }
 }

@@ -1,16 +1,30 @@
 //! Hinted handoff: push held hints to their owners when they are up, in paced
 //! batches; delete a hint only once its owner acknowledged it durably, and only
 //! if it did not change while the batch was in flight.
+//!
+//! Hints age. A tombstone is purged no sooner than one grace period after the
+//! delete, so a hint applied within one grace period of its write can never bring
+//! back a value deleted after it. So a hint whose owner stays down past half the
+//! grace goes to another home replica of its key that is up (anti-entropy brings
+//! the owner up to date when it returns), and a hint older than the grace is
+//! dropped, counted and logged: its write survives only where it reached a home
+//! replica (all of them down for half the grace, with sloppy W met by stand-ins
+//! alone, is the case it does not). Without anti-entropy nothing is purged, and
+//! hints wait for their owner however long it takes.
 
 use qkv_proto::{Error, KeyState, Request, Response};
+
+use qkv_proto::NodeId;
 
 use super::{Core, HANDOFF_TIMEOUT_MS, Op, OpId, Store};
 use crate::hints::hint_bytes;
 
 impl<S: Store> Core<S> {
     pub(super) fn handoff_round(&mut self) {
+        self.expire_hints();
         for owner in self.hints.ready_owners() {
             if !self.is_up(owner) {
+                self.redirect_hints(owner);
                 continue;
             }
             let keys = self.hints.next_batch(owner, self.now_ms);
@@ -29,13 +43,79 @@ impl<S: Store> Core<S> {
             }
             let batch = items.iter().map(|(key, set)| KeyState { key: key.clone(), set: set.clone() }).collect();
             let op = self.id();
-            self.ops.insert(op, Op::Handoff { owner, items });
+            self.ops.insert(op, Op::Handoff { owner, redirected: false, items });
             self.send(op, owner, Request::ReplicaPutBatch { items: batch }, HANDOFF_TIMEOUT_MS);
         }
     }
 
+    /// Drop hints older than the tombstone grace (see the module docs).
+    fn expire_hints(&mut self) {
+        if !self.aae.enabled() {
+            // No tombstone is ever purged, so no hint can bring a deleted value back.
+            return;
+        }
+        let Some(cutoff) = self.wall_ms().checked_sub(self.aae.grace_ms()) else { return };
+        for owner in self.hints.owners_held() {
+            for key in self.hints.older_than(owner, cutoff, crate::hints::BATCH_KEYS_MAX) {
+                if let Err(e) = self.store.delete_hint(owner, &key) {
+                    tracing::warn!(owner, "dropping an expired hint: {e}");
+                    continue;
+                }
+                tracing::warn!(
+                    owner,
+                    key = %String::from_utf8_lossy(&key[..key.len().min(64)]),
+                    "dropped a hint older than the tombstone grace: its owner and the key's other home \
+                     replicas were down all that time"
+                );
+                self.hints.remove(owner, &key);
+                self.hints.expired += 1;
+            }
+        }
+    }
+
+    /// Hints for `owner`, down, older than half the grace: to another home replica of
+    /// their key that is up, one batch (one target) at a time.
+    fn redirect_hints(&mut self, owner: NodeId) {
+        if !self.aae.enabled() {
+            // Only anti-entropy would bring the owner the redirected write.
+            return;
+        }
+        let half = self.aae.grace_ms() / 2;
+        let Some(cutoff) = self.wall_ms().checked_sub(half) else { return };
+        let me = self.cfg.me;
+        let mut target = None;
+        let mut items = vec![];
+        let mut bytes = 0u64;
+        for key in self.hints.older_than(owner, cutoff, crate::hints::BATCH_KEYS_MAX) {
+            let to = self.ring.preference_list(&key).iter().copied().find(|&n| n != owner && n != me && self.is_up(n));
+            let Some(to) = to else { continue };
+            if *target.get_or_insert(to) != to {
+                continue;
+            }
+            match self.store.get_hint(owner, &key) {
+                Ok(Some(h)) => {
+                    bytes += hint_bytes(&key, h.set.value_bytes());
+                    items.push((key, h.set));
+                }
+                Ok(None) => self.hints.remove(owner, &key),
+                Err(e) => tracing::warn!(owner, "reading a hint: {e}"),
+            }
+            if bytes >= self.hints.limits().batch_bytes_max {
+                break;
+            }
+        }
+        let Some(to) = target else { return };
+        if items.is_empty() || !self.hints.start_batch(owner, bytes, self.now_ms) {
+            return;
+        }
+        let batch = items.iter().map(|(key, set)| KeyState { key: key.clone(), set: set.clone() }).collect();
+        let op = self.id();
+        self.ops.insert(op, Op::Handoff { owner, redirected: true, items });
+        self.send(op, to, Request::ReplicaPutBatch { items: batch }, HANDOFF_TIMEOUT_MS);
+    }
+
     pub(super) fn handoff_response(&mut self, op_id: OpId, result: Result<Response, Error>) {
-        let Some(Op::Handoff { owner, items }) = self.ops.remove(&op_id) else { return };
+        let Some(Op::Handoff { owner, redirected, items }) = self.ops.remove(&op_id) else { return };
         let (mut delivered, mut bytes) = (0u64, 0u64);
         if matches!(result, Ok(Response::ReplicaAck)) {
             for (key, sent) in items {
@@ -55,6 +135,9 @@ impl<S: Store> Core<S> {
             }
         } else if let Err(e) | Ok(Response::Error(e)) = result {
             tracing::debug!(owner, "handoff batch failed: {e}");
+        }
+        if redirected {
+            self.hints.redirected += delivered;
         }
         self.hints.batch_done(owner, delivered, bytes, self.now_ms);
     }

@@ -36,8 +36,8 @@ mod write;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use qkv_proto::{
-    Actor, Context, Dot, DvvSet, Error, HintStatus, MemberStatus, NodeId, Request, Response, RingReply, Secret, Seen,
-    StatusReply,
+    Actor, Context, Dot, DvvSet, Error, HintStatus, KeyLimitStatus, MemberStatus, NodeId, Request, Response, RingReply,
+    Secret, Seen, StatusReply,
 };
 
 use crate::aae::digest;
@@ -112,6 +112,13 @@ pub trait Store {
     fn delete_hint(&mut self, owner: NodeId, key: &[u8]) -> Result<(), Error>;
     /// Every hint's identity and size (read once, at start).
     fn scan_hints(&self) -> Result<Vec<HintMeta>, Error>;
+    /// Record that `key`'s tombstone was purged, with everything it had seen. Durable
+    /// only after the next completed `Flush` (the purge itself is, too).
+    fn put_purged(&mut self, key: &[u8], seen: &Seen) -> Result<(), Error>;
+    /// Forget a purge record (expired).
+    fn delete_purged(&mut self, key: &[u8]) -> Result<(), Error>;
+    /// Every purge record (read once, at start).
+    fn scan_purged(&self) -> Result<Vec<(Vec<u8>, Seen)>, Error>;
 }
 
 /// Deliberate bugs, so the simulator can show its checker catches them. All off by
@@ -219,6 +226,10 @@ pub enum Output {
 pub struct Stats {
     /// Read repairs acknowledged by the stale replica.
     pub read_repairs: u64,
+    /// Client writes refused at the per-key limit.
+    pub key_writes_refused: u64,
+    /// Replica merges refused at twice the per-key limit.
+    pub key_merges_refused: u64,
 }
 
 type OpId = u64;
@@ -276,7 +287,9 @@ enum Op {
     /// A ping in flight.
     Ping { to: NodeId },
     /// A handoff batch in flight: the states sent, to delete if still unchanged on ack.
-    Handoff { owner: NodeId, items: Vec<(Vec<u8>, DvvSet)> },
+    /// A handoff batch of hints for `owner`: sent to it, or (`redirected`) to another
+    /// home replica of the keys while it stays down.
+    Handoff { owner: NodeId, redirected: bool, items: Vec<(Vec<u8>, DvvSet)> },
     /// The anti-entropy exchange this node started (its state is in `Core::aae`).
     Aae,
     /// An answered write whose remaining replica acks still count for its lag.
@@ -316,6 +329,49 @@ pub struct Core<S> {
     lease_syncs: HashMap<u64, u64>,
     /// Client writes waiting for the lease's sync before they mint a dot.
     lease_waiters: VecDeque<(ReqId, qkv_proto::PutRequest)>,
+    /// Writes this node coordinated recently, by write id: a retry that arrives after
+    /// its write was overwritten is answered with it instead of writing it again.
+    recent_writes: RecentWrites,
+}
+
+/// Write ids this node minted a dot for, with a hash of the key and the dot; at most
+/// [`RECENT_WRITES_MAX`], none older than [`RECENT_WRITES_MS`] (past any retry's
+/// deadline). Kept in memory only: a retry that reaches a coordinator which restarted
+/// since, after its write was overwritten, is written again (as a sibling: nothing is lost).
+#[derive(Default)]
+struct RecentWrites {
+    by_id: HashMap<u64, (u64, Dot)>,
+    order: VecDeque<(u64, u64)>,
+}
+
+/// Most write ids remembered.
+pub const RECENT_WRITES_MAX: usize = 65_536;
+/// How long a write id is remembered, ms.
+pub const RECENT_WRITES_MS: u64 = 10 * 60 * 1000;
+
+impl RecentWrites {
+    fn key_hash(key: &[u8]) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        h.finish()
+    }
+
+    fn insert(&mut self, now_ms: u64, id: u64, key: &[u8], dot: Dot) {
+        while self.order.len() >= RECENT_WRITES_MAX
+            || self.order.front().is_some_and(|&(at, _)| at + RECENT_WRITES_MS < now_ms)
+        {
+            let Some((_, old)) = self.order.pop_front() else { break };
+            self.by_id.remove(&old);
+        }
+        if self.by_id.insert(id, (Self::key_hash(key), dot)).is_none() {
+            self.order.push_back((now_ms, id));
+        }
+    }
+
+    fn get(&self, id: u64, key: &[u8]) -> Option<Dot> {
+        self.by_id.get(&id).filter(|(k, _)| *k == Self::key_hash(key)).map(|(_, d)| *d)
+    }
 }
 
 /// Most writes waiting for a counter lease's sync.
@@ -341,7 +397,10 @@ impl<S: Store> Core<S> {
         for h in store.scan_hints()? {
             hints.record(h.owner, &h.key, h.bytes, h.created_ms);
         }
-        let aae = aae::AaeState::new(cfg.aae, &ring, cfg.me, now_ms);
+        let mut aae = aae::AaeState::new(cfg.aae, &ring, cfg.me, now_ms);
+        for (key, seen) in store.scan_purged()? {
+            aae.load_purged(&key, seen, now_ms);
+        }
         let counter = store.counter_lease()?;
         let actor = qkv_proto::actor(cfg.me, cfg.epoch);
         let mut core = Core {
@@ -371,6 +430,7 @@ impl<S: Store> Core<S> {
             lease_durable: counter,
             lease_syncs: HashMap::new(),
             lease_waiters: VecDeque::new(),
+            recent_writes: RecentWrites::default(),
         };
         core.load_trees()?;
         Ok(core)
@@ -498,10 +558,19 @@ impl<S: Store> Core<S> {
     /// anti-entropy) into this node's; true when the stored state changed.
     fn merge_in(&mut self, key: &[u8], incoming: &DvvSet) -> Result<bool, Error> {
         let local = self.store.get(key)?;
-        let Some(new) = replica::merge(local.as_ref(), incoming)? else { return Ok(false) };
-        if local.is_none() && self.aae.purged_covers(key, incoming) {
-            // Older than a tombstone this node purged: taking it back would resurrect it.
+        if !incoming.is_valid() {
+            return Err(Error::BadRequest("invalid version vector set".into()));
+        }
+        // Values a tombstone this node purged had deleted: taking them back would resurrect them.
+        let stripped = self.aae.strip_purged(key, incoming);
+        let incoming = stripped.as_ref().unwrap_or(incoming);
+        if local.is_none() && incoming.siblings().is_empty() {
             return Ok(false);
+        }
+        let Some(new) = replica::merge(local.as_ref(), incoming)? else { return Ok(false) };
+        if let Err(e) = self.cfg.limits.check_merged(replica::footprint(local.as_ref()), &new) {
+            self.stats.key_merges_refused += 1;
+            return Err(e);
         }
         self.put_data(key, local.as_ref().map(|l| digest(key, l)), &new)?;
         Ok(true)
@@ -515,10 +584,26 @@ impl<S: Store> Core<S> {
         key: &[u8],
         seen: &Seen,
         value: Option<Vec<u8>>,
+        write_id: Option<u64>,
     ) -> Result<(DvvSet, Context, Dot), Error> {
         let local = self.store.get(key)?;
         let old = local.as_ref().map(|l| digest(key, l));
-        let (set, mut back, dot) = replica::coordinate(local, seen, value, self.actor, self.counter);
+        // A retry of a write this node took, since overwritten by a writer who saw it:
+        // answer with it (and replicate the state that covers it), write nothing.
+        if let Some(l) = &local
+            && let Some(dot) = write_id.and_then(|id| self.recent_writes.get(id, key))
+            && l.find_write(write_id.unwrap_or_default()).is_none()
+            && l.covers_dot(dot)
+        {
+            let back = replica::retried(l, seen, dot);
+            return Ok((l.clone(), Context::issue(&self.cfg.secret, key, back), dot));
+        }
+        let before = replica::footprint(local.as_ref());
+        let (set, mut back, dot) = replica::coordinate(local, seen, value, self.actor, self.counter, write_id);
+        if let Err(e) = self.cfg.limits.check_write(before, &set) {
+            self.stats.key_writes_refused += 1;
+            return Err(e);
+        }
         if self.cfg.bugs.vv_context {
             back = replica::vv_context(seen, dot);
         }
@@ -531,6 +616,9 @@ impl<S: Store> Core<S> {
             self.lease_durable = self.counter_lease;
         }
         self.put_data(key, old, &set)?;
+        if let Some(id) = write_id {
+            self.recent_writes.insert(self.now_ms, id, key, dot);
+        }
         Ok((set, Context::issue(&self.cfg.secret, key, back), dot))
     }
 
@@ -721,11 +809,19 @@ impl<S: Store> Core<S> {
                 bytes,
                 refused: self.hints.refused,
                 handed_off: self.hints.handed_off,
+                redirected: self.hints.redirected,
+                expired: self.hints.expired,
                 bytes_max: limits.total_bytes_max,
                 owner_bytes_max: limits.owner_bytes_max,
                 owners: self.hints.report(self.now_ms, self.wall_ms(), |o| self.is_up(o)),
             },
             aae: self.aae.status(self.now_ms),
+            key_limits: KeyLimitStatus {
+                siblings_max: self.cfg.limits.key_siblings_max as u64,
+                bytes_max: self.cfg.limits.key_state_bytes_max as u64,
+                writes_refused: self.stats.key_writes_refused,
+                merges_refused: self.stats.key_merges_refused,
+            },
         }
     }
 

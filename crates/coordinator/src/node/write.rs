@@ -52,7 +52,7 @@ impl<S: Store> Core<S> {
             self.lease_waiters.push_back((req, p));
             return Ok(None);
         }
-        let (set, ctx, dot) = self.coordinate_write(&p.key, &seen, p.value)?;
+        let (set, ctx, dot) = self.coordinate_write(&p.key, &seen, p.value, p.write_id)?;
         let op = self.id();
         debug_assert!(dot.counter <= self.lease_durable, "no dot above the durable lease");
         let pending = PendingPut { req, key: p.key, set, ctx, dot, needed, timeout_ms, strict };

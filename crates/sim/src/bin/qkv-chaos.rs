@@ -448,6 +448,8 @@ async fn drive(dir: PathBuf, duration: u64, clients: u32, seed: u64) -> anyhow::
                     invoked_ms,
                     completed_ms,
                     outcome,
+                    // The client fails over between nodes, so any request may have been tried twice.
+                    duplicated: true,
                 });
                 tokio::time::sleep(Duration::from_millis(rng.random_range(0..20))).await;
             }
