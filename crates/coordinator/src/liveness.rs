@@ -16,7 +16,10 @@
 //!
 //! The incarnation is the node's boot count, persisted by the driver: after a
 //! restart the counter starts again at 0, and the higher incarnation makes the
-//! new heartbeats win over the old ones.
+//! new heartbeats win over the old ones. A node that hears of itself with a
+//! heartbeat at least as new as its own (a wiped disk lost the boot count, and the
+//! wall-clock floor is behind the old one) refutes it, as SWIM does: it takes an
+//! incarnation above the one gossiped, so its own heartbeats win again.
 
 use std::collections::BTreeMap;
 
@@ -91,6 +94,12 @@ impl Detector {
     /// Merge gossip received from anyone.
     pub fn merge(&mut self, gossip: &[Heartbeat], now_ms: u64) {
         for h in gossip {
+            if h.node == self.me {
+                if (h.incarnation, h.counter) >= self.own {
+                    self.own = (h.incarnation.saturating_add(1), 0);
+                }
+                continue;
+            }
             if let Some(p) = self.peers.get_mut(&h.node)
                 && (h.incarnation, h.counter) > p.beat
             {
@@ -172,6 +181,27 @@ mod tests {
         assert_eq!(d.update(10), vec![(2, false)]);
         d.on_reachable(2);
         assert_eq!(d.update(20), vec![(2, true)]);
+    }
+
+    #[test]
+    fn a_node_that_hears_a_newer_heartbeat_of_itself_refutes_it() {
+        // Node 2 restarted on a wiped disk with a lower incarnation than its last run's.
+        let mut peer = Detector::new(1, 1, [1, 2], 1000, 0);
+        peer.merge(&[hb(2, 500, 40)], 100);
+        let mut me = Detector::new(2, 300, [1, 2], 1000, 200);
+        me.beat();
+        assert!(peer.gossip().contains(&hb(2, 500, 40)));
+        me.merge(&peer.gossip(), 300);
+        me.beat();
+        let own = me.gossip()[0];
+        assert!((own.incarnation, own.counter) > (500, 40), "{own:?}");
+        peer.merge(&me.gossip(), 2000);
+        peer.update(2000);
+        assert!(peer.is_up(2), "its heartbeats win again");
+        // Its own older gossip changes nothing.
+        let before = me.gossip()[0];
+        me.merge(&[hb(2, 1, 1)], 2100);
+        assert_eq!(me.gossip()[0], before);
     }
 
     #[test]

@@ -753,3 +753,28 @@ fn a_retried_write_is_one_sibling_on_one_coordinator_and_on_two() {
     c.call(1, put_id("i", "same", Level::All, 2)).unwrap();
     assert_eq!(values(&c.call(2, get("i", Level::All)).unwrap()).len(), 2);
 }
+
+/// Issue 10, point 8: a home replica answering an inspect with the wrong kind of
+/// answer (hints) neither underflows a counter nor leaves the inspect hanging.
+#[test]
+fn an_inspect_survives_a_misbehaving_peer_and_has_a_deadline() {
+    let mut c = Cluster::new(3, 3);
+    let core = c.cores.get_mut(&1).unwrap();
+    core.handle_request(0, 9000, Request::Inspect { key: b"k".to_vec() });
+    let mut asked = vec![];
+    while let Some(o) = core.poll_output() {
+        if let Output::Send { rpc, to, .. } = o {
+            asked.push((rpc, to));
+        }
+    }
+    assert_eq!(asked.len(), 2, "the two other home replicas");
+    // Node 2 answers with hints it was never asked for; node 3 never answers.
+    let (rpc, _) = asked.iter().find(|(_, to)| *to == 2).copied().unwrap();
+    core.handle_response(1, rpc, Ok(Response::Hints(vec![])));
+    c.drain(1);
+    assert!(!c.replies.contains_key(&(1, 9000)), "still waiting for node 3");
+    c.hung.insert(3);
+    c.advance(5_000);
+    let Some(Response::Inspect(ins)) = c.replies.remove(&(1, 9000)) else { panic!("no answer by the deadline") };
+    assert!(ins.replicas.iter().filter(|r| r.0 != 1).all(|r| r.1.is_err()), "{ins:?}");
+}

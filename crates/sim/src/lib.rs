@@ -33,6 +33,13 @@ pub fn run_seed(seed: u64, cfg: &SimConfig) -> (Run, Report) {
         destroyed: &run.destroyed,
         wipes: &run.wipes,
     };
-    let report = checker::check(&run.history, &facts);
+    let mut report = checker::check(&run.history, &facts);
+    for &(observer, peer) in &run.stuck_down {
+        report.violations.push(Violation {
+            kind: "peer stuck down",
+            key: vec![],
+            detail: format!("after healing, node {observer} still sees node {peer} down though both run"),
+        });
+    }
     (run, report)
 }

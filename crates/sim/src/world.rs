@@ -132,6 +132,9 @@ pub struct Run {
     pub converged_after_ms: Option<u64>,
     /// The faults as they happened: (time ms, what), for a replay's trace.
     pub fault_log: Vec<(u64, String)>,
+    /// After healing, (observer, peer) pairs where a running node still saw a
+    /// running peer down at the deadline.
+    pub stuck_down: Vec<(NodeId, NodeId)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -204,6 +207,10 @@ struct SimNode {
     wall_skew_ms: i64,
     /// The epoch of the node's current disk; a wipe draws a new one.
     epoch: u32,
+    /// The boot count the disk holds, as `qkv-node` keeps it: each start takes
+    /// `max(boot + 1, wall clock ms)`, so a wiped disk whose wall clock runs behind
+    /// starts below its last run's incarnation (the detector must cope).
+    boot: u64,
     /// Persist policy `buffer`: a write is acked once in the OS buffer, which a killed
     /// process keeps and a power loss drops; only a sync flush (a counter lease) or the
     /// start (the store is synced when opened) makes it durable. Otherwise `sync`.
@@ -277,6 +284,7 @@ impl World {
                     mono_offset: rng.random_range(0..1_000_000_000),
                     wall_skew_ms: rng.random_range(-60_000..=60_000),
                     epoch: rng.random_range(1..=u32::MAX),
+                    boot: 0,
                     buffer: rng.random_bool(cfg.buffer),
                 };
                 (id, node)
@@ -349,12 +357,14 @@ impl World {
 
     fn start(&mut self, id: NodeId) {
         let inc = self.nodes[&id].inc + 1;
-        let cfg = self.core_config(id, inc);
+        let wall = (WALL_EPOCH_MS + self.now).saturating_add_signed(self.nodes[&id].wall_skew_ms);
+        let boot = (self.nodes[&id].boot + 1).max(wall);
+        let cfg = self.core_config(id, boot);
         let mono = self.mono(id);
         let node = self.nodes.get_mut(&id).expect("node exists");
+        node.boot = boot;
         // Opening the store syncs it (fjall's recovery, then `persist`).
         node.disk.borrow_mut().sync();
-        let wall = (WALL_EPOCH_MS + self.now).saturating_add_signed(node.wall_skew_ms);
         let core = Core::new(cfg, SharedDisk(node.disk.clone()), mono, wall).expect("a sim node starts");
         node.core = Some(core);
         node.inc = inc;
@@ -397,6 +407,7 @@ impl World {
         let node = self.nodes.get_mut(&id).expect("node exists");
         node.disk.borrow_mut().wipe();
         node.epoch = self.rng.random_range(1..=u32::MAX);
+        node.boot = 0;
     }
 
     /// Every node loses power: `buffer` nodes lose what was acked but never synced. Note
@@ -829,6 +840,13 @@ impl World {
             }
         }
 
+        // Every node up and reachable: every view must say so, within the deadline.
+        while !self.stuck_down().is_empty() && self.now < healed + CONVERGE_MS_MAX {
+            let step = self.now + CONVERGE_STEP_MS;
+            self.run_until(step, |_| false);
+        }
+        let stuck_down = self.stuck_down();
+
         let finals = keys.into_iter().map(|key| (key.clone(), self.final_key(&key))).collect();
         for n in self.nodes.values() {
             if let Some(core) = &n.core {
@@ -844,7 +862,22 @@ impl World {
             wipes: self.wipes,
             converged_after_ms,
             fault_log: self.fault_log,
+            stuck_down,
         }
+    }
+
+    /// (observer, peer): a running node that sees a running peer down.
+    fn stuck_down(&self) -> Vec<(NodeId, NodeId)> {
+        let mut out = vec![];
+        for (&id, n) in &self.nodes {
+            let Some(core) = &n.core else { continue };
+            for m in core.status().members {
+                if m.node != id && !m.up && self.nodes.get(&m.node).is_some_and(|p| p.core.is_some()) {
+                    out.push((id, m.node));
+                }
+            }
+        }
+        out
     }
 
     /// What each home replica of `key` holds now, and the tombstones of it purged so far.

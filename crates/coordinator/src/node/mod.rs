@@ -276,17 +276,19 @@ enum Op {
     /// An incoming replica write or hint, waiting for its flush.
     ReplicaFlush { req: ReqId },
     /// An inspect gathering each home replica's state and the hints others hold.
+    /// Only the home replicas asked fill slots, and only the stand-ins asked answer
+    /// for hints; at `deadline_ms` it answers with what it has.
     Inspect {
         req: ReqId,
         slots: Vec<(NodeId, Option<ReplicaRead>)>,
-        hints_due: usize,
+        stand_ins: BTreeSet<NodeId>,
         hints: Vec<(NodeId, NodeId, DvvSet, u64)>,
+        deadline_ms: u64,
     },
     /// A read repair in flight.
     Repair,
     /// A ping in flight.
     Ping { to: NodeId },
-    /// A handoff batch in flight: the states sent, to delete if still unchanged on ack.
     /// A handoff batch of hints for `owner`: sent to it, or (`redirected`) to another
     /// home replica of the keys while it stays down.
     Handoff { owner: NodeId, redirected: bool, items: Vec<(Vec<u8>, DvvSet)> },
@@ -778,6 +780,7 @@ impl<S: Store> Core<S> {
     fn op_deadline(&mut self, op_id: OpId) {
         match self.ops.get(&op_id) {
             Some(Op::Get { .. }) => self.get_deadline(op_id),
+            Some(Op::Inspect { .. }) => self.inspect_deadline(op_id),
             Some(Op::Put(_)) => self.put_deadline(op_id),
             _ => {}
         }

@@ -133,7 +133,10 @@ impl<S: Store> Core<S> {
             vec![]
         };
         let others: Vec<NodeId> = walk[n..].iter().copied().filter(|&id| id != me).collect();
-        self.ops.insert(op, Op::Inspect { req, slots, hints_due: others.len(), hints });
+        let deadline_ms = self.now_ms + timeout_ms;
+        self.deadlines.insert((deadline_ms, op));
+        let stand_ins = others.iter().copied().collect();
+        self.ops.insert(op, Op::Inspect { req, slots, stand_ins, hints, deadline_ms });
         for &id in walk[..n].iter().filter(|&&id| id != me) {
             self.send(op, id, Request::ReplicaGet { key: key.clone() }, timeout_ms);
         }
@@ -145,33 +148,42 @@ impl<S: Store> Core<S> {
     }
 
     pub(super) fn inspect_response(&mut self, op_id: OpId, from: NodeId, result: Result<Response, Error>) {
-        let Some(Op::Inspect { slots, hints_due, hints, .. }) = self.ops.get_mut(&op_id) else { return };
-        match result {
-            Ok(Response::Hints(held)) => {
-                *hints_due -= 1;
+        let Some(Op::Inspect { slots, stand_ins, hints, .. }) = self.ops.get_mut(&op_id) else { return };
+        if stand_ins.remove(&from) {
+            // A stand-in's answer (a failure: it could not say what it holds).
+            if let Ok(Response::Hints(held)) = result {
                 hints.extend(held.into_iter().map(|(owner, set, age)| (from, owner, set, age)));
             }
-            other => match slots.iter_mut().find(|s| s.0 == from && s.1.is_none()) {
-                Some(slot) => {
-                    slot.1 = Some(other.and_then(|r| match r {
-                        Response::ReplicaState(s) => Ok(s),
-                        r => Err(unexpected(from, &r)),
-                    }))
-                }
-                // A stand-in that could not say what it holds.
-                None => *hints_due = hints_due.saturating_sub(1),
-            },
+        } else if let Some(slot) = slots.iter_mut().find(|s| s.0 == from && s.1.is_none()) {
+            slot.1 = Some(result.and_then(|r| match r {
+                Response::ReplicaState(s) if s.as_ref().is_none_or(DvvSet::is_valid) => Ok(s),
+                r => Err(unexpected(from, &r)),
+            }));
         }
         self.inspect_done(op_id);
     }
 
+    /// At its deadline an inspect answers with what it has: the slots still empty say so.
+    pub(super) fn inspect_deadline(&mut self, op_id: OpId) {
+        let Some(Op::Inspect { slots, stand_ins, .. }) = self.ops.get_mut(&op_id) else { return };
+        for slot in slots.iter_mut().filter(|s| s.1.is_none()) {
+            slot.1 = Some(Err(Error::Unreachable(format!("node {} did not answer in time", slot.0))));
+        }
+        stand_ins.clear();
+        self.inspect_done(op_id);
+    }
+
     fn inspect_done(&mut self, op: OpId) {
-        let Some(Op::Inspect { slots, hints_due, .. }) = self.ops.get(&op) else { return };
-        if *hints_due == 0
+        let Some(Op::Inspect { slots, stand_ins, .. }) = self.ops.get(&op) else { return };
+        if stand_ins.is_empty()
             && slots.iter().all(|s| s.1.is_some())
-            && let Some(Op::Inspect { req, slots, hints, .. }) = self.ops.remove(&op)
+            && let Some(Op::Inspect { req, slots, hints, deadline_ms, .. }) = self.ops.remove(&op)
         {
-            let replicas = slots.into_iter().map(|(id, r)| (id, r.expect("all slots are filled"))).collect();
+            self.deadlines.remove(&(deadline_ms, op));
+            let replicas = slots
+                .into_iter()
+                .map(|(id, r)| (id, r.unwrap_or_else(|| Err(Error::Unreachable(format!("node {id} did not answer"))))))
+                .collect();
             self.reply(req, Ok(Response::Inspect(InspectReply { replicas, hints })));
         }
     }
