@@ -778,3 +778,28 @@ fn an_inspect_survives_a_misbehaving_peer_and_has_a_deadline() {
     let Some(Response::Inspect(ins)) = c.replies.remove(&(1, 9000)) else { panic!("no answer by the deadline") };
     assert!(ins.replicas.iter().filter(|r| r.0 != 1).all(|r| r.1.is_err()), "{ins:?}");
 }
+
+/// Issue 10, point 9: the table of operations in flight is bounded; past it requests
+/// that would start one are refused with a clear error, and the node still answers.
+#[test]
+fn operations_in_flight_are_bounded() {
+    let mut c = Cluster::new(3, 3);
+    c.hung = BTreeSet::from([2, 3]);
+    let max = qkv_coordinator::node::OPS_MAX;
+    let core = c.cores.get_mut(&1).unwrap();
+    for i in 0..max as u64 {
+        core.handle_request(0, 100 + i, get("k", Level::All));
+    }
+    while core.poll_output().is_some() {}
+    core.handle_request(0, 1, get("k", Level::All));
+    core.handle_request(0, 2, Request::Status);
+    let mut answers = HashMap::new();
+    while let Some(o) = core.poll_output() {
+        if let Output::Reply { req, resp } = o {
+            answers.insert(req, resp);
+        }
+    }
+    let Some(Response::Error(e)) = answers.get(&1) else { panic!("{answers:?}") };
+    assert!(matches!(e, Error::Overloaded(_)) && e.to_string().contains("operations in flight"), "{e}");
+    assert!(matches!(answers.get(&2), Some(Response::Status(_))), "status is still answered");
+}

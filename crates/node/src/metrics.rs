@@ -61,6 +61,7 @@ pub fn error_kind(e: &Error) -> &'static str {
         Error::Unreachable(_) => "unreachable",
         Error::HintRefused { .. } => "hint_refused",
         Error::KeyFull { .. } => "key_full",
+        Error::Overloaded(_) => "overloaded",
         Error::ShuttingDown => "shutting_down",
         _ => "other",
     }

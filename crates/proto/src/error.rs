@@ -110,6 +110,10 @@ pub enum Error {
         /// Why, with the numbers.
         reason: String,
     },
+    /// The node has too much in flight (operations, or bytes of requests being
+    /// received) to take this request now; nothing was done. Retry after a pause.
+    #[error("overloaded: {0}; nothing was done, retry after a pause")]
+    Overloaded(String),
     /// The node is shutting down.
     #[error("shutting down")]
     ShuttingDown,

@@ -16,6 +16,10 @@ use crate::{TlsError, TlsFiles};
 pub const ALPN: &[u8] = b"qkv/1";
 /// Most concurrent request streams a peer may open on one connection.
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 256;
+/// QUIC flow control: bytes a peer may send on one stream before the node reads them.
+pub const STREAM_RECEIVE_WINDOW: u32 = 2 << 20;
+/// ... and on one connection, all streams together.
+pub const CONNECTION_RECEIVE_WINDOW: u32 = 16 << 20;
 /// A connection with no traffic for this long is closed (keep-alives prevent it while healthy).
 pub const IDLE_TIMEOUT_MS: u32 = 10_000;
 
@@ -57,6 +61,11 @@ fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(STREAMS_PER_CONNECTION_MAX.into());
     t.max_concurrent_uni_streams(0u32.into());
+    // What QUIC buffers for data the node has not read yet: a stream waiting for its
+    // receive budget (see `server::Budgets`) holds at most a stream window, and a
+    // connection at most its window.
+    t.stream_receive_window(quinn::VarInt::from_u32(STREAM_RECEIVE_WINDOW));
+    t.receive_window(quinn::VarInt::from_u32(CONNECTION_RECEIVE_WINDOW));
     t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(IDLE_TIMEOUT_MS))));
     t.keep_alive_interval(Some(Duration::from_millis(u64::from(IDLE_TIMEOUT_MS) / 4)));
     Arc::new(t)

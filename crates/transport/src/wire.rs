@@ -7,9 +7,19 @@ use serde::de::DeserializeOwned;
 
 /// Read one frame, refusing it before allocating when it is over `frame_bytes_max`.
 pub async fn read_frame<T: DeserializeOwned>(recv: &mut quinn::RecvStream, frame_bytes_max: usize) -> Result<T, Error> {
+    let len = read_len(recv, frame_bytes_max).await?;
+    read_body(recv, len).await
+}
+
+/// Read a frame's length prefix, refusing a frame over `frame_bytes_max`.
+pub async fn read_len(recv: &mut quinn::RecvStream, frame_bytes_max: usize) -> Result<usize, Error> {
     let mut prefix = [0u8; LEN_BYTES];
     recv.read_exact(&mut prefix).await.map_err(|e| Error::Unreachable(format!("reading frame: {e}")))?;
-    let len = frame::decode_len(prefix, frame_bytes_max)?;
+    frame::decode_len(prefix, frame_bytes_max)
+}
+
+/// Read and decode a frame body of `len` bytes (after [`read_len`]).
+pub async fn read_body<T: DeserializeOwned>(recv: &mut quinn::RecvStream, len: usize) -> Result<T, Error> {
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await.map_err(|e| Error::Unreachable(format!("reading frame: {e}")))?;
     frame::decode_body(&body)

@@ -346,6 +346,11 @@ struct RecentWrites {
     order: VecDeque<(u64, u64)>,
 }
 
+/// Most operations a node keeps in flight (client requests it coordinates, replica
+/// writes waiting for their flush, ...); requests that would start more are refused
+/// with [`Error::Overloaded`].
+pub const OPS_MAX: usize = 65_536;
+
 /// Most write ids remembered.
 pub const RECENT_WRITES_MAX: usize = 65_536;
 /// How long a write id is remembered, ms.
@@ -655,6 +660,21 @@ impl<S: Store> Core<S> {
     /// A request arrived (already authorised by the driver).
     pub fn handle_request(&mut self, now_ms: u64, req_id: ReqId, req: Request) {
         self.tick(now_ms);
+        // Requests that start operations wait for answers; past the bound they are
+        // refused, and requests answered at once (pings, status, reads of one replica) still run.
+        let starts_op = matches!(
+            req,
+            Request::Get(_)
+                | Request::Put(_)
+                | Request::Inspect { .. }
+                | Request::ReplicaPut { .. }
+                | Request::ReplicaPutBatch { .. }
+                | Request::ReplicaHint { .. }
+        );
+        if starts_op && self.ops.len() + self.lease_waiters.len() >= OPS_MAX {
+            let e = format!("node {} has {OPS_MAX} operations in flight", self.cfg.me);
+            return self.reply(req_id, Err(Error::Overloaded(e)));
+        }
         let immediate = match req {
             Request::Get(g) => self.start_get(req_id, g),
             Request::Put(p) => self.start_put(req_id, p),
