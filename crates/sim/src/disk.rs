@@ -21,9 +21,32 @@ pub struct Disk {
     pub purged: BTreeMap<Vec<u8>, Vec<(u64, VersionVector)>>,
     /// Virtual time, set by the simulator before it runs the node.
     pub now: u64,
+    /// Probability that a store operation fails (an injected I/O error; nothing changes).
+    pub error_rate: f64,
+    /// The injected errors' random state (xorshift64), seeded by the simulator.
+    pub error_rng: u64,
+    /// Errors injected so far.
+    pub errors: u64,
 }
 
 impl Disk {
+    /// Draw whether the next store operation fails.
+    fn inject(&mut self) -> Result<(), Error> {
+        if self.error_rate <= 0.0 {
+            return Ok(());
+        }
+        let mut x = self.error_rng.max(1);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.error_rng = x;
+        if (x >> 11) as f64 / (1u64 << 53) as f64 >= self.error_rate {
+            return Ok(());
+        }
+        self.errors += 1;
+        Err(Error::Storage("injected I/O error".into()))
+    }
+
     /// What survives a crash now.
     pub fn durable(&self) -> &Contents {
         &self.durable
@@ -65,13 +88,16 @@ pub struct SharedDisk(pub std::rc::Rc<std::cell::RefCell<Disk>>);
 
 impl Store for SharedDisk {
     fn get(&self, key: &[u8]) -> Result<Option<DvvSet>, Error> {
+        self.0.borrow_mut().inject()?;
         self.0.borrow().current.get(key)
     }
     fn put(&mut self, key: &[u8], set: &DvvSet) -> Result<(), Error> {
+        self.0.borrow_mut().inject()?;
         self.0.borrow_mut().current.put(key, set)
     }
     fn delete(&mut self, key: &[u8]) -> Result<(), Error> {
         let mut d = self.0.borrow_mut();
+        d.inject()?;
         if let Some(old) = d.current.value(key).cloned() {
             let now = d.now;
             d.purged.entry(key.to_vec()).or_default().push((now, old.clock().clone()));
@@ -85,21 +111,25 @@ impl Store for SharedDisk {
         self.0.borrow().current.counter_lease()
     }
     fn put_counter_lease(&mut self, lease: u64) -> Result<(), Error> {
+        self.0.borrow_mut().inject()?;
         self.0.borrow_mut().current.put_counter_lease(lease)
     }
     fn get_hint(&self, owner: NodeId, key: &[u8]) -> Result<Option<Hint>, Error> {
         self.0.borrow().current.get_hint(owner, key)
     }
     fn put_hint(&mut self, owner: NodeId, key: &[u8], hint: &Hint) -> Result<(), Error> {
+        self.0.borrow_mut().inject()?;
         self.0.borrow_mut().current.put_hint(owner, key, hint)
     }
     fn delete_hint(&mut self, owner: NodeId, key: &[u8]) -> Result<(), Error> {
+        self.0.borrow_mut().inject()?;
         self.0.borrow_mut().current.delete_hint(owner, key)
     }
     fn scan_hints(&self) -> Result<Vec<HintMeta>, Error> {
         self.0.borrow().current.scan_hints()
     }
     fn put_purged(&mut self, key: &[u8], seen: &qkv_proto::Seen) -> Result<(), Error> {
+        self.0.borrow_mut().inject()?;
         self.0.borrow_mut().current.put_purged(key, seen)
     }
     fn delete_purged(&mut self, key: &[u8]) -> Result<(), Error> {

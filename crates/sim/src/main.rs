@@ -67,6 +67,10 @@ struct Args {
     /// buffer nodes the checker still reports losses it should excuse (being triaged).
     #[arg(long, default_value_t = 0.0)]
     buffer: f64,
+    /// Probability that one store operation or flush fails with an I/O error (not while
+    /// a node starts, nor after healing).
+    #[arg(long, default_value_t = 0.002)]
+    storage_errors: f64,
     /// Run a deliberately broken core: lww, ack-before-flush, strict-counts-standins, gc-unconfirmed or
     /// vv-context (a put's answer claims concurrent writes of its coordinator, as before dotted contexts)
     /// or lease-not-durable (a counter lease rides in the OS buffer, as before).
@@ -122,8 +126,13 @@ fn main() -> ExitCode {
         || !(0.0..=1.0).contains(&a.power_loss)
         || !(0.0..=1.0).contains(&a.wipe)
         || !(0.0..=1.0).contains(&a.buffer)
+        || !(0.0..=0.5).contains(&a.storage_errors)
     {
-        return fail("--loss and --dup must be between 0 and 0.5, --power-loss and --wipe between 0 and 1".into());
+        return fail(
+            "--loss, --dup and --storage-errors must be between 0 and 0.5, --power-loss, --wipe and --buffer \
+             between 0 and 1"
+                .into(),
+        );
     }
     let seeds: Vec<u64> = match a.seed {
         Some(s) => vec![s],
@@ -136,7 +145,7 @@ fn main() -> ExitCode {
     );
     let started = Instant::now();
     let (mut ops, mut msgs, mut lost, mut dups, mut cut) = (0u64, 0u64, 0u64, 0u64, 0u64);
-    let mut node_counts = [0u64; 4];
+    let mut node_counts = [0u64; 6];
     let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
     let (mut bad_seeds, mut violations, mut writes, mut reads) = (0u64, 0usize, 0usize, 0usize);
     let (mut converge_ms, mut unconverged) = (Vec::<u64>::new(), 0u64);
@@ -158,6 +167,7 @@ fn main() -> ExitCode {
             wipe: a.wipe,
             outage_ms_max: a.outage_ms,
             buffer: a.buffer,
+            storage_errors: a.storage_errors,
             bugs,
         };
         let (run, report) = run_seed(seed, &cfg);
@@ -170,6 +180,8 @@ fn main() -> ExitCode {
         node_counts[1] += run.counters.hints_expired;
         node_counts[2] += run.counters.tombstones_purged;
         node_counts[3] += run.counters.key_full;
+        node_counts[4] += run.counters.store_errors;
+        node_counts[5] += run.counters.flush_errors;
         for (k, v) in &run.counters.faults {
             *faults.entry(k).or_default() += v;
         }
@@ -213,8 +225,9 @@ fn main() -> ExitCode {
                     replay += &format!(" --bug {b}");
                 }
                 println!(
-                    "  replay: {replay} --loss {} --dup {} --power-loss {} --wipe {} --outage-ms {} --buffer {}",
-                    a.loss, a.dup, a.power_loss, a.wipe, a.outage_ms, a.buffer
+                    "  replay: {replay} --loss {} --dup {} --power-loss {} --wipe {} --outage-ms {} --buffer {} \
+                     --storage-errors {}",
+                    a.loss, a.dup, a.power_loss, a.wipe, a.outage_ms, a.buffer, a.storage_errors
                 );
             });
             if a.fail_fast {
@@ -233,10 +246,11 @@ fn main() -> ExitCode {
         a.n
     );
     println!("messages: {msgs} sent, {lost} lost, {dups} duplicated, {cut} dropped by partitions");
-    let [redirected, expired, purged, full] = node_counts;
+    let [redirected, expired, purged, full, store_errors, flush_errors] = node_counts;
     println!(
         "nodes: {purged} tombstones purged, {redirected} hints handed to another home replica, {expired} hints \
-         expired, {full} writes refused at the per-key limit"
+         expired, {full} writes refused at the per-key limit; {store_errors} store and {flush_errors} flush errors \
+         injected"
     );
     let f: Vec<String> = faults.iter().map(|(k, v)| format!("{v} {k}")).collect();
     println!("faults: {}", if f.is_empty() { "none".into() } else { f.join(", ") });

@@ -53,6 +53,8 @@ pub struct SimConfig {
     pub outage_ms_max: u64,
     /// Share of nodes that persist with `buffer` (the rest with `sync`).
     pub buffer: f64,
+    /// Probability that one store operation or flush fails with an I/O error (active phase).
+    pub storage_errors: f64,
     /// Deliberate bugs in every node.
     pub bugs: Bugs,
 }
@@ -72,6 +74,7 @@ impl Default for SimConfig {
             wipe: 0.05,
             outage_ms_max: 3_000,
             buffer: 0.0,
+            storage_errors: 0.0,
             bugs: Bugs::default(),
         }
     }
@@ -102,6 +105,10 @@ pub struct Counters {
     pub tombstones_purged: u64,
     /// See `hints_redirected`.
     pub key_full: u64,
+    /// Injected I/O errors: store operations, flushes.
+    pub store_errors: u64,
+    /// See `store_errors`.
+    pub flush_errors: u64,
 }
 
 impl Counters {
@@ -361,11 +368,18 @@ impl World {
         let boot = (self.nodes[&id].boot + 1).max(wall);
         let cfg = self.core_config(id, boot);
         let mono = self.mono(id);
+        let errors = if self.reliable { 0.0 } else { self.cfg.storage_errors };
+        let seed = self.rng.random();
         let node = self.nodes.get_mut(&id).expect("node exists");
         node.boot = boot;
-        // Opening the store syncs it (fjall's recovery, then `persist`).
+        // Opening the store syncs it (fjall's recovery, then `persist`). Reading it back
+        // at start never fails here (a node that cannot read its disk does not start).
         node.disk.borrow_mut().sync();
+        node.disk.borrow_mut().error_rate = 0.0;
         let core = Core::new(cfg, SharedDisk(node.disk.clone()), mono, wall).expect("a sim node starts");
+        let mut d = node.disk.borrow_mut();
+        (d.error_rate, d.error_rng) = (errors, seed);
+        drop(d);
         node.core = Some(core);
         node.inc = inc;
         node.timer_at = None;
@@ -724,6 +738,13 @@ impl World {
                 if n.inc != inc || n.core.is_none() {
                     return;
                 }
+                if !self.reliable && self.rng.random_bool(self.cfg.storage_errors) {
+                    // The flush failed: nothing became durable, and the core must not ack on it.
+                    self.counters.flush_errors += 1;
+                    let e = qkv_proto::Error::Storage("injected flush error".into());
+                    self.with_core(node, |c, now| c.handle_flushed(now, token, Err(e)));
+                    return;
+                }
                 if durable {
                     n.disk.borrow_mut().sync();
                 }
@@ -816,7 +837,12 @@ impl World {
         }
         self.run_until(RUN_MS_MAX, World::clients_done);
 
-        // Healing: no more faults, every node up, a reliable network, then quiet.
+        // Healing: no more faults, every node up, a reliable network and disks, then quiet.
+        for n in self.nodes.values() {
+            let mut d = n.disk.borrow_mut();
+            self.counters.store_errors += d.errors;
+            (d.error_rate, d.errors) = (0.0, 0);
+        }
         self.events.retain(|_, e| {
             !matches!(e, Ev::Crash(_) | Ev::PowerLoss | Ev::Partition(_) | Ev::ClockJump(..) | Ev::Wipe(_))
         });
