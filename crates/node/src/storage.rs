@@ -134,11 +134,22 @@ impl Storage {
             );
         }
         // A new disk (never written, or wiped) takes a new epoch: its actor never reuses the
-        // counters an earlier disk of this node handed out.
+        // counters an earlier disk of this node handed out. So does a `buffer` or `periodic`
+        // disk after an unclean shutdown: it may have lost writes it had acked and sent to
+        // other replicas, and under its old actor its next write of such a key would claim
+        // them (a version vector entry covers every lower counter), deleting them there.
+        let clean = meta.get("clean")?.is_some();
+        meta.remove("clean")?;
         let epoch = match meta_u64(&meta, "epoch")? {
-            Some(e) => e as u32,
-            None => {
+            Some(e) if clean || policy == Persist::Sync => e as u32,
+            old => {
                 let e = random_epoch();
+                if old.is_some() {
+                    tracing::warn!(
+                        "the last run did not shut down cleanly and persist is {policy:?}: writes it acked may be \
+                         lost here, so this disk takes a new epoch ({e:08x})"
+                    );
+                }
                 meta.insert("epoch", u64::from(e).to_be_bytes())?;
                 e
             }
@@ -243,11 +254,16 @@ impl Storage {
 }
 
 impl Drop for Storage {
+    /// A clean shutdown: everything is synced, and the next start keeps the epoch.
     fn drop(&mut self) {
         self.syncer = None;
         self.stop = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+        let marked = self.meta.insert("clean", [1u8]).and_then(|()| self.db.persist(PersistMode::SyncAll));
+        if let Err(e) = marked {
+            tracing::warn!("marking a clean shutdown: {e}");
         }
     }
 }
@@ -456,6 +472,30 @@ mod tests {
         let s = Storage::open(wiped.path(), 1, Persist::Buffer, 10).unwrap();
         assert!(s.fresh() && s.boot() > boot, "a wiped disk still beats the old incarnation");
         assert_ne!(s.epoch(), epoch, "a wiped disk takes a new epoch");
+    }
+
+    /// Issue 10 (found by the simulator with `--buffer`): a `buffer` disk that may have
+    /// lost acked writes in a power loss must not claim them under its old actor.
+    #[test]
+    fn an_unclean_shutdown_of_a_buffer_disk_takes_a_new_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let unclean = |dir: &std::path::Path| {
+            // What a killed process leaves: no clean-shutdown mark.
+            let db = Database::builder(dir).worker_threads(1).open().unwrap();
+            db.keyspace("meta", KeyspaceCreateOptions::default).unwrap().remove("clean").unwrap();
+            db.persist(PersistMode::SyncAll).unwrap();
+        };
+        let epoch = Storage::open(dir.path(), 1, Persist::Buffer, 10).unwrap().epoch();
+        assert_eq!(Storage::open(dir.path(), 1, Persist::Buffer, 10).unwrap().epoch(), epoch, "clean: kept");
+        unclean(dir.path());
+        let e2 = Storage::open(dir.path(), 1, Persist::Buffer, 10).unwrap().epoch();
+        assert_ne!(e2, epoch, "unclean buffer: a new epoch");
+        unclean(dir.path());
+        assert_eq!(
+            Storage::open(dir.path(), 1, Persist::Sync, 10).unwrap().epoch(),
+            e2,
+            "sync acks only what is durable"
+        );
     }
 
     #[test]

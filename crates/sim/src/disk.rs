@@ -66,6 +66,30 @@ impl Disk {
             || self.purged.get(key).is_some_and(|p| p.iter().any(|(_, c)| c.covers(dot)))
     }
 
+    /// Everything of `key` that survives a crash covers: its state's, its hints' and
+    /// its purged tombstones' clocks and dots, joined.
+    pub fn durable_seen(&self, key: &[u8]) -> qkv_proto::Seen {
+        let c = &self.durable;
+        let mut seen = qkv_proto::Seen::new();
+        let mut add = |s: qkv_proto::Seen| {
+            seen.vv.join(&s.vv);
+            seen.dots.extend(s.dots);
+        };
+        if let Some(s) = c.value(key) {
+            add(s.seen());
+        }
+        for ((_, k), h) in &c.hints {
+            if k == key {
+                add(h.set.seen());
+            }
+        }
+        for (_, clock) in self.purged.get(key).into_iter().flatten() {
+            add(qkv_proto::Seen::of(clock.clone()));
+        }
+        seen.normalize();
+        seen
+    }
+
     /// An fdatasync completed: everything written so far is durable.
     pub fn sync(&mut self) {
         self.durable = self.current.clone();

@@ -17,7 +17,7 @@ use std::rc::Rc;
 use qkv_coordinator::hints::HintLimits;
 use qkv_coordinator::replica::Limits;
 use qkv_coordinator::{AaeConfig, Bugs, Core, CoreConfig, Output, Ring};
-use qkv_proto::{Dot, DvvSet, NodeId, Request, Response};
+use qkv_proto::{Dot, DvvSet, NodeId, Request, Response, Seen};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -270,6 +270,8 @@ pub struct World {
     fault_log: Vec<(u64, String)>,
     /// Write ids of puts some copy of which was duplicated on the way.
     dup_writes: BTreeSet<u64>,
+    /// Lost states: (key, what the lost state had seen, what durable disks covered then).
+    losses: Vec<(Vec<u8>, Seen, Seen)>,
 }
 
 impl World {
@@ -320,6 +322,7 @@ impl World {
             wipes: vec![],
             fault_log: vec![],
             dup_writes: BTreeSet::new(),
+            losses: vec![],
         };
         for id in ids {
             w.start(id);
@@ -364,6 +367,12 @@ impl World {
 
     fn start(&mut self, id: NodeId) {
         let inc = self.nodes[&id].inc + 1;
+        if self.nodes[&id].buffer && inc > 1 {
+            // As `qkv-node` does: a `buffer` disk after an unclean shutdown (every stop
+            // here is one) takes a new epoch, since it may have lost writes it acked.
+            let epoch = self.rng.random_range(1..=u32::MAX);
+            self.nodes.get_mut(&id).expect("node exists").epoch = epoch;
+        }
         let wall = (WALL_EPOCH_MS + self.now).saturating_add_signed(self.nodes[&id].wall_skew_ms);
         let boot = (self.nodes[&id].boot + 1).max(wall);
         let cfg = self.core_config(id, boot);
@@ -389,7 +398,11 @@ impl World {
     /// The dots a lost `state` of `key` took with it: its siblings, and the acknowledged
     /// writes it had seen overwritten (the overwrite may have been the only record of
     /// that), unless `kept` says another durable copy holds or covers them.
-    fn note_destroyed(&mut self, key: &[u8], state: &DvvSet, kept: impl Fn(&[u8], Dot) -> bool) {
+    ///
+    /// Writes acknowledged later (their answer was on the wire) are settled at the end
+    /// of the run from `losses`: what the lost state covered and the disks kept then.
+    fn note_destroyed(&mut self, key: &[u8], state: &DvvSet, kept: impl Fn(&[u8], Dot) -> bool, kept_seen: Seen) {
+        self.losses.push((key.to_vec(), state.seen(), kept_seen));
         let acked = self.history.entries.iter().filter(|e| e.key == key).filter_map(|e| e.dot());
         let candidates: Vec<Dot> =
             state.siblings().iter().map(|s| s.dot).chain(acked.filter(|&d| state.covers_dot(d))).collect();
@@ -400,6 +413,34 @@ impl World {
         }
     }
 
+    /// Node `id`'s core may have dropped hints past the grace (see the core's handoff):
+    /// the writes whose last durable copy went with them are destroyed, as by a wipe.
+    fn note_expired_hints(
+        &mut self,
+        id: NodeId,
+        held: BTreeMap<(NodeId, Vec<u8>), qkv_coordinator::Hint>,
+        before: u64,
+    ) {
+        let Some(core) = self.nodes[&id].core.as_ref() else { return };
+        if core.status().hints.expired == before {
+            return;
+        }
+        let disks: Vec<Disk> = self.nodes.values().map(|n| n.disk.borrow().clone()).collect();
+        let kept = |key: &[u8], dot: Dot| disks.iter().any(|d| d.durably_covers(key, dot));
+        let kept_seen = |key: &[u8]| join_all(disks.iter().map(|d| d.durable_seen(key)));
+        let gone: Vec<(Vec<u8>, DvvSet)> = {
+            let d = self.nodes[&id].disk.borrow();
+            held.into_iter()
+                .filter(|(k, _)| !d.current().hints.contains_key(k))
+                .map(|((_, key), h)| (key, h.set))
+                .collect()
+        };
+        for (key, set) in gone {
+            let k = kept_seen(&key);
+            self.note_destroyed(&key, &set, kept, k);
+        }
+    }
+
     /// Node `id`'s disk is lost: note every dot it held that no other durable disk holds
     /// (or covers), then wipe it; the node restarts under a new epoch.
     fn wipe(&mut self, id: NodeId) {
@@ -407,16 +448,19 @@ impl World {
         let others: Vec<Disk> =
             self.nodes.iter().filter(|(n, _)| **n != id).map(|(_, n)| n.disk.borrow().clone()).collect();
         let covered_elsewhere = |key: &[u8], dot: Dot| others.iter().any(|d| d.durably_covers(key, dot));
+        let kept_seen = |key: &[u8]| join_all(others.iter().map(|d| d.durable_seen(key)));
         let mine: Vec<(Vec<u8>, DvvSet)> = {
+            // What the process saw: a `buffer` node acked writes not yet durable.
             let d = self.nodes[&id].disk.borrow();
-            let c = d.durable();
+            let c = d.current();
             c.entries()
                 .map(|(k, s)| (k.to_vec(), s.clone()))
                 .chain(c.hints.iter().map(|((_, k), h)| (k.clone(), h.set.clone())))
                 .collect()
         };
         for (key, set) in mine {
-            self.note_destroyed(&key, &set, covered_elsewhere);
+            let k = kept_seen(&key);
+            self.note_destroyed(&key, &set, covered_elsewhere, k);
         }
         let node = self.nodes.get_mut(&id).expect("node exists");
         node.disk.borrow_mut().wipe();
@@ -430,6 +474,7 @@ impl World {
     fn lose_unsynced(&mut self) {
         let disks: Vec<Disk> = self.nodes.values().map(|n| n.disk.borrow().clone()).collect();
         let kept = |key: &[u8], dot: Dot| disks.iter().any(|d| d.durably_covers(key, dot));
+        let kept_seen = |key: &[u8]| join_all(disks.iter().map(|d| d.durable_seen(key)));
         let mut lost = vec![];
         let mut states = vec![];
         for (&id, n) in &self.nodes {
@@ -447,7 +492,8 @@ impl World {
             );
         }
         for (key, set) in states {
-            self.note_destroyed(&key, &set, kept);
+            let k = kept_seen(&key);
+            self.note_destroyed(&key, &set, kept, k);
         }
         for id in lost {
             self.wipes.push((id, self.now));
@@ -727,11 +773,21 @@ impl World {
                 if n.timer_at == Some(now) {
                     n.timer_at = None;
                 }
+                // Hints held before the round: one it drops as expired may be a write's last copy.
+                let held = {
+                    let d = n.disk.borrow();
+                    let hints = &d.current().hints;
+                    (!hints.is_empty()).then(|| hints.clone())
+                };
+                let expired_before = held.as_ref().and_then(|_| n.core.as_ref()).map(|c| c.status().hints.expired);
                 self.with_core(node, |c, now| {
                     if c.poll_timeout() <= now {
                         c.handle_timeout(now);
                     }
                 });
+                if let (Some(held), Some(before)) = (held, expired_before) {
+                    self.note_expired_hints(node, held, before);
+                }
             }
             Ev::Flushed { node, inc, token, durable } => {
                 let Some(n) = self.nodes.get(&node) else { return };
@@ -873,6 +929,13 @@ impl World {
         }
         let stuck_down = self.stuck_down();
 
+        // Writes whose answer arrived after a loss took every copy of them.
+        for e in &self.history.entries {
+            let Some(dot) = e.dot() else { continue };
+            if self.losses.iter().any(|(k, lost, kept)| *k == e.key && lost.covers(dot) && !kept.covers(dot)) {
+                self.destroyed.insert(dot);
+            }
+        }
         let finals = keys.into_iter().map(|key| (key.clone(), self.final_key(&key))).collect();
         for n in self.nodes.values() {
             if let Some(core) = &n.core {
@@ -922,4 +985,15 @@ impl World {
     fn converged(&self, keys: &BTreeSet<Vec<u8>>) -> bool {
         keys.iter().all(|key| self.final_key(key).agrees())
     }
+}
+
+/// The join of several `Seen`s: a dot is covered by it when one of them covers it.
+fn join_all(all: impl Iterator<Item = Seen>) -> Seen {
+    let mut out = Seen::new();
+    for s in all {
+        out.vv.join(&s.vv);
+        out.dots.extend(s.dots);
+    }
+    out.normalize();
+    out
 }
