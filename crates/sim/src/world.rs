@@ -779,7 +779,7 @@ impl World {
                     let hints = &d.current().hints;
                     (!hints.is_empty()).then(|| hints.clone())
                 };
-                let expired_before = held.as_ref().and_then(|_| n.core.as_ref()).map(|c| c.status().hints.expired);
+                let expired_before = held.as_ref().and(n.core.as_ref()).map(|c| c.status().hints.expired);
                 self.with_core(node, |c, now| {
                     if c.poll_timeout() <= now {
                         c.handle_timeout(now);
