@@ -135,7 +135,7 @@ impl ClientBuilder {
         self
     }
 
-    /// Largest frame sent or accepted (default 16 MiB).
+    /// Largest frame sent or accepted (default 24 MiB: a node at default limits holds states up to 16 MiB).
     pub fn frame_bytes_max(mut self, bytes: usize) -> Self {
         self.frame_bytes_max = bytes;
         self

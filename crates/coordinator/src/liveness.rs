@@ -17,7 +17,7 @@
 //! The incarnation is the node's boot count, persisted by the driver: after a
 //! restart the counter starts again at 0, and the higher incarnation makes the
 //! new heartbeats win over the old ones. A node that hears of itself with a
-//! heartbeat at least as new as its own (a wiped disk lost the boot count, and the
+//! heartbeat newer than its own (a wiped disk lost the boot count, and the
 //! wall-clock floor is behind the old one) refutes it, as SWIM does: it takes an
 //! incarnation above the one gossiped, so its own heartbeats win again.
 
@@ -95,7 +95,8 @@ impl Detector {
     pub fn merge(&mut self, gossip: &[Heartbeat], now_ms: u64) {
         for h in gossip {
             if h.node == self.me {
-                if (h.incarnation, h.counter) >= self.own {
+                // Strictly newer: a pong echoing this node's own current heartbeat is not.
+                if (h.incarnation, h.counter) > self.own {
                     self.own = (h.incarnation.saturating_add(1), 0);
                 }
                 continue;

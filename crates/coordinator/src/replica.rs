@@ -132,12 +132,14 @@ pub fn coordinate(
     write_id: Option<u64>,
 ) -> (DvvSet, Seen, Dot) {
     let s = local.unwrap_or_default();
-    if let Some(dot) = write_id.and_then(|id| s.find_write(id)) {
+    if let Some(dot) = write_id.and_then(|id| s.find_write(id, value.as_deref())) {
         let back = retried(&s, seen, dot);
         return (s, back, dot);
     }
     let mut s = s;
-    let dot = Dot { actor, counter: s.clock().get(actor).max(floor) + 1 };
+    // Above the key's clock and cloud as well as the node's floor: never a dot this state has seen.
+    let in_cloud = s.cloud().iter().filter(|d| d.actor == actor).map(|d| d.counter).max().unwrap_or(0);
+    let dot = Dot { actor, counter: s.clock().get(actor).max(in_cloud).max(floor) + 1 };
     let concurrent_own = s.siblings().iter().any(|x| x.dot.actor == actor && !seen.covers(x.dot));
     let mut back =
         Seen { vv: seen.vv.clone(), dots: seen.dots.iter().copied().filter(|d| !s.covers_dot(*d)).collect() };

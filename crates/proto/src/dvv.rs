@@ -180,7 +180,8 @@ pub struct Sibling {
     #[serde(with = "serde_bytes")]
     pub value: Option<Vec<u8>>,
     /// The client's id of the write ([`crate::PutRequest::write_id`]): two siblings
-    /// of one id are one write taken twice (a retry), and only the first dot is kept.
+    /// of one id and one value are one write taken twice (a retry), and only the
+    /// smallest dot is kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub write_id: Option<u64>,
 }
@@ -283,20 +284,35 @@ impl DvvSet {
         s
     }
 
-    /// The dot of the live sibling written under `write_id`, if any.
-    pub fn find_write(&self, write_id: u64) -> Option<Dot> {
-        self.siblings.iter().find(|s| s.write_id == Some(write_id)).map(|s| s.dot)
+    /// The dot of the live sibling written under `write_id` with `value`, if any.
+    pub fn find_write(&self, write_id: u64, value: Option<&[u8]>) -> Option<Dot> {
+        self.siblings.iter().find(|s| s.write_id == Some(write_id) && s.value.as_deref() == value).map(|s| s.dot)
     }
 
     /// One write taken twice (a retry that reached two coordinators) is one sibling:
-    /// keep the smallest dot of each write id. The other dots stay in the clock, so
-    /// every replica drops them too, whatever order states arrive in.
+    /// of siblings with the same write id *and* value, keep the one with the smallest
+    /// dot (by actor, then counter). The other dots stay in the clock, so every replica
+    /// drops them too, whatever order states arrive in. (A write id is the client's;
+    /// two writes that share one but not their value stay two siblings.)
     fn dedup_writes(&mut self) {
-        if self.siblings.iter().all(|s| s.write_id.is_none()) {
+        if self.siblings.iter().filter(|s| s.write_id.is_some()).count() < 2 {
             return;
         }
-        let mut ids = std::collections::BTreeSet::new();
-        self.siblings.retain(|s| s.write_id.is_none_or(|id| ids.insert(id)));
+        let mut kept: Vec<(u64, &Option<Vec<u8>>)> = vec![];
+        let mut drop = vec![false; self.siblings.len()];
+        for (i, s) in self.siblings.iter().enumerate() {
+            let Some(id) = s.write_id else { continue };
+            if kept.iter().any(|(k, v)| *k == id && *v == &s.value) {
+                drop[i] = true;
+            } else {
+                kept.push((id, &s.value));
+            }
+        }
+        let mut i = 0;
+        self.siblings.retain(|_| {
+            i += 1;
+            !drop[i - 1]
+        });
     }
 
     fn normalize_cloud(&mut self) {
@@ -535,7 +551,7 @@ mod laws {
                     0 => {
                         // A write (or its retry), blind or with another replica's context.
                         let seen = if id == 0 { Seen::new() } else { reps[j].seen() };
-                        if reps[i].find_write(id).is_none() {
+                        if reps[i].find_write(id, Some(&[id as u8])).is_none() {
                             let dot = Dot { actor, counter: reps[i].clock().get(actor) + 1 };
                             reps[i].apply(&seen, Some(vec![id as u8]), dot, Some(id));
                         }

@@ -12,8 +12,9 @@ use crate::Error;
 pub const PROTOCOL_VERSION: u8 = 1;
 /// Bytes of the length prefix.
 pub const LEN_BYTES: usize = 4;
-/// Default frame limit: a 4 MiB value, a 64 KiB key and room for siblings and clocks.
-pub const FRAME_BYTES_MAX_DEFAULT: usize = 16 * 1024 * 1024;
+/// Default frame limit of the client: room for the largest state a node holds at its
+/// default limits (twice the 8 MiB per-key limit, the key and the message around it).
+pub const FRAME_BYTES_MAX_DEFAULT: usize = 24 * 1024 * 1024;
 
 /// Encode `msg` as a whole frame, length prefix included.
 pub fn encode<T: Serialize>(msg: &T, frame_bytes_max: usize) -> Result<Vec<u8>, Error> {

@@ -168,6 +168,7 @@ fn main() -> ExitCode {
             outage_ms_max: a.outage_ms,
             buffer: a.buffer,
             storage_errors: a.storage_errors,
+            keep_epoch: false,
             bugs,
         };
         let (run, report) = run_seed(seed, &cfg);

@@ -55,6 +55,9 @@ pub struct SimConfig {
     pub buffer: f64,
     /// Probability that one store operation or flush fails with an I/O error (active phase).
     pub storage_errors: f64,
+    /// Model a driver that keeps a `buffer` disk's epoch after an unclean shutdown (as
+    /// `qkv-node` once did), so the counter lease alone must keep dots unique.
+    pub keep_epoch: bool,
     /// Deliberate bugs in every node.
     pub bugs: Bugs,
 }
@@ -75,6 +78,7 @@ impl Default for SimConfig {
             outage_ms_max: 3_000,
             buffer: 0.0,
             storage_errors: 0.0,
+            keep_epoch: false,
             bugs: Bugs::default(),
         }
     }
@@ -367,7 +371,7 @@ impl World {
 
     fn start(&mut self, id: NodeId) {
         let inc = self.nodes[&id].inc + 1;
-        if self.nodes[&id].buffer && inc > 1 {
+        if self.nodes[&id].buffer && inc > 1 && !self.cfg.keep_epoch {
             // As `qkv-node` does: a `buffer` disk after an unclean shutdown (every stop
             // here is one) takes a new epoch, since it may have lost writes it acked.
             let epoch = self.rng.random_range(1..=u32::MAX);

@@ -56,6 +56,10 @@ impl<S: Store> Core<S> {
         }
         let Some(cutoff) = self.wall_ms().checked_sub(self.aae.grace_ms()) else { return };
         for owner in self.hints.owners_held() {
+            if self.is_up(owner) {
+                // Being handed off: delivering is always better than dropping.
+                continue;
+            }
             for key in self.hints.older_than(owner, cutoff, crate::hints::BATCH_KEYS_MAX) {
                 if let Err(e) = self.store.delete_hint(owner, &key) {
                     tracing::warn!(owner, "dropping an expired hint: {e}");
@@ -86,7 +90,11 @@ impl<S: Store> Core<S> {
         let mut target = None;
         let mut items = vec![];
         let mut bytes = 0u64;
-        for key in self.hints.older_than(owner, cutoff, crate::hints::BATCH_KEYS_MAX) {
+        // Look past hints no home replica can take now, so they do not hold back the rest.
+        for key in self.hints.older_than(owner, cutoff, 16 * crate::hints::BATCH_KEYS_MAX) {
+            if items.len() >= crate::hints::BATCH_KEYS_MAX {
+                break;
+            }
             let to = self.ring.preference_list(&key).iter().copied().find(|&n| n != owner && n != me && self.is_up(n));
             let Some(to) = to else { continue };
             if *target.get_or_insert(to) != to {

@@ -357,27 +357,29 @@ pub const RECENT_WRITES_MAX: usize = 65_536;
 pub const RECENT_WRITES_MS: u64 = 10 * 60 * 1000;
 
 impl RecentWrites {
-    fn key_hash(key: &[u8]) -> u64 {
+    /// The write's key and value: a write id names one write of one value to one key.
+    fn key_hash(key: &[u8], value: Option<&[u8]>) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         key.hash(&mut h);
+        value.hash(&mut h);
         h.finish()
     }
 
-    fn insert(&mut self, now_ms: u64, id: u64, key: &[u8], dot: Dot) {
+    fn insert(&mut self, now_ms: u64, id: u64, key: &[u8], value: Option<&[u8]>, dot: Dot) {
         while self.order.len() >= RECENT_WRITES_MAX
             || self.order.front().is_some_and(|&(at, _)| at + RECENT_WRITES_MS < now_ms)
         {
             let Some((_, old)) = self.order.pop_front() else { break };
             self.by_id.remove(&old);
         }
-        if self.by_id.insert(id, (Self::key_hash(key), dot)).is_none() {
+        if self.by_id.insert(id, (Self::key_hash(key, value), dot)).is_none() {
             self.order.push_back((now_ms, id));
         }
     }
 
-    fn get(&self, id: u64, key: &[u8]) -> Option<Dot> {
-        self.by_id.get(&id).filter(|(k, _)| *k == Self::key_hash(key)).map(|(_, d)| *d)
+    fn get(&self, id: u64, key: &[u8], value: Option<&[u8]>) -> Option<Dot> {
+        self.by_id.get(&id).filter(|(k, _)| *k == Self::key_hash(key, value)).map(|(_, d)| *d)
     }
 }
 
@@ -598,8 +600,8 @@ impl<S: Store> Core<S> {
         // A retry of a write this node took, since overwritten by a writer who saw it:
         // answer with it (and replicate the state that covers it), write nothing.
         if let Some(l) = &local
-            && let Some(dot) = write_id.and_then(|id| self.recent_writes.get(id, key))
-            && l.find_write(write_id.unwrap_or_default()).is_none()
+            && let Some(dot) = write_id.and_then(|id| self.recent_writes.get(id, key, value.as_deref()))
+            && l.find_write(write_id.unwrap_or_default(), value.as_deref()).is_none()
             && l.covers_dot(dot)
         {
             let back = replica::retried(l, seen, dot);
@@ -615,7 +617,10 @@ impl<S: Store> Core<S> {
             back = replica::vv_context(seen, dot);
         }
         debug_assert!(set.is_valid(), "a coordinated state is valid before it is stored and sent");
-        self.counter = self.counter.max(dot.counter);
+        if dot.actor == self.actor {
+            // (A retry is answered with its first dot, which may be another node's.)
+            self.counter = self.counter.max(dot.counter);
+        }
         if self.cfg.bugs.lease_not_durable && self.counter >= self.counter_lease {
             // The old rule: the lease rides with this write's own flush, in the OS buffer only.
             self.counter_lease = self.counter + COUNTER_LEASE_STEP;
@@ -623,8 +628,10 @@ impl<S: Store> Core<S> {
             self.lease_durable = self.counter_lease;
         }
         self.put_data(key, old, &set)?;
-        if let Some(id) = write_id {
-            self.recent_writes.insert(self.now_ms, id, key, dot);
+        if let Some(id) = write_id
+            && let Some(sib) = set.siblings().iter().find(|s| s.dot == dot)
+        {
+            self.recent_writes.insert(self.now_ms, id, key, sib.value.as_deref(), dot);
         }
         Ok((set, Context::issue(&self.cfg.secret, key, back), dot))
     }

@@ -54,7 +54,7 @@ impl<S: Store> Core<S> {
         }
         let (set, ctx, dot) = self.coordinate_write(&p.key, &seen, p.value, p.write_id)?;
         let op = self.id();
-        debug_assert!(dot.counter <= self.lease_durable, "no dot above the durable lease");
+        debug_assert!(dot.actor != self.actor || dot.counter <= self.lease_durable, "no dot above the durable lease");
         let pending = PendingPut { req, key: p.key, set, ctx, dot, needed, timeout_ms, strict };
         if self.cfg.bugs.ack_before_flush {
             self.flush_unawaited();
