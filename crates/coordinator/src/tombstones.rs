@@ -199,13 +199,22 @@ impl PurgeRecords {
     }
 
     /// `incoming` without the siblings a purged tombstone of `key` had seen: values
-    /// deleted before the purge, which must not come back. `None` when nothing is stripped.
-    pub fn strip(&self, key: &[u8], incoming: &DvvSet) -> Option<DvvSet> {
+    /// deleted before the purge, which must not come back. A sibling `local` (this
+    /// node's state) still holds is never stripped: the record cannot speak for it.
+    /// `None` when nothing is stripped.
+    pub fn strip(&self, key: &[u8], incoming: &DvvSet, local: Option<&DvvSet>) -> Option<DvvSet> {
         let seen = self.get(key)?;
-        if !incoming.siblings().iter().any(|s| seen.covers(s.dot)) {
+        let held = |s: &qkv_proto::Sibling| local.is_some_and(|l| l.siblings().iter().any(|x| x.dot == s.dot));
+        let gone = |s: &qkv_proto::Sibling| seen.covers(s.dot) && !held(s);
+        if !incoming.siblings().iter().any(gone) {
             return None;
         }
-        Some(incoming.without(|s| seen.covers(s.dot)))
+        Some(incoming.without(gone))
+    }
+
+    /// Forget `key`'s record (its purge did not happen after all).
+    pub fn remove(&mut self, key: &[u8]) {
+        self.by_key.remove(key);
     }
 }
 
@@ -276,11 +285,13 @@ mod tests {
         assert!(p.insert(b"k", deleted, 100));
         // A late old state: a value of dot 1:3 (deleted) and one of dot 2:1 (written after).
         let late = set(&[(1, 3, Some("old")), (2, 1, Some("new"))]);
-        let kept = p.strip(b"k", &late).unwrap();
+        let kept = p.strip(b"k", &late, None).unwrap();
         assert_eq!(kept.values().collect::<Vec<_>>(), vec![b"new".as_slice()]);
         assert!(kept.is_valid());
-        assert!(p.strip(b"k", &set(&[(2, 1, Some("new"))])).is_none());
-        assert!(p.strip(b"other", &late).is_none());
+        assert!(p.strip(b"k", &set(&[(2, 1, Some("new"))]), None).is_none());
+        assert!(p.strip(b"other", &late, None).is_none());
+        // What this node still holds is not stripped (a record whose purge failed).
+        assert!(p.strip(b"k", &late, Some(&set(&[(1, 3, Some("old"))]))).is_none());
         // Full: GC must wait; expiry frees room and names what to delete from the store.
         assert!(p.insert(b"j", Seen::new(), 200));
         assert!(p.is_full() && !p.insert(b"x", Seen::new(), 300));

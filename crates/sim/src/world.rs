@@ -426,10 +426,21 @@ impl World {
         before: u64,
     ) {
         let Some(core) = self.nodes[&id].core.as_ref() else { return };
-        if core.status().hints.expired == before {
+        if core.hints_expired() == before {
             return;
         }
-        let disks: Vec<Disk> = self.nodes.values().map(|n| n.disk.borrow().clone()).collect();
+        // This node's copy is gone once dropped, flushed or not.
+        let disks: Vec<Disk> = self
+            .nodes
+            .iter()
+            .map(|(&n, node)| {
+                let mut d = node.disk.borrow().clone();
+                if n == id {
+                    d.sync();
+                }
+                d
+            })
+            .collect();
         let kept = |key: &[u8], dot: Dot| disks.iter().any(|d| d.durably_covers(key, dot));
         let kept_seen = |key: &[u8]| join_all(disks.iter().map(|d| d.durable_seen(key)));
         let gone: Vec<(Vec<u8>, DvvSet)> = {
@@ -518,8 +529,21 @@ impl World {
         }
     }
 
-    /// Run a node's core, then carry out its outputs.
+    /// Run a node's core, then carry out its outputs. A hint the core drops as
+    /// expired (in any step: timers also run on requests) may be a write's last copy.
     fn with_core(&mut self, id: NodeId, f: impl FnOnce(&mut Core<SharedDisk>, u64)) {
+        let held = self.nodes.get(&id).and_then(|n| {
+            let d = n.disk.borrow();
+            let hints = &d.current().hints;
+            (!hints.is_empty()).then(|| hints.clone()).zip(n.core.as_ref().map(|c| c.hints_expired()))
+        });
+        self.step_core(id, f);
+        if let Some((held, before)) = held {
+            self.note_expired_hints(id, held, before);
+        }
+    }
+
+    fn step_core(&mut self, id: NodeId, f: impl FnOnce(&mut Core<SharedDisk>, u64)) {
         let mono = self.mono(id);
         let now = self.now;
         let Some(node) = self.nodes.get_mut(&id) else { return };
@@ -777,21 +801,11 @@ impl World {
                 if n.timer_at == Some(now) {
                     n.timer_at = None;
                 }
-                // Hints held before the round: one it drops as expired may be a write's last copy.
-                let held = {
-                    let d = n.disk.borrow();
-                    let hints = &d.current().hints;
-                    (!hints.is_empty()).then(|| hints.clone())
-                };
-                let expired_before = held.as_ref().and(n.core.as_ref()).map(|c| c.status().hints.expired);
                 self.with_core(node, |c, now| {
                     if c.poll_timeout() <= now {
                         c.handle_timeout(now);
                     }
                 });
-                if let (Some(held), Some(before)) = (held, expired_before) {
-                    self.note_expired_hints(node, held, before);
-                }
             }
             Ev::Flushed { node, inc, token, durable } => {
                 let Some(n) = self.nodes.get(&node) else { return };
@@ -982,6 +996,9 @@ impl World {
             .map(|id| (*id, self.nodes[id].disk.borrow().current().value(key).cloned()))
             .collect();
         let purged = self.nodes.values().flat_map(|n| n.disk.borrow().purged.get(key).cloned()).flatten().collect();
+        if std::env::var("QKV_SIM_FINAL").is_ok_and(|k| k.as_bytes() == key) {
+            eprintln!("final {:?}: {replicas:?} purged {purged:?}", String::from_utf8_lossy(key));
+        }
         FinalKey { replicas, purged }
     }
 

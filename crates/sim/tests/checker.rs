@@ -117,3 +117,16 @@ fn a_lease_lost_in_a_power_loss_reuses_dots_and_is_caught() {
     println!("lease-not-durable caught at seed {seed}: {v}");
     assert_eq!(reused(Bugs::default(), 300), None, "the correct core never reuses a dot");
 }
+
+/// Two schedules that failed at 5 nodes with injected storage errors. 4779: a purge
+/// whose tombstone delete failed left a purge record behind, which then stripped the
+/// live tombstones from their own copies (a core bug). 2845: a hint dropped past the
+/// grace took a write's last copy (by design; the checker now counts it destroyed).
+#[test]
+fn storage_error_schedules_found_at_five_nodes_pass() {
+    for (seed, workload) in [(4779, Workload::Mixed), (2845, Workload::Set)] {
+        let c = SimConfig { nodes: 5, storage_errors: 0.002, workload, ..SimConfig::default() };
+        let (_, report) = run_seed(seed, &c);
+        assert!(report.violations.is_empty(), "seed {seed}: {:?}", report.violations);
+    }
+}

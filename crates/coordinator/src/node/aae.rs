@@ -199,8 +199,8 @@ impl AaeState {
 
     /// `incoming` without the values a tombstone this node purged for `key` had
     /// deleted (`None`: nothing to strip). See [`crate::tombstones`].
-    pub(super) fn strip_purged(&self, key: &[u8], incoming: &DvvSet) -> Option<DvvSet> {
-        self.purged.strip(key, incoming)
+    pub(super) fn strip_purged(&self, key: &[u8], incoming: &DvvSet, local: Option<&DvvSet>) -> Option<DvvSet> {
+        self.purged.strip(key, incoming, local)
     }
 
     /// The tombstone grace, ms.
@@ -780,6 +780,13 @@ impl<S: Store> Core<S> {
                     }
                     if let Err(e) = self.store.delete(&key) {
                         tracing::warn!("purging a tombstone: {e}");
+                        // Not purged: a record of it would strip the tombstone from its own copies.
+                        if !unconfirmed {
+                            self.aae.purged.remove(&key);
+                            if let Err(e) = self.store.delete_purged(&key) {
+                                tracing::warn!("dropping the record of a failed purge: {e}");
+                            }
+                        }
                         continue;
                     }
                     self.aae.on_write(&self.ring, &key, Some(digest(&key, &set)), None, now);

@@ -571,7 +571,7 @@ impl<S: Store> Core<S> {
             return Err(Error::BadRequest("invalid version vector set".into()));
         }
         // Values a tombstone this node purged had deleted: taking them back would resurrect them.
-        let stripped = self.aae.strip_purged(key, incoming);
+        let stripped = self.aae.strip_purged(key, incoming, local.as_ref());
         let incoming = stripped.as_ref().unwrap_or(incoming);
         if local.is_none() && incoming.siblings().is_empty() {
             return Ok(false);
@@ -811,6 +811,11 @@ impl<S: Store> Core<S> {
             Some(Op::Put(_)) => self.put_deadline(op_id),
             _ => {}
         }
+    }
+
+    /// Hints dropped past the tombstone grace since start (cheaper than [`Core::status`]).
+    pub fn hints_expired(&self) -> u64 {
+        self.hints.expired
     }
 
     /// This node's view of the cluster, hints included.
