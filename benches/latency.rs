@@ -144,8 +144,18 @@ async fn op(
         contexts.lock().expect("contexts").insert(k, got.context);
     } else {
         let ctx = contexts.lock().expect("contexts").get(&k).cloned().unwrap_or_default();
-        let p = client.put(key, value.to_vec()).w(level).context(ctx);
-        let put = if strict { p.strict().await } else { p.await }?;
+        let p = client.put(key.clone(), value.to_vec()).w(level).context(ctx);
+        let put = match if strict { p.strict().await } else { p.await } {
+            // Concurrent writers on a hot key pile up siblings (each context covers only its
+            // own writer's history) until the per-key limit: resolve them as a client would,
+            // by reading and writing with the read's context.
+            Err(quorumkv::Error::Cluster(quorumkv::ClusterError::KeyFull { .. })) => {
+                let got = client.get(key.clone()).r(Level::All).await?;
+                let p = client.put(key, value.to_vec()).w(level).context(got.context);
+                if strict { p.strict().await } else { p.await }?
+            }
+            other => other?,
+        };
         contexts.lock().expect("contexts").insert(k, put.context);
     }
     Ok(())
