@@ -633,9 +633,25 @@ impl<S: Store> Core<S> {
             }
             keys += 1;
             bytes += state_bytes(&it.key, &it.set);
-            if self.merge_in(&it.key, &it.set)? {
-                changed = true;
-                self.aae.keys_repaired += 1;
+            match self.merge_in(&it.key, &it.set) {
+                Ok(true) => {
+                    changed = true;
+                    self.aae.keys_repaired += 1;
+                }
+                Ok(false) => {}
+                Err(e @ Error::KeyFull { .. }) => {
+                    // One key past twice the per-key limit: repair the rest; the exchange
+                    // then does not confirm the range, so its tombstones wait.
+                    tracing::warn!(
+                        key = %String::from_utf8_lossy(&it.key[..it.key.len().min(64)]),
+                        "anti-entropy skips a key: {e}"
+                    );
+                    if let Some(x) = self.aae.exchange.as_mut() {
+                        x.incomplete = true;
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
             }
             match self.store.get(&it.key)? {
                 Some(mine) if mine != it.set => {
