@@ -10,13 +10,13 @@
 //! its store for tombstones, a page per GC round, once the index has room again.
 //!
 //! **Purge records.** A purged tombstone's key and everything it had seen (clock and
-//! dots) are kept, durably, for one more grace period, so an older state that arrives
+//! dots) are kept, durably, for two more grace periods, so an older state that arrives
 //! late (a hint, a replica that missed the delete) has the values the delete removed
 //! stripped, whether or not the key has been written since. At most `max` records:
 //! when full, GC purges nothing more until records expire (tombstones are kept
 //! longer; nothing deleted comes back). Records expire on the monotonic clock; those
 //! read back at start are kept one full grace period from then, whatever the wall
-//! clock did meanwhile.
+//! clock did meanwhile (the same two graces).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 

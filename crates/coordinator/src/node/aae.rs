@@ -88,6 +88,11 @@ const REPEATS_MAX: u32 = 64;
 const GC_INTERVAL_MS: u64 = 1_000;
 /// Default for [`AaeConfig::gc_batch`].
 pub const GC_BATCH: usize = 10_000;
+/// A purge record lives this many tombstone graces. One is what a late old state
+/// needs; the second outlasts the peers' own purges of the same tombstone, which
+/// could otherwise push it back here after the record expired (and back and forth,
+/// with a short grace, so that the replicas never all let it go).
+pub const PURGE_RECORD_GRACES: u64 = 2;
 /// Purge records kept, at most (see [`crate::tombstones`]: when full, GC waits).
 pub const PURGED_MAX: usize = 100_000;
 /// Tombstones indexed in memory, at most (past that, found again by a rescan).
@@ -213,9 +218,9 @@ impl AaeState {
         self.cfg.enabled
     }
 
-    /// A purge record read back at start: kept one grace period from now.
+    /// A purge record read back at start: kept as long from now as a new one.
     pub(super) fn load_purged(&mut self, key: &[u8], seen: Seen, now: u64) {
-        self.purged.insert(key, seen, now + self.cfg.tombstone_grace_ms);
+        self.purged.insert(key, seen, now + PURGE_RECORD_GRACES * self.cfg.tombstone_grace_ms);
     }
 
     pub(super) fn next_wakeup_ms(&self) -> u64 {
@@ -792,7 +797,7 @@ impl<S: Store> Core<S> {
                             tracing::warn!("recording a purge: {e}");
                             continue;
                         }
-                        self.aae.purged.insert(&key, set.seen(), now + grace);
+                        self.aae.purged.insert(&key, set.seen(), now + PURGE_RECORD_GRACES * grace);
                     }
                     if let Err(e) = self.store.delete(&key) {
                         tracing::warn!("purging a tombstone: {e}");
