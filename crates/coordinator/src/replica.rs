@@ -141,8 +141,7 @@ pub fn coordinate(
     let in_cloud = s.cloud().iter().filter(|d| d.actor == actor).map(|d| d.counter).max().unwrap_or(0);
     let dot = Dot { actor, counter: s.clock().get(actor).max(in_cloud).max(floor) + 1 };
     let concurrent_own = s.siblings().iter().any(|x| x.dot.actor == actor && !seen.covers(x.dot));
-    let mut back =
-        Seen { vv: seen.vv.clone(), dots: seen.dots.iter().copied().filter(|d| !s.covers_dot(*d)).collect() };
+    let mut back = unknown_to(&s, seen);
     s.apply(seen, value, dot, write_id);
     if concurrent_own {
         back.add_dot(dot);
@@ -156,12 +155,17 @@ pub fn coordinate(
 /// The context for a retry of the write `dot` that `state` already holds or covers:
 /// what the writer saw plus that write, kept apart (never a concurrent one).
 pub fn retried(state: &DvvSet, seen: &Seen, dot: Dot) -> Seen {
-    let mut back =
-        Seen { vv: seen.vv.clone(), dots: seen.dots.iter().copied().filter(|d| !state.covers_dot(*d)).collect() };
+    let mut back = unknown_to(state, seen);
     if !back.covers(dot) {
         back.add_dot(dot);
     }
     back
+}
+
+/// What the writer saw, without the single dots `state` already knows (its history
+/// carries them): the start of the context a write answers with.
+fn unknown_to(state: &DvvSet, seen: &Seen) -> Seen {
+    Seen { vv: seen.vv.clone(), dots: seen.dots.iter().copied().filter(|d| !state.covers_dot(*d)).collect() }
 }
 
 /// The context rule before dotted contexts (`Bugs::vv_context`): the writer's vector

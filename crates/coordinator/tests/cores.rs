@@ -468,16 +468,8 @@ fn a_single_replica_write_leaves_no_op_behind() {
 }
 
 fn delete(key: &str, w: Level, context: Context) -> Request {
-    Request::Put(PutRequest {
-        key: key.into(),
-        value: None,
-        context,
-        w,
-        strict: true,
-        timeout_ms: None,
-        forwarded: false,
-        write_id: None,
-    })
+    let Request::Put(p) = put_with(key, "", w, context, true) else { unreachable!() };
+    Request::Put(PutRequest { value: None, ..p })
 }
 
 fn aae(c: &Cluster, node: NodeId) -> qkv_proto::AaeStatus {

@@ -57,15 +57,6 @@ impl Disk {
         &self.current
     }
 
-    /// True when what survives a crash holds or covers `dot` of `key`: its state, a
-    /// hint of it, or a purged tombstone's clock.
-    pub fn durably_covers(&self, key: &[u8], dot: qkv_proto::Dot) -> bool {
-        let c = &self.durable;
-        c.value(key).is_some_and(|s| s.covers_dot(dot))
-            || c.hints.iter().any(|((_, k), h)| k == key && h.set.covers_dot(dot))
-            || self.purged.get(key).is_some_and(|p| p.iter().any(|(_, c)| c.covers(dot)))
-    }
-
     /// Everything of `key` that survives a crash covers: its state's, its hints' and
     /// its purged tombstones' clocks and dots, joined.
     pub fn durable_seen(&self, key: &[u8]) -> qkv_proto::Seen {

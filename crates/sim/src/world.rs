@@ -401,20 +401,20 @@ impl World {
 
     /// The dots a lost `state` of `key` took with it: its siblings, and the acknowledged
     /// writes it had seen overwritten (the overwrite may have been the only record of
-    /// that), unless `kept` says another durable copy holds or covers them.
+    /// that), unless `kept` (what the durable copies left cover) covers them.
     ///
     /// Writes acknowledged later (their answer was on the wire) are settled at the end
     /// of the run from `losses`: what the lost state covered and the disks kept then.
-    fn note_destroyed(&mut self, key: &[u8], state: &DvvSet, kept: impl Fn(&[u8], Dot) -> bool, kept_seen: Seen) {
-        self.losses.push((key.to_vec(), state.seen(), kept_seen));
+    fn note_destroyed(&mut self, key: &[u8], state: &DvvSet, kept: Seen) {
         let acked = self.history.entries.iter().filter(|e| e.key == key).filter_map(|e| e.dot());
         let candidates: Vec<Dot> =
             state.siblings().iter().map(|s| s.dot).chain(acked.filter(|&d| state.covers_dot(d))).collect();
         for dot in candidates {
-            if !kept(key, dot) {
+            if !kept.covers(dot) {
                 self.destroyed.insert(dot);
             }
         }
+        self.losses.push((key.to_vec(), state.seen(), kept));
     }
 
     /// Node `id`'s core may have dropped hints past the grace (see the core's handoff):
@@ -441,8 +441,7 @@ impl World {
                 d
             })
             .collect();
-        let kept = |key: &[u8], dot: Dot| disks.iter().any(|d| d.durably_covers(key, dot));
-        let kept_seen = |key: &[u8]| join_all(disks.iter().map(|d| d.durable_seen(key)));
+        let kept = |key: &[u8]| join_all(disks.iter().map(|d| d.durable_seen(key)));
         let gone: Vec<(Vec<u8>, DvvSet)> = {
             let d = self.nodes[&id].disk.borrow();
             held.into_iter()
@@ -451,8 +450,8 @@ impl World {
                 .collect()
         };
         for (key, set) in gone {
-            let k = kept_seen(&key);
-            self.note_destroyed(&key, &set, kept, k);
+            let k = kept(&key);
+            self.note_destroyed(&key, &set, k);
         }
     }
 
@@ -462,8 +461,7 @@ impl World {
         self.wipes.push((id, self.now));
         let others: Vec<Disk> =
             self.nodes.iter().filter(|(n, _)| **n != id).map(|(_, n)| n.disk.borrow().clone()).collect();
-        let covered_elsewhere = |key: &[u8], dot: Dot| others.iter().any(|d| d.durably_covers(key, dot));
-        let kept_seen = |key: &[u8]| join_all(others.iter().map(|d| d.durable_seen(key)));
+        let kept = |key: &[u8]| join_all(others.iter().map(|d| d.durable_seen(key)));
         let mine: Vec<(Vec<u8>, DvvSet)> = {
             // What the process saw: a `buffer` node acked writes not yet durable.
             let d = self.nodes[&id].disk.borrow();
@@ -474,8 +472,8 @@ impl World {
                 .collect()
         };
         for (key, set) in mine {
-            let k = kept_seen(&key);
-            self.note_destroyed(&key, &set, covered_elsewhere, k);
+            let k = kept(&key);
+            self.note_destroyed(&key, &set, k);
         }
         let node = self.nodes.get_mut(&id).expect("node exists");
         node.disk.borrow_mut().wipe();
@@ -488,8 +486,7 @@ impl World {
     /// nothing across a power loss) and, as for a wipe, which home replicas lost writes.
     fn lose_unsynced(&mut self) {
         let disks: Vec<Disk> = self.nodes.values().map(|n| n.disk.borrow().clone()).collect();
-        let kept = |key: &[u8], dot: Dot| disks.iter().any(|d| d.durably_covers(key, dot));
-        let kept_seen = |key: &[u8]| join_all(disks.iter().map(|d| d.durable_seen(key)));
+        let kept = |key: &[u8]| join_all(disks.iter().map(|d| d.durable_seen(key)));
         let mut lost = vec![];
         let mut states = vec![];
         for (&id, n) in &self.nodes {
@@ -507,8 +504,8 @@ impl World {
             );
         }
         for (key, set) in states {
-            let k = kept_seen(&key);
-            self.note_destroyed(&key, &set, kept, k);
+            let k = kept(&key);
+            self.note_destroyed(&key, &set, k);
         }
         for id in lost {
             self.wipes.push((id, self.now));

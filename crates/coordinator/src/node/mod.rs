@@ -599,9 +599,9 @@ impl<S: Store> Core<S> {
         let old = local.as_ref().map(|l| digest(key, l));
         // A retry of a write this node took, since overwritten by a writer who saw it:
         // answer with it (and replicate the state that covers it), write nothing.
-        if let Some(l) = &local
-            && let Some(dot) = write_id.and_then(|id| self.recent_writes.get(id, key, value.as_deref()))
-            && l.find_write(write_id.unwrap_or_default(), value.as_deref()).is_none()
+        if let (Some(l), Some(id)) = (&local, write_id)
+            && let Some(dot) = self.recent_writes.get(id, key, value.as_deref())
+            && l.find_write(id, value.as_deref()).is_none()
             && l.covers_dot(dot)
         {
             let back = replica::retried(l, seen, dot);
