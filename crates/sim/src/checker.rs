@@ -170,11 +170,14 @@ fn check_key(key: &[u8], entries: &[&Entry], fin: &FinalKey, facts: &Facts<'_>, 
         // A value may disappear only when a later write was sent with the context of an
         // observation that returned it: a read that showed the value, or this write's own
         // answer (its writer replacing it). A tombstone, whenever a context covered it.
+        // A duplicated put may have been coordinated twice: replicas keep one of its
+        // dots, so a read may show its value under the other dot, which that read's
+        // context covers instead of this one.
         let superseded = seen.covers(dot)
             && match written {
                 Some(v) => entries.iter().any(|p| {
                     let OpKind::Put { context: c, .. } = &p.op else { return false };
-                    c.seen.covers(dot)
+                    (c.seen.covers(dot) || e.duplicated)
                         && entries.iter().any(|o| {
                             // The writer's own earlier observation, not an equal context someone else got.
                             o.client == p.client

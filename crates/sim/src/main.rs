@@ -63,9 +63,8 @@ struct Args {
     #[arg(long, default_value_t = 3000)]
     outage_ms: u64,
     /// Share of nodes that persist with `buffer` (acked once in the OS buffer, lost by a power
-    /// loss; the counter lease is still synced); the rest use `sync`. Off by default: with
-    /// buffer nodes the checker still reports losses it should excuse (being triaged).
-    #[arg(long, default_value_t = 0.0)]
+    /// loss; the counter lease is still synced); the rest use `sync`.
+    #[arg(long, default_value_t = 0.25)]
     buffer: f64,
     /// Probability that one store operation or flush fails with an I/O error (not while
     /// a node starts, nor after healing).

@@ -122,6 +122,34 @@ fn a_lease_lost_in_a_power_loss_reuses_dots_and_is_caught() {
 /// whose tombstone delete failed left a purge record behind, which then stripped the
 /// live tombstones from their own copies (a core bug). 2845: a hint dropped past the
 /// grace took a write's last copy (by design; the checker now counts it destroyed).
+/// Seed 6932 at 5 nodes, every node `buffer`: a duplicated put was coordinated
+/// twice; replicas kept it under one dot, a reader saw it under that dot and wrote
+/// over it. The checker took the value for lost, as the read's context did not
+/// cover the other dot the writer was answered with.
+#[test]
+fn a_duplicated_write_read_under_its_other_dot_and_overwritten_is_not_lost() {
+    let c = SimConfig {
+        nodes: 5,
+        buffer: 1.0,
+        storage_errors: 0.002,
+        workload: Workload::Register,
+        ..SimConfig::default()
+    };
+    let (_, report) = run_seed(6932, &c);
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+}
+
+/// Seed 8868 at 5 nodes, a quarter of them `buffer`: two stand-ins dropped the same
+/// expired hint in one step, each counting on the other's copy (deleted, not yet
+/// flushed) to keep the write; a deleted copy now keeps nothing.
+#[test]
+fn two_stand_ins_dropping_one_expired_hint_destroy_its_write() {
+    let c =
+        SimConfig { nodes: 5, buffer: 0.25, storage_errors: 0.002, workload: Workload::Mixed, ..SimConfig::default() };
+    let (_, report) = run_seed(8868, &c);
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+}
+
 #[test]
 fn storage_error_schedules_found_at_five_nodes_pass() {
     for (seed, workload) in [(4779, Workload::Mixed), (2845, Workload::Set)] {
