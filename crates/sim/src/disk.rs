@@ -57,9 +57,11 @@ impl Disk {
         &self.current
     }
 
-    /// Everything of `key` that survives a crash and the next flush covers: its
-    /// state's, its hints' and its purged tombstones' clocks and dots, joined.
-    pub fn durable_seen(&self, key: &[u8]) -> qkv_proto::Seen {
+    /// Everything of `key` that survives a crash covers: its state's, its hints' and
+    /// its purged tombstones' clocks and dots, joined. `running`: the node goes on
+    /// (and will flush), so a hint it deleted but did not flush yet keeps nothing;
+    /// otherwise (every node loses power) that hint comes back.
+    pub fn durable_seen(&self, key: &[u8], running: bool) -> qkv_proto::Seen {
         let c = &self.durable;
         let mut seen = qkv_proto::Seen::new();
         let mut add = |s: qkv_proto::Seen| {
@@ -73,7 +75,7 @@ impl Disk {
             // A hint deleted but not yet flushed is on its way out: the next flush
             // takes it, so it keeps nothing (found by the simulator: two stand-ins
             // dropping the same expired hint each counted on the other's copy).
-            if id.1 == key && self.current.hints.contains_key(id) {
+            if id.1 == key && (!running || self.current.hints.contains_key(id)) {
                 add(h.set.seen());
             }
         }

@@ -441,7 +441,7 @@ impl World {
                 d
             })
             .collect();
-        let kept = |key: &[u8]| join_all(disks.iter().map(|d| d.durable_seen(key)));
+        let kept = |key: &[u8]| join_all(disks.iter().map(|d| d.durable_seen(key, true)));
         let gone: Vec<(Vec<u8>, DvvSet)> = {
             let d = self.nodes[&id].disk.borrow();
             held.into_iter()
@@ -461,7 +461,7 @@ impl World {
         self.wipes.push((id, self.now));
         let others: Vec<Disk> =
             self.nodes.iter().filter(|(n, _)| **n != id).map(|(_, n)| n.disk.borrow().clone()).collect();
-        let kept = |key: &[u8]| join_all(others.iter().map(|d| d.durable_seen(key)));
+        let kept = |key: &[u8]| join_all(others.iter().map(|d| d.durable_seen(key, true)));
         let mine: Vec<(Vec<u8>, DvvSet)> = {
             // What the process saw: a `buffer` node acked writes not yet durable.
             let d = self.nodes[&id].disk.borrow();
@@ -486,7 +486,7 @@ impl World {
     /// nothing across a power loss) and, as for a wipe, which home replicas lost writes.
     fn lose_unsynced(&mut self) {
         let disks: Vec<Disk> = self.nodes.values().map(|n| n.disk.borrow().clone()).collect();
-        let kept = |key: &[u8]| join_all(disks.iter().map(|d| d.durable_seen(key)));
+        let kept = |key: &[u8]| join_all(disks.iter().map(|d| d.durable_seen(key, false)));
         let mut lost = vec![];
         let mut states = vec![];
         for (&id, n) in &self.nodes {
