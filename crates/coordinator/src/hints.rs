@@ -63,7 +63,13 @@ struct Owner {
     cursor: Vec<u8>,
     /// Recent deliveries: (time, hints, bytes).
     delivered: VecDeque<(u64, u64, u64)>,
+    /// Hints a home replica refused (their key past its merge limit there), and when
+    /// to offer them again; only keys held.
+    resting: BTreeMap<Vec<u8>, u64>,
 }
+
+/// A hint a home replica refused is offered again after this long.
+pub const REFUSED_RETRY_MS: u64 = 30_000;
 
 /// Sizes and ages of the hints this node holds, and handoff pacing.
 #[derive(Debug)]
@@ -121,33 +127,24 @@ impl HintIndex {
         Ok(())
     }
 
-    /// Record a stored hint (new or replaced). `created_ms` is kept from the first hint for the key.
+    /// Record a stored hint (new or replaced), last written at `created_ms`.
     pub fn record(&mut self, owner: NodeId, key: &[u8], bytes: u64, created_ms: u64) {
         let o = self.owners.entry(owner).or_default();
-        let created = match o.keys.get(key) {
-            Some(&(old_bytes, old_created)) => {
-                o.bytes -= old_bytes;
-                self.bytes -= old_bytes;
-                old_created
-            }
-            None => {
-                o.by_age.insert((created_ms, key.to_vec()));
-                created_ms
-            }
-        };
-        o.keys.insert(key.to_vec(), (bytes, created));
+        if let Some(&(old_bytes, old_created)) = o.keys.get(key) {
+            o.bytes -= old_bytes;
+            self.bytes -= old_bytes;
+            o.by_age.remove(&(old_created, key.to_vec()));
+        }
+        o.by_age.insert((created_ms, key.to_vec()));
+        o.keys.insert(key.to_vec(), (bytes, created_ms));
         o.bytes += bytes;
         self.bytes += bytes;
-    }
-
-    /// The creation time of the hint for `owner`, `key`, if held.
-    pub fn created(&self, owner: NodeId, key: &[u8]) -> Option<u64> {
-        self.owners.get(&owner)?.keys.get(key).map(|e| e.1)
     }
 
     /// Forget a hint (handed off).
     pub fn remove(&mut self, owner: NodeId, key: &[u8]) {
         let Some(o) = self.owners.get_mut(&owner) else { return };
+        o.resting.remove(key);
         if let Some((bytes, created)) = o.keys.remove(key) {
             o.by_age.remove(&(created, key.to_vec()));
             o.bytes -= bytes;
@@ -182,9 +179,13 @@ impl HintIndex {
         let after = o.keys.range::<Vec<u8>, _>((std::ops::Bound::Excluded(&o.cursor), std::ops::Bound::Unbounded));
         let mut picked = vec![];
         let mut used = 0u64;
-        for (k, (bytes, _)) in after.chain(o.keys.iter()) {
-            if picked.len() == BATCH_KEYS_MAX || picked.contains(k) || (used > 0 && used + bytes > budget) {
+        // One lap at most: resting keys are passed over, not picked.
+        for (k, (bytes, _)) in after.chain(o.keys.iter()).take(o.keys.len()) {
+            if picked.len() == BATCH_KEYS_MAX || (used > 0 && used + bytes > budget) {
                 break;
+            }
+            if o.resting.get(k).is_some_and(|&until| now_ms < until) {
+                continue;
             }
             used += bytes;
             picked.push(k.clone());
@@ -195,6 +196,21 @@ impl HintIndex {
             self.tokens.spend(used as f64);
         }
         picked
+    }
+
+    /// A home replica refused the hint for `owner`, `key`: offer it again only after
+    /// [`REFUSED_RETRY_MS`], so it does not take every batch's place.
+    pub fn refused_by_owner(&mut self, owner: NodeId, key: &[u8], now_ms: u64) {
+        if let Some(o) = self.owners.get_mut(&owner)
+            && o.keys.contains_key(key)
+        {
+            o.resting.insert(key.to_vec(), now_ms + REFUSED_RETRY_MS);
+        }
+    }
+
+    /// True while the hint for `owner`, `key` rests after a refusal.
+    pub fn is_resting(&self, owner: NodeId, key: &[u8], now_ms: u64) -> bool {
+        self.owners.get(&owner).and_then(|o| o.resting.get(key)).is_some_and(|&until| now_ms < until)
     }
 
     /// Hints for `owner` created at or before `cutoff` (wall ms), oldest first, at most `limit`.
@@ -313,7 +329,8 @@ mod tests {
         ix.record(2, b"b", 100, 2000);
         ix.record(2, b"a", 120, 5000);
         let r = ix.report(0, 6000, |_| true);
-        assert_eq!((r[0].count, r[0].bytes, r[0].oldest_age_ms), (2, 220, 5000));
+        // "a" took a write at 5000: its age restarts, so "b" is the oldest.
+        assert_eq!((r[0].count, r[0].bytes, r[0].oldest_age_ms), (2, 220, 4000));
         assert_eq!(r[0].drain_eta_ms, None, "nothing has moved yet");
         ix.batch_done(2, 10, 1000, 6000);
         let r = ix.report(7000, 0, |_| false);
@@ -321,5 +338,24 @@ mod tests {
         assert_eq!(r[0].rate_hints_per_s, 1.0);
         assert_eq!(r[0].drain_eta_ms, Some(2200));
         assert!(!r[0].owner_up);
+    }
+
+    #[test]
+    fn a_refused_hint_rests_while_the_others_are_batched() {
+        let mut ix = HintIndex::new(HintLimits { rate_bytes_per_s: 1 << 30, batch_bytes_max: 1 << 30, ..limits() }, 0);
+        for k in [b"a", b"b", b"c"] {
+            ix.record(2, k, 10, 0);
+        }
+        ix.refused_by_owner(2, b"b", 0);
+        assert!(ix.is_resting(2, b"b", 1) && !ix.is_resting(2, b"a", 1));
+        assert_eq!(ix.next_batch(2, 1), vec![b"a".to_vec(), b"c".to_vec()]);
+        ix.batch_done(2, 0, 0, 1);
+        assert_eq!(ix.next_batch(2, 2), vec![b"a".to_vec(), b"c".to_vec()], "one lap, the resting key passed over");
+        ix.batch_done(2, 0, 0, 2);
+        assert_eq!(ix.next_batch(2, REFUSED_RETRY_MS).len(), 3, "offered again after the rest");
+        ix.batch_done(2, 0, 0, REFUSED_RETRY_MS);
+        ix.refused_by_owner(2, b"b", REFUSED_RETRY_MS);
+        ix.remove(2, b"b");
+        assert!(!ix.is_resting(2, b"b", REFUSED_RETRY_MS), "forgotten with the hint");
     }
 }

@@ -60,6 +60,26 @@ impl Limits {
         )
     }
 
+    /// A read coordinator's check of the merge of its replies: replicas each hold at
+    /// most twice the limit, but merging several diverged ones can pass the frame a
+    /// node sends. Reading one replica (R = one) always fits, and writing with that
+    /// read's context shrinks the key.
+    pub fn check_reply(&self, merged: &DvvSet, replied: usize) -> Result<(), Error> {
+        let max = self.key_state_bytes_max.saturating_mul(2);
+        if merged.size_bytes() > max {
+            return Err(Error::TooLarge {
+                what: format!(
+                    "the merge of {replied} replicas' states of this key ({} siblings; read it at R=one and write \
+                     with that read's context to resolve them)",
+                    merged.siblings().len()
+                ),
+                size: merged.size_bytes() as u64,
+                max: max as u64,
+            });
+        }
+        Ok(())
+    }
+
     fn check_state(
         &self,
         before: (usize, usize),

@@ -130,15 +130,18 @@ impl TombstoneIndex {
 #[derive(Debug)]
 pub struct PurgeRecords {
     max: usize,
+    bytes_max: usize,
+    /// Approximate memory of the records ([`record_bytes`]).
+    bytes: usize,
     by_key: HashMap<Vec<u8>, (Seen, u64)>,
     /// (expiry, key), oldest first; an entry whose expiry no longer matches is stale.
     order: VecDeque<(u64, Vec<u8>)>,
 }
 
 impl PurgeRecords {
-    /// No records; at most `max`.
-    pub fn new(max: usize) -> Self {
-        PurgeRecords { max, by_key: HashMap::new(), order: VecDeque::new() }
+    /// No records; at most `max` of them, in at most `bytes_max` bytes.
+    pub fn new(max: usize, bytes_max: usize) -> Self {
+        PurgeRecords { max, bytes_max, bytes: 0, by_key: HashMap::new(), order: VecDeque::new() }
     }
 
     /// Records held.
@@ -153,7 +156,7 @@ impl PurgeRecords {
 
     /// True when no record can be added: GC must wait.
     pub fn is_full(&self) -> bool {
-        self.by_key.len() >= self.max
+        self.by_key.len() >= self.max || self.bytes >= self.bytes_max
     }
 
     /// Remember `key`'s purged tombstone, which had seen `seen`, until `expires`.
@@ -162,9 +165,15 @@ impl PurgeRecords {
         if self.is_full() && !self.by_key.contains_key(key) {
             return false;
         }
-        let seen = match self.by_key.remove(key) {
+        self.insert_always(key, seen, expires);
+        true
+    }
+
+    /// [`PurgeRecords::insert`], even when full (records read back at start).
+    pub fn insert_always(&mut self, key: &[u8], seen: Seen, expires: u64) {
+        let seen = match self.take(key) {
             // Purged again: what both tombstones had seen.
-            Some((mut old, _)) => {
+            Some(mut old) => {
                 old.vv.join(&seen.vv);
                 old.dots.extend(seen.dots);
                 old.normalize();
@@ -172,9 +181,22 @@ impl PurgeRecords {
             }
             None => seen,
         };
+        self.bytes += record_bytes(key, &seen);
         self.by_key.insert(key.to_vec(), (seen, expires));
         self.order.push_back((expires, key.to_vec()));
-        true
+        // Entries of records since replaced or removed linger until their expiry:
+        // past twice the records, rebuild the queue from them.
+        if self.order.len() > 2 * self.by_key.len() + 1024 {
+            let mut live: Vec<(u64, Vec<u8>)> = self.by_key.iter().map(|(k, (_, e))| (*e, k.clone())).collect();
+            live.sort();
+            self.order = live.into();
+        }
+    }
+
+    fn take(&mut self, key: &[u8]) -> Option<Seen> {
+        let (seen, _) = self.by_key.remove(key)?;
+        self.bytes -= record_bytes(key, &seen);
+        Some(seen)
     }
 
     /// The record of `key`, if any.
@@ -191,7 +213,7 @@ impl PurgeRecords {
             }
             let Some((at, key)) = self.order.pop_front() else { break };
             if self.by_key.get(&key).is_some_and(|(_, e)| *e == at) {
-                self.by_key.remove(&key);
+                self.take(&key);
                 gone.push(key);
             }
         }
@@ -214,8 +236,14 @@ impl PurgeRecords {
 
     /// Forget `key`'s record (its purge did not happen after all).
     pub fn remove(&mut self, key: &[u8]) {
-        self.by_key.remove(key);
+        self.take(key);
     }
+}
+
+/// What one record takes in memory, roughly: its key twice (map and expiry queue),
+/// its clock and dots, and the maps' overhead.
+fn record_bytes(key: &[u8], seen: &Seen) -> usize {
+    2 * key.len() + 16 * (seen.vv.0.len() + seen.dots.len()) + 96
 }
 
 #[cfg(test)]
@@ -280,7 +308,7 @@ mod tests {
 
     #[test]
     fn purge_records_strip_deleted_values_even_from_a_key_written_since() {
-        let mut p = PurgeRecords::new(2);
+        let mut p = PurgeRecords::new(2, usize::MAX);
         let deleted = Seen::of(VersionVector([(1, 5)].into_iter().collect()));
         assert!(p.insert(b"k", deleted, 100));
         // A late old state: a value of dot 1:3 (deleted) and one of dot 2:1 (written after).
@@ -297,5 +325,19 @@ mod tests {
         assert!(p.is_full() && !p.insert(b"x", Seen::new(), 300));
         assert_eq!(p.expire(150), vec![b"k".to_vec()]);
         assert!(p.insert(b"x", Seen::new(), 300));
+    }
+
+    #[test]
+    fn purge_records_are_bounded_by_their_bytes_too() {
+        let mut p = PurgeRecords::new(100, 900);
+        let key = |i: u8| vec![i; 200];
+        assert!(p.insert(&key(1), Seen::new(), 10));
+        assert!(p.insert(&key(2), Seen::new(), 20));
+        assert!(p.is_full() && !p.insert(&key(3), Seen::new(), 30), "two 200-byte keys fill 900 bytes");
+        p.remove(&key(1));
+        assert!(!p.is_full() && p.insert(&key(3), Seen::new(), 30));
+        assert_eq!(p.expire(25), vec![key(2)]);
+        assert_eq!(p.len(), 1);
+        assert!(!p.is_full());
     }
 }

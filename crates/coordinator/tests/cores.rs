@@ -820,3 +820,105 @@ fn anti_entropy_repairs_around_a_key_past_the_merge_limit() {
         }
     }
 }
+
+#[test]
+fn a_batch_item_past_the_merge_limit_is_refused_alone_and_handoff_delivers_the_rest() {
+    let mut c = Cluster::build(5, 3, |cfg| cfg.limits.key_siblings_max = 2);
+    let on_123 = |h: &[NodeId]| [1, 2, 3].iter().all(|n| h.contains(n));
+    let fat = key_with_home(&c, "fat", on_123);
+    let thin = key_with_home(&c, "thin", on_123);
+    let late = key_with_home(&c, "late", on_123);
+    // Two blind siblings of `fat` on each home replica alone; `thin` and `late` on node 3 only.
+    for node in 1..=3u32 {
+        c.hung = (1..=5).filter(|&n| n != node).collect();
+        for i in 0..2 {
+            c.call(node, put(&fat, &format!("n{node}-{i}"), Level::One, Context::empty())).unwrap();
+        }
+    }
+    c.hung = (1..=5).filter(|&n| n != 3).collect();
+    c.call(3, put(&thin, "t", Level::One, Context::empty())).unwrap();
+    c.call(3, put(&late, "l", Level::One, Context::empty())).unwrap();
+    c.hung.clear();
+    let state = |c: &Cluster, n: NodeId, k: &str| c.stored(n, k.as_bytes()).unwrap();
+    // Node 1 takes node 2's siblings (4: twice the limit), not node 3's too (6).
+    let two = state(&c, 2, &fat);
+    assert_eq!(c.call(1, Request::ReplicaPut { key: fat.clone().into_bytes(), set: two }), Some(Response::ReplicaAck));
+    let items = vec![
+        qkv_proto::KeyState { key: fat.clone().into_bytes(), set: state(&c, 3, &fat) },
+        qkv_proto::KeyState { key: thin.clone().into_bytes(), set: state(&c, 3, &thin) },
+    ];
+    let resp = c.call(1, Request::ReplicaPutBatch { items });
+    assert_eq!(resp, Some(Response::ReplicaBatchAck { refused: vec![0] }), "the full key alone is refused");
+    assert_eq!(state(&c, 1, &fat).siblings().len(), 4);
+    assert!(c.stored(1, thin.as_bytes()).is_some(), "the rest of the batch landed");
+
+    // Handoff: a stand-in holding hints for node 1 of both a key node 1 refuses and
+    // another delivers the other and keeps the refused one, instead of retrying both forever.
+    for k in [&fat, &late] {
+        let set = state(&c, 3, k);
+        let resp = c.call(4, Request::ReplicaHint { owner: 1, key: k.clone().into_bytes(), set });
+        assert_eq!(resp, Some(Response::ReplicaAck));
+    }
+    assert_eq!(c.hints_held(4), 2);
+    c.advance(2_000);
+    assert!(c.stored(1, late.as_bytes()).is_some(), "the deliverable hint was handed off");
+    assert_eq!(c.hints_held(4), 1, "the refused hint is kept for later");
+    assert_eq!(state(&c, 1, &fat).siblings().len(), 4);
+}
+
+#[test]
+fn a_read_whose_merged_answer_would_pass_the_frame_is_refused_clearly_and_r_one_still_reads() {
+    let mut c = Cluster::build(3, 3, |cfg| cfg.limits.key_state_bytes_max = 400);
+    let value = "x".repeat(300);
+    // Each replica alone takes one blind sibling (under the limit); merged, they pass twice it.
+    for node in 1..=3u32 {
+        c.hung = (1..=3).filter(|&n| n != node).collect();
+        c.call(node, put("wide", &value, Level::One, Context::empty())).unwrap();
+    }
+    c.hung.clear();
+    let all = c.call(1, get("wide", Level::All)).unwrap();
+    assert!(
+        matches!(&all, Response::Error(Error::TooLarge { what, max: 800, .. }) if what.contains("R=one")),
+        "{all:?}"
+    );
+    let one = c.call(1, get("wide", Level::One)).unwrap();
+    assert_eq!(values(&one).len(), 1, "{one:?}");
+}
+
+#[test]
+fn a_hint_expires_a_grace_after_its_newest_write_not_its_first() {
+    // Grace 1000 ms (the test config), hint window within it, as the node's config requires.
+    let mut c = Cluster::with_hint_window(5, 3, 1000);
+    let key = key_with_home(&c, "h", |h| [1, 2, 3].iter().all(|n| h.contains(n)));
+    // Homes 2 and 3 down; home 1 coordinates but is cut off from the stand-ins, so
+    // they cannot hand its hints to it (nor redirect them there).
+    c.down = BTreeSet::from([2, 3]);
+    c.hung = BTreeSet::from([1]);
+    c.advance(400);
+    let sloppy = |v: &str| put_with(&key, v, Level::One, Context::empty(), false);
+    let r = c.call(1, sloppy("first"));
+    assert!(matches!(r, Some(Response::Put(_))), "{r:?}");
+    let total = |c: &Cluster| c.hints_held(4) + c.hints_held(5);
+    assert!(total(&c) > 0);
+    // Within the hint window (1000 ms) of the owners going down.
+    c.advance(1000);
+    assert!(matches!(c.call(1, sloppy("second")), Some(Response::Put(_))));
+    let n = total(&c);
+    // A grace after the first write, well within one of the second: the hints stay.
+    c.advance(1500);
+    assert_eq!(total(&c), n, "a hint holding a write taken 500 ms ago was dropped");
+    let expired = |c: &mut Cluster| -> u64 {
+        [4, 5]
+            .iter()
+            .map(|&s| match c.call(s, Request::Status) {
+                Some(Response::Status(st)) => st.hints.expired,
+                other => panic!("{other:?}"),
+            })
+            .sum()
+    };
+    assert_eq!(expired(&mut c), 0);
+    // A grace after the newest write, with every home replica still down: dropped, counted.
+    c.advance(2200);
+    assert_eq!(total(&c), 0);
+    assert!(expired(&mut c) >= 1);
+}

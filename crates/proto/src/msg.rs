@@ -187,6 +187,14 @@ pub enum Response {
     ReplicaState(Option<DvvSet>),
     /// A replica merged and persisted the state.
     ReplicaAck,
+    /// A replica merged and persisted a batch ([`Request::ReplicaPutBatch`]) but for
+    /// the items at these indices, which it refused because the key's merged state
+    /// would pass twice the per-key limit (the sender keeps them and tries again
+    /// later; the rest are delivered).
+    ReplicaBatchAck {
+        /// Indices into the batch of the items not merged.
+        refused: Vec<u32>,
+    },
     /// Liveness answer, with the answering node's heartbeat gossip.
     Pong {
         /// The answering node.

@@ -27,7 +27,7 @@
 //! arriving late (a replica or hint that missed the delete) is dropped, not
 //! resurrected.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use qkv_proto::{AaeCompared, AaePair, AaeStatus, DvvSet, Error, KeyDigest, KeyState, NodeId, Request, Response, Seen};
 
@@ -53,6 +53,10 @@ pub struct AaeConfig {
     pub tombstone_grace_ms: u64,
     /// Tombstones purged per GC round (one a second), at most.
     pub gc_batch: usize,
+    /// Memory the purge records may take, at most ([`crate::tombstones`]): with the
+    /// records full, GC waits, so GC keeps up with at most as many deletes per
+    /// `PURGE_RECORD_GRACES` graces as records fit.
+    pub purge_records_bytes_max: usize,
 }
 
 impl Default for AaeConfig {
@@ -64,6 +68,7 @@ impl Default for AaeConfig {
             bytes_per_s: 2 << 20,
             tombstone_grace_ms: 4 * 3600 * 1000,
             gc_batch: GC_BATCH,
+            purge_records_bytes_max: PURGED_BYTES_MAX,
         }
     }
 }
@@ -93,8 +98,9 @@ pub const GC_BATCH: usize = 10_000;
 /// could otherwise push it back here after the record expired (and back and forth,
 /// with a short grace, so that the replicas never all let it go).
 pub const PURGE_RECORD_GRACES: u64 = 2;
-/// Purge records kept, at most (see [`crate::tombstones`]: when full, GC waits).
-pub const PURGED_MAX: usize = 100_000;
+/// Default for [`AaeConfig::purge_records_bytes_max`]: about 760,000 records of
+/// 16-byte keys with three-actor clocks.
+pub const PURGED_BYTES_MAX: usize = 128 << 20;
 /// Tombstones indexed in memory, at most (past that, found again by a rescan).
 pub const TOMBSTONE_INDEX_MAX: usize = 1 << 20;
 const SCAN_PAGE: usize = 4096;
@@ -127,8 +133,9 @@ struct Exchange {
     work: VecDeque<(RangeId, VecDeque<u32>)>,
     waiting: Waiting,
     repeats: u32,
-    /// Something was skipped: the exchange ends, but does not count as complete.
-    incomplete: bool,
+    /// Ranges where something was skipped: the exchange ends, but does not confirm them
+    /// (so their tombstones wait); the other ranges are confirmed.
+    incomplete: BTreeSet<RangeId>,
     wait_until: u64,
     /// The peer asked for no comparison before this (its pace was spent).
     peer_wait_until: u64,
@@ -174,7 +181,7 @@ impl AaeState {
             pairs: BTreeMap::new(),
             tombstones: TombstoneIndex::new(TOMBSTONE_INDEX_MAX),
             rescan: None,
-            purged: PurgeRecords::new(PURGED_MAX),
+            purged: PurgeRecords::new(usize::MAX, cfg.purge_records_bytes_max.max(1)),
             keys: Bucket::new(cfg.keys_per_s.max(1), now_ms),
             bytes: Bucket::new(cfg.bytes_per_s.max(1), now_ms),
             exchanges: 0,
@@ -218,9 +225,11 @@ impl AaeState {
         self.cfg.enabled
     }
 
-    /// A purge record read back at start: kept as long from now as a new one.
+    /// A purge record read back at start: kept as long from now as a new one, even
+    /// past the bound (a lower bound than before, or another load order): dropping
+    /// it could bring a deleted value back. Over the bound, GC only waits.
     pub(super) fn load_purged(&mut self, key: &[u8], seen: Seen, now: u64) {
-        self.purged.insert(key, seen, now + PURGE_RECORD_GRACES * self.cfg.tombstone_grace_ms);
+        self.purged.insert_always(key, seen, now + PURGE_RECORD_GRACES * self.cfg.tombstone_grace_ms);
     }
 
     pub(super) fn next_wakeup_ms(&self) -> u64 {
@@ -493,7 +502,7 @@ impl<S: Store> Core<S> {
             work: VecDeque::new(),
             waiting: Waiting::Roots,
             repeats: 0,
-            incomplete: false,
+            incomplete: BTreeSet::new(),
             wait_until: now,
             peer_wait_until: now,
         });
@@ -516,14 +525,19 @@ impl<S: Store> Core<S> {
                 }
             }
             (Waiting::Pushes { left, keys, range, leaves, more }, r) => {
-                if !matches!(r, Ok(Response::ReplicaAck)) {
-                    x.incomplete = true;
+                // A key refused at its merge limit leaves the range unconfirmed.
+                match r {
+                    Ok(Response::ReplicaAck) => {}
+                    Ok(Response::ReplicaBatchAck { refused }) if refused.is_empty() => {}
+                    _ => {
+                        x.incomplete.insert(range);
+                    }
                 }
                 if left > 1 {
                     x.waiting = Waiting::Pushes { left: left - 1, keys, range, leaves, more };
                     return;
                 }
-                if !x.incomplete {
+                if !x.incomplete.contains(&range) {
                     self.aae.keys_repaired += keys;
                 }
                 self.aae_group_done(range, leaves, more, true);
@@ -612,7 +626,9 @@ impl<S: Store> Core<S> {
             }
         }
         let Some(x) = self.aae.exchange.as_mut() else { return };
-        x.incomplete |= truncated;
+        if truncated {
+            x.incomplete.insert(range);
+        }
         if !pending.is_empty() {
             x.work.push_front((range, pending));
         }
@@ -652,7 +668,7 @@ impl<S: Store> Core<S> {
                         "anti-entropy skips a key: {e}"
                     );
                     if let Some(x) = self.aae.exchange.as_mut() {
-                        x.incomplete = true;
+                        x.incomplete.insert(range);
                     }
                     continue;
                 }
@@ -728,7 +744,7 @@ impl<S: Store> Core<S> {
         if more {
             x.repeats += 1;
             if x.repeats > REPEATS_MAX {
-                x.incomplete = true;
+                x.incomplete.insert(range);
             } else {
                 x.work.push_front((range, leaves.into()));
             }
@@ -741,15 +757,19 @@ impl<S: Store> Core<S> {
         self.ops.remove(&x.op);
         let now = self.now_ms;
         self.aae.next_ms = now + self.aae.cfg.interval_ms;
-        if ok && !x.incomplete {
+        if !ok {
+            self.aae.exchanges_failed += 1;
+            return;
+        }
+        if x.incomplete.is_empty() {
             self.aae.exchanges += 1;
-            for r in x.ranges {
-                let p = self.aae.pair(r, x.peer);
-                p.done_ms = Some(now);
-                p.synced_from_ms = Some(x.started_ms);
-            }
         } else {
             self.aae.exchanges_failed += 1;
+        }
+        for r in x.ranges.into_iter().filter(|r| !x.incomplete.contains(r)) {
+            let p = self.aae.pair(r, x.peer);
+            p.done_ms = Some(now);
+            p.synced_from_ms = Some(x.started_ms);
         }
     }
 

@@ -33,6 +33,8 @@ impl<S: Store> Core<S> {
                 self.detector.on_reachable(to);
                 self.detector.merge(&gossip, self.now_ms);
             }
+            // A node too busy to take the ping answered it: it is up.
+            Err(Error::Overloaded(_)) => self.detector.on_reachable(to),
             _ => self.detector.on_unreachable(to),
         }
         self.judge();

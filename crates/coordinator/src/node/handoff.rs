@@ -2,15 +2,21 @@
 //! batches; delete a hint only once its owner acknowledged it durably, and only
 //! if it did not change while the batch was in flight.
 //!
-//! Hints age. A tombstone is purged no sooner than one grace period after the
-//! delete, so a hint applied within one grace period of its write can never bring
-//! back a value deleted after it. So a hint whose owner stays down past half the
+//! Hints age, from the newest write each took (so every write a stand-in
+//! acknowledged is kept a grace). A tombstone is purged no sooner than one grace
+//! period after the delete, so a hint applied within one grace period of its write
+//! can never bring back a value deleted after it; the older siblings of a hint that
+//! took later writes are covered by purge records (two graces) and the hint window
+//! (within the grace, so a hint stops taking writes a grace after its owner went
+//! down). So a hint whose owner stays down past half the
 //! grace goes to another home replica of its key that is up (anti-entropy brings
 //! the owner up to date when it returns), and a hint older than the grace is
 //! dropped, counted and logged: its write survives only where it reached a home
 //! replica (all of them down for half the grace, with sloppy W met by stand-ins
 //! alone, is the case it does not). Without anti-entropy nothing is purged, and
 //! hints wait for their owner however long it takes.
+
+use std::collections::BTreeSet;
 
 use qkv_proto::{Error, KeyState, Request, Response};
 
@@ -95,6 +101,9 @@ impl<S: Store> Core<S> {
             if items.len() >= crate::hints::BATCH_KEYS_MAX {
                 break;
             }
+            if self.hints.is_resting(owner, &key, self.now_ms) {
+                continue;
+            }
             let to = self.ring.preference_list(&key).iter().copied().find(|&n| n != owner && n != me && self.is_up(n));
             let Some(to) = to else { continue };
             if *target.get_or_insert(to) != to {
@@ -125,8 +134,29 @@ impl<S: Store> Core<S> {
     pub(super) fn handoff_response(&mut self, op_id: OpId, result: Result<Response, Error>) {
         let Some(Op::Handoff { owner, redirected, items }) = self.ops.remove(&op_id) else { return };
         let (mut delivered, mut bytes) = (0u64, 0u64);
-        if matches!(result, Ok(Response::ReplicaAck)) {
-            for (key, sent) in items {
+        // Items the receiver refused (their key is past its merge limit there) stay and
+        // rest a while; the rest are delivered. A list naming items the batch did not
+        // hold is a broken peer: nothing counts as delivered.
+        let refused: Option<BTreeSet<u32>> = match &result {
+            Ok(Response::ReplicaAck) => Some(BTreeSet::new()),
+            Ok(Response::ReplicaBatchAck { refused }) if refused.iter().all(|&i| (i as usize) < items.len()) => {
+                Some(refused.iter().copied().collect())
+            }
+            Ok(other) => {
+                tracing::warn!(owner, "handoff batch answered with {other:?}");
+                None
+            }
+            Err(_) => None,
+        };
+        if let Some(refused) = refused {
+            if !refused.is_empty() {
+                tracing::warn!(owner, "{} handed-off hints refused at the key's limit: kept", refused.len());
+            }
+            for (i, (key, sent)) in items.into_iter().enumerate() {
+                if refused.contains(&(i as u32)) {
+                    self.hints.refused_by_owner(owner, &key, self.now_ms);
+                    continue;
+                }
                 match self.store.get_hint(owner, &key) {
                     Ok(Some(h)) if h.set == sent => {
                         if let Err(e) = self.store.delete_hint(owner, &key) {
@@ -141,7 +171,7 @@ impl<S: Store> Core<S> {
                     _ => {}
                 }
             }
-        } else if let Err(e) | Ok(Response::Error(e)) = result {
+        } else if let Err(e) = result {
             tracing::debug!(owner, "handoff batch failed: {e}");
         }
         if redirected {

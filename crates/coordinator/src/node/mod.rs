@@ -69,7 +69,9 @@ pub const HANDOFF_TIMEOUT_MS: u64 = 5_000;
 pub struct Hint {
     /// The merged state to hand off.
     pub set: DvvSet,
-    /// When the stand-in first took a hint for this key and owner (wall clock, ms).
+    /// When the stand-in last took a write into this hint (wall clock, ms): its age,
+    /// for redirect and expiry, counts from its newest write, so every write a
+    /// stand-in acknowledged is kept at least a grace (see `handoff.rs`).
     pub created_ms: u64,
 }
 
@@ -82,7 +84,7 @@ pub struct HintMeta {
     pub key: Vec<u8>,
     /// Its approximate size.
     pub bytes: u64,
-    /// When it was first taken (wall clock, ms).
+    /// When it last took a write (wall clock, ms).
     pub created_ms: u64,
 }
 
@@ -274,7 +276,11 @@ enum Op {
     /// A write forwarded to its coordinator.
     Forward { req: ReqId },
     /// An incoming replica write or hint, waiting for its flush.
-    ReplicaFlush { req: ReqId },
+    ReplicaFlush {
+        req: ReqId,
+        /// For a batch: the indices of items refused (answered with `ReplicaBatchAck`).
+        refused: Option<Vec<u32>>,
+    },
     /// An inspect gathering each home replica's state and the hints others hold.
     /// Only the home replicas asked fill slots, and only the stand-ins asked answer
     /// for hints; at `deadline_ms` it answers with what it has.
@@ -728,7 +734,7 @@ impl<S: Store> Core<S> {
         }
         let Some(op_id) = self.flushes.remove(&token) else { return };
         match self.ops.remove(&op_id) {
-            Some(Op::ReplicaFlush { req }) => self.reply(req, result.map(|_| Response::ReplicaAck)),
+            Some(Op::ReplicaFlush { req, refused }) => self.reply(req, result.map(|_| write::replica_ack(refused))),
             Some(Op::PutFlush(pending)) => match result {
                 Ok(()) => self.replicate(op_id, pending),
                 Err(e) => self.reply(pending.req, Err(e)),

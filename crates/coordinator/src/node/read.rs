@@ -92,11 +92,18 @@ impl<S: Store> Core<S> {
             match a {
                 GetAction::Reply(r) => {
                     if let Some(req) = req {
-                        self.reply(req, r.map(|a| Response::Get(get_reply(&self.cfg.secret, &key, &a.set, a.replied))));
+                        let limits = &self.cfg.limits;
+                        let r = r.and_then(|a| {
+                            limits.check_reply(&a.set, a.replied)?;
+                            Ok(Response::Get(get_reply(&self.cfg.secret, &key, &a.set, a.replied)))
+                        });
+                        self.reply(req, r);
                     }
                 }
                 // Only home replicas are repaired; a stand-in's hints go home by handoff.
                 GetAction::Repair { to, .. } if !home.contains(&to) => {}
+                // A merge no replica could take (it was refused as the answer too) is not sent.
+                GetAction::Repair { set, .. } if self.cfg.limits.check_reply(&set, 0).is_err() => {}
                 GetAction::Repair { to, set } if to == self.cfg.me => self.repair_locally(&key, &set),
                 GetAction::Repair { to, set } => {
                     let rep = self.id();

@@ -11,6 +11,7 @@ use super::{
 };
 use crate::hints::{BATCH_KEYS_MAX, hint_bytes};
 use crate::put::{PutOp, PutOutcome};
+use crate::replica;
 use crate::route::{WriteRoute, check_available, route_write};
 
 impl<S: Store> Core<S> {
@@ -235,7 +236,7 @@ impl<S: Store> Core<S> {
     pub(super) fn replica_put(&mut self, req: ReqId, key: &[u8], set: &DvvSet) -> Result<Option<Response>, Error> {
         self.cfg.limits.check(key, None)?;
         self.merge_in(key, set)?;
-        self.await_flush(req);
+        self.await_flush(req, None);
         Ok(None)
     }
 
@@ -250,11 +251,24 @@ impl<S: Store> Core<S> {
                 return Err(Error::BadRequest("invalid version vector set".into()));
             }
         }
-        for it in items {
-            self.merge_in(&it.key, &it.set)?;
+        // One key past its merge limit must not hold back the rest of the batch (a
+        // handoff or repair would retry the same batch forever): refuse it alone.
+        let mut refused = vec![];
+        for (i, it) in items.into_iter().enumerate() {
+            match self.merge_in(&it.key, &it.set) {
+                Ok(_) => {}
+                Err(e @ Error::KeyFull { .. }) => {
+                    tracing::warn!(
+                        key = %String::from_utf8_lossy(&it.key[..it.key.len().min(64)]),
+                        "a batch item is refused: {e}"
+                    );
+                    refused.push(i as u32);
+                }
+                Err(e) => return Err(e),
+            }
         }
         // Acked after a flush even when nothing changed: see `replica_put`.
-        self.await_flush(req);
+        self.await_flush(req, Some(refused));
         Ok(None)
     }
 
@@ -287,30 +301,52 @@ impl<S: Store> Core<S> {
                 format!("node {owner} has been down {} s, past the hint window of {} s", down / 1000, window / 1000);
             return Err(Error::HintRefused { node: me, reason });
         }
-        let merged = match self.store.get_hint(owner, key)? {
-            Some(h) => h.set.merged(set),
+        let held = self.store.get_hint(owner, key)?;
+        let merged = match &held {
+            Some(h) => h.set.clone().merged(set),
             None => set.clone(),
         };
+        // A hint its owner could never merge would be refused there forever.
+        if let Err(e) = self.cfg.limits.check_merged(replica::footprint(held.as_ref().map(|h| &h.set)), &merged) {
+            self.stats.key_merges_refused += 1;
+            self.hints.refused += 1;
+            return Err(Error::HintRefused { node: me, reason: e.to_string() });
+        }
         let bytes = hint_bytes(key, merged.value_bytes());
         if let Err(reason) = self.hints.admit(owner, key, bytes) {
             self.hints.refused += 1;
             return Err(Error::HintRefused { node: me, reason });
         }
-        let created_ms = self.hints.created(owner, key).unwrap_or_else(|| self.wall_ms());
+        // The hint's age restarts with each write it takes: expiring it by its first
+        // write would drop a write acknowledged moments ago. Its older siblings stay
+        // safe: a stand-in takes hints only within the hint window of the owner going
+        // down, which the config keeps within the grace, and purge records outlive
+        // two graces.
+        let created_ms = self.wall_ms();
         self.store.put_hint(owner, key, &Hint { set: merged, created_ms })?;
         self.hints.record(owner, key, bytes, created_ms);
-        self.await_flush(req);
+        self.await_flush(req, None);
         Ok(None)
     }
 
-    fn await_flush(&mut self, req: ReqId) {
+    /// Ack `req` once a flush completes; `refused`: a batch's items not merged.
+    fn await_flush(&mut self, req: ReqId, refused: Option<Vec<u32>>) {
         if self.cfg.bugs.ack_before_flush {
             self.flush_unawaited();
-            return self.reply(req, Ok(Response::ReplicaAck));
+            return self.reply(req, Ok(replica_ack(refused)));
         }
         let op = self.id();
-        self.ops.insert(op, Op::ReplicaFlush { req });
+        self.ops.insert(op, Op::ReplicaFlush { req, refused });
         self.flush(op);
+    }
+}
+
+/// A replica's answer to a write it merged and flushed (a batch that refused
+/// nothing answers as a single write does, which every version understands).
+pub(super) fn replica_ack(refused: Option<Vec<u32>>) -> Response {
+    match refused {
+        Some(refused) if !refused.is_empty() => Response::ReplicaBatchAck { refused },
+        _ => Response::ReplicaAck,
     }
 }
 
