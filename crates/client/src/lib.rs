@@ -64,6 +64,8 @@ pub const TIMEOUT_DEFAULT: Duration = Duration::from_secs(1);
 const TRANSPORT_MARGIN: Duration = Duration::from_millis(1000);
 /// A failover attempt needs at least this much of the request's deadline left.
 const MIN_ATTEMPT: Duration = Duration::from_millis(20);
+/// The first pause after a node answered `overloaded` (doubling at each attempt, up to 8x).
+const OVERLOADED_PAUSE: Duration = Duration::from_millis(25);
 /// A node that failed is skipped at least this long, doubling while it stays down.
 const DOWN_BACKOFF_MIN: Duration = Duration::from_millis(250);
 /// ... up to this long between probes.
@@ -312,8 +314,9 @@ impl Client {
     /// dies costs the requests already sent to it their deadline, not every request
     /// until it returns.
     /// Send `req` to a node, failing over to the next one when a node cannot be
-    /// reached. `timeout` is the whole request's: every attempt gets what is left of it
-    /// (a retried write keeps its write id, so it never lands twice).
+    /// reached, or (after a short pause) when it is overloaded and did nothing.
+    /// `timeout` is the whole request's: every attempt gets what is left of it (a
+    /// retried write keeps its write id, so it never lands twice).
     async fn send(&self, mut req: Request, timeout: Duration) -> Result<Response, Error> {
         let deadline = Instant::now() + timeout + TRANSPORT_MARGIN;
         let start = self.0.next.fetch_add(1, Ordering::Relaxed);
@@ -324,6 +327,7 @@ impl Client {
             .collect();
         order.sort_by_key(|(rank, _)| *rank);
         let mut last = String::new();
+        let mut overloaded = None;
         for (tried, (_, addr)) in order.into_iter().enumerate() {
             let left = deadline.saturating_duration_since(Instant::now());
             if tried > 0 && left < MIN_ATTEMPT {
@@ -340,6 +344,17 @@ impl Client {
                 }
             });
             match result {
+                Ok(Response::Error(e @ qkv_proto::Error::Overloaded(_))) => {
+                    // Nothing was done: pause (more at each attempt), then ask the next node.
+                    let pause = OVERLOADED_PAUSE * (1 << tried.min(3));
+                    last = e.to_string();
+                    overloaded = Some(e);
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left < pause + MIN_ATTEMPT {
+                        break;
+                    }
+                    tokio::time::sleep(pause).await;
+                }
                 Ok(Response::Error(e)) => return Err(Error::Cluster(e)),
                 Ok(r) => {
                     self.0.health.lock().unwrap_or_else(|p| p.into_inner()).remove(&addr);
@@ -351,7 +366,10 @@ impl Client {
                 }
             }
         }
-        Err(Error::NoNodeReachable { tried: n, last })
+        match overloaded {
+            Some(e) => Err(Error::Cluster(e)),
+            None => Err(Error::NoNodeReachable { tried: n, last }),
+        }
     }
 
     fn load(&self, addr: SocketAddr, f: impl FnOnce(&mut (u32, Instant))) {

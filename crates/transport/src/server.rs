@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use qkv_proto::{Error, Request, Response};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tracing::{debug, info, warn};
 
 use crate::role::{PeerRole, peer_role};
@@ -18,22 +18,35 @@ pub const REQUEST_READ_TIMEOUT_MS: u64 = 10_000;
 /// Bytes of requests being received at once on one connection, at least (at least
 /// one frame of the largest size fits; see [`Budgets`]).
 pub const CONNECTION_RECEIVE_BYTES_MAX: usize = 32 << 20;
-/// Bytes of requests being received at once by the whole node, at least.
+/// Bytes of requests in flight at once from all clients of a node, at least; as
+/// much again from its peers.
 pub const NODE_RECEIVE_BYTES_MAX: usize = 256 << 20;
+/// How long a request waits for its bytes' budget before it is refused. Short: a
+/// waiting stream's unread bytes sit in its connection's QUIC window, where they
+/// hold back the streams that hold the budget on that connection.
+pub const BUDGET_WAIT_MS: u64 = 100;
+/// Frames up to this size (pings, gets, small puts) take no budget: they never
+/// queue behind large ones. What they can hold is bounded by the streams a
+/// connection may open (8 KiB x 256 = 2 MiB a connection).
+pub const SMALL_FRAME_BYTES: usize = 8 << 10;
 
-/// What a node allows in flight while requests are received, as Cassandra's
-/// `native_transport_max_request_data_in_flight` does: a request's bytes are taken
-/// from its connection's budget and from the node's once its length prefix is read,
-/// before its body is allocated, and given back once it is decoded. A request that
-/// cannot get them waits (its sender's stream stalls under QUIC flow control), and
-/// is refused with [`Error::Overloaded`] if they do not come before the request's
-/// read deadline. So one connection cannot take the node's memory, and many cannot
-/// take more than the node's budget; everyone else is served meanwhile.
+/// What a node allows in flight, as Cassandra's `native_transport_max_request_data_in_flight`
+/// does: a request's bytes are taken from its connection's budget and from the
+/// node's once its length prefix is read, before its body is allocated. A client's
+/// are given back once it is answered; a peer's once it is decoded (a forwarded
+/// put waits on replica writes to other peers, which must not wait on it), after
+/// which the core's bound on operations in flight holds it. Clients and peers
+/// draw on separate node budgets, and small frames on none, so clients cannot
+/// crowd out replication, nor large requests pings. A request that cannot get its
+/// bytes within [`BUDGET_WAIT_MS`] is refused with [`Error::Overloaded`] and its
+/// stream stopped (which frees what QUIC buffered for it). So one connection cannot
+/// take the node's memory, and many cannot take more than the node's budget;
+/// everyone else is served meanwhile.
 #[derive(Clone, Debug)]
 pub struct Budgets {
     /// Per connection, bytes.
     pub connection_bytes: usize,
-    /// Per node, bytes.
+    /// Per node, bytes, for each of clients and peers.
     pub node_bytes: usize,
 }
 
@@ -59,11 +72,22 @@ pub async fn serve<H: Handler>(
     endpoint: quinn::Endpoint,
     handler: Arc<H>,
     frame_bytes_max: usize,
+    shutdown: watch::Receiver<bool>,
+) {
+    serve_with(endpoint, handler, frame_bytes_max, Budgets::for_frames(frame_bytes_max), shutdown).await
+}
+
+/// [`serve`] with the given receive budgets (each at least `frame_bytes_max`).
+pub async fn serve_with<H: Handler>(
+    endpoint: quinn::Endpoint,
+    handler: Arc<H>,
+    frame_bytes_max: usize,
+    budgets: Budgets,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
-    let budgets = Budgets::for_frames(frame_bytes_max);
-    let node_bytes = Arc::new(Semaphore::new(budgets.node_bytes));
+    let client_bytes = Arc::new(Semaphore::new(budgets.node_bytes));
+    let peer_bytes = Arc::new(Semaphore::new(budgets.node_bytes));
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => match i { Some(i) => i, None => break },
@@ -76,11 +100,8 @@ pub async fn serve<H: Handler>(
         };
         let handler = handler.clone();
         let shutdown = shutdown.clone();
-        let limits = Limits {
-            frame_bytes_max,
-            node: node_bytes.clone(),
-            connection: Arc::new(Semaphore::new(budgets.connection_bytes)),
-        };
+        let (client_bytes, peer_bytes) = (client_bytes.clone(), peer_bytes.clone());
+        let connection_bytes = budgets.connection_bytes;
         tokio::spawn(async move {
             let _permit = permit;
             let remote = incoming.remote_address();
@@ -96,6 +117,11 @@ pub async fn serve<H: Handler>(
                 conn.close(1u32.into(), b"certificate names no quorumkv role");
                 return;
             };
+            let node = match role {
+                PeerRole::Node(_) => peer_bytes,
+                PeerRole::Client => client_bytes,
+            };
+            let limits = Limits { frame_bytes_max, node, connection: Arc::new(Semaphore::new(connection_bytes)) };
             serve_connection(conn, role, handler, limits, shutdown).await;
         });
     }
@@ -110,14 +136,35 @@ struct Limits {
     connection: Arc<Semaphore>,
 }
 
-/// Read one request within the read deadline, holding `len` bytes of both budgets
-/// while its body is received and decoded.
-async fn read_request(recv: &mut quinn::RecvStream, limits: &Limits) -> Result<Request, Error> {
+/// A request's share of the receive budgets (none for a small frame).
+type Held = Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>;
+
+/// Read one request, taking `len` bytes of both budgets (waiting at most
+/// [`BUDGET_WAIT_MS`]) before its body is received.
+async fn read_request(recv: &mut quinn::RecvStream, limits: &Limits) -> Result<(Request, Held), Error> {
     let len = read_len(recv, limits.frame_bytes_max).await?;
+    if len <= SMALL_FRAME_BYTES {
+        return Ok((read_body(recv, len).await?, None));
+    }
     let n = u32::try_from(len).map_err(|_| Error::BadRequest("frame length".into()))?;
-    let _conn = limits.connection.clone().acquire_many_owned(n).await.map_err(|_| Error::ShuttingDown)?;
-    let _node = limits.node.clone().acquire_many_owned(n).await.map_err(|_| Error::ShuttingDown)?;
-    read_body(recv, len).await
+    let take = |budget: &Arc<Semaphore>, whose: &'static str| {
+        let budget = budget.clone();
+        async move {
+            let wait = Duration::from_millis(BUDGET_WAIT_MS);
+            let free = budget.available_permits();
+            match tokio::time::timeout(wait, budget.acquire_many_owned(n)).await {
+                Ok(Ok(p)) => Ok(p),
+                Ok(Err(_)) => Err(Error::ShuttingDown),
+                Err(_) => Err(Error::Overloaded(format!(
+                    "a request of {len} bytes found only {free} bytes free in {whose} receive budget"
+                ))),
+            }
+        }
+    };
+    let conn = take(&limits.connection, "this connection's").await?;
+    let node = take(&limits.node, "the node's").await?;
+    let req = read_body(recv, len).await?;
+    Ok((req, Some((conn, node))))
 }
 
 async fn serve_connection<H: Handler>(
@@ -148,17 +195,26 @@ async fn serve_connection<H: Handler>(
                     .await
                     .unwrap_or_else(|_| {
                         Err(Error::Overloaded(format!(
-                            "request not received within {} s (a slow sender, or more bytes of requests in flight than \
-                         this connection ({} MiB) or node ({} MiB) takes at once)",
-                            REQUEST_READ_TIMEOUT_MS / 1000,
-                            limits.connection_bytes_max() >> 20,
-                            limits.node_bytes_max() >> 20
+                            "request not received within {} s: the sender is too slow",
+                            REQUEST_READ_TIMEOUT_MS / 1000
                         )))
                     });
             let resp = match read {
-                Ok(req) => handler.handle(role, req).await,
+                Ok((req, mut held)) => {
+                    // A client's bytes stay charged while it is served; a peer's go now (see `Budgets`).
+                    if let PeerRole::Node(_) = role {
+                        held = None;
+                    }
+                    let resp = handler.handle(role, req).await;
+                    drop(held);
+                    resp
+                }
                 Err(e) => {
-                    warn!("bad frame: {e}");
+                    if let Error::Overloaded(_) = e {
+                        debug!("refusing a request: {e}");
+                    } else {
+                        warn!("bad frame: {e}");
+                    }
                     // Tell the peer to stop sending the rest of an oversized or broken frame.
                     let _ = recv.stop(0u32.into());
                     Response::Error(e)
@@ -173,15 +229,6 @@ async fn serve_connection<H: Handler>(
                 }
             }
         });
-    }
-}
-
-impl Limits {
-    fn connection_bytes_max(&self) -> usize {
-        Budgets::for_frames(self.frame_bytes_max).connection_bytes
-    }
-    fn node_bytes_max(&self) -> usize {
-        Budgets::for_frames(self.frame_bytes_max).node_bytes
     }
 }
 

@@ -110,3 +110,54 @@ fn certs_are_kept_when_regenerating() {
     let missing = TlsFiles::in_dir(dir.path(), "node-9");
     assert!(tls::client_config(&missing).is_err());
 }
+
+/// Open a stream on `conn` and send a frame's length and half its body, then hold it.
+async fn half_sent(conn: &quinn::Connection, len: u32) -> (quinn::SendStream, quinn::RecvStream) {
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    send.write_all(&len.to_be_bytes()).await.unwrap();
+    send.write_all(&vec![0u8; len as usize / 2]).await.unwrap();
+    (send, recv)
+}
+
+#[test]
+fn past_a_receive_budget_a_request_is_refused_at_once_and_peers_are_still_served() {
+    let dir = tempfile::tempdir().unwrap();
+    certs::generate(dir.path(), &[1, 2], &["client"]).unwrap();
+    runtime().block_on(async {
+        let ep = node_endpoint("127.0.0.1:0".parse().unwrap(), &TlsFiles::in_dir(dir.path(), "node-1")).unwrap();
+        let addr = ep.local_addr().unwrap();
+        let (_stop, rx) = tokio::sync::watch::channel(false);
+        let budgets = server::Budgets { connection_bytes: 100 << 10, node_bytes: 120 << 10 };
+        tokio::spawn(server::serve_with(ep, Arc::new(Echo), FRAME_MAX, budgets, rx));
+        let clients = client_endpoint(&TlsFiles::in_dir(dir.path(), "client")).unwrap();
+        let len = 60 << 10;
+
+        // One connection: a second half-sent 60 KiB request passes its 100 KiB budget.
+        let conn = clients.connect(addr, certs::SERVER_NAME).unwrap().await.unwrap();
+        let _first = half_sent(&conn, len).await;
+        let started = std::time::Instant::now();
+        let (_send, mut recv) = half_sent(&conn, len).await;
+        let resp: Response = wire::read_frame(&mut recv, FRAME_MAX).await.unwrap();
+        assert!(matches!(&resp, Response::Error(Error::Overloaded(m)) if m.contains("connection")), "{resp:?}");
+        assert!(started.elapsed() < Duration::from_secs(3), "refused after {:?}, not at once", started.elapsed());
+
+        // Clients together: a second connection's 60 KiB fills the clients' 120 KiB; a third passes it.
+        let other = clients.connect(addr, certs::SERVER_NAME).unwrap().await.unwrap();
+        let _second = half_sent(&other, len).await;
+        let third = clients.connect(addr, certs::SERVER_NAME).unwrap().await.unwrap();
+        let (_send, mut recv) = half_sent(&third, len).await;
+        let resp: Response = wire::read_frame(&mut recv, FRAME_MAX).await.unwrap();
+        assert!(matches!(&resp, Response::Error(Error::Overloaded(m)) if m.contains("node")), "{resp:?}");
+
+        // Small frames take no budget: a client's small request is still served.
+        let t = Duration::from_secs(5);
+        let small = Pool::new(clients.clone(), FRAME_MAX);
+        assert_eq!(small.request(addr, &Request::Status, t).await.unwrap(), Response::ReplicaAck);
+        // A peer draws on its own budget: replication goes on, and pings.
+        let node = Pool::new(client_endpoint(&TlsFiles::in_dir(dir.path(), "node-2")).unwrap(), FRAME_MAX);
+        let big = Request::ReplicaPut { key: vec![7; 20 << 10], set: qkv_proto::DvvSet::new() };
+        assert_eq!(node.request(addr, &big, t).await.unwrap(), Response::ReplicaAck);
+        let ping = Request::Ping { from: 2, gossip: vec![] };
+        assert_eq!(node.request(addr, &ping, t).await.unwrap(), Response::Pong { from: 2, gossip: vec![] });
+    });
+}
