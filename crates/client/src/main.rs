@@ -578,13 +578,15 @@ fn aae_line(a: &qkv_client::AaeStatus) -> String {
         (n, _) => format!("{n} range/peer pairs never exchanged yet"),
     };
     format!(
-        "{}/{} ranges in sync, {last}; {} keys repaired, {} keys / {} exchanged; {} tombstones pending GC, {} purged",
+        "{}/{} ranges in sync, {last}; {} keys repaired, {} keys / {} exchanged; {} tombstones pending GC, {} purged \
+         ({} purge records held)",
         a.ranges_in_sync,
         a.ranges_in_sync + a.ranges_out_of_sync,
         a.keys_repaired,
         a.keys_exchanged,
         bytes_text(a.bytes_exchanged as f64),
         a.tombstones_pending,
-        a.tombstones_purged
+        a.tombstones_purged,
+        a.purge_records
     )
 }

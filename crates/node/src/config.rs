@@ -107,6 +107,9 @@ fn default_aae_bytes_per_s() -> u64 {
 fn default_tombstone_grace_ms() -> u64 {
     aae_defaults().tombstone_grace_ms
 }
+fn default_purge_records_bytes_max() -> usize {
+    aae_defaults().purge_records_bytes_max
+}
 
 /// A node's configuration.
 #[derive(Clone, Debug, Deserialize)]
@@ -182,6 +185,10 @@ pub struct Config {
     /// At least `hint_window_ms`, so a hint taken before the delete cannot outlive it.
     #[serde(default = "default_tombstone_grace_ms")]
     pub tombstone_grace_ms: u64,
+    /// Memory for purge records (what a purged tombstone had seen), at most; when
+    /// full, tombstone GC waits for records to expire (two graces after their purge).
+    #[serde(default = "default_purge_records_bytes_max")]
+    pub purge_records_bytes_max: usize,
     /// Accept the test-only fault switch (`Request::Fault`). Never enable in production.
     #[serde(default)]
     pub fault_injection: bool,
@@ -221,6 +228,7 @@ const ENV_KEYS: &[(&str, &[&str])] = &[
     ("AAE_KEYS_PER_S", &["aae_keys_per_s"]),
     ("AAE_BYTES_PER_S", &["aae_bytes_per_s"]),
     ("TOMBSTONE_GRACE_MS", &["tombstone_grace_ms"]),
+    ("PURGE_RECORDS_BYTES_MAX", &["purge_records_bytes_max"]),
     ("TLS_CA", &["tls", "ca"]),
     ("TLS_CERT", &["tls", "cert"]),
     ("TLS_KEY", &["tls", "key"]),
@@ -327,8 +335,12 @@ impl Config {
         if self.handoff_bytes_per_s == 0 {
             bail!("handoff_bytes_per_s must be positive");
         }
-        if self.aae_interval_ms == 0 || self.aae_keys_per_s == 0 || self.aae_bytes_per_s == 0 {
-            bail!("aae_interval_ms, aae_keys_per_s and aae_bytes_per_s must be positive");
+        if self.aae_interval_ms == 0
+            || self.aae_keys_per_s == 0
+            || self.aae_bytes_per_s == 0
+            || self.purge_records_bytes_max == 0
+        {
+            bail!("aae_interval_ms, aae_keys_per_s, aae_bytes_per_s and purge_records_bytes_max must be positive");
         }
         if self.tombstone_grace_ms < self.hint_window_ms {
             bail!(
@@ -377,6 +389,7 @@ impl Config {
             keys_per_s: self.aae_keys_per_s,
             bytes_per_s: self.aae_bytes_per_s,
             tombstone_grace_ms: self.tombstone_grace_ms,
+            purge_records_bytes_max: self.purge_records_bytes_max,
             ..aae_defaults()
         }
     }

@@ -335,6 +335,13 @@ impl Metrics {
             "counter",
             one(a.tombstones_purged as f64),
         );
+        gauge(
+            &mut out,
+            "qkv_purge_records",
+            "Purge records held (when they fill purge_records_bytes_max, tombstone GC waits).",
+            "gauge",
+            one(a.purge_records as f64),
+        );
         let peers =
             status.members.iter().map(|p| (format!(",peer=\"{}\"", p.node), if p.up { 1.0 } else { 0.0 })).collect();
         gauge(&mut out, "qkv_peer_up", "1 when this node sees the peer up.", "gauge", peers);
