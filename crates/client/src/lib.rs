@@ -350,7 +350,7 @@ impl Client {
                     last = e.to_string();
                     overloaded = Some(e);
                     let left = deadline.saturating_duration_since(Instant::now());
-                    if left < pause + MIN_ATTEMPT {
+                    if tried + 1 == n || left < pause + MIN_ATTEMPT {
                         break;
                     }
                     tokio::time::sleep(pause).await;

@@ -130,6 +130,8 @@ impl HintIndex {
     /// Record a stored hint (new or replaced), last written at `created_ms`.
     pub fn record(&mut self, owner: NodeId, key: &[u8], bytes: u64, created_ms: u64) {
         let o = self.owners.entry(owner).or_default();
+        // A new write may make it deliverable: offer it at once.
+        o.resting.remove(key);
         if let Some(&(old_bytes, old_created)) = o.keys.get(key) {
             o.bytes -= old_bytes;
             self.bytes -= old_bytes;

@@ -840,6 +840,7 @@ fn a_batch_item_past_the_merge_limit_is_refused_alone_and_handoff_delivers_the_r
     c.call(3, put(&late, "l", Level::One, Context::empty())).unwrap();
     c.hung.clear();
     let state = |c: &Cluster, n: NodeId, k: &str| c.stored(n, k.as_bytes()).unwrap();
+    let three_alone = state(&c, 3, &fat);
     // Node 1 takes node 2's siblings (4: twice the limit), not node 3's too (6).
     let two = state(&c, 2, &fat);
     assert_eq!(c.call(1, Request::ReplicaPut { key: fat.clone().into_bytes(), set: two }), Some(Response::ReplicaAck));
@@ -864,6 +865,16 @@ fn a_batch_item_past_the_merge_limit_is_refused_alone_and_handoff_delivers_the_r
     assert!(c.stored(1, late.as_bytes()).is_some(), "the deliverable hint was handed off");
     assert_eq!(c.hints_held(4), 1, "the refused hint is kept for later");
     assert_eq!(state(&c, 1, &fat).siblings().len(), 4);
+
+    // A home replica that is up but cannot merge the key is not replaced by a stand-in:
+    // that hint could never be handed to it. Node 3 replaces its own two siblings;
+    // node 1 would hold five.
+    let secret = qkv_proto::Secret([3; qkv_proto::context::SECRET_BYTES]);
+    let ctx = Context::issue(&secret, fat.as_bytes(), three_alone.seen());
+    let held = c.hints_held(4) + c.hints_held(5);
+    let resp = c.call(3, put_with(&fat, "resolved", Level::All, ctx, false)).unwrap();
+    assert!(matches!(resp, Response::Error(Error::Failed { .. })), "{resp:?}");
+    assert_eq!(c.hints_held(4) + c.hints_held(5), held, "no stand-in took a hint for node 1");
 }
 
 #[test]

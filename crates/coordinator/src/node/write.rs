@@ -171,10 +171,12 @@ impl<S: Store> Core<S> {
                     Ok(r) => unexpected(from, &r),
                     Err(e) => e,
                 };
-                // Sloppy: the next up node after the top N takes over, for the same owner.
+                // Sloppy: the next up node after the top N takes over, for the same owner;
+                // not for a replica that answered it cannot merge the key (it is up, and
+                // its hint could never be handed to it).
                 let owner = state.owners.get(&from).copied().unwrap_or(from);
                 let mut standin = None;
-                if state.sloppy {
+                if state.sloppy && !matches!(err, Error::KeyFull { .. }) {
                     while let Some(c) = state.candidates.pop_front() {
                         if c != from && self.detector.is_up(c) && !state.owners.contains_key(&c) {
                             standin = Some(c);
@@ -246,7 +248,6 @@ impl<S: Store> Core<S> {
             return Err(Error::BadRequest(format!("a batch holds at most {BATCH_KEYS_MAX} keys, got {}", items.len())));
         }
         for it in &items {
-            self.cfg.limits.check(&it.key, None)?;
             if !it.set.is_valid() {
                 return Err(Error::BadRequest("invalid version vector set".into()));
             }
@@ -255,9 +256,11 @@ impl<S: Store> Core<S> {
         // handoff or repair would retry the same batch forever): refuse it alone.
         let mut refused = vec![];
         for (i, it) in items.into_iter().enumerate() {
-            match self.merge_in(&it.key, &it.set) {
+            match self.cfg.limits.check(&it.key, None).and_then(|()| self.merge_in(&it.key, &it.set)) {
                 Ok(_) => {}
-                Err(e @ Error::KeyFull { .. }) => {
+                // Past the merge limit here, or a key longer than this node takes (a
+                // config that differs between nodes): refused alone.
+                Err(e @ (Error::KeyFull { .. } | Error::TooLarge { .. })) => {
                     tracing::warn!(
                         key = %String::from_utf8_lossy(&it.key[..it.key.len().min(64)]),
                         "a batch item is refused: {e}"
