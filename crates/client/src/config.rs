@@ -15,13 +15,19 @@
 //! `QKV_TLS_CA`, `QKV_TLS_CERT` and `QKV_TLS_KEY` override the file.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+#[cfg(feature = "config-file")]
+use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
+#[cfg(feature = "config-file")]
 use serde::Deserialize;
 
-use crate::{ClientBuilder, Error, Level};
+#[cfg(feature = "config-file")]
+use crate::Error;
+use crate::{ClientBuilder, Level};
 
+#[cfg(feature = "config-file")]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TlsSection {
@@ -30,6 +36,7 @@ struct TlsSection {
     key: PathBuf,
 }
 
+#[cfg(feature = "config-file")]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
@@ -56,7 +63,8 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// Read `path` and apply overrides from `env`.
+    /// Read `path` and apply overrides from `env` (feature `config-file`, on by default).
+    #[cfg(feature = "config-file")]
     pub fn load(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<ClientConfig, Error> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             Error::Config(format!("cannot read {}: {e} (run `make cluster`, or pass --config)", path.display()))
@@ -65,7 +73,8 @@ impl ClientConfig {
             .map_err(|e| Error::Config(format!("{}: {e}", path.display())))
     }
 
-    /// Parse config text; relative paths are taken from `base`.
+    /// Parse config text; relative paths are taken from `base` (feature `config-file`).
+    #[cfg(feature = "config-file")]
     pub fn parse(text: &str, base: &Path, env: impl Fn(&str) -> Option<String>) -> Result<ClientConfig, String> {
         let f: File = toml::from_str(text).map_err(|e| e.message().to_string())?;
         let nodes_text =
@@ -116,7 +125,7 @@ impl ClientConfig {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "config-file"))]
 mod tests {
     use super::*;
 

@@ -10,16 +10,16 @@
 
 pub mod context;
 pub mod dvv;
-pub mod error;
 pub mod frame;
 pub mod level;
 pub mod msg;
+pub mod wire_error;
 
 pub use context::{Context, Secret};
 pub use dvv::{Actor, Dot, DvvSet, NodeId, Seen, Sibling, VersionVector, actor, actor_epoch, actor_name, actor_node};
-pub use error::Error;
 pub use level::Level;
 pub use msg::*;
+pub use wire_error::Error;
 
 /// Default largest value, in bytes.
 pub const VALUE_BYTES_MAX_DEFAULT: usize = 4 * 1024 * 1024;

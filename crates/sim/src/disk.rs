@@ -1,8 +1,8 @@
 //! A simulated disk implementing the core's `Store`: writes are volatile until a
 //! flush completes; a crash loses whatever was not flushed.
 
-use qkv_coordinator::mem::MemStore;
-use qkv_coordinator::{Hint, HintMeta, Store};
+use qkv_core::mem::MemStore;
+use qkv_core::{Hint, HintMeta, Store};
 
 use std::collections::BTreeMap;
 

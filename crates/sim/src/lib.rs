@@ -1,6 +1,6 @@
 //! Deterministic simulation of a whole quorumkv cluster, and the consistency checker.
 //!
-//! The simulator drives the very `qkv_coordinator::Core` that `qkv-node` runs,
+//! The simulator drives the very `qkv_core::Core` that `qkv-node` runs,
 //! from one seed: same seed, same history. The checker judges every history; it
 //! is shown to fail on deliberately broken variants of the core (`Bugs`).
 //!

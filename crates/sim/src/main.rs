@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use qkv_coordinator::Bugs;
+use qkv_core::Bugs;
 use qkv_sim::{SimConfig, Workload, checker, run_seed};
 
 /// Simulate a quorumkv cluster from seeds and check every history.

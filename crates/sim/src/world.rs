@@ -14,9 +14,9 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::rc::Rc;
 
-use qkv_coordinator::hints::HintLimits;
-use qkv_coordinator::replica::Limits;
-use qkv_coordinator::{AaeConfig, Bugs, Core, CoreConfig, Output, Ring};
+use qkv_core::hints::HintLimits;
+use qkv_core::replica::Limits;
+use qkv_core::{AaeConfig, Bugs, Core, CoreConfig, Output, Ring};
 use qkv_proto::{Dot, DvvSet, NodeId, Request, Response, Seen};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -419,12 +419,7 @@ impl World {
 
     /// Node `id`'s core may have dropped hints past the grace (see the core's handoff):
     /// the writes whose last durable copy went with them are destroyed, as by a wipe.
-    fn note_expired_hints(
-        &mut self,
-        id: NodeId,
-        held: BTreeMap<(NodeId, Vec<u8>), qkv_coordinator::Hint>,
-        before: u64,
-    ) {
+    fn note_expired_hints(&mut self, id: NodeId, held: BTreeMap<(NodeId, Vec<u8>), qkv_core::Hint>, before: u64) {
         let Some(core) = self.nodes[&id].core.as_ref() else { return };
         if core.hints_expired() == before {
             return;

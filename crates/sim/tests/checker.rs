@@ -1,7 +1,7 @@
 //! The simulator is deterministic, the correct core passes, and the checker fails
 //! each deliberately broken core within a bounded number of seeds.
 
-use qkv_coordinator::Bugs;
+use qkv_core::Bugs;
 use qkv_sim::{SimConfig, Workload, run_seed};
 
 const WORKLOADS: [Workload; 3] = [Workload::Mixed, Workload::Set, Workload::Register];

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use qkv_coordinator::node::REQUEST_TIMEOUT_MS_MAX;
-use qkv_coordinator::{Core, CoreConfig, Output, ReqId};
+use qkv_core::router::REQUEST_TIMEOUT_MS_MAX;
+use qkv_core::{Core, CoreConfig, Output, ReqId};
 use qkv_proto::{Error, NodeId, Request, Response, StatsReply};
 use qkv_transport::{Handler, PeerRole, Pool, server};
 use tokio::sync::{Notify, oneshot};

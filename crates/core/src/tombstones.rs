@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use qkv_proto::{DvvSet, Seen};
 
-use crate::aae::RangeId;
+use crate::merkle::RangeId;
 
 /// Tombstones waiting for GC, by range and age.
 #[derive(Debug)]

@@ -3,7 +3,7 @@
 //!
 //! Nothing here opens a socket, reads a clock, spawns a thread or draws a random
 //! number: time comes in as `now_ms` arguments and effects go out as return
-//! values. `qkv-node` drives this code with tokio, quinn and fjall; the
+//! values. `qkv-server` drives this code with tokio, quinn and fjall; the
 //! simulator drives the same code from a seed.
 //!
 //! # Layout
@@ -15,29 +15,29 @@
 //! - [`replica`]: the two ways a key's state changes, and input limits.
 //! - [`liveness`]: the failure detector: pings and gossiped heartbeats.
 //! - [`hints`]: hint limits, sizes, ages and handoff pacing.
-//! - [`aae`]: anti-entropy hash trees (XOR Merkle trees per range).
+//! - [`merkle`]: anti-entropy hash trees (XOR Merkle trees per range).
 //! - [`tombstones`]: the tombstone index GC works from, and purge records.
 //! - [`mem`]: an in-memory store for tests and the simulator.
 //! - [`pace`]: the token bucket that paces handoff and anti-entropy.
-//! - [`node`]: a whole node's logic as one state machine over a [`Store`].
+//! - [`router`]: a whole node's logic as one state machine over a [`Store`] (to be split by subsystem).
 
-pub mod aae;
 pub mod get;
 pub mod hints;
 pub mod liveness;
 pub mod mem;
-pub mod node;
+pub mod merkle;
 pub mod pace;
 pub mod put;
 pub mod quorum;
 pub mod replica;
 pub mod ring;
 pub mod route;
+pub mod router;
 pub mod tombstones;
 
 pub use get::{GetAction, GetAnswer, GetOp};
 pub use liveness::Detector;
-pub use node::{AaeConfig, Bugs, Core, CoreConfig, Hint, HintMeta, Output, ReqId, RpcId, StartError, Store};
 pub use put::{PutOp, PutOutcome};
 pub use ring::{Ring, RingError};
 pub use route::{WriteRoute, check_available, route_write};
+pub use router::{AaeConfig, Bugs, Core, CoreConfig, Hint, HintMeta, Output, ReqId, RpcId, StartError, Store};

@@ -1,16 +1,16 @@
-//! The quorumkv replica node: storage on fjall, request handling, liveness.
+//! The quorumkv server: drives the sans-IO core with tokio, quinn and fjall.
 //! The binary `qkv-node` wraps [`run`].
 //!
 //! # Layout
 //! - [`config`]: the TOML config, `QKV_*` overrides, validation.
 //! - [`storage`]: fjall keyspaces, persist policies, group commit.
-//! - [`node`]: the driver running the sans-IO `qkv_coordinator::Core` on tokio and quinn.
+//! - [`service`]: the driver running the sans-IO `qkv_core::Core` on tokio and quinn.
 //! - [`metrics`]: the metrics registry; [`http`]: the Prometheus endpoint.
 
 pub mod config;
 pub mod http;
 pub mod metrics;
-pub mod node;
+pub mod service;
 pub mod storage;
 
 use std::time::Duration;
@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tracing::info;
 
 pub use config::Config;
-pub use node::Node;
+pub use service::Node;
 
 /// Run a node until `shutdown` turns true, then close connections and flush storage.
 pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {

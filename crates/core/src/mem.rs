@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use qkv_proto::{DvvSet, Error, NodeId, Seen};
 
 use crate::hints::hint_bytes;
-use crate::node::{Hint, HintMeta, Store};
 use crate::ring::token;
+use crate::router::{Hint, HintMeta, Store};
 
 /// Everything a node stores, in memory, ordered as [`Store::scan`] wants.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -3,10 +3,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
-use qkv_coordinator::hints::HintLimits;
-use qkv_coordinator::mem::MemStore;
-use qkv_coordinator::replica::Limits;
-use qkv_coordinator::{AaeConfig, Core, CoreConfig, Output};
+use qkv_core::hints::HintLimits;
+use qkv_core::mem::MemStore;
+use qkv_core::replica::Limits;
+use qkv_core::{AaeConfig, Core, CoreConfig, Output};
 use qkv_proto::{Context, DvvSet, Error, GetRequest, Level, NodeId, PutRequest, Request, Response};
 
 type Mem = MemStore;
@@ -777,7 +777,7 @@ fn an_inspect_survives_a_misbehaving_peer_and_has_a_deadline() {
 fn operations_in_flight_are_bounded() {
     let mut c = Cluster::new(3, 3);
     c.hung = BTreeSet::from([2, 3]);
-    let max = qkv_coordinator::node::OPS_MAX;
+    let max = qkv_core::router::OPS_MAX;
     let core = c.cores.get_mut(&1).unwrap();
     for i in 0..max as u64 {
         core.handle_request(0, 100 + i, get("k", Level::All));

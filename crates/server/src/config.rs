@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use qkv_coordinator::Ring;
+use qkv_core::Ring;
 use qkv_proto::NodeId;
 use qkv_transport::TlsFiles;
 use serde::Deserialize;
@@ -45,7 +45,7 @@ fn default_replication() -> usize {
     3
 }
 fn default_vnodes() -> u32 {
-    qkv_coordinator::ring::VNODES_DEFAULT
+    qkv_core::ring::VNODES_DEFAULT
 }
 fn default_request_timeout_ms() -> u64 {
     1000
@@ -60,22 +60,22 @@ fn default_value_max() -> usize {
     qkv_proto::VALUE_BYTES_MAX_DEFAULT
 }
 fn default_key_siblings_max() -> usize {
-    qkv_coordinator::replica::KEY_SIBLINGS_MAX_DEFAULT
+    qkv_core::replica::KEY_SIBLINGS_MAX_DEFAULT
 }
 fn default_key_state_bytes_max() -> usize {
-    qkv_coordinator::replica::KEY_STATE_BYTES_MAX_DEFAULT
+    qkv_core::replica::KEY_STATE_BYTES_MAX_DEFAULT
 }
 fn default_ping_ms() -> u64 {
-    qkv_coordinator::liveness::PING_INTERVAL_MS_DEFAULT
+    qkv_core::liveness::PING_INTERVAL_MS_DEFAULT
 }
 fn default_down_ms() -> u64 {
-    qkv_coordinator::liveness::DOWN_AFTER_MS_DEFAULT
+    qkv_core::liveness::DOWN_AFTER_MS_DEFAULT
 }
 fn default_metrics_listen() -> String {
     "auto".into()
 }
-fn hint_defaults() -> qkv_coordinator::hints::HintLimits {
-    qkv_coordinator::hints::HintLimits::default()
+fn hint_defaults() -> qkv_core::hints::HintLimits {
+    qkv_core::hints::HintLimits::default()
 }
 fn default_hints_bytes_max() -> u64 {
     hint_defaults().total_bytes_max
@@ -89,8 +89,8 @@ fn default_hint_window_ms() -> u64 {
 fn default_handoff_bytes_per_s() -> u64 {
     hint_defaults().rate_bytes_per_s
 }
-fn aae_defaults() -> qkv_coordinator::AaeConfig {
-    qkv_coordinator::AaeConfig::default()
+fn aae_defaults() -> qkv_core::AaeConfig {
+    qkv_core::AaeConfig::default()
 }
 fn default_true() -> bool {
     true
@@ -371,8 +371,8 @@ impl Config {
     }
 
     /// Hint limits and handoff pace.
-    pub fn hint_limits(&self) -> qkv_coordinator::hints::HintLimits {
-        qkv_coordinator::hints::HintLimits {
+    pub fn hint_limits(&self) -> qkv_core::hints::HintLimits {
+        qkv_core::hints::HintLimits {
             total_bytes_max: self.hints_bytes_max,
             owner_bytes_max: self.hints_owner_bytes_max,
             window_ms: self.hint_window_ms,
@@ -382,8 +382,8 @@ impl Config {
     }
 
     /// Anti-entropy settings.
-    pub fn aae(&self) -> qkv_coordinator::AaeConfig {
-        qkv_coordinator::AaeConfig {
+    pub fn aae(&self) -> qkv_core::AaeConfig {
+        qkv_core::AaeConfig {
             enabled: self.anti_entropy,
             interval_ms: self.aae_interval_ms,
             keys_per_s: self.aae_keys_per_s,
@@ -405,8 +405,8 @@ impl Config {
     }
 
     /// The key, value and per-key limits.
-    pub fn limits(&self) -> qkv_coordinator::replica::Limits {
-        qkv_coordinator::replica::Limits {
+    pub fn limits(&self) -> qkv_core::replica::Limits {
+        qkv_core::replica::Limits {
             key_bytes_max: self.key_bytes_max,
             value_bytes_max: self.value_bytes_max,
             key_siblings_max: self.key_siblings_max,
@@ -415,7 +415,7 @@ impl Config {
     }
 
     /// Frame limit: the largest state a replica holds (twice the per-key limit, see
-    /// `qkv_coordinator::replica::Limits`) with its key and a margin for the message around it,
+    /// `qkv_core::replica::Limits`) with its key and a margin for the message around it,
     /// and at least 8 MiB, room for anti-entropy's batches (at most 2 MiB of states).
     pub fn frame_bytes_max(&self) -> usize {
         (self.key_state_bytes_max * 2 + self.key_bytes_max + 256 * 1024).max(8 << 20)

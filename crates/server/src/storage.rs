@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-use qkv_coordinator::ring::token;
-use qkv_coordinator::{Hint, HintMeta};
+use qkv_core::ring::token;
+use qkv_core::{Hint, HintMeta};
 use qkv_proto::{DvvSet, Error, NodeId};
 use serde::Deserialize;
 use tokio::sync::oneshot;
@@ -303,7 +303,7 @@ fn hint_key(owner: NodeId, key: &[u8]) -> Vec<u8> {
 /// The core's handle on the storage; the driver keeps another for flushes.
 pub struct StoreHandle(pub Arc<Storage>);
 
-impl qkv_coordinator::Store for StoreHandle {
+impl qkv_core::Store for StoreHandle {
     fn get(&self, key: &[u8]) -> Result<Option<DvvSet>, Error> {
         self.0.get(key)
     }
@@ -355,7 +355,7 @@ impl qkv_coordinator::Store for StoreHandle {
                 return Err(Error::Storage("corrupt hint key".into()));
             };
             let h = decode_hint(&v)?;
-            let bytes = qkv_coordinator::hints::hint_bytes(key, h.set.value_bytes());
+            let bytes = qkv_core::hints::hint_bytes(key, h.set.value_bytes());
             out.push(HintMeta {
                 owner: u32::from_be_bytes(*owner),
                 key: key.to_vec(),
@@ -437,7 +437,7 @@ mod tests {
 
     #[test]
     fn hints_survive_a_reopen_and_the_boot_count_grows() {
-        use qkv_coordinator::Store;
+        use qkv_core::Store;
         let dir = tempfile::tempdir().unwrap();
         {
             let s = Arc::new(Storage::open(dir.path(), 1, Persist::Buffer, 10).unwrap());
@@ -500,7 +500,7 @@ mod tests {
 
     #[test]
     fn scans_follow_token_order_and_stop_at_the_bound() {
-        use qkv_coordinator::Store;
+        use qkv_core::Store;
         let dir = tempfile::tempdir().unwrap();
         let mut h = StoreHandle(Arc::new(Storage::open(dir.path(), 1, Persist::Buffer, 10).unwrap()));
         let keys: Vec<Vec<u8>> = (0..50).map(|i| format!("k{i}").into_bytes()).collect();

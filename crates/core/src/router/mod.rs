@@ -3,7 +3,7 @@
 //! inspect, and failure detection by gossiped heartbeats.
 //!
 //! [`Core`] owns the node's [`Store`] and talks to the world only through its
-//! methods. The driver (`qkv-node` with tokio and quinn, or the simulator) must:
+//! methods. The driver (`qkv-server` with tokio and quinn, or the simulator) must:
 //!
 //! 1. pass each incoming request to [`Core::handle_request`] with a fresh [`ReqId`];
 //! 2. after every `handle_*` call, drain [`Core::poll_output`] and carry out each [`Output`]:
@@ -24,9 +24,9 @@
 //! - `write.rs`: puts, forwarding, stand-in selection, replica writes, hint intake.
 //! - `handoff.rs`: pushing hints to their owners.
 //! - `gossip.rs`: pings and the failure detector.
-//! - `aae.rs`: anti-entropy exchanges and tombstone GC.
+//! - `antientropy.rs`: anti-entropy exchanges and tombstone GC.
 
-mod aae;
+mod antientropy;
 mod gossip;
 mod handoff;
 pub mod lag;
@@ -40,15 +40,15 @@ use qkv_proto::{
     Secret, Seen, StatusReply,
 };
 
-use crate::aae::digest;
 use crate::get::GetOp;
 use crate::hints::{HintIndex, HintLimits};
 use crate::liveness::Detector;
+use crate::merkle::digest;
 use crate::put::PutOp;
 use crate::replica::{self, Limits};
 use crate::ring::{Ring, RingError};
 
-pub use aae::AaeConfig;
+pub use antientropy::AaeConfig;
 
 /// Identifies a request this node must answer (chosen by the driver).
 pub type ReqId = u64;
@@ -326,7 +326,7 @@ pub struct Core<S> {
     next_handoff_ms: u64,
     stats: Stats,
     lag: lag::LagTracker,
-    aae: aae::AaeState,
+    aae: antientropy::AaeState,
     actor: Actor,
     /// The highest counter this node's actor minted, and the recorded lease above it.
     counter: u64,
@@ -412,7 +412,7 @@ impl<S: Store> Core<S> {
         for h in store.scan_hints()? {
             hints.record(h.owner, &h.key, h.bytes, h.created_ms);
         }
-        let mut aae = aae::AaeState::new(cfg.aae, &ring, cfg.me, now_ms);
+        let mut aae = antientropy::AaeState::new(cfg.aae, &ring, cfg.me, now_ms);
         for (key, seen) in store.scan_purged()? {
             aae.load_purged(&key, seen, now_ms);
         }

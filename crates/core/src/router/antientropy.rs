@@ -32,8 +32,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use qkv_proto::{AaeCompared, AaePair, AaeStatus, DvvSet, Error, KeyDigest, KeyState, NodeId, Request, Response, Seen};
 
 use super::{Core, Op, OpId, Store, unexpected};
-use crate::aae::{RangeId, Trees, digest};
 use crate::hints::BATCH_KEYS_MAX;
+use crate::merkle::{RangeId, Trees, digest};
 use crate::pace::Bucket;
 use crate::ring::{Ring, token};
 use crate::tombstones::{PurgeRecords, TombstoneIndex};

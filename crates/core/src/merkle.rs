@@ -13,7 +13,7 @@
 //! digest with its new one in its leaf and the root (`h ^= old ^ new`), so the
 //! trees never need rebuilding in the steady state; they are built once at start
 //! by a scan of the store. Two replicas of a range compare roots, then leaves,
-//! then the keys of the leaves that differ (see `node::aae` for the exchange).
+//! then the keys of the leaves that differ (see `router::antientropy` for the exchange).
 
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hash, Hasher};

@@ -1,4 +1,7 @@
-//! `qkv`: the quorumkv command-line client.
+//! `qkv`: the quorumkv command-line client, over the `qkv-client` library.
+//!
+//! # Layout
+//! - this file: the commands (clap), their text and JSON output, and `qkv certs`.
 
 use std::io::Read as _;
 use std::path::PathBuf;

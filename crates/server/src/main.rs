@@ -28,7 +28,7 @@ fn main() -> ExitCode {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .init();
-    let cfg = match qkv_node::Config::load(&args.config, |k| std::env::var(k).ok()) {
+    let cfg = match qkv_server::Config::load(&args.config, |k| std::env::var(k).ok()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("qkv-node: invalid config: {e:#}");
@@ -57,7 +57,7 @@ fn main() -> ExitCode {
             tracing::info!("signal received");
             let _ = tx.send(true);
         });
-        qkv_node::run(cfg, rx).await
+        qkv_server::run(cfg, rx).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
