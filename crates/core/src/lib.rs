@@ -10,6 +10,7 @@
 //! - [`ring`]: consistent hashing with vnodes; preference lists; ownership.
 //! - [`quorum`]: the pure "won / lost / pending" decision.
 //! - [`route`]: who coordinates a write; the up-front availability check.
+//! - [`placement`]: which replicas and stand-ins a write or read asks.
 //! - [`put`]: the write state machine.
 //! - [`get`]: the read state machine, with the read-repair plan.
 //! - [`replica`]: the two ways a key's state changes, and input limits.
@@ -27,6 +28,7 @@ pub mod liveness;
 pub mod mem;
 pub mod merkle;
 pub mod pace;
+pub mod placement;
 pub mod put;
 pub mod quorum;
 pub mod replica;

@@ -33,7 +33,7 @@ pub mod lag;
 mod read;
 mod write;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use qkv_proto::{
     Actor, Context, Dot, DvvSet, Error, HintStatus, KeyLimitStatus, MemberStatus, NodeId, Request, Response, RingReply,
@@ -44,6 +44,7 @@ use crate::get::GetOp;
 use crate::hints::{HintIndex, HintLimits};
 use crate::liveness::Detector;
 use crate::merkle::digest;
+use crate::placement::WriteTargets;
 use crate::put::PutOp;
 use crate::replica::{self, Limits};
 use crate::ring::{Ring, RingError};
@@ -259,10 +260,8 @@ struct PutState {
     key: Vec<u8>,
     set: DvvSet,
     home: Vec<NodeId>,
-    /// Stand-in → the home replica it holds the write for.
-    owners: BTreeMap<NodeId, NodeId>,
-    /// Further stand-in candidates, in ring order (sloppy writes only).
-    candidates: VecDeque<NodeId>,
+    /// Targets, the stand-ins among them (and whom for), and the spare candidates.
+    placement: WriteTargets,
     sloppy: bool,
 }
 

@@ -6,6 +6,7 @@ use qkv_proto::{Context, DvvSet, Error, GetReply, GetRequest, InspectReply, Node
 
 use super::{Core, Op, OpId, ReplicaRead, ReqId, Store, unexpected};
 use crate::get::{GetAction, GetOp};
+use crate::placement;
 use crate::route::check_available;
 
 impl<S: Store> Core<S> {
@@ -36,12 +37,7 @@ impl<S: Store> Core<S> {
         let timeout_ms = self.timeout_ms(g.timeout_ms)?;
         let n = self.ring.n();
         let home = self.ring.preference_list(&g.key).to_vec();
-        let targets: Vec<NodeId> = if g.strict {
-            home.clone()
-        } else {
-            self.ring.walk(&g.key).iter().copied().filter(|&id| self.is_up(id)).take(n).collect()
-        };
-        let alive = targets.iter().filter(|&&id| self.is_up(id)).count();
+        let (targets, alive) = placement::read_targets(self.ring.walk(&g.key), n, g.strict, |id| self.is_up(id));
         let needed = check_available(g.r, n, alive)?;
         let op_id = self.id();
         let get = GetOp::new(targets.clone(), needed, self.now_ms, timeout_ms);

@@ -2,32 +2,18 @@
 //! replicas and (sloppy writes) to stand-ins for those that are down or fail,
 //! and the replica side: merging writes, batches and hints.
 
-use std::collections::{BTreeMap, VecDeque};
-
 use qkv_proto::{DvvSet, Error, KeyState, NodeId, PutReply, PutRequest, Request, Response};
 
 use super::{
     Core, FORWARD_MARGIN_MS, Hint, LEASE_WAITERS_MAX, Op, OpId, PendingPut, PutState, ReqId, Store, unexpected,
 };
 use crate::hints::{BATCH_KEYS_MAX, hint_bytes};
+use crate::placement;
 use crate::put::{PutOp, PutOutcome};
 use crate::replica;
 use crate::route::{WriteRoute, check_available, route_write};
 
 impl<S: Store> Core<S> {
-    /// Replicas that can take a write: up home replicas, plus (sloppy) as many
-    /// stand-ins as there are down home replicas and up nodes to stand in.
-    fn write_alive(&self, key: &[u8], strict: bool) -> usize {
-        let n = self.ring.n();
-        let walk = self.ring.walk(key);
-        let home_up = walk[..n].iter().filter(|&&id| self.is_up(id)).count();
-        if strict {
-            return home_up;
-        }
-        let spare = walk[n..].iter().filter(|&&id| self.is_up(id)).count();
-        home_up + spare.min(n - home_up)
-    }
-
     pub(super) fn start_put(&mut self, req: ReqId, p: PutRequest) -> Result<Option<Response>, Error> {
         self.cfg.limits.check(&p.key, p.value.as_deref())?;
         let timeout_ms = self.timeout_ms(p.timeout_ms)?;
@@ -42,7 +28,8 @@ impl<S: Store> Core<S> {
             return Ok(None);
         }
         let strict = p.strict && !self.cfg.bugs.strict_counts_standins;
-        let needed = check_available(p.w, n, self.write_alive(&p.key, strict))?;
+        let alive = placement::write_alive(self.ring.walk(&p.key), n, strict, |id| self.is_up(id));
+        let needed = check_available(p.w, n, alive)?;
         // A context is untrusted input: only one the cluster issued for this key may delete siblings.
         let seen = p.context.verify(&self.cfg.secret, &p.key)?.clone();
         if !self.lease_ready(&seen) {
@@ -73,26 +60,13 @@ impl<S: Store> Core<S> {
         let PendingPut { req, key, set, ctx, dot, needed, timeout_ms, strict } = pending;
         let me = self.cfg.me;
         let n = self.ring.n();
-        let walk = self.ring.walk(&key).to_vec();
+        let walk = self.ring.walk(&key);
         let home = walk[..n].to_vec();
-        let mut candidates: VecDeque<NodeId> =
-            if strict { VecDeque::new() } else { walk[n..].iter().copied().filter(|&id| self.is_up(id)).collect() };
-        let mut targets = vec![];
-        let mut owners = BTreeMap::new();
-        for &h in &home {
-            if h == me || self.is_up(h) || strict {
-                targets.push(h);
-            } else if let Some(c) = candidates.pop_front() {
-                targets.push(c);
-                owners.insert(c, h);
-            } else {
-                // Nobody to stand in: try the home replica anyway.
-                targets.push(h);
-            }
-        }
+        let placement = placement::write_targets(walk, n, me, strict, |id| self.is_up(id));
+        let targets = placement.targets.clone();
         let mut op = PutOp::new(me, targets.clone(), needed, self.now_ms, timeout_ms);
         let decided = op.poll();
-        let state = PutState { req, op, ctx, dot, key, set, home, owners, candidates, sloppy: !strict };
+        let state = PutState { req, op, ctx, dot, key, set, home, placement, sloppy: !strict };
         if let Some(outcome) = decided {
             // Answered already (W = 1): the other replicas still get the write.
             let track = self.put_answer(&state, outcome);
@@ -111,7 +85,8 @@ impl<S: Store> Core<S> {
             .into_iter()
             .filter(|&t| t != me)
             .map(|t| {
-                (t, replica_write(&state, t), if state.owners.contains_key(&t) { timeout_ms } else { home_timeout })
+                let timeout = if state.placement.owners.contains_key(&t) { timeout_ms } else { home_timeout };
+                (t, replica_write(&state, t), timeout)
             })
             .collect();
         self.ops.insert(op_id, Op::Put(Box::new(state)));
@@ -128,7 +103,8 @@ impl<S: Store> Core<S> {
             let home_acks: Vec<NodeId> = acked.iter().copied().filter(|a| state.home.contains(a)).collect();
             let missing = state.home.iter().copied().filter(|h| !home_acks.contains(h)).collect();
             track = self.lag.start(&state.key, state.dot, self.now_ms, missing);
-            let standin_acks = acked.iter().filter_map(|a| state.owners.get(a).map(|owner| (*a, *owner))).collect();
+            let standin_acks =
+                acked.iter().filter_map(|a| state.placement.owners.get(a).map(|owner| (*a, *owner))).collect();
             Response::Put(PutReply {
                 context: state.ctx.clone(),
                 dot: state.dot,
@@ -174,22 +150,16 @@ impl<S: Store> Core<S> {
                 // Sloppy: the next up node after the top N takes over, for the same owner;
                 // not for a replica that answered it cannot merge the key (it is up, and
                 // its hint could never be handed to it).
-                let owner = state.owners.get(&from).copied().unwrap_or(from);
                 let mut standin = None;
                 if state.sloppy && !matches!(err, Error::KeyFull { .. }) {
-                    while let Some(c) = state.candidates.pop_front() {
-                        if c != from && self.detector.is_up(c) && !state.owners.contains_key(&c) {
-                            standin = Some(c);
-                            break;
-                        }
-                    }
+                    let detector = &self.detector;
+                    standin = state.placement.take_over(from, |c| detector.is_up(c));
                 }
-                if let Some(c) = standin {
+                if let Some((c, _)) = standin {
                     state.op.add_target(c);
-                    state.owners.insert(c, owner);
                 }
                 let outcome = state.op.on_failure(from, err);
-                if let Some(c) = standin {
+                if let Some((c, owner)) = standin {
                     let msg = Request::ReplicaHint { owner, key: state.key.clone(), set: state.set.clone() };
                     let left = state.op.deadline_ms().saturating_sub(self.now_ms);
                     self.send(op_id, c, msg, left);
@@ -355,7 +325,7 @@ pub(super) fn replica_ack(refused: Option<Vec<u32>>) -> Response {
 
 /// What to send to target `t` of a write: the state, as a hint when `t` stands in for a home replica.
 fn replica_write(state: &PutState, t: NodeId) -> Request {
-    match state.owners.get(&t) {
+    match state.placement.owners.get(&t) {
         Some(&owner) => Request::ReplicaHint { owner, key: state.key.clone(), set: state.set.clone() },
         None => Request::ReplicaPut { key: state.key.clone(), set: state.set.clone() },
     }
