@@ -174,8 +174,8 @@ fn client(config: &Option<PathBuf>, timeout_ms: Option<u64>) -> anyhow::Result<C
     let cfg = ClientConfig::load(&path, |k| std::env::var(k).ok())?;
     let mut b = cfg.builder();
     if let Some(t) = timeout_ms {
-        if t == 0 || t > 60_000 {
-            bail!("--timeout-ms must be between 1 and 60000");
+        if t == 0 || t > qkv_client::REQUEST_TIMEOUT_MS_MAX {
+            bail!("--timeout-ms must be between 1 and {}", qkv_client::REQUEST_TIMEOUT_MS_MAX);
         }
         b = b.timeout(std::time::Duration::from_millis(t));
     }

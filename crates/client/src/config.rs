@@ -94,8 +94,8 @@ impl ClientConfig {
             None => f.timeout_ms,
         }
         .unwrap_or(1000);
-        if timeout_ms == 0 || timeout_ms > 60_000 {
-            return Err("timeout_ms must be between 1 and 60000".into());
+        if timeout_ms == 0 || timeout_ms > qkv_proto::REQUEST_TIMEOUT_MS_MAX {
+            return Err(format!("timeout_ms must be between 1 and {}", qkv_proto::REQUEST_TIMEOUT_MS_MAX));
         }
         let path = |v: Option<String>, p: PathBuf| {
             let p = v.map(PathBuf::from).unwrap_or(p);

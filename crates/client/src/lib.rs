@@ -53,7 +53,7 @@ pub use error::Error;
 pub use qkv_proto::Error as ClusterError;
 pub use qkv_proto::{
     AaePair, AaeStatus, Actor, Context, Dot, DvvSet, HintStatus, InspectReply, Level, NodeId, OpStats, OwnerHints,
-    Percentiles, RingReply, StatsReply, StatusReply, actor_name, actor_node,
+    Percentiles, REQUEST_TIMEOUT_MS_MAX, RingReply, StatsReply, StatusReply, actor_name, actor_node,
 };
 use qkv_proto::{GetRequest, PutRequest, Request, Response};
 use qkv_transport::{Pool, TlsFiles};

@@ -103,6 +103,45 @@ pub enum Request {
     },
 }
 
+/// The longest deadline a request may carry, and the longest a node's default may
+/// be (`request_timeout_ms`): the one definition the config, the core, the driver,
+/// the client and the CLI check against.
+pub const REQUEST_TIMEOUT_MS_MAX: u64 = 60_000;
+
+/// Who may send a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sender {
+    /// Anyone with a certificate of the cluster: clients and nodes.
+    Anyone,
+    /// Only a node (a certificate with the node role): replica traffic and liveness.
+    Node,
+}
+
+impl Request {
+    /// Who may send this request. Every variant says so here, so a new message
+    /// cannot be added without deciding it; a node checks it against the peer's
+    /// certificate before it serves anything (`qkv_transport::server::allowed`).
+    pub fn sender(&self) -> Sender {
+        match self {
+            Request::Get(_)
+            | Request::Put(_)
+            | Request::Status
+            | Request::Stats
+            | Request::Ring { .. }
+            | Request::Inspect { .. }
+            | Request::Fault { .. } => Sender::Anyone,
+            Request::AaeRoots { .. }
+            | Request::AaeCompare { .. }
+            | Request::ReplicaGet { .. }
+            | Request::ReplicaPut { .. }
+            | Request::ReplicaHint { .. }
+            | Request::ReplicaPutBatch { .. }
+            | Request::HintGet { .. }
+            | Request::Ping { .. } => Sender::Node,
+        }
+    }
+}
+
 /// A key and its state.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct KeyState {

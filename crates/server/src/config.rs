@@ -304,8 +304,8 @@ impl Config {
         }
         let ring_ids: Vec<_> = self.peers.iter().map(|p| p.id).collect();
         Ring::new(&ring_ids, self.vnodes, self.replication)?;
-        if self.request_timeout_ms == 0 || self.request_timeout_ms > 600_000 {
-            bail!("request_timeout_ms must be between 1 and 600000");
+        if self.request_timeout_ms == 0 || self.request_timeout_ms > qkv_proto::REQUEST_TIMEOUT_MS_MAX {
+            bail!("request_timeout_ms must be between 1 and {}", qkv_proto::REQUEST_TIMEOUT_MS_MAX);
         }
         if self.persist_period_ms == 0 {
             bail!("persist_period_ms must be positive");
@@ -483,6 +483,7 @@ key = "certs/node-1.key"
             (BASE.replace("listen = ", "metrics_listen = \"here\"\nlisten = "), "metrics_listen must be"),
             (BASE.replace("listen = ", "tombstone_grace_ms = 1000\nlisten = "), "must be at least hint_window_ms"),
             (BASE.replace("listen = ", "aae_keys_per_s = 0\nlisten = "), "must be positive"),
+            (BASE.replace("listen = ", "request_timeout_ms = 60001\nlisten = "), "between 1 and 60000"),
             (BASE.replace("listen = ", "anti_entropy = \"yes\"\nlisten = "), "invalid type"),
             ("id = ".to_string(), "invalid TOML"),
         ];

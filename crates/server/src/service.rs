@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use qkv_core::router::REQUEST_TIMEOUT_MS_MAX;
+use qkv_core::router::{FORWARD_MARGIN_MS, REQUEST_TIMEOUT_MS_MAX};
 use qkv_core::{Core, CoreConfig, Output, ReqId};
 use qkv_proto::{Error, NodeId, Request, Response, StatsReply};
 use qkv_transport::{Handler, PeerRole, Pool, server};
@@ -232,7 +232,9 @@ impl Node {
         let (tx, rx) = oneshot::channel();
         self.0.waiters.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
         self.with_core(|c, now| c.handle_request(now, id, req));
-        let guard = Duration::from_millis(REQUEST_TIMEOUT_MS_MAX + SAFETY_MARGIN_MS);
+        // Past the longest an operation can run (a forwarded write's deadline and margin):
+        // every request the core takes is answered by then, whatever its config.
+        let guard = Duration::from_millis(REQUEST_TIMEOUT_MS_MAX + FORWARD_MARGIN_MS + SAFETY_MARGIN_MS);
         match tokio::time::timeout(guard, rx).await {
             Ok(Ok(resp)) => resp,
             Ok(Err(_)) => Response::Error(Error::ShuttingDown),

@@ -232,17 +232,10 @@ async fn serve_connection<H: Handler>(
     }
 }
 
-/// True when `role` may send `req`: replica traffic needs a node certificate.
+/// True when `role` may send `req`: what the message type says ([`Request::sender`]).
 pub fn allowed(role: PeerRole, req: &Request) -> bool {
-    match req {
-        Request::ReplicaGet { .. }
-        | Request::ReplicaPut { .. }
-        | Request::ReplicaPutBatch { .. }
-        | Request::ReplicaHint { .. }
-        | Request::HintGet { .. }
-        | Request::AaeRoots { .. }
-        | Request::AaeCompare { .. }
-        | Request::Ping { .. } => matches!(role, PeerRole::Node(_)),
-        _ => true,
+    match req.sender() {
+        qkv_proto::msg::Sender::Anyone => true,
+        qkv_proto::msg::Sender::Node => matches!(role, PeerRole::Node(_)),
     }
 }

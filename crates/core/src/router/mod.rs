@@ -56,8 +56,7 @@ pub type ReqId = u64;
 /// Identifies a request this node sent (chosen by the core).
 pub type RpcId = u64;
 
-/// Longest per-request deadline a client may ask for.
-pub const REQUEST_TIMEOUT_MS_MAX: u64 = 60_000;
+pub use qkv_proto::msg::REQUEST_TIMEOUT_MS_MAX;
 /// Extra time a forwarding node waits beyond the request deadline for the coordinator.
 pub const FORWARD_MARGIN_MS: u64 = 500;
 /// How often hinted handoff looks for work.
