@@ -72,7 +72,8 @@ struct Args {
     storage_errors: f64,
     /// Run a deliberately broken core: lww, ack-before-flush, strict-counts-standins, gc-unconfirmed or
     /// vv-context (a put's answer claims concurrent writes of its coordinator, as before dotted contexts)
-    /// or lease-not-durable (a counter lease rides in the OS buffer, as before).
+    /// or lease-not-durable (a counter lease rides in the OS buffer, as before). Needs a build with
+    /// `--features bugs`: production cores have none of them.
     #[arg(long)]
     bug: Option<String>,
     /// Stop at the first violating seed.
@@ -90,6 +91,11 @@ fn workload_for(name: &str, seed: u64) -> Result<Workload, String> {
 /// Parse `--bug`.
 fn bugs(name: Option<&str>) -> Result<Bugs, String> {
     let mut b = Bugs::default();
+    if name.is_some() && !cfg!(feature = "bugs") {
+        return Err("this qkv-sim was built without the deliberate bugs: \
+                    cargo run --release -p qkv-sim --features bugs -- --bug …"
+            .into());
+    }
     match name {
         None => {}
         Some("lww") => b.lww = true,

@@ -789,7 +789,7 @@ impl<S: Store> Core<S> {
         self.rescan_tombstones();
         let grace = self.aae.cfg.tombstone_grace_ms;
         let me = self.cfg.me;
-        let unconfirmed = self.cfg.bugs.gc_unconfirmed;
+        let unconfirmed = self.cfg.bugs().gc_unconfirmed;
         let (trees, pairs) = (&self.aae.trees, &self.aae.pairs);
         let confirmed = |range: RangeId| -> Option<u64> {
             if unconfirmed {

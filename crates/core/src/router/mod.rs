@@ -123,8 +123,10 @@ pub trait Store {
     fn scan_purged(&self) -> Result<Vec<(Vec<u8>, Seen)>, Error>;
 }
 
-/// Deliberate bugs, so the simulator can show its checker catches them. All off by
-/// default; `qkv-node` never sets them and no config file can.
+/// Deliberate bugs, so the simulator can show its checker catches them. They take
+/// effect only in a build with the feature `bug-variants` (the simulator's tests
+/// and `qkv-sim --features bugs`): without it every check of them is a constant
+/// `false` the compiler removes, and a config that sets one is refused at start.
 #[doc(hidden)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Bugs {
@@ -142,6 +144,17 @@ pub struct Bugs {
     /// Give a put the old context: the writer's vector joined with the new dot, which
     /// claims concurrent writes of the same coordinator it never saw.
     pub vv_context: bool,
+}
+
+impl CoreConfig {
+    /// The deliberate bugs in force: none, as a constant, in a build without `bug-variants`.
+    #[inline]
+    fn bugs(&self) -> Bugs {
+        #[cfg(feature = "bug-variants")]
+        return self.bugs;
+        #[cfg(not(feature = "bug-variants"))]
+        Bugs::default()
+    }
 }
 
 /// What a node is and how it behaves.
@@ -186,6 +199,9 @@ pub enum StartError {
     /// The ring cannot be built from the config.
     #[error(transparent)]
     Ring(#[from] RingError),
+    /// The config asks for deliberate bugs in a build without `bug-variants`.
+    #[error("deliberate bugs need a build with the bug-variants feature")]
+    BugsNotBuilt,
     /// The hints could not be listed.
     #[error("reading hints: {0}")]
     Store(#[from] Error),
@@ -403,6 +419,9 @@ pub const COUNTER_LEASE_STEP: u64 = 10_000;
 impl<S: Store> Core<S> {
     /// A node at monotonic time `now_ms` and wall-clock time `wall_ms`; every peer starts as up.
     pub fn new(cfg: CoreConfig, store: S, now_ms: u64, wall_ms: u64) -> Result<Self, StartError> {
+        if cfg!(not(feature = "bug-variants")) && cfg.bugs != Bugs::default() {
+            return Err(StartError::BugsNotBuilt);
+        }
         let ids: Vec<NodeId> = cfg.members.iter().map(|m| m.0).collect();
         let ring = Ring::new(&ids, cfg.vnodes, cfg.n)?;
         let detector = Detector::new(cfg.me, cfg.incarnation, ids, cfg.down_after_ms, now_ms);
@@ -556,7 +575,7 @@ impl<S: Store> Core<S> {
     /// replaces. Keeps the anti-entropy trees and the tombstone list in step with the store.
     fn put_data(&mut self, key: &[u8], old: Option<u64>, set: &DvvSet) -> Result<(), Error> {
         let lww;
-        let set = if self.cfg.bugs.lww {
+        let set = if self.cfg.bugs().lww {
             lww = set.newest_only();
             &lww
         } else {
@@ -617,7 +636,7 @@ impl<S: Store> Core<S> {
             self.stats.key_writes_refused += 1;
             return Err(e);
         }
-        if self.cfg.bugs.vv_context {
+        if self.cfg.bugs().vv_context {
             back = replica::vv_context(seen, dot);
         }
         debug_assert!(set.is_valid(), "a coordinated state is valid before it is stored and sent");
@@ -625,7 +644,7 @@ impl<S: Store> Core<S> {
             // (A retry is answered with its first dot, which may be another node's.)
             self.counter = self.counter.max(dot.counter);
         }
-        if self.cfg.bugs.lease_not_durable && self.counter >= self.counter_lease {
+        if self.cfg.bugs().lease_not_durable && self.counter >= self.counter_lease {
             // The old rule: the lease rides with this write's own flush, in the OS buffer only.
             self.counter_lease = self.counter + COUNTER_LEASE_STEP;
             self.store.put_counter_lease(self.counter_lease)?;
@@ -647,7 +666,7 @@ impl<S: Store> Core<S> {
     fn lease_ready(&mut self, seen: &Seen) -> bool {
         let own = seen.dots.iter().filter(|d| d.actor == self.actor).map(|d| d.counter).max().unwrap_or(0);
         self.counter = self.counter.max(seen.vv.get(self.actor)).max(own);
-        if self.cfg.bugs.lease_not_durable {
+        if self.cfg.bugs().lease_not_durable {
             return true;
         }
         if self.counter.saturating_add(COUNTER_LEASE_STEP / 2) >= self.counter_lease && self.lease_syncs.is_empty() {

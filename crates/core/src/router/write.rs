@@ -27,7 +27,7 @@ impl<S: Store> Core<S> {
             self.send(op, to, Request::Put(PutRequest { forwarded: true, ..p }), timeout_ms + FORWARD_MARGIN_MS);
             return Ok(None);
         }
-        let strict = p.strict && !self.cfg.bugs.strict_counts_standins;
+        let strict = p.strict && !self.cfg.bugs().strict_counts_standins;
         let alive = placement::write_alive(self.ring.walk(&p.key), n, strict, |id| self.is_up(id));
         let needed = check_available(p.w, n, alive)?;
         // A context is untrusted input: only one the cluster issued for this key may delete siblings.
@@ -44,7 +44,7 @@ impl<S: Store> Core<S> {
         let op = self.id();
         debug_assert!(dot.actor != self.actor || dot.counter <= self.lease_durable, "no dot above the durable lease");
         let pending = PendingPut { req, key: p.key, set, ctx, dot, needed, timeout_ms, strict };
-        if self.cfg.bugs.ack_before_flush {
+        if self.cfg.bugs().ack_before_flush {
             self.flush_unawaited();
             self.replicate(op, pending);
             return Ok(None);
@@ -304,7 +304,7 @@ impl<S: Store> Core<S> {
 
     /// Ack `req` once a flush completes; `refused`: a batch's items not merged.
     fn await_flush(&mut self, req: ReqId, refused: Option<Vec<u32>>) {
-        if self.cfg.bugs.ack_before_flush {
+        if self.cfg.bugs().ack_before_flush {
             self.flush_unawaited();
             return self.reply(req, Ok(replica_ack(refused)));
         }
