@@ -18,10 +18,12 @@
 //! - [`hints`]: hint limits, sizes, ages and handoff pacing.
 //! - [`merkle`]: anti-entropy hash trees (XOR Merkle trees per range).
 //! - [`tombstones`]: the tombstone index GC works from, and purge records.
+//! - [`gc`]: tombstone GC as its own state machine over those and the store.
 //! - [`mem`]: an in-memory store for tests and the simulator.
 //! - [`pace`]: the token bucket that paces handoff and anti-entropy.
 //! - [`router`]: a whole node's logic as one state machine over a [`Store`] (to be split by subsystem).
 
+pub mod gc;
 pub mod get;
 pub mod hints;
 pub mod liveness;

@@ -32,11 +32,11 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use qkv_proto::{AaeCompared, AaePair, AaeStatus, DvvSet, Error, KeyDigest, KeyState, NodeId, Request, Response, Seen};
 
 use super::{Core, Op, OpId, Store, unexpected};
+use crate::gc::TombstoneGc;
 use crate::hints::BATCH_KEYS_MAX;
 use crate::merkle::{RangeId, Trees, digest};
 use crate::pace::Bucket;
 use crate::ring::{Ring, token};
-use crate::tombstones::{PurgeRecords, TombstoneIndex};
 
 /// Anti-entropy settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,16 +93,9 @@ const REPEATS_MAX: u32 = 64;
 const GC_INTERVAL_MS: u64 = 1_000;
 /// Default for [`AaeConfig::gc_batch`].
 pub const GC_BATCH: usize = 10_000;
-/// A purge record lives this many tombstone graces. One is what a late old state
-/// needs; the second outlasts the peers' own purges of the same tombstone, which
-/// could otherwise push it back here after the record expired (and back and forth,
-/// with a short grace, so that the replicas never all let it go).
-pub const PURGE_RECORD_GRACES: u64 = 2;
 /// Default for [`AaeConfig::purge_records_bytes_max`]: about 760,000 records of
 /// 16-byte keys with three-actor clocks.
 pub const PURGED_BYTES_MAX: usize = 128 << 20;
-/// Tombstones indexed in memory, at most (past that, found again by a rescan).
-pub const TOMBSTONE_INDEX_MAX: usize = 1 << 20;
 const SCAN_PAGE: usize = 4096;
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -151,12 +144,8 @@ pub(super) struct AaeState {
     next_gc_ms: u64,
     peer_turn: usize,
     pairs: BTreeMap<(RangeId, NodeId), Pair>,
-    /// Tombstone-only keys, by range and since when.
-    tombstones: TombstoneIndex,
-    /// Where a rescan for tombstones left out of a full index stands.
-    rescan: Option<(u64, Vec<u8>)>,
-    /// What purged tombstones had seen, for a grace period.
-    purged: PurgeRecords,
+    /// Tombstone GC and its purge records.
+    gc: TombstoneGc,
     keys: Bucket,
     bytes: Bucket,
     exchanges: u64,
@@ -164,7 +153,6 @@ pub(super) struct AaeState {
     keys_repaired: u64,
     keys_exchanged: u64,
     bytes_exchanged: u64,
-    tombstones_purged: u64,
 }
 
 impl AaeState {
@@ -179,9 +167,7 @@ impl AaeState {
             next_gc_ms: now_ms + GC_INTERVAL_MS,
             peer_turn: me as usize,
             pairs: BTreeMap::new(),
-            tombstones: TombstoneIndex::new(TOMBSTONE_INDEX_MAX),
-            rescan: None,
-            purged: PurgeRecords::new(usize::MAX, cfg.purge_records_bytes_max.max(1)),
+            gc: TombstoneGc::new(cfg.tombstone_grace_ms, cfg.gc_batch, cfg.purge_records_bytes_max),
             keys: Bucket::new(cfg.keys_per_s.max(1), now_ms),
             bytes: Bucket::new(cfg.bytes_per_s.max(1), now_ms),
             exchanges: 0,
@@ -189,7 +175,6 @@ impl AaeState {
             keys_repaired: 0,
             keys_exchanged: 0,
             bytes_exchanged: 0,
-            tombstones_purged: 0,
         }
     }
 
@@ -197,22 +182,14 @@ impl AaeState {
     pub(super) fn on_write(&mut self, ring: &Ring, key: &[u8], old: Option<u64>, new: Option<&DvvSet>, now: u64) {
         let tok = token(key);
         self.trees.update(ring, tok, old, new.map(|n| digest(key, n)));
-        match new {
-            Some(n) if n.is_deleted() => {
-                let range = self.trees.range_of(ring, tok);
-                self.tombstones.insert(range, key, now);
-            }
-            _ if !self.tombstones.is_empty() => {
-                self.tombstones.remove(key);
-            }
-            _ => {}
-        }
+        let tombstone_in = new.is_some_and(DvvSet::is_deleted).then(|| self.trees.range_of(ring, tok));
+        self.gc.on_write(key, tombstone_in, now);
     }
 
     /// `incoming` without the values a tombstone this node purged for `key` had
     /// deleted (`None`: nothing to strip). See [`crate::tombstones`].
     pub(super) fn strip_purged(&self, key: &[u8], incoming: &DvvSet, local: Option<&DvvSet>) -> Option<DvvSet> {
-        self.purged.strip(key, incoming, local)
+        self.gc.strip(key, incoming, local)
     }
 
     /// The tombstone grace, ms.
@@ -229,7 +206,7 @@ impl AaeState {
     /// past the bound (a lower bound than before, or another load order): dropping
     /// it could bring a deleted value back. Over the bound, GC only waits.
     pub(super) fn load_purged(&mut self, key: &[u8], seen: Seen, now: u64) {
-        self.purged.insert_always(key, seen, now + PURGE_RECORD_GRACES * self.cfg.tombstone_grace_ms);
+        self.gc.load_record(key, seen, now);
     }
 
     pub(super) fn next_wakeup_ms(&self) -> u64 {
@@ -273,10 +250,10 @@ impl AaeState {
             keys_repaired: self.keys_repaired,
             keys_exchanged: self.keys_exchanged,
             bytes_exchanged: self.bytes_exchanged,
-            tombstones_pending: self.tombstones.len() as u64,
-            tombstones_index_incomplete: self.tombstones.incomplete() || self.rescan.is_some(),
-            purge_records: self.purged.len() as u64,
-            tombstones_purged: self.tombstones_purged,
+            tombstones_pending: self.gc.pending() as u64,
+            tombstones_index_incomplete: self.gc.index_incomplete(),
+            purge_records: self.gc.records() as u64,
+            tombstones_purged: self.gc.purged(),
             ..AaeStatus::default()
         };
         for range in self.trees.ranges() {
@@ -773,24 +750,14 @@ impl<S: Store> Core<S> {
         }
     }
 
-    /// Purge tombstones every other home replica is known to hold, past the grace delay.
-    ///
-    /// Per range, the tombstones written before the oldest last exchange with the
-    /// range's other home replicas started (see [`crate::tombstones`]); a range that
-    /// cannot be confirmed blocks only its own. Each purge is recorded (durably, with
-    /// the purge) before the tombstone goes; with the records full, GC waits.
+    /// A round of tombstone GC ([`crate::gc`]): a range counts as confirmed since the
+    /// oldest start of its last complete exchange with each other home replica.
     fn gc_tombstones(&mut self) {
         let now = self.now_ms;
-        for key in self.aae.purged.expire(now) {
-            if let Err(e) = self.store.delete_purged(&key) {
-                tracing::warn!("forgetting a purge record: {e}");
-            }
-        }
-        self.rescan_tombstones();
-        let grace = self.aae.cfg.tombstone_grace_ms;
         let me = self.cfg.me;
         let unconfirmed = self.cfg.bugs().gc_unconfirmed;
-        let (trees, pairs) = (&self.aae.trees, &self.aae.pairs);
+        let aae = &mut self.aae;
+        let (trees, pairs, ring) = (&aae.trees, &aae.pairs, &self.ring);
         let confirmed = |range: RangeId| -> Option<u64> {
             if unconfirmed {
                 return Some(u64::MAX);
@@ -804,80 +771,12 @@ impl<S: Store> Core<S> {
                 .map(|&p| pairs.get(&(range, p)).and_then(|x| x.synced_from_ms))
                 .try_fold(u64::MAX, |m, from| from.map(|f| m.min(f)))
         };
-        let due = self.aae.tombstones.purgeable(now.saturating_sub(grace), self.aae.cfg.gc_batch.max(1), confirmed);
-        let mut purged = false;
-        for key in due {
-            if self.aae.purged.is_full() && !unconfirmed {
-                break;
-            }
-            match self.store.get(&key) {
-                Ok(Some(set)) if set.is_deleted() => {
-                    if !unconfirmed {
-                        if let Err(e) = self.store.put_purged(&key, &set.seen()) {
-                            tracing::warn!("recording a purge: {e}");
-                            continue;
-                        }
-                        self.aae.purged.insert(&key, set.seen(), now + PURGE_RECORD_GRACES * grace);
-                    }
-                    if let Err(e) = self.store.delete(&key) {
-                        tracing::warn!("purging a tombstone: {e}");
-                        // Not purged: a record of it would strip the tombstone from its own copies.
-                        if !unconfirmed {
-                            self.aae.purged.remove(&key);
-                            if let Err(e) = self.store.delete_purged(&key) {
-                                tracing::warn!("dropping the record of a failed purge: {e}");
-                            }
-                        }
-                        continue;
-                    }
-                    self.aae.on_write(&self.ring, &key, Some(digest(&key, &set)), None, now);
-                    self.aae.tombstones.remove(&key);
-                    self.aae.tombstones_purged += 1;
-                    purged = true;
-                }
-                Ok(_) => self.aae.tombstones.remove(&key),
-                Err(e) => tracing::warn!("reading a tombstone: {e}"),
-            }
+        let purged = aae.gc.round(&mut self.store, now, confirmed, |t| trees.range_of(ring, t), !unconfirmed);
+        for (key, set) in &purged {
+            self.aae.on_write(&self.ring, key, Some(digest(key, set)), None, now);
         }
-        if purged {
+        if !purged.is_empty() {
             self.flush_unawaited();
         }
-    }
-
-    /// The index left tombstones out when it was full: once it has room, look for
-    /// them in the store again, one page per GC round.
-    fn rescan_tombstones(&mut self) {
-        if self.aae.rescan.is_none() && self.aae.tombstones.wants_rescan() {
-            self.aae.tombstones.rescan_started();
-            self.aae.rescan = Some((0, vec![]));
-        }
-        let Some((tok, key)) = self.aae.rescan.take() else { return };
-        let page = match self.store.scan((tok, &key), u64::MAX, SCAN_PAGE) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!("rescanning for tombstones: {e}");
-                self.aae.rescan = Some((tok, key));
-                return;
-            }
-        };
-        let now = self.now_ms;
-        let full = page.len() == SCAN_PAGE;
-        let mut next = None;
-        for (k, set) in page {
-            let t = token(&k);
-            if set.is_deleted() {
-                let range = self.aae.trees.range_of(&self.ring, t);
-                self.aae.tombstones.insert_if_absent(range, &k, now);
-            }
-            next = Some((t, k));
-        }
-        // Resume just after the last key seen.
-        self.aae.rescan = match next {
-            Some((t, mut k)) if full => {
-                k.push(0);
-                Some((t, k))
-            }
-            _ => None,
-        };
     }
 }
