@@ -16,6 +16,7 @@
 //! - [`replica`]: the two ways a key's state changes, and input limits.
 //! - [`liveness`]: the failure detector: pings and gossiped heartbeats.
 //! - [`hints`]: hint limits, sizes, ages and handoff pacing.
+//! - [`lag`]: time to all replicas: tracks of acked writes and their probes.
 //! - [`merkle`]: anti-entropy hash trees (XOR Merkle trees per range).
 //! - [`tombstones`]: the tombstone index GC works from, and purge records.
 //! - [`gc`]: tombstone GC as its own state machine over those and the store.
@@ -26,6 +27,7 @@
 pub mod gc;
 pub mod get;
 pub mod hints;
+pub mod lag;
 pub mod liveness;
 pub mod mem;
 pub mod merkle;

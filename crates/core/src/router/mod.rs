@@ -24,12 +24,13 @@
 //! - `write.rs`: puts, forwarding, stand-in selection, replica writes, hint intake.
 //! - `handoff.rs`: pushing hints to their owners.
 //! - `gossip.rs`: pings and the failure detector.
+//! - `probes.rs`: the lag tracker's probes ([`crate::lag`]).
 //! - `antientropy.rs`: anti-entropy exchanges and tombstone GC.
 
 mod antientropy;
 mod gossip;
 mod handoff;
-pub mod lag;
+mod probes;
 mod read;
 mod write;
 
@@ -42,6 +43,7 @@ use qkv_proto::{
 
 use crate::get::GetOp;
 use crate::hints::{HintIndex, HintLimits};
+use crate::lag::LagTracker;
 use crate::liveness::Detector;
 use crate::merkle::digest;
 use crate::placement::WriteTargets;
@@ -339,7 +341,7 @@ pub struct Core<S> {
     next_ping_ms: u64,
     next_handoff_ms: u64,
     stats: Stats,
-    lag: lag::LagTracker,
+    lag: LagTracker,
     aae: antientropy::AaeState,
     actor: Actor,
     /// The highest counter this node's actor minted, and the recorded lease above it.
@@ -453,7 +455,7 @@ impl<S: Store> Core<S> {
             next_ping_ms: now_ms,
             next_handoff_ms: now_ms,
             stats: Stats::default(),
-            lag: lag::LagTracker::default(),
+            lag: LagTracker::default(),
             aae,
             actor,
             counter,

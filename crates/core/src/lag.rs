@@ -5,12 +5,14 @@
 //! Late acks clear them; every second the coordinator asks (a bounded number of)
 //! the others whether their state covers the write's dot yet. When none is
 //! missing, the elapsed time is a sample for the driver to record.
+//!
+//! A sans-IO state machine of its own: [`LagTracker::probes`] says whom to ask,
+//! the router sends the `ReplicaGet`s and reports each answer back through
+//! [`LagTracker::probed`].
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use qkv_proto::{Dot, DvvSet, NodeId, Request, Response};
-
-use super::{Core, Op, OpId, Store};
+use qkv_proto::{Dot, NodeId};
 
 /// Writes tracked at once; the oldest is dropped beyond this.
 pub const TRACKED_MAX: usize = 4096;
@@ -45,7 +47,7 @@ pub struct LagTracker {
 
 impl LagTracker {
     /// Start tracking a write acked at `now_ms` that `missing` home replicas lack.
-    pub(super) fn start(&mut self, key: &[u8], dot: Dot, now_ms: u64, missing: BTreeSet<NodeId>) -> Option<u64> {
+    pub fn start(&mut self, key: &[u8], dot: Dot, now_ms: u64, missing: BTreeSet<NodeId>) -> Option<u64> {
         if missing.is_empty() {
             self.sample(0);
             return None;
@@ -61,7 +63,7 @@ impl LagTracker {
     }
 
     /// Replica `node` holds the write.
-    pub(super) fn applied(&mut self, track: u64, node: NodeId, now_ms: u64) {
+    pub fn applied(&mut self, track: u64, node: NodeId, now_ms: u64) {
         let Some(t) = self.tracks.get_mut(&track) else { return };
         t.missing.remove(&node);
         t.probing.remove(&node);
@@ -87,23 +89,22 @@ impl LagTracker {
     pub fn tracked(&self) -> usize {
         self.tracks.len()
     }
-}
 
-impl<S: Store> Core<S> {
-    /// Ask missing replicas that are up whether they hold their writes yet.
-    pub(super) fn lag_round(&mut self) {
-        if self.now_ms < self.lag.next_probe_ms {
-            return;
+    /// At most once per [`PROBE_INTERVAL_MS`]: drop writes tracked too long, then
+    /// the (track, replica, key) probes to send to missing replicas that are `up`
+    /// and not being asked already, at most [`PROBES_PER_ROUND_MAX`].
+    pub fn probes(&mut self, now_ms: u64, up: impl Fn(NodeId) -> bool) -> Vec<(u64, NodeId, Vec<u8>)> {
+        if now_ms < self.next_probe_ms {
+            return vec![];
         }
-        self.lag.next_probe_ms = self.now_ms + PROBE_INTERVAL_MS;
-        let now = self.now_ms;
-        let before = self.lag.tracks.len();
-        self.lag.tracks.retain(|_, t| now.saturating_sub(t.acked_ms) < TRACK_MS_MAX);
-        self.lag.untracked += (before - self.lag.tracks.len()) as u64;
+        self.next_probe_ms = now_ms + PROBE_INTERVAL_MS;
+        let before = self.tracks.len();
+        self.tracks.retain(|_, t| now_ms.saturating_sub(t.acked_ms) < TRACK_MS_MAX);
+        self.untracked += (before - self.tracks.len()) as u64;
         let mut probes = vec![];
-        for (&id, t) in &mut self.lag.tracks {
+        for (&id, t) in &mut self.tracks {
             for &node in &t.missing {
-                if probes.len() < PROBES_PER_ROUND_MAX && !t.probing.contains(&node) && self.detector.is_up(node) {
+                if probes.len() < PROBES_PER_ROUND_MAX && !t.probing.contains(&node) && up(node) {
                     probes.push((id, node, t.key.clone()));
                 }
             }
@@ -111,23 +112,50 @@ impl<S: Store> Core<S> {
                 t.probing.insert(*node);
             }
         }
-        let timeout_ms = self.cfg.request_timeout_ms;
-        for (track, node, key) in probes {
-            let op = self.id();
-            self.ops.insert(op, Op::LagProbe { track, node });
-            self.send(op, node, Request::ReplicaGet { key }, timeout_ms);
-        }
+        probes
     }
 
-    pub(super) fn lag_probe_response(&mut self, op_id: OpId, result: Result<Response, qkv_proto::Error>) {
-        let Some(Op::LagProbe { track, node }) = self.ops.remove(&op_id) else { return };
-        let Some(t) = self.lag.tracks.get_mut(&track) else { return };
+    /// A probe of `track` at `node` ended; `covers(dot)` says whether the replica's
+    /// state covers the write (false when it failed).
+    pub fn probed(&mut self, track: u64, node: NodeId, covers: impl Fn(Dot) -> bool, now_ms: u64) {
+        let Some(t) = self.tracks.get_mut(&track) else { return };
         t.probing.remove(&node);
-        let dot = t.dot;
-        if let Ok(Response::ReplicaState(Some(s))) = result
-            && DvvSet::clock(&s).covers(dot)
-        {
-            self.lag.applied(track, node, self.now_ms);
+        if covers(t.dot) {
+            self.applied(track, node, now_ms);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_is_sampled_when_its_last_missing_replica_holds_it() {
+        let mut lag = LagTracker::default();
+        let dot = Dot { actor: 1, counter: 1 };
+        assert_eq!(lag.start(b"k", dot, 0, BTreeSet::new()), None, "on every replica at the ack");
+        let t = lag.start(b"k", dot, 100, BTreeSet::from([2, 3])).unwrap();
+        lag.applied(t, 2, 150);
+        // Node 3 is asked once per round (not while a probe is out), and only when up.
+        assert!(lag.probes(200, |n| n != 3).is_empty());
+        assert_eq!(lag.probes(200 + PROBE_INTERVAL_MS, |_| true), vec![(t, 3, b"k".to_vec())]);
+        assert!(lag.probes(200 + 2 * PROBE_INTERVAL_MS, |_| true).is_empty(), "a probe is out");
+        lag.probed(t, 3, |_| false, 2500);
+        lag.probed(t, 3, |d| d == dot, 3000);
+        assert_eq!(lag.take_samples(), vec![0, 2900]);
+        assert_eq!(lag.tracked(), 0);
+    }
+
+    #[test]
+    fn tracking_is_bounded_in_count_and_age() {
+        let mut lag = LagTracker::default();
+        let dot = Dot { actor: 1, counter: 1 };
+        for i in 0..TRACKED_MAX as u64 + 1 {
+            lag.start(b"k", dot, i, BTreeSet::from([2]));
+        }
+        assert_eq!((lag.tracked(), lag.untracked), (TRACKED_MAX, 1));
+        lag.probes(TRACK_MS_MAX + TRACKED_MAX as u64, |_| false);
+        assert_eq!((lag.tracked(), lag.untracked), (0, TRACKED_MAX as u64 + 1));
     }
 }
