@@ -6,7 +6,7 @@
 //! - [`level`]: consistency levels (R and W).
 //! - [`msg`]: requests and responses.
 //! - [`frame`]: length-prefixed, versioned msgpack frames with a size limit.
-//! - [`error`]: errors that cross the wire.
+//! - [`wire_error`]: errors that cross the wire.
 
 pub mod context;
 pub mod dvv;

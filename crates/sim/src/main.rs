@@ -216,8 +216,10 @@ fn main() -> ExitCode {
                 for v in report.violations.iter().take(3) {
                     println!("  {v}\n{}", checker::trace(&run.history, &v.key));
                 }
+                let features = if a.bug.is_some() { " --features bugs" } else { "" };
                 let mut replay = format!(
-                    "cargo run --release -p qkv-sim -- --seed {seed} --nodes {} --n {} --clients {} --ops {} --workload {}",
+                    "cargo run --release -p qkv-sim{features} -- --seed {seed} --nodes {} --n {} --clients {} --ops {} \
+                     --workload {}",
                     a.nodes,
                     a.n,
                     a.clients,

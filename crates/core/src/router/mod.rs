@@ -152,10 +152,7 @@ impl CoreConfig {
     /// The deliberate bugs in force: none, as a constant, in a build without `bug-variants`.
     #[inline]
     fn bugs(&self) -> Bugs {
-        #[cfg(feature = "bug-variants")]
-        return self.bugs;
-        #[cfg(not(feature = "bug-variants"))]
-        Bugs::default()
+        if cfg!(feature = "bug-variants") { self.bugs } else { Bugs::default() }
     }
 }
 
