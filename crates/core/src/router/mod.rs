@@ -19,235 +19,45 @@
 //! time is used only to date hints for display: `wall_ms - now_ms` is fixed at start.
 //!
 //! # Layout
-//! - this file: state, dispatch, timers, status.
+//! - this file: state, dispatch, timers, the local write and merge, the counter lease.
+//! - `interface.rs`: the config, the [`Store`] trait, [`Output`], ids and timing constants.
+//! - `status.rs`: the status reply and ring placement of a key.
+//! - `recent.rs`: recent write ids (retries answered without a second write).
 //! - `read.rs`: gets (strict and sloppy), read repair, inspect.
 //! - `write.rs`: puts, forwarding, stand-in selection, replica writes, hint intake.
 //! - `handoff.rs`: pushing hints to their owners.
 //! - `gossip.rs`: pings and the failure detector.
 //! - `probes.rs`: the lag tracker's probes ([`crate::lag`]).
-//! - `antientropy.rs`: anti-entropy exchanges and tombstone GC.
+//! - `antientropy.rs`: anti-entropy exchanges, and the calls into tombstone GC ([`crate::gc`]).
 
 mod antientropy;
 mod gossip;
 mod handoff;
+mod interface;
 mod probes;
 mod read;
+mod recent;
+mod status;
 mod write;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
-use qkv_proto::{
-    Actor, Context, Dot, DvvSet, Error, HintStatus, KeyLimitStatus, MemberStatus, NodeId, Request, Response, RingReply,
-    Secret, Seen, StatusReply,
-};
+use qkv_proto::{Actor, Context, Dot, DvvSet, Error, NodeId, Request, Response, Seen};
 
 use crate::get::GetOp;
-use crate::hints::{HintIndex, HintLimits};
+use crate::hints::HintIndex;
 use crate::lag::LagTracker;
 use crate::liveness::Detector;
 use crate::merkle::digest;
 use crate::placement::WriteTargets;
 use crate::put::PutOp;
-use crate::replica::{self, Limits};
-use crate::ring::{Ring, RingError};
+use crate::replica;
+use crate::ring::Ring;
+use recent::RecentWrites;
 
 pub use antientropy::AaeConfig;
 
-/// Identifies a request this node must answer (chosen by the driver).
-pub type ReqId = u64;
-/// Identifies a request this node sent (chosen by the core).
-pub type RpcId = u64;
-
-pub use qkv_proto::msg::REQUEST_TIMEOUT_MS_MAX;
-/// Extra time a forwarding node waits beyond the request deadline for the coordinator.
-pub const FORWARD_MARGIN_MS: u64 = 500;
-/// How often hinted handoff looks for work.
-pub const HANDOFF_INTERVAL_MS: u64 = 100;
-/// Deadline of one handoff batch.
-pub const HANDOFF_TIMEOUT_MS: u64 = 5_000;
-
-/// A write held by a stand-in for a home replica that was down.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Hint {
-    /// The merged state to hand off.
-    pub set: DvvSet,
-    /// When the stand-in last took a write into this hint (wall clock, ms): its age,
-    /// for redirect and expiry, counts from its newest write, so every write a
-    /// stand-in acknowledged is kept at least a grace (see `handoff.rs`).
-    pub created_ms: u64,
-}
-
-/// A hint's identity and size, as listed at start to rebuild the index.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HintMeta {
-    /// The home replica it is for.
-    pub owner: NodeId,
-    /// The key.
-    pub key: Vec<u8>,
-    /// Its approximate size.
-    pub bytes: u64,
-    /// When it last took a write (wall clock, ms).
-    pub created_ms: u64,
-}
-
-/// The node's durable state: key → state (`data`, kept in token order: see
-/// [`Store::scan`]), (owner, key) → hint (`hints`) and the actor's counter lease.
-pub trait Store {
-    /// The state of `key`, if any.
-    fn get(&self, key: &[u8]) -> Result<Option<DvvSet>, Error>;
-    /// Replace the state of `key`. Durable only after the next completed `Flush`.
-    fn put(&mut self, key: &[u8], set: &DvvSet) -> Result<(), Error>;
-    /// Drop the state of `key` (tombstone GC). Durable only after the next completed `Flush`.
-    fn delete(&mut self, key: &[u8]) -> Result<(), Error>;
-    /// At most `limit` keys and states, ordered by ([`token`] of the key, key), from
-    /// `from` (inclusive) while the token is at most `to`.
-    ///
-    /// [`token`]: crate::ring::token
-    fn scan(&self, from: (u64, &[u8]), to: u64, limit: usize) -> Result<Vec<(Vec<u8>, DvvSet)>, Error>;
-    /// The last recorded counter lease: no dot this node's actor minted is above it (0: none).
-    fn counter_lease(&self) -> Result<u64, Error>;
-    /// Record a counter lease. Durable only after the next completed `Flush`.
-    fn put_counter_lease(&mut self, lease: u64) -> Result<(), Error>;
-    /// The hint for `owner` and `key`, if any.
-    fn get_hint(&self, owner: NodeId, key: &[u8]) -> Result<Option<Hint>, Error>;
-    /// Replace the hint for `owner` and `key`. Durable only after the next completed `Flush`.
-    fn put_hint(&mut self, owner: NodeId, key: &[u8], hint: &Hint) -> Result<(), Error>;
-    /// Drop the hint for `owner` and `key`.
-    fn delete_hint(&mut self, owner: NodeId, key: &[u8]) -> Result<(), Error>;
-    /// Every hint's identity and size (read once, at start).
-    fn scan_hints(&self) -> Result<Vec<HintMeta>, Error>;
-    /// Record that `key`'s tombstone was purged, with everything it had seen. Durable
-    /// only after the next completed `Flush` (the purge itself is, too).
-    fn put_purged(&mut self, key: &[u8], seen: &Seen) -> Result<(), Error>;
-    /// Forget a purge record (expired).
-    fn delete_purged(&mut self, key: &[u8]) -> Result<(), Error>;
-    /// Every purge record (read once, at start).
-    fn scan_purged(&self) -> Result<Vec<(Vec<u8>, Seen)>, Error>;
-}
-
-/// Deliberate bugs, so the simulator can show its checker catches them. They take
-/// effect only in a build with the feature `bug-variants` (the simulator's tests
-/// and `qkv-sim --features bugs`): without it every check of them is a constant
-/// `false` the compiler removes, and a config that sets one is refused at start.
-#[doc(hidden)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Bugs {
-    /// Keep only the newest sibling on every write (last-writer-wins).
-    pub lww: bool,
-    /// Acknowledge writes before they are flushed.
-    pub ack_before_flush: bool,
-    /// Let stand-in acks count toward W even for strict writes.
-    pub strict_counts_standins: bool,
-    /// Purge tombstones after the grace delay alone, without knowing every home replica
-    /// holds them, and forget them at once (the naive GC of a timer).
-    pub gc_unconfirmed: bool,
-    /// Persist a counter lease only with the write that crosses it, without a sync.
-    pub lease_not_durable: bool,
-    /// Give a put the old context: the writer's vector joined with the new dot, which
-    /// claims concurrent writes of the same coordinator it never saw.
-    pub vv_context: bool,
-}
-
-impl CoreConfig {
-    /// The deliberate bugs in force: none, as a constant, in a build without `bug-variants`.
-    #[inline]
-    fn bugs(&self) -> Bugs {
-        if cfg!(feature = "bug-variants") { self.bugs } else { Bugs::default() }
-    }
-}
-
-/// What a node is and how it behaves.
-#[derive(Clone, Debug)]
-pub struct CoreConfig {
-    /// This node.
-    pub me: NodeId,
-    /// Bumped by the driver at every start (persisted), so this run's heartbeats win.
-    pub incarnation: u64,
-    /// The epoch of this node's disk: drawn at random by the driver when it starts
-    /// on an empty disk, then kept. With `me`, it makes the node's [`Actor`].
-    pub epoch: u32,
-    /// Every member, this node included, with its address (shown in status; never dialled here).
-    pub members: Vec<(NodeId, String)>,
-    /// Replication factor.
-    pub n: usize,
-    /// Virtual nodes per member.
-    pub vnodes: u32,
-    /// Key and value limits.
-    pub limits: Limits,
-    /// Hint limits and handoff pace.
-    pub hints: HintLimits,
-    /// Default request deadline.
-    pub request_timeout_ms: u64,
-    /// Ping period.
-    pub ping_interval_ms: u64,
-    /// Time without a fresh heartbeat after which a peer is down.
-    pub down_after_ms: u64,
-    /// Anti-entropy and tombstone GC.
-    pub aae: AaeConfig,
-    /// The cluster's secret: contexts carry a MAC under it (see `qkv_proto::context`).
-    pub secret: Secret,
-    /// Deliberate bugs (simulator only).
-    #[doc(hidden)]
-    pub bugs: Bugs,
-}
-
-/// Why a core could not start.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StartError {
-    /// The ring cannot be built from the config.
-    #[error(transparent)]
-    Ring(#[from] RingError),
-    /// The config asks for deliberate bugs in a build without `bug-variants`.
-    #[error("deliberate bugs need a build with the bug-variants feature")]
-    BugsNotBuilt,
-    /// The hints could not be listed.
-    #[error("reading hints: {0}")]
-    Store(#[from] Error),
-}
-
-/// An effect the driver must carry out. See the module docs.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Output {
-    /// Send `req` to `to`; report the answer with [`Core::handle_response`].
-    Send {
-        /// Echo this back.
-        rpc: RpcId,
-        /// The destination.
-        to: NodeId,
-        /// What to send.
-        req: Request,
-        /// After this long the core fails the request itself.
-        timeout_ms: u64,
-    },
-    /// Answer request `req`.
-    Reply {
-        /// The request being answered.
-        req: ReqId,
-        /// The answer.
-        resp: Response,
-    },
-    /// Make every write so far durable, then call [`Core::handle_flushed`] with `token`.
-    Flush {
-        /// Echo this back.
-        token: u64,
-        /// Durable against power loss (fdatasync) whatever the persist policy: the core
-        /// asks this for a counter lease, which must never roll back (see
-        /// [`COUNTER_LEASE_STEP`]).
-        sync: bool,
-    },
-}
-
-/// Counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// Read repairs acknowledged by the stale replica.
-    pub read_repairs: u64,
-    /// Client writes refused at the per-key limit.
-    pub key_writes_refused: u64,
-    /// Replica merges refused at twice the per-key limit.
-    pub key_merges_refused: u64,
-}
+pub use interface::*;
 
 type OpId = u64;
 /// One replica's raw state of a key, or why it could not be read.
@@ -355,52 +165,10 @@ pub struct Core<S> {
     recent_writes: RecentWrites,
 }
 
-/// Write ids this node minted a dot for, with a hash of the key and the dot; at most
-/// [`RECENT_WRITES_MAX`], none older than [`RECENT_WRITES_MS`] (past any retry's
-/// deadline). Kept in memory only: a retry that reaches a coordinator which restarted
-/// since, after its write was overwritten, is written again (as a sibling: nothing is lost).
-#[derive(Default)]
-struct RecentWrites {
-    by_id: HashMap<u64, (u64, Dot)>,
-    order: VecDeque<(u64, u64)>,
-}
-
 /// Most operations a node keeps in flight (client requests it coordinates, replica
 /// writes waiting for their flush, ...); requests that would start more are refused
 /// with [`Error::Overloaded`].
 pub const OPS_MAX: usize = 65_536;
-
-/// Most write ids remembered.
-pub const RECENT_WRITES_MAX: usize = 65_536;
-/// How long a write id is remembered, ms.
-pub const RECENT_WRITES_MS: u64 = 10 * 60 * 1000;
-
-impl RecentWrites {
-    /// The write's key and value: a write id names one write of one value to one key.
-    fn key_hash(key: &[u8], value: Option<&[u8]>) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        key.hash(&mut h);
-        value.hash(&mut h);
-        h.finish()
-    }
-
-    fn insert(&mut self, now_ms: u64, id: u64, key: &[u8], value: Option<&[u8]>, dot: Dot) {
-        while self.order.len() >= RECENT_WRITES_MAX
-            || self.order.front().is_some_and(|&(at, _)| at + RECENT_WRITES_MS < now_ms)
-        {
-            let Some((_, old)) = self.order.pop_front() else { break };
-            self.by_id.remove(&old);
-        }
-        if self.by_id.insert(id, (Self::key_hash(key, value), dot)).is_none() {
-            self.order.push_back((now_ms, id));
-        }
-    }
-
-    fn get(&self, id: u64, key: &[u8], value: Option<&[u8]>) -> Option<Dot> {
-        self.by_id.get(&id).filter(|(k, _)| *k == Self::key_hash(key, value)).map(|(_, d)| *d)
-    }
-}
 
 /// Most writes waiting for a counter lease's sync.
 pub const LEASE_WAITERS_MAX: usize = 4096;
@@ -838,54 +606,6 @@ impl<S: Store> Core<S> {
     /// Hints dropped past the tombstone grace since start (cheaper than [`Core::status`]).
     pub fn hints_expired(&self) -> u64 {
         self.hints.expired
-    }
-
-    /// This node's view of the cluster, hints included.
-    pub fn status(&self) -> StatusReply {
-        let own = self.ring.ownership();
-        let (count, bytes) = self.hints.totals();
-        let limits = self.hints.limits();
-        StatusReply {
-            node: self.cfg.me,
-            n: self.ring.n() as u32,
-            vnodes: self.ring.vnodes(),
-            members: self
-                .cfg
-                .members
-                .iter()
-                .map(|(id, addr)| MemberStatus {
-                    node: *id,
-                    addr: addr.clone(),
-                    up: self.is_up(*id),
-                    ownership: own.get(id).copied().unwrap_or(0.0),
-                })
-                .collect(),
-            read_repairs: self.stats.read_repairs,
-            hints: HintStatus {
-                count,
-                bytes,
-                refused: self.hints.refused,
-                handed_off: self.hints.handed_off,
-                redirected: self.hints.redirected,
-                expired: self.hints.expired,
-                bytes_max: limits.total_bytes_max,
-                owner_bytes_max: limits.owner_bytes_max,
-                owners: self.hints.report(self.now_ms, self.wall_ms(), |o| self.is_up(o)),
-            },
-            aae: self.aae.status(self.now_ms),
-            key_limits: KeyLimitStatus {
-                siblings_max: self.cfg.limits.key_siblings_max as u64,
-                bytes_max: self.cfg.limits.key_state_bytes_max as u64,
-                writes_refused: self.stats.key_writes_refused,
-                merges_refused: self.stats.key_merges_refused,
-            },
-        }
-    }
-
-    fn ring_reply(&self, key: &[u8]) -> Result<RingReply, Error> {
-        self.cfg.limits.check(key, None)?;
-        let addr = |id: NodeId| self.cfg.members.iter().find(|m| m.0 == id).map(|m| m.1.clone()).unwrap_or_default();
-        Ok(RingReply { replicas: self.ring.preference_list(key).iter().map(|&id| (id, addr(id))).collect() })
     }
 }
 
