@@ -68,6 +68,13 @@ struct Owner {
     resting: BTreeMap<Vec<u8>, u64>,
 }
 
+impl Owner {
+    /// True while the hint for `key` rests after a refusal.
+    fn rests(&self, key: &[u8], now_ms: u64) -> bool {
+        self.resting.get(key).is_some_and(|&until| now_ms < until)
+    }
+}
+
 /// A hint a home replica refused is offered again after this long.
 pub const REFUSED_RETRY_MS: u64 = 30_000;
 
@@ -186,7 +193,7 @@ impl HintIndex {
             if picked.len() == BATCH_KEYS_MAX || (used > 0 && used + bytes > budget) {
                 break;
             }
-            if o.resting.get(k).is_some_and(|&until| now_ms < until) {
+            if o.rests(k, now_ms) {
                 continue;
             }
             used += bytes;
@@ -212,7 +219,7 @@ impl HintIndex {
 
     /// True while the hint for `owner`, `key` rests after a refusal.
     pub fn is_resting(&self, owner: NodeId, key: &[u8], now_ms: u64) -> bool {
-        self.owners.get(&owner).and_then(|o| o.resting.get(key)).is_some_and(|&until| now_ms < until)
+        self.owners.get(&owner).is_some_and(|o| o.rests(key, now_ms))
     }
 
     /// Hints for `owner` created at or before `cutoff` (wall ms), oldest first, at most `limit`.

@@ -24,7 +24,8 @@ pub fn write_alive(walk: &[NodeId], n: usize, strict: bool, up: impl Fn(NodeId) 
 /// Where a coordinator (`me`, a home replica) sends a write.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WriteTargets {
-    /// The nodes written to, one per home slot, in the walk's order.
+    /// The nodes first written to, one per home slot, in the walk's order (a
+    /// stand-in taking over later is in `owners`, not here).
     pub targets: Vec<NodeId>,
     /// Stand-ins among the targets, and the home replica each holds a hint for.
     pub owners: BTreeMap<NodeId, NodeId>,
@@ -64,7 +65,6 @@ impl WriteTargets {
         while let Some(c) = self.spare.pop_front() {
             if c != failed && up(c) && !self.owners.contains_key(&c) {
                 self.owners.insert(c, owner);
-                self.targets.push(c);
                 return Some((c, owner));
             }
         }

@@ -65,8 +65,7 @@ impl Limits {
     /// node sends. Reading one replica (R = one) always fits, and writing with that
     /// read's context shrinks the key.
     pub fn check_reply(&self, merged: &DvvSet, replied: usize) -> Result<(), Error> {
-        let max = self.key_state_bytes_max.saturating_mul(2);
-        if merged.size_bytes() > max {
+        if !self.fits_reply(merged) {
             return Err(Error::TooLarge {
                 what: format!(
                     "the merge of {replied} replicas' states of this key ({} siblings; read it at R=one and write \
@@ -74,10 +73,16 @@ impl Limits {
                     merged.siblings().len()
                 ),
                 size: merged.size_bytes() as u64,
-                max: max as u64,
+                max: self.key_state_bytes_max.saturating_mul(2) as u64,
             });
         }
         Ok(())
+    }
+
+    /// True when `state` is within what a replica may hold (twice the per-key bytes),
+    /// so a reply or a repair of it fits every frame.
+    pub fn fits_reply(&self, state: &DvvSet) -> bool {
+        state.size_bytes() <= self.key_state_bytes_max.saturating_mul(2)
     }
 
     fn check_state(

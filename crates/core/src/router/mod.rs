@@ -101,8 +101,8 @@ enum Op {
     /// An incoming replica write or hint, waiting for its flush.
     ReplicaFlush {
         req: ReqId,
-        /// For a batch: the indices of items refused (answered with `ReplicaBatchAck`).
-        refused: Option<Vec<u32>>,
+        /// A batch's items refused (answered with `ReplicaBatchAck` when any).
+        refused: Vec<u32>,
     },
     /// An inspect gathering each home replica's state and the hints others hold.
     /// Only the home replicas asked fill slots, and only the stand-ins asked answer

@@ -99,7 +99,7 @@ impl<S: Store> Core<S> {
                 // Only home replicas are repaired; a stand-in's hints go home by handoff.
                 GetAction::Repair { to, .. } if !home.contains(&to) => {}
                 // A merge no replica could take (it was refused as the answer too) is not sent.
-                GetAction::Repair { set, .. } if self.cfg.limits.check_reply(&set, 0).is_err() => {}
+                GetAction::Repair { set, .. } if !self.cfg.limits.fits_reply(&set) => {}
                 GetAction::Repair { to, set } if to == self.cfg.me => self.repair_locally(&key, &set),
                 GetAction::Repair { to, set } => {
                     let rep = self.id();

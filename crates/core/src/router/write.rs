@@ -208,7 +208,7 @@ impl<S: Store> Core<S> {
     pub(super) fn replica_put(&mut self, req: ReqId, key: &[u8], set: &DvvSet) -> Result<Option<Response>, Error> {
         self.cfg.limits.check(key, None)?;
         self.merge_in(key, set)?;
-        self.await_flush(req, None);
+        self.await_flush(req, vec![]);
         Ok(None)
     }
 
@@ -241,7 +241,7 @@ impl<S: Store> Core<S> {
             }
         }
         // Acked after a flush even when nothing changed: see `replica_put`.
-        self.await_flush(req, Some(refused));
+        self.await_flush(req, refused);
         Ok(None)
     }
 
@@ -275,12 +275,13 @@ impl<S: Store> Core<S> {
             return Err(Error::HintRefused { node: me, reason });
         }
         let held = self.store.get_hint(owner, key)?;
-        let merged = match &held {
-            Some(h) => h.set.clone().merged(set),
+        let before = replica::footprint(held.as_ref().map(|h| &h.set));
+        let merged = match held {
+            Some(h) => h.set.merged(set),
             None => set.clone(),
         };
         // A hint its owner could never merge would be refused there forever.
-        if let Err(e) = self.cfg.limits.check_merged(replica::footprint(held.as_ref().map(|h| &h.set)), &merged) {
+        if let Err(e) = self.cfg.limits.check_merged(before, &merged) {
             self.stats.key_merges_refused += 1;
             self.hints.refused += 1;
             return Err(Error::HintRefused { node: me, reason: e.to_string() });
@@ -298,12 +299,12 @@ impl<S: Store> Core<S> {
         let created_ms = self.wall_ms();
         self.store.put_hint(owner, key, &Hint { set: merged, created_ms })?;
         self.hints.record(owner, key, bytes, created_ms);
-        self.await_flush(req, None);
+        self.await_flush(req, vec![]);
         Ok(None)
     }
 
     /// Ack `req` once a flush completes; `refused`: a batch's items not merged.
-    fn await_flush(&mut self, req: ReqId, refused: Option<Vec<u32>>) {
+    fn await_flush(&mut self, req: ReqId, refused: Vec<u32>) {
         if self.cfg.bugs().ack_before_flush {
             self.flush_unawaited();
             return self.reply(req, Ok(replica_ack(refused)));
@@ -316,11 +317,8 @@ impl<S: Store> Core<S> {
 
 /// A replica's answer to a write it merged and flushed (a batch that refused
 /// nothing answers as a single write does, which every version understands).
-pub(super) fn replica_ack(refused: Option<Vec<u32>>) -> Response {
-    match refused {
-        Some(refused) if !refused.is_empty() => Response::ReplicaBatchAck { refused },
-        _ => Response::ReplicaAck,
-    }
+pub(super) fn replica_ack(refused: Vec<u32>) -> Response {
+    if refused.is_empty() { Response::ReplicaAck } else { Response::ReplicaBatchAck { refused } }
 }
 
 /// What to send to target `t` of a write: the state, as a hint when `t` stands in for a home replica.
