@@ -18,12 +18,15 @@
 //! - [`hints`]: hint limits, sizes, ages and handoff pacing.
 //! - [`lag`]: time to all replicas: tracks of acked writes and their probes.
 //! - [`merkle`]: anti-entropy hash trees (XOR Merkle trees per range).
+//! - [`antientropy`]: exchanges with peers (initiator, responder), their pace, and
+//!   the confirmations tombstone GC waits on.
 //! - [`tombstones`]: the tombstone index GC works from, and purge records.
 //! - [`gc`]: tombstone GC as its own state machine over those and the store.
 //! - [`mem`]: an in-memory store for tests and the simulator.
 //! - [`pace`]: the token bucket that paces handoff and anti-entropy.
 //! - [`router`]: a whole node's logic as one state machine over a [`Store`] (to be split by subsystem).
 
+pub mod antientropy;
 pub mod gc;
 pub mod get;
 pub mod hints;

@@ -28,7 +28,7 @@
 //! - `handoff.rs`: pushing hints to their owners.
 //! - `gossip.rs`: pings and the failure detector.
 //! - `probes.rs`: the lag tracker's probes ([`crate::lag`]).
-//! - `antientropy.rs`: anti-entropy exchanges, and the calls into tombstone GC ([`crate::gc`]).
+//! - `antientropy.rs`: drives [`crate::antientropy`] (its timers, its exchange, a peer's comparisons).
 
 mod antientropy;
 mod gossip;
@@ -44,6 +44,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use qkv_proto::{Actor, Context, Dot, DvvSet, Error, NodeId, Request, Response, Seen};
 
+use crate::antientropy::AntiEntropy;
 use crate::get::GetOp;
 use crate::hints::HintIndex;
 use crate::lag::LagTracker;
@@ -55,7 +56,7 @@ use crate::replica;
 use crate::ring::Ring;
 use recent::RecentWrites;
 
-pub use antientropy::AaeConfig;
+pub use crate::antientropy::AaeConfig;
 
 pub use interface::*;
 
@@ -149,7 +150,7 @@ pub struct Core<S> {
     next_handoff_ms: u64,
     stats: Stats,
     lag: LagTracker,
-    aae: antientropy::AaeState,
+    aae: AntiEntropy,
     actor: Actor,
     /// The highest counter this node's actor minted, and the recorded lease above it.
     counter: u64,
@@ -196,7 +197,7 @@ impl<S: Store> Core<S> {
         for h in store.scan_hints()? {
             hints.record(h.owner, &h.key, h.bytes, h.created_ms);
         }
-        let mut aae = antientropy::AaeState::new(cfg.aae, &ring, cfg.me, now_ms);
+        let mut aae = AntiEntropy::new(cfg.aae, &ring, cfg.me, now_ms);
         for (key, seen) in store.scan_purged()? {
             aae.load_purged(&key, seen, now_ms);
         }
@@ -556,7 +557,7 @@ impl<S: Store> Core<S> {
             }
             Some(Op::Ping { .. }) => self.ping_response(op_id, result),
             Some(Op::Handoff { .. }) => self.handoff_response(op_id, result),
-            Some(Op::Aae) => self.aae_response(op_id, from, result),
+            Some(Op::Aae) => self.aae_response(op_id, result),
             Some(Op::PutTail { .. }) => self.put_tail_response(op_id, from, result),
             Some(Op::LagProbe { .. }) => self.lag_probe_response(op_id, result),
             Some(Op::PutFlush(_) | Op::ReplicaFlush { .. }) | None => {}
