@@ -116,7 +116,7 @@ async fn metrics_are_served_over_http_and_stats_over_quic() {
     assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
     for want in [
         "qkv_requests_total{node=\"1\",op=\"put\",level=\"all\",strict=\"false\"} 20",
-        "qkv_request_duration_seconds_bucket{node=\"1\",op=\"get\",level=\"quorum\",strict=\"false\",le=\"+Inf\"} 20",
+        "qkv_request_duration_seconds_bucket{node=\"1\",le=\"+Inf\",op=\"get\",level=\"quorum\",strict=\"false\"} 20",
         "qkv_request_errors_total{node=\"1\",kind=\"invalid_level\"} 1",
         "qkv_replication_lag_seconds_count{node=\"1\"} 20",
         "qkv_peer_up{node=\"1\",peer=\"2\"} 1",

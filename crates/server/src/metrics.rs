@@ -1,17 +1,26 @@
-//! The node's metrics: one registry that serves both the Prometheus text endpoint
-//! and the `Stats` request behind `qkv stats` and the benches.
+//! The node's metrics: one `prometheus-client` registry that serves both the
+//! Prometheus endpoint and the `Stats` request behind `qkv stats` and the benches.
 //!
-//! Latencies are HDR histograms (microseconds, 3 significant digits); Prometheus
-//! histograms are rendered from them at fixed bucket bounds. The `metrics` crate
-//! would serve Prometheus alone; the same numbers are needed over QUIC, so one
-//! small registry keeps one source of truth.
+//! Latencies are HDR histograms (microseconds, 3 significant digits), so `Stats`
+//! can give exact percentiles; they sit in the registry as metrics of their own
+//! type ([`Latencies`], `Hdr`) that encode as Prometheus histograms at fixed
+//! bucket bounds. Counters of failures are the registry's own. What the core
+//! counts (hints, anti-entropy, peers) is read from its status at each scrape by a
+//! collector (`StatusView`).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use hdrhistogram::Histogram;
-use qkv_proto::{Error, OpStats, Percentiles, StatsReply, StatusReply};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::Exemplar;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use qkv_proto::{Error, NodeId, OpStats, Percentiles, StatsReply, StatusReply};
 
 /// Bucket bounds of latency histograms, seconds.
 const LATENCY_BUCKETS_S: &[f64] =
@@ -21,31 +30,26 @@ const LAG_BUCKETS_S: &[f64] = &[0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300
 /// Bucket bounds of siblings per read.
 const SIBLING_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 5.0, 10.0, 100.0];
 
-type Key = (&'static str, String, bool);
+/// The content type of what [`Metrics::prometheus`] renders.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-struct Op {
-    latency_us: Histogram<u64>,
-    errors: u64,
-}
-
-struct Inner {
-    ops: BTreeMap<Key, Op>,
-    errors: BTreeMap<&'static str, u64>,
-    siblings: Histogram<u64>,
-    lag_ms: Histogram<u64>,
-}
-
-/// The registry.
-pub struct Metrics(Mutex<Inner>);
-
-fn hist(max: u64) -> Histogram<u64> {
-    Histogram::new_with_bounds(1, max, 3).expect("valid histogram bounds")
-}
-
-fn percentiles(h: &Histogram<u64>, scale: f64) -> Percentiles {
-    let q = |p: f64| h.value_at_quantile(p) as f64 * scale;
-    Percentiles { count: h.len(), p50: q(0.5), p90: q(0.9), p99: q(0.99), p999: q(0.999), max: h.max() as f64 * scale }
-}
+/// Every error kind, in the order `Stats` lists them.
+const ERROR_KINDS: &[&str] = &[
+    "unavailable",
+    "timeout",
+    "failed",
+    "invalid_level",
+    "too_large",
+    "bad_request",
+    "not_authorized",
+    "storage",
+    "unreachable",
+    "hint_refused",
+    "key_full",
+    "overloaded",
+    "shutting_down",
+    "other",
+];
 
 /// The short name of an error kind, for labels.
 pub fn error_kind(e: &Error) -> &'static str {
@@ -67,20 +71,350 @@ pub fn error_kind(e: &Error) -> &'static str {
     }
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics(Mutex::new(Inner {
-            ops: BTreeMap::new(),
-            errors: BTreeMap::new(),
-            siblings: hist(1_000_000),
-            lag_ms: hist(24 * 3_600_000),
-        }))
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn hist(max: u64) -> Histogram<u64> {
+    Histogram::new_with_bounds(1, max, 3).expect("valid histogram bounds")
+}
+
+fn percentiles(h: &Histogram<u64>) -> Percentiles {
+    let q = |p: f64| h.value_at_quantile(p) as f64;
+    Percentiles { count: h.len(), p50: q(0.5), p90: q(0.9), p99: q(0.99), p999: q(0.999), max: h.max() as f64 }
+}
+
+/// An HDR histogram whose unit is `scale` of a second (or of one, for counts) as a
+/// Prometheus histogram at `bounds`.
+fn encode_hdr(enc: &mut MetricEncoder, h: &Histogram<u64>, bounds: &[f64], scale: f64) -> Result<(), std::fmt::Error> {
+    let mut buckets = Vec::with_capacity(bounds.len() + 1);
+    let mut below = 0;
+    for &b in bounds {
+        let upto = (b / scale) as u64;
+        let cumulative = if upto < h.low() { 0 } else { h.count_between(0, upto) };
+        buckets.push((b, cumulative - below));
+        below = cumulative;
+    }
+    buckets.push((f64::INFINITY, h.len() - below));
+    let sum: f64 =
+        h.iter_recorded().map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64).sum::<f64>() * scale;
+    enc.encode_histogram::<NoLabelSet>(sum, h.len(), &buckets, None)
+}
+
+/// One HDR histogram in the registry.
+#[derive(Debug)]
+pub struct Hdr {
+    h: Mutex<Histogram<u64>>,
+    bounds: &'static [f64],
+    scale: f64,
+}
+
+impl Hdr {
+    fn new(max: u64, bounds: &'static [f64], scale: f64) -> Arc<Hdr> {
+        Arc::new(Hdr { h: Mutex::new(hist(max)), bounds, scale })
+    }
+
+    fn record(&self, v: u64) {
+        let _ = lock(&self.h).record(v.max(1));
+    }
+
+    fn percentiles(&self) -> Percentiles {
+        percentiles(&lock(&self.h))
     }
 }
 
+/// An [`Hdr`] as registered.
+#[derive(Debug)]
+struct HdrMetric(Arc<Hdr>);
+
+impl EncodeMetric for HdrMetric {
+    fn encode(&self, mut enc: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let hdr = &self.0;
+        encode_hdr(&mut enc, &lock(&hdr.h), hdr.bounds, hdr.scale)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// The labels of a client request's series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct RequestLabels {
+    op: String,
+    level: String,
+    strict: bool,
+}
+
+/// Client requests' latencies (µs) by op, level and strictness.
+#[derive(Debug, Default)]
+pub struct Latencies(Mutex<BTreeMap<RequestLabels, Histogram<u64>>>);
+
+/// [`Latencies`] as histograms (`duration`) or as the counters of their counts.
+#[derive(Debug, Clone)]
+struct LatencyView(Arc<Latencies>, MetricType);
+
+impl EncodeMetric for LatencyView {
+    fn encode(&self, mut enc: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (labels, h) in lock(&self.0.0).iter() {
+            let mut series = enc.encode_family(labels)?;
+            match self.1 {
+                MetricType::Histogram => encode_hdr(&mut series, h, LATENCY_BUCKETS_S, 1e-6)?,
+                _ => series.encode_counter::<NoLabelSet, _, u64>(&h.len(), None::<&Exemplar<NoLabelSet, u64>>)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.1
+    }
+}
+
+/// One series of a status metric: its labels and value.
+type Row = (Vec<(&'static str, String)>, f64);
+
+/// What the core counts, read from its status at each scrape.
+#[derive(Debug, Default)]
+struct StatusView(Mutex<Option<(StatusReply, StatsReply)>>);
+
+fn family(enc: &mut DescriptorEncoder, name: &str, help: &str, kind: MetricType, rows: Vec<Row>) -> std::fmt::Result {
+    fn value(e: &mut MetricEncoder, kind: MetricType, v: f64) -> std::fmt::Result {
+        // Whole numbers print as integers.
+        let whole = v.fract() == 0.0 && v.abs() < 9.0e15;
+        match kind {
+            MetricType::Counter if whole => e.encode_counter::<NoLabelSet, _, u64>(&(v as u64), None),
+            MetricType::Counter => e.encode_counter::<NoLabelSet, _, u64>(&v, None),
+            _ if whole => e.encode_gauge(&(v as i64)),
+            _ => e.encode_gauge(&v),
+        }
+    }
+    let mut m = enc.encode_descriptor(name, help, None, kind)?;
+    for (labels, v) in rows {
+        if labels.is_empty() {
+            value(&mut m, kind, v)?;
+        } else {
+            value(&mut m.encode_family(&labels)?, kind, v)?;
+        }
+    }
+    Ok(())
+}
+
+fn one(v: f64) -> Vec<Row> {
+    vec![(vec![], v)]
+}
+
+/// The [`StatusView`] as registered.
+#[derive(Debug)]
+struct StatusCollector(Arc<StatusView>);
+
+impl Collector for StatusCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let snapshot = lock(&self.0.0);
+        let Some((status, stats)) = snapshot.as_ref() else { return Ok(()) };
+        let (gauge, counter) = (MetricType::Gauge, MetricType::Counter);
+        let e = &mut enc;
+        family(
+            e,
+            "qkv_replication_lag_pending_writes",
+            "Writes acked but not yet on every home replica.",
+            gauge,
+            one(stats.replication_lag_pending as f64),
+        )?;
+        family(
+            e,
+            "qkv_read_repairs",
+            "Read repairs acknowledged by stale replicas.",
+            counter,
+            one(status.read_repairs as f64),
+        )?;
+        let h = &status.hints;
+        let per_owner = |f: &dyn Fn(&qkv_proto::OwnerHints) -> f64| -> Vec<Row> {
+            h.owners.iter().map(|o| (vec![("owner", o.owner.to_string())], f(o))).collect()
+        };
+        family(e, "qkv_hints_pending", "Hints held for a home replica.", gauge, per_owner(&|o| o.count as f64))?;
+        family(
+            e,
+            "qkv_hints_pending_bytes",
+            "Bytes of hints held for a home replica.",
+            gauge,
+            per_owner(&|o| o.bytes as f64),
+        )?;
+        family(
+            e,
+            "qkv_hints_oldest_age_seconds",
+            "Age of the oldest hint held for a home replica.",
+            gauge,
+            per_owner(&|o| o.oldest_age_ms as f64 / 1e3),
+        )?;
+        family(
+            e,
+            "qkv_handoff_rate_bytes_per_second",
+            "Hinted handoff rate over the last 10 s.",
+            gauge,
+            per_owner(&|o| o.rate_bytes_per_s),
+        )?;
+        family(e, "qkv_hints_refused", "Hints refused at a limit.", counter, one(h.refused as f64))?;
+        family(
+            e,
+            "qkv_hints_redirected",
+            "Hints handed to another home replica of their key (their owner was down past half the tombstone grace).",
+            counter,
+            one(h.redirected as f64),
+        )?;
+        family(
+            e,
+            "qkv_hints_expired",
+            "Hints dropped, older than the tombstone grace.",
+            counter,
+            one(h.expired as f64),
+        )?;
+        let k = &status.key_limits;
+        family(
+            e,
+            "qkv_key_limit_refusals",
+            "Writes refused at the per-key limit (kind=\"write\": client writes this node coordinated; \
+             kind=\"merge\": replica merges past twice the limit).",
+            counter,
+            vec![
+                (vec![("kind", "write".into())], k.writes_refused as f64),
+                (vec![("kind", "merge".into())], k.merges_refused as f64),
+            ],
+        )?;
+        family(e, "qkv_hints_handed_off", "Hints handed off to their owners.", counter, one(h.handed_off as f64))?;
+        let a = &status.aae;
+        family(
+            e,
+            "qkv_aae_ranges",
+            "Ranges this node replicates, by whether the last comparison with every peer found them equal.",
+            gauge,
+            vec![
+                (vec![("state", "in_sync".into())], f64::from(a.ranges_in_sync)),
+                (vec![("state", "out_of_sync".into())], f64::from(a.ranges_out_of_sync)),
+            ],
+        )?;
+        family(
+            e,
+            "qkv_aae_exchanges",
+            "Anti-entropy exchanges this node started, by outcome.",
+            counter,
+            vec![
+                (vec![("outcome", "completed".into())], a.exchanges as f64),
+                (vec![("outcome", "failed".into())], a.exchanges_failed as f64),
+            ],
+        )?;
+        family(
+            e,
+            "qkv_aae_keys_repaired",
+            "Keys changed here, or acknowledged by a peer, through anti-entropy.",
+            counter,
+            one(a.keys_repaired as f64),
+        )?;
+        family(
+            e,
+            "qkv_aae_keys_exchanged",
+            "Key states received and sent by this node's exchanges and its answers to its peers'.",
+            counter,
+            one(a.keys_exchanged as f64),
+        )?;
+        family(
+            e,
+            "qkv_aae_bytes_exchanged",
+            "Bytes of key states received and sent by this node's exchanges and its answers to its peers'.",
+            counter,
+            one(a.bytes_exchanged as f64),
+        )?;
+        let pair = |p: &qkv_proto::AaePair| vec![("range", p.range.to_string()), ("peer", p.peer.to_string())];
+        family(
+            e,
+            "qkv_aae_last_exchange_age_seconds",
+            "Since the last completed exchange, per range and peer (absent: never).",
+            gauge,
+            a.pairs.iter().filter_map(|p| p.last_exchange_ago_ms.map(|ms| (pair(p), ms as f64 / 1e3))).collect(),
+        )?;
+        family(
+            e,
+            "qkv_aae_in_sync",
+            "1 when the last comparison of the range with the peer found them equal.",
+            gauge,
+            a.pairs.iter().map(|p| (pair(p), if p.in_sync { 1.0 } else { 0.0 })).collect(),
+        )?;
+        family(
+            e,
+            "qkv_tombstones_pending_gc",
+            "Tombstones held until every home replica holds them and the grace delay passed.",
+            gauge,
+            one(a.tombstones_pending as f64),
+        )?;
+        family(e, "qkv_tombstones_purged", "Tombstones purged.", counter, one(a.tombstones_purged as f64))?;
+        family(
+            e,
+            "qkv_purge_records",
+            "Purge records held (when they fill purge_records_bytes_max, tombstone GC waits).",
+            gauge,
+            one(a.purge_records as f64),
+        )?;
+        let peers =
+            status.members.iter().map(|p| (vec![("peer", p.node.to_string())], if p.up { 1.0 } else { 0.0 })).collect();
+        family(e, "qkv_peer_up", "1 when this node sees the peer up.", gauge, peers)?;
+        family(e, "qkv_storage_bytes", "Bytes on disk.", gauge, one(stats.storage_bytes as f64))?;
+        family(e, "qkv_uptime_seconds", "Seconds since the node started.", gauge, one(stats.uptime_ms as f64 / 1e3))
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+/// The registry, and handles on what it holds.
+pub struct Metrics {
+    registry: Registry,
+    latencies: Arc<Latencies>,
+    errors: Family<KindLabel, Counter>,
+    op_errors: Family<RequestLabels, Counter>,
+    siblings: Arc<Hdr>,
+    lag_ms: Arc<Hdr>,
+    status: Arc<StatusView>,
+    /// One scrape at a time (the status view holds one snapshot).
+    scrape: Mutex<()>,
+}
+
 impl Metrics {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    /// The metrics of node `node` (a label on every series).
+    pub fn new(node: NodeId) -> Metrics {
+        let labels = [(Cow::Borrowed("node"), Cow::Owned(node.to_string()))];
+        let mut registry = Registry::with_labels(labels.into_iter());
+        let latencies = Arc::new(Latencies::default());
+        registry.register(
+            "qkv_request_duration_seconds",
+            "Latency of client requests coordinated by this node",
+            LatencyView(latencies.clone(), MetricType::Histogram),
+        );
+        registry.register(
+            "qkv_requests",
+            "Client requests coordinated by this node",
+            LatencyView(latencies.clone(), MetricType::Counter),
+        );
+        let errors = Family::<KindLabel, Counter>::default();
+        registry.register("qkv_request_errors", "Client requests that failed, by kind", errors.clone());
+        let op_errors = Family::<RequestLabels, Counter>::default();
+        registry.register("qkv_request_failures", "Client requests that failed, by op and level", op_errors.clone());
+        let siblings = Hdr::new(1_000_000, SIBLING_BUCKETS, 1.0);
+        registry.register(
+            "qkv_siblings_per_read",
+            "Siblings returned by successful reads",
+            HdrMetric(siblings.clone()),
+        );
+        let lag_ms = Hdr::new(24 * 3_600_000, LAG_BUCKETS_S, 1e-3);
+        registry.register(
+            "qkv_replication_lag_seconds",
+            "Time from a write's ack until its last home replica held it",
+            HdrMetric(lag_ms.clone()),
+        );
+        let status = Arc::new(StatusView::default());
+        registry.register_collector(Box::new(StatusCollector(status.clone())));
+        Metrics { registry, latencies, errors, op_errors, siblings, lag_ms, status, scrape: Mutex::new(()) }
     }
 
     /// A client request this node coordinated: `siblings` for a successful read.
@@ -92,289 +426,69 @@ impl Metrics {
         micros: u64,
         outcome: Result<Option<usize>, &Error>,
     ) {
-        let mut m = self.lock();
-        let entry =
-            m.ops.entry((op, level, strict)).or_insert_with(|| Op { latency_us: hist(3_600_000_000), errors: 0 });
-        let _ = entry.latency_us.record(micros.max(1));
+        let labels = RequestLabels { op: op.to_string(), level, strict };
+        {
+            let mut all = lock(&self.latencies.0);
+            let _ = all.entry(labels.clone()).or_insert_with(|| hist(3_600_000_000)).record(micros.max(1));
+        }
         match outcome {
-            Ok(Some(siblings)) => {
-                let _ = m.siblings.record(siblings.max(1) as u64);
-            }
+            Ok(Some(siblings)) => self.siblings.record(siblings as u64),
             Ok(None) => {}
             Err(e) => {
-                entry.errors += 1;
-                *m.errors.entry(error_kind(e)).or_default() += 1;
+                self.op_errors.get_or_create(&labels).inc();
+                self.errors.get_or_create(&KindLabel { kind: error_kind(e) }).inc();
             }
         }
     }
 
     /// Time-to-all-replicas samples, ms.
     pub fn lag(&self, samples: &[u64]) {
-        let mut m = self.lock();
         for &s in samples {
-            let _ = m.lag_ms.record(s.max(1));
+            self.lag_ms.record(s);
         }
     }
 
-    /// The `Stats` answer.
+    /// The `Stats` answer, from the registry.
     pub fn stats(&self, status: &StatusReply, base: StatsReply) -> StatsReply {
-        let m = self.lock();
+        let ops = lock(&self.latencies.0)
+            .iter()
+            .map(|(l, h)| OpStats {
+                op: l.op.clone(),
+                level: l.level.clone(),
+                strict: l.strict,
+                errors: self.op_errors.get(l).map_or(0, |c| c.get()),
+                latency_us: percentiles(h),
+            })
+            .collect();
+        let mut errors: Vec<(String, u64)> = ERROR_KINDS
+            .iter()
+            .filter_map(|&kind| self.errors.get(&KindLabel { kind }).map(|c| (kind.to_string(), c.get())))
+            .collect();
+        errors.sort();
         StatsReply {
-            ops: m
-                .ops
-                .iter()
-                .map(|((op, level, strict), o)| OpStats {
-                    op: op.to_string(),
-                    level: level.clone(),
-                    strict: *strict,
-                    errors: o.errors,
-                    latency_us: percentiles(&o.latency_us, 1.0),
-                })
-                .collect(),
-            errors: m.errors.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            ops,
+            errors,
             read_repairs: status.read_repairs,
-            siblings_per_read: percentiles(&m.siblings, 1.0),
-            replication_lag_ms: percentiles(&m.lag_ms, 1.0),
+            siblings_per_read: self.siblings.percentiles(),
+            replication_lag_ms: self.lag_ms.percentiles(),
             hints: (status.hints.count, status.hints.bytes),
             ..base
         }
     }
 
-    /// Prometheus text exposition (format 0.0.4).
+    /// The registry in the OpenMetrics text format ([`CONTENT_TYPE`]), with the core's
+    /// counters from `status` and `stats`.
     pub fn prometheus(&self, status: &StatusReply, stats: &StatsReply) -> String {
-        let m = self.lock();
+        let _one = lock(&self.scrape);
+        *lock(&self.status.0) = Some((status.clone(), stats.clone()));
         let mut out = String::new();
-        let node = status.node;
-        out += "# HELP qkv_request_duration_seconds Latency of client requests coordinated by this node.\n";
-        out += "# TYPE qkv_request_duration_seconds histogram\n";
-        for ((op, level, strict), o) in &m.ops {
-            let labels = format!("node=\"{node}\",op=\"{op}\",level=\"{level}\",strict=\"{strict}\"");
-            histogram(&mut out, "qkv_request_duration_seconds", &labels, &o.latency_us, LATENCY_BUCKETS_S, 1e-6);
+        let encoded = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        *lock(&self.status.0) = None;
+        if let Err(e) = encoded {
+            tracing::error!("encoding metrics: {e}");
         }
-        out +=
-            "# HELP qkv_requests_total Client requests coordinated by this node.\n# TYPE qkv_requests_total counter\n";
-        for ((op, level, strict), o) in &m.ops {
-            let _ = writeln!(
-                out,
-                "qkv_requests_total{{node=\"{node}\",op=\"{op}\",level=\"{level}\",strict=\"{strict}\"}} {}",
-                o.latency_us.len()
-            );
-        }
-        out += "# HELP qkv_request_errors_total Client requests that failed, by kind.\n# TYPE qkv_request_errors_total counter\n";
-        for (kind, v) in &m.errors {
-            let _ = writeln!(out, "qkv_request_errors_total{{node=\"{node}\",kind=\"{kind}\"}} {v}");
-        }
-        out += "# HELP qkv_siblings_per_read Siblings returned by successful reads.\n# TYPE qkv_siblings_per_read histogram\n";
-        histogram(&mut out, "qkv_siblings_per_read", &format!("node=\"{node}\""), &m.siblings, SIBLING_BUCKETS, 1.0);
-        out += "# HELP qkv_replication_lag_seconds Time from a write's ack until its last home replica held it.\n";
-        out += "# TYPE qkv_replication_lag_seconds histogram\n";
-        histogram(&mut out, "qkv_replication_lag_seconds", &format!("node=\"{node}\""), &m.lag_ms, LAG_BUCKETS_S, 1e-3);
-        let gauge = |out: &mut String, name: &str, help: &str, kind: &str, rows: Vec<(String, f64)>| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, v) in rows {
-                let _ = writeln!(out, "{name}{{node=\"{node}\"{labels}}} {v}");
-            }
-        };
-        gauge(
-            &mut out,
-            "qkv_replication_lag_pending_writes",
-            "Writes acked but not yet on every home replica.",
-            "gauge",
-            vec![(String::new(), stats.replication_lag_pending as f64)],
-        );
-        gauge(
-            &mut out,
-            "qkv_read_repairs_total",
-            "Read repairs acknowledged by stale replicas.",
-            "counter",
-            vec![(String::new(), status.read_repairs as f64)],
-        );
-        let h = &status.hints;
-        let per_owner = |f: &dyn Fn(&qkv_proto::OwnerHints) -> f64| {
-            h.owners.iter().map(|o| (format!(",owner=\"{}\"", o.owner), f(o))).collect::<Vec<_>>()
-        };
-        gauge(&mut out, "qkv_hints_pending", "Hints held for a home replica.", "gauge", per_owner(&|o| o.count as f64));
-        gauge(
-            &mut out,
-            "qkv_hints_pending_bytes",
-            "Bytes of hints held for a home replica.",
-            "gauge",
-            per_owner(&|o| o.bytes as f64),
-        );
-        gauge(
-            &mut out,
-            "qkv_hints_oldest_age_seconds",
-            "Age of the oldest hint held for a home replica.",
-            "gauge",
-            per_owner(&|o| o.oldest_age_ms as f64 / 1e3),
-        );
-        gauge(
-            &mut out,
-            "qkv_handoff_rate_bytes_per_second",
-            "Hinted handoff rate over the last 10 s.",
-            "gauge",
-            per_owner(&|o| o.rate_bytes_per_s),
-        );
-        gauge(
-            &mut out,
-            "qkv_hints_refused_total",
-            "Hints refused at a limit.",
-            "counter",
-            vec![(String::new(), h.refused as f64)],
-        );
-        gauge(
-            &mut out,
-            "qkv_hints_redirected_total",
-            "Hints handed to another home replica of their key (their owner was down past half the tombstone grace).",
-            "counter",
-            vec![(String::new(), h.redirected as f64)],
-        );
-        gauge(
-            &mut out,
-            "qkv_hints_expired_total",
-            "Hints dropped, older than the tombstone grace.",
-            "counter",
-            vec![(String::new(), h.expired as f64)],
-        );
-        let k = &status.key_limits;
-        gauge(
-            &mut out,
-            "qkv_key_limit_refusals_total",
-            "Writes refused at the per-key limit (kind=\"write\": client writes this node coordinated; \
-             kind=\"merge\": replica merges past twice the limit).",
-            "counter",
-            vec![
-                (",kind=\"write\"".into(), k.writes_refused as f64),
-                (",kind=\"merge\"".into(), k.merges_refused as f64),
-            ],
-        );
-        gauge(
-            &mut out,
-            "qkv_hints_handed_off_total",
-            "Hints handed off to their owners.",
-            "counter",
-            vec![(String::new(), h.handed_off as f64)],
-        );
-        let a = &status.aae;
-        let one = |v: f64| vec![(String::new(), v)];
-        gauge(
-            &mut out,
-            "qkv_aae_ranges",
-            "Ranges this node replicates, by whether the last comparison with every peer found them equal.",
-            "gauge",
-            vec![
-                (",state=\"in_sync\"".into(), f64::from(a.ranges_in_sync)),
-                (",state=\"out_of_sync\"".into(), f64::from(a.ranges_out_of_sync)),
-            ],
-        );
-        gauge(
-            &mut out,
-            "qkv_aae_exchanges_total",
-            "Anti-entropy exchanges this node started, by outcome.",
-            "counter",
-            vec![
-                (",outcome=\"completed\"".into(), a.exchanges as f64),
-                (",outcome=\"failed\"".into(), a.exchanges_failed as f64),
-            ],
-        );
-        gauge(
-            &mut out,
-            "qkv_aae_keys_repaired_total",
-            "Keys changed here, or acknowledged by a peer, through anti-entropy.",
-            "counter",
-            one(a.keys_repaired as f64),
-        );
-        gauge(
-            &mut out,
-            "qkv_aae_keys_exchanged_total",
-            "Key states received and sent by exchanges this node started.",
-            "counter",
-            one(a.keys_exchanged as f64),
-        );
-        gauge(
-            &mut out,
-            "qkv_aae_bytes_exchanged_total",
-            "Bytes of key states received and sent by exchanges this node started.",
-            "counter",
-            one(a.bytes_exchanged as f64),
-        );
-        gauge(
-            &mut out,
-            "qkv_aae_last_exchange_age_seconds",
-            "Since the last completed exchange, per range and peer (absent: never).",
-            "gauge",
-            a.pairs
-                .iter()
-                .filter_map(|p| {
-                    p.last_exchange_ago_ms
-                        .map(|ms| (format!(",range=\"{}\",peer=\"{}\"", p.range, p.peer), ms as f64 / 1e3))
-                })
-                .collect(),
-        );
-        gauge(
-            &mut out,
-            "qkv_aae_in_sync",
-            "1 when the last comparison of the range with the peer found them equal.",
-            "gauge",
-            a.pairs
-                .iter()
-                .map(|p| (format!(",range=\"{}\",peer=\"{}\"", p.range, p.peer), if p.in_sync { 1.0 } else { 0.0 }))
-                .collect(),
-        );
-        gauge(
-            &mut out,
-            "qkv_tombstones_pending_gc",
-            "Tombstones held until every home replica holds them and the grace delay passed.",
-            "gauge",
-            one(a.tombstones_pending as f64),
-        );
-        gauge(
-            &mut out,
-            "qkv_tombstones_purged_total",
-            "Tombstones purged.",
-            "counter",
-            one(a.tombstones_purged as f64),
-        );
-        gauge(
-            &mut out,
-            "qkv_purge_records",
-            "Purge records held (when they fill purge_records_bytes_max, tombstone GC waits).",
-            "gauge",
-            one(a.purge_records as f64),
-        );
-        let peers =
-            status.members.iter().map(|p| (format!(",peer=\"{}\"", p.node), if p.up { 1.0 } else { 0.0 })).collect();
-        gauge(&mut out, "qkv_peer_up", "1 when this node sees the peer up.", "gauge", peers);
-        gauge(
-            &mut out,
-            "qkv_storage_bytes",
-            "Bytes on disk.",
-            "gauge",
-            vec![(String::new(), stats.storage_bytes as f64)],
-        );
-        gauge(
-            &mut out,
-            "qkv_uptime_seconds",
-            "Seconds since the node started.",
-            "gauge",
-            vec![(String::new(), stats.uptime_ms as f64 / 1e3)],
-        );
         out
     }
-}
-
-/// A Prometheus histogram from an HDR histogram whose unit is `scale` of the bucket unit.
-fn histogram(out: &mut String, name: &str, labels: &str, h: &Histogram<u64>, bounds: &[f64], scale: f64) {
-    for b in bounds {
-        let upto = (b / scale) as u64;
-        let count = if upto < h.low() { 0 } else { h.count_between(0, upto) };
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {count}");
-    }
-    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.len());
-    let sum: f64 =
-        h.iter_recorded().map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64).sum::<f64>() * scale;
-    let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-    let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.len());
 }
 
 #[cfg(test)]
@@ -383,7 +497,7 @@ mod tests {
 
     #[test]
     fn prometheus_text_has_histograms_counters_and_gauges() {
-        let m = Metrics::default();
+        let m = Metrics::new(1);
         m.request("get", "quorum".into(), false, 300, Ok(Some(2)));
         m.request("put", "all".into(), true, 5_000, Err(&Error::Timeout { acked: 1, needed: 3, write: true }));
         m.lag(&[0, 1500]);
@@ -399,21 +513,27 @@ mod tests {
         };
         let stats = m.stats(&status, StatsReply::default());
         assert_eq!(stats.ops.len(), 2);
+        assert_eq!(stats.ops.iter().map(|o| o.errors).collect::<Vec<_>>(), vec![0, 1]);
         assert_eq!(stats.errors, vec![("timeout".to_string(), 1)]);
         assert_eq!(stats.replication_lag_ms.count, 2);
         let text = m.prometheus(&status, &stats);
         for want in [
-            "qkv_request_duration_seconds_bucket{node=\"1\",op=\"get\",level=\"quorum\",strict=\"false\",le=\"0.0005\"} 1",
-            "qkv_request_duration_seconds_bucket{node=\"1\",op=\"get\",level=\"quorum\",strict=\"false\",le=\"0.00025\"} 0",
+            "qkv_request_duration_seconds_bucket{node=\"1\",le=\"0.0005\",op=\"get\",level=\"quorum\",strict=\"false\"} 1",
+            "qkv_request_duration_seconds_bucket{node=\"1\",le=\"0.00025\",op=\"get\",level=\"quorum\",strict=\"false\"} 0",
+            "qkv_request_duration_seconds_bucket{node=\"1\",le=\"+Inf\",op=\"get\",level=\"quorum\",strict=\"false\"} 1",
             "qkv_requests_total{node=\"1\",op=\"put\",level=\"all\",strict=\"true\"} 1",
             "qkv_request_errors_total{node=\"1\",kind=\"timeout\"} 1",
-            "qkv_replication_lag_seconds_bucket{node=\"1\",le=\"5\"} 2",
-            "qkv_replication_lag_seconds_bucket{node=\"1\",le=\"1\"} 1",
+            "qkv_request_failures_total{node=\"1\",op=\"put\",level=\"all\",strict=\"true\"} 1",
+            "qkv_replication_lag_seconds_bucket{node=\"1\",le=\"5.0\"} 2",
+            "qkv_replication_lag_seconds_bucket{node=\"1\",le=\"1.0\"} 1",
             "qkv_read_repairs_total{node=\"1\"} 4",
             "qkv_key_limit_refusals_total{node=\"1\",kind=\"write\"} 2",
+            "# HELP qkv_read_repairs Read repairs acknowledged by stale replicas.\n",
             "# TYPE qkv_siblings_per_read histogram",
+            "# EOF",
         ] {
             assert!(text.contains(want), "missing `{want}` in:\n{text}");
         }
+        assert_eq!(lock(&m.status.0).as_ref(), None, "no snapshot kept between scrapes");
     }
 }

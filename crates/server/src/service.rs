@@ -82,7 +82,7 @@ impl Node {
             start: Instant::now(),
             fault_injection: cfg.fault_injection,
             isolated: Mutex::new(BTreeSet::new()),
-            metrics: Metrics::default(),
+            metrics: Metrics::new(cfg.id),
             metrics_addr,
         })))
     }
