@@ -66,7 +66,9 @@ pub fn actor_name(a: Actor) -> String {
 /// One event: the `counter`-th write coordinated by `actor`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Dot {
-    /// The actor that minted this dot.
+    /// The actor that minted this dot. Records of layout 1 named it `node` (a node
+    /// id, which reads as that node's actor of epoch 0).
+    #[serde(alias = "node")]
     pub actor: Actor,
     /// Its counter, starting at 1.
     pub counter: u64,

@@ -29,8 +29,9 @@ use tokio::sync::oneshot;
 use tracing::error;
 
 const RECORD_VERSION: u8 = 1;
-/// Layout of the data directory; 2 = token-prefixed `data` keys.
-const FORMAT: u64 = 2;
+/// Layout of the data directory; 2 = token-prefixed `data` keys. Earlier layouts
+/// are migrated at open ([`crate::migrate`]).
+pub(crate) const FORMAT: u64 = 2;
 /// Most writers waiting for one group commit.
 pub const SYNC_WAITERS_MAX: usize = 16_384;
 
@@ -91,7 +92,7 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str, valid: impl 
     }
 }
 
-fn decode_set(bytes: &[u8]) -> Result<DvvSet, Error> {
+pub(crate) fn decode_set(bytes: &[u8]) -> Result<DvvSet, Error> {
     decode(bytes, "record", DvvSet::is_valid)
 }
 
@@ -125,14 +126,7 @@ impl Storage {
                 meta.insert("format", FORMAT.to_be_bytes())?;
             }
         }
-        let format = meta_u64(&meta, "format")?.unwrap_or(1);
-        if format != FORMAT {
-            anyhow::bail!(
-                "data dir {} has layout {format}; this build reads layout {FORMAT}: move it aside and let \
-                 anti-entropy refill the node",
-                dir.display()
-            );
-        }
+        crate::migrate::migrate(&db, &data, &meta, dir)?;
         // A new disk (never written, or wiped) takes a new epoch: its actor never reuses the
         // counters an earlier disk of this node handed out. So does a `buffer` or `periodic`
         // disk after an unclean shutdown: it may have lost writes it had acked and sent to
@@ -268,7 +262,7 @@ impl Drop for Storage {
     }
 }
 
-fn meta_u64(meta: &Keyspace, name: &str) -> anyhow::Result<Option<u64>> {
+pub(crate) fn meta_u64(meta: &Keyspace, name: &str) -> anyhow::Result<Option<u64>> {
     match meta.get(name)? {
         None => Ok(None),
         Some(v) => match <[u8; 8]>::try_from(v.as_ref()) {
@@ -287,7 +281,7 @@ fn random_epoch() -> u32 {
 }
 
 /// A `data` key: the ring token, then the key.
-fn data_key(key: &[u8]) -> Vec<u8> {
+pub(crate) fn data_key(key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(8 + key.len());
     k.extend_from_slice(&token(key).to_be_bytes());
     k.extend_from_slice(key);
