@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use qkv_proto::{NodeId, OwnerHints};
+use qkv_proto::NodeId;
 
 use crate::pace::Bucket;
 
@@ -263,7 +263,7 @@ impl HintIndex {
     /// The backlog per owner. Rates are measured on the monotonic `now_ms` (the clock
     /// of [`HintIndex::batch_done`]); hint ages on `wall_ms` (the clock of their
     /// creation times, which must survive restarts). `up` says whether an owner is up.
-    pub fn report(&self, now_ms: u64, wall_ms: u64, up: impl Fn(NodeId) -> bool) -> Vec<OwnerHints> {
+    pub fn report(&self, now_ms: u64, wall_ms: u64, up: impl Fn(NodeId) -> bool) -> Vec<OwnerReport> {
         self.owners
             .iter()
             .filter(|(_, o)| {
@@ -274,7 +274,7 @@ impl HintIndex {
                 let (hints, bytes) = recent.fold((0u64, 0u64), |(h, b), e| (h + e.1, b + e.2));
                 let secs = RATE_WINDOW_MS as f64 / 1000.0;
                 let rate_bytes = bytes as f64 / secs;
-                OwnerHints {
+                OwnerReport {
                     owner,
                     owner_up: up(owner),
                     count: o.keys.len() as u64,
@@ -287,6 +287,27 @@ impl HintIndex {
             })
             .collect()
     }
+}
+
+/// The hints one node holds for one owner.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OwnerReport {
+    /// The home replica the hints are for.
+    pub owner: NodeId,
+    /// Whether this node sees the owner up.
+    pub owner_up: bool,
+    /// Hints held.
+    pub count: u64,
+    /// Their bytes, as counted against the limits.
+    pub bytes: u64,
+    /// Since the last write of the oldest hint, ms (wall clock).
+    pub oldest_age_ms: u64,
+    /// Handoff rate over the last 10 s, hints/s.
+    pub rate_hints_per_s: f64,
+    /// Handoff rate over the last 10 s, bytes/s.
+    pub rate_bytes_per_s: f64,
+    /// Time to drain at that rate, ms (`None` when nothing moves).
+    pub drain_eta_ms: Option<u64>,
 }
 
 #[cfg(test)]

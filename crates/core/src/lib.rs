@@ -49,4 +49,7 @@ pub use liveness::Detector;
 pub use put::{PutOp, PutOutcome};
 pub use ring::{Ring, RingError};
 pub use route::{WriteRoute, check_available, route_write};
-pub use router::{AaeConfig, Bugs, Core, CoreConfig, Hint, HintMeta, Output, ReqId, RpcId, StartError, Store};
+pub use router::{
+    AaeConfig, Bugs, Core, CoreConfig, Hint, HintMeta, HintsReport, MemberReport, Output, Report, ReqId, RpcId,
+    StartError, Store,
+};

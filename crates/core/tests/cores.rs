@@ -338,15 +338,13 @@ fn sloppy_writes_go_to_stand_ins_and_are_handed_off_when_the_owners_return() {
     assert_eq!(c.stored(3, key.as_bytes()), home1);
     let handed: u64 = [4, 5]
         .iter()
-        .map(|&n| match c.call(n, Request::Status) {
-            Some(Response::Status(st)) => {
-                for o in &st.hints.owners {
-                    // Delivered within the rate window: a rate shows, nothing is pending.
-                    assert!(o.count == 0 && o.rate_hints_per_s > 0.0 && o.rate_bytes_per_s > 0.0, "{o:?}");
-                }
-                st.hints.handed_off
+        .map(|&n| {
+            let st = c.cores[&n].report();
+            for o in &st.hints.owners {
+                // Delivered within the rate window: a rate shows, nothing is pending.
+                assert!(o.count == 0 && o.rate_hints_per_s > 0.0 && o.rate_bytes_per_s > 0.0, "{o:?}");
             }
-            other => panic!("{other:?}"),
+            st.hints.handed_off
         })
         .sum();
     assert_eq!(handed, 2, "both hints counted as handed off");
@@ -391,7 +389,7 @@ fn a_stand_in_at_its_limit_refuses_and_the_next_one_takes_the_hint() {
     let Response::Put(p) = resp else { panic!("{resp:?}") };
     let second = c.cores[&1].ring().walk(key.as_bytes())[4];
     assert_eq!(p.standin_acks, vec![(second, 3)], "the second stand-in took it");
-    let Response::Status(st) = c.call(first, Request::Status).unwrap() else { panic!() };
+    let st = c.cores[&first].report();
     assert!(st.hints.refused >= 1);
     assert!(st.hints.owners.iter().all(|o| o.bytes <= 4096));
 }
@@ -472,8 +470,8 @@ fn delete(key: &str, w: Level, context: Context) -> Request {
     Request::Put(PutRequest { value: None, ..p })
 }
 
-fn aae(c: &Cluster, node: NodeId) -> qkv_proto::AaeStatus {
-    c.cores[&node].status().aae
+fn aae(c: &Cluster, node: NodeId) -> qkv_core::antientropy::Report {
+    c.cores[&node].report().aae
 }
 
 #[test]
@@ -784,7 +782,7 @@ fn operations_in_flight_are_bounded() {
     }
     while core.poll_output().is_some() {}
     core.handle_request(0, 1, get("k", Level::All));
-    core.handle_request(0, 2, Request::Status);
+    core.handle_request(0, 2, Request::ReplicaGet { key: b"k".to_vec() });
     let mut answers = HashMap::new();
     while let Some(o) = core.poll_output() {
         if let Output::Reply { req, resp } = o {
@@ -793,7 +791,7 @@ fn operations_in_flight_are_bounded() {
     }
     let Some(Response::Error(e)) = answers.get(&1) else { panic!("{answers:?}") };
     assert!(matches!(e, Error::Overloaded(_)) && e.to_string().contains("operations in flight"), "{e}");
-    assert!(matches!(answers.get(&2), Some(Response::Status(_))), "status is still answered");
+    assert!(matches!(answers.get(&2), Some(Response::ReplicaState(_))), "a read of one replica is still answered");
 }
 
 /// A key whose replicas took writes apart (each under the per-key limit) can merge past
@@ -918,15 +916,7 @@ fn a_hint_expires_a_grace_after_its_newest_write_not_its_first() {
     // A grace after the first write, well within one of the second: the hints stay.
     c.advance(1500);
     assert_eq!(total(&c), n, "a hint holding a write taken 500 ms ago was dropped");
-    let expired = |c: &mut Cluster| -> u64 {
-        [4, 5]
-            .iter()
-            .map(|&s| match c.call(s, Request::Status) {
-                Some(Response::Status(st)) => st.hints.expired,
-                other => panic!("{other:?}"),
-            })
-            .sum()
-    };
+    let expired = |c: &mut Cluster| -> u64 { [4, 5].iter().map(|&s| c.cores[&s].report().hints.expired).sum() };
     assert_eq!(expired(&mut c), 0);
     // A grace after the newest write, with every home replica still down: dropped, counted.
     c.advance(2200);

@@ -108,6 +108,15 @@ pub enum Request {
 /// the client and the CLI check against.
 pub const REQUEST_TIMEOUT_MS_MAX: u64 = 60_000;
 
+/// Who answers a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AnsweredBy {
+    /// The sans-IO core: reads, writes, replica traffic, liveness.
+    Core,
+    /// The node's driver: requests about the node itself (status, stats, placement, faults).
+    Driver,
+}
+
 /// Who may send a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sender {
@@ -118,6 +127,25 @@ pub enum Sender {
 }
 
 impl Request {
+    /// Who answers it: the core, or the node's driver around it (requests about the
+    /// node itself, which the sans-IO core does not take).
+    pub fn answered_by(&self) -> AnsweredBy {
+        match self {
+            Request::Status | Request::Stats | Request::Ring { .. } | Request::Fault { .. } => AnsweredBy::Driver,
+            Request::Get(_)
+            | Request::Put(_)
+            | Request::Inspect { .. }
+            | Request::AaeRoots { .. }
+            | Request::AaeCompare { .. }
+            | Request::ReplicaGet { .. }
+            | Request::ReplicaPut { .. }
+            | Request::ReplicaHint { .. }
+            | Request::ReplicaPutBatch { .. }
+            | Request::HintGet { .. }
+            | Request::Ping { .. } => AnsweredBy::Core,
+        }
+    }
+
     /// Who may send this request. Every variant says so here, so a new message
     /// cannot be added without deciding it; a node checks it against the peer's
     /// certificate before it serves anything (`qkv_transport::server::allowed`).

@@ -4,13 +4,17 @@
 //! # Layout
 //! - [`config`]: the TOML config, `QKV_*` overrides, validation.
 //! - [`storage`]: fjall keyspaces, persist policies, group commit.
+//! - [`migrate`]: bringing a data dir of an earlier layout up to this build's.
 //! - [`service`]: the driver running the sans-IO `qkv_core::Core` on tokio and quinn.
+//! - [`status`]: the status reply, made from the core's report.
 //! - [`metrics`]: the metrics registry; [`http`]: the Prometheus endpoint.
 
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod migrate;
 pub mod service;
+pub mod status;
 pub mod storage;
 
 use std::time::Duration;

@@ -184,7 +184,7 @@ impl Node {
     fn stats(&self) -> (qkv_proto::StatusReply, StatsReply) {
         let (status, (pending, _)) = {
             let core = self.0.core.lock().unwrap_or_else(|p| p.into_inner());
-            (core.status(), core.lag_pending())
+            (crate::status::status_reply(&core.report()), core.lag_pending())
         };
         let base = StatsReply {
             node: status.node,
@@ -264,9 +264,17 @@ impl Handler for Node {
             *self.0.isolated.lock().unwrap_or_else(|p| p.into_inner()) = isolate.into_iter().collect();
             return Response::ReplicaAck;
         }
-        if let Request::Stats = req {
-            return Response::Stats(self.stats().1);
+        match req {
+            Request::Stats => Response::Stats(self.stats().1),
+            Request::Status => Response::Status(self.stats().0),
+            Request::Ring { key } => {
+                let placed = self.0.core.lock().unwrap_or_else(|p| p.into_inner()).placement(&key);
+                match placed {
+                    Ok(replicas) => Response::Ring(qkv_proto::RingReply { replicas }),
+                    Err(e) => Response::Error(e),
+                }
+            }
+            req => self.serve(req).await,
         }
-        self.serve(req).await
     }
 }

@@ -117,11 +117,11 @@ pub struct Counters {
 
 impl Counters {
     fn absorb(&mut self, core: &Core<SharedDisk>) {
-        let s = core.status();
+        let s = core.report();
         self.hints_redirected += s.hints.redirected;
         self.hints_expired += s.hints.expired;
         self.tombstones_purged += s.aae.tombstones_purged;
-        self.key_full += s.key_limits.writes_refused;
+        self.key_full += s.stats.key_writes_refused;
     }
 }
 
@@ -970,7 +970,7 @@ impl World {
         let mut out = vec![];
         for (&id, n) in &self.nodes {
             let Some(core) = &n.core else { continue };
-            for m in core.status().members {
+            for m in core.report().members {
                 if m.node != id && !m.up && self.nodes.get(&m.node).is_some_and(|p| p.core.is_some()) {
                     out.push((id, m.node));
                 }

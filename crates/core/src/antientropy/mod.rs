@@ -42,7 +42,7 @@ pub mod responder;
 
 use std::collections::BTreeMap;
 
-use qkv_proto::{AaePair, AaeStatus, DvvSet, Error, KeyDigest, NodeId, Request, Seen};
+use qkv_proto::{DvvSet, Error, KeyDigest, NodeId, Request, Seen};
 
 use crate::gc::TombstoneGc;
 use crate::merkle::{RangeId, Trees, digest};
@@ -342,10 +342,10 @@ impl AntiEntropy {
         purged.len()
     }
 
-    /// For `qkv status`.
-    pub fn status(&self, now: u64) -> AaeStatus {
+    /// What anti-entropy reports of itself (for `qkv status` and the metrics).
+    pub fn report(&self, now: u64) -> Report {
         let (keys_exchanged, bytes_exchanged) = self.pace.moved();
-        let mut st = AaeStatus {
+        let mut r = Report {
             enabled: self.cfg.enabled,
             exchanges: self.exchanges,
             exchanges_failed: self.exchanges_failed,
@@ -356,14 +356,14 @@ impl AntiEntropy {
             tombstones_index_incomplete: self.gc.index_incomplete(),
             purge_records: self.gc.records() as u64,
             tombstones_purged: self.gc.purged(),
-            ..AaeStatus::default()
+            ..Report::default()
         };
         for range in self.trees.ranges() {
             let mut all = true;
             for &peer in self.trees.home(range).iter().filter(|&&p| p != self.me) {
                 let p = self.pairs.get(&(range, peer)).copied().unwrap_or_default();
                 all &= p.in_sync;
-                st.pairs.push(AaePair {
+                r.pairs.push(PairReport {
                     range,
                     peer,
                     last_exchange_ago_ms: p.done_ms.map(|d| now.saturating_sub(d)),
@@ -371,13 +371,57 @@ impl AntiEntropy {
                 });
             }
             if all {
-                st.ranges_in_sync += 1;
+                r.ranges_in_sync += 1;
             } else {
-                st.ranges_out_of_sync += 1;
+                r.ranges_out_of_sync += 1;
             }
         }
-        st
+        r
     }
+}
+
+/// What anti-entropy reports of itself.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Report {
+    /// Whether exchanges run at all.
+    pub enabled: bool,
+    /// Ranges whose last comparison with every peer found them equal.
+    pub ranges_in_sync: u32,
+    /// Ranges not (yet) found equal with every peer.
+    pub ranges_out_of_sync: u32,
+    /// Exchanges that confirmed every range they compared.
+    pub exchanges: u64,
+    /// Exchanges that failed or left a range unconfirmed.
+    pub exchanges_failed: u64,
+    /// Keys changed here, or acknowledged by a peer, through anti-entropy.
+    pub keys_repaired: u64,
+    /// States moved (received and sent), as charged to the pace.
+    pub keys_exchanged: u64,
+    /// Their bytes.
+    pub bytes_exchanged: u64,
+    /// Tombstones waiting for every home replica and the grace.
+    pub tombstones_pending: u64,
+    /// Tombstones purged since start.
+    pub tombstones_purged: u64,
+    /// The tombstone index was full and is being rebuilt from the store.
+    pub tombstones_index_incomplete: bool,
+    /// Purge records held.
+    pub purge_records: u64,
+    /// Per range and peer.
+    pub pairs: Vec<PairReport>,
+}
+
+/// One (range, peer) pair.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PairReport {
+    /// The range.
+    pub range: RangeId,
+    /// The peer.
+    pub peer: NodeId,
+    /// Since the last exchange that confirmed the range, ms (`None`: never).
+    pub last_exchange_ago_ms: Option<u64>,
+    /// The last comparison found the range equal.
+    pub in_sync: bool,
 }
 
 /// Visit at most `limit` stored keys with tokens in `from..=to`, in order, reading a

@@ -170,7 +170,7 @@ fn an_exchange_syncs_both_replicas_both_ways_and_confirms_every_range() {
     assert_eq!(keys(&a).len(), 75);
     let both = keys(&a).iter().filter(|(_, s)| s.siblings().len() == 2).count();
     assert_eq!(both, 25, "concurrent writes of k25..k49 became siblings on both");
-    let st = a.ae.status(a.now);
+    let st = a.ae.report(a.now);
     assert_eq!((st.exchanges, st.exchanges_failed), (1, 0));
     assert!(st.pairs.iter().all(|p| p.last_exchange_ago_ms == Some(0)), "every range confirmed");
     assert!(a.repaired > 0 && a.flushes > 0);
@@ -178,7 +178,7 @@ fn an_exchange_syncs_both_replicas_both_ways_and_confirms_every_range() {
     let (ok, sent) = exchange(&mut a, &mut b);
     assert!(ok);
     assert_eq!(sent, 1, "the roots agree");
-    assert_eq!(a.ae.status(a.now).ranges_in_sync, a.ae.trees().ranges().count() as u32);
+    assert_eq!(a.ae.report(a.now).ranges_in_sync, a.ae.trees().ranges().count() as u32);
 }
 
 #[test]
@@ -216,8 +216,8 @@ fn a_peer_sending_a_key_outside_the_compared_leaves_fails_the_exchange() {
     assert_eq!(x.on_answer(&mut a, Ok(Response::AaeCompared(forged))), Step::Done { ok: false });
     assert_eq!(a.store.get(&stray).unwrap(), None, "nothing merged");
     a.ae.finished(x, false, 0);
-    assert_eq!(a.ae.status(0).exchanges_failed, 1);
-    assert!(a.ae.status(0).pairs.iter().all(|p| p.last_exchange_ago_ms.is_none()), "nothing confirmed");
+    assert_eq!(a.ae.report(0).exchanges_failed, 1);
+    assert!(a.ae.report(0).pairs.iter().all(|p| p.last_exchange_ago_ms.is_none()), "nothing confirmed");
 }
 
 #[test]

@@ -21,7 +21,7 @@
 //! # Layout
 //! - this file: state, dispatch, timers, the local write and merge, the counter lease.
 //! - `interface.rs`: the config, the [`Store`] trait, [`Output`], ids and timing constants.
-//! - `status.rs`: the status reply and ring placement of a key.
+//! - `report.rs`: what the node reports of itself ([`Report`]) and a key's placement.
 //! - `recent.rs`: recent write ids (retries answered without a second write).
 //! - `read.rs`: gets (strict and sloppy), read repair, inspect.
 //! - `write.rs`: puts, forwarding, stand-in selection, replica writes, hint intake.
@@ -37,7 +37,7 @@ mod interface;
 mod probes;
 mod read;
 mod recent;
-mod status;
+mod report;
 mod write;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -59,6 +59,7 @@ use recent::RecentWrites;
 pub use crate::antientropy::AaeConfig;
 
 pub use interface::*;
+pub use report::{HintsReport, MemberReport, Report};
 
 type OpId = u64;
 /// One replica's raw state of a key, or why it could not be read.
@@ -477,8 +478,10 @@ impl<S: Store> Core<S> {
             Request::Get(g) => self.start_get(req_id, g),
             Request::Put(p) => self.start_put(req_id, p),
             Request::Inspect { key } => self.start_inspect(req_id, key),
-            Request::Status => Ok(Some(Response::Status(self.status()))),
-            Request::Ring { key } => self.ring_reply(&key).map(|r| Some(Response::Ring(r))),
+            // `AnsweredBy::Driver`: the driver answers these from [`Core::report`].
+            Request::Status | Request::Stats | Request::Ring { .. } | Request::Fault { .. } => {
+                Err(Error::BadRequest("the node's driver answers this request, not its core".into()))
+            }
             Request::ReplicaGet { key } => self.replica_get(&key).map(|s| Some(Response::ReplicaState(s))),
             Request::ReplicaPut { key, set } => self.replica_put(req_id, &key, &set),
             Request::ReplicaPutBatch { items } => self.replica_put_batch(req_id, items),

@@ -1,57 +1,108 @@
-//! What a node tells about itself: the status reply and a key's ring placement.
-//! (The issue "A core a newcomer can read" moves building these wire replies to
-//! the edge; until then they are made here, from the subsystems' reports.)
+//! What a node reports of itself, as plain data of the core's own types: the
+//! driver turns it into its wire replies (`qkv status`, `qkv stats`, metrics).
 
-use qkv_proto::{Error, HintStatus, KeyLimitStatus, MemberStatus, NodeId, RingReply, StatusReply};
+use qkv_proto::NodeId;
 
-use super::{Core, Store};
+use super::{Core, Stats, Store};
+use crate::antientropy;
+use crate::hints::{HintLimits, OwnerReport};
+use crate::replica::Limits;
+
+/// A node's view of itself and its peers.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// This node.
+    pub node: NodeId,
+    /// The replication factor.
+    pub n: usize,
+    /// Virtual nodes per member.
+    pub vnodes: u32,
+    /// Every member, this node included.
+    pub members: Vec<MemberReport>,
+    /// The core's counters.
+    pub stats: Stats,
+    /// The hints this node holds.
+    pub hints: HintsReport,
+    /// Anti-entropy and tombstone GC.
+    pub aae: antientropy::Report,
+    /// The per-key limits.
+    pub key_limits: Limits,
+}
+
+/// A member as this node sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemberReport {
+    /// Its id.
+    pub node: NodeId,
+    /// Its address.
+    pub addr: String,
+    /// Whether this node sees it up.
+    pub up: bool,
+    /// Its share of the ring.
+    pub ownership: f64,
+}
+
+/// The hints this node holds.
+#[derive(Clone, Debug)]
+pub struct HintsReport {
+    /// Hints held.
+    pub count: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Refused at a limit.
+    pub refused: u64,
+    /// Handed off to their owners.
+    pub handed_off: u64,
+    /// Handed to another home replica (the owner stayed down).
+    pub redirected: u64,
+    /// Dropped, older than the tombstone grace.
+    pub expired: u64,
+    /// The limits.
+    pub limits: HintLimits,
+    /// Per owner.
+    pub owners: Vec<OwnerReport>,
+}
 
 impl<S: Store> Core<S> {
-    /// This node's view of the cluster, hints included.
-    pub fn status(&self) -> StatusReply {
+    /// What this node reports of itself.
+    pub fn report(&self) -> Report {
         let own = self.ring.ownership();
         let (count, bytes) = self.hints.totals();
-        let limits = self.hints.limits();
-        StatusReply {
+        Report {
             node: self.cfg.me,
-            n: self.ring.n() as u32,
+            n: self.ring.n(),
             vnodes: self.ring.vnodes(),
             members: self
                 .cfg
                 .members
                 .iter()
-                .map(|(id, addr)| MemberStatus {
+                .map(|(id, addr)| MemberReport {
                     node: *id,
                     addr: addr.clone(),
                     up: self.is_up(*id),
                     ownership: own.get(id).copied().unwrap_or(0.0),
                 })
                 .collect(),
-            read_repairs: self.stats.read_repairs,
-            hints: HintStatus {
+            stats: self.stats,
+            hints: HintsReport {
                 count,
                 bytes,
                 refused: self.hints.refused,
                 handed_off: self.hints.handed_off,
                 redirected: self.hints.redirected,
                 expired: self.hints.expired,
-                bytes_max: limits.total_bytes_max,
-                owner_bytes_max: limits.owner_bytes_max,
+                limits: self.hints.limits(),
                 owners: self.hints.report(self.now_ms, self.wall_ms(), |o| self.is_up(o)),
             },
-            aae: self.aae.status(self.now_ms),
-            key_limits: KeyLimitStatus {
-                siblings_max: self.cfg.limits.key_siblings_max as u64,
-                bytes_max: self.cfg.limits.key_state_bytes_max as u64,
-                writes_refused: self.stats.key_writes_refused,
-                merges_refused: self.stats.key_merges_refused,
-            },
+            aae: self.aae.report(self.now_ms),
+            key_limits: self.cfg.limits,
         }
     }
 
-    pub(super) fn ring_reply(&self, key: &[u8]) -> Result<RingReply, Error> {
+    /// The home replicas of `key`, in preference order, with their addresses.
+    pub fn placement(&self, key: &[u8]) -> Result<Vec<(NodeId, String)>, qkv_proto::Error> {
         self.cfg.limits.check(key, None)?;
         let addr = |id: NodeId| self.cfg.members.iter().find(|m| m.0 == id).map(|m| m.1.clone()).unwrap_or_default();
-        Ok(RingReply { replicas: self.ring.preference_list(key).iter().map(|&id| (id, addr(id))).collect() })
+        Ok(self.ring.preference_list(key).iter().map(|&id| (id, addr(id))).collect())
     }
 }
