@@ -65,7 +65,7 @@ async fn in_sync(c: &Cluster, client: &Client, nodes: &[usize]) -> bool {
 }
 
 async fn converge(keys: usize, pace: &str) -> anyhow::Result<f64> {
-    let extra: &'static str = Box::leak(format!("aae_interval_ms = 200\n{pace}").into_boxed_str());
+    let extra: &'static str = Box::leak(format!("anti_entropy.interval_ms = 200\n{pace}").into_boxed_str());
     let mut c = Cluster::start(Opts { nodes: 2, replication: 2, extra }).await;
     let client = c.client_for(&[1]);
     c.kill(2);
@@ -105,7 +105,7 @@ fn cpu_secs(pid: u32) -> f64 {
 }
 
 async fn idle_cpu(keys: usize, idle: u64, aae: bool) -> anyhow::Result<f64> {
-    let extra = if aae { "" } else { "anti_entropy = false" };
+    let extra = if aae { "" } else { "anti_entropy.enabled = false" };
     let c = Cluster::start(Opts { nodes: 3, replication: 3, extra }).await;
     load(&c.client(), keys, Level::All, false).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -169,7 +169,7 @@ type Contexts = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<u64, q
 /// (ops/s in sync, ops/s while node 3 takes `keys` divergent keys, seconds until in sync).
 async fn cost(keys: usize, pace: &str) -> anyhow::Result<(f64, f64, Option<f64>)> {
     const LOAD_KEYS: usize = 10_000;
-    let extra: &'static str = Box::leak(format!("aae_interval_ms = 200\n{pace}").into_boxed_str());
+    let extra: &'static str = Box::leak(format!("anti_entropy.interval_ms = 200\n{pace}").into_boxed_str());
     let mut c = Cluster::start(Opts { nodes: 3, replication: 3, extra }).await;
     let client = c.client_for(&[1, 2]);
     let mut tasks = tokio::task::JoinSet::new();
@@ -194,7 +194,7 @@ async fn cost(keys: usize, pace: &str) -> anyhow::Result<(f64, f64, Option<f64>)
     c.wait_seen(3, true).await;
     let start = Instant::now();
     let during = throughput(&client, LOAD_KEYS, 10.0, &contexts).await;
-    if pace.contains("anti_entropy = false") {
+    if pace.contains("anti_entropy.enabled = false") {
         return Ok((before, during, None));
     }
     let all = c.client();
@@ -210,12 +210,12 @@ async fn main() -> anyhow::Result<()> {
     let keys: usize = env("QKV_BENCH_AAE_KEYS", 100_000);
     let idle: u64 = env("QKV_BENCH_AAE_IDLE_S", 20);
     let parts: String = env("QKV_BENCH_AAE_PARTS", "converge,cpu,cost".to_string());
-    const UNPACED: &str = "aae_keys_per_s = 10000000\naae_bytes_per_s = 1073741824";
+    const UNPACED: &str = "anti_entropy.keys_per_s = 10000000\nanti_entropy.bytes_per_s = 1073741824";
     let mut j = json!({ "keys": keys });
     if parts.contains("converge") {
         println!("convergence of {keys} divergent keys between two replicas, default pace:");
         let paced = converge(keys, "").await?;
-        println!("convergence, unpaced (aae_keys_per_s = 10000000, aae_bytes_per_s = 1 GiB):");
+        println!("convergence, unpaced (anti_entropy.keys_per_s = 10000000, anti_entropy.bytes_per_s = 1 GiB):");
         let unpaced = converge(keys, UNPACED).await?;
         j["converge_s"] = json!({"default_pace": paced, "unpaced": unpaced});
     }
@@ -229,11 +229,11 @@ async fn main() -> anyhow::Result<()> {
     if parts.contains("cost") {
         println!("throughput, 32 clients, quorum 50/50 reads and writes, while node 3 takes {keys} missed keys:");
         let mut costs = vec![];
-        // QKV_BENCH_AAE_PACE, e.g. "aae_keys_per_s = 500", replaces the default pace here.
+        // QKV_BENCH_AAE_PACE, e.g. "anti_entropy.keys_per_s = 500", replaces the default pace here.
         let custom: String = env("QKV_BENCH_AAE_PACE", String::new());
         let first = if custom.is_empty() { "default pace" } else { custom.as_str() };
         for (name, pace) in
-            [(first, custom.as_str()), ("unpaced", UNPACED), ("anti-entropy off", "anti_entropy = false")]
+            [(first, custom.as_str()), ("unpaced", UNPACED), ("anti-entropy off", "anti_entropy.enabled = false")]
         {
             let (before, during, refill) = cost(keys, pace).await?;
             let refill_text = refill.map_or("never (off)".to_string(), |s| format!("{s:.1} s"));

@@ -56,7 +56,8 @@ fn wipe(c: &mut Cluster, id: usize) {
 
 #[tokio::test]
 async fn after_a_partition_heals_replicas_converge_without_any_read() {
-    let c = Cluster::start(Opts { extra: "fault_injection = true\naae_interval_ms = 200", ..Opts::default() }).await;
+    let c = Cluster::start(Opts { extra: "fault_injection = true\nanti_entropy.interval_ms = 200", ..Opts::default() })
+        .await;
     let client = c.client_for(&[1]);
     client.inject_fault(c.addrs[2], vec![1, 2]).await.unwrap();
     client.inject_fault(c.addrs[0], vec![3]).await.unwrap();
@@ -80,7 +81,7 @@ async fn after_a_partition_heals_replicas_converge_without_any_read() {
 
 #[tokio::test]
 async fn a_node_whose_disk_was_wiped_is_refilled_without_any_read() {
-    let mut c = Cluster::start(Opts { extra: "aae_interval_ms = 200", ..Opts::default() }).await;
+    let mut c = Cluster::start(Opts { extra: "anti_entropy.interval_ms = 200", ..Opts::default() }).await;
     let client = c.client_for(&[1]);
     let keys: Vec<String> = (0..200).map(|i| format!("wiped-{i}")).collect();
     for k in &keys {
@@ -95,7 +96,7 @@ async fn a_node_whose_disk_was_wiped_is_refilled_without_any_read() {
 
 #[tokio::test]
 async fn writes_whose_stand_in_died_with_the_hint_reach_their_home_replicas() {
-    let mut c = Cluster::start(Opts { nodes: 5, replication: 3, extra: "aae_interval_ms = 200" }).await;
+    let mut c = Cluster::start(Opts { nodes: 5, replication: 3, extra: "anti_entropy.interval_ms = 200" }).await;
     let client = c.client();
     // Keys sharing one set of home replicas.
     let mut keys = vec![];
@@ -149,7 +150,7 @@ async fn writes_whose_stand_in_died_with_the_hint_reach_their_home_replicas() {
 #[tokio::test]
 async fn a_wiped_node_takes_a_new_epoch_and_does_not_replace_values_it_never_saw() {
     // No anti-entropy: the wiped node must coordinate a write before anything refills it.
-    let mut c = Cluster::start(Opts { extra: "anti_entropy = false", ..Opts::default() }).await;
+    let mut c = Cluster::start(Opts { extra: "anti_entropy.enabled = false", ..Opts::default() }).await;
     let via3 = c.client_for(&[3]);
     let first = via3.put("doom", "old").w(Level::All).await.unwrap();
     assert_eq!(first.coordinator, 3);
@@ -167,7 +168,7 @@ async fn a_wiped_node_takes_a_new_epoch_and_does_not_replace_values_it_never_saw
 #[tokio::test]
 async fn a_deleted_key_does_not_come_back_when_a_replica_that_missed_the_delete_returns() {
     let mut c = Cluster::start(Opts {
-        extra: "aae_interval_ms = 200\ntombstone_grace_ms = 1000\nhint_window_ms = 1000",
+        extra: "anti_entropy.interval_ms = 200\nanti_entropy.tombstone_grace_ms = 1000\nhints.window_ms = 1000",
         ..Opts::default()
     })
     .await;

@@ -128,7 +128,7 @@ async fn concurrent_blind_writes_become_siblings_and_a_context_write_resolves_th
 #[tokio::test]
 async fn a_read_repairs_a_stale_replica() {
     // Without anti-entropy, which would otherwise repair node 3 before the read.
-    let mut c = Cluster::start(Opts { extra: "anti_entropy = false", ..Opts::default() }).await;
+    let mut c = Cluster::start(Opts { extra: "anti_entropy.enabled = false", ..Opts::default() }).await;
     let client = c.client_for(&[1, 2]);
     c.kill(3);
     client.put("stale", "new").w(Level::Quorum).await.unwrap();
@@ -178,7 +178,7 @@ async fn a_client_without_a_ca_signed_certificate_is_refused() {
 #[tokio::test]
 async fn oversized_input_gets_a_clear_error_and_the_node_keeps_serving() {
     let c = Cluster::start(Opts {
-        extra: "value_bytes_max = 65536\nkey_bytes_max = 1024\nkey_state_bytes_max = 1048576",
+        extra: "limits.value_bytes_max = 65536\nlimits.key_bytes_max = 1024\nlimits.key_state_bytes_max = 1048576",
         ..Opts::default()
     })
     .await;

@@ -82,7 +82,7 @@ async fn two_home_nodes_down_sloppy_write_succeeds_strict_fails_and_handoff_brin
 async fn a_stand_in_killed_and_restarted_before_handoff_still_hands_off() {
     // Without anti-entropy, which could otherwise bring the owner the value from the
     // other home replicas before the check below: only handoff may deliver it here.
-    let mut c = Cluster::start(Opts { extra: "fault_injection = true\nanti_entropy = false", ..five() }).await;
+    let mut c = Cluster::start(Opts { extra: "fault_injection = true\nanti_entropy.enabled = false", ..five() }).await;
     let client = c.client();
     let (key, home) = key_where(&client, "standin-restart", |_| true).await;
     let owner = home[2];
@@ -162,7 +162,7 @@ async fn hint_limits_are_enforced_and_reported() {
     let mut c = Cluster::start(Opts {
         nodes: 5,
         replication: 3,
-        extra: "hints_owner_bytes_max = 8192\nhints_bytes_max = 16384",
+        extra: "hints.owner_bytes_max = 8192\nhints.total_bytes_max = 16384",
     })
     .await;
     let client = c.client();

@@ -23,7 +23,8 @@ pub const BATCH_KEYS_MAX: usize = 256;
 pub const RATE_WINDOW_MS: u64 = 10_000;
 
 /// Limits on the hints one node holds.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct HintLimits {
     /// All hints, bytes.
     pub total_bytes_max: u64,

@@ -14,7 +14,8 @@ use qkv_proto::{Actor, Dot, DvvSet, Error, Seen};
 /// only a merge past twice the limits ([`Limits::check_merged`]); the frame limit is
 /// sized for that (the node's config), so every state a replica holds can be read,
 /// replicated, handed off and compared.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Largest key, bytes.
     pub key_bytes_max: usize,

@@ -53,18 +53,6 @@ fn default_request_timeout_ms() -> u64 {
 fn default_period_ms() -> u64 {
     100
 }
-fn default_key_max() -> usize {
-    qkv_proto::KEY_BYTES_MAX_DEFAULT
-}
-fn default_value_max() -> usize {
-    qkv_proto::VALUE_BYTES_MAX_DEFAULT
-}
-fn default_key_siblings_max() -> usize {
-    qkv_core::replica::KEY_SIBLINGS_MAX_DEFAULT
-}
-fn default_key_state_bytes_max() -> usize {
-    qkv_core::replica::KEY_STATE_BYTES_MAX_DEFAULT
-}
 fn default_ping_ms() -> u64 {
     qkv_core::liveness::PING_INTERVAL_MS_DEFAULT
 }
@@ -74,43 +62,6 @@ fn default_down_ms() -> u64 {
 fn default_metrics_listen() -> String {
     "auto".into()
 }
-fn hint_defaults() -> qkv_core::hints::HintLimits {
-    qkv_core::hints::HintLimits::default()
-}
-fn default_hints_bytes_max() -> u64 {
-    hint_defaults().total_bytes_max
-}
-fn default_hints_owner_bytes_max() -> u64 {
-    hint_defaults().owner_bytes_max
-}
-fn default_hint_window_ms() -> u64 {
-    hint_defaults().window_ms
-}
-fn default_handoff_bytes_per_s() -> u64 {
-    hint_defaults().rate_bytes_per_s
-}
-fn aae_defaults() -> qkv_core::AaeConfig {
-    qkv_core::AaeConfig::default()
-}
-fn default_true() -> bool {
-    true
-}
-fn default_aae_interval_ms() -> u64 {
-    aae_defaults().interval_ms
-}
-fn default_aae_keys_per_s() -> u64 {
-    aae_defaults().keys_per_s
-}
-fn default_aae_bytes_per_s() -> u64 {
-    aae_defaults().bytes_per_s
-}
-fn default_tombstone_grace_ms() -> u64 {
-    aae_defaults().tombstone_grace_ms
-}
-fn default_purge_records_bytes_max() -> usize {
-    aae_defaults().purge_records_bytes_max
-}
-
 /// A node's configuration.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -138,57 +89,21 @@ pub struct Config {
     /// Default request deadline.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
-    /// Largest key accepted.
-    #[serde(default = "default_key_max")]
-    pub key_bytes_max: usize,
-    /// Largest value accepted.
-    #[serde(default = "default_value_max")]
-    pub value_bytes_max: usize,
-    /// Most siblings a write may leave in one key (Riak's `max_siblings`).
-    #[serde(default = "default_key_siblings_max")]
-    pub key_siblings_max: usize,
-    /// Most bytes a write may leave in one key's state, all siblings together
-    /// (Riak's `max_object_size`).
-    #[serde(default = "default_key_state_bytes_max")]
-    pub key_state_bytes_max: usize,
+    /// Key, value and per-key limits (`[limits]`: the core's own settings and defaults).
+    #[serde(default)]
+    pub limits: qkv_core::replica::Limits,
     /// How often peers are pinged.
     #[serde(default = "default_ping_ms")]
     pub ping_interval_ms: u64,
     /// Silence after which a peer counts as down.
     #[serde(default = "default_down_ms")]
     pub down_after_ms: u64,
-    /// Limit on all hints this node holds for others, bytes.
-    #[serde(default = "default_hints_bytes_max")]
-    pub hints_bytes_max: u64,
-    /// Limit on the hints held for one owner, bytes.
-    #[serde(default = "default_hints_owner_bytes_max")]
-    pub hints_owner_bytes_max: u64,
-    /// No new hints for an owner down longer than this.
-    #[serde(default = "default_hint_window_ms")]
-    pub hint_window_ms: u64,
-    /// Hinted handoff pace, bytes per second.
-    #[serde(default = "default_handoff_bytes_per_s")]
-    pub handoff_bytes_per_s: u64,
-    /// Run anti-entropy exchanges (without them tombstones are never purged).
-    #[serde(default = "default_true")]
-    pub anti_entropy: bool,
-    /// Pause between one anti-entropy exchange and the next.
-    #[serde(default = "default_aae_interval_ms")]
-    pub aae_interval_ms: u64,
-    /// Key states anti-entropy may send (and this node's exchanges receive) per second.
-    #[serde(default = "default_aae_keys_per_s")]
-    pub aae_keys_per_s: u64,
-    /// Bytes anti-entropy may send (and this node's exchanges receive) per second.
-    #[serde(default = "default_aae_bytes_per_s")]
-    pub aae_bytes_per_s: u64,
-    /// How long a tombstone is kept once every home replica is known to hold it.
-    /// At least `hint_window_ms`, so a hint taken before the delete cannot outlive it.
-    #[serde(default = "default_tombstone_grace_ms")]
-    pub tombstone_grace_ms: u64,
-    /// Memory for purge records (what a purged tombstone had seen), at most; when
-    /// full, tombstone GC waits for records to expire (two graces after their purge).
-    #[serde(default = "default_purge_records_bytes_max")]
-    pub purge_records_bytes_max: usize,
+    /// Hint limits and handoff pace (`[hints]`).
+    #[serde(default)]
+    pub hints: qkv_core::hints::HintLimits,
+    /// Anti-entropy and tombstone GC (`[anti_entropy]`).
+    #[serde(default)]
+    pub anti_entropy: qkv_core::AaeConfig,
     /// Accept the test-only fault switch (`Request::Fault`). Never enable in production.
     #[serde(default)]
     pub fault_injection: bool,
@@ -201,9 +116,44 @@ pub struct Config {
     pub worker_threads: usize,
     /// Certificates.
     pub tls: TlsPaths,
+    /// Settings given under their names of before the sections (still read).
+    #[serde(skip)]
+    pub deprecated: Vec<String>,
 }
 
-/// Names of the settings `QKV_<NAME>` may override, and their TOML paths.
+/// Settings of earlier releases, top-level then, and where they live now.
+const RENAMED: &[(&str, &[&str])] = &[
+    ("key_bytes_max", &["limits", "key_bytes_max"]),
+    ("value_bytes_max", &["limits", "value_bytes_max"]),
+    ("key_siblings_max", &["limits", "key_siblings_max"]),
+    ("key_state_bytes_max", &["limits", "key_state_bytes_max"]),
+    ("hints_bytes_max", &["hints", "total_bytes_max"]),
+    ("hints_owner_bytes_max", &["hints", "owner_bytes_max"]),
+    ("hint_window_ms", &["hints", "window_ms"]),
+    ("handoff_bytes_per_s", &["hints", "rate_bytes_per_s"]),
+    ("anti_entropy", &["anti_entropy", "enabled"]),
+    ("aae_interval_ms", &["anti_entropy", "interval_ms"]),
+    ("aae_keys_per_s", &["anti_entropy", "keys_per_s"]),
+    ("aae_bytes_per_s", &["anti_entropy", "bytes_per_s"]),
+    ("tombstone_grace_ms", &["anti_entropy", "tombstone_grace_ms"]),
+    ("purge_records_bytes_max", &["anti_entropy", "purge_records_bytes_max"]),
+];
+
+/// The table at `path` in `table`, made if absent.
+fn table_at<'a>(table: &'a mut toml::Table, path: &[&str], what: &str) -> anyhow::Result<&'a mut toml::Table> {
+    let mut t = table;
+    for part in path {
+        t = t
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| anyhow::anyhow!("{what}: `{part}` is not a table"))?;
+    }
+    Ok(t)
+}
+
+/// Names of the settings `QKV_<NAME>` may override, and their TOML paths (the
+/// names are those of before the sections, so scripts keep working).
 const ENV_KEYS: &[(&str, &[&str])] = &[
     ("ID", &["id"]),
     ("LISTEN", &["listen"]),
@@ -213,22 +163,24 @@ const ENV_KEYS: &[(&str, &[&str])] = &[
     ("PERSIST", &["persist"]),
     ("PERSIST_PERIOD_MS", &["persist_period_ms"]),
     ("REQUEST_TIMEOUT_MS", &["request_timeout_ms"]),
-    ("KEY_BYTES_MAX", &["key_bytes_max"]),
-    ("VALUE_BYTES_MAX", &["value_bytes_max"]),
+    ("KEY_BYTES_MAX", &["limits", "key_bytes_max"]),
+    ("VALUE_BYTES_MAX", &["limits", "value_bytes_max"]),
+    ("KEY_SIBLINGS_MAX", &["limits", "key_siblings_max"]),
+    ("KEY_STATE_BYTES_MAX", &["limits", "key_state_bytes_max"]),
     ("PING_INTERVAL_MS", &["ping_interval_ms"]),
     ("DOWN_AFTER_MS", &["down_after_ms"]),
     ("WORKER_THREADS", &["worker_threads"]),
-    ("HINTS_BYTES_MAX", &["hints_bytes_max"]),
-    ("HINTS_OWNER_BYTES_MAX", &["hints_owner_bytes_max"]),
-    ("HINT_WINDOW_MS", &["hint_window_ms"]),
-    ("HANDOFF_BYTES_PER_S", &["handoff_bytes_per_s"]),
+    ("HINTS_BYTES_MAX", &["hints", "total_bytes_max"]),
+    ("HINTS_OWNER_BYTES_MAX", &["hints", "owner_bytes_max"]),
+    ("HINT_WINDOW_MS", &["hints", "window_ms"]),
+    ("HANDOFF_BYTES_PER_S", &["hints", "rate_bytes_per_s"]),
     ("METRICS_LISTEN", &["metrics_listen"]),
-    ("ANTI_ENTROPY", &["anti_entropy"]),
-    ("AAE_INTERVAL_MS", &["aae_interval_ms"]),
-    ("AAE_KEYS_PER_S", &["aae_keys_per_s"]),
-    ("AAE_BYTES_PER_S", &["aae_bytes_per_s"]),
-    ("TOMBSTONE_GRACE_MS", &["tombstone_grace_ms"]),
-    ("PURGE_RECORDS_BYTES_MAX", &["purge_records_bytes_max"]),
+    ("ANTI_ENTROPY", &["anti_entropy", "enabled"]),
+    ("AAE_INTERVAL_MS", &["anti_entropy", "interval_ms"]),
+    ("AAE_KEYS_PER_S", &["anti_entropy", "keys_per_s"]),
+    ("AAE_BYTES_PER_S", &["anti_entropy", "bytes_per_s"]),
+    ("TOMBSTONE_GRACE_MS", &["anti_entropy", "tombstone_grace_ms"]),
+    ("PURGE_RECORDS_BYTES_MAX", &["anti_entropy", "purge_records_bytes_max"]),
     ("TLS_CA", &["tls", "ca"]),
     ("TLS_CERT", &["tls", "cert"]),
     ("TLS_KEY", &["tls", "key"]),
@@ -246,6 +198,21 @@ impl Config {
     /// Parse config text; relative paths are taken from `base`.
     pub fn parse(text: &str, base: &Path, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
         let mut table: toml::Table = text.parse().map_err(|e| anyhow::anyhow!("invalid TOML: {e}"))?;
+        let mut deprecated = vec![];
+        for (old, path) in RENAMED {
+            // `anti_entropy` is now a section: only its old boolean form moves.
+            if table.get(*old).is_none_or(|v| v.is_table()) {
+                continue;
+            }
+            let value = table.remove(*old).expect("present");
+            let (leaf, parents) = path.split_last().expect("a path");
+            let section = table_at(&mut table, parents, old)?;
+            if section.contains_key(*leaf) {
+                anyhow::bail!("`{old}` and `{}` are the same setting: give only `{}`", path.join("."), path.join("."));
+            }
+            section.insert(leaf.to_string(), value);
+            deprecated.push(format!("`{old}` is now `{}` (the old name still works)", path.join(".")));
+        }
         for (name, path) in ENV_KEYS {
             let var = format!("QKV_{name}");
             if let Some(raw) = env(&var) {
@@ -255,18 +222,11 @@ impl Config {
                     "false" => toml::Value::Boolean(false),
                     _ => toml::Value::String(raw.clone()),
                 });
-                let mut t = &mut table;
-                for part in &path[..path.len() - 1] {
-                    t = t
-                        .entry(part.to_string())
-                        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-                        .as_table_mut()
-                        .ok_or_else(|| anyhow::anyhow!("{var}: `{part}` is not a table"))?;
-                }
-                t.insert(path[path.len() - 1].to_string(), value);
+                table_at(&mut table, &path[..path.len() - 1], &var)?.insert(path[path.len() - 1].to_string(), value);
             }
         }
         let mut cfg: Config = table.try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message()))?;
+        cfg.deprecated = deprecated;
         for p in [&mut cfg.data_dir, &mut cfg.tls.ca, &mut cfg.tls.cert, &mut cfg.tls.key] {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -313,41 +273,48 @@ impl Config {
         if self.ping_interval_ms == 0 || self.down_after_ms < self.ping_interval_ms {
             bail!("ping_interval_ms must be positive and no more than down_after_ms");
         }
-        if self.key_bytes_max == 0 || self.key_bytes_max > 65_536 {
-            bail!("key_bytes_max must be between 1 and 65536 (the storage engine's limit)");
+        let l = &self.limits;
+        if l.key_bytes_max == 0 || l.key_bytes_max > 65_536 {
+            bail!("limits.key_bytes_max must be between 1 and 65536 (the storage engine's limit)");
         }
-        if self.value_bytes_max == 0 || self.value_bytes_max > 64 * 1024 * 1024 {
-            bail!("value_bytes_max must be between 1 and 67108864");
+        if l.value_bytes_max == 0 || l.value_bytes_max > 64 * 1024 * 1024 {
+            bail!("limits.value_bytes_max must be between 1 and 67108864");
         }
-        if self.key_siblings_max == 0 || self.key_siblings_max > 1000 {
-            bail!("key_siblings_max must be between 1 and 1000");
+        if l.key_siblings_max == 0 || l.key_siblings_max > 1000 {
+            bail!("limits.key_siblings_max must be between 1 and 1000");
         }
-        if self.key_state_bytes_max < self.value_bytes_max + 4096 || self.key_state_bytes_max > 128 * 1024 * 1024 {
+        if l.key_state_bytes_max < l.value_bytes_max + 4096 || l.key_state_bytes_max > 128 * 1024 * 1024 {
             bail!(
-                "key_state_bytes_max must be at least value_bytes_max + 4096 ({}), so a key can always be \
-                 resolved to one value, and at most 134217728",
-                self.value_bytes_max + 4096
+                "limits.key_state_bytes_max must be at least limits.value_bytes_max + 4096 ({}), so a key can \
+                 always be resolved to one value, and at most 134217728",
+                l.value_bytes_max + 4096
             );
         }
-        if self.hints_owner_bytes_max == 0 || self.hints_owner_bytes_max > self.hints_bytes_max {
-            bail!("hints_owner_bytes_max must be positive and no more than hints_bytes_max");
+        let h = &self.hints;
+        if h.owner_bytes_max == 0 || h.owner_bytes_max > h.total_bytes_max {
+            bail!("hints.owner_bytes_max must be positive and no more than hints.total_bytes_max");
         }
-        if self.handoff_bytes_per_s == 0 {
-            bail!("handoff_bytes_per_s must be positive");
+        if h.rate_bytes_per_s == 0 || h.batch_bytes_max == 0 {
+            bail!("hints.rate_bytes_per_s and hints.batch_bytes_max must be positive");
         }
-        if self.aae_interval_ms == 0
-            || self.aae_keys_per_s == 0
-            || self.aae_bytes_per_s == 0
-            || self.purge_records_bytes_max == 0
+        let a = &self.anti_entropy;
+        if a.interval_ms == 0
+            || a.keys_per_s == 0
+            || a.bytes_per_s == 0
+            || a.gc_batch == 0
+            || a.purge_records_bytes_max == 0
         {
-            bail!("aae_interval_ms, aae_keys_per_s, aae_bytes_per_s and purge_records_bytes_max must be positive");
-        }
-        if self.tombstone_grace_ms < self.hint_window_ms {
             bail!(
-                "tombstone_grace_ms ({}) must be at least hint_window_ms ({}): a hint taken before a delete \
-                 could otherwise outlive the tombstone and bring the value back",
-                self.tombstone_grace_ms,
-                self.hint_window_ms
+                "anti_entropy.interval_ms, keys_per_s, bytes_per_s, gc_batch and purge_records_bytes_max must be \
+                 positive"
+            );
+        }
+        if a.tombstone_grace_ms < h.window_ms {
+            bail!(
+                "anti_entropy.tombstone_grace_ms ({}) must be at least hints.window_ms ({}): a hint taken before a \
+                 delete could otherwise outlive the tombstone and bring the value back",
+                a.tombstone_grace_ms,
+                h.window_ms
             );
         }
         self.metrics_addr()?;
@@ -370,28 +337,10 @@ impl Config {
         }
     }
 
-    /// Hint limits and handoff pace.
+    /// Hint limits and handoff pace; a batch is at most one second of the pace.
     pub fn hint_limits(&self) -> qkv_core::hints::HintLimits {
-        qkv_core::hints::HintLimits {
-            total_bytes_max: self.hints_bytes_max,
-            owner_bytes_max: self.hints_owner_bytes_max,
-            window_ms: self.hint_window_ms,
-            rate_bytes_per_s: self.handoff_bytes_per_s,
-            batch_bytes_max: hint_defaults().batch_bytes_max.min(self.handoff_bytes_per_s),
-        }
-    }
-
-    /// Anti-entropy settings.
-    pub fn aae(&self) -> qkv_core::AaeConfig {
-        qkv_core::AaeConfig {
-            enabled: self.anti_entropy,
-            interval_ms: self.aae_interval_ms,
-            keys_per_s: self.aae_keys_per_s,
-            bytes_per_s: self.aae_bytes_per_s,
-            tombstone_grace_ms: self.tombstone_grace_ms,
-            purge_records_bytes_max: self.purge_records_bytes_max,
-            ..aae_defaults()
-        }
+        let h = self.hints;
+        qkv_core::hints::HintLimits { batch_bytes_max: h.batch_bytes_max.min(h.rate_bytes_per_s), ..h }
     }
 
     /// The cluster secret's file.
@@ -404,21 +353,11 @@ impl Config {
         TlsFiles { ca: self.tls.ca.clone(), cert: self.tls.cert.clone(), key: self.tls.key.clone() }
     }
 
-    /// The key, value and per-key limits.
-    pub fn limits(&self) -> qkv_core::replica::Limits {
-        qkv_core::replica::Limits {
-            key_bytes_max: self.key_bytes_max,
-            value_bytes_max: self.value_bytes_max,
-            key_siblings_max: self.key_siblings_max,
-            key_state_bytes_max: self.key_state_bytes_max,
-        }
-    }
-
     /// Frame limit: the largest state a replica holds (twice the per-key limit, see
     /// `qkv_core::replica::Limits`) with its key and a margin for the message around it,
     /// and at least 8 MiB, room for anti-entropy's batches (at most 2 MiB of states).
     pub fn frame_bytes_max(&self) -> usize {
-        (self.key_state_bytes_max * 2 + self.key_bytes_max + 256 * 1024).max(8 << 20)
+        (self.limits.key_state_bytes_max * 2 + self.limits.key_bytes_max + 256 * 1024).max(8 << 20)
     }
 }
 
@@ -468,7 +407,31 @@ key = "certs/node-1.key"
         assert_eq!(c.vnodes, 128);
         assert_eq!(c.tls.ca, Path::new("/x/ca.pem"));
         let off = |k: &str| (k == "QKV_ANTI_ENTROPY").then(|| "false".to_string());
-        assert!(!Config::parse(BASE, Path::new("."), off).unwrap().aae().enabled);
+        assert!(!Config::parse(BASE, Path::new("."), off).unwrap().anti_entropy.enabled);
+        let window = |k: &str| (k == "QKV_HINT_WINDOW_MS").then(|| "5000".to_string());
+        assert_eq!(Config::parse(BASE, Path::new("."), window).unwrap().hints.window_ms, 5000);
+    }
+
+    #[test]
+    fn sections_take_the_core_defaults_and_old_names_still_work() {
+        let c = Config::parse(BASE, Path::new("."), no_env).unwrap();
+        assert_eq!(c.anti_entropy, qkv_core::AaeConfig::default());
+        assert_eq!(c.limits.key_siblings_max, qkv_core::replica::KEY_SIBLINGS_MAX_DEFAULT);
+        assert!(c.deprecated.is_empty());
+        let nested = BASE.replace("[tls]", "[anti_entropy]\ninterval_ms = 200\n[hints]\nwindow_ms = 1000\n[tls]");
+        let c = Config::parse(&nested, Path::new("."), no_env).unwrap();
+        assert_eq!((c.anti_entropy.interval_ms, c.hints.window_ms), (200, 1000));
+        assert_eq!(c.anti_entropy.keys_per_s, qkv_core::AaeConfig::default().keys_per_s, "the rest default");
+        let old =
+            BASE.replace("listen = ", "aae_interval_ms = 200\nanti_entropy = false\nhint_window_ms = 1000\nlisten = ");
+        let c = Config::parse(&old, Path::new("."), no_env).unwrap();
+        assert_eq!((c.anti_entropy.interval_ms, c.anti_entropy.enabled, c.hints.window_ms), (200, false, 1000));
+        assert_eq!(c.deprecated.len(), 3, "{:?}", c.deprecated);
+        let both = BASE
+            .replace("listen = ", "aae_interval_ms = 200\nlisten = ")
+            .replace("[tls]", "[anti_entropy]\ninterval_ms = 300\n[tls]");
+        let e = Config::parse(&both, Path::new("."), no_env).unwrap_err().to_string();
+        assert!(e.contains("are the same setting"), "{e}");
     }
 
     #[test]
@@ -481,10 +444,13 @@ key = "certs/node-1.key"
             (BASE.replace("7002", "7003"), "address appears twice"),
             (BASE.replace("listen = ", "vnodes = 0\nlisten = "), "vnodes must be"),
             (BASE.replace("listen = ", "metrics_listen = \"here\"\nlisten = "), "metrics_listen must be"),
-            (BASE.replace("listen = ", "tombstone_grace_ms = 1000\nlisten = "), "must be at least hint_window_ms"),
+            (BASE.replace("listen = ", "tombstone_grace_ms = 1000\nlisten = "), "must be at least hints.window_ms"),
             (BASE.replace("listen = ", "aae_keys_per_s = 0\nlisten = "), "must be positive"),
+            (BASE.replace("[tls]", "[anti_entropy]\nspeed = 1\n[tls]"), "unknown field `speed`"),
+            (BASE.replace("[tls]", "[limits]\nkey_siblings_max = 0\n[tls]"), "limits.key_siblings_max must be"),
             (BASE.replace("listen = ", "request_timeout_ms = 60001\nlisten = "), "between 1 and 60000"),
             (BASE.replace("listen = ", "anti_entropy = \"yes\"\nlisten = "), "invalid type"),
+            (BASE.replace("listen = ", "anti_entropy = 3\nlisten = "), "invalid type"),
             ("id = ".to_string(), "invalid TOML"),
         ];
         for (text, want) in cases {

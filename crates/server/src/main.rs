@@ -35,7 +35,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    for d in &cfg.deprecated {
+        tracing::warn!("{}: {d}", args.config.display());
+    }
     if args.check {
+        for d in &cfg.deprecated {
+            println!("{}: note: {d}", args.config.display());
+        }
         println!("{}: ok", args.config.display());
         return ExitCode::SUCCESS;
     }

@@ -52,7 +52,8 @@ use crate::router::Store;
 pub use initiator::{Exchange, Host, Step};
 
 /// Anti-entropy settings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AaeConfig {
     /// Run exchanges at all (tombstones are never purged without them).
     pub enabled: bool,
