@@ -923,3 +923,18 @@ fn a_hint_expires_a_grace_after_its_newest_write_not_its_first() {
     assert_eq!(total(&c), 0);
     assert!(expired(&mut c) >= 1);
 }
+
+/// A state with a dot of this node's actor above its durable lease can only come
+/// from a bug (or a corrupt store): the node stops before it sends it anywhere.
+#[test]
+#[should_panic(expected = "above its durable lease")]
+fn a_dot_above_the_durable_lease_never_leaves_the_node() {
+    let cfg = Cluster::config(1, 3, 3);
+    let mut store = Mem::default();
+    let mut set = DvvSet::new();
+    set.update(&qkv_proto::VersionVector::new(), Some(b"v".to_vec()), qkv_proto::actor(1, cfg.epoch));
+    qkv_core::Store::put(&mut store, b"k", &set).unwrap();
+    let mut core = Core::new(cfg, store, 0, 1_000_000).unwrap();
+    core.handle_request(0, 1, Request::ReplicaGet { key: b"k".to_vec() });
+    while core.poll_output().is_some() {}
+}

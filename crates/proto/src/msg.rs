@@ -146,6 +146,17 @@ impl Request {
         }
     }
 
+    /// The DVV sets the request carries: what a sender checks before it encodes
+    /// them (valid, no dot above its lease), so a broken state trips where it was
+    /// made, not where it lands.
+    pub fn states(&self) -> Vec<&DvvSet> {
+        match self {
+            Request::ReplicaPut { set, .. } | Request::ReplicaHint { set, .. } => vec![set],
+            Request::ReplicaPutBatch { items } => items.iter().map(|i| &i.set).collect(),
+            _ => vec![],
+        }
+    }
+
     /// Who may send this request. Every variant says so here, so a new message
     /// cannot be added without deciding it; a node checks it against the peer's
     /// certificate before it serves anything (`qkv_transport::server::allowed`).
@@ -166,6 +177,24 @@ impl Request {
             | Request::ReplicaPutBatch { .. }
             | Request::HintGet { .. }
             | Request::Ping { .. } => Sender::Node,
+        }
+    }
+}
+
+impl Response {
+    /// The DVV sets the answer carries (see [`Request::states`]).
+    pub fn states(&self) -> Vec<&DvvSet> {
+        match self {
+            Response::ReplicaState(s) => s.iter().collect(),
+            Response::Hints(held) => held.iter().map(|h| &h.1).collect(),
+            Response::AaeCompared(c) => c.theirs.iter().map(|t| &t.set).collect(),
+            Response::Inspect(i) => i
+                .replicas
+                .iter()
+                .filter_map(|r| r.1.as_ref().ok().and_then(Option::as_ref))
+                .chain(i.hints.iter().map(|h| &h.2))
+                .collect(),
+            _ => vec![],
         }
     }
 }

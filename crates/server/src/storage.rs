@@ -48,7 +48,8 @@ pub enum Persist {
     Periodic,
 }
 
-type Waiter = oneshot::Sender<Result<(), String>>;
+/// A writer waiting for a sync, with the store's sequence number after its write.
+type Waiter = (u64, oneshot::Sender<Result<(), String>>);
 
 /// The node's storage.
 pub struct Storage {
@@ -218,7 +219,7 @@ impl Storage {
             return Ok(());
         };
         let (wtx, wrx) = oneshot::channel();
-        match tx.try_send(wtx) {
+        match tx.try_send((self.db.seqno(), wtx)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 return Err(Error::Storage("too many writes waiting for fdatasync".into()));
@@ -380,11 +381,14 @@ fn group_commit(db: Database, rx: Receiver<Waiter>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
+        // Everything written up to here is in this sync; so is every waiter's write.
+        let covered = db.seqno();
         let r = db.persist(PersistMode::SyncData).map_err(|e| e.to_string());
         if let Err(e) = &r {
             error!("fdatasync failed: {e}");
         }
-        for w in batch {
+        for (written, w) in batch {
+            assert!(written <= covered, "a sync acks a write after it ({written} > {covered})");
             let _ = w.send(r.clone());
         }
     }

@@ -27,6 +27,12 @@ pub struct Disk {
     pub error_rng: u64,
     /// Errors injected so far.
     pub errors: u64,
+    /// Syncs in flight, by the core's flush token: what the disk held when each was
+    /// asked for, all it may make durable.
+    syncs: BTreeMap<u64, (u64, Contents)>,
+    /// Syncs asked for so far, and the latest (by that count) that completed.
+    syncs_asked: u64,
+    synced: u64,
 }
 
 impl Disk {
@@ -86,20 +92,46 @@ impl Disk {
         seen
     }
 
-    /// An fdatasync completed: everything written so far is durable.
+    /// Everything written so far is durable now (opening the store syncs it).
     pub fn sync(&mut self) {
         self.durable = self.current.clone();
+        self.synced = self.syncs_asked;
+    }
+
+    /// The core asked for an fdatasync (`token`): it covers what is written now, and
+    /// nothing written after, however late it completes.
+    pub fn begin_sync(&mut self, token: u64) {
+        self.syncs_asked += 1;
+        let prev = self.syncs.insert(token, (self.syncs_asked, self.current.clone()));
+        assert!(prev.is_none(), "flush token {token} asked for twice");
+    }
+
+    /// That fdatasync completed (`ok`) or failed: a later one that completed first
+    /// already covers it.
+    pub fn end_sync(&mut self, token: u64, ok: bool) {
+        let Some((n, contents)) = self.syncs.remove(&token) else { return };
+        if ok && n > self.synced {
+            self.durable = contents;
+            self.synced = n;
+        }
+    }
+
+    /// The process is gone: its syncs in flight never complete.
+    pub fn drop_syncs(&mut self) {
+        self.syncs.clear();
     }
 
     /// The process crashed: unflushed writes are gone.
     pub fn crash(&mut self) {
         self.current = self.durable.clone();
+        self.syncs.clear();
     }
 
     /// Lose everything, flushed or not (a wiped or replaced disk).
     pub fn wipe(&mut self) {
         self.current = Contents::default();
         self.durable = Contents::default();
+        self.syncs.clear();
     }
 }
 

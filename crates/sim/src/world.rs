@@ -516,6 +516,7 @@ impl World {
             if !node.buffer {
                 node.disk.borrow_mut().crash();
             }
+            node.disk.borrow_mut().drop_syncs();
             node.pending.clear();
             node.timer_at = None;
         }
@@ -562,7 +563,9 @@ impl World {
                         // Already in the OS buffer: acked at once, durable only at the next sync.
                         self.at(self.now, Ev::Flushed { node: id, inc, token, durable: false });
                     } else {
-                        // fdatasync takes a while: a crash in between loses the write.
+                        // fdatasync takes a while: a crash in between loses the write, and
+                        // it covers only what was written before it was asked for.
+                        self.nodes[&id].disk.borrow_mut().begin_sync(token);
                         let delay = self.rng.random_range(1..=10);
                         self.at(self.now + delay, Ev::Flushed { node: id, inc, token, durable: true });
                     }
@@ -808,11 +811,12 @@ impl World {
                     // The flush failed: nothing became durable, and the core must not ack on it.
                     self.counters.flush_errors += 1;
                     let e = qkv_proto::Error::Storage("injected flush error".into());
+                    n.disk.borrow_mut().end_sync(token, false);
                     self.with_core(node, |c, now| c.handle_flushed(now, token, Err(e)));
                     return;
                 }
                 if durable {
-                    n.disk.borrow_mut().sync();
+                    n.disk.borrow_mut().end_sync(token, true);
                 }
                 self.with_core(node, |c, now| c.handle_flushed(now, token, Ok(())));
             }

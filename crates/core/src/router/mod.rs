@@ -265,6 +265,7 @@ impl<S: Store> Core<S> {
     /// The next effect to carry out.
     #[must_use]
     pub fn poll_output(&mut self) -> Option<Output> {
+        self.check_bounds();
         self.out.pop_front()
     }
 
@@ -306,10 +307,48 @@ impl<S: Store> Core<S> {
     }
 
     fn reply(&mut self, req: ReqId, resp: Result<Response, Error>) {
-        self.out.push_back(Output::Reply { req, resp: resp.unwrap_or_else(Response::Error) });
+        let resp = resp.unwrap_or_else(Response::Error);
+        self.check_outgoing(resp.states());
+        self.out.push_back(Output::Reply { req, resp });
+    }
+
+    /// The tables' bounds (checked as the driver drains the outputs). Client and
+    /// replica operations start only below [`OPS_MAX`]; each read that completes
+    /// may leave up to N repairs behind it, and the node's own work adds a lag probe
+    /// per tracked write and replica, and a ping, a handoff batch and an exchange
+    /// per peer. A table past its bound is a leak: stop here, not when memory runs out.
+    fn check_bounds(&self) {
+        let n = self.ring.n();
+        let ops_max = OPS_MAX * (n + 1) + crate::lag::TRACKED_MAX * n + 4 * self.cfg.members.len();
+        assert!(self.ops.len() <= ops_max, "node {}: {} operations in flight", self.cfg.me, self.ops.len());
+        assert!(
+            self.rpcs.len() <= ops_max * self.cfg.members.len().max(1),
+            "node {}: {} requests in flight",
+            self.cfg.me,
+            self.rpcs.len()
+        );
+        assert!(self.lease_waiters.len() <= LEASE_WAITERS_MAX, "node {}: lease waiters past their bound", self.cfg.me);
+    }
+
+    /// The invariants of every state that leaves the node: a valid DVV set, and no dot
+    /// of this node's actor above its durable counter lease (a power loss could make
+    /// the node mint it again for another value). A failure is a bug here, not bad input.
+    fn check_outgoing(&self, states: Vec<&DvvSet>) {
+        for s in states {
+            assert!(s.is_valid(), "node {} sends an invalid version vector set: {s:?}", self.cfg.me);
+            let minted = s.clock().0.get(&self.actor).copied().unwrap_or(0);
+            assert!(
+                minted <= self.lease_durable || self.cfg.bugs().lease_not_durable,
+                "node {} sends dot {minted} of its actor, above its durable lease {}",
+                self.cfg.me,
+                self.lease_durable
+            );
+        }
     }
 
     fn send(&mut self, op: OpId, to: NodeId, req: Request, timeout_ms: u64) {
+        self.check_outgoing(req.states());
+        debug_assert!(self.ops.contains_key(&op), "an rpc belongs to an op in flight");
         let rpc = self.id();
         let deadline = self.now_ms + timeout_ms.max(1);
         self.rpcs.insert(rpc, (op, to, deadline));
@@ -350,6 +389,7 @@ impl<S: Store> Core<S> {
         } else {
             set
         };
+        assert!(set.is_valid(), "node {} stores an invalid version vector set for {key:?}: {set:?}", self.cfg.me);
         self.store.put(key, set)?;
         self.aae.on_write(&self.ring, key, old, Some(set), self.now_ms);
         Ok(())
