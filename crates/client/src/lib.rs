@@ -360,6 +360,8 @@ impl Client {
                     self.0.health.lock().unwrap_or_else(|p| p.into_inner()).remove(&addr);
                     return Ok(r);
                 }
+                // Over the frame limit here: no node would take it, and nothing was sent.
+                Err(e @ qkv_transport::RequestError::TooLarge { .. }) => return Err(Error::Cluster(e.into())),
                 Err(e) => {
                     self.mark_down(addr);
                     last = e.to_string();

@@ -117,4 +117,11 @@ pub enum Error {
     /// The node is shutting down.
     #[error("shutting down")]
     ShuttingDown,
+    /// A peer answered with something the protocol does not allow there (a reply of
+    /// the wrong kind, a state that is not valid).
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// The node broke one of its own rules: a bug, not the request's fault.
+    #[error("internal error: {0}; this is a bug, please report it")]
+    Internal(String),
 }

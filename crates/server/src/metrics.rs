@@ -48,6 +48,8 @@ const ERROR_KINDS: &[&str] = &[
     "key_full",
     "overloaded",
     "shutting_down",
+    "protocol",
+    "internal",
     "other",
 ];
 
@@ -67,6 +69,8 @@ pub fn error_kind(e: &Error) -> &'static str {
         Error::KeyFull { .. } => "key_full",
         Error::Overloaded(_) => "overloaded",
         Error::ShuttingDown => "shutting_down",
+        Error::Protocol(_) => "protocol",
+        Error::Internal(_) => "internal",
         _ => "other",
     }
 }

@@ -122,7 +122,12 @@ impl Node {
                         _ if node.is_isolated(to) => {
                             Err(Error::Unreachable(format!("node {to} is cut off (fault injection)")))
                         }
-                        Some(&addr) => node.0.pool.request(addr, &req, Duration::from_millis(timeout_ms)).await,
+                        Some(&addr) => node
+                            .0
+                            .pool
+                            .request(addr, &req, Duration::from_millis(timeout_ms))
+                            .await
+                            .map_err(Error::from),
                         None => Err(Error::Unreachable(format!("unknown node {to}"))),
                     };
                     node.with_core(|c, now| c.handle_response(now, rpc, r));
@@ -240,7 +245,7 @@ impl Node {
             Ok(Err(_)) => Response::Error(Error::ShuttingDown),
             Err(_) => {
                 self.0.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-                Response::Error(Error::Storage("internal: request never answered".into()))
+                Response::Error(Error::Internal("the core never answered the request".into()))
             }
         }
     }

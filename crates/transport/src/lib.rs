@@ -5,8 +5,9 @@
 //! - [`certs`]: the cluster CA and node/client certificates (rcgen).
 //! - [`tls`]: rustls + quinn configurations; ALPN `qkv/1`, TLS 1.3, client certificates required.
 //! - [`role`]: node or client, from the peer's certificate.
-//! - [`wire`]: reading and writing one frame on a stream.
-//! - [`pool`]: outgoing requests over pooled connections, redial with backoff.
+//! - [`wire`]: reading and writing one frame on a stream ([`FrameError`]).
+//! - [`pool`]: outgoing requests over pooled connections, redial with backoff
+//!   ([`RequestError`]: unreachable, timed out, dropped, a protocol violation, too large).
 //! - [`server`]: the accept loop and the [`server::Handler`] trait.
 
 use std::net::SocketAddr;
@@ -20,9 +21,10 @@ pub mod tls;
 pub mod wire;
 
 pub use certs::TlsFiles;
-pub use pool::Pool;
+pub use pool::{Pool, RequestError};
 pub use role::PeerRole;
 pub use server::{Handler, serve};
+pub use wire::FrameError;
 
 /// Errors setting up TLS or certificates.
 #[derive(Debug, thiserror::Error)]

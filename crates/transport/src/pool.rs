@@ -6,10 +6,75 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use qkv_proto::{Error, Request, Response};
+use qkv_proto::{Request, Response};
 
 use crate::certs::SERVER_NAME;
-use crate::wire::{read_frame, write_frame};
+use crate::wire::{FrameError, read_frame, write_frame};
+
+/// Why a request to a peer got no answer.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum RequestError {
+    /// No connection: the dial failed or timed out, or the peer is in backoff.
+    #[error("{addr} is unreachable: {reason}")]
+    Unreachable {
+        /// The peer.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The deadline passed before the answer came (the request may have run).
+    #[error("{addr} did not answer within {ms} ms")]
+    Timeout {
+        /// The peer.
+        addr: SocketAddr,
+        /// The deadline.
+        ms: u64,
+    },
+    /// The stream or connection ended mid-request (the request may have run).
+    #[error("{addr} dropped the request: {reason}")]
+    Dropped {
+        /// The peer.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The peer's answer is not a frame of this protocol, or is over the limit.
+    #[error("{addr} broke the protocol: {reason}")]
+    Protocol {
+        /// The peer.
+        addr: SocketAddr,
+        /// What it sent.
+        reason: String,
+    },
+    /// The request is over the frame limit: nothing was sent.
+    #[error("the request of {size} bytes is over the frame limit of {max}; nothing was sent")]
+    TooLarge {
+        /// Its size.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
+}
+
+impl RequestError {
+    /// The failure of an answer read from `addr`.
+    fn reading(addr: SocketAddr, e: FrameError) -> Self {
+        match e {
+            FrameError::Stream(reason) => RequestError::Dropped { addr, reason },
+            other => RequestError::Protocol { addr, reason: other.to_string() },
+        }
+    }
+}
+
+impl From<RequestError> for qkv_proto::Error {
+    /// What a node reports of a peer it could not get an answer from.
+    fn from(e: RequestError) -> Self {
+        match e {
+            RequestError::TooLarge { size, max } => qkv_proto::Error::TooLarge { what: "frame".into(), size, max },
+            other => qkv_proto::Error::Unreachable(other.to_string()),
+        }
+    }
+}
 
 /// First wait after a failed dial.
 pub const BACKOFF_MIN_MS: u64 = 50;
@@ -41,9 +106,9 @@ impl Pool {
     /// A request that times out closes its connection: a peer that was killed and
     /// restarted is only reached through a fresh one, and QUIC would otherwise keep
     /// the dead connection until its idle timeout.
-    pub async fn request(&self, addr: SocketAddr, req: &Request, timeout: Duration) -> Result<Response, Error> {
+    pub async fn request(&self, addr: SocketAddr, req: &Request, timeout: Duration) -> Result<Response, RequestError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let too_late = || Error::Unreachable(format!("{addr} did not answer within {} ms", timeout.as_millis()));
+        let too_late = || RequestError::Timeout { addr, ms: timeout.as_millis() as u64 };
         let conn = tokio::time::timeout_at(deadline, self.connection(addr)).await.map_err(|_| too_late())??;
         let conn = match conn.open_bi().await {
             Ok(streams) => {
@@ -55,7 +120,7 @@ impl Pool {
                 tokio::time::timeout_at(deadline, self.connection(addr)).await.map_err(|_| too_late())??
             }
         };
-        let streams = conn.open_bi().await.map_err(|e| Error::Unreachable(format!("{addr}: {e}")))?;
+        let streams = conn.open_bi().await.map_err(|e| RequestError::Dropped { addr, reason: e.to_string() })?;
         self.finish(addr, conn, streams, req, deadline, too_late).await
     }
 
@@ -66,19 +131,21 @@ impl Pool {
         (mut send, mut recv): (quinn::SendStream, quinn::RecvStream),
         req: &Request,
         deadline: tokio::time::Instant,
-        too_late: impl Fn() -> Error,
-    ) -> Result<Response, Error> {
+        too_late: impl Fn() -> RequestError,
+    ) -> Result<Response, RequestError> {
         let exchange = async {
             let written = write_frame(&mut send, req, self.frame_bytes_max).await;
-            if let Err(e @ Error::TooLarge { .. }) = written {
+            match written {
                 // Refused locally before sending: nothing will come back.
-                return Err(e);
+                Err(FrameError::TooLarge { size, max }) => return Err(RequestError::TooLarge { size, max }),
+                Err(FrameError::Malformed(reason)) => return Err(RequestError::Protocol { addr, reason }),
+                _ => {}
             }
             // A peer that refuses a request (e.g. an oversized frame) stops our sending side
             // but still answers why: read that answer before reporting the failed write.
             match read_frame(&mut recv, self.frame_bytes_max).await {
                 Ok(resp) => Ok(resp),
-                Err(read_err) => Err(written.err().unwrap_or(read_err)),
+                Err(read_err) => Err(RequestError::reading(addr, written.err().unwrap_or(read_err))),
             }
         };
         match tokio::time::timeout_at(deadline, exchange).await {
@@ -98,7 +165,7 @@ impl Pool {
         }
     }
 
-    async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection, Error> {
+    async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection, RequestError> {
         let prev_delay = {
             let mut slots = self.slots.lock().expect("pool lock");
             match slots.get(&addr) {
@@ -110,26 +177,25 @@ impl Pool {
                 Some(Slot::Backoff { until, delay_ms }) => {
                     let now = Instant::now();
                     if now < *until {
-                        return Err(Error::Unreachable(format!(
-                            "{addr} is unreachable (next dial in {} ms)",
-                            (*until - now).as_millis()
-                        )));
+                        let reason = format!("its last dial failed (next in {} ms)", (*until - now).as_millis());
+                        return Err(RequestError::Unreachable { addr, reason });
                     }
                     *delay_ms
                 }
                 None => 0,
             }
         };
+        let unreachable = |reason: String| RequestError::Unreachable { addr, reason };
         let dial = async {
             self.endpoint
                 .connect(addr, SERVER_NAME)
-                .map_err(|e| Error::Unreachable(format!("{addr}: {e}")))?
+                .map_err(|e| unreachable(e.to_string()))?
                 .await
-                .map_err(|e| Error::Unreachable(format!("{addr}: {e}")))
+                .map_err(|e| unreachable(e.to_string()))
         };
         let result = tokio::time::timeout(Duration::from_millis(DIAL_TIMEOUT_MS), dial)
             .await
-            .unwrap_or_else(|_| Err(Error::Unreachable(format!("{addr}: no handshake within {DIAL_TIMEOUT_MS} ms"))));
+            .unwrap_or_else(|_| Err(unreachable(format!("no handshake within {DIAL_TIMEOUT_MS} ms"))));
         let mut slots = self.slots.lock().expect("pool lock");
         match result {
             Ok(conn) => {

@@ -9,7 +9,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tracing::{debug, info, warn};
 
 use crate::role::{PeerRole, peer_role};
-use crate::wire::{read_body, read_len, write_frame};
+use crate::wire::{FrameError, read_body, read_len, write_frame};
 
 /// Most connections a node serves at once; more are refused.
 pub const CONNECTIONS_MAX: usize = 1024;
@@ -222,8 +222,8 @@ async fn serve_connection<H: Handler>(
             };
             if let Err(e) = write_frame(&mut send, &resp, frame_bytes_max).await {
                 // The response itself may be too big (a key with huge siblings): say so instead.
-                if let Error::TooLarge { .. } = e {
-                    let _ = write_frame(&mut send, &Response::Error(e), frame_bytes_max).await;
+                if let FrameError::TooLarge { .. } = e {
+                    let _ = write_frame(&mut send, &Response::Error(e.into()), frame_bytes_max).await;
                 } else {
                     debug!("writing response: {e}");
                 }

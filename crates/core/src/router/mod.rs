@@ -654,5 +654,5 @@ impl<S: Store> Core<S> {
 }
 
 fn unexpected(from: NodeId, r: &Response) -> Error {
-    Error::BadRequest(format!("node {from} sent an unexpected answer: {r:?}"))
+    Error::Protocol(format!("node {from} sent an unexpected answer: {r:?}"))
 }
