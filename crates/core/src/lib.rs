@@ -1,5 +1,6 @@
 //! quorumkv's sans-IO core: placement, quorum decisions, the get and put state
-//! machines, the replica's merge rules and peer liveness.
+//! machines, the replica's merge rules, hints, anti-entropy, tombstone GC, peer
+//! liveness and replication lag, each a state machine of its own.
 //!
 //! Nothing here opens a socket, reads a clock, spawns a thread or draws a random
 //! number: time comes in as `now_ms` arguments and effects go out as return
@@ -24,7 +25,8 @@
 //! - [`gc`]: tombstone GC as its own state machine over those and the store.
 //! - [`mem`]: an in-memory store for tests and the simulator.
 //! - [`pace`]: the token bucket that paces handoff and anti-entropy.
-//! - [`router`]: a whole node's logic as one state machine over a [`Store`] (to be split by subsystem).
+//! - [`router`]: the node as one state machine over a [`Store`]: it owns the tables of
+//!   work in flight and hands each input to the subsystem above it is for.
 
 pub mod antientropy;
 pub mod gc;

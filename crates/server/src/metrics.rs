@@ -145,7 +145,7 @@ impl EncodeMetric for HdrMetric {
 /// The labels of a client request's series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 struct RequestLabels {
-    op: String,
+    op: &'static str,
     level: String,
     strict: bool,
 }
@@ -430,10 +430,14 @@ impl Metrics {
         micros: u64,
         outcome: Result<Option<usize>, &Error>,
     ) {
-        let labels = RequestLabels { op: op.to_string(), level, strict };
+        let labels = RequestLabels { op, level, strict };
         {
             let mut all = lock(&self.latencies.0);
-            let _ = all.entry(labels.clone()).or_insert_with(|| hist(3_600_000_000)).record(micros.max(1));
+            let h = match all.get_mut(&labels) {
+                Some(h) => h,
+                None => all.entry(labels.clone()).or_insert_with(|| hist(3_600_000_000)),
+            };
+            let _ = h.record(micros.max(1));
         }
         match outcome {
             Ok(Some(siblings)) => self.siblings.record(siblings as u64),
@@ -457,7 +461,7 @@ impl Metrics {
         let ops = lock(&self.latencies.0)
             .iter()
             .map(|(l, h)| OpStats {
-                op: l.op.clone(),
+                op: l.op.to_string(),
                 level: l.level.clone(),
                 strict: l.strict,
                 errors: self.op_errors.get(l).map_or(0, |c| c.get()),

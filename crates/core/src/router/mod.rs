@@ -19,7 +19,9 @@
 //! time is used only to date hints for display: `wall_ms - now_ms` is fixed at start.
 //!
 //! # Layout
-//! - this file: state, dispatch, timers, the local write and merge, the counter lease.
+//! - this file: state, dispatch, timers, the tables of operations in flight.
+//! - `local.rs`: the local write and merge, the counter lease.
+//! - `invariants.rs`: what is asserted of every state that leaves the core, and table bounds.
 //! - `interface.rs`: the config, the [`Store`] trait, [`Output`], ids and timing constants.
 //! - `report.rs`: what the node reports of itself ([`Report`]) and a key's placement.
 //! - `recent.rs`: recent write ids (retries answered without a second write).
@@ -34,6 +36,8 @@ mod antientropy;
 mod gossip;
 mod handoff;
 mod interface;
+mod invariants;
+mod local;
 mod probes;
 mod read;
 mod recent;
@@ -42,17 +46,15 @@ mod write;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
-use qkv_proto::{Actor, Context, Dot, DvvSet, Error, NodeId, Request, Response, Seen};
+use qkv_proto::{Actor, Context, Dot, DvvSet, Error, NodeId, Request, Response};
 
 use crate::antientropy::AntiEntropy;
 use crate::get::GetOp;
 use crate::hints::HintIndex;
 use crate::lag::LagTracker;
 use crate::liveness::Detector;
-use crate::merkle::digest;
 use crate::placement::WriteTargets;
 use crate::put::PutOp;
-use crate::replica;
 use crate::ring::Ring;
 use recent::RecentWrites;
 
@@ -312,40 +314,6 @@ impl<S: Store> Core<S> {
         self.out.push_back(Output::Reply { req, resp });
     }
 
-    /// The tables' bounds (checked as the driver drains the outputs). Client and
-    /// replica operations start only below [`OPS_MAX`]; each read that completes
-    /// may leave up to N repairs behind it, and the node's own work adds a lag probe
-    /// per tracked write and replica, and a ping, a handoff batch and an exchange
-    /// per peer. A table past its bound is a leak: stop here, not when memory runs out.
-    fn check_bounds(&self) {
-        let n = self.ring.n();
-        let ops_max = OPS_MAX * (n + 1) + crate::lag::TRACKED_MAX * n + 4 * self.cfg.members.len();
-        assert!(self.ops.len() <= ops_max, "node {}: {} operations in flight", self.cfg.me, self.ops.len());
-        assert!(
-            self.rpcs.len() <= ops_max * self.cfg.members.len().max(1),
-            "node {}: {} requests in flight",
-            self.cfg.me,
-            self.rpcs.len()
-        );
-        assert!(self.lease_waiters.len() <= LEASE_WAITERS_MAX, "node {}: lease waiters past their bound", self.cfg.me);
-    }
-
-    /// The invariants of every state that leaves the node: a valid DVV set, and no dot
-    /// of this node's actor above its durable counter lease (a power loss could make
-    /// the node mint it again for another value). A failure is a bug here, not bad input.
-    fn check_outgoing(&self, states: Vec<&DvvSet>) {
-        for s in states {
-            assert!(s.is_valid(), "node {} sends an invalid version vector set: {s:?}", self.cfg.me);
-            let minted = s.clock().0.get(&self.actor).copied().unwrap_or(0);
-            assert!(
-                minted <= self.lease_durable || self.cfg.bugs().lease_not_durable,
-                "node {} sends dot {minted} of its actor, above its durable lease {}",
-                self.cfg.me,
-                self.lease_durable
-            );
-        }
-    }
-
     fn send(&mut self, op: OpId, to: NodeId, req: Request, timeout_ms: u64) {
         self.check_outgoing(req.states());
         debug_assert!(self.ops.contains_key(&op), "an rpc belongs to an op in flight");
@@ -377,119 +345,6 @@ impl<S: Store> Core<S> {
     fn flush_unawaited(&mut self) {
         let token = self.id();
         self.out.push_back(Output::Flush { token, sync: false });
-    }
-
-    /// Every write of a key's data goes through here: `old` is the digest of the state it
-    /// replaces. Keeps the anti-entropy trees and the tombstone list in step with the store.
-    fn put_data(&mut self, key: &[u8], old: Option<u64>, set: &DvvSet) -> Result<(), Error> {
-        let lww;
-        let set = if self.cfg.bugs().lww {
-            lww = set.newest_only();
-            &lww
-        } else {
-            set
-        };
-        assert!(set.is_valid(), "node {} stores an invalid version vector set for {key:?}: {set:?}", self.cfg.me);
-        self.store.put(key, set)?;
-        self.aae.on_write(&self.ring, key, old, Some(set), self.now_ms);
-        Ok(())
-    }
-
-    /// Merge a state from another replica (a replica write, handoff, read repair or
-    /// anti-entropy) into this node's; true when the stored state changed.
-    fn merge_in(&mut self, key: &[u8], incoming: &DvvSet) -> Result<bool, Error> {
-        let local = self.store.get(key)?;
-        if !incoming.is_valid() {
-            return Err(Error::BadRequest("invalid version vector set".into()));
-        }
-        // Values a tombstone this node purged had deleted: taking them back would resurrect them.
-        let stripped = self.aae.strip_purged(key, incoming, local.as_ref());
-        let incoming = stripped.as_ref().unwrap_or(incoming);
-        if local.is_none() && incoming.siblings().is_empty() {
-            return Ok(false);
-        }
-        let Some(new) = replica::merge(local.as_ref(), incoming)? else { return Ok(false) };
-        if let Err(e) = self.cfg.limits.check_merged(replica::footprint(local.as_ref()), &new) {
-            self.stats.key_merges_refused += 1;
-            return Err(e);
-        }
-        self.put_data(key, local.as_ref().map(|l| digest(key, l)), &new)?;
-        Ok(true)
-    }
-
-    /// The coordinator's local write: a fresh dot above every counter this actor minted,
-    /// by a writer who saw `seen` (already verified). Returns the new state, the
-    /// context for the writer, and the dot.
-    fn coordinate_write(
-        &mut self,
-        key: &[u8],
-        seen: &Seen,
-        value: Option<Vec<u8>>,
-        write_id: Option<u64>,
-    ) -> Result<(DvvSet, Context, Dot), Error> {
-        let local = self.store.get(key)?;
-        let old = local.as_ref().map(|l| digest(key, l));
-        // A retry of a write this node took, since overwritten by a writer who saw it:
-        // answer with it (and replicate the state that covers it), write nothing.
-        if let (Some(l), Some(id)) = (&local, write_id)
-            && let Some(dot) = self.recent_writes.get(id, key, value.as_deref())
-            && l.find_write(id, value.as_deref()).is_none()
-            && l.covers_dot(dot)
-        {
-            let back = replica::retried(l, seen, dot);
-            return Ok((l.clone(), Context::issue(&self.cfg.secret, key, back), dot));
-        }
-        let before = replica::footprint(local.as_ref());
-        let (set, mut back, dot) = replica::coordinate(local, seen, value, self.actor, self.counter, write_id);
-        if let Err(e) = self.cfg.limits.check_write(before, &set) {
-            self.stats.key_writes_refused += 1;
-            return Err(e);
-        }
-        if self.cfg.bugs().vv_context {
-            back = replica::vv_context(seen, dot);
-        }
-        debug_assert!(set.is_valid(), "a coordinated state is valid before it is stored and sent");
-        if dot.actor == self.actor {
-            // (A retry is answered with its first dot, which may be another node's.)
-            self.counter = self.counter.max(dot.counter);
-        }
-        if self.cfg.bugs().lease_not_durable && self.counter >= self.counter_lease {
-            // The old rule: the lease rides with this write's own flush, in the OS buffer only.
-            self.counter_lease = self.counter + COUNTER_LEASE_STEP;
-            self.store.put_counter_lease(self.counter_lease)?;
-            self.lease_durable = self.counter_lease;
-        }
-        self.put_data(key, old, &set)?;
-        if let Some(id) = write_id
-            && let Some(sib) = set.siblings().iter().find(|s| s.dot == dot)
-        {
-            self.recent_writes.insert(self.now_ms, id, key, sib.value.as_deref(), dot);
-        }
-        Ok((set, Context::issue(&self.cfg.secret, key, back), dot))
-    }
-
-    /// Whether a write that saw `seen` may mint its dot now: the next counter (above every
-    /// counter of this actor the node minted, and any a verified context names, so a dot
-    /// handed out before a power loss is never minted again) is within the durable lease.
-    /// Renews the lease, with a sync of its own, when it is within half a step.
-    fn lease_ready(&mut self, seen: &Seen) -> bool {
-        let own = seen.dots.iter().filter(|d| d.actor == self.actor).map(|d| d.counter).max().unwrap_or(0);
-        self.counter = self.counter.max(seen.vv.get(self.actor)).max(own);
-        if self.cfg.bugs().lease_not_durable {
-            return true;
-        }
-        if self.counter.saturating_add(COUNTER_LEASE_STEP / 2) >= self.counter_lease && self.lease_syncs.is_empty() {
-            self.counter_lease = self.counter.saturating_add(COUNTER_LEASE_STEP);
-            match self.store.put_counter_lease(self.counter_lease) {
-                Ok(()) => {
-                    let token = self.id();
-                    self.lease_syncs.insert(token, self.counter_lease);
-                    self.out.push_back(Output::Flush { token, sync: true });
-                }
-                Err(e) => tracing::warn!("recording a counter lease: {e}"),
-            }
-        }
-        self.counter < self.lease_durable
     }
 
     fn is_member(&self, id: NodeId) -> bool {

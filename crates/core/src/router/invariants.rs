@@ -1,0 +1,43 @@
+//! Invariants asserted where state leaves the core, and the bounds of its tables.
+//! A failure is a bug in this node, never bad input (input is refused with an
+//! error before it gets here): stop at the step that broke it.
+
+use qkv_proto::DvvSet;
+
+use super::{Core, LEASE_WAITERS_MAX, OPS_MAX, Store};
+
+impl<S: Store> Core<S> {
+    /// The tables' bounds (checked as the driver drains the outputs). Client and
+    /// replica operations start only below [`OPS_MAX`]; each read that completes
+    /// may leave up to N repairs behind it, and the node's own work adds a lag probe
+    /// per tracked write and replica, and a ping, a handoff batch and an exchange
+    /// per peer. A table past its bound is a leak: stop here, not when memory runs out.
+    pub(super) fn check_bounds(&self) {
+        let n = self.ring.n();
+        let ops_max = OPS_MAX * (n + 1) + crate::lag::TRACKED_MAX * n + 4 * self.cfg.members.len();
+        assert!(self.ops.len() <= ops_max, "node {}: {} operations in flight", self.cfg.me, self.ops.len());
+        assert!(
+            self.rpcs.len() <= ops_max * self.cfg.members.len().max(1),
+            "node {}: {} requests in flight",
+            self.cfg.me,
+            self.rpcs.len()
+        );
+        assert!(self.lease_waiters.len() <= LEASE_WAITERS_MAX, "node {}: lease waiters past their bound", self.cfg.me);
+    }
+
+    /// The invariants of every state that leaves the node: a valid DVV set, and no dot
+    /// of this node's actor above its durable counter lease (a power loss could make
+    /// the node mint it again for another value). A failure is a bug here, not bad input.
+    pub(super) fn check_outgoing(&self, states: Vec<&DvvSet>) {
+        for s in states {
+            assert!(s.is_valid(), "node {} sends an invalid version vector set: {s:?}", self.cfg.me);
+            let minted = s.clock().0.get(&self.actor).copied().unwrap_or(0);
+            assert!(
+                minted <= self.lease_durable || self.cfg.bugs().lease_not_durable,
+                "node {} sends dot {minted} of its actor, above its durable lease {}",
+                self.cfg.me,
+                self.lease_durable
+            );
+        }
+    }
+}
