@@ -361,7 +361,9 @@ impl Client {
                     return Ok(r);
                 }
                 // Over the frame limit here: no node would take it, and nothing was sent.
-                Err(e @ qkv_transport::RequestError::TooLarge { .. }) => return Err(Error::Cluster(e.into())),
+                Err(e @ (qkv_transport::RequestError::TooLarge { .. } | qkv_transport::RequestError::Encode(_))) => {
+                    return Err(Error::Cluster(e.into()));
+                }
                 Err(e) => {
                     self.mark_down(addr);
                     last = e.to_string();

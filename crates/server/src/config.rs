@@ -181,6 +181,9 @@ const ENV_KEYS: &[(&str, &[&str])] = &[
     ("AAE_BYTES_PER_S", &["anti_entropy", "bytes_per_s"]),
     ("TOMBSTONE_GRACE_MS", &["anti_entropy", "tombstone_grace_ms"]),
     ("PURGE_RECORDS_BYTES_MAX", &["anti_entropy", "purge_records_bytes_max"]),
+    ("GC_BATCH", &["anti_entropy", "gc_batch"]),
+    ("HANDOFF_BATCH_BYTES_MAX", &["hints", "batch_bytes_max"]),
+    ("FAULT_INJECTION", &["fault_injection"]),
     ("TLS_CA", &["tls", "ca"]),
     ("TLS_CERT", &["tls", "cert"]),
     ("TLS_KEY", &["tls", "key"]),
@@ -297,7 +300,15 @@ impl Config {
         if h.rate_bytes_per_s == 0 || h.batch_bytes_max == 0 {
             bail!("hints.rate_bytes_per_s and hints.batch_bytes_max must be positive");
         }
+        // A batch (and one state past it) must fit in a frame, or no handoff ever lands.
+        let batch_max = self.frame_bytes_max() / 2;
+        if h.batch_bytes_max as usize > batch_max {
+            bail!("hints.batch_bytes_max must be at most {batch_max} (half the frame limit these limits give)");
+        }
         let a = &self.anti_entropy;
+        if a.gc_batch > 1_000_000 {
+            bail!("anti_entropy.gc_batch must be at most 1000000 (one GC round runs under the core's lock)");
+        }
         if a.interval_ms == 0
             || a.keys_per_s == 0
             || a.bytes_per_s == 0
@@ -448,6 +459,8 @@ key = "certs/node-1.key"
             (BASE.replace("listen = ", "aae_keys_per_s = 0\nlisten = "), "must be positive"),
             (BASE.replace("[tls]", "[anti_entropy]\nspeed = 1\n[tls]"), "unknown field `speed`"),
             (BASE.replace("[tls]", "[limits]\nkey_siblings_max = 0\n[tls]"), "limits.key_siblings_max must be"),
+            (BASE.replace("[tls]", "[hints]\nbatch_bytes_max = 1073741824\n[tls]"), "half the frame limit"),
+            (BASE.replace("[tls]", "[anti_entropy]\ngc_batch = 0\n[tls]"), "must be positive"),
             (BASE.replace("listen = ", "request_timeout_ms = 60001\nlisten = "), "between 1 and 60000"),
             (BASE.replace("listen = ", "anti_entropy = \"yes\"\nlisten = "), "invalid type"),
             (BASE.replace("listen = ", "anti_entropy = 3\nlisten = "), "invalid type"),

@@ -1,6 +1,6 @@
 //! The HTTP endpoint for Prometheus: `GET /metrics` (axum over hyper), loopback by
 //! default. Bounded: 64 connections, one request each, an 8 KiB request head read
-//! within 5 s, and 10 s for the whole exchange.
+//! within 5 s, 10 s for the whole exchange, and one render at a time.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,14 +28,24 @@ pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// The routes: `/metrics`, and a 404 that says what is served.
 pub fn router(render: Render) -> Router {
+    // One render at a time, whoever waits: the permit goes with the render, so a
+    // scraper that hangs up does not leave renders piling up behind it.
+    let one = Arc::new(Semaphore::new(1));
     Router::new()
         .route(
             "/metrics",
             get(move || {
-                let render = render.clone();
+                let (render, one) = (render.clone(), one.clone());
                 async move {
+                    let Ok(permit) = one.acquire_owned().await else {
+                        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+                    };
                     // The render takes the core's lock: off the async workers.
-                    match tokio::task::spawn_blocking(move || render()).await {
+                    let rendered = tokio::task::spawn_blocking(move || {
+                        let _permit = permit;
+                        render()
+                    });
+                    match rendered.await {
                         Ok(body) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
                         Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "rendering the metrics failed\n").into_response(),
                     }

@@ -28,6 +28,13 @@ fn main() -> ExitCode {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .init();
+    // A panic is a broken invariant (input is refused with an error before it gets
+    // that far): stop the node rather than run on with its core half-updated.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
     let cfg = match qkv_server::Config::load(&args.config, |k| std::env::var(k).ok()) {
         Ok(c) => c,
         Err(e) => {

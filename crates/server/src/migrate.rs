@@ -27,8 +27,9 @@ use tracing::info;
 
 use crate::storage::{FORMAT, data_key, decode_set, meta_u64};
 
-/// Records per atomic batch.
+/// Records per atomic batch, at most, and their bytes, about.
 const BATCH: usize = 1024;
+const PAGE_BYTES: usize = 16 << 20;
 const STAGING: &str = "data_migrating";
 const PHASE_COPY: u64 = 1;
 const PHASE_CLEAR: u64 = 2;
@@ -63,6 +64,10 @@ impl Run<'_> {
         let (db, data, meta) = (self.db, self.data, self.meta);
         let format = meta_u64(meta, "format")?.unwrap_or(1);
         if format == FORMAT {
+            if db.keyspace_exists(STAGING) {
+                // Stopped after the last batch, before the staging keyspace went: it is empty.
+                db.delete_keyspace(db.keyspace(STAGING, KeyspaceCreateOptions::default)?)?;
+            }
             return Ok(());
         }
         if format > FORMAT {
@@ -85,33 +90,33 @@ impl Run<'_> {
             phase = PHASE_CLEAR;
         }
         if phase == PHASE_CLEAR {
+            let mut after = None;
             loop {
-                let keys = data.iter().take(self.batch).map(|kv| kv.key()).collect::<Result<Vec<_>, _>>()?;
-                if keys.is_empty() {
-                    break;
-                }
+                let page = self.page(data, &after)?;
+                let Some(last) = page.last().map(|(k, _)| k.to_vec()) else { break };
                 let mut b = db.batch();
-                for k in keys {
+                for (k, _) in page {
                     b.remove(data, k);
                 }
                 self.commit(b)?;
+                after = Some(last);
             }
             meta.insert("migration", PHASE_FILL.to_be_bytes())?;
             db.persist(PersistMode::SyncAll)?;
             phase = PHASE_FILL;
         }
         if phase == PHASE_FILL {
+            let mut after = None;
             loop {
-                let page = staging.iter().take(self.batch).map(|kv| kv.into_inner()).collect::<Result<Vec<_>, _>>()?;
-                if page.is_empty() {
-                    break;
-                }
+                let page = self.page(&staging, &after)?;
+                let Some(last) = page.last().map(|(k, _)| k.to_vec()) else { break };
                 let mut b = db.batch();
                 for (k, v) in page {
                     b.insert(data, k.clone(), v);
                     b.remove(&staging, k);
                 }
                 self.commit(b)?;
+                after = Some(last);
             }
             let mut b = db.batch();
             b.insert(meta, "format", FORMAT.to_be_bytes());
@@ -125,19 +130,34 @@ impl Run<'_> {
         anyhow::bail!("data dir {}: unknown migration phase {phase} in its meta records", dir.display())
     }
 
+    /// The next records of `ks` after the key `after` (from the start: `None`): at
+    /// most `batch` of them and about `PAGE_BYTES`, at least one. Paging from a
+    /// cursor never walks again over what earlier batches deleted.
+    fn page(&self, ks: &Keyspace, after: &Option<Vec<u8>>) -> anyhow::Result<Vec<(fjall::UserKey, fjall::UserValue)>> {
+        let iter = match after {
+            Some(c) => ks.range::<Vec<u8>, _>((Bound::Excluded(c.clone()), Bound::Unbounded)),
+            None => ks.iter(),
+        };
+        let mut page = vec![];
+        let mut bytes = 0;
+        for kv in iter {
+            let (k, v) = kv.into_inner()?;
+            bytes += k.len() + v.len();
+            page.push((k, v));
+            if page.len() >= self.batch || bytes >= PAGE_BYTES {
+                break;
+            }
+        }
+        Ok(page)
+    }
+
     /// Phase 1, from the recorded cursor on: returns how many records it copied.
     fn copy(&mut self, staging: &Keyspace) -> anyhow::Result<u64> {
-        let (db, data, meta) = (self.db, self.data, self.meta);
+        let (db, meta) = (self.db, self.meta);
         let mut cursor: Option<Vec<u8>> = meta.get("migration_cursor")?.map(|c| c.to_vec());
         let mut copied = 0u64;
         loop {
-            let page = match &cursor {
-                Some(c) => data.range::<Vec<u8>, _>((Bound::Excluded(c.clone()), Bound::Unbounded)),
-                None => data.iter(),
-            }
-            .take(self.batch)
-            .map(|kv| kv.into_inner())
-            .collect::<Result<Vec<_>, _>>()?;
+            let page = self.page(self.data, &cursor)?;
             let Some(last) = page.last().map(|(k, _)| k.to_vec()) else { return Ok(copied) };
             let mut b = db.batch();
             for (k, v) in &page {

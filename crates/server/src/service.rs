@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use qkv_core::router::{FORWARD_MARGIN_MS, REQUEST_TIMEOUT_MS_MAX};
 use qkv_core::{Core, CoreConfig, Output, ReqId};
-use qkv_proto::{Error, NodeId, Request, Response, StatsReply};
+use qkv_proto::{AnsweredBy, Error, NodeId, Request, Response, StatsReply};
 use qkv_transport::{Handler, PeerRole, Pool, server};
 use tokio::sync::{Notify, oneshot};
 
@@ -186,11 +186,18 @@ impl Node {
         self.0.isolated.lock().unwrap_or_else(|p| p.into_inner()).contains(&id)
     }
 
+    /// The status reply, from the core's report now.
+    fn status(&self) -> (qkv_proto::StatusReply, usize) {
+        let now = self.now_ms();
+        let core = self.0.core.lock().unwrap_or_else(|p| p.into_inner());
+        let report = core.report(now);
+        let (pending, _) = core.lag_pending();
+        drop(core);
+        (crate::status::status_reply(&report), pending)
+    }
+
     fn stats(&self) -> (qkv_proto::StatusReply, StatsReply) {
-        let (status, (pending, _)) = {
-            let core = self.0.core.lock().unwrap_or_else(|p| p.into_inner());
-            (crate::status::status_reply(&core.report()), core.lag_pending())
-        };
+        let (status, pending) = self.status();
         let base = StatsReply {
             node: status.node,
             uptime_ms: self.now_ms(),
@@ -201,6 +208,30 @@ impl Node {
         };
         let stats = self.0.metrics.stats(&status, base);
         (status, stats)
+    }
+
+    /// A request about the node itself ([`AnsweredBy::Driver`]).
+    fn answer_here(&self, req: Request) -> Response {
+        match req {
+            Request::Fault { isolate } => {
+                if !self.0.fault_injection {
+                    return Response::Error(Error::NotAuthorized("fault injection is disabled on this node".into()));
+                }
+                tracing::warn!(?isolate, "fault injection: cutting off peers");
+                *self.0.isolated.lock().unwrap_or_else(|p| p.into_inner()) = isolate.into_iter().collect();
+                Response::ReplicaAck
+            }
+            Request::Stats => Response::Stats(self.stats().1),
+            Request::Status => Response::Status(self.status().0),
+            Request::Ring { key } => {
+                let placed = self.0.core.lock().unwrap_or_else(|p| p.into_inner()).placement(&key);
+                match placed {
+                    Ok(replicas) => Response::Ring(qkv_proto::RingReply { replicas }),
+                    Err(e) => Response::Error(e),
+                }
+            }
+            other => Response::Error(Error::Internal(format!("the driver has no answer to {other:?}"))),
+        }
     }
 
     /// The Prometheus exposition.
@@ -261,25 +292,9 @@ impl Handler for Node {
         {
             return Response::Error(Error::Unreachable(format!("node {id} is cut off (fault injection)")));
         }
-        if let Request::Fault { isolate } = req {
-            if !self.0.fault_injection {
-                return Response::Error(Error::NotAuthorized("fault injection is disabled on this node".into()));
-            }
-            tracing::warn!(?isolate, "fault injection: cutting off peers");
-            *self.0.isolated.lock().unwrap_or_else(|p| p.into_inner()) = isolate.into_iter().collect();
-            return Response::ReplicaAck;
-        }
-        match req {
-            Request::Stats => Response::Stats(self.stats().1),
-            Request::Status => Response::Status(self.stats().0),
-            Request::Ring { key } => {
-                let placed = self.0.core.lock().unwrap_or_else(|p| p.into_inner()).placement(&key);
-                match placed {
-                    Ok(replicas) => Response::Ring(qkv_proto::RingReply { replicas }),
-                    Err(e) => Response::Error(e),
-                }
-            }
-            req => self.serve(req).await,
+        match req.answered_by() {
+            AnsweredBy::Driver => self.answer_here(req),
+            AnsweredBy::Core => self.serve(req).await,
         }
     }
 }

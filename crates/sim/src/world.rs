@@ -117,7 +117,7 @@ pub struct Counters {
 
 impl Counters {
     fn absorb(&mut self, core: &Core<SharedDisk>) {
-        let s = core.report();
+        let s = core.report(0);
         self.hints_redirected += s.hints.redirected;
         self.hints_expired += s.hints.expired;
         self.tombstones_purged += s.aae.tombstones_purged;
@@ -974,7 +974,7 @@ impl World {
         let mut out = vec![];
         for (&id, n) in &self.nodes {
             let Some(core) = &n.core else { continue };
-            for m in core.report().members {
+            for m in core.report(0).members {
                 if m.node != id && !m.up && self.nodes.get(&m.node).is_some_and(|p| p.core.is_some()) {
                     out.push((id, m.node));
                 }

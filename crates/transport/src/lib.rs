@@ -7,7 +7,7 @@
 //! - [`role`]: node or client, from the peer's certificate.
 //! - [`wire`]: reading and writing one frame on a stream ([`FrameError`]).
 //! - [`pool`]: outgoing requests over pooled connections, redial with backoff
-//!   ([`RequestError`]: unreachable, timed out, dropped, a protocol violation, too large).
+//!   ([`RequestError`]: unreachable, timed out, dropped, a protocol violation, not sendable).
 //! - [`server`]: the accept loop and the [`server::Handler`] trait.
 
 use std::net::SocketAddr;

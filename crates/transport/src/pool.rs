@@ -46,6 +46,9 @@ pub enum RequestError {
         /// What it sent.
         reason: String,
     },
+    /// The request could not be encoded: nothing was sent.
+    #[error("cannot encode the request: {0}; nothing was sent")]
+    Encode(String),
     /// The request is over the frame limit: nothing was sent.
     #[error("the request of {size} bytes is over the frame limit of {max}; nothing was sent")]
     TooLarge {
@@ -71,6 +74,7 @@ impl From<RequestError> for qkv_proto::Error {
     fn from(e: RequestError) -> Self {
         match e {
             RequestError::TooLarge { size, max } => qkv_proto::Error::TooLarge { what: "frame".into(), size, max },
+            RequestError::Encode(m) => qkv_proto::Error::Internal(format!("cannot encode a request: {m}")),
             other => qkv_proto::Error::Unreachable(other.to_string()),
         }
     }
@@ -138,7 +142,7 @@ impl Pool {
             match written {
                 // Refused locally before sending: nothing will come back.
                 Err(FrameError::TooLarge { size, max }) => return Err(RequestError::TooLarge { size, max }),
-                Err(FrameError::Malformed(reason)) => return Err(RequestError::Protocol { addr, reason }),
+                Err(FrameError::Malformed(reason)) => return Err(RequestError::Encode(reason)),
                 _ => {}
             }
             // A peer that refuses a request (e.g. an oversized frame) stops our sending side

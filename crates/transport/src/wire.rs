@@ -29,6 +29,7 @@ impl From<qkv_proto::Error> for FrameError {
     fn from(e: qkv_proto::Error) -> Self {
         match e {
             qkv_proto::Error::TooLarge { size, max, .. } => FrameError::TooLarge { size, max },
+            qkv_proto::Error::BadRequest(m) => FrameError::Malformed(m),
             other => FrameError::Malformed(other.to_string()),
         }
     }

@@ -214,9 +214,19 @@ impl AntiEntropy {
         self.gc.load_record(key, seen, now);
     }
 
-    /// Build the trees and the tombstone list from the store (once, at start).
-    pub fn load<S: Store>(&mut self, store: &S, ring: &Ring, now: u64) -> Result<(), Error> {
-        scan_pages(store, 0, u64::MAX, usize::MAX, |key, set| self.on_write(ring, &key, None, Some(&set), now))
+    /// Build the trees and the tombstone list from the store (once, at start),
+    /// showing `visit` every state on the way.
+    pub fn load<S: Store>(
+        &mut self,
+        store: &S,
+        ring: &Ring,
+        now: u64,
+        mut visit: impl FnMut(&DvvSet),
+    ) -> Result<(), Error> {
+        scan_pages(store, 0, u64::MAX, usize::MAX, |key, set| {
+            visit(&set);
+            self.on_write(ring, &key, None, Some(&set), now)
+        })
     }
 
     /// When a timer is next due (`u64::MAX`: none).

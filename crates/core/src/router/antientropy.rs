@@ -11,9 +11,14 @@ use crate::pace::Pace;
 use crate::ring::token;
 
 impl<S: Store> Core<S> {
-    /// Build the trees and the tombstone list from the store (once, at start).
+    /// Build the trees and the tombstone list from the store (once, at start). A
+    /// stored dot of this node's actor above its lease (a disk gone back to an older
+    /// copy of some records) raises the counter, so it is never minted again.
     pub(super) fn load_trees(&mut self) -> Result<(), Error> {
-        self.aae.load(&self.store, &self.ring, self.now_ms)
+        let (actor, mut counter) = (self.actor, self.counter);
+        self.aae.load(&self.store, &self.ring, self.now_ms, |set| counter = counter.max(set.clock().get(actor)))?;
+        self.counter = counter;
+        Ok(())
     }
 
     /// Exchange step 1, the peer's side.

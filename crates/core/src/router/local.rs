@@ -38,6 +38,9 @@ impl<S: Store> Core<S> {
         if local.is_none() && incoming.siblings().is_empty() {
             return Ok(false);
         }
+        // A dot of this node's actor it does not remember minting (its disk went back
+        // to an older copy): never mint it again.
+        self.counter = self.counter.max(incoming.clock().get(self.actor));
         let Some(new) = replica::merge(local.as_ref(), incoming)? else { return Ok(false) };
         if let Err(e) = self.cfg.limits.check_merged(replica::footprint(local.as_ref()), &new) {
             self.stats.key_merges_refused += 1;
@@ -82,6 +85,7 @@ impl<S: Store> Core<S> {
         if dot.actor == self.actor {
             // (A retry is answered with its first dot, which may be another node's.)
             self.counter = self.counter.max(dot.counter);
+            self.check_minted(dot.counter);
         }
         if self.cfg.bugs().lease_not_durable && self.counter >= self.counter_lease {
             // The old rule: the lease rides with this write's own flush, in the OS buffer only.
@@ -109,13 +113,15 @@ impl<S: Store> Core<S> {
             return true;
         }
         if self.counter.saturating_add(COUNTER_LEASE_STEP / 2) >= self.counter_lease && self.lease_syncs.is_empty() {
-            self.counter_lease = self.counter.saturating_add(COUNTER_LEASE_STEP);
-            match self.store.put_counter_lease(self.counter_lease) {
+            let lease = self.counter.saturating_add(COUNTER_LEASE_STEP);
+            match self.store.put_counter_lease(lease) {
                 Ok(()) => {
+                    self.counter_lease = lease;
                     let token = self.id();
-                    self.lease_syncs.insert(token, self.counter_lease);
+                    self.lease_syncs.insert(token, lease);
                     self.out.push_back(Output::Flush { token, sync: true });
                 }
+                // The next write tries again.
                 Err(e) => tracing::warn!("recording a counter lease: {e}"),
             }
         }

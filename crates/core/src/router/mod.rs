@@ -402,7 +402,12 @@ impl<S: Store> Core<S> {
         if let Some(lease) = self.lease_syncs.remove(&token) {
             match &result {
                 Ok(()) => self.lease_durable = self.lease_durable.max(lease),
-                Err(e) => tracing::warn!("syncing a counter lease: {e}"),
+                Err(e) => {
+                    // Not durable: the next write renews it again (else writes would wait
+                    // for a renewal that never comes).
+                    tracing::warn!("syncing a counter lease: {e}");
+                    self.counter_lease = self.lease_durable;
+                }
             }
             // Writes that waited for it go on (or, if it failed, wait for the next one).
             let waiting: Vec<_> = self.lease_waiters.drain(..).collect();
@@ -502,7 +507,7 @@ impl<S: Store> Core<S> {
         }
     }
 
-    /// Hints dropped past the tombstone grace since start (cheaper than [`Core::status`]).
+    /// Hints dropped past the tombstone grace since start (cheaper than [`Core::report`]).
     pub fn hints_expired(&self) -> u64 {
         self.hints.expired
     }

@@ -154,8 +154,11 @@ impl<S: Store> Core<S> {
         let Some(Op::Inspect { slots, stand_ins, hints, .. }) = self.ops.get_mut(&op_id) else { return };
         if stand_ins.remove(&from) {
             // A stand-in's answer (a failure: it could not say what it holds).
+            // Only valid states: a peer's broken one is dropped here, not passed on.
             if let Ok(Response::Hints(held)) = result {
-                hints.extend(held.into_iter().map(|(owner, set, age)| (from, owner, set, age)));
+                hints.extend(
+                    held.into_iter().filter(|h| h.1.is_valid()).map(|(owner, set, age)| (from, owner, set, age)),
+                );
             }
         } else if let Some(slot) = slots.iter_mut().find(|s| s.0 == from && s.1.is_none()) {
             slot.1 = Some(result.and_then(|r| match r {

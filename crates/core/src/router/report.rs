@@ -64,8 +64,10 @@ pub struct HintsReport {
 }
 
 impl<S: Store> Core<S> {
-    /// What this node reports of itself.
-    pub fn report(&self) -> Report {
+    /// What this node reports of itself at `now_ms` (ages are measured to it).
+    pub fn report(&self, now_ms: u64) -> Report {
+        let now = now_ms.max(self.now_ms);
+        let wall = now + self.wall_offset_ms;
         let own = self.ring.ownership();
         let (count, bytes) = self.hints.totals();
         Report {
@@ -92,9 +94,9 @@ impl<S: Store> Core<S> {
                 redirected: self.hints.redirected,
                 expired: self.hints.expired,
                 limits: self.hints.limits(),
-                owners: self.hints.report(self.now_ms, self.wall_ms(), |o| self.is_up(o)),
+                owners: self.hints.report(now, wall, |o| self.is_up(o)),
             },
-            aae: self.aae.report(self.now_ms),
+            aae: self.aae.report(now),
             key_limits: self.cfg.limits,
         }
     }
