@@ -17,6 +17,7 @@
 //! - [`replica`]: the two ways a key's state changes, and input limits.
 //! - [`liveness`]: the failure detector: pings and gossiped heartbeats.
 //! - [`hints`]: hint limits, sizes, ages and handoff pacing.
+//! - [`handoff`]: hinted handoff: batches to owners, redirects, expiry.
 //! - [`lag`]: time to all replicas: tracks of acked writes and their probes.
 //! - [`merkle`]: anti-entropy hash trees (XOR Merkle trees per range).
 //! - [`antientropy`]: exchanges with peers (initiator, responder), their pace, and
@@ -31,6 +32,7 @@
 pub mod antientropy;
 pub mod gc;
 pub mod get;
+pub mod handoff;
 pub mod hints;
 pub mod lag;
 pub mod liveness;

@@ -27,7 +27,7 @@
 //! - `recent.rs`: recent write ids (retries answered without a second write).
 //! - `read.rs`: gets (strict and sloppy), read repair, inspect.
 //! - `write.rs`: puts, forwarding, stand-in selection, replica writes, hint intake.
-//! - `handoff.rs`: pushing hints to their owners.
+//! - `handoff.rs`: drives [`crate::handoff`] (hints pushed to their owners).
 //! - `gossip.rs`: pings and the failure detector.
 //! - `probes.rs`: the lag tracker's probes ([`crate::lag`]).
 //! - `antientropy.rs`: drives [`crate::antientropy`] (its timers, its exchange, a peer's comparisons).
@@ -122,9 +122,8 @@ enum Op {
     Repair,
     /// A ping in flight.
     Ping { to: NodeId },
-    /// A handoff batch of hints for `owner`: sent to it, or (`redirected`) to another
-    /// home replica of the keys while it stays down.
-    Handoff { owner: NodeId, redirected: bool, items: Vec<(Vec<u8>, DvvSet)> },
+    /// A batch of hints in flight (its state is in `Core::handoff`).
+    Handoff,
     /// The anti-entropy exchange this node started (its state is in `Core::aae`).
     Aae,
     /// An answered write whose remaining replica acks still count for its lag.
@@ -139,6 +138,7 @@ pub struct Core<S> {
     ring: Ring,
     detector: Detector,
     hints: HintIndex,
+    handoff: crate::handoff::Handoff,
     store: S,
     next_id: u64,
     ops: HashMap<OpId, Op>,
@@ -211,6 +211,7 @@ impl<S: Store> Core<S> {
             ring,
             detector,
             hints,
+            handoff: Default::default(),
             store,
             next_id: 1,
             ops: HashMap::new(),
@@ -459,7 +460,7 @@ impl<S: Store> Core<S> {
                 }
             }
             Some(Op::Ping { .. }) => self.ping_response(op_id, result),
-            Some(Op::Handoff { .. }) => self.handoff_response(op_id, result),
+            Some(Op::Handoff) => self.handoff_response(op_id, result),
             Some(Op::Aae) => self.aae_response(op_id, result),
             Some(Op::PutTail { .. }) => self.put_tail_response(op_id, from, result),
             Some(Op::LagProbe { .. }) => self.lag_probe_response(op_id, result),
