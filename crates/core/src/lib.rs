@@ -14,6 +14,7 @@
 //! - [`placement`]: which replicas and stand-ins a write or read asks.
 //! - [`put`]: the write state machine.
 //! - [`get`]: the read state machine, with the read-repair plan.
+//! - [`inspect`]: gathering what every replica and stand-in holds of a key.
 //! - [`replica`]: the two ways a key's state changes, and input limits.
 //! - [`liveness`]: the failure detector: pings and gossiped heartbeats.
 //! - [`hints`]: hint limits, sizes, ages and handoff pacing.
@@ -34,6 +35,7 @@ pub mod gc;
 pub mod get;
 pub mod handoff;
 pub mod hints;
+pub mod inspect;
 pub mod lag;
 pub mod liveness;
 pub mod mem;

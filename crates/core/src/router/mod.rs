@@ -25,7 +25,7 @@
 //! - `interface.rs`: the config, the [`Store`] trait, [`Output`], ids and timing constants.
 //! - `report.rs`: what the node reports of itself ([`Report`]) and a key's placement.
 //! - `recent.rs`: recent write ids (retries answered without a second write).
-//! - `read.rs`: gets (strict and sloppy), read repair, inspect.
+//! - `read.rs`: gets (strict and sloppy), read repair, and drives inspects ([`crate::inspect`]).
 //! - `write.rs`: puts, forwarding, stand-in selection, replica writes, hint intake.
 //! - `handoff.rs`: drives [`crate::handoff`] (hints pushed to their owners).
 //! - `gossip.rs`: pings and the failure detector.
@@ -108,16 +108,8 @@ enum Op {
         /// A batch's items refused (answered with `ReplicaBatchAck` when any).
         refused: Vec<u32>,
     },
-    /// An inspect gathering each home replica's state and the hints others hold.
-    /// Only the home replicas asked fill slots, and only the stand-ins asked answer
-    /// for hints; at `deadline_ms` it answers with what it has.
-    Inspect {
-        req: ReqId,
-        slots: Vec<(NodeId, Option<ReplicaRead>)>,
-        stand_ins: BTreeSet<NodeId>,
-        hints: Vec<(NodeId, NodeId, DvvSet, u64)>,
-        deadline_ms: u64,
-    },
+    /// An inspect ([`crate::inspect`]), answered at its end or at `deadline_ms`.
+    Inspect { req: ReqId, inspect: crate::inspect::InspectOp, deadline_ms: u64 },
     /// A read repair in flight.
     Repair,
     /// A ping in flight.

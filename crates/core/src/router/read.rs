@@ -2,10 +2,11 @@
 //! key's walk, where a stand-in answers from the hints it holds), read repair of
 //! home replicas, and inspect.
 
-use qkv_proto::{Context, DvvSet, Error, GetReply, GetRequest, InspectReply, NodeId, Request, Response, Secret};
+use qkv_proto::{Context, DvvSet, Error, GetReply, GetRequest, NodeId, Request, Response, Secret};
 
 use super::{Core, Op, OpId, ReplicaRead, ReqId, Store, unexpected};
 use crate::get::{GetAction, GetOp};
+use crate::inspect::InspectOp;
 use crate::placement;
 use crate::route::check_available;
 
@@ -129,21 +130,17 @@ impl<S: Store> Core<S> {
         let n = self.ring.n();
         let (me, timeout_ms) = (self.cfg.me, self.cfg.request_timeout_ms);
         let op = self.id();
-        let slots = walk[..n].iter().map(|&id| (id, (id == me).then(|| self.store.get(&key)))).collect();
-        let hints = if walk[n..].contains(&me) {
-            self.hints_for(&key)?.into_iter().map(|(owner, set, age)| (me, owner, set, age)).collect()
-        } else {
-            vec![]
-        };
-        let others: Vec<NodeId> = walk[n..].iter().copied().filter(|&id| id != me).collect();
+        let local_hints = if walk[n..].contains(&me) { self.hints_for(&key)? } else { vec![] };
+        let store = &self.store;
+        let inspect = InspectOp::new(me, &walk[..n], &walk[n..], || store.get(&key), local_hints);
+        let (replicas, stand_ins) = (inspect.replicas_to_ask(me), inspect.stand_ins_to_ask());
         let deadline_ms = self.now_ms + timeout_ms;
         self.deadlines.insert((deadline_ms, op));
-        let stand_ins = others.iter().copied().collect();
-        self.ops.insert(op, Op::Inspect { req, slots, stand_ins, hints, deadline_ms });
-        for &id in walk[..n].iter().filter(|&&id| id != me) {
+        self.ops.insert(op, Op::Inspect { req, inspect, deadline_ms });
+        for id in replicas {
             self.send(op, id, Request::ReplicaGet { key: key.clone() }, timeout_ms);
         }
-        for id in others {
+        for id in stand_ins {
             self.send(op, id, Request::HintGet { key: key.clone() }, timeout_ms);
         }
         self.inspect_done(op);
@@ -151,46 +148,25 @@ impl<S: Store> Core<S> {
     }
 
     pub(super) fn inspect_response(&mut self, op_id: OpId, from: NodeId, result: Result<Response, Error>) {
-        let Some(Op::Inspect { slots, stand_ins, hints, .. }) = self.ops.get_mut(&op_id) else { return };
-        if stand_ins.remove(&from) {
-            // A stand-in's answer (a failure: it could not say what it holds).
-            // Only valid states: a peer's broken one is dropped here, not passed on.
-            if let Ok(Response::Hints(held)) = result {
-                hints.extend(
-                    held.into_iter().filter(|h| h.1.is_valid()).map(|(owner, set, age)| (from, owner, set, age)),
-                );
-            }
-        } else if let Some(slot) = slots.iter_mut().find(|s| s.0 == from && s.1.is_none()) {
-            slot.1 = Some(result.and_then(|r| match r {
-                Response::ReplicaState(s) if s.as_ref().is_none_or(DvvSet::is_valid) => Ok(s),
-                r => Err(unexpected(from, &r)),
-            }));
-        }
+        let Some(Op::Inspect { inspect, .. }) = self.ops.get_mut(&op_id) else { return };
+        inspect.on_answer(from, result);
         self.inspect_done(op_id);
     }
 
-    /// At its deadline an inspect answers with what it has: the slots still empty say so.
+    /// At its deadline an inspect answers with what it has.
     pub(super) fn inspect_deadline(&mut self, op_id: OpId) {
-        let Some(Op::Inspect { slots, stand_ins, .. }) = self.ops.get_mut(&op_id) else { return };
-        for slot in slots.iter_mut().filter(|s| s.1.is_none()) {
-            slot.1 = Some(Err(Error::Unreachable(format!("node {} did not answer in time", slot.0))));
-        }
-        stand_ins.clear();
+        let Some(Op::Inspect { inspect, .. }) = self.ops.get_mut(&op_id) else { return };
+        inspect.expire();
         self.inspect_done(op_id);
     }
 
     fn inspect_done(&mut self, op: OpId) {
-        let Some(Op::Inspect { slots, stand_ins, .. }) = self.ops.get(&op) else { return };
-        if stand_ins.is_empty()
-            && slots.iter().all(|s| s.1.is_some())
-            && let Some(Op::Inspect { req, slots, hints, deadline_ms, .. }) = self.ops.remove(&op)
+        let Some(Op::Inspect { inspect, .. }) = self.ops.get(&op) else { return };
+        if inspect.is_done()
+            && let Some(Op::Inspect { req, inspect, deadline_ms }) = self.ops.remove(&op)
         {
             self.deadlines.remove(&(deadline_ms, op));
-            let replicas = slots
-                .into_iter()
-                .map(|(id, r)| (id, r.unwrap_or_else(|| Err(Error::Unreachable(format!("node {id} did not answer"))))))
-                .collect();
-            self.reply(req, Ok(Response::Inspect(InspectReply { replicas, hints })));
+            self.reply(req, Ok(Response::Inspect(inspect.reply())));
         }
     }
 }
