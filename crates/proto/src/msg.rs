@@ -146,14 +146,13 @@ impl Request {
         }
     }
 
-    /// The DVV sets the request carries: what a sender checks before it encodes
-    /// them (valid, no dot above its lease), so a broken state trips where it was
-    /// made, not where it lands.
-    pub fn states(&self) -> Vec<&DvvSet> {
+    /// Show `f` every DVV set the request carries: what a sender checks before it
+    /// encodes them, so a broken state trips where it was made, not where it lands.
+    pub fn for_each_state(&self, mut f: impl FnMut(&DvvSet)) {
         match self {
-            Request::ReplicaPut { set, .. } | Request::ReplicaHint { set, .. } => vec![set],
-            Request::ReplicaPutBatch { items } => items.iter().map(|i| &i.set).collect(),
-            _ => vec![],
+            Request::ReplicaPut { set, .. } | Request::ReplicaHint { set, .. } => f(set),
+            Request::ReplicaPutBatch { items } => items.iter().for_each(|i| f(&i.set)),
+            _ => {}
         }
     }
 
@@ -182,19 +181,17 @@ impl Request {
 }
 
 impl Response {
-    /// The DVV sets the answer carries (see [`Request::states`]).
-    pub fn states(&self) -> Vec<&DvvSet> {
+    /// Show `f` every DVV set the answer carries (see [`Request::for_each_state`]).
+    pub fn for_each_state(&self, mut f: impl FnMut(&DvvSet)) {
         match self {
-            Response::ReplicaState(s) => s.iter().collect(),
-            Response::Hints(held) => held.iter().map(|h| &h.1).collect(),
-            Response::AaeCompared(c) => c.theirs.iter().map(|t| &t.set).collect(),
-            Response::Inspect(i) => i
-                .replicas
-                .iter()
-                .filter_map(|r| r.1.as_ref().ok().and_then(Option::as_ref))
-                .chain(i.hints.iter().map(|h| &h.2))
-                .collect(),
-            _ => vec![],
+            Response::ReplicaState(Some(s)) => f(s),
+            Response::Hints(held) => held.iter().for_each(|h| f(&h.1)),
+            Response::AaeCompared(c) => c.theirs.iter().for_each(|t| f(&t.set)),
+            Response::Inspect(i) => {
+                i.replicas.iter().filter_map(|r| r.1.as_ref().ok().and_then(Option::as_ref)).for_each(&mut f);
+                i.hints.iter().for_each(|h| f(&h.2));
+            }
+            _ => {}
         }
     }
 }

@@ -303,12 +303,12 @@ impl<S: Store> Core<S> {
 
     fn reply(&mut self, req: ReqId, resp: Result<Response, Error>) {
         let resp = resp.unwrap_or_else(Response::Error);
-        self.check_outgoing(resp.states());
+        resp.for_each_state(|s| self.check_outgoing(s));
         self.out.push_back(Output::Reply { req, resp });
     }
 
     fn send(&mut self, op: OpId, to: NodeId, req: Request, timeout_ms: u64) {
-        self.check_outgoing(req.states());
+        req.for_each_state(|s| self.check_outgoing(s));
         debug_assert!(self.ops.contains_key(&op), "an rpc belongs to an op in flight");
         let rpc = self.id();
         let deadline = self.now_ms + timeout_ms.max(1);
