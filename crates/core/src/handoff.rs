@@ -225,14 +225,17 @@ fn redirect<S: Store, F: Fn(NodeId) -> bool>(env: &mut Env<'_, S, F>, owner: Nod
         }
         match env.store.get_hint(owner, &key) {
             Ok(Some(h)) => {
-                bytes += hint_bytes(&key, h.set.value_bytes());
+                // Within the batch's bytes, as for the owner's own batches (a hint larger
+                // than that goes alone).
+                let b = hint_bytes(&key, h.set.value_bytes());
+                if !items.is_empty() && bytes + b > env.hints.limits().batch_bytes_max {
+                    break;
+                }
+                bytes += b;
                 items.push((key, h.set));
             }
             Ok(None) => env.hints.remove(owner, &key),
             Err(e) => tracing::warn!(owner, "reading a hint: {e}"),
-        }
-        if bytes >= env.hints.limits().batch_bytes_max {
-            break;
         }
     }
     let to = target?;
@@ -272,8 +275,12 @@ mod tests {
 
     impl Node {
         fn new() -> Node {
+            Node::with(HintLimits::default())
+        }
+
+        fn with(limits: HintLimits) -> Node {
             Node {
-                hints: HintIndex::new(HintLimits::default(), 0),
+                hints: HintIndex::new(limits, 0),
                 store: MemStore::default(),
                 ring: Ring::new(&[1, 2, 3], 16, 3).unwrap(),
                 up: [1, 2, 3].into(),
@@ -381,5 +388,28 @@ mod tests {
         n.now = GRACE + 1;
         assert_eq!(n.round(), vec![], "nowhere to go");
         assert_eq!((n.held(), n.hints.expired), (0, 1), "older than the grace: dropped and counted");
+    }
+
+    #[test]
+    fn a_redirected_batch_keeps_within_the_batch_bytes_and_a_larger_hint_goes_alone() {
+        let value = vec![7u8; 400];
+        let one = hint_bytes(b"k0", value.len());
+        let mut n = Node::with(HintLimits { batch_bytes_max: 2 * one + one / 2, ..HintLimits::default() });
+        for i in 0..5 {
+            n.hold(2, format!("k{i}").as_bytes(), &value);
+        }
+        n.up.remove(&2);
+        n.now = GRACE / 2 + 1;
+        let (id, _, batch) = n.round().remove(0);
+        let bytes: u64 = batch.items.iter().map(|(k, s)| hint_bytes(k, s.value_bytes())).sum();
+        assert_eq!((batch.items.len(), bytes), (2, 2 * one), "two fit, a third would overshoot");
+        n.answer(id, Ok(Response::ReplicaAck));
+        let mut m = Node::with(HintLimits { batch_bytes_max: one / 2, ..HintLimits::default() });
+        m.hold(2, b"k0", &value);
+        m.hold(2, b"k1", &value);
+        m.up.remove(&2);
+        m.now = GRACE / 2 + 1;
+        let (_, _, batch) = m.round().remove(0);
+        assert_eq!(batch.items.len(), 1, "a hint past the batch bytes goes alone, never stuck");
     }
 }

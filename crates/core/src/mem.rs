@@ -19,6 +19,8 @@ pub struct MemStore {
     pub counter_lease: u64,
     /// Purged tombstones: key → what they had seen.
     pub purged: BTreeMap<Vec<u8>, Seen>,
+    /// How many of the next counter-lease writes fail (a test's injected I/O error).
+    pub fail_lease_writes: u32,
 }
 
 impl MemStore {
@@ -58,6 +60,10 @@ impl Store for MemStore {
         Ok(self.counter_lease)
     }
     fn put_counter_lease(&mut self, lease: u64) -> Result<(), Error> {
+        if self.fail_lease_writes > 0 {
+            self.fail_lease_writes -= 1;
+            return Err(Error::Storage("injected: writing the counter lease".into()));
+        }
         self.counter_lease = lease;
         Ok(())
     }

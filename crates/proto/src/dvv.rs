@@ -171,6 +171,12 @@ impl Seen {
     pub fn actors(&self) -> usize {
         self.vv.0.len() + self.dots.len()
     }
+
+    /// The highest counter of `actor` seen, in the vector or the dots.
+    pub fn max_counter(&self, actor: Actor) -> u64 {
+        let dots = self.dots.iter().filter(|d| d.actor == actor).map(|d| d.counter);
+        dots.fold(self.vv.get(actor), u64::max)
+    }
 }
 
 /// A sibling: a value, or a tombstone (`None`) left by a delete.
@@ -217,6 +223,12 @@ impl DvvSet {
     /// Everything this state has seen: what a reader of it saw, to pass back with a write.
     pub fn seen(&self) -> Seen {
         Seen { vv: self.clock.clone(), dots: self.cloud.clone() }
+    }
+
+    /// The highest counter of `actor` this state has seen, in its clock or its cloud.
+    pub fn max_counter(&self, actor: Actor) -> u64 {
+        let cloud = self.cloud.iter().filter(|d| d.actor == actor).map(|d| d.counter);
+        cloud.fold(self.clock.get(actor), u64::max)
     }
 
     /// True when this state has seen `dot`.

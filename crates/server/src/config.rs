@@ -300,7 +300,8 @@ impl Config {
         if h.rate_bytes_per_s == 0 || h.batch_bytes_max == 0 {
             bail!("hints.rate_bytes_per_s and hints.batch_bytes_max must be positive");
         }
-        // A batch (and one state past it) must fit in a frame, or no handoff ever lands.
+        // A batch (within batch_bytes_max, or one state alone, which the frame limit
+        // covers twice) must fit in a frame, or no handoff ever lands.
         let batch_max = self.frame_bytes_max() / 2;
         if h.batch_bytes_max as usize > batch_max {
             bail!("hints.batch_bytes_max must be at most {batch_max} (half the frame limit these limits give)");

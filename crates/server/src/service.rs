@@ -71,6 +71,9 @@ impl Node {
         let wall_ms =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let core = Core::new(core_cfg, StoreHandle(storage.clone()), 0, wall_ms)?;
+        if cfg.fault_injection {
+            tracing::warn!("fault_injection is on: any node certificate may cut this node off (tests only)");
+        }
         Ok(Node(Arc::new(Inner {
             core: Mutex::new(core),
             storage,

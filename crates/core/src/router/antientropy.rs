@@ -13,12 +13,16 @@ use crate::ring::token;
 impl<S: Store> Core<S> {
     /// Build the trees and the tombstone list from the store (once, at start). A
     /// stored dot of this node's actor above its lease (a disk gone back to an older
-    /// copy of some records) raises the counter, so it is never minted again.
-    pub(super) fn load_trees(&mut self) -> Result<(), Error> {
-        let (actor, mut counter) = (self.actor, self.counter);
-        self.aae.load(&self.store, &self.ring, self.now_ms, |set| counter = counter.max(set.clock().get(actor)))?;
-        self.counter = counter;
-        Ok(())
+    /// copy of some records), there or in `purged_own` (the highest in the purged
+    /// tombstones' records), raises the counter, so it is never minted again.
+    pub(super) fn load_trees(&mut self, purged_own: u64) -> Result<(), Error> {
+        let (actor, mut highest) = (self.actor, purged_own);
+        self.aae.load(&self.store, &self.ring, self.now_ms, |set| highest = highest.max(set.max_counter(actor)))?;
+        self.saw_own_counter(highest).map_err(|c| {
+            Error::Storage(format!(
+                "a stored state names {c}: the data dir is damaged (restore it or replace the node)"
+            ))
+        })
     }
 
     /// Exchange step 1, the peer's side.

@@ -157,8 +157,8 @@ pub enum StartError {
     /// The config asks for deliberate bugs in a build without `bug-variants`.
     #[error("deliberate bugs need a build with the bug-variants feature")]
     BugsNotBuilt,
-    /// The hints could not be listed.
-    #[error("reading hints: {0}")]
+    /// The store could not be read at start (hints, tombstones, the counter lease, the states).
+    #[error("reading the store: {0}")]
     Store(#[from] Error),
 }
 

@@ -154,8 +154,9 @@ pub struct Core<S> {
     lease_durable: u64,
     /// Sync flushes in flight, with the lease each makes durable.
     lease_syncs: HashMap<u64, u64>,
-    /// Client writes waiting for the lease's sync before they mint a dot.
-    lease_waiters: VecDeque<(ReqId, qkv_proto::PutRequest)>,
+    /// Client writes waiting for the lease's sync before they mint a dot, each with
+    /// the time it gives up.
+    lease_waiters: VecDeque<(u64, ReqId, qkv_proto::PutRequest)>,
     /// Writes this node coordinated recently, by write id: a retry that arrives after
     /// its write was overwritten is answered with it instead of writing it again.
     recent_writes: RecentWrites,
@@ -179,6 +180,17 @@ pub const LEASE_WAITERS_MAX: usize = 4096;
 /// sync of their own, so in the steady state no write waits.
 pub const COUNTER_LEASE_STEP: u64 = 10_000;
 
+/// How far above the counter this node minted a counter of its own actor that
+/// another replica, a context or the disk names may be. A disk that went back to an
+/// older copy loses at most what was minted since; 2^40 is years of writes. A state
+/// past it is corrupt or forged and is refused, so it cannot push the lease so far
+/// up that it saturates and no write mints a dot again.
+pub const OWN_COUNTER_JUMP_MAX: u64 = 1 << 40;
+
+/// The highest counter of its own actor a node accepts or mints (far below `u64::MAX`,
+/// so a dot's `counter + 1` and the lease's step never overflow).
+pub const OWN_COUNTER_MAX: u64 = 1 << 62;
+
 impl<S: Store> Core<S> {
     /// A node at monotonic time `now_ms` and wall-clock time `wall_ms`; every peer starts as up.
     pub fn new(cfg: CoreConfig, store: S, now_ms: u64, wall_ms: u64) -> Result<Self, StartError> {
@@ -192,12 +204,18 @@ impl<S: Store> Core<S> {
         for h in store.scan_hints()? {
             hints.record(h.owner, &h.key, h.bytes, h.created_ms);
         }
+        let actor = qkv_proto::actor(cfg.me, cfg.epoch);
         let mut aae = AntiEntropy::new(cfg.aae, &ring, cfg.me, now_ms);
+        let mut purged_own = 0;
         for (key, seen) in store.scan_purged()? {
+            purged_own = purged_own.max(seen.max_counter(actor));
             aae.load_purged(&key, seen, now_ms);
         }
         let counter = store.counter_lease()?;
-        let actor = qkv_proto::actor(cfg.me, cfg.epoch);
+        if counter > OWN_COUNTER_MAX {
+            let e = format!("the counter lease {counter} is past {OWN_COUNTER_MAX}: the data dir is damaged");
+            return Err(StartError::Store(Error::Storage(e)));
+        }
         let mut core = Core {
             cfg,
             ring,
@@ -228,7 +246,7 @@ impl<S: Store> Core<S> {
             lease_waiters: VecDeque::new(),
             recent_writes: RecentWrites::default(),
         };
-        core.load_trees()?;
+        core.load_trees(purged_own)?;
         Ok(core)
     }
 
@@ -269,7 +287,8 @@ impl<S: Store> Core<S> {
     pub fn poll_timeout(&self) -> u64 {
         let ops = self.deadlines.first().map_or(u64::MAX, |d| d.0);
         let rpcs = self.rpc_deadlines.first().map_or(u64::MAX, |d| d.0);
-        ops.min(rpcs).min(self.next_ping_ms).min(self.next_handoff_ms).min(self.aae.next_wakeup_ms())
+        let leases = self.lease_waiters.iter().map(|w| w.0).min().unwrap_or(u64::MAX);
+        ops.min(rpcs).min(leases).min(self.next_ping_ms).min(self.next_handoff_ms).min(self.aae.next_wakeup_ms())
     }
 
     /// Time-to-all-replicas samples (ms) since the last call; the driver records them.
@@ -404,8 +423,8 @@ impl<S: Store> Core<S> {
             }
             // Writes that waited for it go on (or, if it failed, wait for the next one).
             let waiting: Vec<_> = self.lease_waiters.drain(..).collect();
-            for (req, p) in waiting {
-                match self.start_put(req, p) {
+            for (give_up_ms, req, p) in waiting {
+                match self.start_put_by(req, p, Some(give_up_ms)) {
                     Ok(Some(resp)) => self.reply(req, Ok(resp)),
                     Ok(None) => {}
                     Err(e) => self.reply(req, Err(e)),
@@ -479,6 +498,7 @@ impl<S: Store> Core<S> {
             let to = self.rpcs.get(&rpc).map_or(0, |r| r.1);
             self.handle_response(now_ms, rpc, Err(Error::Unreachable(format!("node {to} did not answer in time"))));
         }
+        self.expire_lease_waiters();
         if now_ms >= self.next_ping_ms {
             self.next_ping_ms = now_ms + self.cfg.ping_interval_ms;
             self.ping_round();

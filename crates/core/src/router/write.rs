@@ -15,8 +15,22 @@ use crate::route::{WriteRoute, check_available, route_write};
 
 impl<S: Store> Core<S> {
     pub(super) fn start_put(&mut self, req: ReqId, p: PutRequest) -> Result<Option<Response>, Error> {
+        self.start_put_by(req, p, None)
+    }
+
+    /// A put, started now or again after waiting for the counter lease until at most
+    /// `give_up_ms` (then it has the rest of its time).
+    pub(super) fn start_put_by(
+        &mut self,
+        req: ReqId,
+        p: PutRequest,
+        give_up_ms: Option<u64>,
+    ) -> Result<Option<Response>, Error> {
+        let mut p = p;
         self.cfg.limits.check(&p.key, p.value.as_deref())?;
         let timeout_ms = self.timeout_ms(p.timeout_ms)?;
+        let give_up_ms = give_up_ms.unwrap_or(self.now_ms + timeout_ms);
+        let timeout_ms = give_up_ms.saturating_sub(self.now_ms).max(1);
         let n = self.ring.n();
         p.w.required(n)?;
         let home = self.ring.preference_list(&p.key).to_vec();
@@ -32,15 +46,18 @@ impl<S: Store> Core<S> {
         let needed = check_available(p.w, n, alive)?;
         // A context is untrusted input: only one the cluster issued for this key may delete siblings.
         let seen = p.context.verify(&self.cfg.secret, &p.key)?.clone();
-        if !self.lease_ready(&seen) {
+        let minted = match self.lease_ready(&seen)? {
+            true => self.coordinate_write(&p.key, &seen, &mut p.value, p.write_id)?,
+            false => None,
+        };
+        let Some((set, ctx, dot)) = minted else {
             // No dot is minted above the durable lease: wait for the lease's sync (a few ms).
             if self.lease_waiters.len() >= LEASE_WAITERS_MAX {
                 return Err(Error::Storage(format!("{LEASE_WAITERS_MAX} writes are waiting for a counter lease")));
             }
-            self.lease_waiters.push_back((req, p));
+            self.lease_waiters.push_back((give_up_ms, req, p));
             return Ok(None);
-        }
-        let (set, ctx, dot) = self.coordinate_write(&p.key, &seen, p.value, p.write_id)?;
+        };
         let op = self.id();
         debug_assert!(dot.actor != self.actor || dot.counter <= self.lease_durable, "no dot above the durable lease");
         let pending = PendingPut { req, key: p.key, set, ctx, dot, needed, timeout_ms, strict };
