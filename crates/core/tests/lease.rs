@@ -231,3 +231,33 @@ fn a_write_waiting_for_a_lease_sync_that_never_ends_times_out() {
     );
     assert!(core.store().value(b"k").is_none());
 }
+
+/// In a handoff batch, such a state is refused alone: the others are taken.
+#[test]
+fn an_implausible_state_in_a_batch_is_refused_alone() {
+    let mut core = lone_core(Mem::default());
+    let good = clouded(3, Some(b"fine"));
+    let items = vec![
+        qkv_proto::KeyState { key: b"good".to_vec(), set: good.clone() },
+        qkv_proto::KeyState { key: b"bad".to_vec(), set: clouded(1 << 50, Some(b"x")) },
+    ];
+    core.handle_request(0, 1, Request::ReplicaPutBatch { items });
+    let r = settle(&mut core, |_| Ok(()));
+    assert_eq!(r, vec![Response::ReplicaBatchAck { refused: vec![1] }]);
+    assert_eq!(core.store().value(b"good"), Some(&good));
+    assert!(core.store().value(b"bad").is_none());
+}
+
+/// A node whose actor reached the highest counter it may mint refuses writes with a
+/// clear error (never minting past it, which its peers would refuse), and a lease
+/// recorded a step past it still starts.
+#[test]
+fn an_actor_at_its_last_counter_refuses_writes_and_still_starts() {
+    let max = qkv_core::router::OWN_COUNTER_MAX;
+    let mut core = lone_core(Mem { counter_lease: max, ..Mem::default() });
+    core.handle_request(0, 1, put("k", "v", Context::empty()));
+    let r = settle(&mut core, |_| Ok(()));
+    assert!(matches!(&r[..], [Response::Error(Error::Storage(m))] if m.contains("replace it")), "{r:?}");
+    let lease = max + qkv_core::router::COUNTER_LEASE_STEP;
+    assert!(Core::new(config(), Mem { counter_lease: lease, ..Mem::default() }, 0, 1_000_000).is_ok());
+}

@@ -276,9 +276,10 @@ impl Exchange {
                     host.repaired(1);
                 }
                 Ok(false) => {}
-                Err(e @ Error::KeyFull { .. }) => {
-                    // One key past twice the per-key limit: repair the rest; the exchange
-                    // then does not confirm the range, so its tombstones wait.
+                Err(e @ (Error::KeyFull { .. } | Error::Protocol(_))) => {
+                    // One key past twice the per-key limit, or a state this node refuses
+                    // (naming an implausible counter of its actor): repair the rest; the
+                    // exchange then does not confirm the range, so its tombstones wait.
                     tracing::warn!(
                         key = %String::from_utf8_lossy(&it.key[..it.key.len().min(64)]),
                         "anti-entropy skips a key: {e}"

@@ -4,9 +4,9 @@
 
 use std::collections::VecDeque;
 
-use qkv_proto::{Context, Dot, DvvSet, Error, Seen};
+use qkv_proto::{Context, Dot, DvvSet, Error, PutRequest, Seen};
 
-use super::{COUNTER_LEASE_STEP, Core, OWN_COUNTER_JUMP_MAX, OWN_COUNTER_MAX, Output, Store};
+use super::{COUNTER_LEASE_STEP, Core, OWN_COUNTER_JUMP_MAX, OWN_COUNTER_MAX, Output, ReqId, Store};
 use crate::merkle::digest;
 use crate::replica;
 
@@ -143,6 +143,10 @@ impl<S: Store> Core<S> {
     pub(super) fn lease_ready(&mut self, seen: &Seen) -> Result<bool, Error> {
         self.saw_own_counter(seen.max_counter(self.actor))
             .map_err(|c| Error::BadRequest(format!("the context names {c}: refused")))?;
+        if self.counter >= OWN_COUNTER_MAX {
+            let e = format!("node {} minted every counter its actor may ({OWN_COUNTER_MAX}): replace it", self.cfg.me);
+            return Err(Error::Storage(e));
+        }
         if self.cfg.bugs().lease_not_durable {
             return Ok(true);
         }
@@ -167,16 +171,146 @@ impl<S: Store> Core<S> {
 
     /// Writes that waited for the lease past their time give up: nothing was written.
     pub(super) fn expire_lease_waiters(&mut self) {
-        if self.lease_waiters.iter().all(|w| w.0 > self.now_ms) {
-            return;
+        for req in self.lease_waiters.expire(self.now_ms) {
+            self.reply(req, Err(lease_wait_expired()));
         }
-        let now = self.now_ms;
-        let (expired, waiting): (VecDeque<_>, _) =
-            std::mem::take(&mut self.lease_waiters).into_iter().partition(|w| w.0 <= now);
-        self.lease_waiters = waiting;
-        for (_, req, _) in expired {
-            let e = "the counter lease's sync did not finish in time; nothing was written";
-            self.reply(req, Err(Error::Storage(e.into())));
+    }
+}
+
+/// The answer to a write whose wait for the counter lease ran out.
+pub(super) fn lease_wait_expired() -> Error {
+    Error::Storage("the counter lease's sync did not finish in time; nothing was written".into())
+}
+
+/// Client writes waiting for the counter lease's sync before they mint a dot, each
+/// with the time it gives up (at most [`super::LEASE_WAITERS_MAX`]).
+#[derive(Debug, Default)]
+pub(super) struct LeaseWaiters {
+    queue: VecDeque<(u64, ReqId, PutRequest)>,
+    /// The earliest give-up time in the queue (`u64::MAX`: none), so the driver's
+    /// frequent `poll_timeout` does not scan it.
+    due_ms: u64,
+}
+
+impl LeaseWaiters {
+    pub(super) fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub(super) fn push(&mut self, give_up_ms: u64, req: ReqId, p: PutRequest) {
+        self.due_ms = if self.queue.is_empty() { give_up_ms } else { self.due_ms.min(give_up_ms) };
+        self.queue.push_back((give_up_ms, req, p));
+    }
+
+    /// When the next waiter gives up.
+    pub(super) fn due_ms(&self) -> u64 {
+        if self.queue.is_empty() { u64::MAX } else { self.due_ms }
+    }
+
+    /// Every waiter, to start again.
+    pub(super) fn take(&mut self) -> VecDeque<(u64, ReqId, PutRequest)> {
+        std::mem::take(&mut self.queue)
+    }
+
+    /// Remove the waiters due at `now`; returns their requests.
+    fn expire(&mut self, now: u64) -> Vec<ReqId> {
+        if self.due_ms() > now {
+            return vec![];
         }
+        let (expired, waiting): (VecDeque<_>, _) = self.take().into_iter().partition(|w| w.0 <= now);
+        self.queue = waiting;
+        self.due_ms = self.queue.iter().map(|w| w.0).min().unwrap_or(u64::MAX);
+        expired.into_iter().map(|w| w.1).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use qkv_proto::{Dot, DvvSet, Level, Request, Response};
+
+    use super::super::{Core, CoreConfig, Output};
+    use crate::mem::MemStore;
+
+    fn core() -> Core<MemStore> {
+        let cfg = CoreConfig {
+            me: 1,
+            incarnation: 1,
+            hints: Default::default(),
+            members: vec![(1, "node1".into())],
+            n: 1,
+            vnodes: 16,
+            limits: Default::default(),
+            request_timeout_ms: 1000,
+            ping_interval_ms: 100,
+            down_after_ms: 300,
+            epoch: 1,
+            aae: Default::default(),
+            secret: qkv_proto::Secret([3; qkv_proto::context::SECRET_BYTES]),
+            bugs: Default::default(),
+        };
+        Core::new(cfg, MemStore::default(), 0, 1_000_000).unwrap()
+    }
+
+    fn put(key: &str) -> Request {
+        Request::Put(qkv_proto::PutRequest {
+            key: key.into(),
+            value: Some(b"v".to_vec()),
+            context: qkv_proto::Context::empty(),
+            w: Level::One,
+            strict: false,
+            timeout_ms: None,
+            forwarded: false,
+            write_id: None,
+        })
+    }
+
+    /// Outputs until quiet, flushes completing at `now`; sync flushes are held (returned) unless `sync_ok`.
+    fn settle(core: &mut Core<MemStore>, now: u64, sync_ok: bool) -> (Vec<Response>, Vec<u64>) {
+        let (mut replies, mut held) = (vec![], vec![]);
+        while let Some(o) = core.poll_output() {
+            match o {
+                Output::Flush { token, sync: true } if !sync_ok => held.push(token),
+                Output::Flush { token, .. } => core.handle_flushed(now, token, Ok(())),
+                Output::Reply { resp, .. } => replies.push(resp),
+                Output::Send { .. } => panic!("a lone node sends nothing"),
+            }
+        }
+        (replies, held)
+    }
+
+    /// A stored state naming a counter of this actor above the counter (one the
+    /// start-up scan did not see): the write waits for a lease renewed above it, and
+    /// is not left with no sync to wake it.
+    #[test]
+    fn a_stored_counter_above_the_lease_renews_it_and_the_write_goes_on() {
+        let mut c = core();
+        c.handle_request(0, 1, put("a"));
+        assert!(matches!(settle(&mut c, 0, true).0[..], [Response::Put(_)]));
+        let far = c.lease_durable + 5;
+        let mut set = DvvSet::new();
+        let me = c.actor;
+        set.apply(&qkv_proto::Seen::new(), Some(b"x".to_vec()), Dot { actor: me, counter: far }, None);
+        assert!(set.max_counter(me) == far && set.is_valid(), "{set:?}");
+        crate::router::Store::put(&mut c.store, b"k", &set).unwrap();
+        c.handle_request(0, 2, put("k"));
+        let (replies, _) = settle(&mut c, 0, true);
+        assert!(matches!(replies[..], [Response::Put(_)]), "{replies:?}");
+        assert!(c.store.value(b"k").unwrap().max_counter(me) > far, "minted above the stored counter");
+    }
+
+    /// A write whose lease sync ends after it gave up writes nothing, even before its
+    /// expiry runs.
+    #[test]
+    fn a_waiter_woken_after_its_time_writes_nothing() {
+        let mut c = core();
+        c.handle_request(0, 1, put("k"));
+        let (replies, held) = settle(&mut c, 0, false);
+        assert!(replies.is_empty() && held.len() == 1, "{replies:?} {held:?}");
+        c.handle_flushed(5_000, held[0], Ok(()));
+        let (replies, _) = settle(&mut c, 5_000, true);
+        assert!(
+            matches!(&replies[..], [Response::Error(qkv_proto::Error::Storage(m))] if m.contains("nothing was written"))
+        );
+        assert!(c.store.value(b"k").is_none());
     }
 }

@@ -154,9 +154,8 @@ pub struct Core<S> {
     lease_durable: u64,
     /// Sync flushes in flight, with the lease each makes durable.
     lease_syncs: HashMap<u64, u64>,
-    /// Client writes waiting for the lease's sync before they mint a dot, each with
-    /// the time it gives up.
-    lease_waiters: VecDeque<(u64, ReqId, qkv_proto::PutRequest)>,
+    /// Client writes waiting for the lease's sync before they mint a dot.
+    lease_waiters: local::LeaseWaiters,
     /// Writes this node coordinated recently, by write id: a retry that arrives after
     /// its write was overwritten is answered with it instead of writing it again.
     recent_writes: RecentWrites,
@@ -212,7 +211,8 @@ impl<S: Store> Core<S> {
             aae.load_purged(&key, seen, now_ms);
         }
         let counter = store.counter_lease()?;
-        if counter > OWN_COUNTER_MAX {
+        // (A node mints up to OWN_COUNTER_MAX, and leases a step past what it minted.)
+        if counter > OWN_COUNTER_MAX + COUNTER_LEASE_STEP {
             let e = format!("the counter lease {counter} is past {OWN_COUNTER_MAX}: the data dir is damaged");
             return Err(StartError::Store(Error::Storage(e)));
         }
@@ -243,7 +243,7 @@ impl<S: Store> Core<S> {
             // The driver makes the store durable when it opens it.
             lease_durable: counter,
             lease_syncs: HashMap::new(),
-            lease_waiters: VecDeque::new(),
+            lease_waiters: Default::default(),
             recent_writes: RecentWrites::default(),
         };
         core.load_trees(purged_own)?;
@@ -287,7 +287,7 @@ impl<S: Store> Core<S> {
     pub fn poll_timeout(&self) -> u64 {
         let ops = self.deadlines.first().map_or(u64::MAX, |d| d.0);
         let rpcs = self.rpc_deadlines.first().map_or(u64::MAX, |d| d.0);
-        let leases = self.lease_waiters.iter().map(|w| w.0).min().unwrap_or(u64::MAX);
+        let leases = self.lease_waiters.due_ms();
         ops.min(rpcs).min(leases).min(self.next_ping_ms).min(self.next_handoff_ms).min(self.aae.next_wakeup_ms())
     }
 
@@ -422,7 +422,7 @@ impl<S: Store> Core<S> {
                 }
             }
             // Writes that waited for it go on (or, if it failed, wait for the next one).
-            let waiting: Vec<_> = self.lease_waiters.drain(..).collect();
+            let waiting = self.lease_waiters.take();
             for (give_up_ms, req, p) in waiting {
                 match self.start_put_by(req, p, Some(give_up_ms)) {
                     Ok(Some(resp)) => self.reply(req, Ok(resp)),

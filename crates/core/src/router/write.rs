@@ -29,6 +29,11 @@ impl<S: Store> Core<S> {
         let mut p = p;
         self.cfg.limits.check(&p.key, p.value.as_deref())?;
         let timeout_ms = self.timeout_ms(p.timeout_ms)?;
+        // A write that waited for the lease past its time writes nothing (its expiry,
+        // due now, has not run yet).
+        if give_up_ms.is_some_and(|t| t <= self.now_ms) {
+            return Err(super::local::lease_wait_expired());
+        }
         let give_up_ms = give_up_ms.unwrap_or(self.now_ms + timeout_ms);
         let timeout_ms = give_up_ms.saturating_sub(self.now_ms).max(1);
         let n = self.ring.n();
@@ -51,11 +56,14 @@ impl<S: Store> Core<S> {
             false => None,
         };
         let Some((set, ctx, dot)) = minted else {
-            // No dot is minted above the durable lease: wait for the lease's sync (a few ms).
+            // No dot is minted above the durable lease: wait for the lease's sync (a few
+            // ms). The stored state may have raised the counter past the lease: renew it
+            // (unless a sync is in flight, which wakes every waiter when it ends).
+            self.lease_ready(&seen)?;
             if self.lease_waiters.len() >= LEASE_WAITERS_MAX {
                 return Err(Error::Storage(format!("{LEASE_WAITERS_MAX} writes are waiting for a counter lease")));
             }
-            self.lease_waiters.push_back((give_up_ms, req, p));
+            self.lease_waiters.push(give_up_ms, req, p);
             return Ok(None);
         };
         let op = self.id();
@@ -245,9 +253,10 @@ impl<S: Store> Core<S> {
         for (i, it) in items.into_iter().enumerate() {
             match self.cfg.limits.check(&it.key, None).and_then(|()| self.merge_in(&it.key, &it.set)) {
                 Ok(_) => {}
-                // Past the merge limit here, or a key longer than this node takes (a
-                // config that differs between nodes): refused alone.
-                Err(e @ (Error::KeyFull { .. } | Error::TooLarge { .. })) => {
+                // Past the merge limit here, a key longer than this node takes (a
+                // config that differs between nodes), or a state this node refuses
+                // (naming an implausible counter of its actor): refused alone.
+                Err(e @ (Error::KeyFull { .. } | Error::TooLarge { .. } | Error::Protocol(_))) => {
                     tracing::warn!(
                         key = %String::from_utf8_lossy(&it.key[..it.key.len().min(64)]),
                         "a batch item is refused: {e}"
