@@ -37,6 +37,7 @@ pub mod handoff;
 pub mod hints;
 pub mod inspect;
 pub mod lag;
+pub mod layout;
 pub mod liveness;
 pub mod mem;
 pub mod merkle;

@@ -32,10 +32,22 @@ impl BuildHasher for StableHasher {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct VNode {
-    node: NodeId,
-    index: u32,
+/// A virtual node's label: its position on the ring is the hash of the label.
+/// A label keeps its position when its owner changes (a replaced node's new
+/// owner takes its labels, and with them exactly its ranges).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct VNode {
+    /// The node the label was made for (not necessarily its owner now).
+    pub node: NodeId,
+    /// Which of that node's labels.
+    pub index: u32,
+}
+
+impl VNode {
+    /// The label's token: where on the ring its arc ends.
+    pub fn token(&self) -> u64 {
+        StableHasher.hash_one(self)
+    }
 }
 
 /// A ring configuration that cannot be built.
@@ -59,12 +71,16 @@ pub enum RingError {
     /// The same node id twice.
     #[error("node id {0} appears twice")]
     DuplicateNode(NodeId),
+    /// The same vnode label twice, or too many for one node.
+    #[error("bad vnode labels: {0}")]
+    BadLabels(String),
 }
 
 /// The ring: who holds which keys.
 #[derive(Clone)]
 pub struct Ring {
     ring: HashRing<VNode, StableHasher>,
+    /// Each label's walk: its owner first, then the other distinct owners clockwise.
     walks: HashMap<VNode, Vec<NodeId>>,
     /// Each vnode's token and share of the hash space, for ownership reports.
     arcs: Vec<(VNode, u64)>,
@@ -83,11 +99,9 @@ pub fn token(key: &[u8]) -> u64 {
 }
 
 impl Ring {
-    /// Build a ring of `members` with `vnodes` tokens each and replication factor `n`.
+    /// Build a ring of `members` with `vnodes` tokens each and replication factor `n`:
+    /// node `m` owns the labels `(m, 0..vnodes)` (the placement of every release so far).
     pub fn new(members: &[NodeId], vnodes: u32, n: usize) -> Result<Ring, RingError> {
-        if n == 0 {
-            return Err(RingError::ZeroReplication);
-        }
         if vnodes == 0 || vnodes > VNODES_MAX {
             return Err(RingError::BadVnodes(vnodes));
         }
@@ -96,22 +110,52 @@ impl Ring {
             let dup = members.iter().find(|m| members.iter().filter(|x| x == m).count() > 1);
             return Err(RingError::DuplicateNode(*dup.unwrap_or(&0)));
         }
+        let labels: Vec<(VNode, NodeId)> =
+            members.iter().flat_map(|&node| (0..vnodes).map(move |index| (VNode { node, index }, node))).collect();
+        let mut ids: Vec<NodeId> = members.to_vec();
+        ids.sort_unstable();
+        let fingerprint = StableHasher.hash_one((&ids, vnodes, n));
+        Self::build(&labels, n, vnodes, fingerprint)
+    }
+
+    /// Build a ring from explicit labels and their owners (a cluster layout).
+    pub fn from_labels(labels: &[(VNode, NodeId)], n: usize) -> Result<Ring, RingError> {
+        let mut sorted = labels.to_vec();
+        sorted.sort_unstable();
+        if sorted.windows(2).any(|w| w[0].0 == w[1].0) {
+            return Err(RingError::BadLabels("a label appears twice".into()));
+        }
+        let mut per_node: BTreeMap<NodeId, u32> = BTreeMap::new();
+        for l in &sorted {
+            *per_node.entry(l.1).or_default() += 1;
+        }
+        let most = per_node.values().copied().max().unwrap_or(0);
+        if most > VNODES_MAX {
+            return Err(RingError::BadLabels(format!("a node owns {most} labels, more than {VNODES_MAX}")));
+        }
+        let fingerprint = StableHasher.hash_one((&sorted, n));
+        Self::build(&sorted, n, most, fingerprint)
+    }
+
+    fn build(labels: &[(VNode, NodeId)], n: usize, vnodes: u32, fingerprint: u64) -> Result<Ring, RingError> {
+        if n == 0 {
+            return Err(RingError::ZeroReplication);
+        }
+        let members: BTreeSet<NodeId> = labels.iter().map(|l| l.1).collect();
         if members.len() < n {
             return Err(RingError::TooFewNodes { n, nodes: members.len() });
         }
-        let all: Vec<VNode> =
-            members.iter().flat_map(|&node| (0..vnodes).map(move |index| VNode { node, index })).collect();
         let mut ring = HashRing::with_hasher(StableHasher);
-        ring.batch_add(all.clone());
+        ring.batch_add(labels.iter().map(|l| l.0).collect());
 
-        let mut tokens: Vec<(u64, VNode)> = all.iter().map(|v| (StableHasher.hash_one(v), *v)).collect();
-        tokens.sort_by_key(|(t, _)| *t);
+        let mut tokens: Vec<(u64, VNode, NodeId)> = labels.iter().map(|&(v, owner)| (v.token(), v, owner)).collect();
+        tokens.sort_by_key(|(t, v, _)| (*t, *v));
         let mut walks = HashMap::with_capacity(tokens.len());
         let mut arcs = Vec::with_capacity(tokens.len());
         for i in 0..tokens.len() {
             let mut walk = Vec::with_capacity(members.len());
             for j in 0..tokens.len() {
-                let node = tokens[(i + j) % tokens.len()].1.node;
+                let node = tokens[(i + j) % tokens.len()].2;
                 if !walk.contains(&node) {
                     walk.push(node);
                     if walk.len() == members.len() {
@@ -126,16 +170,13 @@ impl Ring {
         }
         let arc_homes = tokens
             .iter()
-            .map(|(_, v)| {
+            .map(|(_, v, _)| {
                 let mut home = walks[v][..n].to_vec();
                 home.sort_unstable();
                 home
             })
             .collect();
-        let mut ids: Vec<NodeId> = members.to_vec();
-        ids.sort_unstable();
-        let fingerprint = StableHasher.hash_one((&ids, vnodes, n));
-        let tokens = tokens.iter().map(|(t, _)| *t).collect();
+        let tokens = tokens.iter().map(|(t, _, _)| *t).collect();
         Ok(Ring { ring, walks, arcs, tokens, arc_homes, n, vnodes, fingerprint })
     }
 
