@@ -43,9 +43,12 @@ impl Cluster {
             me,
             incarnation: 1,
             hints: HintLimits { owner_bytes_max: 4096, ..HintLimits::default() },
-            members: (1..=nodes).map(|i| (i, format!("node{i}"))).collect(),
-            n,
-            vnodes: 16,
+            layout: qkv_core::layout::Layout::legacy(
+                &(1..=nodes).map(|i| (i, format!("node{i}"))).collect::<Vec<_>>(),
+                16,
+                n,
+            )
+            .unwrap(),
             limits: Limits { key_bytes_max: 1024, value_bytes_max: 1024, ..Limits::default() },
             request_timeout_ms: 1000,
             ping_interval_ms: 100,

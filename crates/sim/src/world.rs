@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::rc::Rc;
 
 use qkv_core::hints::HintLimits;
+use qkv_core::layout::Layout;
 use qkv_core::replica::Limits;
 use qkv_core::{AaeConfig, Bugs, Core, CoreConfig, Output, Ring};
 use qkv_proto::{Dot, DvvSet, NodeId, Request, Response, Seen};
@@ -268,6 +269,8 @@ pub struct World {
     reliable: bool,
     history: History,
     counters: Counters,
+    /// The cluster layout every node runs on.
+    layout: Layout,
     ring: Ring,
     destroyed: BTreeSet<Dot>,
     wipes: Vec<(NodeId, u64)>,
@@ -283,7 +286,15 @@ impl World {
     pub fn new(seed: u64, cfg: SimConfig) -> World {
         let mut rng = StdRng::seed_from_u64(seed);
         let ids: Vec<NodeId> = (1..=cfg.nodes as NodeId).collect();
-        let ring = Ring::new(&ids, 16, cfg.n).expect("valid sim ring");
+        // Half the seeds place keys as every release before layouts did (16 random
+        // vnodes per node), half on a new cluster's partitioned ring.
+        let members: Vec<(NodeId, String)> = ids.iter().map(|&i| (i, format!("sim-{i}"))).collect();
+        let layout = if seed % 2 == 0 {
+            Layout::legacy(&members, 16, cfg.n).expect("valid sim layout")
+        } else {
+            Layout::initial(&members, 64, cfg.n).expect("valid sim layout")
+        };
+        let ring = layout.ring().expect("valid sim ring");
         let nodes = ids
             .iter()
             .map(|&id| {
@@ -321,6 +332,7 @@ impl World {
             reliable: false,
             history: History::default(),
             counters: Counters::default(),
+            layout,
             ring,
             destroyed: BTreeSet::new(),
             wipes: vec![],
@@ -345,9 +357,7 @@ impl World {
         CoreConfig {
             me,
             incarnation: inc,
-            members: (1..=self.cfg.nodes as NodeId).map(|i| (i, format!("sim-{i}"))).collect(),
-            n: self.cfg.n,
-            vnodes: 16,
+            layout: self.layout.clone(),
             limits: Limits {
                 key_bytes_max: 1024,
                 value_bytes_max: 64 * 1024,

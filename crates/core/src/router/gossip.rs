@@ -9,7 +9,7 @@ impl<S: Store> Core<S> {
     pub(super) fn ping_round(&mut self) {
         self.detector.beat();
         let gossip = self.detector.gossip();
-        let peers: Vec<NodeId> = self.cfg.members.iter().map(|m| m.0).filter(|&m| m != self.cfg.me).collect();
+        let peers: Vec<NodeId> = self.cfg.layout.members.keys().copied().filter(|&m| m != self.cfg.me).collect();
         let timeout_ms = self.cfg.ping_interval_ms * 2;
         for to in peers {
             let op = self.id();

@@ -122,12 +122,9 @@ pub struct CoreConfig {
     /// The epoch of this node's disk: drawn at random by the driver when it starts
     /// on an empty disk, then kept. With `me`, it makes the node's [`Actor`](qkv_proto::Actor).
     pub epoch: u32,
-    /// Every member, this node included, with its address (shown in status; never dialled here).
-    pub members: Vec<(NodeId, String)>,
-    /// Replication factor.
-    pub n: usize,
-    /// Virtual nodes per member.
-    pub vnodes: u32,
+    /// The cluster layout: every member, this node included, with its address (shown
+    /// in status; never dialled here) and the vnode labels it owns, and N.
+    pub layout: crate::layout::Layout,
     /// Key and value limits.
     pub limits: Limits,
     /// Hint limits and handoff pace.
@@ -154,6 +151,12 @@ pub enum StartError {
     /// The ring cannot be built from the config.
     #[error(transparent)]
     Ring(#[from] RingError),
+    /// The layout is not valid.
+    #[error(transparent)]
+    Layout(#[from] crate::layout::LayoutError),
+    /// This node is not a member of the layout.
+    #[error("node {0} is not a member of the cluster layout")]
+    NotMember(NodeId),
     /// The config asks for deliberate bugs in a build without `bug-variants`.
     #[error("deliberate bugs need a build with the bug-variants feature")]
     BugsNotBuilt,

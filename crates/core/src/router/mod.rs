@@ -196,8 +196,12 @@ impl<S: Store> Core<S> {
         if cfg!(not(feature = "bug-variants")) && cfg.bugs != Bugs::default() {
             return Err(StartError::BugsNotBuilt);
         }
-        let ids: Vec<NodeId> = cfg.members.iter().map(|m| m.0).collect();
-        let ring = Ring::new(&ids, cfg.vnodes, cfg.n)?;
+        cfg.layout.check()?;
+        if !cfg.layout.members.contains_key(&cfg.me) {
+            return Err(StartError::NotMember(cfg.me));
+        }
+        let ids: Vec<NodeId> = cfg.layout.members.keys().copied().collect();
+        let ring = cfg.layout.ring()?;
         let detector = Detector::new(cfg.me, cfg.incarnation, ids, cfg.down_after_ms, now_ms);
         let mut hints = HintIndex::new(cfg.hints, now_ms);
         for h in store.scan_hints()? {
@@ -360,7 +364,7 @@ impl<S: Store> Core<S> {
     }
 
     fn is_member(&self, id: NodeId) -> bool {
-        self.cfg.members.iter().any(|m| m.0 == id)
+        self.cfg.layout.members.contains_key(&id)
     }
 
     /// A request arrived (already authorised by the driver).

@@ -76,11 +76,12 @@ impl<S: Store> Core<S> {
             vnodes: self.ring.vnodes(),
             members: self
                 .cfg
+                .layout
                 .members
                 .iter()
-                .map(|(id, addr)| MemberReport {
+                .map(|(id, m)| MemberReport {
                     node: *id,
-                    addr: addr.clone(),
+                    addr: m.addr.clone(),
                     up: self.is_up(*id),
                     ownership: own.get(id).copied().unwrap_or(0.0),
                 })
@@ -104,7 +105,7 @@ impl<S: Store> Core<S> {
     /// The home replicas of `key`, in preference order, with their addresses.
     pub fn placement(&self, key: &[u8]) -> Result<Vec<(NodeId, String)>, qkv_proto::Error> {
         self.cfg.limits.check(key, None)?;
-        let addr = |id: NodeId| self.cfg.members.iter().find(|m| m.0 == id).map(|m| m.1.clone()).unwrap_or_default();
+        let addr = |id: NodeId| self.cfg.layout.members.get(&id).map(|m| m.addr.clone()).unwrap_or_default();
         Ok(self.ring.preference_list(key).iter().map(|&id| (id, addr(id))).collect())
     }
 }
