@@ -8,6 +8,8 @@
 //! simulator drives the same code from a seed.
 //!
 //! # Layout
+//! - [`layout`]: the cluster layout (members, owned vnode labels, epoch); join, leave,
+//!   replace and the plan of what each moves.
 //! - [`ring`]: consistent hashing with vnodes; preference lists; ownership.
 //! - [`quorum`]: the pure "won / lost / pending" decision.
 //! - [`route`]: who coordinates a write; the up-front availability check.
