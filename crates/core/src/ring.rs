@@ -20,6 +20,12 @@ use siphasher::sip::SipHasher13;
 pub const VNODES_DEFAULT: u32 = 64;
 /// Most virtual nodes per physical node accepted.
 pub const VNODES_MAX: u32 = 4096;
+/// Most labels a ring holds.
+pub const LABELS_MAX: usize = 65_536;
+/// Stand-ins a key's walk lists after its N home replicas: a sloppy write looks no
+/// further for nodes to hold its hints (a cluster of up to N + this many nodes
+/// walks every node, as before).
+pub const WALK_STANDINS: usize = 16;
 
 /// SipHash-1-3 with fixed keys: stable across processes, builds and platforms.
 #[derive(Clone, Copy, Debug, Default)]
@@ -130,8 +136,16 @@ impl Ring {
             *per_node.entry(l.1).or_default() += 1;
         }
         let most = per_node.values().copied().max().unwrap_or(0);
-        if most > VNODES_MAX {
-            return Err(RingError::BadLabels(format!("a node owns {most} labels, more than {VNODES_MAX}")));
+        if sorted.len() > LABELS_MAX {
+            return Err(RingError::BadLabels(format!("{} labels, more than {LABELS_MAX}", sorted.len())));
+        }
+        // The labels every release before layouts placed keys with: the same ring, and
+        // the same fingerprint, so nodes of both kinds compare anti-entropy trees.
+        let ids: Vec<NodeId> = per_node.keys().copied().collect();
+        let legacy =
+            per_node.values().all(|&c| c == most) && sorted.iter().all(|(v, owner)| v.node == *owner && v.index < most);
+        if legacy {
+            return Self::new(&ids, most, n);
         }
         let fingerprint = StableHasher.hash_one((&sorted, n));
         Self::build(&sorted, n, most, fingerprint)
@@ -150,22 +164,35 @@ impl Ring {
 
         let mut tokens: Vec<(u64, VNode, NodeId)> = labels.iter().map(|&(v, owner)| (v.token(), v, owner)).collect();
         tokens.sort_by_key(|(t, v, _)| (*t, *v));
-        let mut walks = HashMap::with_capacity(tokens.len());
-        let mut arcs = Vec::with_capacity(tokens.len());
-        for i in 0..tokens.len() {
-            let mut walk = Vec::with_capacity(members.len());
-            for j in 0..tokens.len() {
-                let node = tokens[(i + j) % tokens.len()].2;
-                if !walk.contains(&node) {
-                    walk.push(node);
-                    if walk.len() == members.len() {
-                        break;
-                    }
-                }
+        // Two labels at one token would make a zero-width arc, and `hashring` and
+        // `arc_of` could pick different ones of them.
+        if tokens.windows(2).any(|w| w[0].0 == w[1].0) {
+            return Err(RingError::BadLabels("two labels hash to the same token".into()));
+        }
+        // Each arc's walk: the owners in the order they are first met clockwise from it,
+        // the first N home, then stand-ins, at most `WALK_STANDINS` of them. Built in one
+        // pass backwards over the ring twice round: the owners most recently met going
+        // backwards are the first met going forwards, and one that falls past the walk's
+        // length comes back only by being met again, at the front.
+        let len = tokens.len();
+        let keep = members.len().min(n + WALK_STANDINS);
+        let mut front: Vec<NodeId> = Vec::with_capacity(keep + 1);
+        let mut walk_at: Vec<Vec<NodeId>> = vec![vec![]; len];
+        for i in (0..2 * len).rev() {
+            let owner = tokens[i % len].2;
+            front.retain(|&o| o != owner);
+            front.insert(0, owner);
+            front.truncate(keep);
+            if i < len {
+                walk_at[i] = front.clone();
             }
+        }
+        let mut walks = HashMap::with_capacity(len);
+        let mut arcs = Vec::with_capacity(len);
+        for (i, walk) in walk_at.into_iter().enumerate() {
             walks.insert(tokens[i].1, walk);
             // Vnode i owns the keys hashing into (token[i-1], token[i]], wrapping at the ends.
-            let prev = if i == 0 { tokens[tokens.len() - 1].0 } else { tokens[i - 1].0 };
+            let prev = if i == 0 { tokens[len - 1].0 } else { tokens[i - 1].0 };
             arcs.push((tokens[i].1, tokens[i].0.wrapping_sub(prev)));
         }
         let arc_homes = tokens
@@ -190,7 +217,8 @@ impl Ring {
         self.vnodes
     }
 
-    /// All distinct nodes clockwise from the key: home replicas first, then stand-in candidates.
+    /// Distinct nodes clockwise from the key: home replicas first, then stand-in
+    /// candidates (every node, up to N + [`WALK_STANDINS`]).
     pub fn walk(&self, key: &[u8]) -> &[NodeId] {
         // The ring is never empty (checked in `new`) and every vnode has a walk.
         let vnode = self.ring.get(&key).expect("ring is not empty");
@@ -339,6 +367,28 @@ mod tests {
         let a = Ring::new(&[1, 2, 3], 64, 3).unwrap().fingerprint();
         assert_eq!(a, Ring::new(&[3, 2, 1], 64, 3).unwrap().fingerprint());
         assert_ne!(a, Ring::new(&[1, 2, 3], 32, 3).unwrap().fingerprint());
+    }
+
+    #[test]
+    fn a_large_ring_walks_n_home_replicas_and_a_bounded_number_of_stand_ins() {
+        let members: Vec<NodeId> = (1..=40).collect();
+        let ring = Ring::new(&members, 8, 3).unwrap();
+        for k in keys(500) {
+            let walk = ring.walk(&k);
+            assert_eq!(walk.len(), 3 + WALK_STANDINS);
+            assert_eq!(walk.iter().collect::<BTreeSet<_>>().len(), walk.len(), "distinct");
+            // The first met clockwise, in order: the same as walking the arcs one by one.
+            let mut slow = vec![];
+            let mut arc = ring.arc_of(token(&k));
+            while slow.len() < walk.len() {
+                let owner = ring.walks[&ring.arcs[arc].0][0];
+                if !slow.contains(&owner) {
+                    slow.push(owner);
+                }
+                arc = (arc + 1) % ring.arc_count();
+            }
+            assert_eq!(walk, slow.as_slice());
+        }
     }
 
     #[test]

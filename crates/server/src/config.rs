@@ -8,7 +8,6 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use qkv_core::Ring;
 use qkv_proto::NodeId;
 use qkv_transport::TlsFiles;
 use serde::Deserialize;
@@ -265,8 +264,7 @@ impl Config {
             }
             Some(_) => {}
         }
-        let ring_ids: Vec<_> = self.peers.iter().map(|p| p.id).collect();
-        Ring::new(&ring_ids, self.vnodes, self.replication)?;
+        self.layout()?;
         if self.request_timeout_ms == 0 || self.request_timeout_ms > qkv_proto::REQUEST_TIMEOUT_MS_MAX {
             bail!("request_timeout_ms must be between 1 and {}", qkv_proto::REQUEST_TIMEOUT_MS_MAX);
         }
@@ -363,6 +361,13 @@ impl Config {
     /// The certificate files.
     pub fn tls_files(&self) -> TlsFiles {
         TlsFiles { ca: self.tls.ca.clone(), cert: self.tls.cert.clone(), key: self.tls.key.clone() }
+    }
+
+    /// The cluster layout the peers make: static membership, placed as every release
+    /// so far placed keys (`Layout::legacy`).
+    pub fn layout(&self) -> Result<qkv_core::layout::Layout, qkv_core::layout::LayoutError> {
+        let members: Vec<_> = self.peers.iter().map(|p| (p.id, p.addr.to_string())).collect();
+        qkv_core::layout::Layout::legacy(&members, self.vnodes, self.replication)
     }
 
     /// Frame limit: the largest state a replica holds (twice the per-key limit, see

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use qkv_core::layout::Layout;
 use qkv_core::router::{FORWARD_MARGIN_MS, REQUEST_TIMEOUT_MS_MAX};
 use qkv_core::{Core, CoreConfig, Output, ReqId};
 use qkv_proto::{AnsweredBy, Error, NodeId, Request, Response, StatsReply};
@@ -56,13 +55,8 @@ impl Node {
             me: cfg.id,
             incarnation: storage.boot(),
             hints: cfg.hint_limits(),
-            // Static membership for now: every node derives the same layout from its
-            // peers, placed as every release so far placed keys.
-            layout: Layout::legacy(
-                &cfg.peers.iter().map(|p| (p.id, p.addr.to_string())).collect::<Vec<_>>(),
-                cfg.vnodes,
-                cfg.replication,
-            )?,
+            // Static membership for now: every node derives the same layout from its peers.
+            layout: cfg.layout()?,
             limits: cfg.limits,
             request_timeout_ms: cfg.request_timeout_ms,
             ping_interval_ms: cfg.ping_interval_ms,
