@@ -22,6 +22,23 @@ pub fn tally(needed: usize, acked: usize, failed: usize, total: usize) -> Tally 
     }
 }
 
+/// Decide a request that must reach `needed` of each of two replica sets, as a
+/// read or write of a range does while it moves from its `old` home replicas to its
+/// `new` ones: won when both have their quorum, lost as soon as either cannot. A node
+/// in both sets counts for both. `acked` and `failed` are the nodes answered so far.
+pub fn joint_tally(needed: usize, old: &[u32], new: &[u32], acked: &[u32], failed: &[u32]) -> Tally {
+    let side = |set: &[u32]| {
+        let a = set.iter().filter(|n| acked.contains(n)).count();
+        let f = set.iter().filter(|n| failed.contains(n)).count();
+        tally(needed, a, f, set.len())
+    };
+    match (side(old), side(new)) {
+        (Tally::Lost, _) | (_, Tally::Lost) => Tally::Lost,
+        (Tally::Won, Tally::Won) => Tally::Won,
+        _ => Tally::Pending,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,13 +16,15 @@
 //!   of the replica it replaces), `timeout`: the write's outcome after each.
 //! - `get targets=(…) needed=K`, then events `reply N`, `fail N`, `timeout`.
 //! - `tally needed=K acked=A failed=F total=T`: the pure decision under both.
+//! - `joint needed=K old=(…) new=(…)`, then events `ack N`, `fail N`: a request
+//!   that needs K of each of two replica sets (a range moving between owners).
 
 use std::fmt::Write as _;
 
 use datadriven::TestCase;
 use qkv_core::get::GetAction;
 use qkv_core::placement::{read_targets, write_alive, write_targets};
-use qkv_core::quorum::tally;
+use qkv_core::quorum::{joint_tally, tally};
 use qkv_core::route::{WriteRoute, check_available, route_write};
 use qkv_core::{GetOp, PutOp};
 use qkv_proto::{Error, Level, NodeId};
@@ -178,6 +180,23 @@ fn tally_case(tc: &mut TestCase) -> String {
     format!("{:?}\n", tally(needed, acked, failed, total)).to_lowercase()
 }
 
+fn joint(tc: &mut TestCase) -> String {
+    let needed = number(tc, "needed");
+    let (old, new) = (nodes(tc, "old"), nodes(tc, "new"));
+    let (mut acked, mut failed) = (vec![], vec![]);
+    let mut out = format!("start: {:?}\n", joint_tally(needed, &old, &new, &acked, &failed)).to_lowercase();
+    for line in tc.input.lines().filter(|l| !l.trim().is_empty()) {
+        match line.split_whitespace().collect::<Vec<_>>()[..] {
+            ["ack", id] => acked.push(id.parse().expect("a node id")),
+            ["fail", id] => failed.push(id.parse().expect("a node id")),
+            _ => panic!("unknown event `{line}`"),
+        }
+        let t = joint_tally(needed, &old, &new, &acked, &failed);
+        writeln!(out, "{}: {}", line.trim(), format!("{t:?}").to_lowercase()).unwrap();
+    }
+    out
+}
+
 #[test]
 fn decisions_replay_from_testdata() {
     datadriven::walk("testdata", |f| {
@@ -189,6 +208,7 @@ fn decisions_replay_from_testdata() {
                 "put" => put(tc),
                 "get" => get(tc),
                 "tally" => tally_case(tc),
+                "joint" => joint(tc),
                 other => panic!("unknown directive `{other}`"),
             };
             tc.expect_empty().unwrap_or_else(|e| panic!("{}: {e}", tc.directive));
