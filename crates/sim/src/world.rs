@@ -289,7 +289,7 @@ impl World {
         // Half the seeds place keys as every release before layouts did (16 random
         // vnodes per node), half on a new cluster's partitioned ring.
         let members: Vec<(NodeId, String)> = ids.iter().map(|&i| (i, format!("sim-{i}"))).collect();
-        let layout = if seed % 2 == 0 {
+        let layout = if seed.is_multiple_of(2) {
             Layout::legacy(&members, 16, cfg.n).expect("valid sim layout")
         } else {
             Layout::initial(&members, 64, cfg.n).expect("valid sim layout")
