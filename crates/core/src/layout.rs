@@ -44,6 +44,8 @@ pub const PARTITIONS_DEFAULT: u32 = 1024;
 pub const PARTITIONS_MAX: u32 = 16_384;
 /// Most members a layout may hold.
 pub const MEMBERS_MAX: usize = 1024;
+/// Longest member address, bytes.
+pub const ADDR_BYTES_MAX: usize = 256;
 /// The largest replication factor a layout takes.
 pub const N_MAX: usize = 16;
 /// Candidate labels per partition the cut chooses from: the widths come out within
@@ -135,8 +137,8 @@ pub enum LayoutError {
     /// with none (more partitions are needed: a ring of more partitions, or fewer members).
     #[error("node {0} cannot join: no member has a partition to spare")]
     NothingToTake(NodeId),
-    /// A member has no address.
-    #[error("node {0} has no address")]
+    /// A member has no address, or one longer than [`ADDR_BYTES_MAX`].
+    #[error("node {0} has no address, or one longer than {ADDR_BYTES_MAX} bytes")]
     NoAddress(NodeId),
     /// The layout's ring cannot be built.
     #[error(transparent)]
@@ -204,6 +206,11 @@ impl Layout {
     /// A valid layout: enough members, each with an address and labels, no label
     /// twice, bounds kept (a layout from a peer or the disk is checked with this).
     pub fn check(&self) -> Result<(), LayoutError> {
+        self.checked_ring().map(drop)
+    }
+
+    /// The ring of a layout that passes [`Layout::check`], built once.
+    pub fn checked_ring(&self) -> Result<Ring, LayoutError> {
         if self.members.len() > MEMBERS_MAX {
             return Err(LayoutError::TooManyMembers);
         }
@@ -216,7 +223,7 @@ impl Layout {
         if self.members.contains_key(&0) {
             return Err(LayoutError::ZeroId);
         }
-        if let Some((id, _)) = self.members.iter().find(|(_, m)| m.addr.is_empty()) {
+        if let Some((id, _)) = self.members.iter().find(|(_, m)| m.addr.is_empty() || m.addr.len() > ADDR_BYTES_MAX) {
             return Err(LayoutError::NoAddress(*id));
         }
         if let Some((id, _)) = self.members.iter().find(|(_, m)| m.labels.is_empty()) {
@@ -226,8 +233,7 @@ impl Layout {
         if labels > LABELS_MAX {
             return Err(RingError::BadLabels(format!("{labels} labels, more than {LABELS_MAX}")).into());
         }
-        self.ring()?;
-        Ok(())
+        Ok(self.ring()?)
     }
 
     fn check_new(&self, id: NodeId, addr: &str) -> Result<(), LayoutError> {
@@ -237,7 +243,7 @@ impl Layout {
         if self.members.contains_key(&id) {
             return Err(LayoutError::AlreadyMember(id));
         }
-        if addr.is_empty() {
+        if addr.is_empty() || addr.len() > ADDR_BYTES_MAX {
             return Err(LayoutError::NoAddress(id));
         }
         if self.members.len() >= MEMBERS_MAX {
@@ -475,7 +481,6 @@ fn take_for(layout: &mut Layout, id: NodeId) {
     let others: Vec<(VNode, NodeId)> = layout.labels();
     let mut shares = Shares::new(&others, layout.n);
     let mut current = shares.spread(&members);
-    let mut taken = vec![];
     loop {
         // From the member holding the most; its arcs whose neighbours are not the new
         // node's, if it has any.
@@ -502,7 +507,6 @@ fn take_for(layout: &mut Layout, id: NodeId) {
         }
         current = s;
         shares.set_owner(i, id);
-        taken.push(i);
     }
     move_labels(layout, &shares);
 }

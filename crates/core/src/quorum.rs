@@ -1,5 +1,7 @@
 //! Quorum decisions as pure functions over the replies so far (raft-rs's `vote_result` style).
 
+use qkv_proto::NodeId;
+
 /// Where a request stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tally {
@@ -26,8 +28,8 @@ pub fn tally(needed: usize, acked: usize, failed: usize, total: usize) -> Tally 
 /// read or write of a range does while it moves from its `old` home replicas to its
 /// `new` ones: won when both have their quorum, lost as soon as either cannot. A node
 /// in both sets counts for both. `acked` and `failed` are the nodes answered so far.
-pub fn joint_tally(needed: usize, old: &[u32], new: &[u32], acked: &[u32], failed: &[u32]) -> Tally {
-    let side = |set: &[u32]| {
+pub fn joint_tally(needed: usize, old: &[NodeId], new: &[NodeId], acked: &[NodeId], failed: &[NodeId]) -> Tally {
+    let side = |set: &[NodeId]| {
         let a = set.iter().filter(|n| acked.contains(n)).count();
         let f = set.iter().filter(|n| failed.contains(n)).count();
         tally(needed, a, f, set.len())

@@ -150,6 +150,14 @@ impl<S: Store> Core<S> {
         if self.cfg.bugs().lease_not_durable {
             return Ok(true);
         }
+        self.renew_lease()?;
+        Ok(self.counter < self.lease_durable)
+    }
+
+    /// Record a lease a step above the counter, with a sync of its own, when the
+    /// counter is within half a step of the recorded one and no renewal is in flight.
+    /// An error when it cannot be recorded and a write would wait for it.
+    pub(super) fn renew_lease(&mut self) -> Result<(), Error> {
         if self.counter.saturating_add(COUNTER_LEASE_STEP / 2) >= self.counter_lease && self.lease_syncs.is_empty() {
             let lease = self.counter.saturating_add(COUNTER_LEASE_STEP);
             match self.store.put_counter_lease(lease) {
@@ -166,7 +174,7 @@ impl<S: Store> Core<S> {
                 Err(e) => tracing::warn!("recording a counter lease: {e}"),
             }
         }
-        Ok(self.counter < self.lease_durable)
+        Ok(())
     }
 
     /// Writes that waited for the lease past their time give up: nothing was written.

@@ -196,12 +196,11 @@ impl<S: Store> Core<S> {
         if cfg!(not(feature = "bug-variants")) && cfg.bugs != Bugs::default() {
             return Err(StartError::BugsNotBuilt);
         }
-        cfg.layout.check()?;
+        let ring = cfg.layout.checked_ring()?;
         if !cfg.layout.members.contains_key(&cfg.me) {
             return Err(StartError::NotMember(cfg.me));
         }
         let ids: Vec<NodeId> = cfg.layout.members.keys().copied().collect();
-        let ring = cfg.layout.ring()?;
         let detector = Detector::new(cfg.me, cfg.incarnation, ids, cfg.down_after_ms, now_ms);
         let mut hints = HintIndex::new(cfg.hints, now_ms);
         for h in store.scan_hints()? {

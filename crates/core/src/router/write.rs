@@ -59,7 +59,7 @@ impl<S: Store> Core<S> {
             // No dot is minted above the durable lease: wait for the lease's sync (a few
             // ms). The stored state may have raised the counter past the lease: renew it
             // (unless a sync is in flight, which wakes every waiter when it ends).
-            self.lease_ready(&seen)?;
+            self.renew_lease()?;
             if self.lease_waiters.len() >= LEASE_WAITERS_MAX {
                 return Err(Error::Storage(format!("{LEASE_WAITERS_MAX} writes are waiting for a counter lease")));
             }
