@@ -72,6 +72,10 @@ pub struct Layout {
     pub n: usize,
     /// Members by id.
     pub members: BTreeMap<NodeId, Member>,
+    /// Members of the previous epoch this one replaced (`Change::Replace`): a node
+    /// replaced is taken as lost, so nobody fetches from it or waits for it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaced: Vec<NodeId>,
 }
 
 /// A change to stage.
@@ -158,7 +162,7 @@ impl Layout {
         }
         let mut sorted = members.to_vec();
         sorted.sort();
-        let mut layout = Layout { epoch: 1, n, members: BTreeMap::new() };
+        let mut layout = Layout { epoch: 1, n, members: BTreeMap::new(), replaced: vec![] };
         for (id, addr) in &sorted {
             layout.check_new(*id, addr)?;
             layout.members.insert(*id, Member { addr: addr.clone(), labels: vec![] });
@@ -178,7 +182,7 @@ impl Layout {
         if vnodes == 0 || vnodes > VNODES_MAX {
             return Err(RingError::BadVnodes(vnodes).into());
         }
-        let mut layout = Layout { epoch: 1, n, members: BTreeMap::new() };
+        let mut layout = Layout { epoch: 1, n, members: BTreeMap::new(), replaced: vec![] };
         for (id, addr) in members {
             layout.check_new(*id, addr)?;
             let labels = (0..vnodes).map(|index| VNode { node: *id, index }).collect();
@@ -223,6 +227,9 @@ impl Layout {
         if self.members.contains_key(&0) {
             return Err(LayoutError::ZeroId);
         }
+        if self.replaced.len() > MEMBERS_MAX || self.replaced.iter().any(|r| self.members.contains_key(r)) {
+            return Err(RingError::BadLabels("a replaced node is still a member, or too many were replaced".into()).into());
+        }
         if let Some((id, _)) = self.members.iter().find(|(_, m)| m.addr.is_empty() || m.addr.len() > ADDR_BYTES_MAX) {
             return Err(LayoutError::NoAddress(*id));
         }
@@ -262,6 +269,7 @@ impl Layout {
     pub fn apply(&self, change: &Change) -> Result<Layout, LayoutError> {
         let mut next = self.clone();
         next.epoch += 1;
+        next.replaced.clear();
         match change {
             Change::Join { id, addr } => {
                 self.check_new(*id, addr)?;
@@ -282,6 +290,7 @@ impl Layout {
                 self.check_new(*new, addr)?;
                 let Some(gone) = next.members.remove(old) else { return Err(LayoutError::NotMember(*old)) };
                 next.members.insert(*new, Member { addr: addr.clone(), labels: gone.labels });
+                next.replaced.push(*old);
             }
         }
         next.sort_labels();

@@ -10,6 +10,8 @@
 //! # Layout
 //! - [`layout`]: the cluster layout (members, owned vnode labels, epoch); join, leave,
 //!   replace and the plan of what each moves.
+//! - [`membership`]: the layouts in effect, a change's progress, and the vote that
+//!   commits one layout per epoch.
 //! - [`ring`]: consistent hashing with vnodes; preference lists; ownership.
 //! - [`quorum`]: the pure "won / lost / pending" decision.
 //! - [`route`]: who coordinates a write; the up-front availability check.
@@ -42,6 +44,7 @@ pub mod lag;
 pub mod layout;
 pub mod liveness;
 pub mod mem;
+pub mod membership;
 pub mod merkle;
 pub mod pace;
 pub mod placement;
