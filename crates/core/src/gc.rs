@@ -53,6 +53,13 @@ impl TombstoneGc {
         }
     }
 
+    /// Forget the tombstone index (its range ids belong to a ring being replaced);
+    /// the purge records stay. The caller feeds every stored state back in.
+    pub fn clear_index(&mut self) {
+        self.index = TombstoneIndex::new(TOMBSTONE_INDEX_MAX);
+        self.rescan = None;
+    }
+
     /// A key's stored state changed: `tombstone_in` is the range it falls in if it
     /// is a tombstone now, `None` if it holds values (or nothing).
     pub fn on_write(&mut self, key: &[u8], tombstone_in: Option<RangeId>, now: u64) {

@@ -228,7 +228,9 @@ impl Layout {
             return Err(LayoutError::ZeroId);
         }
         if self.replaced.len() > MEMBERS_MAX || self.replaced.iter().any(|r| self.members.contains_key(r)) {
-            return Err(RingError::BadLabels("a replaced node is still a member, or too many were replaced".into()).into());
+            return Err(
+                RingError::BadLabels("a replaced node is still a member, or too many were replaced".into()).into()
+            );
         }
         if let Some((id, _)) = self.members.iter().find(|(_, m)| m.addr.is_empty() || m.addr.len() > ADDR_BYTES_MAX) {
             return Err(LayoutError::NoAddress(*id));

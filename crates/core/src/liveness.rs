@@ -65,6 +65,22 @@ impl Detector {
         Detector { me, own: (incarnation, 0), down_after_ms, peers }
     }
 
+    /// The peers changed (a new layout): new ones start up as of `now_ms`, as at
+    /// start; those no longer members are forgotten.
+    pub fn set_peers(&mut self, peers: impl IntoIterator<Item = NodeId>, now_ms: u64) {
+        let want: BTreeMap<NodeId, ()> = peers.into_iter().filter(|&p| p != self.me).map(|p| (p, ())).collect();
+        self.peers.retain(|p, _| want.contains_key(p));
+        for &p in want.keys() {
+            self.peers.entry(p).or_insert(Peer {
+                beat: (0, 0),
+                fresh_at_ms: now_ms,
+                reachable: true,
+                up: true,
+                down_since_ms: None,
+            });
+        }
+    }
+
     /// Up as this node sees it (itself always; unknown ids never).
     pub fn is_up(&self, peer: NodeId) -> bool {
         peer == self.me || self.peers.get(&peer).is_some_and(|p| p.up)

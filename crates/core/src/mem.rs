@@ -21,6 +21,8 @@ pub struct MemStore {
     pub purged: BTreeMap<Vec<u8>, Seen>,
     /// How many of the next counter-lease writes fail (a test's injected I/O error).
     pub fail_lease_writes: u32,
+    /// Membership records.
+    pub meta: BTreeMap<String, Vec<u8>>,
 }
 
 impl MemStore {
@@ -100,5 +102,12 @@ impl Store for MemStore {
     }
     fn scan_purged(&self) -> Result<Vec<(Vec<u8>, Seen)>, Error> {
         Ok(self.purged.iter().map(|(k, s)| (k.clone(), s.clone())).collect())
+    }
+    fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.meta.get(name).cloned())
+    }
+    fn put_meta(&mut self, name: &str, value: &[u8]) -> Result<(), Error> {
+        self.meta.insert(name.to_string(), value.to_vec());
+        Ok(())
     }
 }

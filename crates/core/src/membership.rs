@@ -502,6 +502,137 @@ impl Round {
     }
 }
 
+/// One range a node fetches from one old home replica in a transition.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Transfer {
+    /// Start of the range (exclusive).
+    pub lo: u64,
+    /// End (inclusive); `lo == hi`: the whole ring.
+    pub hi: u64,
+    /// The old home replica it is fetched from.
+    pub from: NodeId,
+    /// Where the next page starts (`None` and not done: at the start).
+    pub cursor: Option<(u64, Vec<u8>)>,
+    /// Every page is merged and durable.
+    pub done: bool,
+    /// Keys and bytes merged so far.
+    pub keys: u64,
+    /// Bytes of states merged so far.
+    pub bytes: u64,
+    /// Failed pages in a row (the next try waits longer).
+    #[serde(default)]
+    pub failures: u32,
+    /// The last failure, in words.
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+impl Transfer {
+    /// Where `token` lies along the range, from 0 at its start.
+    pub fn position(&self, token: u64) -> u64 {
+        token.wrapping_sub(self.lo.wrapping_add(1))
+    }
+
+    /// Whether `token` is in the range.
+    pub fn contains(&self, token: u64) -> bool {
+        self.lo == self.hi || self.position(token) <= self.hi.wrapping_sub(self.lo.wrapping_add(1))
+    }
+
+    /// The fraction of the range's tokens passed (1.0 when done).
+    pub fn fraction_done(&self) -> f64 {
+        if self.done {
+            return 1.0;
+        }
+        let Some((t, _)) = &self.cursor else { return 0.0 };
+        let width = if self.lo == self.hi { u64::MAX } else { self.hi.wrapping_sub(self.lo) };
+        (self.position(*t) as f64 / width as f64).clamp(0.0, 1.0)
+    }
+}
+
+/// The transfers of one node for the newest epoch's transition.
+pub fn transfers_for(cluster: &Cluster, me: NodeId) -> Result<Vec<Transfer>, LayoutError> {
+    let mut out = vec![];
+    for m in cluster.gains(me)? {
+        for &from in &m.from {
+            out.push(Transfer {
+                lo: m.lo,
+                hi: m.hi,
+                from,
+                cursor: None,
+                done: false,
+                keys: 0,
+                bytes: 0,
+                failures: 0,
+                last_error: None,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// What `qkv cluster` shows: a node's layouts, its staged changes and their plan,
+/// the step of the transition, and its transfers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    /// The answering node.
+    pub node: NodeId,
+    /// Its layouts and the progress of the change.
+    pub cluster: Cluster,
+    /// The step of the transition.
+    pub phase: Phase,
+    /// Changes staged on this node.
+    pub staged: Vec<crate::layout::Change>,
+    /// The plan of the staged changes, if any.
+    pub plan: Option<Plan>,
+    /// This node's transfers in the transition, with their rate (bytes/s).
+    pub transfers: Vec<(Transfer, f64)>,
+    /// Keys dropped since start from ranges this node no longer holds.
+    pub dropped_keys: u64,
+}
+
+impl ClusterInfo {
+    /// Encode for the wire.
+    pub fn encode(&self) -> Vec<u8> {
+        rmp_serde::to_vec(self).expect("cluster info encodes")
+    }
+
+    /// Decode from the wire.
+    pub fn decode(bytes: &[u8]) -> Result<ClusterInfo, String> {
+        if bytes.len() > 4 * ENCODED_BYTES_MAX {
+            return Err(format!("cluster info of {} bytes is too large", bytes.len()));
+        }
+        rmp_serde::from_slice(bytes).map_err(|e| format!("decoding cluster info: {e}"))
+    }
+}
+
+/// Encode a vote for the wire.
+pub fn encode_vote(v: &Vote) -> Vec<u8> {
+    rmp_serde::to_vec(v).expect("a vote encodes")
+}
+
+/// Decode a vote from a peer.
+pub fn decode_vote(bytes: &[u8]) -> Result<Vote, String> {
+    if bytes.len() > ENCODED_BYTES_MAX {
+        return Err("a vote is too large".into());
+    }
+    rmp_serde::from_slice(bytes).map_err(|e| format!("decoding a vote: {e}"))
+}
+
+/// Encode a layout for the wire.
+pub fn encode_layout(l: &Layout) -> Vec<u8> {
+    rmp_serde::to_vec(l).expect("a layout encodes")
+}
+
+/// Decode and check a layout from a peer.
+pub fn decode_layout(bytes: &[u8]) -> Result<Layout, String> {
+    if bytes.len() > ENCODED_BYTES_MAX {
+        return Err("a layout is too large".into());
+    }
+    let l: Layout = rmp_serde::from_slice(bytes).map_err(|e| format!("decoding a layout: {e}"))?;
+    l.check().map_err(|e| e.to_string())?;
+    Ok(l)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,6 +21,11 @@ pub struct PutOp {
     failed: Vec<(NodeId, Error)>,
     deadline_ms: u64,
     done: bool,
+    /// During a layout transition, a strict write's old home set: it must reach W of
+    /// those too ([`crate::quorum::joint_tally`]). Empty otherwise.
+    old_home: Vec<NodeId>,
+    /// Targets that do not count toward W of the new set (old home replicas only).
+    extra: Vec<NodeId>,
 }
 
 /// The nodes that acknowledged a successful write.
@@ -30,7 +35,36 @@ impl PutOp {
     /// A write to `targets` (the coordinator, `me`, among them, already acked) needing `needed` acks.
     pub fn new(me: NodeId, targets: Vec<NodeId>, needed: usize, now_ms: u64, timeout_ms: u64) -> Self {
         debug_assert!(targets.contains(&me));
-        PutOp { me, needed, targets, acked: vec![me], failed: vec![], deadline_ms: now_ms + timeout_ms, done: false }
+        PutOp {
+            me,
+            needed,
+            targets,
+            acked: vec![me],
+            failed: vec![],
+            deadline_ms: now_ms + timeout_ms,
+            done: false,
+            old_home: vec![],
+            extra: vec![],
+        }
+    }
+
+    /// Whether `node` is a target only as an old home replica.
+    pub fn is_extra(&self, node: NodeId) -> bool {
+        self.extra.contains(&node)
+    }
+
+    /// During a layout transition: also send to `old_home`'s members outside the
+    /// targets, and (`strict`) need W of `old_home` as well as W of the new set.
+    pub fn joint(&mut self, old_home: &[NodeId], strict: bool) {
+        for &h in old_home {
+            if !self.targets.contains(&h) {
+                self.targets.push(h);
+                self.extra.push(h);
+            }
+        }
+        if strict {
+            self.old_home = old_home.to_vec();
+        }
     }
 
     /// The replicas the driver must send the new state to.
@@ -98,7 +132,17 @@ impl PutOp {
         if self.done {
             return None;
         }
-        match tally(self.needed, self.acked.len(), self.failed.len(), self.targets.len()) {
+        let failed: Vec<NodeId> = self.failed.iter().map(|f| f.0).collect();
+        let decision = if self.old_home.is_empty() {
+            let counts = |n: &NodeId| !self.extra.contains(n);
+            let acked = self.acked.iter().filter(|n| counts(n)).count();
+            let failed = failed.iter().filter(|n| counts(n)).count();
+            tally(self.needed, acked, failed, self.targets.len() - self.extra.len())
+        } else {
+            let new: Vec<NodeId> = self.targets.iter().copied().filter(|t| !self.extra.contains(t)).collect();
+            crate::quorum::joint_tally(self.needed, &self.old_home, &new, &self.acked, &failed)
+        };
+        match decision {
             Tally::Pending => None,
             Tally::Won => {
                 self.done = true;
@@ -145,6 +189,24 @@ mod tests {
         assert_eq!(op.on_failure(2, Error::ShuttingDown), None, "node 4 may still make three");
         assert_eq!(op.on_ack(3), None);
         assert_eq!(op.on_ack(4), Some(Ok(vec![1, 3, 4])));
+    }
+
+    #[test]
+    fn a_joint_write_needs_w_of_both_sets_and_a_sloppy_one_only_the_new() {
+        // Range moving from {1, 2, 3} to {1, 3, 4}.
+        let mut op = PutOp::new(1, vec![1, 3, 4], 2, 0, 1000);
+        op.joint(&[1, 2, 3], true);
+        assert_eq!(op.on_ack(4), None, "W of the new set, but only 1 of the old");
+        assert_eq!(op.on_ack(2), Some(Ok(vec![1, 4, 2])));
+        let mut op = PutOp::new(1, vec![1, 3, 4], 2, 0, 1000);
+        op.joint(&[1, 2, 3], true);
+        assert_eq!(op.on_failure(2, Error::ShuttingDown), None);
+        assert!(matches!(op.on_failure(3, Error::ShuttingDown), Some(Err(_))), "the old set cannot make 2");
+        let mut op = PutOp::new(1, vec![1, 3, 4], 2, 0, 1000);
+        op.joint(&[1, 2, 3], false);
+        assert_eq!(op.pending_targets(), vec![3, 4, 2], "the old replica still gets it");
+        assert_eq!(op.on_ack(2), None, "an old-only replica does not count for a sloppy write");
+        assert_eq!(op.on_ack(4), Some(Ok(vec![1, 2, 4])));
     }
 
     #[test]

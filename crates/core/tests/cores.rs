@@ -56,6 +56,7 @@ impl Cluster {
             epoch: me,
             aae: AaeConfig { interval_ms: 200, tombstone_grace_ms: 1000, ..AaeConfig::default() },
             secret: qkv_proto::Secret([3; qkv_proto::context::SECRET_BYTES]),
+            transfer_bytes_per_s: qkv_core::router::TRANSFER_BYTES_PER_S_DEFAULT,
             bugs: Default::default(),
         }
     }

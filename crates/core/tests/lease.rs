@@ -24,6 +24,7 @@ fn config() -> CoreConfig {
         epoch: 1,
         aae: AaeConfig { interval_ms: 200, tombstone_grace_ms: 1000, ..AaeConfig::default() },
         secret: SECRET,
+        transfer_bytes_per_s: qkv_core::router::TRANSFER_BYTES_PER_S_DEFAULT,
         bugs: Default::default(),
     }
 }

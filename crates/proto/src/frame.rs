@@ -62,7 +62,7 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let req = Request::Ping { from: 3, gossip: vec![] };
+        let req = Request::Ping { from: 3, gossip: vec![], view: Default::default() };
         let f = encode(&req, 1024).unwrap();
         let len = decode_len(f[..4].try_into().unwrap(), 1024).unwrap();
         assert_eq!(len, f.len() - 4);

@@ -94,7 +94,52 @@ pub enum Request {
         from: NodeId,
         /// The freshest heartbeat the sender knows for each node.
         gossip: Vec<Heartbeat>,
+        /// The sender's layout epoch and the progress of its change.
+        #[serde(default)]
+        view: LayoutView,
     },
+    /// Node-to-node: the receiver's cluster layout (answered with [`Response::Layout`]).
+    LayoutGet,
+    /// Node-to-node: the sender's cluster layout, which the receiver takes when newer.
+    LayoutPush {
+        /// The encoded cluster (`qkv_core::membership::Cluster`).
+        #[serde(with = "serde_bytes")]
+        cluster: Vec<u8>,
+    },
+    /// Node-to-node: phase 1 of committing the layout of `epoch`.
+    LayoutPrepare {
+        /// The epoch being committed.
+        epoch: u64,
+        /// The proposal number (round, proposer).
+        ballot: (u64, NodeId),
+    },
+    /// Node-to-node: phase 2 of committing the layout of `epoch`.
+    LayoutAccept {
+        /// The epoch being committed.
+        epoch: u64,
+        /// The proposal number (round, proposer).
+        ballot: (u64, NodeId),
+        /// The encoded layout (`qkv_core::layout::Layout`).
+        #[serde(with = "serde_bytes")]
+        layout: Vec<u8>,
+    },
+    /// Node-to-node: a page of the receiver's states of keys with tokens in
+    /// `lo + 1 ..= hi` (wrapping; `lo == hi`: the whole ring), from `from` on, for a
+    /// node gaining the range in the layout of `epoch`.
+    RangeFetch {
+        /// The epoch whose transition the range moves in.
+        epoch: u64,
+        /// Start (exclusive).
+        lo: u64,
+        /// End (inclusive).
+        hi: u64,
+        /// Resume at this (token, key), inclusive; `None`: from the start.
+        from: Option<RangeCursor>,
+        /// Most bytes of states in the page.
+        bytes_max: u32,
+    },
+    /// Membership administration (stage, plan, commit, abort, show).
+    Cluster(ClusterAdmin),
     /// Test-only fault switch (refused unless the node enables `fault_injection`):
     /// cut this node off from the listed nodes, both ways; an empty list heals.
     Fault {
@@ -142,7 +187,13 @@ impl Request {
             | Request::ReplicaHint { .. }
             | Request::ReplicaPutBatch { .. }
             | Request::HintGet { .. }
-            | Request::Ping { .. } => AnsweredBy::Core,
+            | Request::Ping { .. }
+            | Request::LayoutGet
+            | Request::LayoutPush { .. }
+            | Request::LayoutPrepare { .. }
+            | Request::LayoutAccept { .. }
+            | Request::RangeFetch { .. }
+            | Request::Cluster(_) => AnsweredBy::Core,
         }
     }
 
@@ -167,6 +218,7 @@ impl Request {
             | Request::Stats
             | Request::Ring { .. }
             | Request::Inspect { .. }
+            | Request::Cluster(_)
             | Request::Fault { .. } => Sender::Anyone,
             Request::AaeRoots { .. }
             | Request::AaeCompare { .. }
@@ -175,7 +227,12 @@ impl Request {
             | Request::ReplicaHint { .. }
             | Request::ReplicaPutBatch { .. }
             | Request::HintGet { .. }
-            | Request::Ping { .. } => Sender::Node,
+            | Request::Ping { .. }
+            | Request::LayoutGet
+            | Request::LayoutPush { .. }
+            | Request::LayoutPrepare { .. }
+            | Request::LayoutAccept { .. }
+            | Request::RangeFetch { .. } => Sender::Node,
         }
     }
 }
@@ -187,6 +244,7 @@ impl Response {
             Response::ReplicaState(Some(s)) => f(s),
             Response::Hints(held) => held.iter().for_each(|h| f(&h.1)),
             Response::AaeCompared(c) => c.theirs.iter().for_each(|t| f(&t.set)),
+            Response::RangePage { items, .. } => items.iter().for_each(|i| f(&i.set)),
             Response::Inspect(i) => {
                 i.replicas.iter().filter_map(|r| r.1.as_ref().ok().and_then(Option::as_ref)).for_each(&mut f);
                 i.hints.iter().for_each(|h| f(&h.2));
@@ -194,6 +252,68 @@ impl Response {
             _ => {}
         }
     }
+}
+
+/// Where a range fetch resumes: at this key of this token (inclusive).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RangeCursor {
+    /// The key's token.
+    pub token: u64,
+    /// The key.
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+}
+
+/// A node's layout epoch and the progress of its change, as pings carry them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayoutView {
+    /// The newest layout epoch the node holds (0: none yet).
+    pub epoch: u64,
+    /// Whether its transition to that epoch is still running.
+    pub moving: bool,
+    /// Per participant: (node, acked, synced, reading) epochs.
+    pub progress: Vec<(NodeId, u64, u64, u64)>,
+}
+
+/// A membership change to stage.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClusterChange {
+    /// A new node joins.
+    Join {
+        /// Its id.
+        id: NodeId,
+        /// Its peer address.
+        addr: String,
+    },
+    /// A member leaves; its ranges go to the others.
+    Leave {
+        /// The member.
+        id: NodeId,
+    },
+    /// A new node takes a member's place (a dead one's: nothing is fetched from it).
+    Replace {
+        /// The member replaced.
+        old: NodeId,
+        /// The new node's id.
+        new: NodeId,
+        /// The new node's peer address.
+        addr: String,
+    },
+}
+
+/// Membership administration, answered with [`Response::ClusterInfo`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClusterAdmin {
+    /// The layout, the staged changes and any transfers.
+    Show,
+    /// Stage a change on the answering node (kept until commit or abort).
+    Stage(ClusterChange),
+    /// The plan of the staged changes: ownership before and after, ranges that move, warnings.
+    Plan,
+    /// Commit the staged changes as the next epoch.
+    Commit,
+    /// Drop the staged changes.
+    Abort,
 }
 
 /// A key and its state.
@@ -294,7 +414,24 @@ pub enum Response {
         from: NodeId,
         /// The freshest heartbeat it knows for each node.
         gossip: Vec<Heartbeat>,
+        /// Its layout epoch and the progress of its change.
+        #[serde(default)]
+        view: LayoutView,
     },
+    /// A node's cluster layout (encoded `qkv_core::membership::Cluster`).
+    Layout(serde_bytes::ByteBuf),
+    /// A vote in a layout commit (encoded `qkv_core::membership::Vote`).
+    LayoutVote(serde_bytes::ByteBuf),
+    /// A page of a range fetch: states, and where to resume (`None`: the range is done).
+    RangePage {
+        /// Keys and states, in token order.
+        items: Vec<KeyState>,
+        /// Resume at this; `None`: nothing follows.
+        next: Option<RangeCursor>,
+    },
+    /// Membership: the layout, staged changes, plan and transfers (encoded
+    /// `qkv_core::membership::ClusterInfo`; the CLI prints it).
+    ClusterInfo(serde_bytes::ByteBuf),
     /// The hints a node holds for a key: (owner, state, age in ms).
     Hints(Vec<(NodeId, DvvSet, u64)>),
     /// Anti-entropy: the leaves of each range whose root differed.

@@ -121,6 +121,16 @@ pub enum Error {
     /// the wrong kind, a state that is not valid).
     #[error("protocol violation: {0}")]
     Protocol(String),
+    /// The request was routed, or a range asked for, by a cluster layout other than
+    /// the one this node holds (`epoch`): the sender should fetch the newer layout, or
+    /// send its own when it is the newer one. Nothing was done.
+    #[error("node holds cluster layout epoch {epoch}: {reason}")]
+    WrongLayout {
+        /// The layout epoch the answering node holds.
+        epoch: u64,
+        /// Why the request does not fit it.
+        reason: String,
+    },
     /// The node broke one of its own rules: a bug, not the request's fault.
     #[error("internal error: {0}; this is a bug, please report it")]
     Internal(String),

@@ -65,6 +65,7 @@ impl Node {
             aae: cfg.anti_entropy,
             secret: qkv_transport::certs::load_secret(&cfg.secret_path())
                 .map_err(|e| anyhow::anyhow!("cluster secret: {e} (run `qkv certs` to create it)"))?,
+            transfer_bytes_per_s: qkv_core::router::TRANSFER_BYTES_PER_S_DEFAULT,
             bugs: Default::default(),
         };
         let wall_ms =

@@ -333,6 +333,13 @@ impl qkv_core::Store for StoreHandle {
     fn put_counter_lease(&mut self, lease: u64) -> Result<(), Error> {
         self.0.meta.insert("counter", lease.to_be_bytes()).map_err(storage_err)
     }
+    fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, Error> {
+        let got = self.0.meta.get(format!("membership.{name}")).map_err(storage_err)?;
+        Ok(got.map(|v| v.to_vec()))
+    }
+    fn put_meta(&mut self, name: &str, value: &[u8]) -> Result<(), Error> {
+        self.0.meta.insert(format!("membership.{name}"), value).map_err(storage_err)
+    }
     fn get_hint(&self, owner: NodeId, key: &[u8]) -> Result<Option<Hint>, Error> {
         self.0.hints.get(hint_key(owner, key)).map_err(storage_err)?.map(|v| decode_hint(&v)).transpose()
     }

@@ -162,6 +162,13 @@ impl Store for SharedDisk {
     fn counter_lease(&self) -> Result<u64, Error> {
         self.0.borrow().current.counter_lease()
     }
+    fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, Error> {
+        self.0.borrow().current.get_meta(name)
+    }
+    fn put_meta(&mut self, name: &str, value: &[u8]) -> Result<(), Error> {
+        self.0.borrow_mut().inject()?;
+        self.0.borrow_mut().current.put_meta(name, value)
+    }
     fn put_counter_lease(&mut self, lease: u64) -> Result<(), Error> {
         self.0.borrow_mut().inject()?;
         self.0.borrow_mut().current.put_counter_lease(lease)

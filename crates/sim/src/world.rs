@@ -371,6 +371,7 @@ impl World {
             epoch: self.nodes[&me].epoch,
             aae: AaeConfig { interval_ms: 500, tombstone_grace_ms: 300, ..AaeConfig::default() },
             secret: qkv_proto::Secret([0x5a; qkv_proto::context::SECRET_BYTES]),
+            transfer_bytes_per_s: qkv_core::router::TRANSFER_BYTES_PER_S_DEFAULT,
             bugs: self.cfg.bugs,
         }
     }

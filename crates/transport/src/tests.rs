@@ -15,7 +15,7 @@ impl Handler for Echo {
             return Response::Error(Error::NotAuthorized("replica traffic needs a node certificate".into()));
         }
         match req {
-            Request::Ping { from, .. } => Response::Pong { from, gossip: vec![] },
+            Request::Ping { from, .. } => Response::Pong { from, gossip: vec![], view: Default::default() },
             _ => Response::ReplicaAck,
         }
     }
@@ -44,10 +44,13 @@ fn roles_are_enforced_and_strangers_refused() {
     runtime().block_on(async {
         let (addr, _stop) = start(dir.path()).await;
         let t = Duration::from_secs(5);
-        let ping = Request::Ping { from: 2, gossip: vec![] };
+        let ping = Request::Ping { from: 2, gossip: vec![], view: Default::default() };
 
         let node = Pool::new(client_endpoint(&TlsFiles::in_dir(dir.path(), "node-2")).unwrap(), FRAME_MAX);
-        assert_eq!(node.request(addr, &ping, t).await.unwrap(), Response::Pong { from: 2, gossip: vec![] });
+        assert_eq!(
+            node.request(addr, &ping, t).await.unwrap(),
+            Response::Pong { from: 2, gossip: vec![], view: Default::default() }
+        );
 
         let client = Pool::new(client_endpoint(&TlsFiles::in_dir(dir.path(), "client")).unwrap(), FRAME_MAX);
         assert!(matches!(client.request(addr, &ping, t).await, Ok(Response::Error(Error::NotAuthorized(_)))));
@@ -162,7 +165,10 @@ fn past_a_receive_budget_a_request_is_refused_at_once_and_peers_are_still_served
         let node = Pool::new(client_endpoint(&TlsFiles::in_dir(dir.path(), "node-2")).unwrap(), FRAME_MAX);
         let big = Request::ReplicaPut { key: vec![7; 20 << 10], set: qkv_proto::DvvSet::new() };
         assert_eq!(node.request(addr, &big, t).await.unwrap(), Response::ReplicaAck);
-        let ping = Request::Ping { from: 2, gossip: vec![] };
-        assert_eq!(node.request(addr, &ping, t).await.unwrap(), Response::Pong { from: 2, gossip: vec![] });
+        let ping = Request::Ping { from: 2, gossip: vec![], view: Default::default() };
+        assert_eq!(
+            node.request(addr, &ping, t).await.unwrap(),
+            Response::Pong { from: 2, gossip: vec![], view: Default::default() }
+        );
     });
 }

@@ -229,6 +229,17 @@ impl AntiEntropy {
         })
     }
 
+    /// The ring changed (a new layout): new trees for this node's ranges on it,
+    /// rebuilt from the store, and every pair's confirmation forgotten (GC waits for
+    /// new exchanges). The exchange in flight is dropped; purge records stay.
+    pub fn rebuild<S: Store>(&mut self, store: &S, ring: &Ring, now: u64) -> Result<(), Error> {
+        self.trees = Trees::new(ring, self.me);
+        self.pairs.clear();
+        self.exchange = None;
+        self.gc.clear_index();
+        self.load(store, ring, now, |_| {})
+    }
+
     /// When a timer is next due (`u64::MAX`: none).
     pub fn next_wakeup_ms(&self) -> u64 {
         if !self.cfg.enabled {

@@ -19,6 +19,8 @@ pub use qkv_proto::msg::REQUEST_TIMEOUT_MS_MAX;
 pub const FORWARD_MARGIN_MS: u64 = 500;
 /// How often hinted handoff looks for work.
 pub const HANDOFF_INTERVAL_MS: u64 = 100;
+/// Default for [`CoreConfig::transfer_bytes_per_s`].
+pub const TRANSFER_BYTES_PER_S_DEFAULT: u64 = 32 << 20;
 /// Deadline of one handoff batch.
 pub const HANDOFF_TIMEOUT_MS: u64 = 5_000;
 
@@ -79,6 +81,10 @@ pub trait Store {
     fn delete_purged(&mut self, key: &[u8]) -> Result<(), Error>;
     /// Every purge record (read once, at start).
     fn scan_purged(&self) -> Result<Vec<(Vec<u8>, Seen)>, Error>;
+    /// A membership record (`cluster`, `acceptor`, `staged`, `transfers`), if any.
+    fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, Error>;
+    /// Replace a membership record. Durable only after the next completed `Flush`.
+    fn put_meta(&mut self, name: &str, value: &[u8]) -> Result<(), Error>;
 }
 
 /// Deliberate bugs, so the simulator can show its checker catches them. They take
@@ -139,6 +145,8 @@ pub struct CoreConfig {
     pub aae: AaeConfig,
     /// The cluster's secret: contexts carry a MAC under it (see `qkv_proto::context`).
     pub secret: Secret,
+    /// Pace of the range fetches of a membership change, bytes per second.
+    pub transfer_bytes_per_s: u64,
     /// Deliberate bugs (simulator only).
     #[doc(hidden)]
     pub bugs: Bugs,

@@ -252,6 +252,7 @@ mod tests {
             epoch: 1,
             aae: Default::default(),
             secret: qkv_proto::Secret([3; qkv_proto::context::SECRET_BYTES]),
+            transfer_bytes_per_s: crate::router::TRANSFER_BYTES_PER_S_DEFAULT,
             bugs: Default::default(),
         };
         Core::new(cfg, MemStore::default(), 0, 1_000_000).unwrap()

@@ -31,6 +31,7 @@
 //! - `gossip.rs`: pings and the failure detector.
 //! - `probes.rs`: the lag tracker's probes ([`crate::lag`]).
 //! - `antientropy.rs`: drives [`crate::antientropy`] (its timers, its exchange, a peer's comparisons).
+//! - `membership.rs`: drives [`crate::membership`]: layouts, their spread and commit, transfers.
 
 mod antientropy;
 mod gossip;
@@ -38,6 +39,7 @@ mod handoff;
 mod interface;
 mod invariants;
 mod local;
+mod membership;
 mod probes;
 mod read;
 mod recent;
@@ -91,6 +93,8 @@ struct PutState {
     /// Targets, the stand-ins among them (and whom for), and the spare candidates.
     placement: WriteTargets,
     sloppy: bool,
+    /// The layout epoch it was placed by.
+    epoch: u64,
 }
 
 enum Op {
@@ -122,6 +126,19 @@ enum Op {
     PutTail { track: Option<u64>, outstanding: usize },
     /// Asking a replica whether it holds a tracked write yet.
     LagProbe { track: u64, node: NodeId },
+    /// Asking a peer for its cluster layout.
+    LayoutFetch,
+    /// Telling a peer this node's cluster layout.
+    LayoutPush,
+    /// Committing the staged changes: this node's round of votes.
+    Commit { req: ReqId, round: Box<crate::membership::Round> },
+    /// A vote or a layout answer waiting for its sync: the answer to `req`, or this
+    /// node's own vote in its round `vote.0`.
+    MetaReply { req: Option<ReqId>, vote: Option<(OpId, crate::membership::Vote)>, resp: Response },
+    /// A page of transfer `job` of epoch `epoch` in flight.
+    Fetch { job: usize, epoch: u64 },
+    /// A page merged, waiting for its flush.
+    FetchFlush { job: usize, epoch: u64, keys: u64, bytes: u64, next: Option<(u64, Vec<u8>)> },
 }
 
 /// One node's logic. See the module docs for the driver contract.
@@ -159,6 +176,8 @@ pub struct Core<S> {
     /// Writes this node coordinated recently, by write id: a retry that arrives after
     /// its write was overwritten is answered with it instead of writing it again.
     recent_writes: RecentWrites,
+    /// The layouts in effect, the vote, staged changes and transfers.
+    members: membership::Members,
 }
 
 /// Most operations a node keeps in flight (client requests it coordinates, replica
@@ -196,11 +215,10 @@ impl<S: Store> Core<S> {
         if cfg!(not(feature = "bug-variants")) && cfg.bugs != Bugs::default() {
             return Err(StartError::BugsNotBuilt);
         }
-        let ring = cfg.layout.checked_ring()?;
-        if !cfg.layout.members.contains_key(&cfg.me) {
-            return Err(StartError::NotMember(cfg.me));
-        }
-        let ids: Vec<NodeId> = cfg.layout.members.keys().copied().collect();
+        cfg.layout.check()?;
+        let members = membership::Members::load(&store, &cfg.layout, cfg.transfer_bytes_per_s, now_ms)?;
+        let ring = members.cluster.newest().checked_ring()?;
+        let ids: Vec<NodeId> = members.cluster.members().into_iter().collect();
         let detector = Detector::new(cfg.me, cfg.incarnation, ids, cfg.down_after_ms, now_ms);
         let mut hints = HintIndex::new(cfg.hints, now_ms);
         for h in store.scan_hints()? {
@@ -248,8 +266,10 @@ impl<S: Store> Core<S> {
             lease_syncs: HashMap::new(),
             lease_waiters: Default::default(),
             recent_writes: RecentWrites::default(),
+            members,
         };
         core.load_trees(purged_own)?;
+        core.start_membership()?;
         Ok(core)
     }
 
@@ -345,6 +365,13 @@ impl<S: Store> Core<S> {
         self.out.push_back(Output::Flush { token, sync: false });
     }
 
+    /// A flush durable against power loss whatever the persist policy (votes).
+    fn flush_sync(&mut self, op: OpId) {
+        let token = self.id();
+        self.flushes.insert(token, op);
+        self.out.push_back(Output::Flush { token, sync: true });
+    }
+
     fn timeout_ms(&self, asked: Option<u32>) -> Result<u64, Error> {
         match asked {
             None => Ok(self.cfg.request_timeout_ms),
@@ -363,7 +390,7 @@ impl<S: Store> Core<S> {
     }
 
     fn is_member(&self, id: NodeId) -> bool {
-        self.cfg.layout.members.contains_key(&id)
+        self.members.cluster.is_member(id)
     }
 
     /// A request arrived (already authorised by the driver).
@@ -384,6 +411,10 @@ impl<S: Store> Core<S> {
             let e = format!("node {} has {OPS_MAX} operations in flight", self.cfg.me);
             return self.reply(req_id, Err(Error::Overloaded(e)));
         }
+        if matches!(req, Request::Get(_) | Request::Put(_) | Request::Inspect { .. }) && self.outside() {
+            let e = self.outside_error();
+            return self.reply(req_id, Err(e));
+        }
         let immediate = match req {
             Request::Get(g) => self.start_get(req_id, g),
             Request::Put(p) => self.start_put(req_id, p),
@@ -401,7 +432,17 @@ impl<S: Store> Core<S> {
             Request::AaeCompare { fingerprint, range, leaves, entries } => {
                 self.aae_compare(fingerprint, range, &leaves, entries).map(Some)
             }
-            Request::Ping { gossip, .. } => Ok(Some(self.on_ping(&gossip))),
+            Request::Ping { from, gossip, view } => Ok(Some(self.on_ping(from, &gossip, &view))),
+            Request::LayoutGet => Ok(Some(Response::Layout(serde_bytes::ByteBuf::from(self.members.cluster.encode())))),
+            Request::LayoutPush { cluster } => self.take_cluster(&cluster).map(|()| Some(Response::ReplicaAck)),
+            Request::LayoutPrepare { epoch, ballot } => self.layout_prepare(req_id, epoch, ballot).map(|()| None),
+            Request::LayoutAccept { epoch, ballot, layout } => {
+                self.layout_accept(req_id, epoch, ballot, &layout).map(|()| None)
+            }
+            Request::RangeFetch { epoch, lo, hi, from, bytes_max } => {
+                self.range_fetch(epoch, lo, hi, from, bytes_max).map(Some)
+            }
+            Request::Cluster(admin) => self.cluster_admin(req_id, admin),
             _ => Err(Error::BadRequest("unsupported request".into())),
         };
         match immediate {
@@ -442,6 +483,10 @@ impl<S: Store> Core<S> {
                 Ok(()) => self.replicate(op_id, pending),
                 Err(e) => self.reply(pending.req, Err(e)),
             },
+            Some(Op::MetaReply { req, vote, resp }) => self.meta_flushed(req, vote, resp, result),
+            Some(Op::FetchFlush { job, epoch, keys, bytes, next }) => {
+                self.fetch_flushed(job, epoch, keys, bytes, next, result)
+            }
             Some(other) => {
                 self.ops.insert(op_id, other);
             }
@@ -462,6 +507,9 @@ impl<S: Store> Core<S> {
             Ok(Response::Error(e)) => Err(e),
             other => other,
         };
+        if let Err(Error::WrongLayout { epoch, .. }) = &result {
+            self.on_wrong_layout(from, *epoch);
+        }
         match self.ops.get(&op_id) {
             Some(Op::Get { .. }) => self.get_response(op_id, from, result),
             Some(Op::Put(_)) => self.put_response(op_id, from, result),
@@ -478,7 +526,13 @@ impl<S: Store> Core<S> {
             Some(Op::Aae) => self.aae_response(op_id, result),
             Some(Op::PutTail { .. }) => self.put_tail_response(op_id, from, result),
             Some(Op::LagProbe { .. }) => self.lag_probe_response(op_id, result),
-            Some(Op::PutFlush(_) | Op::ReplicaFlush { .. }) | None => {}
+            Some(Op::LayoutFetch) => self.layout_fetch_response(op_id, result),
+            Some(Op::LayoutPush) => {
+                self.ops.remove(&op_id);
+            }
+            Some(Op::Commit { .. }) => self.commit_response(op_id, from, result),
+            Some(Op::Fetch { .. }) => self.fetch_response(op_id, from, result),
+            Some(Op::PutFlush(_) | Op::ReplicaFlush { .. } | Op::MetaReply { .. } | Op::FetchFlush { .. }) | None => {}
         }
     }
 
@@ -510,6 +564,7 @@ impl<S: Store> Core<S> {
             self.next_handoff_ms = now_ms + HANDOFF_INTERVAL_MS;
             self.handoff_round();
             self.lag_round();
+            self.membership_round();
         }
         self.aae_round();
     }

@@ -15,7 +15,7 @@ impl<S: Store> Core<S> {
     /// merge of the hints it holds for the key.
     pub(super) fn replica_get(&self, key: &[u8]) -> Result<Option<DvvSet>, Error> {
         self.cfg.limits.check(key, None)?;
-        if self.ring.preference_list(key).contains(&self.cfg.me) {
+        if self.homes(key) {
             return self.store.get(key);
         }
         Ok(self.hints_for(key)?.into_iter().map(|(_, set, _)| set).reduce(|acc, s| acc.merged(&s)))
@@ -36,9 +36,10 @@ impl<S: Store> Core<S> {
     pub(super) fn start_get(&mut self, req: ReqId, g: GetRequest) -> Result<Option<Response>, Error> {
         self.cfg.limits.check(&g.key, None)?;
         let timeout_ms = self.timeout_ms(g.timeout_ms)?;
-        let n = self.ring.n();
-        let home = self.ring.preference_list(&g.key).to_vec();
-        let (targets, alive) = placement::read_targets(self.ring.walk(&g.key), n, g.strict, |id| self.is_up(id));
+        let ring = self.read_ring();
+        let n = ring.n();
+        let home = ring.preference_list(&g.key).to_vec();
+        let (targets, alive) = placement::read_targets(ring.walk(&g.key), n, g.strict, |id| self.is_up(id));
         let needed = check_available(g.r, n, alive)?;
         let op_id = self.id();
         let get = GetOp::new(targets.clone(), needed, self.now_ms, timeout_ms);
@@ -126,7 +127,7 @@ impl<S: Store> Core<S> {
 
     pub(super) fn start_inspect(&mut self, req: ReqId, key: Vec<u8>) -> Result<Option<Response>, Error> {
         self.cfg.limits.check(&key, None)?;
-        let walk = self.ring.walk(&key).to_vec();
+        let walk = self.read_ring().walk(&key).to_vec();
         let n = self.ring.n();
         let (me, timeout_ms) = (self.cfg.me, self.cfg.request_timeout_ms);
         let op = self.id();

@@ -88,10 +88,15 @@ impl<S: Store> Core<S> {
         let walk = self.ring.walk(&key);
         let home = walk[..n].to_vec();
         let placement = placement::write_targets(walk, n, me, strict, |id| self.is_up(id));
-        let targets = placement.targets.clone();
-        let mut op = PutOp::new(me, targets.clone(), needed, self.now_ms, timeout_ms);
+        let mut op = PutOp::new(me, placement.targets.clone(), needed, self.now_ms, timeout_ms);
+        // During a layout transition the old home set gets it too (and, strict, W of it).
+        if let Some(old) = &self.members.old_ring {
+            op.joint(old.preference_list(&key), strict);
+        }
+        let targets: Vec<NodeId> = std::iter::once(me).chain(op.remote_targets()).collect();
         let decided = op.poll();
-        let state = PutState { req, op, ctx, dot, key, set, home, placement, sloppy: !strict };
+        let epoch = self.members.cluster.epoch();
+        let state = PutState { req, op, ctx, dot, key, set, home, placement, sloppy: !strict, epoch };
         if let Some(outcome) = decided {
             // Answered already (W = 1): the other replicas still get the write.
             let track = self.put_answer(&state, outcome);
@@ -176,7 +181,7 @@ impl<S: Store> Core<S> {
                 // not for a replica that answered it cannot merge the key (it is up, and
                 // its hint could never be handed to it).
                 let mut standin = None;
-                if state.sloppy && !matches!(err, Error::KeyFull { .. }) {
+                if state.sloppy && !state.op.is_extra(from) && !matches!(err, Error::KeyFull { .. }) {
                     let detector = &self.detector;
                     standin = state.placement.take_over(from, |c| detector.is_up(c));
                 }
@@ -232,6 +237,7 @@ impl<S: Store> Core<S> {
     /// (Found by the simulator: a stale strict read after a power loss.)
     pub(super) fn replica_put(&mut self, req: ReqId, key: &[u8], set: &DvvSet) -> Result<Option<Response>, Error> {
         self.cfg.limits.check(key, None)?;
+        self.check_homed(key)?;
         self.merge_in(key, set)?;
         self.await_flush(req, vec![]);
         Ok(None)
@@ -251,12 +257,18 @@ impl<S: Store> Core<S> {
         // handoff or repair would retry the same batch forever): refuse it alone.
         let mut refused = vec![];
         for (i, it) in items.into_iter().enumerate() {
-            match self.cfg.limits.check(&it.key, None).and_then(|()| self.merge_in(&it.key, &it.set)) {
+            let merged = self.cfg.limits.check(&it.key, None).and_then(|()| self.check_homed(&it.key));
+            match merged.and_then(|()| self.merge_in(&it.key, &it.set)) {
                 Ok(_) => {}
                 // Past the merge limit here, a key longer than this node takes (a
                 // config that differs between nodes), or a state this node refuses
                 // (naming an implausible counter of its actor): refused alone.
-                Err(e @ (Error::KeyFull { .. } | Error::TooLarge { .. } | Error::Protocol(_))) => {
+                Err(
+                    e @ (Error::KeyFull { .. }
+                    | Error::TooLarge { .. }
+                    | Error::Protocol(_)
+                    | Error::WrongLayout { .. }),
+                ) => {
                     tracing::warn!(
                         key = %String::from_utf8_lossy(&it.key[..it.key.len().min(64)]),
                         "a batch item is refused: {e}"
@@ -290,6 +302,16 @@ impl<S: Store> Core<S> {
             // This node is itself a home replica of the key: keep it as data.
             return self.replica_put(req, key, set);
         }
+        // A hint is for a home replica of the newest layout (one placed by an older
+        // layout goes to one that is): its owner must be able to keep it.
+        let owner = if self.ring.preference_list(key).contains(&owner) {
+            owner
+        } else {
+            match self.ring.preference_list(key).iter().copied().find(|&h| h != self.cfg.me) {
+                Some(h) => h,
+                None => return self.replica_put(req, key, set),
+            }
+        };
         let me = self.cfg.me;
         let window = self.hints.limits().window_ms;
         if let Some(down) = self.detector.down_for_ms(owner, self.now_ms)
@@ -327,6 +349,19 @@ impl<S: Store> Core<S> {
         self.hints.record(owner, key, bytes, created_ms);
         self.await_flush(req, vec![]);
         Ok(None)
+    }
+
+    /// A replica write of a key this node is no home replica of, in any layout in
+    /// effect, is refused: it would be dropped with the range (the sender's layout is
+    /// older or newer, and the answer says which).
+    fn check_homed(&self, key: &[u8]) -> Result<(), Error> {
+        if self.homes(key) {
+            return Ok(());
+        }
+        Err(Error::WrongLayout {
+            epoch: self.members.cluster.epoch(),
+            reason: format!("node {} is not a home replica of this key", self.cfg.me),
+        })
     }
 
     /// Ack `req` once a flush completes; `refused`: a batch's items not merged.

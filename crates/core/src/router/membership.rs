@@ -1,0 +1,869 @@
+//! The router's side of [`crate::membership`]: the layouts in effect and the rings
+//! built from them, layout spreading by pings, the vote that commits a change
+//! (acceptor and proposer), the transfers of a transition (range fetches, paced and
+//! resumable), the drop of ranges lost once it ends, and the admin requests.
+
+use std::collections::BTreeSet;
+
+use qkv_proto::{ClusterAdmin, ClusterChange, Error, KeyState, LayoutView, NodeId, RangeCursor, Request, Response};
+
+use super::{Core, Op, OpId, ReqId, Store};
+use crate::layout::{Change, Layout, Plan};
+use crate::membership::{
+    Acceptor, Cluster, ClusterInfo, Phase, Progress, Round, RoundStep, Transfer, Vote, decode_layout, decode_vote,
+    encode_layout, encode_vote, transfers_for,
+};
+use crate::pace::Bucket;
+use crate::ring::{Ring, token};
+
+/// Most changes staged at once.
+pub const STAGED_MAX: usize = 64;
+/// Largest page of a range fetch, bytes.
+pub const FETCH_PAGE_BYTES: u32 = 512 << 10;
+/// Most keys in a page of a range fetch.
+pub const FETCH_PAGE_KEYS: usize = 1024;
+/// Range fetches in flight at once.
+pub const FETCHES_IN_FLIGHT: usize = 2;
+/// Deadline of one page.
+pub const FETCH_TIMEOUT_MS: u64 = 10_000;
+/// Keys the drop of lost ranges reads per round.
+const DROP_PAGE: usize = 1024;
+
+/// Membership state of a node.
+pub(super) struct Members {
+    pub cluster: Cluster,
+    /// The ring of the layout being left, during a transition.
+    pub old_ring: Option<Ring>,
+    acceptor: Acceptor,
+    staged: Vec<Change>,
+    /// This node's transfers for the newest epoch, with when each may next run.
+    transfers: Vec<Transfer>,
+    retry_at: Vec<u64>,
+    busy: BTreeSet<usize>,
+    started_ms: u64,
+    pace: Bucket,
+    /// Where the drop of ranges this node lost stands (`Some`: running).
+    dropping: Option<(u64, Vec<u8>)>,
+    dropped: u64,
+    fetching_layout: bool,
+}
+
+impl Members {
+    /// From the store, or `initial` on a node's first start.
+    pub fn load<S: Store>(store: &S, initial: &Layout, bytes_per_s: u64, now_ms: u64) -> Result<Members, Error> {
+        let damaged = |what: &str, e: String| Error::Storage(format!("the stored {what} is damaged: {e}"));
+        let cluster = match store.get_meta("cluster")? {
+            Some(b) => Cluster::decode(&b).map_err(|e| damaged("cluster layout", e))?,
+            None => Cluster::new(initial.clone()),
+        };
+        let acceptor = match store.get_meta("acceptor")? {
+            Some(b) => Acceptor::decode(&b).map_err(|e| damaged("layout vote", e))?,
+            None => Acceptor::default(),
+        };
+        let staged: Vec<Change> = match store.get_meta("staged")? {
+            Some(b) => rmp_serde::from_slice(&b).map_err(|e| damaged("staged changes", e.to_string()))?,
+            None => vec![],
+        };
+        let dropping = match store.get_meta("dropping")? {
+            Some(b) if !b.is_empty() => Some((0, vec![])),
+            _ => None,
+        };
+        Ok(Members {
+            cluster,
+            old_ring: None,
+            acceptor,
+            staged,
+            transfers: vec![],
+            retry_at: vec![],
+            busy: BTreeSet::new(),
+            started_ms: now_ms,
+            pace: Bucket::new(bytes_per_s.max(1), now_ms),
+            dropping,
+            dropped: 0,
+            fetching_layout: false,
+        })
+    }
+}
+
+fn change_of(c: ClusterChange) -> Change {
+    match c {
+        ClusterChange::Join { id, addr } => Change::Join { id, addr },
+        ClusterChange::Leave { id } => Change::Leave { id },
+        ClusterChange::Replace { old, new, addr } => Change::Replace { old, new, addr },
+    }
+}
+
+fn wrong(epoch: u64, reason: impl Into<String>) -> Error {
+    Error::WrongLayout { epoch, reason: reason.into() }
+}
+
+impl<S: Store> Core<S> {
+    /// The ring reads are placed by: the old one until this node reads the new home set.
+    pub(super) fn read_ring(&self) -> &Ring {
+        match &self.members.old_ring {
+            Some(old) if self.members.cluster.progress_of(self.cfg.me).reading < self.members.cluster.epoch() => old,
+            _ => &self.ring,
+        }
+    }
+
+    /// Whether this node is a home replica of `key` in a layout in effect.
+    pub(super) fn homes(&self, key: &[u8]) -> bool {
+        let me = self.cfg.me;
+        self.ring.preference_list(key).contains(&me)
+            || self.members.old_ring.as_ref().is_some_and(|o| o.preference_list(key).contains(&me))
+    }
+
+    /// Whether this node is outside the cluster (not yet joined, or gone).
+    pub(super) fn outside(&self) -> bool {
+        !self.members.cluster.is_member(self.cfg.me)
+    }
+
+    pub(super) fn outside_error(&self) -> Error {
+        let e = self.members.cluster.epoch();
+        wrong(e, format!("node {} is not a member of the cluster (join it with `qkv cluster join`)", self.cfg.me))
+    }
+
+    /// Start: build the rings and the transfers of the stored cluster.
+    pub(super) fn start_membership(&mut self) -> Result<(), Error> {
+        if self.members.cluster.encode() != self.store.get_meta("cluster")?.unwrap_or_default() {
+            self.store.put_meta("cluster", &self.members.cluster.encode())?;
+        }
+        self.install(false)
+    }
+
+    /// The cluster changed: rings, peers, trees, hints and transfers follow it.
+    fn install(&mut self, persist: bool) -> Result<(), Error> {
+        let cluster = &self.members.cluster;
+        let ring = cluster.newest().checked_ring().map_err(|e| Error::Internal(format!("a checked layout: {e}")))?;
+        self.members.old_ring = match cluster.old() {
+            Some(o) => Some(o.checked_ring().map_err(|e| Error::Internal(format!("a checked layout: {e}")))?),
+            None => None,
+        };
+        if ring.fingerprint() != self.ring.fingerprint() {
+            self.ring = ring;
+            self.aae.rebuild(&self.store, &self.ring, self.now_ms)?;
+            self.rekey_hints()?;
+        }
+        self.detector.set_peers(self.members.cluster.members(), self.now_ms);
+        self.setup_transfers()?;
+        if persist {
+            self.store.put_meta("cluster", &self.members.cluster.encode())?;
+            self.flush_unawaited();
+        }
+        Ok(())
+    }
+
+    /// Hints whose owner is no longer a home replica of their key go to one that is
+    /// (or into this node's data when it is one now): a hint's owner must be able to
+    /// keep it.
+    fn rekey_hints(&mut self) -> Result<(), Error> {
+        let me = self.cfg.me;
+        for owner in self.hints.owners_held() {
+            for key in self.hints.older_than(owner, u64::MAX, usize::MAX) {
+                let home = self.ring.preference_list(&key).to_vec();
+                if home.contains(&owner) {
+                    continue;
+                }
+                let Some(h) = self.store.get_hint(owner, &key)? else {
+                    self.hints.remove(owner, &key);
+                    continue;
+                };
+                if home.contains(&me) {
+                    if let Err(e) = self.merge_in(&key, &h.set) {
+                        tracing::warn!(owner, "taking a hint into data after a layout change: {e}; kept");
+                        continue;
+                    }
+                } else {
+                    let Some(&to) = home.first() else { continue };
+                    let merged = match self.store.get_hint(to, &key)? {
+                        Some(held) => held.set.merged(&h.set),
+                        None => h.set.clone(),
+                    };
+                    let bytes = crate::hints::hint_bytes(&key, merged.value_bytes());
+                    self.store.put_hint(to, &key, &crate::router::Hint { set: merged, created_ms: h.created_ms })?;
+                    self.hints.record(to, &key, bytes, h.created_ms);
+                }
+                self.store.delete_hint(owner, &key)?;
+                self.hints.remove(owner, &key);
+            }
+        }
+        self.flush_unawaited();
+        Ok(())
+    }
+
+    fn setup_transfers(&mut self) -> Result<(), Error> {
+        let m = &mut self.members;
+        m.busy.clear();
+        let me = self.cfg.me;
+        if m.cluster.old().is_none() || !m.cluster.participants().contains(&me) {
+            m.transfers.clear();
+            m.retry_at.clear();
+            return Ok(());
+        }
+        let mut jobs =
+            transfers_for(&m.cluster, me).map_err(|e| Error::Internal(format!("the plan of a checked layout: {e}")))?;
+        let epoch = m.cluster.epoch();
+        for (i, j) in jobs.iter_mut().enumerate() {
+            if let Some(b) = self.store.get_meta(&format!("transfer.{epoch}.{i}"))?
+                && let Ok(saved) = rmp_serde::from_slice::<Transfer>(&b)
+                && (saved.lo, saved.hi, saved.from) == (j.lo, j.hi, j.from)
+            {
+                *j = saved;
+            }
+        }
+        m.retry_at = vec![0; jobs.len()];
+        m.transfers = jobs;
+        m.started_ms = self.now_ms;
+        Ok(())
+    }
+
+    /// What pings carry.
+    pub(super) fn layout_view(&self) -> LayoutView {
+        let c = &self.members.cluster;
+        LayoutView {
+            epoch: c.epoch(),
+            moving: c.old().is_some(),
+            progress: c.progress_list().into_iter().map(|(id, p)| (id, p.acked, p.synced, p.reading)).collect(),
+        }
+    }
+
+    /// A peer's view, from its ping or pong: fetch a newer layout, merge progress,
+    /// or tell it ours.
+    pub(super) fn on_view(&mut self, from: NodeId, view: &LayoutView) {
+        let c = &self.members.cluster;
+        if view.epoch > c.epoch() || (view.epoch == c.epoch() && c.old().is_some() && !view.moving) {
+            self.fetch_layout(from);
+            return;
+        }
+        if view.epoch < c.epoch() {
+            self.push_layout(from);
+            return;
+        }
+        let entries: Vec<(NodeId, Progress)> = view
+            .progress
+            .iter()
+            .map(|&(id, acked, synced, reading)| (id, Progress { acked, synced, reading }))
+            .collect();
+        if self.members.cluster.merge_progress(view.epoch, &entries) {
+            self.persist_cluster();
+        }
+    }
+
+    fn persist_cluster(&mut self) {
+        if let Err(e) = self.store.put_meta("cluster", &self.members.cluster.encode()) {
+            tracing::warn!("storing the cluster layout: {e}");
+        }
+        self.flush_unawaited();
+    }
+
+    fn fetch_layout(&mut self, from: NodeId) {
+        if self.members.fetching_layout {
+            return;
+        }
+        self.members.fetching_layout = true;
+        let op = self.id();
+        self.ops.insert(op, Op::LayoutFetch);
+        self.send(op, from, Request::LayoutGet, self.cfg.request_timeout_ms);
+    }
+
+    fn push_layout(&mut self, to: NodeId) {
+        let op = self.id();
+        self.ops.insert(op, Op::LayoutPush);
+        self.send(op, to, Request::LayoutPush { cluster: self.members.cluster.encode() }, self.cfg.request_timeout_ms);
+    }
+
+    /// Take a cluster a peer holds, if newer.
+    pub(super) fn take_cluster(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        let other = Cluster::decode(bytes).map_err(Error::Protocol)?;
+        let before = self.members.cluster.epoch();
+        let changed = self.members.cluster.adopt(other).map_err(Error::Protocol)?;
+        if changed {
+            if self.members.cluster.epoch() != before {
+                tracing::info!(epoch = self.members.cluster.epoch(), "took a newer cluster layout");
+            }
+            self.install(true)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn layout_fetch_response(&mut self, op_id: OpId, result: Result<Response, Error>) {
+        self.ops.remove(&op_id);
+        self.members.fetching_layout = false;
+        match result {
+            Ok(Response::Layout(b)) => {
+                if let Err(e) = self.take_cluster(&b) {
+                    tracing::warn!("a peer's cluster layout: {e}");
+                }
+            }
+            Ok(_) | Err(_) => {}
+        }
+    }
+
+    /// An answer said the sender's layout is older or newer than a peer's.
+    pub(super) fn on_wrong_layout(&mut self, from: NodeId, epoch: u64) {
+        if epoch > self.members.cluster.epoch() {
+            self.fetch_layout(from);
+        } else if epoch < self.members.cluster.epoch() {
+            self.push_layout(from);
+        }
+    }
+
+    // ---- The transition, driven every handoff interval.
+
+    pub(super) fn membership_round(&mut self) {
+        let me = self.cfg.me;
+        let epoch = self.members.cluster.epoch();
+        if self.members.cluster.old().is_some() && self.members.cluster.participants().contains(&me) {
+            let mut mine = self.members.cluster.progress_of(me);
+            let before = mine;
+            if mine.acked < epoch && !self.old_writes_in_flight() {
+                mine.acked = epoch;
+            }
+            self.members.cluster.raise(me, mine);
+            let phase = self.members.cluster.phase();
+            if phase != Phase::Acking && mine.synced < epoch {
+                if self.members.transfers.iter().all(|t| t.done) {
+                    mine.synced = epoch;
+                } else {
+                    self.drive_transfers();
+                }
+            }
+            self.members.cluster.raise(me, mine);
+            if self.members.cluster.phase() == Phase::Switching && mine.reading < epoch {
+                mine.reading = epoch;
+                tracing::info!(epoch, "reading from the new home replicas");
+            }
+            self.members.cluster.raise(me, mine);
+            if mine != before {
+                self.persist_cluster();
+            }
+        }
+        if self.members.cluster.retire_if_done() {
+            tracing::info!(epoch, "the change to layout epoch {epoch} is complete");
+            if let Err(e) = self.install(true) {
+                tracing::error!("installing the layout: {e}");
+            }
+            self.start_drop();
+        }
+        self.drop_round();
+    }
+
+    /// Whether a write placed on the old layout alone is still in flight.
+    fn old_writes_in_flight(&self) -> bool {
+        let e = self.members.cluster.epoch();
+        self.ops.values().any(|op| matches!(op, Op::Put(p) if p.epoch < e))
+    }
+
+    fn drive_transfers(&mut self) {
+        let now = self.now_ms;
+        self.members.pace.refill(now);
+        for i in 0..self.members.transfers.len() {
+            if self.members.busy.len() >= FETCHES_IN_FLIGHT || self.members.pace.tokens() < 1.0 {
+                break;
+            }
+            let t = &self.members.transfers[i];
+            if t.done || self.members.busy.contains(&i) || self.members.retry_at[i] > now {
+                continue;
+            }
+            let from = t.cursor.as_ref().map(|(token, key)| RangeCursor { token: *token, key: key.clone() });
+            let req = Request::RangeFetch {
+                epoch: self.members.cluster.epoch(),
+                lo: t.lo,
+                hi: t.hi,
+                from,
+                bytes_max: FETCH_PAGE_BYTES,
+            };
+            let to = t.from;
+            self.members.busy.insert(i);
+            let op = self.id();
+            self.ops.insert(op, Op::Fetch { job: i, epoch: self.members.cluster.epoch() });
+            self.send(op, to, req, FETCH_TIMEOUT_MS);
+        }
+    }
+
+    /// A page of a range fetch: merge it, record where the next starts, and count it
+    /// done once the flush has made both durable.
+    pub(super) fn fetch_response(&mut self, op_id: OpId, from: NodeId, result: Result<Response, Error>) {
+        let Some(Op::Fetch { job, epoch }) = self.ops.remove(&op_id) else { return };
+        if epoch != self.members.cluster.epoch() || job >= self.members.transfers.len() {
+            return;
+        }
+        match self.take_page(job, from, result) {
+            Ok((keys, bytes, next)) => {
+                self.members.pace.spend(bytes as f64);
+                let op = self.id();
+                self.ops.insert(op, Op::FetchFlush { job, epoch, keys, bytes, next });
+                self.flush(op);
+            }
+            Err(e) => {
+                if let Error::WrongLayout { epoch, .. } = &e {
+                    self.on_wrong_layout(from, *epoch);
+                }
+                let t = &mut self.members.transfers[job];
+                t.failures = t.failures.saturating_add(1);
+                t.last_error = Some(e.to_string());
+                let backoff = 500u64 << t.failures.min(5);
+                self.members.retry_at[job] = self.now_ms + backoff;
+                self.members.busy.remove(&job);
+            }
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn take_page(
+        &mut self,
+        job: usize,
+        from: NodeId,
+        result: Result<Response, Error>,
+    ) -> Result<(u64, u64, Option<(u64, Vec<u8>)>), Error> {
+        let (items, next) = match result? {
+            Response::RangePage { items, next } => (items, next),
+            other => return Err(super::unexpected(from, &other)),
+        };
+        let t = self.members.transfers[job].clone();
+        let at = |tok: u64, key: &[u8]| (t.position(tok), key.to_vec());
+        let start = t.cursor.as_ref().map_or((0, vec![]), |(tok, k)| at(*tok, k));
+        if items.len() > FETCH_PAGE_KEYS {
+            return Err(Error::Protocol(format!("node {from} sent a page of {} keys", items.len())));
+        }
+        let mut last = start.clone();
+        for it in &items {
+            let tok = token(&it.key);
+            let pos = at(tok, &it.key);
+            if !t.contains(tok) || pos < last {
+                return Err(Error::Protocol(format!("node {from} sent a key outside the range or out of order")));
+            }
+            last = pos;
+        }
+        if let Some(n) = &next
+            && (!t.contains(n.token) || at(n.token, &n.key) <= start)
+        {
+            return Err(Error::Protocol(format!("node {from} sent a range cursor that does not move on")));
+        }
+        let (mut keys, mut bytes) = (0u64, 0u64);
+        for KeyState { key, set } in &items {
+            self.cfg.limits.check(key, None)?;
+            // A key this node cannot take stops the transfer (it is shown, and retried):
+            // skipping it would drop it when the old replicas drop the range.
+            self.merge_in(key, set)?;
+            keys += 1;
+            bytes += crate::antientropy::state_bytes(key, set);
+        }
+        let next = next.map(|c| (c.token, c.key));
+        let mut saved = t;
+        saved.keys += keys;
+        saved.bytes += bytes;
+        saved.done = next.is_none();
+        saved.cursor = next.clone();
+        saved.failures = 0;
+        saved.last_error = None;
+        let e = self.members.cluster.epoch();
+        self.store.put_meta(&format!("transfer.{e}.{job}"), &rmp_serde::to_vec(&saved).expect("encodes"))?;
+        Ok((keys, bytes, next))
+    }
+
+    /// A page's flush finished.
+    pub(super) fn fetch_flushed(
+        &mut self,
+        job: usize,
+        epoch: u64,
+        keys: u64,
+        bytes: u64,
+        next: Option<(u64, Vec<u8>)>,
+        result: Result<(), Error>,
+    ) {
+        if epoch != self.members.cluster.epoch() || job >= self.members.transfers.len() {
+            return;
+        }
+        self.members.busy.remove(&job);
+        let t = &mut self.members.transfers[job];
+        match result {
+            Ok(()) => {
+                t.keys += keys;
+                t.bytes += bytes;
+                t.done = next.is_none();
+                t.cursor = next;
+                t.failures = 0;
+                t.last_error = None;
+            }
+            Err(e) => {
+                t.failures = t.failures.saturating_add(1);
+                t.last_error = Some(format!("flushing: {e}"));
+                self.members.retry_at[job] = self.now_ms + 1000;
+            }
+        }
+    }
+
+    /// A page for a node gaining a range of ours.
+    pub(super) fn range_fetch(
+        &self,
+        epoch: u64,
+        lo: u64,
+        hi: u64,
+        from: Option<RangeCursor>,
+        bytes_max: u32,
+    ) -> Result<Response, Error> {
+        let c = &self.members.cluster;
+        if epoch != c.epoch() || c.old().is_none() {
+            return Err(wrong(c.epoch(), format!("no transition to epoch {epoch} runs here")));
+        }
+        let probe = Transfer {
+            lo,
+            hi,
+            from: self.cfg.me,
+            cursor: None,
+            done: false,
+            keys: 0,
+            bytes: 0,
+            failures: 0,
+            last_error: None,
+        };
+        if let Some(f) = &from {
+            self.cfg.limits.check(&f.key, None)?;
+            if !probe.contains(f.token) {
+                return Err(Error::BadRequest("a range cursor outside its range".into()));
+            }
+        }
+        let bytes_max = u64::from(bytes_max.clamp(1, FETCH_PAGE_BYTES));
+        // The range in token order from its start: one span, or two across the wrap.
+        let start = lo.wrapping_add(1);
+        let spans: Vec<(u64, u64)> = if lo == hi {
+            vec![(0, u64::MAX)]
+        } else if start <= hi {
+            vec![(start, hi)]
+        } else {
+            vec![(start, u64::MAX), (0, hi)]
+        };
+        let mut items = vec![];
+        let mut bytes = 0u64;
+        let mut cursor: Option<(u64, Vec<u8>)> = from.map(|f| (f.token, f.key));
+        for (s, e) in spans {
+            let mut at: (u64, Vec<u8>) = match &cursor {
+                Some((t, k)) if (s..=e).contains(t) => (*t, k.clone()),
+                // The cursor is in a later span: this one is done.
+                Some((t, _)) if probe.position(*t) > probe.position(e) => continue,
+                _ => (s, vec![]),
+            };
+            cursor = None;
+            loop {
+                let page = self.store.scan((at.0, &at.1), e, FETCH_PAGE_KEYS)?;
+                let full = page.len() == FETCH_PAGE_KEYS;
+                for (key, set) in page {
+                    if items.len() >= FETCH_PAGE_KEYS || (bytes >= bytes_max && !items.is_empty()) {
+                        return Ok(Response::RangePage { items, next: Some(RangeCursor { token: token(&key), key }) });
+                    }
+                    bytes += crate::antientropy::state_bytes(&key, &set);
+                    let mut after = key.clone();
+                    after.push(0);
+                    at = (token(&key), after);
+                    items.push(KeyState { key, set });
+                }
+                if !full {
+                    break;
+                }
+            }
+        }
+        Ok(Response::RangePage { items, next: None })
+    }
+
+    // ---- Dropping ranges this node lost.
+
+    fn start_drop(&mut self) {
+        self.members.dropping = Some((0, vec![]));
+        if let Err(e) = self.store.put_meta("dropping", &[1]) {
+            tracing::warn!("recording the drop of lost ranges: {e}");
+        }
+    }
+
+    fn drop_round(&mut self) {
+        if self.members.cluster.old().is_some() {
+            return;
+        }
+        let Some((t, k)) = self.members.dropping.clone() else { return };
+        let page = match self.store.scan((t, &k), u64::MAX, DROP_PAGE) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("dropping lost ranges: {e}");
+                return;
+            }
+        };
+        let full = page.len() == DROP_PAGE;
+        let mut next = None;
+        let mut dropped = 0;
+        for (key, set) in page {
+            let mut after = key.clone();
+            after.push(0);
+            next = Some((token(&key), after));
+            if self.homes(&key) {
+                continue;
+            }
+            if let Err(e) = self.store.delete(&key) {
+                tracing::warn!("dropping a key of a lost range: {e}");
+                return;
+            }
+            self.aae.on_write(&self.ring, &key, Some(crate::merkle::digest(&key, &set)), None, self.now_ms);
+            dropped += 1;
+        }
+        self.members.dropped += dropped;
+        if full && let Some(n) = next {
+            self.members.dropping = Some(n);
+        } else {
+            self.members.dropping = None;
+            if let Err(e) = self.store.put_meta("dropping", &[]) {
+                tracing::warn!("recording the drop of lost ranges: {e}");
+            }
+            tracing::info!(keys = self.members.dropped, "dropped the ranges this node no longer holds");
+        }
+        if dropped > 0 {
+            self.flush_unawaited();
+        }
+    }
+
+    // ---- The vote (acceptor side).
+
+    pub(super) fn layout_prepare(&mut self, req: ReqId, epoch: u64, ballot: (u64, NodeId)) -> Result<(), Error> {
+        let vote = self.members.acceptor.prepare(&self.members.cluster, self.cfg.me, epoch, ballot);
+        self.answer_vote(req, vote)
+    }
+
+    pub(super) fn layout_accept(
+        &mut self,
+        req: ReqId,
+        epoch: u64,
+        ballot: (u64, NodeId),
+        layout: &[u8],
+    ) -> Result<(), Error> {
+        let layout = decode_layout(layout).map_err(Error::BadRequest)?;
+        let vote = self.members.acceptor.accept(&self.members.cluster, self.cfg.me, epoch, ballot, layout);
+        self.answer_vote(req, vote)
+    }
+
+    /// Answer a vote; one that changed the acceptor is synced first.
+    fn answer_vote(&mut self, req: ReqId, vote: Vote) -> Result<(), Error> {
+        let resp = Response::LayoutVote(serde_bytes::ByteBuf::from(encode_vote(&vote)));
+        if matches!(vote, Vote::Promise(_) | Vote::Accepted) {
+            self.store.put_meta("acceptor", &self.members.acceptor.encode())?;
+            let op = self.id();
+            self.ops.insert(op, Op::MetaReply { req: Some(req), vote: None, resp });
+            self.flush_sync(op);
+        } else {
+            self.reply(req, Ok(resp));
+        }
+        Ok(())
+    }
+
+    // ---- The vote (proposer side).
+
+    fn commit(&mut self, req: ReqId) -> Result<(), Error> {
+        if self.ops.values().any(|o| matches!(o, Op::Commit { .. })) {
+            return Err(Error::Overloaded("a commit is already running on this node".into()));
+        }
+        let c = &self.members.cluster;
+        if c.old().is_some() {
+            return Err(Error::BadRequest(format!(
+                "epoch {} is still moving data ({:?}): commit once it is done (see `qkv cluster show`)",
+                c.epoch(),
+                c.phase()
+            )));
+        }
+        if self.members.staged.is_empty() {
+            return Err(Error::BadRequest("nothing is staged on this node".into()));
+        }
+        let proposal = self.staged_layout()?;
+        let round = Round::new(c, self.cfg.me, proposal, self.members.acceptor.promised);
+        let op = self.id();
+        let (epoch, ballot) = (round.epoch, round.ballot);
+        let voters: Vec<NodeId> = round.voters().collect();
+        self.ops.insert(op, Op::Commit { req, round: Box::new(round) });
+        for v in voters {
+            if v == self.cfg.me {
+                let vote = self.members.acceptor.prepare(&self.members.cluster, v, epoch, ballot);
+                self.local_vote(op, vote);
+            } else {
+                self.send(op, v, Request::LayoutPrepare { epoch, ballot }, self.cfg.request_timeout_ms);
+            }
+        }
+        Ok(())
+    }
+
+    /// This node's own vote in its round counts once it is durable.
+    fn local_vote(&mut self, commit: OpId, vote: Vote) {
+        if matches!(vote, Vote::Promise(_) | Vote::Accepted)
+            && let Err(e) = self.store.put_meta("acceptor", &self.members.acceptor.encode())
+        {
+            return self.commit_vote(commit, self.cfg.me, Err(e.to_string()));
+        }
+        let op = self.id();
+        self.ops.insert(op, Op::MetaReply { req: None, vote: Some((commit, vote)), resp: Response::ReplicaAck });
+        self.flush_sync(op);
+    }
+
+    pub(super) fn commit_response(&mut self, op_id: OpId, from: NodeId, result: Result<Response, Error>) {
+        let vote = match result {
+            Ok(Response::LayoutVote(b)) => decode_vote(&b),
+            Ok(other) => Err(super::unexpected(from, &other).to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Ok(Vote::Refused(_)) = &vote {
+            // A voter behind this node learns the layout (it may vote next time).
+            self.push_layout(from);
+        }
+        self.commit_vote(op_id, from, vote);
+    }
+
+    pub(super) fn commit_vote(&mut self, op_id: OpId, from: NodeId, vote: Result<Vote, String>) {
+        let Some(Op::Commit { round, .. }) = self.ops.get_mut(&op_id) else { return };
+        match round.on_vote(from, vote) {
+            RoundStep::Wait => {}
+            RoundStep::Accept(layout) => {
+                let (epoch, ballot) = (round.epoch, round.ballot);
+                let voters: Vec<NodeId> = round.voters().collect();
+                let bytes = encode_layout(&layout);
+                for v in voters {
+                    if v == self.cfg.me {
+                        let vote =
+                            self.members.acceptor.accept(&self.members.cluster, v, epoch, ballot, layout.clone());
+                        self.local_vote(op_id, vote);
+                    } else {
+                        let req = Request::LayoutAccept { epoch, ballot, layout: bytes.clone() };
+                        self.send(op_id, v, req, self.cfg.request_timeout_ms);
+                    }
+                }
+            }
+            RoundStep::Chosen(layout) => {
+                let Some(Op::Commit { req, round }) = self.ops.remove(&op_id) else { return };
+                let mine = layout == round.proposal;
+                let resp = self.chosen(layout, mine);
+                self.reply(req, resp);
+            }
+            RoundStep::Failed(why) => {
+                let Some(Op::Commit { req, .. }) = self.ops.remove(&op_id) else { return };
+                self.reply(req, Err(Error::Unreachable(format!("the commit did not happen: {why}"))));
+            }
+        }
+    }
+
+    /// A layout was committed for the next epoch: start its transition and tell everyone.
+    fn chosen(&mut self, layout: Layout, mine: bool) -> Result<Response, Error> {
+        let epoch = layout.epoch;
+        if self.members.cluster.epoch() < epoch {
+            self.members.cluster.begin(layout).map_err(Error::Internal)?;
+            self.install(true)?;
+        }
+        let everyone: Vec<NodeId> = self.members.cluster.members().into_iter().filter(|&m| m != self.cfg.me).collect();
+        for m in everyone {
+            self.push_layout(m);
+        }
+        if !mine {
+            return Err(Error::BadRequest(format!(
+                "another change was committed as epoch {epoch} first; yours stays staged: look at `qkv cluster plan` again"
+            )));
+        }
+        self.members.staged.clear();
+        self.store.put_meta("staged", &rmp_serde::to_vec(&self.members.staged).expect("encodes"))?;
+        tracing::info!(epoch, "committed a layout change");
+        Ok(Response::ClusterInfo(serde_bytes::ByteBuf::from(self.cluster_info(None).encode())))
+    }
+
+    pub(super) fn meta_flushed(
+        &mut self,
+        req: Option<ReqId>,
+        vote: Option<(OpId, Vote)>,
+        resp: Response,
+        result: Result<(), Error>,
+    ) {
+        if let Some(req) = req {
+            self.reply(req, result.map(|()| resp));
+        } else if let Some((commit, vote)) = vote {
+            let me = self.cfg.me;
+            self.commit_vote(commit, me, result.map(|()| vote).map_err(|e| e.to_string()));
+        }
+    }
+
+    // ---- Admin.
+
+    fn staged_layout(&self) -> Result<Layout, Error> {
+        let mut l = self.members.cluster.newest().clone();
+        for c in &self.members.staged {
+            l = l.apply(c).map_err(|e| Error::BadRequest(e.to_string()))?;
+        }
+        // However many changes are staged, they commit as one epoch.
+        l.epoch = self.members.cluster.epoch() + 1;
+        if self.members.staged.len() > 1 {
+            l.replaced = self
+                .members
+                .staged
+                .iter()
+                .filter_map(|c| match c {
+                    Change::Replace { old, .. } if !l.members.contains_key(old) => Some(*old),
+                    _ => None,
+                })
+                .collect();
+        }
+        Ok(l)
+    }
+
+    fn cluster_info(&self, plan: Option<Plan>) -> ClusterInfo {
+        let now = self.now_ms;
+        let secs = (now.saturating_sub(self.members.started_ms) as f64 / 1000.0).max(0.001);
+        ClusterInfo {
+            node: self.cfg.me,
+            cluster: self.members.cluster.clone(),
+            phase: self.members.cluster.phase(),
+            staged: self.members.staged.clone(),
+            plan,
+            transfers: self.members.transfers.iter().map(|t| (t.clone(), t.bytes as f64 / secs)).collect(),
+            dropped_keys: self.members.dropped,
+        }
+    }
+
+    /// What `qkv cluster` reports (also for the driver's status and metrics).
+    pub fn membership(&self) -> ClusterInfo {
+        self.cluster_info(None)
+    }
+
+    pub(super) fn cluster_admin(&mut self, req: ReqId, admin: ClusterAdmin) -> Result<Option<Response>, Error> {
+        let info = |core: &Self, plan| {
+            Ok(Some(Response::ClusterInfo(serde_bytes::ByteBuf::from(core.cluster_info(plan).encode()))))
+        };
+        match admin {
+            ClusterAdmin::Show => info(self, None),
+            ClusterAdmin::Stage(change) => {
+                if self.members.staged.len() >= STAGED_MAX {
+                    return Err(Error::BadRequest(format!("at most {STAGED_MAX} changes may be staged")));
+                }
+                self.members.staged.push(change_of(change));
+                if let Err(e) = self.staged_layout() {
+                    self.members.staged.pop();
+                    return Err(e);
+                }
+                self.store.put_meta("staged", &rmp_serde::to_vec(&self.members.staged).expect("encodes"))?;
+                self.flush_unawaited();
+                let plan = self.plan()?;
+                info(self, Some(plan))
+            }
+            ClusterAdmin::Plan => {
+                if self.members.staged.is_empty() {
+                    return Err(Error::BadRequest("nothing is staged on this node".into()));
+                }
+                let plan = self.plan()?;
+                info(self, Some(plan))
+            }
+            ClusterAdmin::Abort => {
+                self.members.staged.clear();
+                self.store.put_meta("staged", &rmp_serde::to_vec(&self.members.staged).expect("encodes"))?;
+                self.flush_unawaited();
+                info(self, None)
+            }
+            ClusterAdmin::Commit => {
+                self.commit(req)?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn plan(&self) -> Result<Plan, Error> {
+        let after = self.staged_layout()?;
+        Plan::new(self.members.cluster.newest(), &after).map_err(|e| Error::BadRequest(e.to_string()))
+    }
+}
