@@ -49,7 +49,9 @@ impl<S: Store> Core<S> {
     pub(super) fn aae_round(&mut self) {
         let now = self.now_ms;
         let due = self.aae.due(now);
-        if due.gc {
+        // No tombstone is purged while a layout change moves data: its confirmations
+        // are of the new ring's replicas, and old ones still hold and send the range.
+        if due.gc && self.members.cluster.old().is_none() {
             let unconfirmed = self.cfg.bugs().gc_unconfirmed;
             if self.aae.gc_round(&mut self.store, &self.ring, now, unconfirmed) > 0 {
                 self.flush_unawaited();

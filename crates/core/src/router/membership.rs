@@ -294,13 +294,10 @@ impl<S: Store> Core<S> {
     pub(super) fn layout_fetch_response(&mut self, op_id: OpId, result: Result<Response, Error>) {
         self.ops.remove(&op_id);
         self.members.fetching_layout = false;
-        match result {
-            Ok(Response::Layout(b)) => {
-                if let Err(e) = self.take_cluster(&b) {
-                    tracing::warn!("a peer's cluster layout: {e}");
-                }
-            }
-            Ok(_) | Err(_) => {}
+        if let Ok(Response::Layout(b)) = result
+            && let Err(e) = self.take_cluster(&b)
+        {
+            tracing::warn!("a peer's cluster layout: {e}");
         }
     }
 
