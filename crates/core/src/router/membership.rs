@@ -824,6 +824,16 @@ impl<S: Store> Core<S> {
         self.cluster_info(None)
     }
 
+    /// The peer address of node `id` in a layout in effect (the driver dials it).
+    pub fn peer_addr(&self, id: NodeId) -> Option<&str> {
+        self.members.cluster.addr(id)
+    }
+
+    /// The newest layout epoch this node holds (the driver re-reads addresses when it moves).
+    pub fn layout_epoch(&self) -> u64 {
+        self.members.cluster.epoch()
+    }
+
     pub(super) fn cluster_admin(&mut self, req: ReqId, admin: ClusterAdmin) -> Result<Option<Response>, Error> {
         let info = |core: &Self, plan| {
             Ok(Some(Response::ClusterInfo(serde_bytes::ByteBuf::from(core.cluster_info(plan).encode()))))
