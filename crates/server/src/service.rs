@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use qkv_core::router::{FORWARD_MARGIN_MS, REQUEST_TIMEOUT_MS_MAX};
@@ -27,7 +27,11 @@ struct Inner {
     core: Mutex<Core<StoreHandle>>,
     storage: Arc<Storage>,
     pool: Pool,
-    addrs: BTreeMap<NodeId, SocketAddr>,
+    /// Where to dial each peer: the members of the layouts in effect, and the config's
+    /// seeds for nodes no layout names (yet).
+    addrs: RwLock<PeerAddrs>,
+    /// The layout epoch `addrs` was last rebuilt for (compared under the core's lock).
+    addrs_epoch: AtomicU64,
     waiters: Mutex<HashMap<ReqId, oneshot::Sender<Response>>>,
     next_req: AtomicU64,
     timer: Notify,
@@ -38,6 +42,53 @@ struct Inner {
     metrics: Metrics,
     metrics_addr: Option<SocketAddr>,
 }
+
+/// Peer addresses, rebuilt from the layouts in effect whenever the layout epoch moves.
+struct PeerAddrs {
+    /// The epoch the map was built for (a late rebuild of an older one is ignored).
+    epoch: u64,
+    map: BTreeMap<NodeId, SocketAddr>,
+    /// The config's peers: seeds, dialled until a layout gives an address.
+    seeds: BTreeMap<NodeId, SocketAddr>,
+}
+
+impl PeerAddrs {
+    /// Rebuild from the members' addresses of `epoch`; returns the ones that are not
+    /// `ip:port` and need a name lookup (done off the core's lock, then [`PeerAddrs::resolved`]).
+    fn rebuild(&mut self, epoch: u64, members: &[(NodeId, String)]) -> Vec<(NodeId, String)> {
+        if epoch < self.epoch {
+            return vec![];
+        }
+        let mut map = self.seeds.clone();
+        let mut lookup = vec![];
+        for (id, addr) in members {
+            match addr.parse::<SocketAddr>() {
+                Ok(a) => {
+                    map.insert(*id, a);
+                }
+                Err(_) => {
+                    // Keep what we had for it (or the seed) until the lookup answers.
+                    if let Some(&old) = self.map.get(id) {
+                        map.insert(*id, old);
+                    }
+                    lookup.push((*id, addr.clone()));
+                }
+            }
+        }
+        self.epoch = epoch;
+        self.map = map;
+        lookup
+    }
+
+    fn resolved(&mut self, epoch: u64, id: NodeId, addr: SocketAddr) {
+        if epoch == self.epoch {
+            self.map.insert(id, addr);
+        }
+    }
+}
+
+/// Members whose peer address changed the layout, at most this many looked up at once.
+const LOOKUPS_MAX: usize = qkv_core::layout::MEMBERS_MAX;
 
 /// The request handler and driver; cheap to clone.
 #[derive(Clone)]
@@ -71,6 +122,7 @@ impl Node {
         let wall_ms =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let core = Core::new(core_cfg, StoreHandle(storage.clone()), 0, wall_ms)?;
+        let seeds: BTreeMap<NodeId, SocketAddr> = cfg.peers.iter().map(|p| (p.id, p.addr)).collect();
         if cfg.fault_injection {
             tracing::warn!("fault_injection is on: any node certificate may cut this node off (tests only)");
         }
@@ -78,7 +130,9 @@ impl Node {
             core: Mutex::new(core),
             storage,
             pool,
-            addrs: cfg.peers.iter().map(|p| (p.id, p.addr)).collect(),
+            addrs: RwLock::new(PeerAddrs { epoch: 0, map: seeds.clone(), seeds }),
+            // Not an epoch any layout has: the first event rebuilds the map from the core's.
+            addrs_epoch: AtomicU64::new(u64::MAX),
             waiters: Mutex::new(HashMap::new()),
             next_req: AtomicU64::new(1),
             timer: Notify::new(),
@@ -101,12 +155,23 @@ impl Node {
 
     /// Feed the core under its lock, then carry out what it asks outside the lock.
     fn with_core(&self, f: impl FnOnce(&mut Core<StoreHandle>, u64)) {
-        let (outputs, earlier): (Vec<Output>, bool) = {
+        let (outputs, earlier, members): (Vec<Output>, bool, _) = {
             let mut core = self.0.core.lock().unwrap_or_else(|p| p.into_inner());
             let due = core.poll_timeout();
             f(&mut core, self.now_ms());
-            (std::iter::from_fn(|| core.poll_output()).collect(), core.poll_timeout() < due)
+            // The layout moved: re-read the members' addresses before sending anything.
+            let epoch = core.layout_epoch();
+            let members = (self.0.addrs_epoch.swap(epoch, Ordering::Relaxed) != epoch).then(|| {
+                let ids = core.membership().cluster.members();
+                let members: Vec<(NodeId, String)> =
+                    ids.into_iter().filter_map(|id| core.peer_addr(id).map(|a| (id, a.to_string()))).collect();
+                (epoch, members)
+            });
+            (std::iter::from_fn(|| core.poll_output()).collect(), core.poll_timeout() < due, members)
         };
+        if let Some((epoch, members)) = members {
+            self.update_addrs(epoch, &members);
+        }
         for o in outputs {
             self.perform(o);
         }
@@ -116,22 +181,51 @@ impl Node {
         }
     }
 
+    /// Rebuild the peer addresses for layout `epoch`; names that are not `ip:port` are
+    /// looked up on the blocking pool (never under a lock), each kept once it resolves.
+    fn update_addrs(&self, epoch: u64, members: &[(NodeId, String)]) {
+        let lookup = self.0.addrs.write().unwrap_or_else(|p| p.into_inner()).rebuild(epoch, members);
+        tracing::debug!(epoch, members = members.len(), "peer addresses follow the layout");
+        for (id, name) in lookup.into_iter().take(LOOKUPS_MAX) {
+            let node = self.clone();
+            tokio::spawn(async move {
+                let looked = tokio::task::spawn_blocking({
+                    let name = name.clone();
+                    move || std::net::ToSocketAddrs::to_socket_addrs(&name).map(|mut a| a.next())
+                });
+                match tokio::time::timeout(Duration::from_secs(10), looked).await {
+                    Ok(Ok(Ok(Some(addr)))) => {
+                        node.0.addrs.write().unwrap_or_else(|p| p.into_inner()).resolved(epoch, id, addr)
+                    }
+                    Ok(Ok(Ok(None))) => tracing::warn!(id, "node {id}'s address `{name}` resolves to nothing"),
+                    Ok(Ok(Err(e))) => tracing::warn!(id, "node {id}'s address `{name}`: {e}"),
+                    Ok(Err(e)) => tracing::warn!(id, "looking up node {id}'s address `{name}`: {e}"),
+                    Err(_) => tracing::warn!(id, "looking up node {id}'s address `{name}` took over 10 s"),
+                }
+            });
+        }
+    }
+
     fn perform(&self, o: Output) {
         match o {
             Output::Send { rpc, to, req, timeout_ms } => {
                 let node = self.clone();
                 tokio::spawn(async move {
-                    let r = match node.0.addrs.get(&to) {
+                    let addr = node.0.addrs.read().unwrap_or_else(|p| p.into_inner()).map.get(&to).copied();
+                    let r = match addr {
                         _ if node.is_isolated(to) => {
                             Err(Error::Unreachable(format!("node {to} is cut off (fault injection)")))
                         }
-                        Some(&addr) => node
+                        Some(addr) => node
                             .0
                             .pool
                             .request(addr, &req, Duration::from_millis(timeout_ms))
                             .await
                             .map_err(Error::from),
-                        None => Err(Error::Unreachable(format!("unknown node {to}"))),
+                        None => {
+                            tracing::debug!(to, "no address for node {to}: not in a layout in effect, nor a seed");
+                            Err(Error::Unreachable(format!("unknown node {to}")))
+                        }
                     };
                     node.with_core(|c, now| c.handle_response(now, rpc, r));
                 });
@@ -299,5 +393,35 @@ impl Handler for Node {
             AnsweredBy::Driver => self.answer_here(req),
             AnsweredBy::Core => self.serve(req).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn peer_addresses_follow_the_layout_and_keep_seeds() {
+        let seeds: BTreeMap<NodeId, SocketAddr> = [(1, addr("10.0.0.1:7001")), (2, addr("10.0.0.2:7001"))].into();
+        let mut a = PeerAddrs { epoch: 0, map: seeds.clone(), seeds };
+        let members = vec![(1, "10.0.0.1:7001".to_string()), (4, "10.0.0.4:7001".to_string())];
+        assert!(a.rebuild(2, &members).is_empty());
+        assert_eq!(a.map.get(&4), Some(&addr("10.0.0.4:7001")), "a member that joined is dialled");
+        assert_eq!(a.map.get(&2), Some(&addr("10.0.0.2:7001")), "a seed no layout names is still dialled");
+        // A late rebuild of an older epoch changes nothing.
+        assert!(a.rebuild(1, &[(5, "10.0.0.5:7001".to_string())]).is_empty());
+        assert!(!a.map.contains_key(&5));
+        // A name is looked up outside; until then the old address (if any) stays.
+        let lookup = a.rebuild(3, &[(4, "node4.example:7001".to_string())]);
+        assert_eq!(lookup, vec![(4, "node4.example:7001".to_string())]);
+        assert_eq!(a.map.get(&4), Some(&addr("10.0.0.4:7001")));
+        a.resolved(3, 4, addr("10.0.0.44:7001"));
+        assert_eq!(a.map.get(&4), Some(&addr("10.0.0.44:7001")));
+        a.resolved(2, 4, addr("10.0.0.45:7001"));
+        assert_eq!(a.map.get(&4), Some(&addr("10.0.0.44:7001")), "a lookup for an older epoch is dropped");
     }
 }
