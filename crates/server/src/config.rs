@@ -71,7 +71,11 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where the node keeps its data.
     pub data_dir: PathBuf,
-    /// All members, this node included.
+    /// Seeds for the node's first start. Listing this node too: the members of a new
+    /// cluster (every node lists the same peers). Not listing it: this node joins an
+    /// existing cluster, and the peers are members it learns the cluster's layout from
+    /// (then `qkv cluster join` makes it a member). Once a change has been committed,
+    /// the layout the node stored wins over this list.
     pub peers: Vec<Peer>,
     /// Replicas per key (N).
     #[serde(default = "default_replication")]
@@ -258,7 +262,16 @@ impl Config {
             bail!("peers: an address appears twice");
         }
         match self.peers.iter().find(|p| p.id == self.id) {
-            None => bail!("peers must list this node (id {}) too", self.id),
+            None if self.peers.is_empty() => bail!(
+                "peers must list this node (id {}) and the other members of a new cluster, or members of the \
+                 cluster this node joins",
+                self.id
+            ),
+            None => {
+                if let Some(p) = self.peers.iter().find(|p| p.addr == self.listen) {
+                    bail!("peers lists node {} at {}, this node's listen address", p.id, p.addr);
+                }
+            }
             Some(me) if me.addr != self.listen && !self.listen.ip().is_unspecified() => {
                 bail!("peers lists node {} at {}, but listen is {}", self.id, me.addr, self.listen)
             }
@@ -363,10 +376,25 @@ impl Config {
         TlsFiles { ca: self.tls.ca.clone(), cert: self.tls.cert.clone(), key: self.tls.key.clone() }
     }
 
-    /// The cluster layout the peers make: static membership, placed as every release
-    /// so far placed keys (`Layout::legacy`).
+    /// Whether this node joins an existing cluster: its `peers` do not list it.
+    pub fn joiner(&self) -> bool {
+        !self.peers.iter().any(|p| p.id == self.id)
+    }
+
+    /// The layout the node starts on, the first time: the peers' (placed as every release
+    /// so far placed keys, `Layout::legacy`, epoch 1). A joiner's is a placeholder of its
+    /// seeds at epoch 0, below every committed layout, so the first ping it exchanges
+    /// with a seed makes it take the cluster's real layout; it is outside the cluster
+    /// (refusing reads and writes) until its join is committed.
     pub fn layout(&self) -> Result<qkv_core::layout::Layout, qkv_core::layout::LayoutError> {
         let members: Vec<_> = self.peers.iter().map(|p| (p.id, p.addr.to_string())).collect();
+        if self.joiner() {
+            // A placeholder: fewer seeds than N are fine (N comes with the real layout).
+            let n = self.replication.min(members.len()).max(1);
+            let mut l = qkv_core::layout::Layout::legacy(&members, self.vnodes, n)?;
+            l.epoch = 0;
+            return Ok(l);
+        }
         qkv_core::layout::Layout::legacy(&members, self.vnodes, self.replication)
     }
 
@@ -452,9 +480,35 @@ key = "certs/node-1.key"
     }
 
     #[test]
+    fn a_node_its_peers_do_not_list_is_a_joiner_on_a_placeholder_layout() {
+        let member = Config::parse(BASE, Path::new("."), no_env).unwrap();
+        assert!(!member.joiner());
+        let l = member.layout().unwrap();
+        assert_eq!((l.epoch, l.n, l.members.len()), (1, 3, 3));
+        // Node 4 with the three members as seeds.
+        let joiner = BASE.replace("id = 1\n", "id = 4\n").replace("127.0.0.1:7001\"\n", "127.0.0.1:7004\"\n");
+        let c = Config::parse(&joiner, Path::new("."), no_env).unwrap();
+        assert!(c.joiner());
+        let l = c.layout().unwrap();
+        assert_eq!(l.epoch, 0, "below every committed layout: the seeds' layout wins at once");
+        assert!(!l.members.contains_key(&4));
+        assert_eq!(l.members.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
+        // One seed is enough (N comes with the cluster's layout).
+        let one = "id = 4\nlisten = \"0.0.0.0:7004\"\ndata_dir = \"d\"\npeers = [{ id = 1, addr = \"10.0.0.1:7001\" }]\n\
+                   [tls]\nca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n";
+        let c = Config::parse(one, Path::new("."), no_env).unwrap();
+        let l = c.layout().unwrap();
+        assert!(c.joiner());
+        assert_eq!((l.epoch, l.n, l.members.len()), (0, 1, 1));
+        let none = one.replace("[{ id = 1, addr = \"10.0.0.1:7001\" }]", "[]");
+        let e = Config::parse(&none, Path::new("."), no_env).unwrap_err().to_string();
+        assert!(e.contains("or members of the cluster this node joins"), "{e}");
+    }
+
+    #[test]
     fn bad_configs_say_why() {
         let cases = [
-            (BASE.replace("id = 1\n", "id = 9\n"), "must list this node"),
+            (BASE.replace("id = 1\n", "id = 9\n"), "this node's listen address"),
             (BASE.replace("listen = ", "replication = 5\nlisten = "), "replication factor 5 needs at least 5 nodes"),
             (BASE.replace("listen = ", "persist = \"fast\"\nlisten = "), "unknown variant"),
             (BASE.replace("listen = ", "colour = 1\nlisten = "), "unknown field"),

@@ -48,6 +48,13 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result
         tokio::spawn(http::serve(l, std::sync::Arc::new(move || n.prometheus()), shutdown.clone()));
     }
     info!(id = cfg.id, listen = %cfg.listen, persist = ?cfg.persist, n = cfg.replication, "node up");
+    if cfg.joiner() {
+        info!(
+            "peers do not list node {}: it learns the cluster's layout from them, and serves reads and writes once \
+             `qkv cluster join` has made it a member",
+            cfg.id
+        );
+    }
     let timers = tokio::spawn(node.clone().timer_loop());
     qkv_transport::serve(endpoint.clone(), std::sync::Arc::new(node.clone()), frame_bytes_max, shutdown).await;
     timers.abort();
