@@ -2,6 +2,9 @@
 //!
 //! # Layout
 //! - this file: the commands (clap), their text and JSON output, and `qkv certs`.
+//! - `cluster.rs`: `qkv cluster ...` (membership changes) and the membership part of `qkv status`.
+
+mod cluster;
 
 use std::io::Read as _;
 use std::path::PathBuf;
@@ -113,6 +116,21 @@ enum Cmd {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Change the cluster's members: stage join, leave or replace, look at the plan, commit.
+    ///
+    /// Changes are staged on one node and kept there until committed or aborted, so every
+    /// cluster subcommand goes to the same node: the first of the client config's nodes,
+    /// or --node ADDR. A commit is a vote among the members (two conflicting commits
+    /// cannot both happen: the loser is told to re-plan); data then moves in the
+    /// background while reads and writes go on. Errors exit with status 2.
+    ///
+    /// Typical use: start the new node (its config's peers list members, not itself),
+    /// then `qkv cluster join ADDR`, `qkv cluster plan`, `qkv cluster commit`, and watch
+    /// `qkv cluster show` until the phase is stable.
+    Cluster {
+        #[command(subcommand)]
+        cmd: cluster::ClusterCmd,
     },
     /// Create a cluster CA, node certificates and a client certificate (keeps existing files).
     Certs {
@@ -290,6 +308,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Cluster { cmd } => cluster::run(&client(&cli.config, None)?, cmd).await,
         Cmd::Certs { out, nodes, clients } => {
             if nodes.is_empty() || nodes.contains(&0) {
                 bail!("--nodes takes positive node ids, e.g. --nodes 1,2,3");

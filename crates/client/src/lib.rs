@@ -52,8 +52,9 @@ pub use config::ClientConfig;
 pub use error::Error;
 pub use qkv_proto::Error as ClusterError;
 pub use qkv_proto::{
-    AaePair, AaeStatus, Actor, Context, Dot, DvvSet, HintStatus, InspectReply, Level, NodeId, OpStats, OwnerHints,
-    Percentiles, REQUEST_TIMEOUT_MS_MAX, RingReply, StatsReply, StatusReply, actor_name, actor_node,
+    AaePair, AaeStatus, Actor, ClusterAdmin, ClusterChange, Context, Dot, DvvSet, HintStatus, InspectReply, Level,
+    NodeId, OpStats, OwnerHints, Percentiles, REQUEST_TIMEOUT_MS_MAX, RingReply, StatsReply, StatusReply, actor_name,
+    actor_node,
 };
 use qkv_proto::{GetRequest, PutRequest, Request, Response};
 use qkv_transport::{Pool, TlsFiles};
@@ -72,6 +73,9 @@ const DOWN_BACKOFF_MIN: Duration = Duration::from_millis(250);
 const DOWN_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A node with requests in flight that has answered nothing for this long is tried last.
 const SUSPECT_AFTER: Duration = Duration::from_millis(250);
+/// Deadline of a membership request: a commit is two rounds of votes among the members,
+/// each vote synced to disk and bounded by the node's own request deadline.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Deadline of a background probe of a node marked down.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -262,6 +266,17 @@ impl Client {
         let resp = self.0.pool.request(node, &Request::Stats, self.0.timeout + TRANSPORT_MARGIN).await;
         match resp.map_err(|e| Error::NoNodeReachable { tried: 1, last: e.to_string() })? {
             Response::Stats(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Membership administration on the node at `node` (staged changes live on the node
+    /// that staged them, so a change is staged, planned and committed on one node). The
+    /// answer is the node's encoded cluster info (`qkv_core::membership::ClusterInfo`).
+    pub async fn cluster_admin(&self, node: SocketAddr, admin: ClusterAdmin) -> Result<Vec<u8>, Error> {
+        let resp = self.0.pool.request(node, &Request::Cluster(admin), ADMIN_TIMEOUT + TRANSPORT_MARGIN).await;
+        match resp.map_err(|e| Error::NoNodeReachable { tried: 1, last: e.to_string() })? {
+            Response::ClusterInfo(b) => Ok(b.into_vec()),
             other => Err(unexpected(other)),
         }
     }

@@ -50,8 +50,8 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result
     info!(id = cfg.id, listen = %cfg.listen, persist = ?cfg.persist, n = cfg.replication, "node up");
     if cfg.joiner() {
         info!(
-            "peers do not list node {}: it learns the cluster's layout from them, and serves reads and writes once \
-             `qkv cluster join` has made it a member",
+            "peers do not list node {}: they are seeds; until `qkv cluster join` has made it a member (see \
+             `qkv cluster show`) it takes the cluster's layout from them and refuses reads and writes",
             cfg.id
         );
     }
