@@ -3,7 +3,7 @@ NODES ?= 3
 QUICK ?= 0
 export NODES
 
-.PHONY: cluster stop status kill start-node logs clean test bench bench-aae build sim chaos
+.PHONY: cluster stop status kill start-node logs clean join leave test bench bench-aae build sim chaos
 
 build:
 	cargo build --release --workspace --bins
@@ -28,6 +28,15 @@ logs:
 
 clean:
 	@./cluster/cluster.sh clean
+
+# Start a new local node (the next free id, 1 to 7) and join it: qkv cluster join + commit,
+# then wait until the data moved (JOIN_WAIT_S, 300 s).
+join:
+	@./cluster/cluster.sh join
+
+# Retire node N: qkv cluster leave + commit, wait until its data moved, then stop it.
+leave:
+	@./cluster/cluster.sh leave
 
 test:
 	cargo fmt --all -- --check

@@ -53,7 +53,8 @@ pub enum ClusterCmd {
     /// once they hold them (stop it when `qkv cluster show` says stable).
     Leave {
         /// The member's id.
-        node: NodeId,
+        #[arg(value_name = "NODE")]
+        id: NodeId,
         #[command(flatten)]
         opts: Opts,
     },
@@ -112,7 +113,7 @@ pub async fn run(c: &Client, cmd: ClusterCmd) -> anyhow::Result<ExitCode> {
         ClusterCmd::Plan { opts } => (opts, ClusterAdmin::Plan),
         ClusterCmd::Commit { opts } => (opts, ClusterAdmin::Commit),
         ClusterCmd::Abort { opts } => (opts, ClusterAdmin::Abort),
-        ClusterCmd::Leave { node, opts } => (opts, ClusterAdmin::Stage(ClusterChange::Leave { id: node })),
+        ClusterCmd::Leave { id, opts } => (opts, ClusterAdmin::Stage(ClusterChange::Leave { id })),
         ClusterCmd::Join { addr, opts } => {
             let id = node_id_at(c, &addr).await?;
             (opts, ClusterAdmin::Stage(ClusterChange::Join { id, addr }))

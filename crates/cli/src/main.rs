@@ -612,3 +612,13 @@ fn aae_line(a: &qkv_client::AaeStatus) -> String {
         a.purge_records
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}
