@@ -17,6 +17,8 @@ use serde::Serialize;
 
 /// Ranges of a plan printed as text (`--json` has them all).
 const MOVES_SHOWN: usize = 24;
+/// Transfer rows printed as text, unfinished ones first (`--json` has them all).
+const TRANSFERS_SHOWN: usize = 48;
 /// How long a name given for a node's address may take to resolve.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -275,38 +277,89 @@ fn print_show(info: &ClusterInfo) {
     }
 }
 
+/// Each configured node's membership view, in the order of `c.nodes()` (`None`: no answer).
+pub async fn infos(c: &Client) -> Vec<Option<ClusterInfo>> {
+    let mut out = vec![];
+    for &n in c.nodes() {
+        let got = c.cluster_admin(n, ClusterAdmin::Show).await.ok();
+        out.push(got.and_then(|b| ClusterInfo::decode(&b).ok()));
+    }
+    out
+}
+
+/// The membership part of `qkv status`: each node's layout epoch, phase and staged
+/// changes, and every node's range transfers.
+pub fn print_status(infos: &[&ClusterInfo]) {
+    if infos.is_empty() {
+        return;
+    }
+    println!();
+    println!("membership:");
+    for i in infos {
+        let staged: Vec<String> = i.staged.iter().map(change_text).collect();
+        let moving = match i.cluster.old() {
+            Some(o) => format!(" (moving data from epoch {})", o.epoch),
+            None => String::new(),
+        };
+        println!(
+            "node {}: layout epoch {}, phase {}{moving}; staged: {}{}",
+            i.node,
+            i.cluster.epoch(),
+            phase_name(i.phase),
+            if staged.is_empty() { "nothing".into() } else { staged.join(", ") },
+            if i.dropped_keys > 0 {
+                format!("; {} keys of lost ranges dropped", i.dropped_keys)
+            } else {
+                String::new()
+            }
+        );
+    }
+    if infos.iter().any(|i| !i.transfers.is_empty()) {
+        println!();
+        println!("transfers (ranges new home replicas fetch; left and ETA estimated from the share passed):");
+        print_transfers(infos);
+    }
+}
+
 /// The transfers table of one or more nodes (`qkv status`, `qkv cluster show`).
 pub fn print_transfers(infos: &[&ClusterInfo]) {
     println!(
         "{:<36}{:>5}{:>5}{:>11}{:>11}{:>11}{:>11}{:>12}{:>9}",
         "RANGE", "FROM", "TO", "KEYS DONE", "KEYS LEFT", "BYTES DONE", "BYTES LEFT", "RATE", "ETA"
     );
-    for info in infos {
-        for (t, rate) in &info.transfers {
-            let d = TransferDto::new(info.node, t, *rate);
-            let left = |v: Option<u64>| v.map_or("?".to_string(), |v| format!("~{v}"));
-            let eta = match (d.done, d.eta_s) {
-                (true, _) => "done".to_string(),
-                (false, Some(s)) => format!("{s:.0} s"),
-                (false, None) if d.failures > 0 => "failing".to_string(),
-                (false, None) => "-".to_string(),
-            };
-            println!(
-                "{:<36}{:>5}{:>5}{:>11}{:>11}{:>11}{:>11}{:>12}{:>9}",
-                range_text(t.lo, t.hi),
-                t.from,
-                info.node,
-                t.keys,
-                if d.done { "0".into() } else { left(d.keys_left) },
-                crate::bytes_text(t.bytes as f64),
-                if d.done { "0 B".into() } else { d.bytes_left.map_or("?".into(), |b| crate::bytes_text(b as f64)) },
-                format!("{}/s", crate::bytes_text(*rate)),
-                eta
-            );
-            if let Some(e) = &t.last_error {
-                println!("  last error ({} in a row): {e}", t.failures);
-            }
+    let mut rows: Vec<(&ClusterInfo, &Transfer, f64)> =
+        infos.iter().flat_map(|i| i.transfers.iter().map(move |(t, r)| (*i, t, *r))).collect();
+    // Unfinished first; the sort is stable, so each node's ranges stay in ring order.
+    rows.sort_by_key(|(_, t, _)| t.done);
+    let total = rows.len();
+    let done = rows.iter().filter(|(_, t, _)| t.done).count();
+    for (info, t, rate) in rows.into_iter().take(TRANSFERS_SHOWN) {
+        let d = TransferDto::new(info.node, t, rate);
+        let left = |v: Option<u64>| v.map_or("?".to_string(), |v| format!("~{v}"));
+        let eta = match (d.done, d.eta_s) {
+            (true, _) => "done".to_string(),
+            (false, Some(s)) => format!("{s:.0} s"),
+            (false, None) if d.failures > 0 => "failing".to_string(),
+            (false, None) => "-".to_string(),
+        };
+        println!(
+            "{:<36}{:>5}{:>5}{:>11}{:>11}{:>11}{:>11}{:>12}{:>9}",
+            range_text(t.lo, t.hi),
+            t.from,
+            info.node,
+            t.keys,
+            if d.done { "0".into() } else { left(d.keys_left) },
+            crate::bytes_text(t.bytes as f64),
+            if d.done { "0 B".into() } else { d.bytes_left.map_or("?".into(), |b| crate::bytes_text(b as f64)) },
+            format!("{}/s", crate::bytes_text(rate)),
+            eta
+        );
+        if let Some(e) = &t.last_error {
+            println!("  last error ({} in a row): {e}", t.failures);
         }
+    }
+    if total > TRANSFERS_SHOWN {
+        println!("... {} more rows; {done} of {total} transfers done (--json lists them all)", total - TRANSFERS_SHOWN);
     }
 }
 

@@ -88,7 +88,9 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
     },
-    /// Every node's view of the cluster: liveness as seen by each node, ownership.
+    /// Every node's view of the cluster: liveness as seen by each node, ownership, hint
+    /// backlog, anti-entropy, and membership: layout epoch, phase of a change, staged
+    /// changes, and the range transfers of a change (done, left, rate, ETA).
     Status {
         /// Print JSON.
         #[arg(long)]
@@ -477,6 +479,7 @@ async fn stats(c: &Client, as_json: bool) -> anyhow::Result<ExitCode> {
 
 async fn status(c: &Client, as_json: bool) -> anyhow::Result<ExitCode> {
     let views = c.status().await;
+    let infos = cluster::infos(c).await;
     let answered: Vec<_> = views.iter().filter_map(|(_, v)| v.as_ref().ok()).collect();
     let Some(first) = answered.first() else {
         let why: Vec<String> =
@@ -486,8 +489,10 @@ async fn status(c: &Client, as_json: bool) -> anyhow::Result<ExitCode> {
     if as_json {
         let nodes: Vec<_> = views
             .iter()
-            .map(|(addr, v)| match v {
+            .zip(&infos)
+            .map(|((addr, v), info)| match v {
                 Ok(s) => json!({
+                    "cluster": info.as_ref().map(cluster::InfoDto::from),
                     "addr": addr.to_string(), "node": s.node, "n": s.n, "vnodes": s.vnodes,
                     "read_repairs": s.read_repairs,
                     "members": s.members.iter().map(|m| json!({
@@ -584,6 +589,8 @@ async fn status(c: &Client, as_json: bool) -> anyhow::Result<ExitCode> {
     for v in &answered {
         println!("node {}: {}", v.node, aae_line(&v.aae));
     }
+    let infos: Vec<_> = infos.iter().flatten().collect();
+    cluster::print_status(&infos);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -180,7 +180,83 @@ type Row = (Vec<(&'static str, String)>, f64);
 
 /// What the core counts, read from its status at each scrape.
 #[derive(Debug, Default)]
-struct StatusView(Mutex<Option<(StatusReply, StatsReply)>>);
+struct StatusView(Mutex<Option<(StatusReply, StatsReply, MembershipStats)>>);
+
+/// The membership numbers a scrape exports: the layout and this node's range
+/// transfers, summed per node they come from (so the series stay few however many
+/// ranges move).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MembershipStats {
+    /// The newest layout epoch.
+    pub epoch: u64,
+    /// `stable`, `acking`, `syncing` or `switching`.
+    pub phase: &'static str,
+    /// Changes staged on this node.
+    pub staged: usize,
+    /// Keys dropped since start from ranges this node no longer holds.
+    pub dropped_keys: u64,
+    /// Transfers by the node fetched from, ascending.
+    pub from: Vec<TransferSum>,
+}
+
+/// This node's transfers from one node, summed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TransferSum {
+    /// The node fetched from.
+    pub from: NodeId,
+    /// Ranges done and not yet.
+    pub ranges_done: u64,
+    /// Ranges not done.
+    pub ranges_left: u64,
+    /// Keys fetched.
+    pub keys_done: u64,
+    /// Bytes fetched.
+    pub bytes_done: u64,
+    /// Keys left, estimated from the share of each range passed (a range not started counts 0).
+    pub keys_left: f64,
+    /// Bytes left, estimated likewise.
+    pub bytes_left: f64,
+    /// Bytes per second.
+    pub rate: f64,
+}
+
+/// The phases, in the order they are exported.
+const PHASES: &[&str] = &["stable", "acking", "syncing", "switching"];
+
+impl MembershipStats {
+    /// From the core's membership report.
+    pub fn new(info: &qkv_core::membership::ClusterInfo) -> MembershipStats {
+        use qkv_core::membership::Phase;
+        let mut from: BTreeMap<NodeId, TransferSum> = BTreeMap::new();
+        for (t, rate) in &info.transfers {
+            let s = from.entry(t.from).or_insert_with(|| TransferSum { from: t.from, ..Default::default() });
+            let f = t.fraction_done();
+            let left = |done: u64| if t.done || f <= 0.0 { 0.0 } else { done as f64 * (1.0 - f) / f };
+            if t.done {
+                s.ranges_done += 1;
+            } else {
+                s.ranges_left += 1;
+            }
+            s.keys_done += t.keys;
+            s.bytes_done += t.bytes;
+            s.keys_left += left(t.keys);
+            s.bytes_left += left(t.bytes);
+            s.rate += rate;
+        }
+        MembershipStats {
+            epoch: info.cluster.epoch(),
+            phase: match info.phase {
+                Phase::Stable => "stable",
+                Phase::Acking => "acking",
+                Phase::Syncing => "syncing",
+                Phase::Switching => "switching",
+            },
+            staged: info.staged.len(),
+            dropped_keys: info.dropped_keys,
+            from: from.into_values().collect(),
+        }
+    }
+}
 
 fn family(enc: &mut DescriptorEncoder, name: &str, help: &str, kind: MetricType, rows: Vec<Row>) -> std::fmt::Result {
     fn value(e: &mut MetricEncoder, kind: MetricType, v: f64) -> std::fmt::Result {
@@ -208,6 +284,62 @@ fn one(v: f64) -> Vec<Row> {
     vec![(vec![], v)]
 }
 
+fn membership_families(e: &mut DescriptorEncoder, m: &MembershipStats) -> std::fmt::Result {
+    let (gauge, counter) = (MetricType::Gauge, MetricType::Counter);
+    family(e, "qkv_layout_epoch", "The newest cluster layout epoch this node holds.", gauge, one(m.epoch as f64))?;
+    family(
+        e,
+        "qkv_layout_phase",
+        "1 for the step the layout change is at (stable: no change running).",
+        gauge,
+        PHASES.iter().map(|p| (vec![("phase", p.to_string())], if *p == m.phase { 1.0 } else { 0.0 })).collect(),
+    )?;
+    family(e, "qkv_layout_staged_changes", "Membership changes staged on this node.", gauge, one(m.staged as f64))?;
+    family(
+        e,
+        "qkv_layout_dropped_keys",
+        "Keys dropped from ranges this node no longer holds, since start.",
+        counter,
+        one(m.dropped_keys as f64),
+    )?;
+    let by = |state: &'static str, f: &dyn Fn(&TransferSum) -> f64| -> Vec<Row> {
+        m.from.iter().map(|t| (vec![("from", t.from.to_string()), ("state", state.to_string())], f(t))).collect()
+    };
+    let both = |done: &dyn Fn(&TransferSum) -> f64, left: &dyn Fn(&TransferSum) -> f64| {
+        let mut rows = by("done", done);
+        rows.extend(by("left", left));
+        rows
+    };
+    family(
+        e,
+        "qkv_transfer_ranges",
+        "Ranges this node fetches in a layout change, per node fetched from, done and left.",
+        gauge,
+        both(&|t| t.ranges_done as f64, &|t| t.ranges_left as f64),
+    )?;
+    family(
+        e,
+        "qkv_transfer_keys",
+        "Keys this node fetched in a layout change, and keys left (estimated), per node fetched from.",
+        gauge,
+        both(&|t| t.keys_done as f64, &|t| t.keys_left.round()),
+    )?;
+    family(
+        e,
+        "qkv_transfer_bytes",
+        "Bytes this node fetched in a layout change, and bytes left (estimated), per node fetched from.",
+        gauge,
+        both(&|t| t.bytes_done as f64, &|t| t.bytes_left.round()),
+    )?;
+    family(
+        e,
+        "qkv_transfer_rate_bytes_per_second",
+        "Fetch rate since the layout change started here, per node fetched from.",
+        gauge,
+        m.from.iter().map(|t| (vec![("from", t.from.to_string())], t.rate)).collect(),
+    )
+}
+
 /// The [`StatusView`] as registered.
 #[derive(Debug)]
 struct StatusCollector(Arc<StatusView>);
@@ -215,9 +347,10 @@ struct StatusCollector(Arc<StatusView>);
 impl Collector for StatusCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snapshot = lock(&self.0.0);
-        let Some((status, stats)) = snapshot.as_ref() else { return Ok(()) };
+        let Some((status, stats, members)) = snapshot.as_ref() else { return Ok(()) };
         let (gauge, counter) = (MetricType::Gauge, MetricType::Counter);
         let e = &mut enc;
+        membership_families(e, members)?;
         family(
             e,
             "qkv_replication_lag_pending_writes",
@@ -486,9 +619,9 @@ impl Metrics {
 
     /// The registry in the OpenMetrics text format ([`CONTENT_TYPE`]), with the core's
     /// counters from `status` and `stats`.
-    pub fn prometheus(&self, status: &StatusReply, stats: &StatsReply) -> String {
+    pub fn prometheus(&self, status: &StatusReply, stats: &StatsReply, members: &MembershipStats) -> String {
         let _one = lock(&self.scrape);
-        *lock(&self.status.0) = Some((status.clone(), stats.clone()));
+        *lock(&self.status.0) = Some((status.clone(), stats.clone(), members.clone()));
         let mut out = String::new();
         let encoded = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         *lock(&self.status.0) = None;
@@ -524,7 +657,23 @@ mod tests {
         assert_eq!(stats.ops.iter().map(|o| o.errors).collect::<Vec<_>>(), vec![0, 1]);
         assert_eq!(stats.errors, vec![("timeout".to_string(), 1)]);
         assert_eq!(stats.replication_lag_ms.count, 2);
-        let text = m.prometheus(&status, &stats);
+        let members = MembershipStats {
+            epoch: 2,
+            phase: "syncing",
+            staged: 1,
+            dropped_keys: 0,
+            from: vec![TransferSum {
+                from: 3,
+                ranges_done: 1,
+                ranges_left: 2,
+                keys_done: 10,
+                bytes_done: 1000,
+                keys_left: 30.0,
+                bytes_left: 3000.0,
+                rate: 250.5,
+            }],
+        };
+        let text = m.prometheus(&status, &stats, &members);
         for want in [
             "qkv_request_duration_seconds_bucket{node=\"1\",le=\"0.0005\",op=\"get\",level=\"quorum\",strict=\"false\"} 1",
             "qkv_request_duration_seconds_bucket{node=\"1\",le=\"0.00025\",op=\"get\",level=\"quorum\",strict=\"false\"} 0",
@@ -536,6 +685,14 @@ mod tests {
             "qkv_replication_lag_seconds_bucket{node=\"1\",le=\"1.0\"} 1",
             "qkv_read_repairs_total{node=\"1\"} 4",
             "qkv_key_limit_refusals_total{node=\"1\",kind=\"write\"} 2",
+            "qkv_layout_epoch{node=\"1\"} 2",
+            "qkv_layout_phase{node=\"1\",phase=\"syncing\"} 1",
+            "qkv_layout_phase{node=\"1\",phase=\"stable\"} 0",
+            "qkv_transfer_keys{node=\"1\",from=\"3\",state=\"left\"} 30",
+            "qkv_transfer_bytes{node=\"1\",from=\"3\",state=\"done\"} 1000",
+            "qkv_transfer_ranges{node=\"1\",from=\"3\",state=\"left\"} 2",
+            "qkv_transfer_rate_bytes_per_second{node=\"1\",from=\"3\"} 250.5",
+            "qkv_layout_dropped_keys_total{node=\"1\"} 0",
             "# HELP qkv_read_repairs Read repairs acknowledged by stale replicas.\n",
             "# TYPE qkv_siblings_per_read histogram",
             "# EOF",

@@ -334,7 +334,8 @@ impl Node {
     /// The Prometheus exposition.
     pub fn prometheus(&self) -> String {
         let (status, stats) = self.stats();
-        self.0.metrics.prometheus(&status, &stats)
+        let info = self.0.core.lock().unwrap_or_else(|p| p.into_inner()).membership();
+        self.0.metrics.prometheus(&status, &stats, &crate::metrics::MembershipStats::new(&info))
     }
 
     /// Serve one request through the core, recording client requests in the metrics.
