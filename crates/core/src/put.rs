@@ -32,9 +32,18 @@ pub struct PutOp {
 pub type PutOutcome = Result<Vec<NodeId>, Error>;
 
 impl PutOp {
-    /// A write to `targets` (the coordinator, `me`, among them, already acked) needing `needed` acks.
-    pub fn new(me: NodeId, targets: Vec<NodeId>, needed: usize, now_ms: u64, timeout_ms: u64) -> Self {
-        debug_assert!(targets.contains(&me));
+    /// A write to `targets` needing `needed` acks; the coordinator, `me`, has its copy.
+    ///
+    /// `me` is among the targets unless the layout moved between routing the write
+    /// and placing it (a change committed while the local write was flushed): then
+    /// its copy counts for nothing in the new home set (only, in a joint write, in the
+    /// old one if it is there).
+    pub fn new(me: NodeId, mut targets: Vec<NodeId>, needed: usize, now_ms: u64, timeout_ms: u64) -> Self {
+        let mut extra = vec![];
+        if !targets.contains(&me) {
+            targets.push(me);
+            extra.push(me);
+        }
         PutOp {
             me,
             needed,
@@ -44,7 +53,7 @@ impl PutOp {
             deadline_ms: now_ms + timeout_ms,
             done: false,
             old_home: vec![],
-            extra: vec![],
+            extra,
         }
     }
 
@@ -207,6 +216,17 @@ mod tests {
         assert_eq!(op.pending_targets(), vec![3, 4, 2], "the old replica still gets it");
         assert_eq!(op.on_ack(2), None, "an old-only replica does not count for a sloppy write");
         assert_eq!(op.on_ack(4), Some(Ok(vec![1, 2, 4])));
+    }
+
+    #[test]
+    fn a_coordinator_the_layout_moved_away_from_counts_for_nothing() {
+        let mut op = PutOp::new(1, vec![2, 3, 4], 2, 0, 1000);
+        assert_eq!(op.on_ack(2), None, "node 1's own copy is not one of the two");
+        assert_eq!(op.on_ack(3), Some(Ok(vec![1, 2, 3])));
+        let mut op = PutOp::new(1, vec![2, 3, 4], 3, 0, 1000);
+        assert_eq!(op.on_ack(2), None);
+        assert_eq!(op.on_ack(3), None);
+        assert!(matches!(op.on_failure(4, Error::ShuttingDown), Some(Err(_))), "three of {{2, 3, 4}} cannot be had");
     }
 
     #[test]

@@ -108,6 +108,11 @@ pub struct Bugs {
     /// Give a put the old context: the writer's vector joined with the new dot, which
     /// claims concurrent writes of the same coordinator it never saw.
     pub vv_context: bool,
+    /// During a layout change, read from the new home set at once, before its new
+    /// owners fetched their ranges.
+    pub early_read_switch: bool,
+    /// During a layout change, write to the new home set alone.
+    pub no_joint_writes: bool,
 }
 
 impl CoreConfig {

@@ -14,10 +14,14 @@ impl<S: Store> Core<S> {
     /// per peer. A table past its bound is a leak: stop here, not when memory runs out.
     pub(super) fn check_bounds(&self) {
         let n = self.ring.n();
-        let ops_max = OPS_MAX * (n + 1) + crate::lag::TRACKED_MAX * n + 4 * self.cfg.layout.members.len();
+        // Per peer: a ping, a handoff batch, an exchange and a layout push; and a
+        // layout fetch, a commit and the range fetches of a change.
+        let peers = self.members.cluster.versions.iter().map(|l| l.members.len()).sum::<usize>();
+        let ops_max =
+            OPS_MAX * (n + 1) + crate::lag::TRACKED_MAX * n + 4 * peers + 2 + super::membership::FETCHES_IN_FLIGHT;
         assert!(self.ops.len() <= ops_max, "node {}: {} operations in flight", self.cfg.me, self.ops.len());
         assert!(
-            self.rpcs.len() <= ops_max * self.cfg.layout.members.len().max(1),
+            self.rpcs.len() <= ops_max * peers.max(1),
             "node {}: {} requests in flight",
             self.cfg.me,
             self.rpcs.len()

@@ -98,6 +98,29 @@ fn change_of(c: ClusterChange) -> Change {
     }
 }
 
+/// The range (lo, hi] of the ring in token order from its start: one span of
+/// inclusive token bounds, or two across the wrap (lo = hi: the whole ring).
+fn range_spans(lo: u64, hi: u64) -> Vec<(u64, u64)> {
+    let start = lo.wrapping_add(1);
+    if lo == hi {
+        vec![(0, u64::MAX)]
+    } else if start <= hi {
+        vec![(start, hi)]
+    } else {
+        vec![(start, u64::MAX), (0, hi)]
+    }
+}
+
+/// Whether `layout` already has `change` in it.
+fn in_effect(change: &Change, layout: &Layout) -> bool {
+    let member = |id: &NodeId| layout.members.contains_key(id);
+    match change {
+        Change::Join { id, .. } => member(id),
+        Change::Leave { id } => !member(id),
+        Change::Replace { old, new, .. } => member(new) && !member(old),
+    }
+}
+
 fn wrong(epoch: u64, reason: impl Into<String>) -> Error {
     Error::WrongLayout { epoch, reason: reason.into() }
 }
@@ -106,6 +129,7 @@ impl<S: Store> Core<S> {
     /// The ring reads are placed by: the old one until this node reads the new home set.
     pub(super) fn read_ring(&self) -> &Ring {
         match &self.members.old_ring {
+            Some(_) if self.cfg.bugs().early_read_switch => &self.ring,
             Some(old) if self.members.cluster.progress_of(self.cfg.me).reading < self.members.cluster.epoch() => old,
             _ => &self.ring,
         }
@@ -151,6 +175,14 @@ impl<S: Store> Core<S> {
         }
         self.detector.set_peers(self.members.cluster.members(), self.now_ms);
         self.setup_transfers()?;
+        // A staged change the cluster already made (committed here or by another node, its
+        // clearing lost in a crash) is done: left staged, it would fail every later commit.
+        let newest = self.members.cluster.newest();
+        let staged = self.members.staged.len();
+        self.members.staged.retain(|c| !in_effect(c, newest));
+        if self.members.staged.len() != staged {
+            self.store.put_meta("staged", &rmp_serde::to_vec(&self.members.staged).expect("encodes"))?;
+        }
         if persist {
             self.store.put_meta("cluster", &self.members.cluster.encode())?;
             self.flush_unawaited();
@@ -219,6 +251,49 @@ impl<S: Store> Core<S> {
         m.retry_at = vec![0; jobs.len()];
         m.transfers = jobs;
         m.started_ms = self.now_ms;
+        self.clear_gained(epoch)
+    }
+
+    /// Before a node takes any write of a range it gains, it deletes what it still
+    /// holds of it: copies left from a time it was a home replica, which its drop did
+    /// not reach (it skipped to a later epoch, or crashed). Tombstones purged since
+    /// then would let such a copy bring deleted values back. Nothing in them is needed:
+    /// every write acknowledged since the node last held the range is on the old home
+    /// replicas it fetches from. Done once per epoch, recorded with the deletes (a
+    /// write acknowledged after this is flushed with the record).
+    fn clear_gained(&mut self, epoch: u64) -> Result<(), Error> {
+        let mark = format!("cleared.{epoch}");
+        if self.store.get_meta(&mark)?.is_some() {
+            return Ok(());
+        }
+        let mut ranges: Vec<(u64, u64)> = self.members.transfers.iter().map(|t| (t.lo, t.hi)).collect();
+        ranges.dedup();
+        let mut cleared = 0u64;
+        for (lo, hi) in ranges {
+            for (s, e) in range_spans(lo, hi) {
+                let mut at: (u64, Vec<u8>) = (s, vec![]);
+                loop {
+                    let page = self.store.scan((at.0, &at.1), e, DROP_PAGE)?;
+                    let full = page.len() == DROP_PAGE;
+                    for (key, set) in page {
+                        self.store.delete(&key)?;
+                        self.aae.on_write(&self.ring, &key, Some(crate::merkle::digest(&key, &set)), None, self.now_ms);
+                        let mut after = key.clone();
+                        after.push(0);
+                        at = (token(&key), after);
+                        cleared += 1;
+                    }
+                    if !full {
+                        break;
+                    }
+                }
+            }
+        }
+        if cleared > 0 {
+            tracing::info!(epoch, keys = cleared, "deleted stale copies of ranges this node gains");
+        }
+        self.store.put_meta(&mark, &[1])?;
+        self.flush_unawaited();
         Ok(())
     }
 
@@ -272,8 +347,14 @@ impl<S: Store> Core<S> {
     }
 
     fn push_layout(&mut self, to: NodeId) {
+        // One push of an epoch in flight per peer: a peer behind answers each ping
+        // with a view that asks for one.
+        let epoch = self.members.cluster.epoch();
+        if self.ops.values().any(|o| matches!(o, Op::LayoutPush { to: t, epoch: e } if *t == to && *e == epoch)) {
+            return;
+        }
         let op = self.id();
-        self.ops.insert(op, Op::LayoutPush);
+        self.ops.insert(op, Op::LayoutPush { to, epoch });
         self.send(op, to, Request::LayoutPush { cluster: self.members.cluster.encode() }, self.cfg.request_timeout_ms);
     }
 
@@ -281,12 +362,19 @@ impl<S: Store> Core<S> {
     pub(super) fn take_cluster(&mut self, bytes: &[u8]) -> Result<(), Error> {
         let other = Cluster::decode(bytes).map_err(Error::Protocol)?;
         let before = self.members.cluster.epoch();
+        let moving = self.members.cluster.old().is_some();
         let changed = self.members.cluster.adopt(other).map_err(Error::Protocol)?;
         if changed {
+            let retired = moving && self.members.cluster.old().is_none();
             if self.members.cluster.epoch() != before {
                 tracing::info!(epoch = self.members.cluster.epoch(), "took a newer cluster layout");
             }
             self.install(true)?;
+            // Skipping epochs (or taking a peer's word that a change ended) skips this
+            // node's own end of it: it drops the ranges it no longer holds once stable.
+            if self.members.cluster.epoch() != before || retired {
+                self.start_drop();
+            }
         }
         Ok(())
     }
@@ -527,15 +615,7 @@ impl<S: Store> Core<S> {
             }
         }
         let bytes_max = u64::from(bytes_max.clamp(1, FETCH_PAGE_BYTES));
-        // The range in token order from its start: one span, or two across the wrap.
-        let start = lo.wrapping_add(1);
-        let spans: Vec<(u64, u64)> = if lo == hi {
-            vec![(0, u64::MAX)]
-        } else if start <= hi {
-            vec![(start, hi)]
-        } else {
-            vec![(start, u64::MAX), (0, hi)]
-        };
+        let spans = range_spans(lo, hi);
         let mut items = vec![];
         let mut bytes = 0u64;
         let mut cursor: Option<(u64, Vec<u8>)> = from.map(|f| (f.token, f.key));
@@ -763,6 +843,7 @@ impl<S: Store> Core<S> {
         }
         self.members.staged.clear();
         self.store.put_meta("staged", &rmp_serde::to_vec(&self.members.staged).expect("encodes"))?;
+        self.flush_unawaited();
         tracing::info!(epoch, "committed a layout change");
         Ok(Response::ClusterInfo(serde_bytes::ByteBuf::from(self.cluster_info(None).encode())))
     }

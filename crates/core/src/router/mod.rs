@@ -129,7 +129,7 @@ enum Op {
     /// Asking a peer for its cluster layout.
     LayoutFetch,
     /// Telling a peer this node's cluster layout.
-    LayoutPush,
+    LayoutPush { to: NodeId, epoch: u64 },
     /// Committing the staged changes: this node's round of votes.
     Commit { req: ReqId, round: Box<crate::membership::Round> },
     /// A vote or a layout answer waiting for its sync: the answer to `req`, or this
@@ -527,7 +527,7 @@ impl<S: Store> Core<S> {
             Some(Op::PutTail { .. }) => self.put_tail_response(op_id, from, result),
             Some(Op::LagProbe { .. }) => self.lag_probe_response(op_id, result),
             Some(Op::LayoutFetch) => self.layout_fetch_response(op_id, result),
-            Some(Op::LayoutPush) => {
+            Some(Op::LayoutPush { .. }) => {
                 self.ops.remove(&op_id);
             }
             Some(Op::Commit { .. }) => self.commit_response(op_id, from, result),

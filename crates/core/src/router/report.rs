@@ -74,16 +74,17 @@ impl<S: Store> Core<S> {
             node: self.cfg.me,
             n: self.ring.n(),
             vnodes: self.ring.vnodes(),
+            // The members of the layouts in effect (the config's are only the first start's).
             members: self
-                .cfg
-                .layout
                 .members
-                .iter()
-                .map(|(id, m)| MemberReport {
-                    node: *id,
-                    addr: m.addr.clone(),
-                    up: self.is_up(*id),
-                    ownership: own.get(id).copied().unwrap_or(0.0),
+                .cluster
+                .members()
+                .into_iter()
+                .map(|id| MemberReport {
+                    node: id,
+                    addr: self.members.cluster.addr(id).unwrap_or_default().to_string(),
+                    up: self.is_up(id),
+                    ownership: own.get(&id).copied().unwrap_or(0.0),
                 })
                 .collect(),
             stats: self.stats,
@@ -105,7 +106,7 @@ impl<S: Store> Core<S> {
     /// The home replicas of `key`, in preference order, with their addresses.
     pub fn placement(&self, key: &[u8]) -> Result<Vec<(NodeId, String)>, qkv_proto::Error> {
         self.cfg.limits.check(key, None)?;
-        let addr = |id: NodeId| self.cfg.layout.members.get(&id).map(|m| m.addr.clone()).unwrap_or_default();
+        let addr = |id: NodeId| self.members.cluster.addr(id).unwrap_or_default().to_string();
         Ok(self.ring.preference_list(key).iter().map(|&id| (id, addr(id))).collect())
     }
 }

@@ -90,7 +90,7 @@ impl<S: Store> Core<S> {
         let placement = placement::write_targets(walk, n, me, strict, |id| self.is_up(id));
         let mut op = PutOp::new(me, placement.targets.clone(), needed, self.now_ms, timeout_ms);
         // During a layout transition the old home set gets it too (and, strict, W of it).
-        if let Some(old) = &self.members.old_ring {
+        if let Some(old) = self.members.old_ring.as_ref().filter(|_| !self.cfg.bugs().no_joint_writes) {
             op.joint(old.preference_list(&key), strict);
         }
         let targets: Vec<NodeId> = std::iter::once(me).chain(op.remote_targets()).collect();
