@@ -23,7 +23,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use qkv_proto::{Dot, DvvSet, NodeId, VersionVector};
+use qkv_proto::{Dot, DvvSet, NodeId};
 
 use crate::history::{Entry, History, OpKind, Outcome};
 
@@ -50,7 +50,10 @@ pub struct FinalKey {
     /// Each home replica's state (`None`: it holds nothing).
     pub replicas: Vec<(NodeId, Option<DvvSet>)>,
     /// Tombstones of this key that replicas purged: when, and their clocks.
-    pub purged: Vec<(u64, VersionVector)>,
+    pub purged: Vec<(u64, qkv_proto::Seen)>,
+    /// Every node that was a home replica of the key in some layout of the run, when
+    /// membership changed (empty: the home replicas above were its only ones).
+    pub homes_ever: Vec<NodeId>,
 }
 
 impl FinalKey {
@@ -125,15 +128,19 @@ pub fn check(history: &History, facts: &Facts<'_>) -> Report {
 fn check_key(key: &[u8], entries: &[&Entry], fin: &FinalKey, facts: &Facts<'_>, report: &mut Report) {
     let merged = fin.merged();
     let mut seen = qkv_proto::Seen { vv: merged.clock().clone(), dots: merged.cloud().to_vec() };
-    let mut purged = VersionVector::new();
+    let mut purged = qkv_proto::Seen::new();
     for (_, c) in &fin.purged {
-        purged.join(c);
+        purged.vv.join(&c.vv);
+        purged.dots.extend(c.dots.iter().copied());
     }
-    seen.vv.join(&purged);
+    purged.normalize();
+    seen.vv.join(&purged.vv);
+    seen.dots.extend(purged.dots.iter().copied());
     seen.normalize();
     // A purge covering `dot` by time `t`: the key's history before it may be gone from replies.
     let purged_by = |dot: Dot, t: u64| fin.purged.iter().any(|(at, c)| *at <= t && c.covers(dot));
-    let home: Vec<NodeId> = fin.replicas.iter().map(|r| r.0).collect();
+    // A wipe of any replica the key had, in any layout, may take a write's only copies.
+    let home: Vec<NodeId> = fin.replicas.iter().map(|r| r.0).chain(fin.homes_ever.iter().copied()).collect();
     let wiped_between =
         |from: u64, to: u64| facts.wipes.iter().any(|&(n, t)| home.contains(&n) && from <= t && t <= to);
     let mut bad = |kind: &'static str, detail: String| {
@@ -397,7 +404,11 @@ mod tests {
     fn finals(set: DvvSet) -> BTreeMap<Vec<u8>, FinalKey> {
         [(
             b"k".to_vec(),
-            FinalKey { replicas: vec![(1, Some(set.clone())), (2, Some(set))], purged: Default::default() },
+            FinalKey {
+                replicas: vec![(1, Some(set.clone())), (2, Some(set))],
+                purged: Default::default(),
+                homes_ever: vec![],
+            },
         )]
         .into()
     }

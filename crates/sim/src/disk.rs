@@ -6,7 +6,7 @@ use qkv_core::{Hint, HintMeta, Store};
 
 use std::collections::BTreeMap;
 
-use qkv_proto::{DvvSet, Error, NodeId, VersionVector};
+use qkv_proto::{DvvSet, Error, NodeId};
 
 /// What a node's store holds.
 pub type Contents = MemStore;
@@ -18,7 +18,7 @@ pub struct Disk {
     durable: Contents,
     /// The simulator's record (not the node's): per key, when this node purged a
     /// tombstone and its clock, so the checker knows what it covered.
-    pub purged: BTreeMap<Vec<u8>, Vec<(u64, VersionVector)>>,
+    pub purged: BTreeMap<Vec<u8>, Vec<(u64, qkv_proto::Seen)>>,
     /// Virtual time, set by the simulator before it runs the node.
     pub now: u64,
     /// Probability that a store operation fails (an injected I/O error; nothing changes).
@@ -85,8 +85,8 @@ impl Disk {
                 add(h.set.seen());
             }
         }
-        for (_, clock) in self.purged.get(key).into_iter().flatten() {
-            add(qkv_proto::Seen::of(clock.clone()));
+        for (_, seen) in self.purged.get(key).into_iter().flatten() {
+            add(seen.clone());
         }
         seen.normalize();
         seen
@@ -150,9 +150,11 @@ impl Store for SharedDisk {
     fn delete(&mut self, key: &[u8]) -> Result<(), Error> {
         let mut d = self.0.borrow_mut();
         d.inject()?;
-        if let Some(old) = d.current.value(key).cloned() {
+        // A purge deletes a tombstone; a node also deletes live copies of ranges it no
+        // longer holds (or gains again), which are no purge.
+        if let Some(old) = d.current.value(key).filter(|s| s.is_deleted()).cloned() {
             let now = d.now;
-            d.purged.entry(key.to_vec()).or_default().push((now, old.clock().clone()));
+            d.purged.entry(key.to_vec()).or_default().push((now, old.seen()));
         }
         d.current.delete(key)
     }

@@ -41,5 +41,15 @@ pub fn run_seed(seed: u64, cfg: &SimConfig) -> (Run, Report) {
             detail: format!("after healing, node {observer} still sees node {peer} down though both run"),
         });
     }
+    for c in &run.layout_conflicts {
+        report.violations.push(Violation { kind: "two layouts for one epoch", key: vec![], detail: c.clone() });
+    }
+    if let Some(why) = &run.unsettled {
+        report.violations.push(Violation {
+            kind: "membership change unsettled",
+            key: vec![],
+            detail: format!("after healing, {why}"),
+        });
+    }
     (run, report)
 }

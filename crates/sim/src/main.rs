@@ -70,9 +70,17 @@ struct Args {
     /// a node starts, nor after healing).
     #[arg(long, default_value_t = 0.002)]
     storage_errors: f64,
+    /// Share of seeds in which an operator changes membership while clients work and faults
+    /// strike: one to three joins, leaves (a member retires) and replaces (a member dies for
+    /// good, its disk with it, and a new node takes its place), staged and committed with
+    /// the admin requests of `qkv cluster`, half of them while another member is down or cut off.
+    #[arg(long, default_value_t = 0.5)]
+    membership: f64,
     /// Run a deliberately broken core: lww, ack-before-flush, strict-counts-standins, gc-unconfirmed or
     /// vv-context (a put's answer claims concurrent writes of its coordinator, as before dotted contexts)
-    /// or lease-not-durable (a counter lease rides in the OS buffer, as before). Needs a build with
+    /// or lease-not-durable (a counter lease rides in the OS buffer, as before), early-read-switch (during
+    /// a layout change, read the new home set before it fetched its ranges) or no-joint-writes (during a
+    /// layout change, write the new home set alone); the last two show with `--membership 1`. Needs a build with
     /// `--features bugs`: production cores have none of them.
     #[arg(long)]
     bug: Option<String>,
@@ -104,9 +112,12 @@ fn bugs(name: Option<&str>) -> Result<Bugs, String> {
         Some("gc-unconfirmed") => b.gc_unconfirmed = true,
         Some("vv-context") => b.vv_context = true,
         Some("lease-not-durable") => b.lease_not_durable = true,
+        Some("early-read-switch") => b.early_read_switch = true,
+        Some("no-joint-writes") => b.no_joint_writes = true,
         Some(other) => {
             return Err(format!(
-                "unknown bug `{other}`: lww, ack-before-flush, strict-counts-standins, gc-unconfirmed, vv-context or lease-not-durable"
+                "unknown bug `{other}`: lww, ack-before-flush, strict-counts-standins, gc-unconfirmed, vv-context, \
+                 lease-not-durable, early-read-switch or no-joint-writes"
             ));
         }
     }
@@ -132,10 +143,11 @@ fn main() -> ExitCode {
         || !(0.0..=1.0).contains(&a.wipe)
         || !(0.0..=1.0).contains(&a.buffer)
         || !(0.0..=0.5).contains(&a.storage_errors)
+        || !(0.0..=1.0).contains(&a.membership)
     {
         return fail(
-            "--loss, --dup and --storage-errors must be between 0 and 0.5, --power-loss, --wipe and --buffer \
-             between 0 and 1"
+            "--loss, --dup and --storage-errors must be between 0 and 0.5, --power-loss, --wipe, --buffer and \
+             --membership between 0 and 1"
                 .into(),
         );
     }
@@ -174,6 +186,7 @@ fn main() -> ExitCode {
             buffer: a.buffer,
             storage_errors: a.storage_errors,
             keep_epoch: false,
+            membership: a.membership,
             bugs,
         };
         let (run, report) = run_seed(seed, &cfg);
@@ -234,8 +247,8 @@ fn main() -> ExitCode {
                 }
                 println!(
                     "  replay: {replay} --loss {} --dup {} --power-loss {} --wipe {} --outage-ms {} --buffer {} \
-                     --storage-errors {}",
-                    a.loss, a.dup, a.power_loss, a.wipe, a.outage_ms, a.buffer, a.storage_errors
+                     --storage-errors {} --membership {}",
+                    a.loss, a.dup, a.power_loss, a.wipe, a.outage_ms, a.buffer, a.storage_errors, a.membership
                 );
             });
             if a.fail_fast {
@@ -265,7 +278,7 @@ fn main() -> ExitCode {
     converge_ms.sort_unstable();
     let pct = |p: f64| converge_ms.get(((converge_ms.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0);
     println!(
-        "convergence after healing, no reads: p50 {} ms, p99 {} ms, max {} ms; {unconverged} schedules did not converge in 30 s",
+        "convergence after healing, no reads: p50 {} ms, p99 {} ms, max {} ms; {unconverged} schedules did not converge by the deadline (30 s, 60 s with membership changes)",
         pct(0.5),
         pct(0.99),
         pct(1.0)

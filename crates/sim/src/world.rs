@@ -27,6 +27,8 @@ use crate::disk::{Disk, SharedDisk};
 use crate::history::{Entry, History, OpKind, Outcome};
 use crate::workload::{ClientState, Workload};
 
+mod admin;
+
 /// What to simulate.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -59,6 +61,8 @@ pub struct SimConfig {
     /// Model a driver that keeps a `buffer` disk's epoch after an unclean shutdown (as
     /// `qkv-node` once did), so the counter lease alone must keep dots unique.
     pub keep_epoch: bool,
+    /// Share of seeds in which an operator joins, retires and replaces nodes (see `admin`).
+    pub membership: f64,
     /// Deliberate bugs in every node.
     pub bugs: Bugs,
 }
@@ -80,6 +84,7 @@ impl Default for SimConfig {
             buffer: 0.0,
             storage_errors: 0.0,
             keep_epoch: false,
+            membership: 0.0,
             bugs: Bugs::default(),
         }
     }
@@ -147,6 +152,10 @@ pub struct Run {
     /// After healing, (observer, peer) pairs where a running node still saw a
     /// running peer down at the deadline.
     pub stuck_down: Vec<(NodeId, NodeId)>,
+    /// Why the membership changes did not end in one stable layout every node holds.
+    pub unsettled: Option<String>,
+    /// Epochs for which two different layouts were seen (one is committed per epoch).
+    pub layout_conflicts: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -203,6 +212,11 @@ enum Ev {
     Partition(Vec<(NodeId, NodeId)>),
     Heal,
     ClockJump(NodeId, i64),
+    /// The operator's next move.
+    Admin,
+    AdminTimeout {
+        seq: u64,
+    },
     PowerLoss,
     /// The node's disk is lost (the process with it); it restarts empty.
     Wipe(NodeId),
@@ -227,6 +241,10 @@ struct SimNode {
     /// process keeps and a power loss drops; only a sync flush (a counter lease) or the
     /// start (the store is synced when opened) makes it durable. Otherwise `sync`.
     buffer: bool,
+    /// Part of the run: a node the operator has not started yet, or one it replaced, is not.
+    active: bool,
+    /// Started by the operator: its config holds the seeds' layout at epoch 0.
+    joiner: bool,
 }
 
 struct InFlight {
@@ -279,13 +297,23 @@ pub struct World {
     dup_writes: BTreeSet<u64>,
     /// Lost states: (key, what the lost state had seen, what durable disks covered then).
     losses: Vec<(Vec<u8>, Seen, Seen)>,
+    /// The operator, in a seed that changes membership.
+    admin: Option<admin::Admin>,
+    /// Every layout the operator saw committed, by epoch (the first is the initial one).
+    layouts: BTreeMap<u64, Layout>,
 }
 
 impl World {
     /// A world for `seed`.
     pub fn new(seed: u64, cfg: SimConfig) -> World {
         let mut rng = StdRng::seed_from_u64(seed);
+        // The operator's script comes from a stream of its own: seeds without one replay as before.
+        let mut ops_rng = StdRng::seed_from_u64(seed ^ 0x6f70_6572_6174_6f72);
+        let horizon = (cfg.ops_per_client as u64) * 40;
+        let admin = (cfg.membership > 0.0 && ops_rng.random_bool(cfg.membership.min(1.0)))
+            .then(|| admin::Admin::draw(&mut ops_rng, cfg.nodes, cfg.n, horizon));
         let ids: Vec<NodeId> = (1..=cfg.nodes as NodeId).collect();
+        let spares = admin.as_ref().map(|a| a.new_nodes()).unwrap_or_default();
         // Half the seeds place keys as every release before layouts did (16 random
         // vnodes per node), half on a new cluster's partitioned ring.
         let members: Vec<(NodeId, String)> = ids.iter().map(|&i| (i, format!("sim-{i}"))).collect();
@@ -297,6 +325,7 @@ impl World {
         let ring = layout.ring().expect("valid sim ring");
         let nodes = ids
             .iter()
+            .chain(&spares)
             .map(|&id| {
                 let node = SimNode {
                     disk: Rc::new(RefCell::new(Disk::default())),
@@ -310,6 +339,8 @@ impl World {
                     epoch: rng.random_range(1..=u32::MAX),
                     boot: 0,
                     buffer: rng.random_bool(cfg.buffer),
+                    active: id as usize <= cfg.nodes,
+                    joiner: id as usize > cfg.nodes,
                 };
                 (id, node)
             })
@@ -339,7 +370,10 @@ impl World {
             fault_log: vec![],
             dup_writes: BTreeSet::new(),
             losses: vec![],
+            admin,
+            layouts: BTreeMap::new(),
         };
+        w.layouts.insert(w.layout.epoch, w.layout.clone());
         for id in ids {
             w.start(id);
         }
@@ -354,10 +388,15 @@ impl World {
     }
 
     fn core_config(&self, me: NodeId, inc: u64) -> CoreConfig {
+        let mut layout = self.layout.clone();
+        if self.nodes[&me].joiner {
+            // A new node's config lists the seeds, not itself: it learns the layout from them.
+            layout.epoch = 0;
+        }
         CoreConfig {
             me,
             incarnation: inc,
-            layout: self.layout.clone(),
+            layout,
             limits: Limits {
                 key_bytes_max: 1024,
                 value_bytes_max: 64 * 1024,
@@ -659,6 +698,7 @@ impl World {
                     Body::Resp(resp) => self.with_core(id, |c, now| c.handle_response(now, corr, Ok(resp))),
                 }
             }
+            (Addr::Client(admin::ADMIN), Body::Resp(resp)) => self.admin_answer(corr, Some(resp)),
             (Addr::Client(c), Body::Resp(resp)) => self.client_done(c, corr, Some(resp)),
             (Addr::Client(_), Body::Req(_)) => {}
         }
@@ -678,7 +718,8 @@ impl World {
         };
         cl.inflight = Some(InFlight { seq, write_id, key, op, invoked_ms: self.now });
         self.counters.ops += 1;
-        let node = self.rng.random_range(1..=self.cfg.nodes as NodeId);
+        let active: Vec<NodeId> = self.nodes.iter().filter(|(_, n)| n.active).map(|(&id, _)| id).collect();
+        let node = active[self.rng.random_range(0..active.len())];
         self.send(Addr::Client(c), Addr::Node(node, 0), seq, Body::Req(req));
         self.at(self.now + CLIENT_TIMEOUT_MS, Ev::ClientTimeout { client: c, seq });
     }
@@ -726,7 +767,7 @@ impl World {
     /// Schedule the faults of the active phase, from now until `until`.
     fn plan_faults(&mut self, until: u64) {
         let mut t = self.now + self.rng.random_range(100..600);
-        let ids: Vec<NodeId> = (1..=self.cfg.nodes as NodeId).collect();
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         while t < until {
             if self.rng.random_bool(self.cfg.power_loss) {
                 // Power loss: every node at once; only what was flushed survives.
@@ -840,8 +881,10 @@ impl World {
                     self.crash(n);
                 }
             }
+            Ev::Admin => self.admin_tick(),
+            Ev::AdminTimeout { seq } => self.admin_answer(seq, None),
             Ev::Restart(n) => {
-                if self.nodes[&n].core.is_none() {
+                if self.nodes[&n].core.is_none() && self.nodes[&n].active {
                     self.start(n);
                     let epoch = qkv_proto::actor_name(qkv_proto::actor(n, self.nodes[&n].epoch));
                     self.log(format!("node {n} starts as {epoch}"));
@@ -857,12 +900,13 @@ impl World {
                     self.crash(n);
                 }
             }
-            Ev::Wipe(n) => {
+            Ev::Wipe(n) if self.nodes[&n].active => {
                 self.log(format!("node {n} loses its disk"));
                 self.fault("disk wipe");
                 self.crash(n);
                 self.wipe(n);
             }
+            Ev::Wipe(_) => {}
             Ev::Partition(cut) => {
                 self.log(format!("partition {cut:?}"));
                 self.blocked = cut.into_iter().collect();
@@ -916,6 +960,11 @@ impl World {
             let horizon = (self.cfg.ops_per_client as u64) * 40;
             self.plan_faults(horizon);
         }
+        if let Some(a) = &self.admin {
+            let (start, via) = (a.start_ms, a.via);
+            self.log(format!("operator: stages and commits every change on node {via}"));
+            self.at(start, Ev::Admin);
+        }
         self.run_until(RUN_MS_MAX, World::clients_done);
 
         // Healing: no more faults, every node up, a reliable network and disks, then quiet.
@@ -929,7 +978,8 @@ impl World {
         });
         self.blocked.clear();
         self.reliable = true;
-        let down: Vec<NodeId> = self.nodes.iter().filter(|(_, n)| n.core.is_none()).map(|(&id, _)| id).collect();
+        let down: Vec<NodeId> =
+            self.nodes.iter().filter(|(_, n)| n.core.is_none() && n.active).map(|(&id, _)| id).collect();
         for id in down {
             self.start(id);
         }
@@ -938,7 +988,9 @@ impl World {
         let keys: BTreeSet<Vec<u8>> = self.history.entries.iter().map(|e| e.key.clone()).collect();
         let healed = self.now;
         let mut converged_after_ms = None;
-        while self.now < healed + CONVERGE_MS_MAX {
+        // A membership change also moves data, each step after the last one settled.
+        let converge_ms = if self.admin.is_some() { 2 * CONVERGE_MS_MAX } else { CONVERGE_MS_MAX };
+        while self.now < healed + converge_ms {
             let step = self.now + CONVERGE_STEP_MS;
             self.run_until(step, |_| false);
             if self.converged(&keys) {
@@ -948,7 +1000,7 @@ impl World {
         }
 
         // Every node up and reachable: every view must say so, within the deadline.
-        while !self.stuck_down().is_empty() && self.now < healed + CONVERGE_MS_MAX {
+        while !self.stuck_down().is_empty() && self.now < healed + converge_ms {
             let step = self.now + CONVERGE_STEP_MS;
             self.run_until(step, |_| false);
         }
@@ -961,7 +1013,35 @@ impl World {
                 self.destroyed.insert(dot);
             }
         }
-        let finals = keys.into_iter().map(|key| (key.clone(), self.final_key(&key))).collect();
+        let unsettled = self.settled().err();
+        let mut layout_conflicts = vec![];
+        for (&id, n) in &self.nodes {
+            let Some(core) = &n.core else { continue };
+            for l in core.membership().cluster.versions {
+                match self.layouts.get(&l.epoch) {
+                    Some(seen) if *seen != l => {
+                        layout_conflicts.push(format!("node {id} holds another layout for epoch {}", l.epoch));
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.layouts.insert(l.epoch, l);
+                    }
+                }
+            }
+        }
+        let ring = self.settled().unwrap_or_else(|_| self.ring.clone());
+        let rings: Vec<Ring> = self.layouts.values().filter_map(|l| l.ring().ok()).collect();
+        let finals = keys
+            .into_iter()
+            .map(|key| {
+                let mut f = self.final_key(&ring, &key);
+                if self.admin.is_some() {
+                    let ever: BTreeSet<NodeId> = rings.iter().flat_map(|r| r.preference_list(&key).to_vec()).collect();
+                    f.homes_ever = ever.into_iter().collect();
+                }
+                (key, f)
+            })
+            .collect();
         for n in self.nodes.values() {
             if let Some(core) = &n.core {
                 self.counters.absorb(core);
@@ -977,6 +1057,8 @@ impl World {
             converged_after_ms,
             fault_log: self.fault_log,
             stuck_down,
+            unsettled,
+            layout_conflicts,
         }
     }
 
@@ -994,10 +1076,39 @@ impl World {
         out
     }
 
+    /// The ring of the one stable layout every running node holds, once the operator is
+    /// done (the initial ring in a run without one).
+    fn settled(&self) -> Result<Ring, String> {
+        let Some(admin) = &self.admin else { return Ok(self.ring.clone()) };
+        if !admin.done() {
+            return Err("the operator's changes did not all settle".into());
+        }
+        let mut layout: Option<(NodeId, Layout)> = None;
+        for (&id, n) in &self.nodes {
+            let Some(core) = &n.core else { continue };
+            let info = core.membership();
+            if info.cluster.old().is_some() {
+                return Err(format!("node {id} is still in the change to epoch {}", info.cluster.epoch()));
+            }
+            match &layout {
+                Some((other, l)) if l != info.cluster.newest() => {
+                    return Err(format!(
+                        "node {id} holds layout epoch {}, node {other} epoch {}",
+                        info.cluster.epoch(),
+                        l.epoch
+                    ));
+                }
+                Some(_) => {}
+                None => layout = Some((id, info.cluster.newest().clone())),
+            }
+        }
+        let (_, layout) = layout.ok_or("no node runs")?;
+        layout.ring().map_err(|e| format!("the final layout: {e}"))
+    }
+
     /// What each home replica of `key` holds now, and the tombstones of it purged so far.
-    fn final_key(&self, key: &[u8]) -> FinalKey {
-        let replicas = self
-            .ring
+    fn final_key(&self, ring: &Ring, key: &[u8]) -> FinalKey {
+        let replicas = ring
             .preference_list(key)
             .iter()
             .map(|id| (*id, self.nodes[id].disk.borrow().current().value(key).cloned()))
@@ -1006,12 +1117,13 @@ impl World {
         if std::env::var("QKV_SIM_FINAL").is_ok_and(|k| k.as_bytes() == key) {
             eprintln!("final {:?}: {replicas:?} purged {purged:?}", String::from_utf8_lossy(key));
         }
-        FinalKey { replicas, purged }
+        FinalKey { replicas, purged, homes_ever: vec![] }
     }
 
     /// Every key's home replicas agree ([`FinalKey::agrees`]).
     fn converged(&self, keys: &BTreeSet<Vec<u8>>) -> bool {
-        keys.iter().all(|key| self.final_key(key).agrees())
+        let Ok(ring) = self.settled() else { return false };
+        keys.iter().all(|key| self.final_key(&ring, key).agrees())
     }
 }
 

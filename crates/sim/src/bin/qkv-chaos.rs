@@ -474,7 +474,7 @@ async fn drive(dir: PathBuf, duration: u64, clients: u32, seed: u64) -> anyhow::
                 Ok(ins) if ins.replicas.iter().all(|r| r.1.is_ok()) => {
                     let replicas: Vec<(NodeId, Option<qkv_proto::DvvSet>)> =
                         ins.replicas.into_iter().map(|(id, r)| (id, r.ok().flatten())).collect();
-                    finals.insert(key.clone(), FinalKey { replicas, purged: Default::default() });
+                    finals.insert(key.clone(), FinalKey { replicas, purged: Default::default(), homes_ever: vec![] });
                 }
                 _ => unreadable += 1,
             }

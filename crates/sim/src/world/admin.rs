@@ -1,0 +1,317 @@
+//! Membership changes in a run: an operator who joins, retires and replaces nodes
+//! with the very admin requests `qkv cluster` sends (stage, then commit), while the
+//! clients work and faults strike.
+//!
+//! A seed that runs changes draws a short script (one to three steps) from its own
+//! stream of randomness, so seeds without changes replay as before. Each step:
+//! 1. *prepare*: a joining node, or the new node of a replace, starts outside the
+//!    cluster (its config holds the seeds' layout at epoch 0, as a new node's does),
+//!    and a replaced node is killed for good, its disk lost with it. Half the steps
+//!    also crash or cut off one member around the time the change is staged.
+//! 2. *stage and commit* on one member (`via`, never itself changed), retried with
+//!    a `Show` first, so a lost answer never stages a change twice.
+//! 3. *settle*: wait until `via` holds the change in a stable layout (its data
+//!    moved) before the next step.
+//!
+//! Healing waits for the script to end and every running node to hold one stable
+//! layout; the final state of each key is then read from that layout's home replicas.
+
+use qkv_core::layout::Layout;
+use qkv_core::membership::ClusterInfo;
+use qkv_proto::{ClusterAdmin, ClusterChange, NodeId, Request, Response};
+use rand::RngExt;
+use rand::rngs::StdRng;
+
+use super::{Addr, Body, CLIENT_TIMEOUT_MS, Ev, World};
+
+/// The operator's address.
+pub(super) const ADMIN: u32 = u32::MAX;
+
+/// One membership change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Step {
+    Join(NodeId),
+    Leave(NodeId),
+    Replace { old: NodeId, new: NodeId },
+}
+
+impl Step {
+    fn change(self) -> ClusterChange {
+        match self {
+            Step::Join(id) => ClusterChange::Join { id, addr: format!("sim-{id}") },
+            Step::Leave(id) => ClusterChange::Leave { id },
+            Step::Replace { old, new } => ClusterChange::Replace { old, new, addr: format!("sim-{new}") },
+        }
+    }
+
+    /// Whether `layout` has this change in it.
+    fn done_in(self, layout: &Layout) -> bool {
+        match self {
+            Step::Join(id) => layout.members.contains_key(&id),
+            Step::Leave(id) => !layout.members.contains_key(&id),
+            Step::Replace { old, new } => layout.members.contains_key(&new) && !layout.members.contains_key(&old),
+        }
+    }
+
+    fn kind(self) -> &'static str {
+        match self {
+            Step::Join(_) => "join",
+            Step::Leave(_) => "leave",
+            Step::Replace { .. } => "replace",
+        }
+    }
+}
+
+/// Where the operator is in the current step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Prepare,
+    /// Ask `via` what it holds, and go on from there.
+    Check,
+    Stage,
+    Commit,
+    /// Committed: wait for the transition to end.
+    Settle,
+}
+
+/// The operator of a run.
+pub(super) struct Admin {
+    steps: Vec<Step>,
+    /// Whether each step also crashes or cuts off a member as it is staged.
+    disturb: Vec<bool>,
+    /// The member every change is staged and committed on.
+    pub via: NodeId,
+    /// When the first step starts, ms.
+    pub start_ms: u64,
+    at: usize,
+    state: State,
+    seq: u64,
+    inflight: Option<u64>,
+    committed: bool,
+}
+
+impl Admin {
+    /// Draw a script for a cluster of `nodes` members with replication factor `n`.
+    pub fn draw(rng: &mut StdRng, nodes: usize, n: usize, horizon_ms: u64) -> Admin {
+        let mut members: Vec<NodeId> = (1..=nodes as NodeId).collect();
+        let via = members[rng.random_range(0..members.len())];
+        let mut next = nodes as NodeId + 1;
+        let mut steps = vec![];
+        for _ in 0..rng.random_range(1..=3) {
+            let others: Vec<NodeId> = members.iter().copied().filter(|&m| m != via).collect();
+            let step = match rng.random_range(0..3) {
+                1 if members.len() > n.max(3) => Step::Leave(others[rng.random_range(0..others.len())]),
+                2 => Step::Replace { old: others[rng.random_range(0..others.len())], new: next },
+                _ => Step::Join(next),
+            };
+            match step {
+                Step::Join(id) => {
+                    members.push(id);
+                    next += 1;
+                }
+                Step::Leave(id) => members.retain(|&m| m != id),
+                Step::Replace { old, new } => {
+                    members.retain(|&m| m != old);
+                    members.push(new);
+                    next += 1;
+                }
+            }
+            steps.push(step);
+        }
+        let disturb = steps.iter().map(|_| rng.random_bool(0.5)).collect();
+        Admin {
+            steps,
+            disturb,
+            via,
+            start_ms: rng.random_range(100..horizon_ms.max(200) / 2 + 100),
+            at: 0,
+            state: State::Prepare,
+            seq: 0,
+            inflight: None,
+            committed: false,
+        }
+    }
+
+    /// Ids of the nodes the script starts (beyond the first `nodes`).
+    pub fn new_nodes(&self) -> Vec<NodeId> {
+        self.steps
+            .iter()
+            .filter_map(|s| match *s {
+                Step::Join(id) | Step::Replace { new: id, .. } => Some(id),
+                Step::Leave(_) => None,
+            })
+            .collect()
+    }
+
+    /// Every step is done and settled.
+    pub fn done(&self) -> bool {
+        self.at >= self.steps.len()
+    }
+}
+
+impl World {
+    /// The operator's next move.
+    pub(super) fn admin_tick(&mut self) {
+        let Some(a) = self.admin.as_ref() else { return };
+        if a.done() || a.inflight.is_some() {
+            return;
+        }
+        let (step, state, via) = (a.steps[a.at], a.state, a.via);
+        match state {
+            State::Prepare => {
+                self.prepare_step(step);
+                self.set_admin(State::Check, 0);
+            }
+            State::Check | State::Settle => self.admin_ask(via, ClusterAdmin::Show),
+            State::Stage => self.admin_ask(via, ClusterAdmin::Stage(step.change())),
+            State::Commit => self.admin_ask(via, ClusterAdmin::Commit),
+        }
+    }
+
+    fn set_admin(&mut self, state: State, delay_ms: u64) {
+        if let Some(a) = self.admin.as_mut() {
+            a.state = state;
+        }
+        self.at(self.now + delay_ms, Ev::Admin);
+    }
+
+    fn admin_ask(&mut self, via: NodeId, ask: ClusterAdmin) {
+        let Some(a) = self.admin.as_mut() else { return };
+        a.seq += 1;
+        let seq = a.seq;
+        a.inflight = Some(seq);
+        self.send(Addr::Client(ADMIN), Addr::Node(via, 0), seq, Body::Req(Request::Cluster(ask)));
+        self.at(self.now + CLIENT_TIMEOUT_MS, Ev::AdminTimeout { seq });
+    }
+
+    /// `via`'s answer (`None`: none came in time).
+    pub(super) fn admin_answer(&mut self, seq: u64, resp: Option<Response>) {
+        let Some(a) = self.admin.as_mut() else { return };
+        if a.inflight != Some(seq) {
+            return;
+        }
+        a.inflight = None;
+        let (step, state) = (a.steps[a.at], a.state);
+        let info = match &resp {
+            Some(Response::ClusterInfo(b)) => ClusterInfo::decode(b).ok(),
+            _ => None,
+        };
+        let retry = self.rng.random_range(100..600);
+        let Some(info) = info else {
+            if let Some(Response::Error(e)) = &resp {
+                self.log(format!("operator: {} of {step:?}: {e}", format!("{state:?}").to_lowercase()));
+            }
+            return self.set_admin(State::Check, retry);
+        };
+        for l in &info.cluster.versions {
+            match self.layouts.get(&l.epoch) {
+                Some(seen) if seen != l => {
+                    self.log(format!("operator: node {} holds another layout for epoch {}", info.node, l.epoch))
+                }
+                Some(_) => {}
+                None => {
+                    self.layouts.insert(l.epoch, l.clone());
+                }
+            }
+        }
+        let newest = info.cluster.newest();
+        let holds = step.done_in(newest);
+        match state {
+            State::Check if holds => {
+                self.committed(step, newest.epoch);
+                self.set_admin(State::Settle, 0);
+            }
+            State::Check if info.staged.iter().any(|c| staged_is(c, step)) => self.set_admin(State::Commit, 0),
+            State::Check => self.set_admin(State::Stage, 0),
+            State::Stage => self.set_admin(State::Commit, 0),
+            State::Commit => {
+                self.committed(step, newest.epoch);
+                self.set_admin(State::Settle, 0);
+            }
+            State::Settle if holds && info.cluster.old().is_none() => {
+                self.log(format!("operator: {step:?} settled at epoch {}", newest.epoch));
+                let gap = self.rng.random_range(100..1500);
+                let a = self.admin.as_mut().expect("checked");
+                a.at += 1;
+                a.committed = false;
+                self.set_admin(State::Prepare, gap);
+            }
+            State::Settle => self.set_admin(State::Settle, 250),
+            State::Prepare => {}
+        }
+    }
+
+    fn committed(&mut self, step: Step, epoch: u64) {
+        let Some(a) = self.admin.as_mut() else { return };
+        if !a.committed {
+            a.committed = true;
+            self.log(format!("operator: {step:?} committed as epoch {epoch}"));
+            self.fault(step.kind());
+        }
+    }
+
+    /// Start the nodes a step brings, kill the one it replaces, and maybe strike a member.
+    fn prepare_step(&mut self, step: Step) {
+        self.log(format!("operator: {step:?} begins"));
+        match step {
+            Step::Join(id) => self.activate(id),
+            Step::Leave(_) => {}
+            Step::Replace { old, new } => {
+                // The old node is gone for good, and its disk with it.
+                self.log(format!("node {old} dies for good"));
+                self.crash(old);
+                self.wipe(old);
+                self.nodes.get_mut(&old).expect("node exists").active = false;
+                self.activate(new);
+            }
+        }
+        let Some(a) = self.admin.as_ref() else { return };
+        if self.reliable || !a.disturb[a.at] {
+            return;
+        }
+        let via = a.via;
+        let spared = |id: NodeId| id != via && !matches!(step, Step::Join(n) | Step::Replace { new: n, .. } if n == id);
+        let victims: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(id, n)| n.active && n.core.is_some() && spared(**id))
+            .map(|(&id, _)| id)
+            .collect();
+        if victims.is_empty() {
+            return;
+        }
+        let v = victims[self.rng.random_range(0..victims.len())];
+        let until = self.now + self.rng.random_range(300..2500);
+        if self.rng.random_bool(0.5) {
+            self.fault("change staged while a node is down");
+            self.at(self.now, Ev::Crash(v));
+            self.at(until, Ev::Restart(v));
+        } else {
+            self.fault("change staged while a node is cut off");
+            let all: Vec<NodeId> = self.nodes.keys().copied().collect();
+            let cut = all.iter().filter(|&&o| o != v).flat_map(|&o| [(v, o), (o, v)]).collect();
+            self.at(self.now, Ev::Partition(cut));
+            self.at(until, Ev::Heal);
+        }
+    }
+
+    fn activate(&mut self, id: NodeId) {
+        let Some(node) = self.nodes.get_mut(&id) else { return };
+        if node.active {
+            return;
+        }
+        node.active = true;
+        self.start(id);
+        self.log(format!("node {id} starts outside the cluster"));
+    }
+}
+
+fn staged_is(c: &qkv_core::layout::Change, step: Step) -> bool {
+    use qkv_core::layout::Change;
+    match (c, step) {
+        (Change::Join { id, .. }, Step::Join(s)) => *id == s,
+        (Change::Leave { id }, Step::Leave(s)) => *id == s,
+        (Change::Replace { old, new, .. }, Step::Replace { old: o, new: n }) => *old == o && *new == n,
+        _ => false,
+    }
+}
