@@ -1081,7 +1081,27 @@ impl World {
     fn settled(&self) -> Result<Ring, String> {
         let Some(admin) = &self.admin else { return Ok(self.ring.clone()) };
         if !admin.done() {
-            return Err("the operator's changes did not all settle".into());
+            let views: Vec<String> = self
+                .nodes
+                .iter()
+                .filter_map(|(id, n)| n.core.as_ref().map(|c| (id, c.membership())))
+                .map(|(id, i)| {
+                    let stuck: Vec<String> = i
+                        .transfers
+                        .iter()
+                        .filter(|(t, _)| !t.done)
+                        .map(|(t, _)| format!("from {}: {}", t.from, t.last_error.as_deref().unwrap_or("pending")))
+                        .collect();
+                    format!(
+                        "node {id}: epoch {} {:?} {:?} transfers left [{}]",
+                        i.cluster.epoch(),
+                        i.phase,
+                        i.cluster.progress_list(),
+                        stuck.join("; ")
+                    )
+                })
+                .collect();
+            return Err(format!("the operator's changes did not all settle: {}", views.join(" | ")));
         }
         let mut layout: Option<(NodeId, Layout)> = None;
         for (&id, n) in &self.nodes {

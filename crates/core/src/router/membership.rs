@@ -815,8 +815,16 @@ impl<S: Store> Core<S> {
             RoundStep::Chosen(layout) => {
                 let Some(Op::Commit { req, round }) = self.ops.remove(&op_id) else { return };
                 let mine = layout == round.proposal;
-                let resp = self.chosen(layout, mine);
-                self.reply(req, resp);
+                match self.chosen(layout, mine) {
+                    // The commit is answered once the new layout is durable here: an
+                    // acknowledged commit is never forgotten by a power loss.
+                    Ok(resp) => {
+                        let op = self.id();
+                        self.ops.insert(op, Op::MetaReply { req: Some(req), vote: None, resp });
+                        self.flush_sync(op);
+                    }
+                    Err(e) => self.reply(req, Err(e)),
+                }
             }
             RoundStep::Failed(why) => {
                 let Some(Op::Commit { req, .. }) = self.ops.remove(&op_id) else { return };

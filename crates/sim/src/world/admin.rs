@@ -236,6 +236,9 @@ impl World {
                 a.committed = false;
                 self.set_admin(State::Prepare, gap);
             }
+            // Committed, yet not in `via`'s layout (a commit whose answer was lost and
+            // whose layout a power loss took before it was learned): go again.
+            State::Settle if !holds => self.set_admin(State::Check, 250),
             State::Settle => self.set_admin(State::Settle, 250),
             State::Prepare => {}
         }
