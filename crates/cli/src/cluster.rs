@@ -177,7 +177,7 @@ pub async fn run(c: &Client, cmd: ClusterCmd) -> anyhow::Result<ExitCode> {
                 "committed layout epoch {} (node {}); data now moves: phase {}",
                 info.cluster.epoch(),
                 info.node,
-                phase_name(info.phase)
+                info.phase.name()
             );
             println!("watch it with `qkv cluster show` or `qkv status`");
         }
@@ -185,15 +185,6 @@ pub async fn run(c: &Client, cmd: ClusterCmd) -> anyhow::Result<ExitCode> {
         ClusterAdmin::Show => print_show(&info),
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn phase_name(p: Phase) -> &'static str {
-    match p {
-        Phase::Stable => "stable",
-        Phase::Acking => "acking",
-        Phase::Syncing => "syncing",
-        Phase::Switching => "switching",
-    }
 }
 
 fn change_text(c: &Change) -> String {
@@ -243,7 +234,7 @@ fn print_plan(p: &Plan) {
 
 fn print_show(info: &ClusterInfo) {
     let c = &info.cluster;
-    println!("node {}: layout epoch {}, phase {}", info.node, c.epoch(), phase_name(info.phase));
+    println!("node {}: layout epoch {}, phase {}", info.node, c.epoch(), info.phase.name());
     for l in &c.versions {
         let tag = if c.old().is_some_and(|o| o.epoch == l.epoch) { " (being left)" } else { "" };
         println!("epoch {}{tag}: N={}, {} members", l.epoch, l.n, l.members.len());
@@ -305,7 +296,7 @@ pub fn print_status(infos: &[&ClusterInfo]) {
             "node {}: layout epoch {}, phase {}{moving}; staged: {}{}",
             i.node,
             i.cluster.epoch(),
-            phase_name(i.phase),
+            i.phase.name(),
             if staged.is_empty() { "nothing".into() } else { staged.join(", ") },
             if i.dropped_keys > 0 {
                 format!("; {} keys of lost ranges dropped", i.dropped_keys)
@@ -529,15 +520,7 @@ pub struct TransferDto {
 impl TransferDto {
     fn new(to: NodeId, t: &Transfer, rate: f64) -> TransferDto {
         let f = t.fraction_done();
-        let left = |done: u64| {
-            if t.done {
-                Some(0)
-            } else if f > 0.0 {
-                Some((done as f64 * (1.0 - f) / f).round() as u64)
-            } else {
-                None
-            }
-        };
+        let left = |done: u64| t.left_of(done).map(|l| l.round() as u64);
         let bytes_left = left(t.bytes);
         let eta_s = match bytes_left {
             Some(0) => Some(0.0),
@@ -630,7 +613,7 @@ impl From<&ClusterInfo> for InfoDto {
         InfoDto {
             node: i.node,
             epoch: e,
-            phase: phase_name(i.phase),
+            phase: i.phase.name(),
             layouts: c.versions.iter().map(layout_dto).collect(),
             progress,
             staged: i.staged.iter().map(ChangeDto::from).collect(),

@@ -52,6 +52,21 @@ pub struct Progress {
     pub reading: u64,
 }
 
+impl Phase {
+    /// Every phase, in order.
+    pub const ALL: [Phase; 4] = [Phase::Stable, Phase::Acking, Phase::Syncing, Phase::Switching];
+
+    /// Its name in status output and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Stable => "stable",
+            Phase::Acking => "acking",
+            Phase::Syncing => "syncing",
+            Phase::Switching => "switching",
+        }
+    }
+}
+
 impl Progress {
     fn join(&mut self, o: &Progress) {
         self.acked = self.acked.max(o.acked);
@@ -546,6 +561,19 @@ impl Transfer {
         let Some((t, _)) = &self.cursor else { return 0.0 };
         let width = if self.lo == self.hi { u64::MAX } else { self.hi.wrapping_sub(self.lo) };
         (self.position(*t) as f64 / width as f64).clamp(0.0, 1.0)
+    }
+
+    /// What is left of `done` (this transfer's keys or bytes so far), estimated from the
+    /// share of the range passed: 0 when done, `None` before the first page.
+    pub fn left_of(&self, done: u64) -> Option<f64> {
+        let f = self.fraction_done();
+        if self.done {
+            Some(0.0)
+        } else if f > 0.0 {
+            Some(done as f64 * (1.0 - f) / f)
+        } else {
+            None
+        }
     }
 }
 

@@ -220,18 +220,13 @@ pub struct TransferSum {
     pub rate: f64,
 }
 
-/// The phases, in the order they are exported.
-const PHASES: &[&str] = &["stable", "acking", "syncing", "switching"];
-
 impl MembershipStats {
     /// From the core's membership report.
     pub fn new(info: &qkv_core::membership::ClusterInfo) -> MembershipStats {
-        use qkv_core::membership::Phase;
         let mut from: BTreeMap<NodeId, TransferSum> = BTreeMap::new();
         for (t, rate) in &info.transfers {
             let s = from.entry(t.from).or_insert_with(|| TransferSum { from: t.from, ..Default::default() });
-            let f = t.fraction_done();
-            let left = |done: u64| if t.done || f <= 0.0 { 0.0 } else { done as f64 * (1.0 - f) / f };
+            let left = |done: u64| t.left_of(done).unwrap_or(0.0);
             if t.done {
                 s.ranges_done += 1;
             } else {
@@ -245,12 +240,7 @@ impl MembershipStats {
         }
         MembershipStats {
             epoch: info.cluster.epoch(),
-            phase: match info.phase {
-                Phase::Stable => "stable",
-                Phase::Acking => "acking",
-                Phase::Syncing => "syncing",
-                Phase::Switching => "switching",
-            },
+            phase: info.phase.name(),
             staged: info.staged.len(),
             dropped_keys: info.dropped_keys,
             from: from.into_values().collect(),
@@ -292,7 +282,10 @@ fn membership_families(e: &mut DescriptorEncoder, m: &MembershipStats) -> std::f
         "qkv_layout_phase",
         "1 for the step the layout change is at (stable: no change running).",
         gauge,
-        PHASES.iter().map(|p| (vec![("phase", p.to_string())], if *p == m.phase { 1.0 } else { 0.0 })).collect(),
+        qkv_core::membership::Phase::ALL
+            .iter()
+            .map(|p| (vec![("phase", p.name().to_string())], if p.name() == m.phase { 1.0 } else { 0.0 }))
+            .collect(),
     )?;
     family(e, "qkv_layout_staged_changes", "Membership changes staged on this node.", gauge, one(m.staged as f64))?;
     family(
