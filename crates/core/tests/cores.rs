@@ -26,6 +26,8 @@ struct Cluster {
     pending: HashMap<(NodeId, u64), (NodeId, u64)>,
     down: BTreeSet<NodeId>,
     hung: BTreeSet<NodeId>,
+    /// Requests of this kind are swallowed on the way (no answer, no failure).
+    swallow: Option<fn(&Request) -> bool>,
     next_req: u64,
 }
 
@@ -77,6 +79,7 @@ impl Cluster {
             pending: HashMap::new(),
             down: BTreeSet::new(),
             hung: BTreeSet::new(),
+            swallow: None,
             next_req: 1,
         }
     }
@@ -111,7 +114,7 @@ impl Cluster {
                         self.net.push_back(Msg::Response { to: from, rpc, resp });
                         continue;
                     }
-                    if self.hung.contains(&to) {
+                    if self.hung.contains(&to) || self.swallow.is_some_and(|f| f(&req)) {
                         continue;
                     }
                     let id = self.next_req;
@@ -926,4 +929,89 @@ fn a_hint_expires_a_grace_after_its_newest_write_not_its_first() {
     c.advance(2200);
     assert_eq!(total(&c), 0);
     assert!(expired(&mut c) >= 1);
+}
+
+/// Stage `change` on `node` and commit it; the commit's answer.
+fn change_membership(c: &mut Cluster, node: NodeId, change: qkv_proto::ClusterChange) -> Response {
+    use qkv_proto::ClusterAdmin;
+    let staged = c.call(node, Request::Cluster(ClusterAdmin::Stage(change))).unwrap();
+    assert!(matches!(staged, Response::ClusterInfo(_)), "{staged:?}");
+    c.call(node, Request::Cluster(ClusterAdmin::Commit)).unwrap()
+}
+
+/// Run until every node holds epoch `epoch` alone (the transition is over), within a minute.
+fn settle(c: &mut Cluster, epoch: u64) {
+    let deadline = c.now + 60_000;
+    while c.now < deadline {
+        let done = c.cores.values().all(|core| {
+            let info = core.membership();
+            info.cluster.epoch() == epoch && info.phase == qkv_core::membership::Phase::Stable
+        });
+        if done {
+            return;
+        }
+        let t = c.now + 100;
+        c.advance(t);
+    }
+    panic!("epoch {epoch} did not settle in a minute");
+}
+
+/// A 3-node cluster with a fourth node started outside it (as a joiner: its seeds'
+/// layout at epoch 0), with `bugs`.
+fn cluster_with_joiner(bugs: qkv_core::router::Bugs) -> Cluster {
+    let mut c = Cluster::build(3, 3, |cfg| cfg.bugs = bugs);
+    let mut cfg = Cluster::config(4, 3, 3);
+    cfg.layout.epoch = 0;
+    cfg.bugs = bugs;
+    c.cores.insert(4, Core::new(cfg, Mem::default(), 0, 1_000_000).unwrap());
+    c.advance(1_000);
+    c
+}
+
+/// A node that lost a range (a join took it) and gains it back (the joiner leaves)
+/// writes a key of it before it fetched the range. Its earlier write of that key, a
+/// sibling the others still hold, must survive: under its old actor the new write's
+/// clock would claim it. Returns the values read at the end.
+fn regained_range_write(bugs: qkv_core::router::Bugs) -> Vec<Vec<u8>> {
+    use qkv_proto::ClusterChange;
+    let mut c = cluster_with_joiner(bugs);
+    let joined = c.cores[&1]
+        .membership()
+        .cluster
+        .newest()
+        .apply(&qkv_core::layout::Change::Join { id: 4, addr: "node4".into() });
+    let ring = joined.unwrap().ring().unwrap();
+    let key = (0..10_000).map(|i| format!("r{i}")).find(|k| !ring.preference_list(k.as_bytes()).contains(&1)).unwrap();
+    let k = key.as_bytes();
+    // Two concurrent writes, one coordinated by node 1: siblings on every replica.
+    c.call(1, put(&key, "one", Level::All, Context::empty())).unwrap();
+    c.call(2, put(&key, "two", Level::All, Context::empty())).unwrap();
+    let joined = change_membership(&mut c, 1, ClusterChange::Join { id: 4, addr: "node4".into() });
+    assert!(matches!(joined, Response::ClusterInfo(_)), "{joined:?}");
+    settle(&mut c, 2);
+    assert!(c.stored(1, k).is_none(), "node 1 dropped the range it lost");
+    // The joiner leaves: node 1 gains the range back, but fetches nothing yet.
+    c.swallow = Some(|r| matches!(r, Request::RangeFetch { .. }));
+    let left = change_membership(&mut c, 1, ClusterChange::Leave { id: 4 });
+    assert!(matches!(left, Response::ClusterInfo(_)), "{left:?}");
+    let resp = c.call(1, put_with(&key, "three", Level::Quorum, Context::empty(), false)).unwrap();
+    let Response::Put(p) = resp else { panic!("{resp:?}") };
+    assert_eq!(p.coordinator, 1, "node 1 coordinates the key again");
+    c.swallow = None;
+    settle(&mut c, 3);
+    let mut v = values(&c.call(2, get(&key, Level::All)).unwrap());
+    v.sort();
+    v
+}
+
+#[test]
+fn a_node_writing_a_range_it_gained_back_keeps_its_own_earlier_siblings() {
+    let v = regained_range_write(Default::default());
+    assert_eq!(v, vec![b"one".to_vec(), b"three".to_vec(), b"two".to_vec()]);
+}
+
+#[test]
+fn a_node_keeping_its_actor_when_it_gains_a_range_back_loses_a_write() {
+    let v = regained_range_write(qkv_core::router::Bugs { keep_actor: true, ..Default::default() });
+    assert_eq!(v, vec![b"three".to_vec(), b"two".to_vec()], "the sibling node 1 wrote first is gone");
 }

@@ -79,8 +79,9 @@ struct Args {
     /// Run a deliberately broken core: lww, ack-before-flush, strict-counts-standins, gc-unconfirmed or
     /// vv-context (a put's answer claims concurrent writes of its coordinator, as before dotted contexts)
     /// or lease-not-durable (a counter lease rides in the OS buffer, as before), early-read-switch (during
-    /// a layout change, read the new home set before it fetched its ranges) or no-joint-writes (during a
-    /// layout change, write the new home set alone); the last two show with `--membership 1`. Needs a build with
+    /// a layout change, read the new home set before it fetched its ranges), no-joint-writes (during a
+    /// layout change, write the new home set alone) or keep-actor (a node that gains ranges keeps writing as
+    /// its old actor); the last three show with `--membership 1`. Needs a build with
     /// `--features bugs`: production cores have none of them.
     #[arg(long)]
     bug: Option<String>,
@@ -114,10 +115,11 @@ fn bugs(name: Option<&str>) -> Result<Bugs, String> {
         Some("lease-not-durable") => b.lease_not_durable = true,
         Some("early-read-switch") => b.early_read_switch = true,
         Some("no-joint-writes") => b.no_joint_writes = true,
+        Some("keep-actor") => b.keep_actor = true,
         Some(other) => {
             return Err(format!(
                 "unknown bug `{other}`: lww, ack-before-flush, strict-counts-standins, gc-unconfirmed, vv-context, \
-                 lease-not-durable, early-read-switch or no-joint-writes"
+                 lease-not-durable, early-read-switch, no-joint-writes or keep-actor"
             ));
         }
     }

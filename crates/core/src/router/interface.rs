@@ -113,6 +113,9 @@ pub struct Bugs {
     pub early_read_switch: bool,
     /// During a layout change, write to the new home set alone.
     pub no_joint_writes: bool,
+    /// Keep the actor when the node gains ranges: its writes to a key whose state it
+    /// dropped or cleared claim its own earlier dots of the key, held elsewhere.
+    pub keep_actor: bool,
 }
 
 impl CoreConfig {

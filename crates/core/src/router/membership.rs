@@ -46,6 +46,10 @@ pub(super) struct Members {
     dropping: Option<(u64, Vec<u8>)>,
     dropped: u64,
     fetching_layout: bool,
+    /// The highest ballot a voter answered a commit of this node with `Outbid`: the
+    /// next commit's ballot goes above it (not kept across restarts; a lost one costs
+    /// one more refused round).
+    outbid: (u64, NodeId),
 }
 
 impl Members {
@@ -86,6 +90,7 @@ impl Members {
             dropping,
             dropped: 0,
             fetching_layout: false,
+            outbid: (0, 0),
         })
     }
 }
@@ -292,8 +297,44 @@ impl<S: Store> Core<S> {
         if cleared > 0 {
             tracing::info!(epoch, keys = cleared, "deleted stale copies of ranges this node gains");
         }
+        if !self.members.transfers.is_empty() {
+            self.renew_actor(epoch)?;
+        }
         self.store.put_meta(&mark, &[1])?;
         self.flush_unawaited();
+        Ok(())
+    }
+
+    /// A node that gains ranges writes their keys as a new actor. A clock entry `a: c`
+    /// stands for every dot of `a` up to `c` only because `a` mints each dot of a key
+    /// from its own state of that key, which holds all of `a`'s earlier dots of it. A
+    /// node that dropped a range (or deleted its stale copy above) no longer holds
+    /// them, yet they live on at the other replicas; a dot it minted for such a key under
+    /// its old actor would claim to have seen them and replace them wherever it is
+    /// merged. A new actor's clock entry names only what it minted since. Recorded
+    /// with the clear, in the same batch; a node that never minted a dot keeps its actor.
+    /// Clocks grow by one entry per change that gives a writing node ranges.
+    fn renew_actor(&mut self, epoch: u64) -> Result<(), Error> {
+        if self.counter == 0 || self.cfg.bugs().keep_actor {
+            return Ok(());
+        }
+        let old = self.actor;
+        let mut x = old ^ epoch.rotate_left(32);
+        let next = loop {
+            x = splitmix64(x);
+            let e = (x >> 32) as u32;
+            if e != 0 && e != qkv_proto::actor_epoch(old) {
+                break qkv_proto::actor(self.cfg.me, e);
+            }
+        };
+        self.store.put_meta(ACTOR_META, &next.to_le_bytes())?;
+        self.actor = next;
+        tracing::info!(
+            epoch,
+            old = %qkv_proto::actor_name(old),
+            new = %qkv_proto::actor_name(next),
+            "writing as a new actor: this node gains ranges it may have held before"
+        );
         Ok(())
     }
 
@@ -752,7 +793,12 @@ impl<S: Store> Core<S> {
             return Err(Error::BadRequest("nothing is staged on this node".into()));
         }
         let proposal = self.staged_layout()?;
-        let round = Round::new(c, self.cfg.me, proposal, self.members.acceptor.promised);
+        let plan = Plan::new(c.newest(), &proposal).map_err(|e| Error::BadRequest(e.to_string()))?;
+        if plan.unsourced > 0 {
+            let why = plan.warnings.iter().find(|w| w.contains("nothing is left")).cloned().unwrap_or_default();
+            return Err(Error::BadRequest(format!("refused: {why}")));
+        }
+        let round = Round::new(c, self.cfg.me, proposal, self.members.acceptor.promised.max(self.members.outbid));
         let op = self.id();
         let (epoch, ballot) = (round.epoch, round.ballot);
         let voters: Vec<NodeId> = round.voters().collect();
@@ -795,6 +841,11 @@ impl<S: Store> Core<S> {
 
     pub(super) fn commit_vote(&mut self, op_id: OpId, from: NodeId, vote: Result<Vote, String>) {
         let Some(Op::Commit { round, .. }) = self.ops.get_mut(&op_id) else { return };
+        if let Ok(Vote::Outbid(b)) = &vote
+            && crate::membership::check_ballot(*b).is_ok()
+        {
+            self.members.outbid = self.members.outbid.max(*b);
+        }
         match round.on_vote(from, vote) {
             RoundStep::Wait => {}
             RoundStep::Accept(layout) => {
@@ -967,4 +1018,17 @@ impl<S: Store> Core<S> {
         let after = self.staged_layout()?;
         Plan::new(self.members.cluster.newest(), &after).map_err(|e| Error::BadRequest(e.to_string()))
     }
+}
+
+/// The meta record of the actor a node writes as, when it is not the one its disk
+/// epoch makes (it gained ranges since: [`Core::renew_actor`]).
+pub(super) const ACTOR_META: &str = "actor";
+
+/// The SplitMix64 step: a well-mixed, deterministic successor of `x` (the core draws
+/// no random numbers).
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }

@@ -224,7 +224,17 @@ impl<S: Store> Core<S> {
         for h in store.scan_hints()? {
             hints.record(h.owner, &h.key, h.bytes, h.created_ms);
         }
-        let actor = qkv_proto::actor(cfg.me, cfg.epoch);
+        let actor = match store.get_meta(membership::ACTOR_META)? {
+            None => qkv_proto::actor(cfg.me, cfg.epoch),
+            Some(b) => match <[u8; 8]>::try_from(b.as_slice()).map(u64::from_le_bytes) {
+                Ok(a) if qkv_proto::actor_node(a) == cfg.me && qkv_proto::actor_epoch(a) != 0 => a,
+                _ => {
+                    let e =
+                        format!("the recorded actor {b:02x?} is not one of node {}: the data dir is damaged", cfg.me);
+                    return Err(StartError::Store(Error::Storage(e)));
+                }
+            },
+        };
         let mut aae = AntiEntropy::new(cfg.aae, &ring, cfg.me, now_ms);
         let mut purged_own = 0;
         for (key, seen) in store.scan_purged()? {
