@@ -44,6 +44,11 @@ pub const PARTITIONS_DEFAULT: u32 = 1024;
 pub const PARTITIONS_MAX: u32 = 16_384;
 /// Most members a layout may hold.
 pub const MEMBERS_MAX: usize = 1024;
+
+/// The largest layout epoch (and ballot) a node takes from a peer or its disk: far
+/// below `u64::MAX`, so the next epoch is never an overflow. A million changes a
+/// second would take nine years to reach it.
+pub const EPOCH_MAX: u64 = 1 << 48;
 /// Longest member address, bytes.
 pub const ADDR_BYTES_MAX: usize = 256;
 /// The largest replication factor a layout takes.
@@ -129,6 +134,8 @@ pub enum LayoutError {
     #[error("partitions must be between the number of nodes and {PARTITIONS_MAX}, got {0}")]
     BadPartitions(u32),
     /// Node id 0 is reserved.
+    #[error("layout epoch {0} is past the largest, {EPOCH_MAX}")]
+    BadEpoch(u64),
     #[error("node id 0 is reserved")]
     ZeroId,
     /// No members.
@@ -223,6 +230,9 @@ impl Layout {
         }
         if self.n == 0 || self.n > N_MAX {
             return Err(LayoutError::BadN(self.n));
+        }
+        if self.epoch > EPOCH_MAX {
+            return Err(LayoutError::BadEpoch(self.epoch));
         }
         if self.members.contains_key(&0) {
             return Err(LayoutError::ZeroId);
@@ -572,6 +582,10 @@ pub struct Plan {
     pub moved_share: f64,
     /// Warnings, in words.
     pub warnings: Vec<String>,
+    /// Ranges every home replica of which the change replaces: nothing is left to copy
+    /// them from, so such a change is refused at commit.
+    #[serde(default)]
+    pub unsourced: usize,
 }
 
 /// One range that changes hands: tokens `lo + 1 ..= hi` (wrapping).
@@ -628,6 +642,19 @@ impl Plan {
                 after.n
             ));
         }
+        let unsourced: Vec<&Move> =
+            moves.iter().filter(|m| m.from.iter().all(|f| after.replaced.contains(f))).collect();
+        if let Some(m) = unsourced.first() {
+            warnings.push(format!(
+                "{} ranges (tokens {:#x}..={:#x} among them) lose every home replica they have ({:?}) to \
+                 replaces: nothing is left to copy them from, so this cannot be committed; replace one node at a time",
+                unsourced.len(),
+                m.lo.wrapping_add(1),
+                m.hi,
+                m.from
+            ));
+        }
+        let unsourced = unsourced.len();
         let mean = ob.values().sum::<f64>() / ob.len().max(1) as f64;
         for (id, share) in &ob {
             if *share > mean * 1.10 {
@@ -638,7 +665,7 @@ impl Plan {
                 ));
             }
         }
-        Ok(Plan { epochs: (before.epoch, after.epoch), ownership, moves, moved_share: moved, warnings })
+        Ok(Plan { epochs: (before.epoch, after.epoch), ownership, moves, moved_share: moved, warnings, unsourced })
     }
 }
 
@@ -782,6 +809,22 @@ mod tests {
         let stolen = bad.members.get_mut(&1).unwrap().labels[0];
         bad.members.get_mut(&2).unwrap().labels.push(stolen);
         assert!(bad.check().is_err(), "a label owned twice");
+    }
+
+    #[test]
+    fn a_plan_that_replaces_every_home_of_a_range_says_it_cannot_be_committed() {
+        let l = Layout::initial(&seeds(1..=3), 64, 3).unwrap();
+        let one = l.apply(&Change::Replace { old: 1, new: 4, addr: "h:4".into() }).unwrap();
+        assert_eq!(Plan::new(&l, &one).unwrap().unsourced, 0, "two homes of every range stay");
+        let mut all = one.clone();
+        for (old, new) in [(2, 5), (3, 6)] {
+            all = all.apply(&Change::Replace { old, new, addr: format!("h:{new}") }).unwrap();
+        }
+        all.epoch = l.epoch + 1;
+        all.replaced = vec![1, 2, 3];
+        let plan = Plan::new(&l, &all).unwrap();
+        assert_eq!(plan.unsourced, plan.moves.len(), "{plan:?}");
+        assert!(plan.unsourced > 0 && plan.warnings.iter().any(|w| w.contains("nothing is left")), "{plan:?}");
     }
 
     #[test]

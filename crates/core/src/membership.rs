@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use qkv_proto::NodeId;
 use serde::{Deserialize, Serialize};
 
-use crate::layout::{Layout, LayoutError, MEMBERS_MAX, Move, Plan};
+use crate::layout::{EPOCH_MAX, Layout, LayoutError, MEMBERS_MAX, Move, Plan};
 
 /// A proposal number: (round, proposer). Higher rounds win; the node id breaks ties.
 pub type Ballot = (u64, NodeId);
@@ -359,7 +359,7 @@ impl Acceptor {
 
     /// Phase 1. A `Promise` changes the state: store it before answering.
     pub fn prepare(&mut self, cluster: &Cluster, me: NodeId, epoch: u64, ballot: Ballot) -> Vote {
-        if let Err(e) = self.ready(cluster, epoch, me) {
+        if let Err(e) = self.ready(cluster, epoch, me).and(check_ballot(ballot)) {
             return Vote::Refused(e);
         }
         if ballot <= self.promised {
@@ -371,7 +371,7 @@ impl Acceptor {
 
     /// Phase 2. `Accepted` changes the state: store it before answering.
     pub fn accept(&mut self, cluster: &Cluster, me: NodeId, epoch: u64, ballot: Ballot, layout: Layout) -> Vote {
-        if let Err(e) = self.ready(cluster, epoch, me) {
+        if let Err(e) = self.ready(cluster, epoch, me).and(check_ballot(ballot)) {
             return Vote::Refused(e);
         }
         if let Err(e) = cluster.check_successor(&layout) {
@@ -395,8 +395,18 @@ impl Acceptor {
         if bytes.len() > ENCODED_BYTES_MAX {
             return Err(format!("an acceptor record of {} bytes is over {ENCODED_BYTES_MAX}", bytes.len()));
         }
-        rmp_serde::from_slice(bytes).map_err(|e| format!("decoding the acceptor record: {e}"))
+        let a: Acceptor = rmp_serde::from_slice(bytes).map_err(|e| format!("decoding the acceptor record: {e}"))?;
+        check_ballot(a.promised)?;
+        Ok(a)
     }
+}
+
+/// A ballot a node takes: its number at most [`EPOCH_MAX`], so the next is no overflow.
+pub fn check_ballot(ballot: Ballot) -> Result<(), String> {
+    if ballot.0 > EPOCH_MAX {
+        return Err(format!("ballot {} is past the largest, {EPOCH_MAX}", ballot.0));
+    }
+    Ok(())
 }
 
 /// The proposer's side of one round: counts votes from the members of the epoch
@@ -438,7 +448,7 @@ impl Round {
     pub fn new(cluster: &Cluster, me: NodeId, proposal: Layout, promised_before: Ballot) -> Round {
         Round {
             epoch: cluster.epoch() + 1,
-            ballot: (promised_before.0 + 1, me),
+            ballot: (promised_before.0.min(EPOCH_MAX) + 1, me),
             proposal,
             voters: cluster.newest().members.keys().copied().collect(),
             promised: BTreeSet::new(),
@@ -797,6 +807,16 @@ mod tests {
         assert_eq!(a.prepare(&c, 1, 2, (2, 1)), Vote::Promise(None));
         assert_eq!(a.prepare(&c, 1, 2, (1, 3)), Vote::Outbid((2, 1)));
         assert_eq!(Acceptor::decode(&a.encode()).unwrap(), a);
+        // Numbers at the top of the range (a peer's, or a damaged disk's) are refused, not overflowed.
+        assert!(matches!(a.prepare(&c, 1, 2, (u64::MAX, 2)), Vote::Refused(_)), "ballot past EPOCH_MAX");
+        assert!(matches!(a.prepare(&c, 1, u64::MAX, (3, 1)), Vote::Refused(_)), "epoch far ahead");
+        let mut far = c.newest().clone();
+        far.epoch = u64::MAX;
+        assert!(Cluster::new(far).check().is_err(), "a layout epoch past EPOCH_MAX");
+        let forged = Acceptor { epoch: 2, promised: (u64::MAX, 1), accepted: None };
+        assert!(Acceptor::decode(&forged.encode()).is_err());
+        let top = Round::new(&c, 1, c.newest().clone(), (EPOCH_MAX, 3));
+        assert_eq!(top.ballot, (EPOCH_MAX + 1, 1), "the next ballot above the largest taken");
     }
 
     #[test]
