@@ -410,7 +410,10 @@ impl World {
             epoch: self.nodes[&me].epoch,
             aae: AaeConfig { interval_ms: 500, tombstone_grace_ms: 300, ..AaeConfig::default() },
             secret: qkv_proto::Secret([0x5a; qkv_proto::context::SECRET_BYTES]),
-            transfer_bytes_per_s: qkv_core::router::TRANSFER_BYTES_PER_S_DEFAULT,
+            transfer_bytes_per_s: self
+                .admin
+                .as_ref()
+                .map_or(qkv_core::router::TRANSFER_BYTES_PER_S_DEFAULT, |a| a.transfer_bytes_per_s),
             bugs: self.cfg.bugs,
         }
     }
@@ -751,7 +754,10 @@ impl World {
             duplicated: f.write_id.is_some_and(|id| self.dup_writes.contains(&id)),
         });
         if more {
-            let think = self.rng.random_range(0..10);
+            // With an operator, clients pause longer: their requests span every step of
+            // the script, not only the first (the ops end within a few seconds otherwise).
+            let think_max = if self.admin.is_some() { 200 } else { 10 };
+            let think = self.rng.random_range(0..think_max);
             self.at(self.now + think, Ev::ClientNext { client: c });
         }
     }

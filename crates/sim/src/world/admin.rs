@@ -62,6 +62,9 @@ impl Step {
     }
 }
 
+/// The pace of data moves in a slow script: a range of a few hundred KiB takes seconds.
+const SLOW_TRANSFER_BYTES_PER_S: u64 = 32 << 10;
+
 /// Where the operator is in the current step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -81,6 +84,9 @@ pub(super) struct Admin {
     disturb: Vec<bool>,
     /// The member every change is staged and committed on.
     pub via: NodeId,
+    /// Data moves at this many bytes per second: half the scripts move it slowly, so
+    /// many requests (and faults) land while new owners are still fetching.
+    pub transfer_bytes_per_s: u64,
     /// When the first step starts, ms.
     pub start_ms: u64,
     at: usize,
@@ -119,11 +125,18 @@ impl Admin {
             steps.push(step);
         }
         let disturb = steps.iter().map(|_| rng.random_bool(0.5)).collect();
+        let start_ms = rng.random_range(100..horizon_ms.max(200) / 2 + 100);
+        let transfer_bytes_per_s = if rng.random_bool(0.5) {
+            SLOW_TRANSFER_BYTES_PER_S
+        } else {
+            qkv_core::router::TRANSFER_BYTES_PER_S_DEFAULT
+        };
         Admin {
             steps,
             disturb,
             via,
-            start_ms: rng.random_range(100..horizon_ms.max(200) / 2 + 100),
+            transfer_bytes_per_s,
+            start_ms,
             at: 0,
             state: State::Prepare,
             seq: 0,
