@@ -972,7 +972,7 @@ fn cluster_with_joiner(bugs: qkv_core::router::Bugs) -> Cluster {
 /// writes a key of it before it fetched the range. Its earlier write of that key, a
 /// sibling the others still hold, must survive: under its old actor the new write's
 /// clock would claim it. Returns the values read at the end.
-fn regained_range_write(bugs: qkv_core::router::Bugs) -> Vec<Vec<u8>> {
+fn regained_range_write(bugs: qkv_core::router::Bugs) -> (Vec<Vec<u8>>, Cluster) {
     use qkv_proto::ClusterChange;
     let mut c = cluster_with_joiner(bugs);
     let joined = c.cores[&1]
@@ -1001,17 +1001,25 @@ fn regained_range_write(bugs: qkv_core::router::Bugs) -> Vec<Vec<u8>> {
     settle(&mut c, 3);
     let mut v = values(&c.call(2, get(&key, Level::All)).unwrap());
     v.sort();
-    v
+    (v, c)
 }
 
 #[test]
 fn a_node_writing_a_range_it_gained_back_keeps_its_own_earlier_siblings() {
-    let v = regained_range_write(Default::default());
+    let (v, mut c) = regained_range_write(Default::default());
     assert_eq!(v, vec![b"one".to_vec(), b"three".to_vec(), b"two".to_vec()]);
+    // The new actor is kept across a restart; a disk that takes a new epoch (a wipe,
+    // or an unclean restart) takes that epoch's actor instead.
+    let renewed = c.cores[&1].actor();
+    assert_ne!(renewed, qkv_proto::actor(1, 1), "node 1 took a new actor when it gained the range back");
+    c.restart(1, false, |_| {});
+    assert_eq!(c.cores[&1].actor(), renewed);
+    c.restart(1, false, |cfg| cfg.epoch = 77);
+    assert_eq!(c.cores[&1].actor(), qkv_proto::actor(1, 77));
 }
 
 #[test]
 fn a_node_keeping_its_actor_when_it_gains_a_range_back_loses_a_write() {
-    let v = regained_range_write(qkv_core::router::Bugs { keep_actor: true, ..Default::default() });
+    let (v, _) = regained_range_write(qkv_core::router::Bugs { keep_actor: true, ..Default::default() });
     assert_eq!(v, vec![b"three".to_vec(), b"two".to_vec()], "the sibling node 1 wrote first is gone");
 }

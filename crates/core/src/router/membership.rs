@@ -271,6 +271,12 @@ impl<S: Store> Core<S> {
         if self.store.get_meta(&mark)?.is_some() {
             return Ok(());
         }
+        // First, and in memory before anything that can fail: whatever fails below,
+        // this node writes the ranges it gains as its new actor (a retry after a restart
+        // derives the same one from the same record).
+        if !self.members.transfers.is_empty() {
+            self.renew_actor(epoch)?;
+        }
         let mut ranges: Vec<(u64, u64)> = self.members.transfers.iter().map(|t| (t.lo, t.hi)).collect();
         ranges.dedup();
         let mut cleared = 0u64;
@@ -296,9 +302,6 @@ impl<S: Store> Core<S> {
         }
         if cleared > 0 {
             tracing::info!(epoch, keys = cleared, "deleted stale copies of ranges this node gains");
-        }
-        if !self.members.transfers.is_empty() {
-            self.renew_actor(epoch)?;
         }
         self.store.put_meta(&mark, &[1])?;
         self.flush_unawaited();
@@ -327,8 +330,13 @@ impl<S: Store> Core<S> {
                 break qkv_proto::actor(self.cfg.me, e);
             }
         };
-        self.store.put_meta(ACTOR_META, &next.to_le_bytes())?;
         self.actor = next;
+        // With the disk epoch it was derived under: a node that takes a new disk epoch
+        // (a wipe, or an unclean restart that may have lost acknowledged writes) takes
+        // that epoch's actor instead.
+        let mut record = self.cfg.epoch.to_le_bytes().to_vec();
+        record.extend_from_slice(&next.to_le_bytes());
+        self.store.put_meta(ACTOR_META, &record)?;
         tracing::info!(
             epoch,
             old = %qkv_proto::actor_name(old),
@@ -1021,7 +1029,8 @@ impl<S: Store> Core<S> {
 }
 
 /// The meta record of the actor a node writes as, when it is not the one its disk
-/// epoch makes (it gained ranges since: [`Core::renew_actor`]).
+/// epoch makes (it gained ranges since: [`Core::renew_actor`]): the disk epoch (4
+/// bytes) and the actor (8), little-endian.
 pub(super) const ACTOR_META: &str = "actor";
 
 /// The SplitMix64 step: a well-mixed, deterministic successor of `x` (the core draws
