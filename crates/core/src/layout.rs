@@ -133,9 +133,10 @@ pub enum LayoutError {
     /// Partitions out of range.
     #[error("partitions must be between the number of nodes and {PARTITIONS_MAX}, got {0}")]
     BadPartitions(u32),
-    /// Node id 0 is reserved.
+    /// An epoch past [`EPOCH_MAX`].
     #[error("layout epoch {0} is past the largest, {EPOCH_MAX}")]
     BadEpoch(u64),
+    /// Node id 0 is reserved.
     #[error("node id 0 is reserved")]
     ZeroId,
     /// No members.
