@@ -156,8 +156,6 @@ pub struct Run {
     pub unsettled: Option<String>,
     /// Epochs for which two different layouts were seen (one is committed per epoch).
     pub layout_conflicts: Vec<String>,
-    /// Commits the operator had acknowledged that a node later did not hold.
-    pub forgotten_commits: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -965,10 +963,7 @@ impl World {
             self.at(start, Ev::ClientNext { client: c });
         }
         if self.cfg.faults {
-            // With an operator, clients pause up to 200 ms between requests (not 10):
-            // faults span their longer run, and so the later steps of the script.
-            let per_op = if self.admin.is_some() { 140 } else { 40 };
-            let horizon = (self.cfg.ops_per_client as u64) * per_op;
+            let horizon = (self.cfg.ops_per_client as u64) * 40;
             self.plan_faults(horizon);
         }
         if let Some(a) = &self.admin {
@@ -1070,7 +1065,6 @@ impl World {
             stuck_down,
             unsettled,
             layout_conflicts,
-            forgotten_commits: self.admin.map(|a| a.forgotten).unwrap_or_default(),
         }
     }
 

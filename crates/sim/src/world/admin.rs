@@ -94,10 +94,6 @@ pub(super) struct Admin {
     seq: u64,
     inflight: Option<u64>,
     committed: bool,
-    /// The epoch of a commit `via` answered for the current step, with the step.
-    acked: Option<u64>,
-    /// Commits `via` acknowledged and later did not hold: a violation.
-    pub forgotten: Vec<String>,
 }
 
 impl Admin {
@@ -146,8 +142,6 @@ impl Admin {
             seq: 0,
             inflight: None,
             committed: false,
-            acked: None,
-            forgotten: vec![],
         }
     }
 
@@ -244,9 +238,6 @@ impl World {
             State::Check => self.set_admin(State::Stage, 0),
             State::Stage => self.set_admin(State::Commit, 0),
             State::Commit => {
-                if holds {
-                    self.admin.as_mut().expect("checked").acked = Some(newest.epoch);
-                }
                 self.committed(step, newest.epoch);
                 self.set_admin(State::Settle, 0);
             }
@@ -256,22 +247,11 @@ impl World {
                 let a = self.admin.as_mut().expect("checked");
                 a.at += 1;
                 a.committed = false;
-                a.acked = None;
                 self.set_admin(State::Prepare, gap);
             }
             // Committed, yet not in `via`'s layout (a commit whose answer was lost and
             // whose layout a power loss took before it was learned): go again.
-            State::Settle if !holds => {
-                let a = self.admin.as_mut().expect("checked");
-                if let Some(epoch) = a.acked.take() {
-                    let why = format!(
-                        "node {} acknowledged the commit of {step:?} as epoch {epoch}, then held epoch {} without it",
-                        a.via, newest.epoch
-                    );
-                    a.forgotten.push(why);
-                }
-                self.set_admin(State::Check, 250)
-            }
+            State::Settle if !holds => self.set_admin(State::Check, 250),
             State::Settle => self.set_admin(State::Settle, 250),
             State::Prepare => {}
         }
