@@ -12,7 +12,7 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use qkv_client::{Client, ClusterAdmin, ClusterChange, NodeId};
 use qkv_core::layout::{Change, Layout, Plan};
-use qkv_core::membership::{ClusterInfo, Phase, Transfer};
+use qkv_core::membership::{ClusterInfo, Transfer};
 use serde::Serialize;
 
 /// Ranges of a plan printed as text (`--json` has them all).
@@ -627,6 +627,7 @@ impl From<&ClusterInfo> for InfoDto {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use qkv_core::membership::Phase;
 
     fn transfer(done: bool, cursor: Option<u64>, keys: u64, bytes: u64) -> Transfer {
         Transfer {
