@@ -589,6 +589,16 @@ pub struct Plan {
     pub unsourced: usize,
 }
 
+/// The words of the warning about [`Plan::unsourced`] ranges.
+const NOTHING_LEFT: &str = "nothing is left to copy them from";
+
+impl Plan {
+    /// The warning about ranges nothing is left to copy from, if the plan has any.
+    pub fn unsourced_warning(&self) -> Option<&str> {
+        self.warnings.iter().find(|w| w.contains(NOTHING_LEFT)).map(String::as_str)
+    }
+}
+
 /// One range that changes hands: tokens `lo + 1 ..= hi` (wrapping).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Move {
@@ -648,7 +658,7 @@ impl Plan {
         if let Some(m) = unsourced.first() {
             warnings.push(format!(
                 "{} ranges (tokens {:#x}..={:#x} among them) lose every home replica they have ({:?}) to \
-                 replaces: nothing is left to copy them from, so this cannot be committed; replace one node at a time",
+                 replaces: {NOTHING_LEFT}, so this cannot be committed; replace one node at a time",
                 unsourced.len(),
                 m.lo.wrapping_add(1),
                 m.hi,

@@ -104,6 +104,15 @@ pub fn token(key: &[u8]) -> u64 {
     StableHasher.hash_one(key)
 }
 
+/// The scan position just past `key` (see [`Store::scan`](crate::Store::scan)): its
+/// token, and the smallest key after it.
+pub fn after(key: &[u8]) -> (u64, Vec<u8>) {
+    let mut next = Vec::with_capacity(key.len() + 1);
+    next.extend_from_slice(key);
+    next.push(0);
+    (token(key), next)
+}
+
 impl Ring {
     /// Build a ring of `members` with `vnodes` tokens each and replication factor `n`:
     /// node `m` owns the labels `(m, 0..vnodes)` (the placement of every release so far).

@@ -1021,18 +1021,15 @@ impl World {
         }
         let unsettled = self.settled().err();
         let mut layout_conflicts = vec![];
-        for (&id, n) in &self.nodes {
-            let Some(core) = &n.core else { continue };
-            for l in core.membership().cluster.versions {
-                match self.layouts.get(&l.epoch) {
-                    Some(seen) if *seen != l => {
-                        layout_conflicts.push(format!("node {id} holds another layout for epoch {}", l.epoch));
-                    }
-                    Some(_) => {}
-                    None => {
-                        self.layouts.insert(l.epoch, l);
-                    }
-                }
+        let held: Vec<(NodeId, Layout)> = self
+            .nodes
+            .iter()
+            .filter_map(|(&id, n)| Some((id, n.core.as_ref()?.membership().cluster.versions)))
+            .flat_map(|(id, versions)| versions.into_iter().map(move |l| (id, l)))
+            .collect();
+        for (id, l) in held {
+            if let Err(why) = self.note_layout(id, &l) {
+                layout_conflicts.push(why);
             }
         }
         let ring = self.settled().unwrap_or_else(|_| self.ring.clone());
@@ -1065,6 +1062,18 @@ impl World {
             stuck_down,
             unsettled,
             layout_conflicts,
+        }
+    }
+
+    /// Record the layout `node` holds for its epoch; an error when another was seen for it.
+    fn note_layout(&mut self, node: NodeId, l: &Layout) -> Result<(), String> {
+        match self.layouts.get(&l.epoch) {
+            Some(seen) if seen != l => Err(format!("node {node} holds another layout for epoch {}", l.epoch)),
+            Some(_) => Ok(()),
+            None => {
+                self.layouts.insert(l.epoch, l.clone());
+                Ok(())
+            }
         }
     }
 

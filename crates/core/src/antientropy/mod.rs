@@ -462,12 +462,7 @@ fn scan_pages<S: Store>(
         let page = store.scan((cursor.0, &cursor.1), to, want)?;
         let full = page.len() == want;
         left -= page.len();
-        let next = page.last().map(|(k, _)| {
-            // The smallest key after the last one seen, at its token.
-            let mut after = k.clone();
-            after.push(0);
-            (token(k), after)
-        });
+        let next = page.last().map(|(k, _)| crate::ring::after(k));
         for (key, set) in page {
             visit(key, set);
         }

@@ -287,11 +287,8 @@ impl<S: Store> Core<S> {
                     let page = self.store.scan((at.0, &at.1), e, DROP_PAGE)?;
                     let full = page.len() == DROP_PAGE;
                     for (key, set) in page {
-                        self.store.delete(&key)?;
-                        self.aae.on_write(&self.ring, &key, Some(crate::merkle::digest(&key, &set)), None, self.now_ms);
-                        let mut after = key.clone();
-                        after.push(0);
-                        at = (token(&key), after);
+                        self.drop_key(&key, &set)?;
+                        at = crate::ring::after(&key);
                         cleared += 1;
                     }
                     if !full {
@@ -684,9 +681,7 @@ impl<S: Store> Core<S> {
                         return Ok(Response::RangePage { items, next: Some(RangeCursor { token: token(&key), key }) });
                     }
                     bytes += crate::antientropy::state_bytes(&key, &set);
-                    let mut after = key.clone();
-                    after.push(0);
-                    at = (token(&key), after);
+                    at = crate::ring::after(&key);
                     items.push(KeyState { key, set });
                 }
                 if !full {
@@ -706,6 +701,14 @@ impl<S: Store> Core<S> {
         }
     }
 
+    /// Delete the state `set` of a key this node no longer keeps (no purge: other
+    /// replicas hold it), with its anti-entropy trees.
+    fn drop_key(&mut self, key: &[u8], set: &qkv_proto::DvvSet) -> Result<(), Error> {
+        self.store.delete(key)?;
+        self.aae.on_write(&self.ring, key, Some(crate::merkle::digest(key, set)), None, self.now_ms);
+        Ok(())
+    }
+
     fn drop_round(&mut self) {
         if self.members.cluster.old().is_some() {
             return;
@@ -722,17 +725,14 @@ impl<S: Store> Core<S> {
         let mut next = None;
         let mut dropped = 0;
         for (key, set) in page {
-            let mut after = key.clone();
-            after.push(0);
-            next = Some((token(&key), after));
+            next = Some(crate::ring::after(&key));
             if self.homes(&key) {
                 continue;
             }
-            if let Err(e) = self.store.delete(&key) {
+            if let Err(e) = self.drop_key(&key, &set) {
                 tracing::warn!("dropping a key of a lost range: {e}");
                 return;
             }
-            self.aae.on_write(&self.ring, &key, Some(crate::merkle::digest(&key, &set)), None, self.now_ms);
             dropped += 1;
         }
         self.members.dropped += dropped;
@@ -802,8 +802,7 @@ impl<S: Store> Core<S> {
         }
         let proposal = self.staged_layout()?;
         let plan = Plan::new(c.newest(), &proposal).map_err(|e| Error::BadRequest(e.to_string()))?;
-        if plan.unsourced > 0 {
-            let why = plan.warnings.iter().find(|w| w.contains("nothing is left")).cloned().unwrap_or_default();
+        if let Some(why) = plan.unsourced_warning() {
             return Err(Error::BadRequest(format!("refused: {why}")));
         }
         let round = Round::new(c, self.cfg.me, proposal, self.members.acceptor.promised.max(self.members.outbid));
@@ -1031,7 +1030,25 @@ impl<S: Store> Core<S> {
 /// The meta record of the actor a node writes as, when it is not the one its disk
 /// epoch makes (it gained ranges since: [`Core::renew_actor`]): the disk epoch (4
 /// bytes) and the actor (8), little-endian.
-pub(super) const ACTOR_META: &str = "actor";
+const ACTOR_META: &str = "actor";
+
+/// The actor node `me` writes as on a disk of epoch `disk`: the one a change gave it
+/// ([`ACTOR_META`]), unless the disk took a new epoch since (a wipe, or an unclean
+/// restart), then the disk epoch's own.
+pub(super) fn load_actor<S: Store>(store: &S, me: NodeId, disk: u32) -> Result<qkv_proto::Actor, Error> {
+    let fresh = qkv_proto::actor(me, disk);
+    let Some(b) = store.get_meta(ACTOR_META)? else { return Ok(fresh) };
+    let recorded_disk = b.get(..4).and_then(|x| <[u8; 4]>::try_from(x).ok()).map(u32::from_le_bytes);
+    let actor = b.get(4..).and_then(|x| <[u8; 8]>::try_from(x).ok()).map(u64::from_le_bytes);
+    match (recorded_disk, actor) {
+        (Some(d), Some(a)) if qkv_proto::actor_node(a) == me && qkv_proto::actor_epoch(a) != 0 => {
+            Ok(if d == disk { a } else { fresh })
+        }
+        _ => {
+            Err(Error::Storage(format!("the recorded actor {b:02x?} is not one of node {me}: the data dir is damaged")))
+        }
+    }
+}
 
 /// The SplitMix64 step: a well-mixed, deterministic successor of `x` (the core draws
 /// no random numbers).

@@ -224,26 +224,7 @@ impl<S: Store> Core<S> {
         for h in store.scan_hints()? {
             hints.record(h.owner, &h.key, h.bytes, h.created_ms);
         }
-        // The actor a change gave this node, unless the disk took a new epoch since.
-        let actor = match store.get_meta(membership::ACTOR_META)? {
-            None => qkv_proto::actor(cfg.me, cfg.epoch),
-            Some(b) => {
-                let disk = b.get(..4).and_then(|x| <[u8; 4]>::try_from(x).ok()).map(u32::from_le_bytes);
-                let recorded = b.get(4..).and_then(|x| <[u8; 8]>::try_from(x).ok()).map(u64::from_le_bytes);
-                match (disk, recorded) {
-                    (Some(d), Some(a)) if qkv_proto::actor_node(a) == cfg.me && qkv_proto::actor_epoch(a) != 0 => {
-                        if d == cfg.epoch { a } else { qkv_proto::actor(cfg.me, cfg.epoch) }
-                    }
-                    _ => {
-                        let e = format!(
-                            "the recorded actor {b:02x?} is not one of node {}: the data dir is damaged",
-                            cfg.me
-                        );
-                        return Err(StartError::Store(Error::Storage(e)));
-                    }
-                }
-            }
-        };
+        let actor = membership::load_actor(&store, cfg.me, cfg.epoch)?;
         let mut aae = AntiEntropy::new(cfg.aae, &ring, cfg.me, now_ms);
         let mut purged_own = 0;
         for (key, seen) in store.scan_purged()? {

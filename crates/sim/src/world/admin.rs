@@ -217,14 +217,8 @@ impl World {
             return self.set_admin(State::Check, retry);
         };
         for l in &info.cluster.versions {
-            match self.layouts.get(&l.epoch) {
-                Some(seen) if seen != l => {
-                    self.log(format!("operator: node {} holds another layout for epoch {}", info.node, l.epoch))
-                }
-                Some(_) => {}
-                None => {
-                    self.layouts.insert(l.epoch, l.clone());
-                }
+            if let Err(why) = self.note_layout(info.node, l) {
+                self.log(format!("operator: {why}"));
             }
         }
         let newest = info.cluster.newest();
