@@ -2,6 +2,11 @@
 //! SIGKILL, SIGSTOP, partitions, packet loss and delay, concurrent clients through the
 //! client crate, and the simulator's checker over the recorded history.
 //!
+//! One more node (unless `--no-join`) starts outside the cluster, on its own host
+//! (namespace and address), and joins it over the network a third of the way in, through the `qkv` CLI, while
+//! faults go on; the checker runs once the join's transition has ended on every node,
+//! with the joiner among the home replicas it inspects.
+//!
 //! Needs root (it creates namespaces `qkvch-*` with veth pairs on a private bridge in
 //! 10.213.77.0/24). Without root it says so and exits 0. Everything it creates is
 //! removed at the end, and stale namespaces of an earlier run at the start.
@@ -31,7 +36,7 @@ const PORT: u16 = 7000;
 struct Args {
     #[command(subcommand)]
     cmd: Option<Cmd>,
-    /// Nodes (3 to 7).
+    /// Nodes (3 to 7), and one more that joins during the run (unless --no-join).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(3..=7))]
     nodes: u16,
     /// Seconds of faults and client traffic.
@@ -43,6 +48,9 @@ struct Args {
     /// Seed of the fault schedule and the clients.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Start every node as a member (no join during the run).
+    #[arg(long)]
+    no_join: bool,
 }
 
 #[derive(Subcommand)]
@@ -266,9 +274,15 @@ impl Drop for Nodes {
     }
 }
 
-fn write_configs(dir: &Path, nodes: usize) -> anyhow::Result<()> {
+fn addr(i: usize) -> String {
+    format!("{SUBNET}.{i}:{PORT}")
+}
+
+/// Configs of nodes `1..=nodes`: the first `members` form the cluster; the others have the
+/// members as their seeds, so they start outside it and join it later.
+fn write_configs(dir: &Path, nodes: usize, members: usize) -> anyhow::Result<()> {
     qkv_transport::certs::generate(&dir.join("certs"), &(1..=nodes as u32).collect::<Vec<_>>(), &["client"])?;
-    let peers: String = (1..=nodes).map(|i| format!("{{ id = {i}, addr = \"{SUBNET}.{i}:{PORT}\" }},")).collect();
+    let peers: String = (1..=members).map(|i| format!("{{ id = {i}, addr = \"{}\" }},", addr(i))).collect();
     for i in 1..=nodes {
         std::fs::write(
             dir.join(format!("node{i}.toml")),
@@ -277,7 +291,7 @@ fn write_configs(dir: &Path, nodes: usize) -> anyhow::Result<()> {
             ),
         )?;
     }
-    let list: Vec<String> = (1..=nodes).map(|i| format!("\"{SUBNET}.{i}:{PORT}\"")).collect();
+    let list: Vec<String> = (1..=members).map(|i| format!("\"{}\"", addr(i))).collect();
     std::fs::write(
         dir.join("client.toml"),
         format!(
@@ -286,6 +300,95 @@ fn write_configs(dir: &Path, nodes: usize) -> anyhow::Result<()> {
         ),
     )?;
     Ok(())
+}
+
+/// The `qkv` CLI, run on the client host with the run's `client.toml`.
+struct Admin {
+    dir: PathBuf,
+    qkv: PathBuf,
+}
+
+impl Admin {
+    fn run(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &format!("{NS}-cl")])
+            .arg(&self.qkv)
+            .arg("--config")
+            .arg(self.dir.join("client.toml"))
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+
+    /// Node `node`'s layout epoch and phase, from `qkv cluster show --json`.
+    fn show(&self, node: usize) -> Result<(u64, String), String> {
+        let out = self.run(&["cluster", "show", "--json", "--node", &addr(node)])?;
+        let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
+        let epoch = v["epoch"].as_u64().ok_or_else(|| format!("no epoch in {out}"))?;
+        Ok((epoch, v["phase"].as_str().unwrap_or_default().to_string()))
+    }
+
+    /// Join node `joiner` to the cluster of nodes `1..=members`: once it holds the
+    /// cluster's layout (learned from its seeds), stage the join on a member and commit
+    /// it, trying the members in turn (a fault may have just been undone). The new epoch.
+    fn join(&self, joiner: usize, members: usize) -> anyhow::Result<u64> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            match self.show(joiner) {
+                Ok((e, _)) if e >= 1 => break,
+                Ok((e, _)) => last = format!("node {joiner} holds epoch {e}"),
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let mut m = 0;
+        loop {
+            m = m % members + 1;
+            anyhow::ensure!(Instant::now() < deadline, "node {joiner} did not join within 60 s: {last}");
+            let node = addr(m);
+            if let Err(e) = self.run(&["cluster", "join", &addr(joiner), "--node", &node]) {
+                last = format!("stage on node {m}: {e}");
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
+            match self.run(&["cluster", "commit", "--json", "--node", &node]) {
+                Ok(out) => {
+                    let v: serde_json::Value = serde_json::from_str(&out)?;
+                    return v["epoch"].as_u64().ok_or_else(|| anyhow::anyhow!("no epoch in {out}"));
+                }
+                Err(e) => {
+                    last = format!("commit on node {m}: {e}");
+                    let _ = self.run(&["cluster", "abort", "--node", &node]);
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        }
+    }
+
+    /// Until every node of `nodes` holds `epoch` with no transition running.
+    fn wait_stable(&self, nodes: std::ops::RangeInclusive<usize>, epoch: u64, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        for i in nodes {
+            loop {
+                let now = self.show(i);
+                if matches!(&now, Ok((e, p)) if *e >= epoch && p == "stable") {
+                    break;
+                }
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "node {i} did not reach a stable layout epoch {epoch} within {within:?}: {now:?}"
+                );
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn ensure_tools() {
@@ -299,14 +402,16 @@ fn ensure_tools() {
 }
 
 fn orchestrate(a: &Args) -> anyhow::Result<bool> {
-    let nodes = a.nodes as usize;
+    let members = a.nodes as usize;
+    let nodes = if a.no_join { members } else { members + 1 };
     ensure_tools();
     let dir = std::env::temp_dir().join(format!("qkv-chaos-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    write_configs(&dir, nodes)?;
+    write_configs(&dir, nodes, members)?;
     let net = Net::setup(nodes)?;
     println!(
-        "chaos: {nodes} nodes in namespaces {NS}-n1..{nodes} ({SUBNET}.0/24), {} clients, {} s; delay/loss via {}",
+        "chaos: {members} nodes{} in namespaces {NS}-n1..{nodes} ({SUBNET}.0/24), {} clients, {} s; delay/loss via {}",
+        if nodes > members { format!(" and node {nodes} joining") } else { String::new() },
         a.clients,
         a.duration,
         if net.netem {
@@ -320,10 +425,15 @@ fn orchestrate(a: &Args) -> anyhow::Result<bool> {
     let exe = std::env::current_exe()?;
     let bin = exe.with_file_name("qkv-node");
     anyhow::ensure!(bin.exists(), "{} is missing: build the workspace binaries first", bin.display());
+    let admin = Admin { dir: dir.clone(), qkv: exe.with_file_name("qkv") };
+    anyhow::ensure!(admin.qkv.exists(), "{} is missing: build the workspace binaries first", admin.qkv.display());
     let mut procs = Nodes { dir: dir.clone(), bin, procs: BTreeMap::new() };
-    for i in 1..=nodes {
+    for i in 1..=members {
         procs.start(i)?;
     }
+    // Nodes faults may hit: the members, and the joiner once it runs.
+    let mut running = members;
+    let mut joined: Option<(u64, Instant)> = None;
     std::thread::sleep(Duration::from_secs(2));
     let mut driver = Command::new("ip")
         .args(["netns", "exec", &format!("{NS}-cl")])
@@ -357,7 +467,17 @@ fn orchestrate(a: &Args) -> anyhow::Result<bool> {
         if Instant::now() >= end {
             break;
         }
-        let i = rng.random_range(1..=nodes);
+        if running < nodes && Instant::now() + Duration::from_secs(a.duration * 2 / 3) >= end {
+            procs.start(nodes)?;
+            running = nodes;
+            let epoch = admin.join(nodes, members)?;
+            println!(
+                "chaos: node {nodes} ({}) joined through the qkv CLI: layout epoch {epoch} committed",
+                addr(nodes)
+            );
+            joined = Some((epoch, Instant::now()));
+        }
+        let i = rng.random_range(1..=running);
         match rng.random_range(0..6) {
             0 => {
                 procs.kill(i);
@@ -370,10 +490,10 @@ fn orchestrate(a: &Args) -> anyhow::Result<bool> {
                 *faults.entry("SIGSTOP").or_default() += 1;
             }
             2 | 3 => {
-                let side: Vec<usize> = (1..=nodes).filter(|_| rng.random_bool(0.5)).collect();
+                let side: Vec<usize> = (1..=running).filter(|_| rng.random_bool(0.5)).collect();
                 let oneway = rng.random_bool(0.3);
                 for &x in &side {
-                    for y in (1..=nodes).filter(|y| !side.contains(y)) {
+                    for y in (1..=running).filter(|y| !side.contains(y)) {
                         net.cut(x, y);
                         if !oneway {
                             net.cut(y, x);
@@ -395,17 +515,28 @@ fn orchestrate(a: &Args) -> anyhow::Result<bool> {
         procs.signal(i, "CONT");
     }
     net.heal();
-    std::fs::write(dir.join("healed"), b"")?;
     let f: Vec<String> = faults.iter().map(|(k, v)| format!("{v} {k}")).collect();
-    println!("chaos: faults injected: {}; healed, waiting for the checker", f.join(", "));
-    let deadline = Instant::now() + Duration::from_secs(180);
+    println!("chaos: faults injected: {}; healed", f.join(", "));
+    if let Some((epoch, at)) = joined {
+        // The checker inspects the new layout's home replicas: the transition ends first.
+        admin.wait_stable(1..=nodes, epoch, Duration::from_secs(180))?;
+        println!(
+            "chaos: the join's transition ended on all {nodes} nodes {:.1} s after its commit",
+            at.elapsed().as_secs_f64()
+        );
+    } else if running < nodes {
+        anyhow::bail!("the run ended before node {nodes} joined: give it a longer --duration");
+    }
+    std::fs::write(dir.join("healed"), b"")?;
+    println!("chaos: waiting for the checker");
+    let deadline = Instant::now() + Duration::from_secs(240);
     let ok = loop {
         if let Some(st) = driver.try_wait()? {
             break st.success();
         }
         if Instant::now() > deadline {
             let _ = driver.kill();
-            anyhow::bail!("the client driver did not finish within 180 s of healing");
+            anyhow::bail!("the client driver did not finish within 240 s of healing");
         }
         std::thread::sleep(Duration::from_millis(200));
     };
@@ -457,7 +588,8 @@ async fn drive(dir: PathBuf, duration: u64, clients: u32, seed: u64) -> anyhow::
     }
     while tasks.join_next().await.is_some() {}
     let healed = dir.join("healed");
-    let wait_until = Instant::now() + Duration::from_secs(60);
+    // Healing includes the end of a join's transition (up to 180 s).
+    let wait_until = Instant::now() + Duration::from_secs(240);
     while !healed.exists() && Instant::now() < wait_until {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
