@@ -3,7 +3,7 @@ NODES ?= 3
 QUICK ?= 0
 export NODES
 
-.PHONY: cluster stop status kill start-node logs clean join leave test bench bench-aae build sim chaos
+.PHONY: cluster stop status kill start-node logs clean join leave test bench bench-aae bench-join build sim chaos
 
 build:
 	cargo build --release --workspace --bins
@@ -53,6 +53,13 @@ bench:
 bench-aae:
 	cargo build --release --workspace --bins
 	cargo bench --bench aae
+
+# A fourth node joins 3 holding 1M keys under a quorum write load: time, bytes, throughput
+# during vs before (KEYS=1000000)
+KEYS ?= 1000000
+bench-join:
+	cargo build --release --workspace --bins
+	QKV_BENCH_JOIN_KEYS=$(KEYS) cargo bench --bench join
 
 # Many seeded schedules of a simulated cluster, each checked: make sim SEEDS=100000 NODES=5
 SEEDS ?= 10000

@@ -58,7 +58,7 @@ write_configs() {
   local n=$1 repl ids peers i
   repl=$(( n < 3 ? n : 3 ))
   ids=$(seq -s, 1 "$n")
-  "$bin/qkv" certs --out "$here/certs" --nodes "$ids" --clients client >/dev/null
+  "$bin/qkv" certs --out "$here/certs" --nodes "$ids" --clients client --admins admin >/dev/null
   peers=""
   for i in $(seq 1 "$n"); do peers+="  { id = $i, addr = \"127.0.0.1:$((base_port + i - 1))\" },"$'\n'; done
   for i in $(seq 1 "$n"); do
@@ -70,6 +70,8 @@ write_configs() {
     for i in $(seq 1 "$n"); do list+="\"127.0.0.1:$((base_port + i - 1))\", "; done
     cat > "$here/client.toml" <<TOML
 # How \`qkv\` finds the local cluster (written by \`make cluster\`). Relative paths are relative to this file.
+# The admin certificate may also change membership (\`qkv cluster\`); give applications
+# certs/client.pem, which may only read and write.
 nodes = [${list%, }]
 read = "quorum"
 write = "quorum"
@@ -77,8 +79,8 @@ timeout_ms = 1000
 
 [tls]
 ca = "certs/ca.pem"
-cert = "certs/client.pem"
-key = "certs/client.key"
+cert = "certs/admin.pem"
+key = "certs/admin.key"
 TOML
   fi
   echo "$n" > "$here/.nodes"
@@ -152,6 +154,12 @@ admin_node() {
 client_add() { grep -q "\"$1\"" "$here/client.toml" || sed -i "s/^nodes = \[\(.*\)\]/nodes = [\1, \"$1\"]/" "$here/client.toml"; }
 client_remove() { sed -i -e "s/, \"$1\"//" -e "s/\"$1\", //" "$here/client.toml"; }
 
+# Membership changes need an admin certificate; a cluster made before they did has none.
+ensure_admin() {
+  [[ -f "$here/certs/admin.pem" ]] || "$bin/qkv" certs --out "$here/certs" --nodes "$1" --clients client --admins admin >/dev/null
+  sed -i -e 's#certs/client\.pem#certs/admin.pem#' -e 's#certs/client\.key#certs/admin.key#' "$here/client.toml"
+}
+
 join_node() {
   [[ -f "$here/.nodes" ]] || die "no local cluster: run \`make cluster\` first"
   local id="" i peers="" admin epoch repl
@@ -161,7 +169,8 @@ join_node() {
   [[ -n "$peers" ]] || die "no local node is running: \`make cluster\` first"
   admin=$(admin_node "$id")
   repl=$(sed -n 's/^replication = \([0-9]*\).*/\1/p' "$here/node$admin.toml")
-  "$bin/qkv" certs --out "$here/certs" --nodes "$id" --clients client >/dev/null
+  "$bin/qkv" certs --out "$here/certs" --nodes "$id" --clients client --admins admin >/dev/null
+  ensure_admin "$id"
   write_config "$id" "${repl:-3}" "$peers" "make join"
   start_node "$id"
   wait_up "$id"
@@ -181,6 +190,7 @@ leave_node() {
   local i=$1 admin epoch
   [[ -f "$here/node$i.toml" ]] || die "no cluster/node$i.toml"
   has_left "$i" && die "node $i already left"
+  ensure_admin "$i"
   admin=$(admin_node "$i")
   epoch=$(show_field "$(qkv cluster show --json --node "$(addr_of "$admin")")" epoch)
   qkv cluster leave "$i" --node "$(addr_of "$admin")"

@@ -71,7 +71,7 @@ impl Cluster {
         let out = Command::new(bin("qkv"))
             .args(["certs", "--out"])
             .arg(dir.path().join("certs"))
-            .args(["--nodes", &ids.join(","), "--clients", "client"])
+            .args(["--nodes", &ids.join(","), "--clients", "client", "--admins", "admin"])
             .output()
             .unwrap();
         assert!(out.status.success(), "qkv certs: {}", String::from_utf8_lossy(&out.stderr));
@@ -120,6 +120,31 @@ impl Cluster {
             .spawn()
             .unwrap();
         self.children[id - 1] = Some(child);
+    }
+
+    /// Start a node outside the cluster, seeded with the current members (not itself),
+    /// with `extra` config lines; its id once it serves. It joins when a join is committed.
+    pub async fn add_joiner(&mut self, extra: &str) -> usize {
+        let id = self.addrs.len() + 1;
+        let out = Command::new(bin("qkv"))
+            .args(["certs", "--out"])
+            .arg(self.dir.path().join("certs"))
+            .args(["--nodes", &id.to_string(), "--clients", "client", "--admins", "admin"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "qkv certs: {}", String::from_utf8_lossy(&out.stderr));
+        let a: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let peers: String =
+            self.addrs.iter().enumerate().map(|(i, a)| format!("{{ id = {}, addr = \"{a}\" }},", i + 1)).collect();
+        let cfg = format!(
+            "id = {id}\nlisten = \"{a}\"\ndata_dir = \"data/node{id}\"\nworker_threads = 1\nmetrics_listen = \"127.0.0.1:0\"\n{extra}\npeers = [{peers}]\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/node-{id}.pem\"\nkey = \"certs/node-{id}.key\"\n"
+        );
+        std::fs::write(self.dir.path().join(format!("node{id}.toml")), cfg).unwrap();
+        self.addrs.push(a);
+        self.children.push(None);
+        self.spawn(id);
+        self.wait_serving(id).await;
+        id
     }
 
     /// Wait until node `id` answers a status request.
@@ -194,6 +219,16 @@ impl Cluster {
     /// A client of every node.
     pub fn client(&self) -> Client {
         Client::from_config(&self.client_config()).unwrap()
+    }
+
+    /// A client of every node with the operator's certificate: it may change membership.
+    pub fn admin(&self) -> Client {
+        let certs = self.dir.path().join("certs");
+        self.client_config()
+            .builder()
+            .tls(certs.join("ca.pem"), certs.join("admin.pem"), certs.join("admin.key"))
+            .build()
+            .unwrap()
     }
 
     /// A client of just these nodes.

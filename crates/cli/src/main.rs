@@ -142,9 +142,12 @@ enum Cmd {
         /// Node ids to make certificates for, e.g. 1,2,3.
         #[arg(long, value_delimiter = ',', required = true)]
         nodes: Vec<u32>,
-        /// Client certificate names.
+        /// Client certificate names (applications: reads and writes).
         #[arg(long, value_delimiter = ',', default_value = "client")]
         clients: Vec<String>,
+        /// Operator certificate names: reads, writes and membership changes (`qkv cluster`).
+        #[arg(long, value_delimiter = ',', default_value = "admin")]
+        admins: Vec<String>,
     },
 }
 
@@ -311,12 +314,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Cluster { cmd } => cluster::run(&client(&cli.config, None)?, cmd).await,
-        Cmd::Certs { out, nodes, clients } => {
+        Cmd::Certs { out, nodes, clients, admins } => {
             if nodes.is_empty() || nodes.contains(&0) {
                 bail!("--nodes takes positive node ids, e.g. --nodes 1,2,3");
             }
-            let names: Vec<&str> = clients.iter().map(String::as_str).collect();
-            let g = qkv_transport::certs::generate(&out, &nodes, &names)?;
+            let names: Vec<&str> = clients.iter().map(String::as_str).filter(|n| !n.is_empty()).collect();
+            let admins: Vec<&str> = admins.iter().map(String::as_str).filter(|n| !n.is_empty()).collect();
+            if let Some(n) =
+                names.iter().chain(&admins).find(|n| n.starts_with("node-") || n.contains(['/', '\\']) || **n == "ca")
+            {
+                bail!("{n:?} cannot name a client or admin certificate (node-*, ca and paths are taken)");
+            }
+            let g = qkv_transport::certs::generate(&out, &nodes, &names, &admins)?;
             for p in &g.written {
                 println!("wrote {}", p.display());
             }

@@ -169,6 +169,21 @@ pub enum Sender {
     Anyone,
     /// Only a node (a certificate with the node role): replica traffic and liveness.
     Node,
+    /// An operator (a certificate with the admin role) or a node: membership changes.
+    Admin,
+}
+
+impl Sender {
+    /// Why a peer without the role is refused, in words.
+    pub fn refusal(self) -> &'static str {
+        match self {
+            Sender::Anyone => "",
+            Sender::Node => "replica traffic needs a node certificate",
+            Sender::Admin => {
+                "membership changes need an admin certificate (`qkv certs --admins NAME`; client certificates may only read the layout)"
+            }
+        }
+    }
 }
 
 impl Request {
@@ -218,8 +233,9 @@ impl Request {
             | Request::Stats
             | Request::Ring { .. }
             | Request::Inspect { .. }
-            | Request::Cluster(_)
+            | Request::Cluster(ClusterAdmin::Show | ClusterAdmin::Plan)
             | Request::Fault { .. } => Sender::Anyone,
+            Request::Cluster(ClusterAdmin::Stage(_) | ClusterAdmin::Commit | ClusterAdmin::Abort) => Sender::Admin,
             Request::AaeRoots { .. }
             | Request::AaeCompare { .. }
             | Request::ReplicaGet { .. }

@@ -49,6 +49,9 @@ fn default_vnodes() -> u32 {
 fn default_request_timeout_ms() -> u64 {
     1000
 }
+fn default_transfer_bytes_per_s() -> u64 {
+    qkv_core::router::TRANSFER_BYTES_PER_S_DEFAULT
+}
 fn default_period_ms() -> u64 {
     100
 }
@@ -92,6 +95,9 @@ pub struct Config {
     /// Default request deadline.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// Pace of the range fetches of a membership change, bytes a second this node takes in.
+    #[serde(default = "default_transfer_bytes_per_s")]
+    pub transfer_bytes_per_s: u64,
     /// Key, value and per-key limits (`[limits]`: the core's own settings and defaults).
     #[serde(default)]
     pub limits: qkv_core::replica::Limits,
@@ -166,6 +172,7 @@ const ENV_KEYS: &[(&str, &[&str])] = &[
     ("PERSIST", &["persist"]),
     ("PERSIST_PERIOD_MS", &["persist_period_ms"]),
     ("REQUEST_TIMEOUT_MS", &["request_timeout_ms"]),
+    ("TRANSFER_BYTES_PER_S", &["transfer_bytes_per_s"]),
     ("KEY_BYTES_MAX", &["limits", "key_bytes_max"]),
     ("VALUE_BYTES_MAX", &["limits", "value_bytes_max"]),
     ("KEY_SIBLINGS_MAX", &["limits", "key_siblings_max"]),
@@ -280,6 +287,9 @@ impl Config {
         self.layout()?;
         if self.request_timeout_ms == 0 || self.request_timeout_ms > qkv_proto::REQUEST_TIMEOUT_MS_MAX {
             bail!("request_timeout_ms must be between 1 and {}", qkv_proto::REQUEST_TIMEOUT_MS_MAX);
+        }
+        if self.transfer_bytes_per_s == 0 {
+            bail!("transfer_bytes_per_s must be positive");
         }
         if self.persist_period_ms == 0 {
             bail!("persist_period_ms must be positive");
@@ -522,6 +532,7 @@ key = "certs/node-1.key"
             (BASE.replace("[tls]", "[hints]\nbatch_bytes_max = 1073741824\n[tls]"), "half the frame limit"),
             (BASE.replace("[tls]", "[anti_entropy]\ngc_batch = 0\n[tls]"), "must be positive"),
             (BASE.replace("listen = ", "request_timeout_ms = 60001\nlisten = "), "between 1 and 60000"),
+            (BASE.replace("listen = ", "transfer_bytes_per_s = 0\nlisten = "), "transfer_bytes_per_s must be positive"),
             (BASE.replace("listen = ", "anti_entropy = \"yes\"\nlisten = "), "invalid type"),
             (BASE.replace("listen = ", "anti_entropy = 3\nlisten = "), "invalid type"),
             ("id = ".to_string(), "invalid TOML"),

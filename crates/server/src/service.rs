@@ -106,7 +106,7 @@ impl Node {
             me: cfg.id,
             incarnation: storage.boot(),
             hints: cfg.hint_limits(),
-            // Static membership for now: every node derives the same layout from its peers.
+            // The layout of a first start, from the seeds; a stored one wins.
             layout: cfg.layout()?,
             limits: cfg.limits,
             request_timeout_ms: cfg.request_timeout_ms,
@@ -116,7 +116,7 @@ impl Node {
             aae: cfg.anti_entropy,
             secret: qkv_transport::certs::load_secret(&cfg.secret_path())
                 .map_err(|e| anyhow::anyhow!("cluster secret: {e} (run `qkv certs` to create it)"))?,
-            transfer_bytes_per_s: qkv_core::router::TRANSFER_BYTES_PER_S_DEFAULT,
+            transfer_bytes_per_s: cfg.transfer_bytes_per_s,
             bugs: Default::default(),
         };
         let wall_ms =
@@ -383,7 +383,7 @@ impl Node {
 impl Handler for Node {
     async fn handle(&self, role: PeerRole, req: Request) -> Response {
         if !server::allowed(role, &req) {
-            return Response::Error(Error::NotAuthorized("replica traffic needs a node certificate".into()));
+            return Response::Error(Error::NotAuthorized(req.sender().refusal().into()));
         }
         if let PeerRole::Node(id) = role
             && self.is_isolated(id)

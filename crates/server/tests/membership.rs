@@ -85,11 +85,16 @@ fn spawn(dir: &Path, id: u32) -> Child {
         .unwrap()
 }
 
+/// A client with the operator's certificate (it may change membership).
 fn client(dir: &Path, nodes: &[SocketAddr]) -> Client {
+    client_as(dir, nodes, "admin")
+}
+
+fn client_as(dir: &Path, nodes: &[SocketAddr], cert: &str) -> Client {
     let certs = dir.join("certs");
     Client::builder()
         .nodes(nodes.iter().copied())
-        .tls(certs.join("ca.pem"), certs.join("client.pem"), certs.join("client.key"))
+        .tls(certs.join("ca.pem"), certs.join(format!("{cert}.pem")), certs.join(format!("{cert}.key")))
         .timeout(Duration::from_secs(2))
         .build()
         .unwrap()
@@ -104,7 +109,7 @@ async fn show(c: &Client, node: SocketAddr) -> Option<ClusterInfo> {
 async fn a_node_joins_a_live_cluster_and_no_acknowledged_write_is_lost() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    qkv_transport::certs::generate(&dir.join("certs"), &[1, 2, 3, 4], &["client"]).unwrap();
+    qkv_transport::certs::generate(&dir.join("certs"), &[1, 2, 3, 4], &["client"], &["admin"]).unwrap();
     let addrs: Vec<SocketAddr> = (0..4).map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap()).collect();
     let members: Vec<(u32, SocketAddr)> = (1..=3).map(|i| (i, addrs[i as usize - 1])).collect();
     for &(id, a) in &members {
@@ -157,10 +162,14 @@ async fn a_node_joins_a_live_cluster_and_no_acknowledged_write_is_lost() {
     let admin = addrs[0];
     let id = all.status_of(joiner).await.unwrap().node;
     assert_eq!(id, 4);
-    let staged = all
-        .cluster_admin(admin, ClusterAdmin::Stage(ClusterChange::Join { id, addr: joiner.to_string() }))
-        .await
-        .unwrap();
+    // An application's certificate may look at the layout, not change it.
+    let app = client_as(dir, &addrs[..3], "client");
+    assert!(show(&app, admin).await.is_some());
+    let join = ClusterChange::Join { id, addr: joiner.to_string() };
+    let e = app.cluster_admin(admin, ClusterAdmin::Stage(join.clone())).await.expect_err("a client cert stages");
+    assert!(e.to_string().contains("admin certificate"), "{e}");
+    assert!(show(&all, admin).await.unwrap().staged.is_empty(), "the refused change was staged");
+    let staged = all.cluster_admin(admin, ClusterAdmin::Stage(join)).await.unwrap();
     let plan = ClusterInfo::decode(&staged).unwrap().plan.expect("a stage answers with its plan");
     assert!(plan.ownership[&4].1 > 0.5, "node 4 takes a share: {:?}", plan.ownership);
     let committed = ClusterInfo::decode(&all.cluster_admin(admin, ClusterAdmin::Commit).await.unwrap()).unwrap();
@@ -322,7 +331,7 @@ async fn under_quorum_writes_the_cluster_grows_shrinks_and_replaces_a_killed_nod
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let ids: Vec<u32> = (1..=6).collect();
-    qkv_transport::certs::generate(&dir.join("certs"), &ids, &["client"]).unwrap();
+    qkv_transport::certs::generate(&dir.join("certs"), &ids, &["client"], &["admin"]).unwrap();
     let addr: BTreeMap<u32, SocketAddr> =
         ids.iter().map(|&i| (i, format!("127.0.0.1:{}", free_port()).parse().unwrap())).collect();
     let at = |ids: &[u32]| ids.iter().map(|i| addr[i]).collect::<Vec<_>>();

@@ -963,7 +963,10 @@ impl World {
             self.at(start, Ev::ClientNext { client: c });
         }
         if self.cfg.faults {
-            let horizon = (self.cfg.ops_per_client as u64) * 40;
+            // With an operator, clients pause up to 200 ms between requests (not 10):
+            // faults span their longer run, and so the later steps of the script.
+            let per_op = if self.admin.is_some() { 140 } else { 40 };
+            let horizon = (self.cfg.ops_per_client as u64) * per_op;
             self.plan_faults(horizon);
         }
         if let Some(a) = &self.admin {

@@ -1,9 +1,11 @@
 //! Certificates for a cluster, made with rcgen: one CA, a certificate per node, client certificates.
 //!
 //! Node certificates carry the organisational unit [`NODE_OU`] and the common name
-//! `node-<id>`; client certificates carry [`CLIENT_OU`]. Both are signed by the cluster
-//! CA and both may send client requests; only node certificates may send replica traffic,
-//! and only they carry the server name [`SERVER_NAME`] that clients and nodes verify.
+//! `node-<id>`; client certificates carry [`CLIENT_OU`], operator certificates [`ADMIN_OU`].
+//! All are signed by the cluster CA and all may send client requests; only node
+//! certificates may send replica traffic, only node and operator certificates may change
+//! membership, and only node certificates carry the server name [`SERVER_NAME`] that
+//! clients and nodes verify.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -19,6 +21,8 @@ use crate::TlsError;
 pub const NODE_OU: &str = "qkv-node";
 /// Organisational unit of client certificates.
 pub const CLIENT_OU: &str = "qkv-client";
+/// Organisational unit of operator certificates: client requests and membership changes.
+pub const ADMIN_OU: &str = "qkv-admin";
 /// The DNS name every node certificate carries and every peer verifies.
 pub const SERVER_NAME: &str = "qkv-node";
 
@@ -95,9 +99,10 @@ fn leaf_params(cn: &str, ou: &str, node: bool) -> Result<CertificateParams, TlsE
 
 /// Create, in `dir`, whatever is missing of: the CA (`ca.pem`, `ca.key`), the cluster secret
 /// (`cluster.secret`, which every node needs and no client may see), `node-<id>.pem/.key`
-/// for each id in `nodes`, and `<client>.pem/.key` for each name in `clients`.
+/// for each id in `nodes`, `<client>.pem/.key` for each name in `clients`, and
+/// `<admin>.pem/.key` for each name in `admins` (operators: they may also change membership).
 /// Existing files are kept, so the command can be re-run to add nodes to a cluster.
-pub fn generate(dir: &Path, nodes: &[u32], clients: &[&str]) -> Result<Generated, TlsError> {
+pub fn generate(dir: &Path, nodes: &[u32], clients: &[&str], admins: &[&str]) -> Result<Generated, TlsError> {
     fs::create_dir_all(dir).map_err(|e| TlsError::Io(dir.to_path_buf(), e))?;
     let mut out = Generated::default();
     let (ca_pem, ca_key_path) = (dir.join("ca.pem"), dir.join("ca.key"));
@@ -137,6 +142,9 @@ pub fn generate(dir: &Path, nodes: &[u32], clients: &[&str]) -> Result<Generated
     }
     for c in clients {
         leaves.push((c.to_string(), leaf_params(c, CLIENT_OU, false)?));
+    }
+    for a in admins {
+        leaves.push((a.to_string(), leaf_params(a, ADMIN_OU, false)?));
     }
     for (name, params) in leaves {
         let files = TlsFiles::in_dir(dir, &name);

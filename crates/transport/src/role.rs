@@ -3,7 +3,7 @@
 use rustls_pki_types::CertificateDer;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::certs::{CLIENT_OU, NODE_OU};
+use crate::certs::{ADMIN_OU, CLIENT_OU, NODE_OU};
 
 /// The role a peer's certificate grants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -12,6 +12,8 @@ pub enum PeerRole {
     Node(u32),
     /// A client: may send client requests only.
     Client,
+    /// An operator: client requests and membership changes.
+    Admin,
 }
 
 /// The role of a connection's peer; `None` when the certificate names no known role.
@@ -29,6 +31,7 @@ pub fn peer_role(conn: &quinn::Connection) -> Option<PeerRole> {
     for ou in cert.subject().iter_organizational_unit() {
         match ou.as_str().ok()? {
             NODE_OU => role = Some(PeerRole::Node(id)),
+            ADMIN_OU if !matches!(role, Some(PeerRole::Node(_))) => role = Some(PeerRole::Admin),
             CLIENT_OU if role.is_none() => role = Some(PeerRole::Client),
             _ => {}
         }

@@ -119,7 +119,7 @@ pub async fn serve_with<H: Handler>(
             };
             let node = match role {
                 PeerRole::Node(_) => peer_bytes,
-                PeerRole::Client => client_bytes,
+                PeerRole::Client | PeerRole::Admin => client_bytes,
             };
             let limits = Limits { frame_bytes_max, node, connection: Arc::new(Semaphore::new(connection_bytes)) };
             serve_connection(conn, role, handler, limits, shutdown).await;
@@ -237,5 +237,6 @@ pub fn allowed(role: PeerRole, req: &Request) -> bool {
     match req.sender() {
         qkv_proto::msg::Sender::Anyone => true,
         qkv_proto::msg::Sender::Node => matches!(role, PeerRole::Node(_)),
+        qkv_proto::msg::Sender::Admin => matches!(role, PeerRole::Node(_) | PeerRole::Admin),
     }
 }

@@ -12,7 +12,7 @@ struct Echo;
 impl Handler for Echo {
     async fn handle(&self, role: PeerRole, req: Request) -> Response {
         if !server::allowed(role, &req) {
-            return Response::Error(Error::NotAuthorized("replica traffic needs a node certificate".into()));
+            return Response::Error(Error::NotAuthorized(req.sender().refusal().into()));
         }
         match req {
             Request::Ping { from, .. } => Response::Pong { from, gossip: vec![], view: Default::default() },
@@ -38,9 +38,9 @@ async fn start(dir: &std::path::Path) -> (std::net::SocketAddr, tokio::sync::wat
 #[test]
 fn roles_are_enforced_and_strangers_refused() {
     let dir = tempfile::tempdir().unwrap();
-    certs::generate(dir.path(), &[1, 2], &["client"]).unwrap();
+    certs::generate(dir.path(), &[1, 2], &["client"], &["admin"]).unwrap();
     let other = tempfile::tempdir().unwrap();
-    certs::generate(other.path(), &[1], &["client"]).unwrap();
+    certs::generate(other.path(), &[1], &["client"], &["admin"]).unwrap();
     runtime().block_on(async {
         let (addr, _stop) = start(dir.path()).await;
         let t = Duration::from_secs(5);
@@ -55,6 +55,28 @@ fn roles_are_enforced_and_strangers_refused() {
         let client = Pool::new(client_endpoint(&TlsFiles::in_dir(dir.path(), "client")).unwrap(), FRAME_MAX);
         assert!(matches!(client.request(addr, &ping, t).await, Ok(Response::Error(Error::NotAuthorized(_)))));
         assert_eq!(client.request(addr, &Request::Status, t).await.unwrap(), Response::ReplicaAck);
+
+        // Membership: anyone may look, only operators (and nodes) may change it.
+        use qkv_proto::msg::{ClusterAdmin, ClusterChange};
+        let show = Request::Cluster(ClusterAdmin::Show);
+        let changes = [
+            Request::Cluster(ClusterAdmin::Stage(ClusterChange::Leave { id: 1 })),
+            Request::Cluster(ClusterAdmin::Commit),
+            Request::Cluster(ClusterAdmin::Abort),
+        ];
+        assert_eq!(client.request(addr, &show, t).await.unwrap(), Response::ReplicaAck);
+        for change in &changes {
+            match client.request(addr, change, t).await {
+                Ok(Response::Error(Error::NotAuthorized(why))) => assert!(why.contains("admin certificate"), "{why}"),
+                other => panic!("a client certificate changed membership: {other:?}"),
+            }
+        }
+        let admin = Pool::new(client_endpoint(&TlsFiles::in_dir(dir.path(), "admin")).unwrap(), FRAME_MAX);
+        assert!(matches!(admin.request(addr, &ping, t).await, Ok(Response::Error(Error::NotAuthorized(_)))));
+        for req in changes.iter().chain([&show, &Request::Status]) {
+            assert_eq!(admin.request(addr, req, t).await.unwrap(), Response::ReplicaAck, "{req:?}");
+            assert_eq!(node.request(addr, req, t).await.unwrap(), Response::ReplicaAck, "{req:?}");
+        }
 
         // Same names, different CA: the handshake fails.
         let mut stranger = TlsFiles::in_dir(other.path(), "client");
@@ -72,7 +94,7 @@ fn roles_are_enforced_and_strangers_refused() {
 #[test]
 fn oversized_and_garbage_frames_get_errors_and_the_server_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
-    certs::generate(dir.path(), &[1], &["client"]).unwrap();
+    certs::generate(dir.path(), &[1], &["client"], &["admin"]).unwrap();
     runtime().block_on(async {
         let (addr, _stop) = start(dir.path()).await;
         let ep = client_endpoint(&TlsFiles::in_dir(dir.path(), "client")).unwrap();
@@ -94,7 +116,7 @@ fn oversized_and_garbage_frames_get_errors_and_the_server_keeps_serving() {
 #[test]
 fn a_dead_peer_fails_fast_while_backing_off() {
     let dir = tempfile::tempdir().unwrap();
-    certs::generate(dir.path(), &[1], &["client"]).unwrap();
+    certs::generate(dir.path(), &[1], &["client"], &["admin"]).unwrap();
     runtime().block_on(async {
         let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let dead = sock.local_addr().unwrap();
@@ -108,10 +130,10 @@ fn a_dead_peer_fails_fast_while_backing_off() {
 #[test]
 fn certs_are_kept_when_regenerating() {
     let dir = tempfile::tempdir().unwrap();
-    let first = certs::generate(dir.path(), &[1], &["client"]).unwrap();
-    assert_eq!(first.written.len(), 7, "CA, cluster secret, node-1 and client: {:?}", first.written);
+    let first = certs::generate(dir.path(), &[1], &["client"], &["admin"]).unwrap();
+    assert_eq!(first.written.len(), 9, "CA, cluster secret, node-1, client and admin: {:?}", first.written);
     let secret = certs::load_secret(&dir.path().join(certs::SECRET_FILE)).unwrap();
-    let again = certs::generate(dir.path(), &[1, 2], &["client"]).unwrap();
+    let again = certs::generate(dir.path(), &[1, 2], &["client"], &["admin"]).unwrap();
     assert_eq!(again.written.len(), 2, "only node-2 is new");
     assert_eq!(certs::load_secret(&dir.path().join(certs::SECRET_FILE)).unwrap(), secret, "the secret is kept");
     tls::server_config(&TlsFiles::in_dir(dir.path(), "node-2")).unwrap();
@@ -130,7 +152,7 @@ async fn half_sent(conn: &quinn::Connection, len: u32) -> (quinn::SendStream, qu
 #[test]
 fn past_a_receive_budget_a_request_is_refused_at_once_and_peers_are_still_served() {
     let dir = tempfile::tempdir().unwrap();
-    certs::generate(dir.path(), &[1, 2], &["client"]).unwrap();
+    certs::generate(dir.path(), &[1, 2], &["client"], &["admin"]).unwrap();
     runtime().block_on(async {
         let ep = node_endpoint("127.0.0.1:0".parse().unwrap(), &TlsFiles::in_dir(dir.path(), "node-1")).unwrap();
         let addr = ep.local_addr().unwrap();

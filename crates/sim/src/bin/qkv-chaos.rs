@@ -281,7 +281,12 @@ fn addr(i: usize) -> String {
 /// Configs of nodes `1..=nodes`: the first `members` form the cluster; the others have the
 /// members as their seeds, so they start outside it and join it later.
 fn write_configs(dir: &Path, nodes: usize, members: usize) -> anyhow::Result<()> {
-    qkv_transport::certs::generate(&dir.join("certs"), &(1..=nodes as u32).collect::<Vec<_>>(), &["client"])?;
+    qkv_transport::certs::generate(
+        &dir.join("certs"),
+        &(1..=nodes as u32).collect::<Vec<_>>(),
+        &["client"],
+        &["admin"],
+    )?;
     let peers: String = (1..=members).map(|i| format!("{{ id = {i}, addr = \"{}\" }},", addr(i))).collect();
     for i in 1..=nodes {
         std::fs::write(
@@ -292,17 +297,20 @@ fn write_configs(dir: &Path, nodes: usize, members: usize) -> anyhow::Result<()>
         )?;
     }
     let list: Vec<String> = (1..=members).map(|i| format!("\"{}\"", addr(i))).collect();
-    std::fs::write(
-        dir.join("client.toml"),
-        format!(
-            "nodes = [{}]\ntimeout_ms = 1000\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/client.pem\"\nkey = \"certs/client.key\"\n",
-            list.join(", ")
-        ),
-    )?;
+    // The clients' certificate, and the operator's for `qkv cluster` (it may change membership).
+    for (file, cert) in [("client.toml", "client"), ("admin.toml", "admin")] {
+        std::fs::write(
+            dir.join(file),
+            format!(
+                "nodes = [{}]\ntimeout_ms = 1000\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/{cert}.pem\"\nkey = \"certs/{cert}.key\"\n",
+                list.join(", ")
+            ),
+        )?;
+    }
     Ok(())
 }
 
-/// The `qkv` CLI, run on the client host with the run's `client.toml`.
+/// The `qkv` CLI, run on the client host with the run's `admin.toml`.
 struct Admin {
     dir: PathBuf,
     qkv: PathBuf,
@@ -314,7 +322,7 @@ impl Admin {
             .args(["netns", "exec", &format!("{NS}-cl")])
             .arg(&self.qkv)
             .arg("--config")
-            .arg(self.dir.join("client.toml"))
+            .arg(self.dir.join("admin.toml"))
             .args(args)
             .output()
             .map_err(|e| e.to_string())?;
