@@ -41,6 +41,9 @@ pub fn run_seed(seed: u64, cfg: &SimConfig) -> (Run, Report) {
             detail: format!("after healing, node {observer} still sees node {peer} down though both run"),
         });
     }
+    for c in &run.membership_regressions {
+        report.violations.push(Violation { kind: "membership went back", key: vec![], detail: c.clone() });
+    }
     for c in &run.layout_conflicts {
         report.violations.push(Violation { kind: "two layouts for one epoch", key: vec![], detail: c.clone() });
     }

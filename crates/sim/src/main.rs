@@ -231,6 +231,9 @@ fn main() -> ExitCode {
                 for v in report.violations.iter().take(3) {
                     println!("  {v}\n{}", checker::trace(&run.history, &v.key));
                 }
+                for v in report.violations.iter().skip(3) {
+                    println!("  also: {v}");
+                }
                 let features = if a.bug.is_some() { " --features bugs" } else { "" };
                 let mut replay = format!(
                     "cargo run --release -p qkv-sim{features} -- --seed {seed} --nodes {} --n {} --clients {} --ops {} \

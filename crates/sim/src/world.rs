@@ -156,6 +156,8 @@ pub struct Run {
     pub unsettled: Option<String>,
     /// Epochs for which two different layouts were seen (one is committed per epoch).
     pub layout_conflicts: Vec<String>,
+    /// Membership the operator saw go back (see `Admin::regressions`).
+    pub membership_regressions: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -291,6 +293,8 @@ pub struct World {
     layout: Layout,
     ring: Ring,
     destroyed: BTreeSet<Dot>,
+    /// Whole disks lost (wipes, not the unsynced writes of a power loss): (node, time ms).
+    disks_lost: Vec<(NodeId, u64)>,
     wipes: Vec<(NodeId, u64)>,
     fault_log: Vec<(u64, String)>,
     /// Write ids of puts some copy of which was duplicated on the way.
@@ -366,6 +370,7 @@ impl World {
             layout,
             ring,
             destroyed: BTreeSet::new(),
+            disks_lost: vec![],
             wipes: vec![],
             fault_log: vec![],
             dup_writes: BTreeSet::new(),
@@ -507,6 +512,7 @@ impl World {
     /// (or covers), then wipe it; the node restarts under a new epoch.
     fn wipe(&mut self, id: NodeId) {
         self.wipes.push((id, self.now));
+        self.disks_lost.push((id, self.now));
         let others: Vec<Disk> =
             self.nodes.iter().filter(|(n, _)| **n != id).map(|(_, n)| n.disk.borrow().clone()).collect();
         let kept = |key: &[u8]| join_all(others.iter().map(|d| d.durable_seen(key, true)));
@@ -1065,6 +1071,7 @@ impl World {
             stuck_down,
             unsettled,
             layout_conflicts,
+            membership_regressions: self.admin.map(|a| a.regressions).unwrap_or_default(),
         }
     }
 

@@ -190,7 +190,7 @@ impl<S: Store> Core<S> {
         }
         if persist {
             self.store.put_meta("cluster", &self.members.cluster.encode())?;
-            self.flush_unawaited();
+            self.sync_unawaited();
         }
         Ok(())
     }
@@ -379,7 +379,7 @@ impl<S: Store> Core<S> {
         if let Err(e) = self.store.put_meta("cluster", &self.members.cluster.encode()) {
             tracing::warn!("storing the cluster layout: {e}");
         }
-        self.flush_unawaited();
+        self.sync_unawaited();
     }
 
     fn fetch_layout(&mut self, from: NodeId) {

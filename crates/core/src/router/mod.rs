@@ -389,6 +389,15 @@ impl<S: Store> Core<S> {
         self.out.push_back(Output::Flush { token, sync: false });
     }
 
+    /// An fdatasync nobody waits on, whatever the persist policy: for the membership
+    /// state, which is small and rarely written, and which a power loss must not roll
+    /// back on a `buffer` node (a transition seen to end, then beginning again, waits for
+    /// participants an operator may have retired since).
+    fn sync_unawaited(&mut self) {
+        let token = self.id();
+        self.out.push_back(Output::Flush { token, sync: true });
+    }
+
     fn is_member(&self, id: NodeId) -> bool {
         self.members.cluster.is_member(id)
     }

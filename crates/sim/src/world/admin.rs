@@ -94,6 +94,14 @@ pub(super) struct Admin {
     seq: u64,
     inflight: Option<u64>,
     committed: bool,
+    /// A commit `via` answered for the current step: (epoch, when).
+    acked: Option<(u64, u64)>,
+    /// The newest epoch the operator saw settle on `via`, and when.
+    settled: Option<(u64, u64)>,
+    /// What the operator saw go back: an acknowledged commit `via` later did not hold,
+    /// or a transition it saw end that `via` later ran again (with no wipe of `via`
+    /// in between). Violations.
+    pub regressions: Vec<String>,
 }
 
 impl Admin {
@@ -142,6 +150,9 @@ impl Admin {
             seq: 0,
             inflight: None,
             committed: false,
+            acked: None,
+            settled: None,
+            regressions: vec![],
         }
     }
 
@@ -223,6 +234,7 @@ impl World {
         }
         let newest = info.cluster.newest();
         let holds = step.done_in(newest);
+        self.check_regression(&info);
         match state {
             State::Check if holds => {
                 self.committed(step, newest.epoch);
@@ -232,22 +244,68 @@ impl World {
             State::Check => self.set_admin(State::Stage, 0),
             State::Stage => self.set_admin(State::Commit, 0),
             State::Commit => {
+                if holds {
+                    let now = self.now;
+                    self.admin.as_mut().expect("checked").acked = Some((newest.epoch, now));
+                }
                 self.committed(step, newest.epoch);
                 self.set_admin(State::Settle, 0);
             }
             State::Settle if holds && info.cluster.old().is_none() => {
                 self.log(format!("operator: {step:?} settled at epoch {}", newest.epoch));
                 let gap = self.rng.random_range(100..1500);
+                let now = self.now;
                 let a = self.admin.as_mut().expect("checked");
                 a.at += 1;
                 a.committed = false;
+                a.acked = None;
+                a.settled = Some((newest.epoch, now));
                 self.set_admin(State::Prepare, gap);
             }
             // Committed, yet not in `via`'s layout (a commit whose answer was lost and
-            // whose layout a power loss took before it was learned): go again.
-            State::Settle if !holds => self.set_admin(State::Check, 250),
+            // whose layout a power loss took before it was learned): go again. One whose
+            // commit `via` had acknowledged must not be lost that way.
+            State::Settle if !holds => {
+                let wiped = |since: u64| self.disks_lost.iter().any(|&(n, t)| n == info.node && t >= since);
+                let a = self.admin.as_ref().expect("checked");
+                if let Some((epoch, at)) = a.acked
+                    && !wiped(at)
+                {
+                    let why = format!(
+                        "node {} acknowledged the commit of {step:?} as epoch {epoch}, then held epoch {} without it",
+                        info.node, newest.epoch
+                    );
+                    self.admin.as_mut().expect("checked").regressions.push(why);
+                }
+                self.admin.as_mut().expect("checked").acked = None;
+                self.set_admin(State::Check, 250)
+            }
             State::Settle => self.set_admin(State::Settle, 250),
             State::Prepare => {}
+        }
+    }
+
+    /// A transition the operator saw end on `via` must not run again there: the
+    /// operator has acted on its end (retired a node, begun the next step).
+    fn check_regression(&mut self, info: &ClusterInfo) {
+        let Some((epoch, at)) = self.admin.as_ref().and_then(|a| a.settled) else { return };
+        // Membership state is synced whatever the persist policy: only a lost disk excuses.
+        let wiped = self.disks_lost.iter().any(|&(n, t)| n == info.node && t >= at);
+        let newest = info.cluster.newest().epoch;
+        if !wiped && (newest < epoch || (newest == epoch && info.cluster.old().is_some())) {
+            let why = format!(
+                "node {} showed the change to epoch {epoch} done, then {} (phase {})",
+                info.node,
+                if newest < epoch {
+                    format!("held epoch {newest}")
+                } else {
+                    format!("epoch {epoch} still moving data")
+                },
+                info.phase.name()
+            );
+            let a = self.admin.as_mut().expect("checked");
+            a.regressions.push(why);
+            a.settled = None;
         }
     }
 
