@@ -93,6 +93,24 @@ async fn rate(client: &Client, secs: f64, tag: &'static str) -> f64 {
     n as f64 / secs
 }
 
+/// A membership request, asked again (up to 10 times, a second apart) while the node
+/// does not answer: under this load a node sometimes misses a deadline for a while.
+async fn ask(c: &Client, node: std::net::SocketAddr, req: ClusterAdmin) -> anyhow::Result<Vec<u8>> {
+    let mut tries = 0;
+    loop {
+        match c.cluster_admin(node, req.clone()).await {
+            Ok(b) => return Ok(b),
+            Err(e @ quorumkv::Error::Cluster(_)) => return Err(e.into()),
+            Err(e) if tries < 10 => {
+                tries += 1;
+                println!("  ({req:?} to {node}: {e}; again)");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 async fn show(c: &Client, node: std::net::SocketAddr) -> Option<ClusterInfo> {
     ClusterInfo::decode(&c.cluster_admin(node, ClusterAdmin::Show).await.ok()?).ok()
 }
@@ -135,14 +153,18 @@ async fn run(c: &mut Cluster) -> anyhow::Result<()> {
     }
     let (stop, acked) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
     let mut tasks = load(&client, &stop, &acked, "during");
-    client
-        .cluster_admin(admin, ClusterAdmin::Stage(ClusterChange::Join { id: id as u32, addr: joiner.to_string() }))
-        .await?;
-    let plan =
-        ClusterInfo::decode(&client.cluster_admin(admin, ClusterAdmin::Plan).await?).map_err(anyhow::Error::msg)?.plan;
+    let join = ClusterChange::Join { id: id as u32, addr: joiner.to_string() };
+    ask(&client, admin, ClusterAdmin::Stage(join)).await?;
+    let plan = ClusterInfo::decode(&ask(&client, admin, ClusterAdmin::Plan).await?).map_err(anyhow::Error::msg)?.plan;
     let start = Instant::now();
-    let committed = client.cluster_admin(admin, ClusterAdmin::Commit).await?;
-    let epoch = ClusterInfo::decode(&committed).map_err(anyhow::Error::msg)?.cluster.epoch();
+    let epoch = match ask(&client, admin, ClusterAdmin::Commit).await {
+        Ok(b) => ClusterInfo::decode(&b).map_err(anyhow::Error::msg)?.cluster.epoch(),
+        // The answer may be what was lost: the layout says whether the commit took.
+        Err(e) => match show(&client, admin).await {
+            Some(i) if i.cluster.epoch() >= 2 => i.cluster.epoch(),
+            _ => return Err(e),
+        },
+    };
     // The joiner's transfers, summed, as last seen: (keys, bytes, ranges).
     let mut fetched = (0u64, 0u64, 0usize);
     loop {

@@ -3,11 +3,11 @@
 //! (acceptor and proposer), the transfers of a transition (range fetches, paced and
 //! resumable), the drop of ranges lost once it ends, and the admin requests.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use qkv_proto::{ClusterAdmin, ClusterChange, Error, KeyState, LayoutView, NodeId, RangeCursor, Request, Response};
 
-use super::{Core, Op, OpId, ReqId, Store};
+use super::{Core, HANDOFF_TIMEOUT_MS, Op, OpId, ReqId, Store};
 use crate::layout::{Change, Layout, Plan};
 use crate::membership::{
     Acceptor, Cluster, ClusterInfo, Phase, Progress, Round, RoundStep, Transfer, Vote, decode_layout, decode_vote,
@@ -44,6 +44,15 @@ pub(super) struct Members {
     pace: Bucket,
     /// Where the drop of ranges this node lost stands (`Some`: running).
     dropping: Option<(u64, Vec<u8>)>,
+    /// The page of the drop on its way to the keys' home replicas.
+    drop_page: Option<DropPage>,
+    /// No page of the drop is sent again before this (after a home replica failed one).
+    drop_retry_ms: u64,
+    /// The epoch whose fetched data was last synced (before this node says it has it).
+    data_synced: Option<u64>,
+    /// The membership sync that records the last transition's end: until it completes,
+    /// this node says the transition is still switching.
+    retired_at_sync: u64,
     dropped: u64,
     fetching_layout: bool,
     /// The highest ballot a voter answered a commit of this node with `Outbid`: the
@@ -51,6 +60,22 @@ pub(super) struct Members {
     /// one more refused round).
     outbid: (u64, NodeId),
 }
+
+/// A page of keys of ranges this node lost, sent to the keys' home replicas: deleted
+/// here only once every one of them has taken it. The new owners fetched these ranges
+/// and writes since reached W of them, but those W copies may since have been lost (a
+/// power loss of `buffer` nodes) while this one survived: the drop must not delete the
+/// last copy.
+struct DropPage {
+    keys: Vec<(Vec<u8>, qkv_proto::DvvSet)>,
+    waiting: BTreeSet<OpId>,
+    failed: bool,
+    /// The drop's cursor after this page (`None`: the last page).
+    next: Option<(u64, Vec<u8>)>,
+}
+
+/// Pause before a page of the drop a home replica did not take is sent again.
+const DROP_RETRY_MS: u64 = 1_000;
 
 impl Members {
     /// From the store, or `initial` on a node's first start.
@@ -88,6 +113,10 @@ impl Members {
             started_ms: now_ms,
             pace: Bucket::new(bytes_per_s.max(1), now_ms),
             dropping,
+            drop_page: None,
+            drop_retry_ms: 0,
+            data_synced: None,
+            retired_at_sync: 0,
             dropped: 0,
             fetching_layout: false,
             outbid: (0, 0),
@@ -167,6 +196,11 @@ impl<S: Store> Core<S> {
 
     /// The cluster changed: rings, peers, trees, hints and transfers follow it.
     fn install(&mut self, persist: bool) -> Result<(), Error> {
+        // The layout first: a step below that fails must not leave it unwritten.
+        if persist {
+            self.store.put_meta("cluster", &self.members.cluster.encode())?;
+            self.sync_membership();
+        }
         let cluster = &self.members.cluster;
         let ring = cluster.newest().checked_ring().map_err(|e| Error::Internal(format!("a checked layout: {e}")))?;
         self.members.old_ring = match cluster.old() {
@@ -187,10 +221,6 @@ impl<S: Store> Core<S> {
         self.members.staged.retain(|c| !in_effect(c, newest));
         if self.members.staged.len() != staged {
             self.store.put_meta("staged", &rmp_serde::to_vec(&self.members.staged).expect("encodes"))?;
-        }
-        if persist {
-            self.store.put_meta("cluster", &self.members.cluster.encode())?;
-            self.sync_unawaited();
         }
         Ok(())
     }
@@ -379,7 +409,7 @@ impl<S: Store> Core<S> {
         if let Err(e) = self.store.put_meta("cluster", &self.members.cluster.encode()) {
             tracing::warn!("storing the cluster layout: {e}");
         }
-        self.sync_unawaited();
+        self.sync_membership();
     }
 
     fn fetch_layout(&mut self, from: NodeId) {
@@ -447,6 +477,10 @@ impl<S: Store> Core<S> {
     // ---- The transition, driven every handoff interval.
 
     pub(super) fn membership_round(&mut self) {
+        // Each step below acts on the last: none before the one before is on disk.
+        if !self.membership_durable() {
+            return;
+        }
         let me = self.cfg.me;
         let epoch = self.members.cluster.epoch();
         if self.members.cluster.old().is_some() && self.members.cluster.participants().contains(&me) {
@@ -459,7 +493,13 @@ impl<S: Store> Core<S> {
             let phase = self.members.cluster.phase();
             if phase != Phase::Acking && mine.synced < epoch {
                 if self.members.transfers.iter().all(|t| t.done) {
-                    mine.synced = epoch;
+                    // What was fetched reaches the disk before this node says it has it.
+                    if self.members.data_synced == Some(epoch) {
+                        mine.synced = epoch;
+                    } else {
+                        self.members.data_synced = Some(epoch);
+                        self.sync_membership();
+                    }
                 } else {
                     self.drive_transfers();
                 }
@@ -479,7 +519,10 @@ impl<S: Store> Core<S> {
             if let Err(e) = self.install(true) {
                 tracing::error!("installing the layout: {e}");
             }
+            self.members.retired_at_sync = self.meta_sync_asked;
+            // The drop starts once the end is on disk (the next round).
             self.start_drop();
+            return;
         }
         self.drop_round();
     }
@@ -710,7 +753,10 @@ impl<S: Store> Core<S> {
     }
 
     fn drop_round(&mut self) {
-        if self.members.cluster.old().is_some() {
+        if self.members.cluster.old().is_some()
+            || self.members.drop_page.is_some()
+            || self.now_ms < self.members.drop_retry_ms
+        {
             return;
         }
         let Some((t, k)) = self.members.dropping.clone() else { return };
@@ -723,31 +769,100 @@ impl<S: Store> Core<S> {
         };
         let full = page.len() == DROP_PAGE;
         let mut next = None;
-        let mut dropped = 0;
+        let mut keys = vec![];
         for (key, set) in page {
             next = Some(crate::ring::after(&key));
-            if self.homes(&key) {
-                continue;
+            if !self.homes(&key) {
+                keys.push((key, set));
             }
-            if let Err(e) = self.drop_key(&key, &set) {
+        }
+        let next = if full { next } else { None };
+        if keys.is_empty() {
+            return self.drop_advance(next);
+        }
+        // Each key's state to each of its home replicas, in batches of the handoff's size.
+        let me = self.cfg.me;
+        let batch_bytes = self.hints.limits().batch_bytes_max;
+        let mut per: BTreeMap<NodeId, Vec<Vec<KeyState>>> = BTreeMap::new();
+        for (key, set) in &keys {
+            let bytes = (key.len() + set.size_bytes()) as u64;
+            for &h in self.ring.preference_list(key).iter().filter(|&&h| h != me) {
+                let batches = per.entry(h).or_default();
+                let fits = batches.last().is_some_and(|b| {
+                    b.iter().map(|s| (s.key.len() + s.set.size_bytes()) as u64).sum::<u64>() + bytes <= batch_bytes
+                });
+                if !fits {
+                    batches.push(vec![]);
+                }
+                batches.last_mut().expect("pushed").push(KeyState { key: key.clone(), set: set.clone() });
+            }
+        }
+        let mut waiting = BTreeSet::new();
+        for (to, batches) in per {
+            for items in batches {
+                let op = self.id();
+                self.ops.insert(op, Op::DropHandoff);
+                waiting.insert(op);
+                self.send(op, to, Request::ReplicaPutBatch { items }, HANDOFF_TIMEOUT_MS);
+            }
+        }
+        self.members.drop_page = Some(DropPage { keys, waiting, failed: false, next });
+    }
+
+    /// A home replica's answer to a page of the drop; the last one deletes the page.
+    pub(super) fn drop_handoff_response(&mut self, op: OpId, result: Result<Response, Error>) {
+        self.ops.remove(&op);
+        let Some(p) = self.members.drop_page.as_mut() else { return };
+        if !p.waiting.remove(&op) {
+            return;
+        }
+        if !matches!(result, Ok(Response::ReplicaAck)) {
+            p.failed = true;
+        }
+        if !p.waiting.is_empty() {
+            return;
+        }
+        let p = self.members.drop_page.take().expect("checked");
+        if p.failed {
+            tracing::warn!(?result, "a home replica did not take a page of a dropped range; it stays here for now");
+            self.members.drop_retry_ms = self.now_ms + DROP_RETRY_MS;
+            return;
+        }
+        let mut dropped = 0;
+        for (key, sent) in &p.keys {
+            // A state that changed since it was sent is left for a later drop.
+            match self.store.get(key) {
+                Ok(Some(now)) if now == *sent => {}
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!("dropping a key of a lost range: {e}");
+                    return;
+                }
+            }
+            if let Err(e) = self.drop_key(key, sent) {
                 tracing::warn!("dropping a key of a lost range: {e}");
                 return;
             }
             dropped += 1;
         }
         self.members.dropped += dropped;
-        if full && let Some(n) = next {
-            self.members.dropping = Some(n);
-        } else {
-            self.members.dropping = None;
-            if let Err(e) = self.store.put_meta("dropping", &[]) {
-                tracing::warn!("recording the drop of lost ranges: {e}");
-            }
-            tracing::info!(keys = self.members.dropped, "dropped the ranges this node no longer holds");
-        }
         if dropped > 0 {
             self.flush_unawaited();
         }
+        self.drop_advance(p.next);
+    }
+
+    /// Move the drop's cursor past a page: to `next`, or the drop is done.
+    fn drop_advance(&mut self, next: Option<(u64, Vec<u8>)>) {
+        if let Some(n) = next {
+            self.members.dropping = Some(n);
+            return;
+        }
+        self.members.dropping = None;
+        if let Err(e) = self.store.put_meta("dropping", &[]) {
+            tracing::warn!("recording the drop of lost ranges: {e}");
+        }
+        tracing::info!(keys = self.members.dropped, "dropped the ranges this node no longer holds");
     }
 
     // ---- The vote (acceptor side).
@@ -958,7 +1073,11 @@ impl<S: Store> Core<S> {
         ClusterInfo {
             node: self.cfg.me,
             cluster: self.members.cluster.clone(),
-            phase: self.members.cluster.phase(),
+            phase: match self.members.cluster.phase() {
+                // Ended here, not yet on disk: an operator must not act on it yet.
+                Phase::Stable if self.meta_sync_done < self.members.retired_at_sync => Phase::Switching,
+                p => p,
+            },
             staged: self.members.staged.clone(),
             plan,
             transfers: self.members.transfers.iter().map(|t| (t.clone(), t.bytes as f64 / secs)).collect(),

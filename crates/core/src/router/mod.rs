@@ -120,6 +120,8 @@ enum Op {
     Ping { to: NodeId },
     /// A batch of hints in flight (its state is in `Core::handoff`).
     Handoff,
+    /// A batch of a dropped range's keys on its way to their home replicas.
+    DropHandoff,
     /// The anti-entropy exchange this node started (its state is in `Core::aae`).
     Aae,
     /// An answered write whose remaining replica acks still count for its lag.
@@ -171,6 +173,11 @@ pub struct Core<S> {
     lease_durable: u64,
     /// Sync flushes in flight, with the lease each makes durable.
     lease_syncs: HashMap<u64, u64>,
+    /// Syncs of the membership state in flight: token → its number (see `sync_membership`).
+    meta_syncs: HashMap<u64, u64>,
+    /// Membership syncs asked for, and the newest completed (all before it too).
+    meta_sync_asked: u64,
+    meta_sync_done: u64,
     /// Client writes waiting for the lease's sync before they mint a dot.
     lease_waiters: local::LeaseWaiters,
     /// Writes this node coordinated recently, by write id: a retry that arrives after
@@ -264,6 +271,9 @@ impl<S: Store> Core<S> {
             // The driver makes the store durable when it opens it.
             lease_durable: counter,
             lease_syncs: HashMap::new(),
+            meta_syncs: HashMap::new(),
+            meta_sync_asked: 0,
+            meta_sync_done: 0,
             lease_waiters: Default::default(),
             recent_writes: RecentWrites::default(),
             members,
@@ -389,13 +399,22 @@ impl<S: Store> Core<S> {
         self.out.push_back(Output::Flush { token, sync: false });
     }
 
-    /// An fdatasync nobody waits on, whatever the persist policy: for the membership
-    /// state, which is small and rarely written, and which a power loss must not roll
-    /// back on a `buffer` node (a transition seen to end, then beginning again, waits for
-    /// participants an operator may have retired since).
-    fn sync_unawaited(&mut self) {
+    /// An fdatasync of everything written so far, whatever the persist policy: for the
+    /// membership state, which is small and rarely written, and which a power loss must
+    /// not roll back on a `buffer` node (a transition seen to end, then beginning again,
+    /// waits for participants an operator may have retired since). The transition takes
+    /// no step while one is in flight ([`Core::membership_durable`]); a failed one is
+    /// asked again.
+    fn sync_membership(&mut self) {
         let token = self.id();
+        self.meta_sync_asked += 1;
+        self.meta_syncs.insert(token, self.meta_sync_asked);
         self.out.push_back(Output::Flush { token, sync: true });
+    }
+
+    /// Whether every membership sync asked for has completed.
+    fn membership_durable(&self) -> bool {
+        self.meta_sync_done >= self.meta_sync_asked
     }
 
     fn is_member(&self, id: NodeId) -> bool {
@@ -485,6 +504,21 @@ impl<S: Store> Core<S> {
             }
             return;
         }
+        if let Some(seq) = self.meta_syncs.remove(&token) {
+            match result {
+                // Syncs complete in order of asking for them, or cover less: the newest wins.
+                Ok(()) => self.meta_sync_done = self.meta_sync_done.max(seq),
+                Err(e) => {
+                    tracing::warn!("syncing the membership state: {e}; again");
+                    if let Err(e) = self.store.put_meta("cluster", &self.members.cluster.encode()) {
+                        tracing::warn!("storing the cluster layout: {e}");
+                    }
+                    self.meta_sync_done = self.meta_sync_done.max(seq.saturating_sub(1));
+                    self.sync_membership();
+                }
+            }
+            return;
+        }
         let Some(op_id) = self.flushes.remove(&token) else { return };
         match self.ops.remove(&op_id) {
             Some(Op::ReplicaFlush { req, refused }) => self.reply(req, result.map(|_| write::replica_ack(refused))),
@@ -532,6 +566,7 @@ impl<S: Store> Core<S> {
             }
             Some(Op::Ping { .. }) => self.ping_response(op_id, result),
             Some(Op::Handoff) => self.handoff_response(op_id, result),
+            Some(Op::DropHandoff) => self.drop_handoff_response(op_id, result),
             Some(Op::Aae) => self.aae_response(op_id, result),
             Some(Op::PutTail { .. }) => self.put_tail_response(op_id, from, result),
             Some(Op::LagProbe { .. }) => self.lag_probe_response(op_id, result),

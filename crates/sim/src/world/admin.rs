@@ -251,7 +251,7 @@ impl World {
                 self.committed(step, newest.epoch);
                 self.set_admin(State::Settle, 0);
             }
-            State::Settle if holds && info.cluster.old().is_none() => {
+            State::Settle if holds && info.phase == qkv_core::membership::Phase::Stable => {
                 self.log(format!("operator: {step:?} settled at epoch {}", newest.epoch));
                 let gap = self.rng.random_range(100..1500);
                 let now = self.now;
