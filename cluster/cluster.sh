@@ -65,6 +65,7 @@ write_configs() {
     [[ -f "$here/node$i.toml" ]] && continue
     write_config "$i" "$repl" "$peers" "make cluster"
   done
+  [[ -f "$here/client.toml" ]] && ensure_admin 1
   if [[ ! -f "$here/client.toml" ]]; then
     local list=""
     for i in $(seq 1 "$n"); do list+="\"127.0.0.1:$((base_port + i - 1))\", "; done
@@ -157,7 +158,7 @@ client_remove() { sed -i -e "s/, \"$1\"//" -e "s/\"$1\", //" "$here/client.toml"
 # Membership changes need an admin certificate; a cluster made before they did has none.
 ensure_admin() {
   [[ -f "$here/certs/admin.pem" ]] || "$bin/qkv" certs --out "$here/certs" --nodes "$1" --clients client --admins admin >/dev/null
-  sed -i -e 's#certs/client\.pem#certs/admin.pem#' -e 's#certs/client\.key#certs/admin.key#' "$here/client.toml"
+  sed -i -e 's#^cert = "certs/client\.pem"#cert = "certs/admin.pem"#' -e 's#^key = "certs/client\.key"#key = "certs/admin.key"#' "$here/client.toml"
 }
 
 join_node() {

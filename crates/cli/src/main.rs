@@ -325,6 +325,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             {
                 bail!("{n:?} cannot name a client or admin certificate (node-*, ca and paths are taken)");
             }
+            if let Some(n) = names.iter().find(|n| admins.contains(n)) {
+                bail!("{n:?} is in both --clients and --admins: a certificate has one role");
+            }
             let g = qkv_transport::certs::generate(&out, &nodes, &names, &admins)?;
             for p in &g.written {
                 println!("wrote {}", p.display());

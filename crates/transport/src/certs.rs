@@ -1,7 +1,8 @@
 //! Certificates for a cluster, made with rcgen: one CA, a certificate per node, client certificates.
 //!
 //! Node certificates carry the organisational unit [`NODE_OU`] and the common name
-//! `node-<id>`; client certificates carry [`CLIENT_OU`], operator certificates [`ADMIN_OU`].
+//! `node-<id>`; client certificates carry [`CLIENT_OU`], operator certificates also the
+//! organisation [`ADMIN_ORG`].
 //! All are signed by the cluster CA and all may send client requests; only node
 //! certificates may send replica traffic, only node and operator certificates may change
 //! membership, and only node certificates carry the server name [`SERVER_NAME`] that
@@ -21,8 +22,10 @@ use crate::TlsError;
 pub const NODE_OU: &str = "qkv-node";
 /// Organisational unit of client certificates.
 pub const CLIENT_OU: &str = "qkv-client";
-/// Organisational unit of operator certificates: client requests and membership changes.
-pub const ADMIN_OU: &str = "qkv-admin";
+/// Organisation of operator certificates: client requests and membership changes. An
+/// operator certificate is a client certificate ([`CLIENT_OU`]) of this organisation, so
+/// nodes of releases before the role still take it as a client's (a rolling upgrade).
+pub const ADMIN_ORG: &str = "quorumkv operators";
 /// The DNS name every node certificate carries and every peer verifies.
 pub const SERVER_NAME: &str = "qkv-node";
 
@@ -144,7 +147,9 @@ pub fn generate(dir: &Path, nodes: &[u32], clients: &[&str], admins: &[&str]) ->
         leaves.push((c.to_string(), leaf_params(c, CLIENT_OU, false)?));
     }
     for a in admins {
-        leaves.push((a.to_string(), leaf_params(a, ADMIN_OU, false)?));
+        let mut p = leaf_params(a, CLIENT_OU, false)?;
+        p.distinguished_name.push(DnType::OrganizationName, ADMIN_ORG);
+        leaves.push((a.to_string(), p));
     }
     for (name, params) in leaves {
         let files = TlsFiles::in_dir(dir, &name);

@@ -3,7 +3,7 @@
 use rustls_pki_types::CertificateDer;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::certs::{ADMIN_OU, CLIENT_OU, NODE_OU};
+use crate::certs::{ADMIN_ORG, CLIENT_OU, NODE_OU};
 
 /// The role a peer's certificate grants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,10 +31,10 @@ pub fn peer_role(conn: &quinn::Connection) -> Option<PeerRole> {
     for ou in cert.subject().iter_organizational_unit() {
         match ou.as_str().ok()? {
             NODE_OU => role = Some(PeerRole::Node(id)),
-            ADMIN_OU if !matches!(role, Some(PeerRole::Node(_))) => role = Some(PeerRole::Admin),
             CLIENT_OU if role.is_none() => role = Some(PeerRole::Client),
             _ => {}
         }
     }
-    role
+    let operator = cert.subject().iter_organization().any(|o| o.as_str() == Ok(ADMIN_ORG));
+    if role == Some(PeerRole::Client) && operator { Some(PeerRole::Admin) } else { role }
 }

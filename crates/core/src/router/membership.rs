@@ -48,6 +48,11 @@ pub(super) struct Members {
     drop_page: Option<DropPage>,
     /// No page of the drop is sent again before this (after a home replica failed one).
     drop_retry_ms: u64,
+    /// Pages of the drop go to the home replicas until then, and are deleted without
+    /// after: a copy from an old owner arriving once a tombstone that deleted it may
+    /// have been purged would bring the value back. Half a tombstone grace after the
+    /// transition's end (none after a restart; no limit when tombstones are never purged).
+    drop_push_until_ms: u64,
     /// The epoch whose fetched data was last synced (before this node says it has it).
     data_synced: Option<u64>,
     /// The membership sync that records the last transition's end: until it completes,
@@ -115,6 +120,7 @@ impl Members {
             dropping,
             drop_page: None,
             drop_retry_ms: 0,
+            drop_push_until_ms: 0,
             data_synced: None,
             retired_at_sync: 0,
             dropped: 0,
@@ -739,6 +745,8 @@ impl<S: Store> Core<S> {
 
     fn start_drop(&mut self) {
         self.members.dropping = Some((0, vec![]));
+        self.members.drop_push_until_ms =
+            if self.aae.enabled() { self.now_ms + self.aae.grace_ms() / 2 } else { u64::MAX };
         if let Err(e) = self.store.put_meta("dropping", &[1]) {
             tracing::warn!("recording the drop of lost ranges: {e}");
         }
@@ -779,6 +787,11 @@ impl<S: Store> Core<S> {
         let next = if full { next } else { None };
         if keys.is_empty() {
             return self.drop_advance(next);
+        }
+        if self.now_ms >= self.members.drop_push_until_ms {
+            // Too late to hand them over safely: the new owners fetched these ranges and
+            // took every write since; delete.
+            return self.drop_page_done(DropPage { keys, waiting: BTreeSet::new(), failed: false, next });
         }
         // Each key's state to each of its home replicas, in batches of the handoff's size.
         let me = self.cfg.me;
@@ -828,6 +841,11 @@ impl<S: Store> Core<S> {
             self.members.drop_retry_ms = self.now_ms + DROP_RETRY_MS;
             return;
         }
+        self.drop_page_done(p);
+    }
+
+    /// Delete a page of the drop (the keys whose state is still what it was) and move on.
+    fn drop_page_done(&mut self, p: DropPage) {
         let mut dropped = 0;
         for (key, sent) in &p.keys {
             // A state that changed since it was sent is left for a later drop.

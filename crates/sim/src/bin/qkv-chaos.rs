@@ -3,8 +3,9 @@
 //! client crate, and the simulator's checker over the recorded history.
 //!
 //! One more node (unless `--no-join`) starts outside the cluster, on its own host
-//! (namespace and address), and joins it over the network a third of the way in, through the `qkv` CLI, while
-//! faults go on; the checker runs once the join's transition has ended on every node,
+//! (namespace and address), and joins it over the network a third of the way in
+//! through the `qkv` CLI (staged and committed between two faults; its data moves while
+//! they go on); the checker runs once the join's transition has ended on every node,
 //! with the joiner among the home replicas it inspects.
 //!
 //! Needs root (it creates namespaces `qkvch-*` with veth pairs on a private bridge in
@@ -310,6 +311,18 @@ fn write_configs(dir: &Path, nodes: usize, members: usize) -> anyhow::Result<()>
     Ok(())
 }
 
+/// The client driver's process, killed if the run ends early (an error).
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// The `qkv` CLI, run on the client host with the run's `admin.toml`.
 struct Admin {
     dir: PathBuf,
@@ -335,10 +348,24 @@ impl Admin {
 
     /// Node `node`'s layout epoch and phase, from `qkv cluster show --json`.
     fn show(&self, node: usize) -> Result<(u64, String), String> {
+        self.show_json(node).and_then(|(v, out)| {
+            let epoch = v["epoch"].as_u64().ok_or_else(|| format!("no epoch in {out}"))?;
+            Ok((epoch, v["phase"].as_str().unwrap_or_default().to_string()))
+        })
+    }
+
+    fn show_json(&self, node: usize) -> Result<(serde_json::Value, String), String> {
         let out = self.run(&["cluster", "show", "--json", "--node", &addr(node)])?;
-        let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
-        let epoch = v["epoch"].as_u64().ok_or_else(|| format!("no epoch in {out}"))?;
-        Ok((epoch, v["phase"].as_str().unwrap_or_default().to_string()))
+        let v = serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
+        Ok((v, out))
+    }
+
+    /// The epoch of node `node`'s newest layout if `id` is a member of it.
+    fn member_in(&self, node: usize, id: usize) -> Option<u64> {
+        let (v, _) = self.show_json(node).ok()?;
+        let newest = v["layouts"].as_array()?.last()?;
+        let member = newest["members"].as_array()?.iter().any(|m| m["node"].as_u64() == Some(id as u64));
+        member.then(|| v["epoch"].as_u64()).flatten()
     }
 
     /// Join node `joiner` to the cluster of nodes `1..=members`: once it holds the
@@ -359,6 +386,10 @@ impl Admin {
         loop {
             m = m % members + 1;
             anyhow::ensure!(Instant::now() < deadline, "node {joiner} did not join within 60 s: {last}");
+            // A commit whose answer was lost may have taken.
+            if let Some(epoch) = self.member_in(m, joiner) {
+                return Ok(epoch);
+            }
             let node = addr(m);
             if let Err(e) = self.run(&["cluster", "join", &addr(joiner), "--node", &node]) {
                 last = format!("stage on node {m}: {e}");
@@ -443,20 +474,23 @@ fn orchestrate(a: &Args) -> anyhow::Result<bool> {
     let mut running = members;
     let mut joined: Option<(u64, Instant)> = None;
     std::thread::sleep(Duration::from_secs(2));
-    let mut driver = Command::new("ip")
-        .args(["netns", "exec", &format!("{NS}-cl")])
-        .arg(&exe)
-        .args(["drive", "--dir"])
-        .arg(&dir)
-        .args([
-            "--duration",
-            &a.duration.to_string(),
-            "--clients",
-            &a.clients.to_string(),
-            "--seed",
-            &a.seed.to_string(),
-        ])
-        .spawn()?;
+    println!("chaos: configs and node logs in {}", dir.display());
+    let mut driver = Driver(
+        Command::new("ip")
+            .args(["netns", "exec", &format!("{NS}-cl")])
+            .arg(&exe)
+            .args(["drive", "--dir"])
+            .arg(&dir)
+            .args([
+                "--duration",
+                &a.duration.to_string(),
+                "--clients",
+                &a.clients.to_string(),
+                "--seed",
+                &a.seed.to_string(),
+            ])
+            .spawn()?,
+    );
 
     let mut rng = StdRng::seed_from_u64(a.seed);
     let mut faults: BTreeMap<&str, u32> = BTreeMap::new();
@@ -539,11 +573,10 @@ fn orchestrate(a: &Args) -> anyhow::Result<bool> {
     println!("chaos: waiting for the checker");
     let deadline = Instant::now() + Duration::from_secs(240);
     let ok = loop {
-        if let Some(st) = driver.try_wait()? {
+        if let Some(st) = driver.0.try_wait()? {
             break st.success();
         }
         if Instant::now() > deadline {
-            let _ = driver.kill();
             anyhow::bail!("the client driver did not finish within 240 s of healing");
         }
         std::thread::sleep(Duration::from_millis(200));
