@@ -279,7 +279,10 @@ impl Config {
                     bail!("peers lists node {} at {}, this node's listen address", p.id, p.addr);
                 }
             }
-            Some(me) if me.addr != self.listen && !self.listen.ip().is_unspecified() => {
+            Some(me)
+                if me.addr.port() != self.listen.port()
+                    || (me.addr != self.listen && !self.listen.ip().is_unspecified()) =>
+            {
                 bail!("peers lists node {} at {}, but listen is {}", self.id, me.addr, self.listen)
             }
             Some(_) => {}
@@ -533,6 +536,7 @@ key = "certs/node-1.key"
             (BASE.replace("[tls]", "[anti_entropy]\ngc_batch = 0\n[tls]"), "must be positive"),
             (BASE.replace("listen = ", "request_timeout_ms = 60001\nlisten = "), "between 1 and 60000"),
             (BASE.replace("listen = ", "transfer_bytes_per_s = 0\nlisten = "), "transfer_bytes_per_s must be positive"),
+            (BASE.replace("listen = \"127.0.0.1:7001\"", "listen = \"0.0.0.0:7009\""), "but listen is 0.0.0.0:7009"),
             (BASE.replace("listen = ", "anti_entropy = \"yes\"\nlisten = "), "invalid type"),
             (BASE.replace("listen = ", "anti_entropy = 3\nlisten = "), "invalid type"),
             ("id = ".to_string(), "invalid TOML"),
