@@ -989,6 +989,12 @@ fn regained_range_write(bugs: qkv_core::router::Bugs) -> (Vec<Vec<u8>>, Cluster)
     let joined = change_membership(&mut c, 1, ClusterChange::Join { id: 4, addr: "node4".into() });
     assert!(matches!(joined, Response::ClusterInfo(_)), "{joined:?}");
     settle(&mut c, 2);
+    // The drop follows the end of the transition: its keys go to their home replicas first.
+    let deadline = c.now + 10_000;
+    while c.stored(1, k).is_some() && c.now < deadline {
+        let t = c.now + 100;
+        c.advance(t);
+    }
     assert!(c.stored(1, k).is_none(), "node 1 dropped the range it lost");
     // The joiner leaves: node 1 gains the range back, but fetches nothing yet.
     c.swallow = Some(|r| matches!(r, Request::RangeFetch { .. }));
