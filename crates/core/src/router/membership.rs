@@ -51,7 +51,8 @@ pub(super) struct Members {
     /// Pages of the drop go to the home replicas until then, and are deleted without
     /// after: a copy from an old owner arriving once a tombstone that deleted it may
     /// have been purged would bring the value back. Half a tombstone grace after the
-    /// transition's end (none after a restart; no limit when tombstones are never purged).
+    /// transition's end, by the wall clock, kept across restarts (no limit when tombstones
+    /// are never purged).
     drop_push_until_ms: u64,
     /// The epoch whose fetched data was last synced (before this node says it has it).
     data_synced: Option<u64>,
@@ -103,9 +104,11 @@ impl Members {
             Some(b) => rmp_serde::from_slice(&b).map_err(|e| damaged("staged changes", e.to_string()))?,
             None => vec![],
         };
-        let dropping = match store.get_meta("dropping")? {
-            Some(b) if !b.is_empty() => Some((0, vec![])),
-            _ => None,
+        // `[1]` and the wall-clock end of the drop's hand-off (older releases: `[1]` alone).
+        let (dropping, drop_push_until_ms) = match store.get_meta("dropping")? {
+            Some(b) if b.len() == 9 => (Some((0, vec![])), u64::from_le_bytes(b[1..].try_into().expect("8 bytes"))),
+            Some(b) if !b.is_empty() => (Some((0, vec![])), 0),
+            _ => (None, 0),
         };
         Ok(Members {
             cluster,
@@ -120,7 +123,7 @@ impl Members {
             dropping,
             drop_page: None,
             drop_retry_ms: 0,
-            drop_push_until_ms: 0,
+            drop_push_until_ms,
             data_synced: None,
             retired_at_sync: 0,
             dropped: 0,
@@ -746,8 +749,10 @@ impl<S: Store> Core<S> {
     fn start_drop(&mut self) {
         self.members.dropping = Some((0, vec![]));
         self.members.drop_push_until_ms =
-            if self.aae.enabled() { self.now_ms + self.aae.grace_ms() / 2 } else { u64::MAX };
-        if let Err(e) = self.store.put_meta("dropping", &[1]) {
+            if self.aae.enabled() { self.wall_ms() + self.aae.grace_ms() / 2 } else { u64::MAX };
+        let mut record = vec![1];
+        record.extend_from_slice(&self.members.drop_push_until_ms.to_le_bytes());
+        if let Err(e) = self.store.put_meta("dropping", &record) {
             tracing::warn!("recording the drop of lost ranges: {e}");
         }
     }
@@ -788,7 +793,7 @@ impl<S: Store> Core<S> {
         if keys.is_empty() {
             return self.drop_advance(next);
         }
-        if self.now_ms >= self.members.drop_push_until_ms {
+        if self.wall_ms() >= self.members.drop_push_until_ms {
             // Too late to hand them over safely: the new owners fetched these ranges and
             // took every write since; delete.
             return self.drop_page_done(DropPage { keys, waiting: BTreeSet::new(), failed: false, next });
@@ -838,7 +843,10 @@ impl<S: Store> Core<S> {
         let p = self.members.drop_page.take().expect("checked");
         if p.failed {
             tracing::warn!(?result, "a home replica did not take a page of a dropped range; it stays here for now");
-            self.members.drop_retry_ms = self.now_ms + DROP_RETRY_MS;
+            // Several tries fit in the window the hand-off has (see `drop_push_until_ms`).
+            let pause =
+                if self.aae.enabled() { DROP_RETRY_MS.min(self.aae.grace_ms() / 8).max(10) } else { DROP_RETRY_MS };
+            self.members.drop_retry_ms = self.now_ms + pause;
             return;
         }
         self.drop_page_done(p);
