@@ -496,5 +496,30 @@ pub fn state_bytes(key: &[u8], set: &DvvSet) -> u64 {
     (key.len() + set.value_bytes() + 16 * set.siblings().len() + 16 * set.clock().0.len()) as u64
 }
 
+/// Key states in `ReplicaPutBatch`es a replica takes: at most
+/// [`BATCH_KEYS_MAX`](crate::hints::BATCH_KEYS_MAX) keys and `bytes_max` bytes each (a
+/// state larger than that goes alone).
+pub(crate) fn batches(
+    states: impl IntoIterator<Item = qkv_proto::KeyState>,
+    bytes_max: u64,
+) -> Vec<Vec<qkv_proto::KeyState>> {
+    let mut batches: Vec<Vec<qkv_proto::KeyState>> = vec![];
+    let mut size = 0;
+    for s in states {
+        let b = state_bytes(&s.key, &s.set);
+        match batches.last_mut() {
+            Some(last) if last.len() < crate::hints::BATCH_KEYS_MAX && size + b <= bytes_max => {
+                size += b;
+                last.push(s);
+            }
+            _ => {
+                size = b;
+                batches.push(vec![s]);
+            }
+        }
+    }
+    batches
+}
+
 #[cfg(test)]
 mod tests;

@@ -800,24 +800,16 @@ impl<S: Store> Core<S> {
         }
         // Each key's state to each of its home replicas, in batches of the handoff's size.
         let me = self.cfg.me;
-        let batch_bytes = self.hints.limits().batch_bytes_max;
-        let mut per: BTreeMap<NodeId, Vec<Vec<KeyState>>> = BTreeMap::new();
+        let mut per: BTreeMap<NodeId, Vec<KeyState>> = BTreeMap::new();
         for (key, set) in &keys {
-            let bytes = (key.len() + set.size_bytes()) as u64;
             for &h in self.ring.preference_list(key).iter().filter(|&&h| h != me) {
-                let batches = per.entry(h).or_default();
-                let fits = batches.last().is_some_and(|b| {
-                    b.iter().map(|s| (s.key.len() + s.set.size_bytes()) as u64).sum::<u64>() + bytes <= batch_bytes
-                });
-                if !fits {
-                    batches.push(vec![]);
-                }
-                batches.last_mut().expect("pushed").push(KeyState { key: key.clone(), set: set.clone() });
+                per.entry(h).or_default().push(KeyState { key: key.clone(), set: set.clone() });
             }
         }
+        let batch_bytes = self.hints.limits().batch_bytes_max;
         let mut waiting = BTreeSet::new();
-        for (to, batches) in per {
-            for items in batches {
+        for (to, states) in per {
+            for items in crate::antientropy::batches(states, batch_bytes) {
                 let op = self.id();
                 self.ops.insert(op, Op::DropHandoff);
                 waiting.insert(op);
