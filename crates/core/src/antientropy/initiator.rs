@@ -11,7 +11,6 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use qkv_proto::{AaeCompared, DvvSet, Error, KeyDigest, KeyState, NodeId, Request, Response};
 
 use super::{AAE_TIMEOUT_MS, COMPARE_ENTRIES_MAX, THEIRS_BYTES_MAX, THEIRS_KEYS_MAX, state_bytes};
-use crate::hints::BATCH_KEYS_MAX;
 use crate::merkle::{RangeId, Trees};
 use crate::pace::Pace;
 
@@ -20,7 +19,7 @@ const GROUP_ENTRIES: usize = 2048;
 const GROUP_BYTES: usize = 1 << 20;
 const GROUP_LEAVES: usize = 64;
 /// Bytes per push batch.
-const PUSH_BYTES_MAX: usize = 1 << 20;
+const PUSH_BYTES_MAX: u64 = 1 << 20;
 /// A group answered "more" this many rounds in a row without moving a state: give up.
 const REPEATS_MAX: u32 = 64;
 
@@ -322,21 +321,7 @@ impl Exchange {
             return Ok(self.group_done(host, range, leaves, more, keys > 0));
         }
         let pushed = pushes.len() as u64;
-        let mut batches: Vec<Vec<KeyState>> = vec![];
-        let mut size = 0;
-        for p in pushes {
-            let b = state_bytes(&p.key, &p.set) as usize;
-            match batches.last_mut() {
-                Some(last) if last.len() < BATCH_KEYS_MAX && size + b <= PUSH_BYTES_MAX => {
-                    size += b;
-                    last.push(p);
-                }
-                _ => {
-                    size = b;
-                    batches.push(vec![p]);
-                }
-            }
-        }
+        let batches = super::batches(pushes, PUSH_BYTES_MAX);
         self.waiting = Waiting::Pushes { left: batches.len(), keys: pushed, range, leaves, more };
         Ok(Step::Send(batches.into_iter().map(|items| Request::ReplicaPutBatch { items }).collect()))
     }

@@ -513,7 +513,7 @@ impl<S: Store> Core<S> {
                     if let Err(e) = self.store.put_meta("cluster", &self.members.cluster.encode()) {
                         tracing::warn!("storing the cluster layout: {e}");
                     }
-                    self.meta_sync_done = self.meta_sync_done.max(seq.saturating_sub(1));
+                    // The next one covers it; until it completes nothing is durable.
                     self.sync_membership();
                 }
             }
