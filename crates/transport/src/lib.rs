@@ -48,8 +48,32 @@ pub enum TlsError {
 }
 
 /// A server endpoint on `addr` that also dials peers with the same identity.
+///
+/// Its stateless-reset key is derived from the node's private key, so it is the same
+/// across restarts: when a killed node comes back on its address, the first packet a
+/// peer sends on a connection to its former process is answered with a reset the peer
+/// accepts, and the peer redials at once instead of waiting out a timeout.
 pub fn node_endpoint(addr: SocketAddr, files: &TlsFiles) -> Result<quinn::Endpoint, TlsError> {
-    let mut ep = quinn::Endpoint::server(tls::server_config(files)?, addr).map_err(|e| TlsError::Bind(addr, e))?;
+    let server = tls::server_config(files)?;
+    let key = std::fs::read(&files.key).map_err(|e| TlsError::Io(files.key.clone(), e))?;
+    let derive = |purpose: &[u8]| {
+        let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+        digest.update(b"quorumkv ");
+        digest.update(purpose);
+        digest.update(&key);
+        digest.finish()
+    };
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derive(b"stateless reset key\0").as_ref());
+    let mut config = quinn::EndpointConfig::new(std::sync::Arc::new(reset_key));
+    // Connection IDs carry a keyed hash the endpoint checks before it answers a packet
+    // for a connection it does not know; the same key lets it answer its former self's.
+    let cid_key = derive(b"connection id key\0");
+    let cid_key = u64::from_le_bytes(cid_key.as_ref()[..8].try_into().expect("a SHA-256 digest has 32 bytes"));
+    config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    let socket = std::net::UdpSocket::bind(addr).map_err(|e| TlsError::Bind(addr, e))?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| TlsError::Bind(addr, std::io::Error::other("no async runtime found")))?;
+    let mut ep = quinn::Endpoint::new(config, Some(server), socket, runtime).map_err(|e| TlsError::Bind(addr, e))?;
     ep.set_default_client_config(tls::client_config(files)?);
     Ok(ep)
 }

@@ -107,17 +107,33 @@ impl Pool {
 
     /// Send `req` to `addr` and wait for its response, all within `timeout`.
     ///
-    /// A request that times out closes its connection: a peer that was killed and
-    /// restarted is only reached through a fresh one, and QUIC would otherwise keep
-    /// the dead connection until its idle timeout.
+    /// A request that times out closes its connection: a peer that was stopped or
+    /// killed is only reached again through a fresh one, and QUIC would otherwise keep
+    /// the dead connection until its idle timeout. A request whose connection ends under
+    /// it (that close, or a restarted peer's stateless reset) is sent once more.
     pub async fn request(&self, addr: SocketAddr, req: &Request, timeout: Duration) -> Result<Response, RequestError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let too_late = || RequestError::Timeout { addr, ms: timeout.as_millis() as u64 };
         let conn = tokio::time::timeout_at(deadline, self.connection(addr)).await.map_err(|_| too_late())??;
         let conn = match conn.open_bi().await {
-            Ok(streams) => {
-                return self.finish(addr, conn, streams, req, deadline, too_late).await;
-            }
+            Ok(streams) => match self.finish(addr, conn.clone(), streams, req, deadline, &too_late).await {
+                // The connection ended under a request that had not timed out: a stateless
+                // reset (the peer's process restarted since we dialed, so the request went
+                // nowhere), or another request's timeout closed it. It is sent once more
+                // over a fresh connection, within its deadline. It may run twice, as after
+                // any lost answer: replica messages merge idempotently, and a put
+                // coordinated twice leaves at most a sibling of the same value.
+                Err(RequestError::Dropped { .. })
+                    if matches!(
+                        conn.close_reason(),
+                        Some(quinn::ConnectionError::Reset | quinn::ConnectionError::LocallyClosed)
+                    ) =>
+                {
+                    self.forget(addr, &conn);
+                    tokio::time::timeout_at(deadline, self.connection(addr)).await.map_err(|_| too_late())??
+                }
+                answer => return answer,
+            },
             Err(_) => {
                 // The cached connection died: forget it and dial once more.
                 self.forget(addr, &conn);
@@ -125,7 +141,7 @@ impl Pool {
             }
         };
         let streams = conn.open_bi().await.map_err(|e| RequestError::Dropped { addr, reason: e.to_string() })?;
-        self.finish(addr, conn, streams, req, deadline, too_late).await
+        self.finish(addr, conn, streams, req, deadline, &too_late).await
     }
 
     async fn finish(
@@ -135,7 +151,7 @@ impl Pool {
         (mut send, mut recv): (quinn::SendStream, quinn::RecvStream),
         req: &Request,
         deadline: tokio::time::Instant,
-        too_late: impl Fn() -> RequestError,
+        too_late: &impl Fn() -> RequestError,
     ) -> Result<Response, RequestError> {
         let exchange = async {
             let written = write_frame(&mut send, req, self.frame_bytes_max).await;

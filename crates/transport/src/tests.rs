@@ -114,6 +114,40 @@ fn oversized_and_garbage_frames_get_errors_and_the_server_keeps_serving() {
 }
 
 #[test]
+fn a_peer_restarted_on_its_port_is_reached_by_the_next_request() {
+    let dir = tempfile::tempdir().unwrap();
+    certs::generate(dir.path(), &[1], &["client"], &["admin"]).unwrap();
+    // The first server runs on a runtime of its own, so that it can die as a killed
+    // process does: without closing its connections.
+    let (kill, killed) = tokio::sync::oneshot::channel::<()>();
+    let (started, addr) = std::sync::mpsc::channel();
+    let certs = dir.path().to_owned();
+    let first = std::thread::spawn(move || {
+        let rt = runtime();
+        rt.block_on(async {
+            let (addr, _stop) = start(&certs).await;
+            started.send(addr).unwrap();
+            let _ = killed.await;
+        });
+        rt.shutdown_background();
+    });
+    let addr = addr.recv().unwrap();
+    let t = Duration::from_secs(5);
+    runtime().block_on(async {
+        let pool = Pool::new(client_endpoint(&TlsFiles::in_dir(dir.path(), "client")).unwrap(), FRAME_MAX);
+        assert_eq!(pool.request(addr, &Request::Status, t).await.unwrap(), Response::ReplicaAck);
+        kill.send(()).unwrap();
+        first.join().unwrap();
+        let ep = node_endpoint(addr, &TlsFiles::in_dir(dir.path(), "node-1")).unwrap();
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(serve(ep, Arc::new(Echo), FRAME_MAX, rx));
+        // The pooled connection is to the dead process; the new one answers it with a
+        // stateless reset, and the request goes once more over a fresh connection.
+        assert_eq!(pool.request(addr, &Request::Status, t).await.unwrap(), Response::ReplicaAck);
+    });
+}
+
+#[test]
 fn a_dead_peer_fails_fast_while_backing_off() {
     let dir = tempfile::tempdir().unwrap();
     certs::generate(dir.path(), &[1], &["client"], &["admin"]).unwrap();
