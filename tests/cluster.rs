@@ -131,6 +131,8 @@ async fn a_read_repairs_a_stale_replica() {
     let mut c = Cluster::start(Opts { extra: "anti_entropy.enabled = false", ..Opts::default() }).await;
     let client = c.client_for(&[1, 2]);
     c.kill(3);
+    // Seen down first: a replica write still in flight when node 3 returns would reach it.
+    c.wait_seen(3, false).await;
     client.put("stale", "new").w(Level::Quorum).await.unwrap();
     c.restart(3).await;
     c.wait_seen(3, true).await;
