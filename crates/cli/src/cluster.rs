@@ -246,11 +246,11 @@ fn print_show(info: &ClusterInfo) {
     if c.old().is_some() {
         let e = c.epoch();
         println!("progress through epoch {e} (each step done by every node before the next):");
-        println!("  {:<6}{:<7}{:<8}READING NEW", "NODE", "ACKED", "SYNCED");
+        println!("  {:<6}{:<7}{:<8}{:<13}DROPPED", "NODE", "ACKED", "SYNCED", "READING NEW");
         for id in c.participants() {
             let p = c.progress_of(id);
             let yes = |v: u64| if v >= e { "yes" } else { "no" };
-            println!("  {id:<6}{:<7}{:<8}{}", yes(p.acked), yes(p.synced), yes(p.reading));
+            println!("  {id:<6}{:<7}{:<8}{:<13}{}", yes(p.acked), yes(p.synced), yes(p.reading), yes(p.dropped));
         }
     }
     if info.staged.is_empty() {
@@ -361,7 +361,7 @@ pub struct InfoDto {
     pub node: NodeId,
     /// The newest layout epoch.
     pub epoch: u64,
-    /// `stable`, `acking`, `syncing` or `switching`.
+    /// `stable`, `acking`, `syncing`, `switching` or `dropping`.
     pub phase: &'static str,
     /// The layouts in effect, oldest first (two during a transition).
     pub layouts: Vec<LayoutDto>,
@@ -412,6 +412,8 @@ pub struct ProgressDto {
     pub synced: bool,
     /// Reads from the new home set.
     pub reading: bool,
+    /// Handed over and deleted the ranges it lost.
+    pub dropped: bool,
 }
 
 /// A staged change.
@@ -604,7 +606,13 @@ impl From<&ClusterInfo> for InfoDto {
                 .into_iter()
                 .map(|node| {
                     let p = c.progress_of(node);
-                    ProgressDto { node, acked: p.acked >= e, synced: p.synced >= e, reading: p.reading >= e }
+                    ProgressDto {
+                        node,
+                        acked: p.acked >= e,
+                        synced: p.synced >= e,
+                        reading: p.reading >= e,
+                        dropped: p.dropped >= e,
+                    }
                 })
                 .collect()
         } else {

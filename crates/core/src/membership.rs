@@ -9,7 +9,7 @@
 //! Committing epoch `E` (a single-decree Paxos round among the members of `E - 1`,
 //! see [`Acceptor`]) starts a *transition*: both layouts are in effect until every
 //! participant (the members of either, but for nodes `E` replaced, which are taken
-//! as lost) has moved through three steps, each a monotone counter it raises for
+//! as lost) has moved through four steps, each a monotone counter it raises for
 //! itself and gossips with its pings ([`Progress`]):
 //!
 //! 1. **acked**: the node routes every new write to W replicas of the old *and* W of
@@ -21,9 +21,14 @@
 //!    replicas, so it is fetched; every write since reaches W new ones itself.
 //! 3. **reading**: once every participant has synced, a node reads from the new home
 //!    set. Writes still reach both, so a node still reading the old one misses nothing.
+//! 4. **dropped**: once every participant reads the new set, writes go to the new set
+//!    alone, and each node that lost ranges hands every key of them to the key's new
+//!    home replicas and deletes it once all of them have taken it (the new owners'
+//!    copies may have been lost since they fetched them: a power loss of `buffer`
+//!    nodes). No tombstone is purged anywhere until the transition ends, so no copy
+//!    handed over can bring a deleted value back, however late it arrives.
 //!
-//! Once every participant reads the new set, the old layout is retired: writes go to
-//! the new set alone, and nodes drop the ranges they lost. A strict read with
+//! Once every participant has dropped, the old layout is retired. A strict read with
 //! R + W > N overlaps every strict write acknowledged before it at each step.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -50,11 +55,15 @@ pub struct Progress {
     pub synced: u64,
     /// It reads from the new home set.
     pub reading: u64,
+    /// It handed the keys of every range it lost to their new home replicas, and
+    /// deleted them (absent in layouts stored by earlier releases).
+    #[serde(default)]
+    pub dropped: u64,
 }
 
 impl Phase {
     /// Every phase, in order.
-    pub const ALL: [Phase; 4] = [Phase::Stable, Phase::Acking, Phase::Syncing, Phase::Switching];
+    pub const ALL: [Phase; 5] = [Phase::Stable, Phase::Acking, Phase::Syncing, Phase::Switching, Phase::Dropping];
 
     /// Its name in status output and metrics.
     pub fn name(self) -> &'static str {
@@ -63,6 +72,7 @@ impl Phase {
             Phase::Acking => "acking",
             Phase::Syncing => "syncing",
             Phase::Switching => "switching",
+            Phase::Dropping => "dropping",
         }
     }
 }
@@ -72,6 +82,7 @@ impl Progress {
         self.acked = self.acked.max(o.acked);
         self.synced = self.synced.max(o.synced);
         self.reading = self.reading.max(o.reading);
+        self.dropped = self.dropped.max(o.dropped);
     }
 }
 
@@ -86,6 +97,9 @@ pub enum Phase {
     Syncing,
     /// Every new owner has its ranges; waiting for every participant to read from them.
     Switching,
+    /// Everyone reads the new home set and writes go to it alone; old owners hand over
+    /// and delete the ranges they lost.
+    Dropping,
 }
 
 /// The layouts in effect and the progress of the change between them: what a node
@@ -164,8 +178,10 @@ impl Cluster {
             Phase::Acking
         } else if !self.everyone(|p| p.synced) {
             Phase::Syncing
-        } else {
+        } else if !self.everyone(|p| p.reading) {
             Phase::Switching
+        } else {
+            Phase::Dropping
         }
     }
 
@@ -175,7 +191,12 @@ impl Cluster {
             return false;
         }
         let e = self.epoch();
-        let clamp = Progress { acked: p.acked.min(e), synced: p.synced.min(e), reading: p.reading.min(e) };
+        let clamp = Progress {
+            acked: p.acked.min(e),
+            synced: p.synced.min(e),
+            reading: p.reading.min(e),
+            dropped: p.dropped.min(e),
+        };
         let mine = self.progress.entry(id).or_default();
         let before = *mine;
         mine.join(&clamp);
@@ -199,9 +220,9 @@ impl Cluster {
         self.progress.iter().map(|(&id, &p)| (id, p)).collect()
     }
 
-    /// Retire the old layout once every participant reads from the new one.
+    /// Retire the old layout once every participant has dropped what it lost.
     pub fn retire_if_done(&mut self) -> bool {
-        if self.old().is_none() || !self.everyone(|p| p.reading) {
+        if self.old().is_none() || !self.everyone(|p| p.dropped) {
             return false;
         }
         self.versions.remove(0);
@@ -697,17 +718,46 @@ mod tests {
         assert_eq!(c.phase(), Phase::Syncing);
         assert!(!c.gains(4).unwrap().is_empty(), "the new node gains ranges");
         for id in 1..=4 {
-            c.raise(id, Progress { acked: 2, synced: 2, reading: 0 });
+            c.raise(id, Progress { acked: 2, synced: 2, ..Default::default() });
         }
         assert_eq!(c.phase(), Phase::Switching);
         assert!(!c.retire_if_done());
         for id in 1..=4 {
-            c.raise(id, Progress { acked: 2, synced: 2, reading: 2 });
+            c.raise(id, Progress { acked: 2, synced: 2, reading: 2, dropped: 0 });
         }
+        assert_eq!(c.phase(), Phase::Dropping);
+        assert!(!c.retire_if_done(), "old owners still hold what they lost");
+        for id in 1..=3 {
+            c.raise(id, Progress { acked: 2, synced: 2, reading: 2, dropped: 2 });
+        }
+        assert!(!c.retire_if_done(), "node 4 has not said it dropped");
+        c.raise(4, Progress { acked: 2, synced: 2, reading: 2, dropped: 2 });
         assert!(c.retire_if_done());
         assert_eq!(c.phase(), Phase::Stable);
         assert_eq!(c.epoch(), 2);
         assert!(c.progress.is_empty());
+    }
+
+    #[test]
+    fn a_cluster_stored_before_the_drop_step_decodes() {
+        #[derive(Serialize)]
+        struct Before {
+            acked: u64,
+            synced: u64,
+            reading: u64,
+        }
+        #[derive(Serialize)]
+        struct Stored {
+            versions: Vec<Layout>,
+            progress: BTreeMap<NodeId, Before>,
+        }
+        let mut c = three();
+        let next = c.newest().apply(&Change::Join { id: 4, addr: "10.0.0.4:7000".into() }).unwrap();
+        c.begin(next).unwrap();
+        let stored =
+            Stored { versions: c.versions.clone(), progress: [(1, Before { acked: 2, synced: 2, reading: 2 })].into() };
+        let back = Cluster::decode(&rmp_serde::to_vec(&stored).unwrap()).unwrap();
+        assert_eq!(back.progress_of(1), Progress { acked: 2, synced: 2, reading: 2, dropped: 0 });
     }
 
     #[test]
@@ -716,7 +766,7 @@ mod tests {
         let next = c.newest().apply(&Change::Replace { old: 2, new: 5, addr: "10.0.0.5:7000".into() }).unwrap();
         c.begin(next).unwrap();
         assert_eq!(c.participants(), [1, 3, 5].into());
-        assert!(!c.raise(2, Progress { acked: 2, synced: 2, reading: 2 }), "not a participant");
+        assert!(!c.raise(2, Progress { acked: 2, synced: 2, reading: 2, dropped: 2 }), "not a participant");
         let gains = c.gains(5).unwrap();
         assert!(!gains.is_empty());
         assert!(gains.iter().all(|m| !m.from.contains(&2) && !m.from.is_empty()));
@@ -729,9 +779,10 @@ mod tests {
         assert!(matches!(next, LayoutError::TooFewNodes { .. }));
         let next = c.newest().apply(&Change::Join { id: 4, addr: "a:1".into() }).unwrap();
         c.begin(next).unwrap();
-        assert!(!c.merge_progress(7, &[(1, Progress { acked: 7, synced: 7, reading: 7 })]));
-        assert!(c.merge_progress(2, &[(1, Progress { acked: 99, synced: 0, reading: 0 })]));
+        assert!(!c.merge_progress(7, &[(1, Progress { acked: 7, synced: 7, reading: 7, dropped: 7 })]));
+        assert!(c.merge_progress(2, &[(1, Progress { acked: 99, dropped: 99, ..Default::default() })]));
         assert_eq!(c.progress_of(1).acked, 2, "clamped to the epoch");
+        assert_eq!(c.progress_of(1).dropped, 2, "clamped to the epoch");
         assert!(!c.merge_progress(2, &[(9, Progress::default())]), "a stranger's progress is ignored");
     }
 

@@ -289,6 +289,9 @@ pub struct LayoutView {
     pub moving: bool,
     /// Per participant: (node, acked, synced, reading) epochs.
     pub progress: Vec<(NodeId, u64, u64, u64)>,
+    /// Per participant: (node, dropped) epochs (absent from earlier releases).
+    #[serde(default)]
+    pub dropped: Vec<(NodeId, u64)>,
 }
 
 /// A membership change to stage.

@@ -1,7 +1,7 @@
 //! The router's side of [`crate::membership`]: the layouts in effect and the rings
 //! built from them, layout spreading by pings, the vote that commits a change
 //! (acceptor and proposer), the transfers of a transition (range fetches, paced and
-//! resumable), the drop of ranges lost once it ends, and the admin requests.
+//! resumable), the hand-over and drop of ranges lost, and the admin requests.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -26,8 +26,10 @@ pub const FETCH_PAGE_KEYS: usize = 1024;
 pub const FETCHES_IN_FLIGHT: usize = 2;
 /// Deadline of one page.
 pub const FETCH_TIMEOUT_MS: u64 = 10_000;
-/// Keys the drop of lost ranges reads per round.
+/// Keys the drop of lost ranges reads per page (and hands over at most at once).
 const DROP_PAGE: usize = 1024;
+/// Keys the drop reads in one round at most, passing pages it has nothing to send of.
+const DROP_SCAN_PER_ROUND: usize = 16 * DROP_PAGE;
 
 /// Membership state of a node.
 pub(super) struct Members {
@@ -44,16 +46,17 @@ pub(super) struct Members {
     pace: Bucket,
     /// Where the drop of ranges this node lost stands (`Some`: running).
     dropping: Option<(u64, Vec<u8>)>,
+    /// The epoch whose `dropping` step the running drop is (it hands keys over), or
+    /// `None`: the sweep after a transition ended, which only deletes (see
+    /// [`Core::drop_round`]).
+    drop_epoch: Option<u64>,
+    /// The epoch whose hand-over drop ran to its end (in memory: after a restart the
+    /// drop runs again, which is harmless).
+    drop_done: Option<u64>,
     /// The page of the drop on its way to the keys' home replicas.
     drop_page: Option<DropPage>,
     /// No page of the drop is sent again before this (after a home replica failed one).
     drop_retry_ms: u64,
-    /// Pages of the drop go to the home replicas until then, and are deleted without
-    /// after: a copy from an old owner arriving once a tombstone that deleted it may
-    /// have been purged would bring the value back. Half a tombstone grace after the
-    /// transition's end, by the wall clock, kept across restarts (no limit when tombstones
-    /// are never purged).
-    drop_push_until_ms: u64,
     /// The epoch whose fetched data was last synced (before this node says it has it).
     data_synced: Option<u64>,
     /// The membership sync that records the last transition's end: until it completes,
@@ -61,6 +64,8 @@ pub(super) struct Members {
     retired_at_sync: u64,
     dropped: u64,
     fetching_layout: bool,
+    /// An install that failed, to run again (`true`: with the layout's write).
+    install_pending: Option<bool>,
     /// The highest ballot a voter answered a commit of this node with `Outbid`: the
     /// next commit's ballot goes above it (not kept across restarts; a lost one costs
     /// one more refused round).
@@ -104,11 +109,10 @@ impl Members {
             Some(b) => rmp_serde::from_slice(&b).map_err(|e| damaged("staged changes", e.to_string()))?,
             None => vec![],
         };
-        // `[1]` and the wall-clock end of the drop's hand-off (older releases: `[1]` alone).
-        let (dropping, drop_push_until_ms) = match store.get_meta("dropping")? {
-            Some(b) if b.len() == 9 => (Some((0, vec![])), u64::from_le_bytes(b[1..].try_into().expect("8 bytes"))),
-            Some(b) if !b.is_empty() => (Some((0, vec![])), 0),
-            _ => (None, 0),
+        // Non-empty: the sweep after a transition's end is still to run.
+        let dropping = match store.get_meta("dropping")? {
+            Some(b) if !b.is_empty() => Some((0, vec![])),
+            _ => None,
         };
         Ok(Members {
             cluster,
@@ -121,13 +125,15 @@ impl Members {
             started_ms: now_ms,
             pace: Bucket::new(bytes_per_s.max(1), now_ms),
             dropping,
+            drop_epoch: None,
+            drop_done: None,
             drop_page: None,
             drop_retry_ms: 0,
-            drop_push_until_ms,
             data_synced: None,
             retired_at_sync: 0,
             dropped: 0,
             fetching_layout: false,
+            install_pending: None,
             outbid: (0, 0),
         })
     }
@@ -203,8 +209,20 @@ impl<S: Store> Core<S> {
         self.install(false)
     }
 
-    /// The cluster changed: rings, peers, trees, hints and transfers follow it.
+    /// The cluster changed: rings, peers, trees, hints and transfers follow it. If a
+    /// step fails (the store), it is run again every round until it succeeds, and
+    /// the transition takes no step meanwhile: a node holding a cluster whose rings it
+    /// has not built would route, refuse and drop by the layout before.
     fn install(&mut self, persist: bool) -> Result<(), Error> {
+        let retry = self.members.install_pending.is_some();
+        let persist = persist || self.members.install_pending == Some(true);
+        self.members.install_pending = Some(persist);
+        self.install_steps(persist, retry)?;
+        self.members.install_pending = None;
+        Ok(())
+    }
+
+    fn install_steps(&mut self, persist: bool, retry: bool) -> Result<(), Error> {
         // The layout first: a step below that fails must not leave it unwritten.
         if persist {
             self.store.put_meta("cluster", &self.members.cluster.encode())?;
@@ -216,9 +234,13 @@ impl<S: Store> Core<S> {
             Some(o) => Some(o.checked_ring().map_err(|e| Error::Internal(format!("a checked layout: {e}")))?),
             None => None,
         };
-        if ring.fingerprint() != self.ring.fingerprint() {
+        let changed = ring.fingerprint() != self.ring.fingerprint();
+        if changed {
+            // The trees first: the ring is swapped only once they follow it.
+            self.aae.rebuild(&self.store, &ring, self.now_ms)?;
             self.ring = ring;
-            self.aae.rebuild(&self.store, &self.ring, self.now_ms)?;
+        }
+        if changed || retry {
             self.rekey_hints()?;
         }
         self.detector.set_peers(self.members.cluster.members(), self.now_ms);
@@ -389,6 +411,7 @@ impl<S: Store> Core<S> {
             epoch: c.epoch(),
             moving: c.old().is_some(),
             progress: c.progress_list().into_iter().map(|(id, p)| (id, p.acked, p.synced, p.reading)).collect(),
+            dropped: c.progress_list().into_iter().map(|(id, p)| (id, p.dropped)).collect(),
         }
     }
 
@@ -404,10 +427,14 @@ impl<S: Store> Core<S> {
             self.push_layout(from);
             return;
         }
+        let dropped: BTreeMap<NodeId, u64> =
+            view.dropped.iter().take(2 * crate::layout::MEMBERS_MAX).copied().collect();
         let entries: Vec<(NodeId, Progress)> = view
             .progress
             .iter()
-            .map(|&(id, acked, synced, reading)| (id, Progress { acked, synced, reading }))
+            .map(|&(id, acked, synced, reading)| {
+                (id, Progress { acked, synced, reading, dropped: dropped.get(&id).copied().unwrap_or(0) })
+            })
             .collect();
         if self.members.cluster.merge_progress(view.epoch, &entries) {
             self.persist_cluster();
@@ -456,9 +483,10 @@ impl<S: Store> Core<S> {
             }
             self.install(true)?;
             // Skipping epochs (or taking a peer's word that a change ended) skips this
-            // node's own end of it: it drops the ranges it no longer holds once stable.
+            // node's own end of it: it sweeps the ranges it no longer holds once stable
+            // (it handed them over before: no transition ends before all old owners did).
             if self.members.cluster.epoch() != before || retired {
-                self.start_drop();
+                self.start_sweep();
             }
         }
         Ok(())
@@ -486,6 +514,12 @@ impl<S: Store> Core<S> {
     // ---- The transition, driven every handoff interval.
 
     pub(super) fn membership_round(&mut self) {
+        if let Some(persist) = self.members.install_pending
+            && let Err(e) = self.install(persist)
+        {
+            tracing::warn!("installing the cluster layout (again): {e}");
+            return;
+        }
         // Each step below acts on the last: none before the one before is on disk.
         if !self.membership_durable() {
             return;
@@ -519,6 +553,18 @@ impl<S: Store> Core<S> {
                 tracing::info!(epoch, "reading from the new home replicas");
             }
             self.members.cluster.raise(me, mine);
+            if self.members.cluster.phase() == Phase::Dropping && mine.dropped < epoch {
+                if self.members.drop_done == Some(epoch) {
+                    mine.dropped = epoch;
+                    tracing::info!(epoch, "handed over and dropped the ranges this node lost");
+                } else if self.members.drop_epoch != Some(epoch) {
+                    // From the first key: whatever ran before (a sweep) is covered.
+                    self.members.dropping = Some((0, vec![]));
+                    self.members.drop_epoch = Some(epoch);
+                    self.members.drop_page = None;
+                }
+            }
+            self.members.cluster.raise(me, mine);
             if mine != before {
                 self.persist_cluster();
             }
@@ -529,8 +575,8 @@ impl<S: Store> Core<S> {
                 tracing::error!("installing the layout: {e}");
             }
             self.members.retired_at_sync = self.meta_sync_asked;
-            // The drop starts once the end is on disk (the next round).
-            self.start_drop();
+            // The sweep starts once the end is on disk (the next round).
+            self.start_sweep();
             return;
         }
         self.drop_round();
@@ -746,13 +792,13 @@ impl<S: Store> Core<S> {
 
     // ---- Dropping ranges this node lost.
 
-    fn start_drop(&mut self) {
+    /// The sweep after a transition ended: delete what this node still holds of
+    /// ranges it lost. Its drop step handed every such key over already; what is left
+    /// came since, by writes to both home sets that reached W new home replicas too.
+    fn start_sweep(&mut self) {
         self.members.dropping = Some((0, vec![]));
-        self.members.drop_push_until_ms =
-            if self.aae.enabled() { self.wall_ms() + self.aae.grace_ms() / 2 } else { u64::MAX };
-        let mut record = vec![1];
-        record.extend_from_slice(&self.members.drop_push_until_ms.to_le_bytes());
-        if let Err(e) = self.store.put_meta("dropping", &record) {
+        self.members.drop_epoch = None;
+        if let Err(e) = self.store.put_meta("dropping", &[1]) {
             tracing::warn!("recording the drop of lost ranges: {e}");
         }
     }
@@ -765,41 +811,56 @@ impl<S: Store> Core<S> {
         Ok(())
     }
 
+    /// A page of the drop: the keys this node holds that the newest layout does not
+    /// place here. In a transition's `dropping` step they go to their home replicas
+    /// first; once stable (the sweep) they are deleted. The drop waits in the other
+    /// steps of a transition (a key lost now may be the node's to keep until its end).
     fn drop_round(&mut self) {
-        if self.members.cluster.old().is_some()
-            || self.members.drop_page.is_some()
-            || self.now_ms < self.members.drop_retry_ms
-        {
-            return;
-        }
-        let Some((t, k)) = self.members.dropping.clone() else { return };
-        let page = match self.store.scan((t, &k), u64::MAX, DROP_PAGE) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!("dropping lost ranges: {e}");
+        let handover = match self.members.cluster.phase() {
+            Phase::Dropping => true,
+            Phase::Stable => false,
+            _ => return,
+        };
+        let me = self.cfg.me;
+        let mut scanned = 0;
+        let (keys, next) = loop {
+            if self.members.drop_page.is_some() || self.now_ms < self.members.drop_retry_ms {
+                return;
+            }
+            let Some((t, k)) = self.members.dropping.clone() else { return };
+            let page = match self.store.scan((t, &k), u64::MAX, DROP_PAGE) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!("dropping lost ranges: {e}");
+                    return;
+                }
+            };
+            scanned += page.len();
+            let full = page.len() == DROP_PAGE;
+            let mut next = None;
+            let mut keys = vec![];
+            for (key, set) in page {
+                next = Some(crate::ring::after(&key));
+                if !self.ring.preference_list(&key).contains(&me) {
+                    keys.push((key, set));
+                }
+            }
+            let next = if full { next } else { None };
+            if keys.is_empty() {
+                self.drop_advance(next);
+            } else if !handover {
+                if !self.drop_page_done(DropPage { keys, waiting: BTreeSet::new(), failed: false, next }) {
+                    return;
+                }
+            } else {
+                break (keys, next);
+            }
+            // Pages of keys kept here, or deleted, cost no round trip: go on, within a bound.
+            if scanned >= DROP_SCAN_PER_ROUND {
                 return;
             }
         };
-        let full = page.len() == DROP_PAGE;
-        let mut next = None;
-        let mut keys = vec![];
-        for (key, set) in page {
-            next = Some(crate::ring::after(&key));
-            if !self.homes(&key) {
-                keys.push((key, set));
-            }
-        }
-        let next = if full { next } else { None };
-        if keys.is_empty() {
-            return self.drop_advance(next);
-        }
-        if self.wall_ms() >= self.members.drop_push_until_ms {
-            // Too late to hand them over safely: the new owners fetched these ranges and
-            // took every write since; delete.
-            return self.drop_page_done(DropPage { keys, waiting: BTreeSet::new(), failed: false, next });
-        }
         // Each key's state to each of its home replicas, in batches of the handoff's size.
-        let me = self.cfg.me;
         let mut per: BTreeMap<NodeId, Vec<KeyState>> = BTreeMap::new();
         for (key, set) in &keys {
             for &h in self.ring.preference_list(key).iter().filter(|&&h| h != me) {
@@ -834,32 +895,38 @@ impl<S: Store> Core<S> {
         }
         let p = self.members.drop_page.take().expect("checked");
         if p.failed {
+            // Sent again until every home replica takes it: the transition waits. A key a
+            // home replica refuses for good (over its limits there) holds it until resolved.
             tracing::warn!(?result, "a home replica did not take a page of a dropped range; it stays here for now");
-            // Several tries fit in the window the hand-off has (see `drop_push_until_ms`).
-            let pause =
-                if self.aae.enabled() { DROP_RETRY_MS.min(self.aae.grace_ms() / 8).max(10) } else { DROP_RETRY_MS };
-            self.members.drop_retry_ms = self.now_ms + pause;
+            self.members.drop_retry_ms = self.now_ms + DROP_RETRY_MS;
             return;
         }
-        self.drop_page_done(p);
+        if self.drop_page_done(p) {
+            self.drop_round();
+        }
     }
 
-    /// Delete a page of the drop (the keys whose state is still what it was) and move on.
-    fn drop_page_done(&mut self, p: DropPage) {
+    /// Delete a page of the drop (the keys whose state is still what it was) and move
+    /// on; false if the store failed (the page is read again next round).
+    fn drop_page_done(&mut self, p: DropPage) -> bool {
         let mut dropped = 0;
+        let mut ok = true;
         for (key, sent) in &p.keys {
-            // A state that changed since it was sent is left for a later drop.
+            // A state that changed since it was sent came by a write to both home sets
+            // (which reached W new home replicas too): the sweep deletes it.
             match self.store.get(key) {
                 Ok(Some(now)) if now == *sent => {}
                 Ok(_) => continue,
                 Err(e) => {
                     tracing::warn!("dropping a key of a lost range: {e}");
-                    return;
+                    ok = false;
+                    break;
                 }
             }
             if let Err(e) = self.drop_key(key, sent) {
                 tracing::warn!("dropping a key of a lost range: {e}");
-                return;
+                ok = false;
+                break;
             }
             dropped += 1;
         }
@@ -867,7 +934,10 @@ impl<S: Store> Core<S> {
         if dropped > 0 {
             self.flush_unawaited();
         }
-        self.drop_advance(p.next);
+        if ok {
+            self.drop_advance(p.next);
+        }
+        ok
     }
 
     /// Move the drop's cursor past a page: to `next`, or the drop is done.
@@ -877,10 +947,15 @@ impl<S: Store> Core<S> {
             return;
         }
         self.members.dropping = None;
-        if let Err(e) = self.store.put_meta("dropping", &[]) {
-            tracing::warn!("recording the drop of lost ranges: {e}");
+        match self.members.drop_epoch.take() {
+            Some(epoch) => self.members.drop_done = Some(epoch),
+            None => {
+                if let Err(e) = self.store.put_meta("dropping", &[]) {
+                    tracing::warn!("recording the drop of lost ranges: {e}");
+                }
+                tracing::info!(keys = self.members.dropped, "swept the ranges this node no longer holds");
+            }
         }
-        tracing::info!(keys = self.members.dropped, "dropped the ranges this node no longer holds");
     }
 
     // ---- The vote (acceptor side).
@@ -1093,7 +1168,7 @@ impl<S: Store> Core<S> {
             cluster: self.members.cluster.clone(),
             phase: match self.members.cluster.phase() {
                 // Ended here, not yet on disk: an operator must not act on it yet.
-                Phase::Stable if self.meta_sync_done < self.members.retired_at_sync => Phase::Switching,
+                Phase::Stable if self.meta_sync_done < self.members.retired_at_sync => Phase::Dropping,
                 p => p,
             },
             staged: self.members.staged.clone(),
