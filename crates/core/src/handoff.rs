@@ -44,7 +44,7 @@ impl Batch {
     /// The request that carries it.
     pub fn request(&self) -> Request {
         let items = self.items.iter().map(|(key, set)| KeyState { key: key.clone(), set: set.clone() }).collect();
-        Request::ReplicaPutBatch { items }
+        Request::ReplicaPutBatch { items, sync: false }
     }
 }
 

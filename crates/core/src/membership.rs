@@ -256,7 +256,7 @@ impl Cluster {
     ///
     /// A newer epoch replaces the layouts (its old layout, if any, is the one this node
     /// had, or a later one whose transition ended: a node that holds epoch `E` retired
-    /// `E - 1` only when every participant read from `E`). The same epoch merges
+    /// `E - 1` only when every participant dropped for `E`). The same epoch merges
     /// progress, and a retired copy retires this one (its condition held somewhere).
     pub fn adopt(&mut self, other: Cluster) -> Result<bool, String> {
         other.check()?;
@@ -333,7 +333,7 @@ impl Cluster {
 ///
 /// Only a member of epoch `epoch - 1` whose cluster is stable at that epoch votes:
 /// a change starts only when the one before has ended at a majority, which means
-/// every participant of it read from its new home set (see [`Cluster`]).
+/// every participant of it handed over and dropped what it lost (see [`Cluster`]).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Acceptor {
     /// The epoch this vote is for.

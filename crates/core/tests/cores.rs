@@ -853,7 +853,7 @@ fn a_batch_item_past_the_merge_limit_is_refused_alone_and_handoff_delivers_the_r
         qkv_proto::KeyState { key: fat.clone().into_bytes(), set: state(&c, 3, &fat) },
         qkv_proto::KeyState { key: thin.clone().into_bytes(), set: state(&c, 3, &thin) },
     ];
-    let resp = c.call(1, Request::ReplicaPutBatch { items });
+    let resp = c.call(1, Request::ReplicaPutBatch { items, sync: false });
     assert_eq!(resp, Some(Response::ReplicaBatchAck { refused: vec![0] }), "the full key alone is refused");
     assert_eq!(state(&c, 1, &fat).siblings().len(), 4);
     assert!(c.stored(1, thin.as_bytes()).is_some(), "the rest of the batch landed");

@@ -240,7 +240,7 @@ fn an_implausible_state_in_a_batch_is_refused_alone() {
         qkv_proto::KeyState { key: b"good".to_vec(), set: good.clone() },
         qkv_proto::KeyState { key: b"bad".to_vec(), set: clouded(1 << 50, Some(b"x")) },
     ];
-    core.handle_request(0, 1, Request::ReplicaPutBatch { items });
+    core.handle_request(0, 1, Request::ReplicaPutBatch { items, sync: false });
     let r = settle(&mut core, |_| Ok(()));
     assert_eq!(r, vec![Response::ReplicaBatchAck { refused: vec![1] }]);
     assert_eq!(core.store().value(b"good"), Some(&good));

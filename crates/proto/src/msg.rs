@@ -81,6 +81,10 @@ pub enum Request {
     ReplicaPutBatch {
         /// Keys and states.
         items: Vec<KeyState>,
+        /// Ack only once the items are fdatasynced, whatever the receiver's persist
+        /// policy (an old owner's hand-over: it deletes its copy on the ack).
+        #[serde(default)]
+        sync: bool,
     },
     /// Node-to-node: the hints this node holds for a key, for any owner.
     HintGet {
@@ -217,7 +221,7 @@ impl Request {
     pub fn for_each_state(&self, mut f: impl FnMut(&DvvSet)) {
         match self {
             Request::ReplicaPut { set, .. } | Request::ReplicaHint { set, .. } => f(set),
-            Request::ReplicaPutBatch { items } => items.iter().for_each(|i| f(&i.set)),
+            Request::ReplicaPutBatch { items, .. } => items.iter().for_each(|i| f(&i.set)),
             _ => {}
         }
     }

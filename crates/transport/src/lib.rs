@@ -50,9 +50,10 @@ pub enum TlsError {
 /// A server endpoint on `addr` that also dials peers with the same identity.
 ///
 /// Its stateless-reset key is derived from the node's private key, so it is the same
-/// across restarts: when a killed node comes back on its address, the first packet a
-/// peer sends on a connection to its former process is answered with a reset the peer
-/// accepts, and the peer redials at once instead of waiting out a timeout.
+/// across restarts: when a killed node comes back on its address, a packet a peer
+/// sends on a connection to its former process is answered with a reset the peer
+/// accepts (at most one every 20 ms, quinn's bound), and the peer redials instead of
+/// waiting out a timeout. A node whose key file is replaced gets new keys.
 pub fn node_endpoint(addr: SocketAddr, files: &TlsFiles) -> Result<quinn::Endpoint, TlsError> {
     let server = tls::server_config(files)?;
     let key = std::fs::read(&files.key).map_err(|e| TlsError::Io(files.key.clone(), e))?;

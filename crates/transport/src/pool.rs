@@ -115,19 +115,23 @@ impl Pool {
         let deadline = tokio::time::Instant::now() + timeout;
         let too_late = || RequestError::Timeout { addr, ms: timeout.as_millis() as u64 };
         let conn = tokio::time::timeout_at(deadline, self.connection(addr)).await.map_err(|_| too_late())??;
-        let conn = match conn.open_bi().await {
+        let opened = tokio::time::timeout_at(deadline, conn.open_bi()).await.map_err(|_| too_late())?;
+        let conn = match opened {
             Ok(streams) => match self.finish(addr, conn.clone(), streams, req, deadline, &too_late).await {
                 // The connection ended under a request that had not timed out: a stateless
-                // reset (the peer's process restarted since we dialed, so the request went
-                // nowhere), or another request's timeout closed it. It is sent once more
-                // over a fresh connection, within its deadline. It may run twice, as after
-                // any lost answer: replica messages merge idempotently, and a put
-                // coordinated twice leaves at most a sibling of the same value.
+                // reset (the peer's process restarted since we dialed; the one before may
+                // have run the request before it died), or another request's timeout
+                // closed it. It is sent once more over a fresh connection, within its
+                // deadline. It may run twice, as after any lost answer: replica messages
+                // merge idempotently, and a put carries its write id (a second run of it is
+                // known). Membership changes are not sent again: a second run would answer
+                // as if the first had not happened.
                 Err(RequestError::Dropped { .. })
-                    if matches!(
-                        conn.close_reason(),
-                        Some(quinn::ConnectionError::Reset | quinn::ConnectionError::LocallyClosed)
-                    ) =>
+                    if !matches!(req, Request::Cluster(_))
+                        && matches!(
+                            conn.close_reason(),
+                            Some(quinn::ConnectionError::Reset | quinn::ConnectionError::LocallyClosed)
+                        ) =>
                 {
                     self.forget(addr, &conn);
                     tokio::time::timeout_at(deadline, self.connection(addr)).await.map_err(|_| too_late())??
@@ -140,7 +144,10 @@ impl Pool {
                 tokio::time::timeout_at(deadline, self.connection(addr)).await.map_err(|_| too_late())??
             }
         };
-        let streams = conn.open_bi().await.map_err(|e| RequestError::Dropped { addr, reason: e.to_string() })?;
+        let streams = tokio::time::timeout_at(deadline, conn.open_bi())
+            .await
+            .map_err(|_| too_late())?
+            .map_err(|e| RequestError::Dropped { addr, reason: e.to_string() })?;
         self.finish(addr, conn, streams, req, deadline, &too_late).await
     }
 

@@ -323,7 +323,7 @@ impl Exchange {
         let pushed = pushes.len() as u64;
         let batches = super::batches(pushes, PUSH_BYTES_MAX);
         self.waiting = Waiting::Pushes { left: batches.len(), keys: pushed, range, leaves, more };
-        Ok(Step::Send(batches.into_iter().map(|items| Request::ReplicaPutBatch { items }).collect()))
+        Ok(Step::Send(batches.into_iter().map(|items| Request::ReplicaPutBatch { items, sync: false }).collect()))
     }
 
     /// A group is done; `more`: the peer held states back, so compare it again.

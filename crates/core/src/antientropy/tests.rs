@@ -60,7 +60,7 @@ impl Replica {
             Request::AaeCompare { fingerprint, range, leaves, entries } => {
                 me.compare(pace, self.now, fingerprint, range, &leaves, entries)
             }
-            Request::ReplicaPutBatch { items } => {
+            Request::ReplicaPutBatch { items, .. } => {
                 for it in items {
                     Host::merge(self, &it.key, &it.set)?;
                 }

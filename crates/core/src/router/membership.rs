@@ -60,7 +60,7 @@ pub(super) struct Members {
     /// The epoch whose fetched data was last synced (before this node says it has it).
     data_synced: Option<u64>,
     /// The membership sync that records the last transition's end: until it completes,
-    /// this node says the transition is still switching.
+    /// this node says the transition is still dropping.
     retired_at_sync: u64,
     dropped: u64,
     fetching_layout: bool,
@@ -481,13 +481,14 @@ impl<S: Store> Core<S> {
             if self.members.cluster.epoch() != before {
                 tracing::info!(epoch = self.members.cluster.epoch(), "took a newer cluster layout");
             }
-            self.install(true)?;
             // Skipping epochs (or taking a peer's word that a change ended) skips this
             // node's own end of it: it sweeps the ranges it no longer holds once stable
             // (it handed them over before: no transition ends before all old owners did).
+            // Recorded first, so that an install that fails and runs again keeps it.
             if self.members.cluster.epoch() != before || retired {
                 self.start_sweep();
             }
+            self.install(true)?;
         }
         Ok(())
     }
@@ -798,6 +799,8 @@ impl<S: Store> Core<S> {
     fn start_sweep(&mut self) {
         self.members.dropping = Some((0, vec![]));
         self.members.drop_epoch = None;
+        // A page still out belongs to a pass this one replaces: its answer is ignored.
+        self.members.drop_page = None;
         if let Err(e) = self.store.put_meta("dropping", &[1]) {
             tracing::warn!("recording the drop of lost ranges: {e}");
         }
@@ -816,8 +819,11 @@ impl<S: Store> Core<S> {
     /// first; once stable (the sweep) they are deleted. The drop waits in the other
     /// steps of a transition (a key lost now may be the node's to keep until its end).
     fn drop_round(&mut self) {
+        // Keys go over only in this node's own pass of the epoch's `dropping` step, while
+        // no tombstone is purged anywhere; any other drop waits for the sweep.
+        let epoch = self.members.cluster.epoch();
         let handover = match self.members.cluster.phase() {
-            Phase::Dropping => true,
+            Phase::Dropping if self.members.drop_epoch == Some(epoch) => true,
             Phase::Stable => false,
             _ => return,
         };
@@ -839,20 +845,31 @@ impl<S: Store> Core<S> {
             let full = page.len() == DROP_PAGE;
             let mut next = None;
             let mut keys = vec![];
+            // What the epoch took from this node goes over; what neither layout places
+            // here is a leftover of an earlier epoch, whose own pass handed it over (or
+            // a write to both home sets that reached W new home replicas): deleted. A
+            // stale leftover handed over could bring back a value whose tombstone was
+            // purged before this transition began.
+            let mut stale = vec![];
             for (key, set) in page {
                 next = Some(crate::ring::after(&key));
-                if !self.ring.preference_list(&key).contains(&me) {
-                    keys.push((key, set));
+                if self.ring.preference_list(&key).contains(&me) {
+                    continue;
                 }
+                let lost_now = self.members.old_ring.as_ref().is_some_and(|o| o.preference_list(&key).contains(&me));
+                if handover && lost_now { keys.push((key, set)) } else { stale.push((key, set)) }
             }
             let next = if full { next } else { None };
-            if keys.is_empty() {
-                self.drop_advance(next);
-            } else if !handover {
-                if !self.drop_page_done(DropPage { keys, waiting: BTreeSet::new(), failed: false, next }) {
+            if !stale.is_empty() {
+                let last = if keys.is_empty() { next.clone() } else { None };
+                let swept = DropPage { keys: stale, waiting: BTreeSet::new(), failed: false, next: last };
+                if !self.drop_page_done(swept, keys.is_empty()) {
                     return;
                 }
-            } else {
+            } else if keys.is_empty() {
+                self.drop_advance(next.clone());
+            }
+            if !keys.is_empty() {
                 break (keys, next);
             }
             // Pages of keys kept here, or deleted, cost no round trip: go on, within a bound.
@@ -874,7 +891,7 @@ impl<S: Store> Core<S> {
                 let op = self.id();
                 self.ops.insert(op, Op::DropHandoff);
                 waiting.insert(op);
-                self.send(op, to, Request::ReplicaPutBatch { items }, HANDOFF_TIMEOUT_MS);
+                self.send(op, to, Request::ReplicaPutBatch { items, sync: true }, HANDOFF_TIMEOUT_MS);
             }
         }
         self.members.drop_page = Some(DropPage { keys, waiting, failed: false, next });
@@ -901,14 +918,14 @@ impl<S: Store> Core<S> {
             self.members.drop_retry_ms = self.now_ms + DROP_RETRY_MS;
             return;
         }
-        if self.drop_page_done(p) {
+        if self.drop_page_done(p, true) {
             self.drop_round();
         }
     }
 
-    /// Delete a page of the drop (the keys whose state is still what it was) and move
-    /// on; false if the store failed (the page is read again next round).
-    fn drop_page_done(&mut self, p: DropPage) -> bool {
+    /// Delete a page of the drop (the keys whose state is still what it was) and, if
+    /// `advance`, move on; false if the store failed (the page is read again next round).
+    fn drop_page_done(&mut self, p: DropPage, advance: bool) -> bool {
         let mut dropped = 0;
         let mut ok = true;
         for (key, sent) in &p.keys {
@@ -934,7 +951,7 @@ impl<S: Store> Core<S> {
         if dropped > 0 {
             self.flush_unawaited();
         }
-        if ok {
+        if ok && advance {
             self.drop_advance(p.next);
         }
         ok

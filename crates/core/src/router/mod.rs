@@ -453,7 +453,7 @@ impl<S: Store> Core<S> {
             }
             Request::ReplicaGet { key } => self.replica_get(&key).map(|s| Some(Response::ReplicaState(s))),
             Request::ReplicaPut { key, set } => self.replica_put(req_id, &key, &set),
-            Request::ReplicaPutBatch { items } => self.replica_put_batch(req_id, items),
+            Request::ReplicaPutBatch { items, sync } => self.replica_put_batch(req_id, items, sync),
             Request::ReplicaHint { owner, key, set } => self.take_hint(req_id, owner, &key, &set),
             Request::HintGet { key } => self.hints_for(&key).map(|h| Some(Response::Hints(h))),
             Request::AaeRoots { fingerprint, ranges } => self.aae_roots(fingerprint, &ranges).map(Some),

@@ -89,8 +89,12 @@ impl<S: Store> Core<S> {
         let home = walk[..n].to_vec();
         let placement = placement::write_targets(walk, n, me, strict, |id| self.is_up(id));
         let mut op = PutOp::new(me, placement.targets.clone(), needed, self.now_ms, timeout_ms);
-        // During a layout transition the old home set gets it too (and, strict, W of it).
-        if let Some(old) = self.members.old_ring.as_ref().filter(|_| !self.cfg.bugs().no_joint_writes) {
+        // During a layout transition the old home set gets it too (and, strict, W of it),
+        // until every node reads from the new one (the `dropping` step).
+        let joint = !self.cfg.bugs().no_joint_writes
+            && self.members.old_ring.is_some()
+            && self.members.cluster.phase() != crate::membership::Phase::Dropping;
+        if let Some(old) = self.members.old_ring.as_ref().filter(|_| joint) {
             op.joint(old.preference_list(&key), strict);
         }
         let targets: Vec<NodeId> = std::iter::once(me).chain(op.remote_targets()).collect();
@@ -244,7 +248,12 @@ impl<S: Store> Core<S> {
     }
 
     /// Hinted handoff arriving at the owner: merge every item, one flush for all.
-    pub(super) fn replica_put_batch(&mut self, req: ReqId, items: Vec<KeyState>) -> Result<Option<Response>, Error> {
+    pub(super) fn replica_put_batch(
+        &mut self,
+        req: ReqId,
+        items: Vec<KeyState>,
+        sync: bool,
+    ) -> Result<Option<Response>, Error> {
         if items.len() > BATCH_KEYS_MAX {
             return Err(Error::BadRequest(format!("a batch holds at most {BATCH_KEYS_MAX} keys, got {}", items.len())));
         }
@@ -279,7 +288,13 @@ impl<S: Store> Core<S> {
             }
         }
         // Acked after a flush even when nothing changed: see `replica_put`.
-        self.await_flush(req, refused);
+        if sync {
+            let op = self.id();
+            self.ops.insert(op, Op::ReplicaFlush { req, refused });
+            self.flush_sync(op);
+        } else {
+            self.await_flush(req, refused);
+        }
         Ok(None)
     }
 
