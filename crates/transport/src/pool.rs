@@ -116,34 +116,27 @@ impl Pool {
         let too_late = || RequestError::Timeout { addr, ms: timeout.as_millis() as u64 };
         let conn = tokio::time::timeout_at(deadline, self.connection(addr)).await.map_err(|_| too_late())??;
         let opened = tokio::time::timeout_at(deadline, conn.open_bi()).await.map_err(|_| too_late())?;
-        let conn = match opened {
-            Ok(streams) => match self.finish(addr, conn.clone(), streams, req, deadline, &too_late).await {
-                // The connection ended under a request that had not timed out: a stateless
-                // reset (the peer's process restarted since we dialed; the one before may
-                // have run the request before it died), or another request's timeout
-                // closed it. It is sent once more over a fresh connection, within its
-                // deadline. It may run twice, as after any lost answer: replica messages
-                // merge idempotently, and a put carries its write id (a second run of it is
-                // known). Membership changes are not sent again: a second run would answer
-                // as if the first had not happened.
+        // The cached connection died before the stream opened; or it ended under a
+        // request that had not timed out: a stateless reset (the peer's process restarted
+        // since we dialed; the one before may have run the request before it died), or
+        // another request's timeout closed it. Either way the request is sent once more
+        // over a fresh connection, within its deadline. It may run twice, as after any
+        // lost answer: replica messages merge idempotently, and a put carries its write
+        // id (a second run of it is known). Membership changes are not sent again: a
+        // second run would answer as if the first had not happened.
+        if let Ok(streams) = opened {
+            match self.finish(addr, conn.clone(), streams, req, deadline, &too_late).await {
                 Err(RequestError::Dropped { .. })
                     if !matches!(req, Request::Cluster(_))
                         && matches!(
                             conn.close_reason(),
                             Some(quinn::ConnectionError::Reset | quinn::ConnectionError::LocallyClosed)
-                        ) =>
-                {
-                    self.forget(addr, &conn);
-                    tokio::time::timeout_at(deadline, self.connection(addr)).await.map_err(|_| too_late())??
-                }
+                        ) => {}
                 answer => return answer,
-            },
-            Err(_) => {
-                // The cached connection died: forget it and dial once more.
-                self.forget(addr, &conn);
-                tokio::time::timeout_at(deadline, self.connection(addr)).await.map_err(|_| too_late())??
             }
-        };
+        }
+        self.forget(addr, &conn);
+        let conn = tokio::time::timeout_at(deadline, self.connection(addr)).await.map_err(|_| too_late())??;
         let streams = tokio::time::timeout_at(deadline, conn.open_bi())
             .await
             .map_err(|_| too_late())?

@@ -432,6 +432,7 @@ impl<S: Store> Core<S> {
         let entries: Vec<(NodeId, Progress)> = view
             .progress
             .iter()
+            .take(2 * crate::layout::MEMBERS_MAX)
             .map(|&(id, acked, synced, reading)| {
                 (id, Progress { acked, synced, reading, dropped: dropped.get(&id).copied().unwrap_or(0) })
             })
@@ -860,18 +861,13 @@ impl<S: Store> Core<S> {
                 if handover && lost_now { keys.push((key, set)) } else { stale.push((key, set)) }
             }
             let next = if full { next } else { None };
-            if !stale.is_empty() {
-                let last = if keys.is_empty() { next.clone() } else { None };
-                let swept = DropPage { keys: stale, waiting: BTreeSet::new(), failed: false, next: last };
-                if !self.drop_page_done(swept, keys.is_empty()) {
-                    return;
-                }
-            } else if keys.is_empty() {
-                self.drop_advance(next.clone());
+            if !self.delete_unchanged(&stale) {
+                return;
             }
             if !keys.is_empty() {
                 break (keys, next);
             }
+            self.drop_advance(next);
             // Pages of keys kept here, or deleted, cost no round trip: go on, within a bound.
             if scanned >= DROP_SCAN_PER_ROUND {
                 return;
@@ -918,17 +914,18 @@ impl<S: Store> Core<S> {
             self.members.drop_retry_ms = self.now_ms + DROP_RETRY_MS;
             return;
         }
-        if self.drop_page_done(p, true) {
+        if self.delete_unchanged(&p.keys) {
+            self.drop_advance(p.next);
             self.drop_round();
         }
     }
 
-    /// Delete a page of the drop (the keys whose state is still what it was) and, if
-    /// `advance`, move on; false if the store failed (the page is read again next round).
-    fn drop_page_done(&mut self, p: DropPage, advance: bool) -> bool {
+    /// Delete the keys of a page of the drop whose state is still what it was; false if
+    /// the store failed (the page is read again next round).
+    fn delete_unchanged(&mut self, keys: &[(Vec<u8>, qkv_proto::DvvSet)]) -> bool {
         let mut dropped = 0;
         let mut ok = true;
-        for (key, sent) in &p.keys {
+        for (key, sent) in keys {
             // A state that changed since it was sent came by a write to both home sets
             // (which reached W new home replicas too): the sweep deletes it.
             match self.store.get(key) {
@@ -950,9 +947,6 @@ impl<S: Store> Core<S> {
         self.members.dropped += dropped;
         if dropped > 0 {
             self.flush_unawaited();
-        }
-        if ok && advance {
-            self.drop_advance(p.next);
         }
         ok
     }

@@ -243,7 +243,7 @@ impl<S: Store> Core<S> {
         self.cfg.limits.check(key, None)?;
         self.check_homed(key)?;
         self.merge_in(key, set)?;
-        self.await_flush(req, vec![]);
+        self.await_flush(req, vec![], false);
         Ok(None)
     }
 
@@ -288,13 +288,7 @@ impl<S: Store> Core<S> {
             }
         }
         // Acked after a flush even when nothing changed: see `replica_put`.
-        if sync {
-            let op = self.id();
-            self.ops.insert(op, Op::ReplicaFlush { req, refused });
-            self.flush_sync(op);
-        } else {
-            self.await_flush(req, refused);
-        }
+        self.await_flush(req, refused, sync);
         Ok(None)
     }
 
@@ -362,7 +356,7 @@ impl<S: Store> Core<S> {
         let created_ms = self.wall_ms();
         self.store.put_hint(owner, key, &Hint { set: merged, created_ms })?;
         self.hints.record(owner, key, bytes, created_ms);
-        self.await_flush(req, vec![]);
+        self.await_flush(req, vec![], false);
         Ok(None)
     }
 
@@ -379,15 +373,16 @@ impl<S: Store> Core<S> {
         })
     }
 
-    /// Ack `req` once a flush completes; `refused`: a batch's items not merged.
-    fn await_flush(&mut self, req: ReqId, refused: Vec<u32>) {
-        if self.cfg.bugs().ack_before_flush {
+    /// Ack `req` once a flush completes (`sync`: an fdatasync, whatever the persist
+    /// policy); `refused`: a batch's items not merged.
+    fn await_flush(&mut self, req: ReqId, refused: Vec<u32>, sync: bool) {
+        if self.cfg.bugs().ack_before_flush && !sync {
             self.flush_unawaited();
             return self.reply(req, Ok(replica_ack(refused)));
         }
         let op = self.id();
         self.ops.insert(op, Op::ReplicaFlush { req, refused });
-        self.flush(op);
+        if sync { self.flush_sync(op) } else { self.flush(op) }
     }
 }
 
