@@ -87,6 +87,19 @@ pub enum ClusterCmd {
         #[command(flatten)]
         opts: Opts,
     },
+    /// Declare member NODE gone for good (its machine or disk is lost): a change in
+    /// flight stops waiting for it, nothing is fetched from, handed to or routed to it,
+    /// and what it alone held is lost. Then replace it (`qkv cluster replace NODE
+    /// NEW_ADDR`) or, once any change in flight is done, retire it (`qkv cluster leave
+    /// NODE`). Refused while the answering node sees NODE up. If a forgotten node comes
+    /// back it serves nothing: wipe its data directory and add it as a new node.
+    Forget {
+        /// The member's id.
+        #[arg(value_name = "NODE")]
+        id: NodeId,
+        #[command(flatten)]
+        opts: Opts,
+    },
 }
 
 /// Resolve `host:port` (or `ip:port`) to one address, within a deadline.
@@ -115,6 +128,7 @@ pub async fn run(c: &Client, cmd: ClusterCmd) -> anyhow::Result<ExitCode> {
         ClusterCmd::Plan { opts } => (opts, ClusterAdmin::Plan),
         ClusterCmd::Commit { opts } => (opts, ClusterAdmin::Commit),
         ClusterCmd::Abort { opts } => (opts, ClusterAdmin::Abort),
+        ClusterCmd::Forget { id, opts } => (opts, ClusterAdmin::Forget { id }),
         ClusterCmd::Leave { id, opts } => (opts, ClusterAdmin::Stage(ClusterChange::Leave { id })),
         ClusterCmd::Join { addr, opts } => {
             let id = node_id_at(c, &addr).await?;
@@ -182,6 +196,23 @@ pub async fn run(c: &Client, cmd: ClusterCmd) -> anyhow::Result<ExitCode> {
             println!("watch it with `qkv cluster show` or `qkv status`");
         }
         ClusterAdmin::Abort => println!("node {}: staged changes dropped", info.node),
+        ClusterAdmin::Forget { id } => {
+            println!(
+                "node {}: node {id} is forgotten (layout epoch {}, phase {})",
+                info.node,
+                info.cluster.epoch(),
+                info.phase.name()
+            );
+            if info.cluster.old().is_some() {
+                println!(
+                    "the change in flight goes on without it; then replace it with `qkv cluster replace {id} NEW_ADDR`"
+                );
+            } else {
+                println!(
+                    "replace it with `qkv cluster replace {id} NEW_ADDR`, or retire it with `qkv cluster leave {id}`"
+                );
+            }
+        }
         ClusterAdmin::Show => print_show(&info),
     }
     Ok(ExitCode::SUCCESS)
@@ -240,7 +271,8 @@ fn print_show(info: &ClusterInfo) {
         println!("epoch {}{tag}: N={}, {} members", l.epoch, l.n, l.members.len());
         let own = l.ownership();
         for (id, m) in &l.members {
-            println!("  node {id:<4}{:<24}{:>8}", m.addr, pct(own.get(id).copied().unwrap_or(0.0)));
+            let lost = if c.is_lost(*id) { "  forgotten" } else { "" };
+            println!("  node {id:<4}{:<24}{:>8}{lost}", m.addr, pct(own.get(id).copied().unwrap_or(0.0)));
         }
     }
     if c.old().is_some() {
@@ -375,6 +407,8 @@ pub struct InfoDto {
     pub transfers: Vec<TransferDto>,
     /// Keys dropped since start from ranges the node no longer holds.
     pub dropped_keys: u64,
+    /// Members forgotten (`qkv cluster forget`).
+    pub forgotten: Vec<NodeId>,
 }
 
 /// A layout.
@@ -628,6 +662,7 @@ impl From<&ClusterInfo> for InfoDto {
             plan: i.plan.as_ref().map(PlanDto::from),
             transfers: i.transfers.iter().map(|(t, r)| TransferDto::new(i.node, t, *r)).collect(),
             dropped_keys: i.dropped_keys,
+            forgotten: c.lost.iter().copied().collect(),
         }
     }
 }

@@ -111,12 +111,19 @@ pub struct Cluster {
     pub versions: Vec<Layout>,
     /// Each participant's progress through the newest epoch (empty when stable).
     pub progress: BTreeMap<NodeId, Progress>,
+    /// Members an operator declared gone for good (`qkv cluster forget`): no step
+    /// waits for them, nothing is fetched from or handed to them, no request is routed
+    /// to them, and they serve no client. Grow-only while they are members of a layout
+    /// in effect (spread by pings, so concurrent forgets merge); dropped once they are
+    /// not (a replace or a leave took them out). Absent in layouts of earlier releases.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub lost: BTreeSet<NodeId>,
 }
 
 impl Cluster {
     /// A cluster of one layout.
     pub fn new(layout: Layout) -> Cluster {
-        Cluster { versions: vec![layout], progress: BTreeMap::new() }
+        Cluster { versions: vec![layout], progress: BTreeMap::new(), lost: BTreeSet::new() }
     }
 
     /// The newest layout: the one writes are placed by.
@@ -150,13 +157,60 @@ impl Cluster {
     }
 
     /// The nodes the transition waits for: members of either layout, but for the
-    /// nodes the newest replaced.
+    /// nodes the newest replaced and those forgotten.
     pub fn participants(&self) -> BTreeSet<NodeId> {
         let mut p = self.members();
-        for r in &self.newest().replaced {
+        for r in self.newest().replaced.iter().chain(&self.lost) {
             p.remove(r);
         }
         p
+    }
+
+    /// Whether `id` was forgotten (see [`Cluster::lost`]).
+    pub fn is_lost(&self, id: NodeId) -> bool {
+        self.lost.contains(&id)
+    }
+
+    /// Members that are not forgotten: the nodes to route to and watch.
+    pub fn live_members(&self) -> BTreeSet<NodeId> {
+        let mut m = self.members();
+        m.retain(|id| !self.lost.contains(id));
+        m
+    }
+
+    /// Forget `id`, a member gone for good. Returns whether anything changed.
+    pub fn forget(&mut self, id: NodeId) -> Result<bool, String> {
+        if !self.is_member(id) {
+            return Err(format!("node {id} is not a member of epoch {}", self.epoch()));
+        }
+        if self.live_members().len() <= 1 {
+            return Err(format!("node {id} is the last member not forgotten"));
+        }
+        let changed = self.lost.insert(id);
+        self.progress.remove(&id);
+        Ok(changed)
+    }
+
+    /// Take the forgotten nodes another copy knows of (those still members here).
+    fn merge_lost(&mut self, lost: &BTreeSet<NodeId>) -> bool {
+        let mut changed = false;
+        for &id in lost.iter().take(2 * MEMBERS_MAX) {
+            if self.is_member(id) && self.lost.insert(id) {
+                self.progress.remove(&id);
+                changed = true;
+            }
+        }
+        // Never every member: a node keeps one to route to.
+        if changed && self.live_members().is_empty() {
+            self.lost.clear();
+        }
+        changed
+    }
+
+    /// Forgotten nodes no longer members are no longer kept.
+    fn prune_lost(&mut self) {
+        let members = self.members();
+        self.lost.retain(|id| members.contains(id));
     }
 
     /// Whether every participant has done the step `step` picks for the newest epoch.
@@ -227,6 +281,7 @@ impl Cluster {
         }
         self.versions.remove(0);
         self.progress.clear();
+        self.prune_lost();
         true
     }
 
@@ -258,22 +313,36 @@ impl Cluster {
     /// had, or a later one whose transition ended: a node that holds epoch `E` retired
     /// `E - 1` only when every participant dropped for `E`). The same epoch merges
     /// progress, and a retired copy retires this one (its condition held somewhere).
+    ///
+    /// Forgotten nodes merge whatever the epochs (a forget is an operator's word that a
+    /// node is gone, good at any epoch while it is a member).
     pub fn adopt(&mut self, other: Cluster) -> Result<bool, String> {
         other.check()?;
         if other.epoch() > self.epoch() {
+            let mine = std::mem::take(&mut self.lost);
             *self = other;
+            self.merge_lost(&mine);
             return Ok(true);
         }
         if other.epoch() < self.epoch() || other.newest() != self.newest() {
-            return Ok(false);
+            return Ok(self.merge_lost(&other.lost));
         }
         if self.old().is_some() && other.old().is_none() {
             self.versions.remove(0);
             self.progress.clear();
+            self.prune_lost();
+            self.merge_lost(&other.lost);
             return Ok(true);
         }
+        let forgot = self.merge_lost(&other.lost);
         let e = self.epoch();
-        Ok(self.merge_progress(e, &other.progress_list()))
+        Ok(self.merge_progress(e, &other.progress_list()) | forgot)
+    }
+
+    /// Take forgotten nodes a peer's ping named. Returns whether anything changed.
+    pub fn merge_lost_ids(&mut self, ids: &[NodeId]) -> bool {
+        let ids: BTreeSet<NodeId> = ids.iter().take(2 * MEMBERS_MAX).copied().collect();
+        self.merge_lost(&ids)
     }
 
     /// A valid cluster: one or two layouts of consecutive epochs, each valid, with
@@ -292,11 +361,18 @@ impl Cluster {
         if let Some(id) = self.progress.keys().find(|id| !participants.contains(id)) {
             return Err(format!("progress of node {id}, which takes no part in the change"));
         }
+        if let Some(id) = self.lost.iter().find(|id| !self.is_member(**id)) {
+            return Err(format!("node {id} is forgotten but not a member"));
+        }
+        if !self.lost.is_empty() && self.live_members().is_empty() {
+            return Err("every member is forgotten".into());
+        }
         Ok(())
     }
 
     /// The ranges `me` gains in the transition, each with the old home replicas to
-    /// fetch it from (replaced nodes left out).
+    /// fetch it from (replaced nodes left out; forgotten ones stay in, so a forget does
+    /// not renumber transfers: the router skips them).
     pub fn gains(&self, me: NodeId) -> Result<Vec<Move>, LayoutError> {
         let Some(old) = self.old() else { return Ok(vec![]) };
         let replaced = &self.newest().replaced;
@@ -736,6 +812,72 @@ mod tests {
         assert_eq!(c.phase(), Phase::Stable);
         assert_eq!(c.epoch(), 2);
         assert!(c.progress.is_empty());
+    }
+
+    #[test]
+    fn a_forgotten_participant_no_longer_holds_the_transition_and_the_forget_spreads() {
+        let mut c = three();
+        let next = c.newest().apply(&Change::Join { id: 4, addr: "10.0.0.4:7000".into() }).unwrap();
+        c.begin(next).unwrap();
+        let all = Progress { acked: 2, synced: 2, reading: 2, dropped: 2 };
+        for id in [1, 2, 4] {
+            c.raise(id, Progress { acked: 2, ..Default::default() });
+        }
+        c.raise(3, Progress { acked: 2, ..Default::default() });
+        assert_eq!(c.phase(), Phase::Syncing);
+        // Node 3 dies for good before it syncs: the transition waits for it.
+        let mut other = c.clone();
+        for id in [1, 2, 4] {
+            c.raise(id, all);
+        }
+        assert!(!c.retire_if_done(), "node 3 has not dropped");
+        assert_eq!(c.phase(), Phase::Syncing);
+        assert_eq!(c.forget(9), Err("node 9 is not a member of epoch 2".into()));
+        assert_eq!(c.forget(3), Ok(true));
+        assert_eq!(c.forget(3), Ok(false), "a forget again changes nothing");
+        assert!(!c.participants().contains(&3));
+        assert!(!c.progress.contains_key(&3), "its progress goes with it");
+        assert!(!c.raise(3, all), "a forgotten node raises nothing");
+        assert_eq!(c.live_members(), [1, 2, 4].into());
+        c.check().unwrap();
+        // It survives the disk and the wire.
+        assert_eq!(Cluster::decode(&c.encode()).unwrap(), c);
+        // A node that did not hear of the forget learns it with the rest.
+        assert!(other.adopt(c.clone()).unwrap());
+        assert!(other.is_lost(3));
+        assert!(c.retire_if_done(), "nothing waits for node 3 any more");
+        assert_eq!(c.lost, [3].into(), "still a member of epoch 2: still forgotten");
+        // A newer epoch from a node that never heard of it keeps the forget here.
+        let mut fresh = Cluster::new(c.newest().clone());
+        assert!(!fresh.is_lost(3));
+        assert!(fresh.merge_lost_ids(&[3, 77]), "ids that are no members are passed over");
+        assert_eq!(fresh.lost, [3].into());
+        // Once a replace takes node 3 out, it is no longer kept.
+        let replaced = c.newest().apply(&Change::Replace { old: 3, new: 5, addr: "10.0.0.5:7000".into() }).unwrap();
+        c.begin(replaced).unwrap();
+        assert!(c.is_lost(3), "a member of the layout being left");
+        for id in [1, 2, 4, 5] {
+            c.raise(id, all);
+            c.raise(id, Progress { acked: 3, synced: 3, reading: 3, dropped: 3 });
+        }
+        assert!(c.retire_if_done());
+        assert!(c.lost.is_empty());
+        // Never every member, and never a forgotten non-member from a peer.
+        let mut two = Cluster::new(Layout::initial(&seeds(2), 64, 2).unwrap());
+        assert_eq!(two.forget(1), Ok(true));
+        assert!(two.forget(2).is_err(), "the last member not forgotten stays");
+        let mut bad = three();
+        bad.lost.insert(9);
+        assert!(Cluster::decode(&bad.encode()).is_err());
+        // A cluster stored with no forgotten node encodes as before.
+        let plain = three();
+        #[derive(Serialize)]
+        struct Before {
+            versions: Vec<Layout>,
+            progress: BTreeMap<NodeId, Progress>,
+        }
+        let before = Before { versions: plain.versions.clone(), progress: plain.progress.clone() };
+        assert_eq!(rmp_serde::to_vec(&before).unwrap(), plain.encode());
     }
 
     #[test]

@@ -939,11 +939,11 @@ fn change_membership(c: &mut Cluster, node: NodeId, change: qkv_proto::ClusterCh
     c.call(node, Request::Cluster(ClusterAdmin::Commit)).unwrap()
 }
 
-/// Run until every node holds epoch `epoch` alone (the transition is over), within a minute.
+/// Run until every node up holds epoch `epoch` alone (the transition is over), within a minute.
 fn settle(c: &mut Cluster, epoch: u64) {
     let deadline = c.now + 60_000;
     while c.now < deadline {
-        let done = c.cores.values().all(|core| {
+        let done = c.cores.iter().filter(|(id, _)| !c.down.contains(id)).all(|(_, core)| {
             let info = core.membership();
             info.cluster.epoch() == epoch && info.phase == qkv_core::membership::Phase::Stable
         });
@@ -1028,4 +1028,78 @@ fn a_node_writing_a_range_it_gained_back_keeps_its_own_earlier_siblings() {
 fn a_node_keeping_its_actor_when_it_gains_a_range_back_loses_a_write() {
     let (v, _) = regained_range_write(qkv_core::router::Bugs { keep_actor: true, ..Default::default() });
     assert_eq!(v, vec![b"three".to_vec(), b"two".to_vec()], "the sibling node 1 wrote first is gone");
+}
+
+fn error_of(r: Option<Response>) -> Error {
+    match r {
+        Some(Response::Error(e)) => e,
+        other => panic!("not an error: {other:?}"),
+    }
+}
+
+/// A participant dies for good while a join moves data: the transition waits for it
+/// until an operator forgets it; then it ends without it, the dead node is replaced,
+/// and every write acknowledged before, during and after is there. The forgotten node,
+/// if it comes back, serves nothing.
+#[test]
+fn a_participant_dead_for_good_is_forgotten_so_the_change_ends_and_then_it_is_replaced() {
+    use qkv_proto::{ClusterAdmin, ClusterChange};
+    let mut c = cluster_with_joiner(Default::default());
+    let mut acked = vec![];
+    let mut write = |c: &mut Cluster, i: usize| {
+        let key = format!("f{i}");
+        let via = (i % 2 + 1) as NodeId;
+        if let Some(Response::Put(_)) = c.call(via, put(&key, "v", Level::Quorum, Context::empty())) {
+            acked.push(key);
+        }
+    };
+    for i in 0..100 {
+        write(&mut c, i);
+    }
+    // The joiner cannot fetch until node 3 is gone.
+    c.swallow = Some(|r| matches!(r, Request::RangeFetch { .. }));
+    let joined = change_membership(&mut c, 1, ClusterChange::Join { id: 4, addr: "node4".into() });
+    assert!(matches!(joined, Response::ClusterInfo(_)), "{joined:?}");
+    c.down.insert(3);
+    c.swallow = None;
+    let t = c.now + 20_000;
+    c.advance(t);
+    assert_ne!(c.cores[&1].membership().phase, qkv_core::membership::Phase::Stable, "node 3 holds the change");
+    for i in 100..150 {
+        write(&mut c, i);
+    }
+    let forget = |c: &mut Cluster, id| c.call(1, Request::Cluster(ClusterAdmin::Forget { id }));
+    assert!(matches!(error_of(forget(&mut c, 1)), Error::BadRequest(m) if m.contains("itself")));
+    assert!(matches!(error_of(forget(&mut c, 2)), Error::BadRequest(m) if m.contains("is up")));
+    assert!(matches!(error_of(forget(&mut c, 9)), Error::BadRequest(m) if m.contains("not a member")));
+    let Some(Response::ClusterInfo(b)) = forget(&mut c, 3) else { panic!("the forget was refused") };
+    let info = qkv_core::membership::ClusterInfo::decode(&b).unwrap();
+    assert!(info.cluster.is_lost(3));
+    settle(&mut c, 2);
+    assert!(c.cores.iter().filter(|(id, _)| **id != 3).all(|(_, k)| k.membership().cluster.is_lost(3)), "it spread");
+    for i in 150..200 {
+        write(&mut c, i);
+    }
+    // Node 3 comes back with what it held: it learns it was forgotten and serves nothing.
+    c.down.remove(&3);
+    let t = c.now + 2_000;
+    c.advance(t);
+    let e = error_of(c.call(3, get("f1", Level::One)));
+    assert!(matches!(&e, Error::WrongLayout { reason, .. } if reason.contains("forgotten")), "{e:?}");
+    c.down.insert(3);
+    // Replaced by node 5, which fetches from the others.
+    let mut cfg = Cluster::config(5, 3, 3);
+    cfg.layout.epoch = 0;
+    c.cores.insert(5, Core::new(cfg, Mem::default(), c.now, 1_000_000 + c.now).unwrap());
+    let t = c.now + 1_000;
+    c.advance(t);
+    let replaced = change_membership(&mut c, 1, ClusterChange::Replace { old: 3, new: 5, addr: "node5".into() });
+    assert!(matches!(replaced, Response::ClusterInfo(_)), "{replaced:?}");
+    settle(&mut c, 3);
+    assert!(c.cores[&1].membership().cluster.lost.is_empty(), "node 3 is no member: not kept");
+    assert!(acked.len() >= 190, "writes went on at quorum: {} of 200", acked.len());
+    for key in &acked {
+        let got = c.call(5, get(key, Level::All)).unwrap();
+        assert_eq!(values(&got), vec![b"v".to_vec()], "{key}");
+    }
 }

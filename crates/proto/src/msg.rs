@@ -239,7 +239,9 @@ impl Request {
             | Request::Inspect { .. }
             | Request::Cluster(ClusterAdmin::Show | ClusterAdmin::Plan)
             | Request::Fault { .. } => Sender::Anyone,
-            Request::Cluster(ClusterAdmin::Stage(_) | ClusterAdmin::Commit | ClusterAdmin::Abort) => Sender::Admin,
+            Request::Cluster(
+                ClusterAdmin::Stage(_) | ClusterAdmin::Commit | ClusterAdmin::Abort | ClusterAdmin::Forget { .. },
+            ) => Sender::Admin,
             Request::AaeRoots { .. }
             | Request::AaeCompare { .. }
             | Request::ReplicaGet { .. }
@@ -296,6 +298,9 @@ pub struct LayoutView {
     /// Per participant: (node, dropped) epochs (absent from earlier releases).
     #[serde(default)]
     pub dropped: Vec<(NodeId, u64)>,
+    /// Members forgotten (`qkv cluster forget`; absent from earlier releases).
+    #[serde(default)]
+    pub lost: Vec<NodeId>,
 }
 
 /// A membership change to stage.
@@ -337,6 +342,12 @@ pub enum ClusterAdmin {
     Commit,
     /// Drop the staged changes.
     Abort,
+    /// Declare a member gone for good, so no step of a change waits for it and nothing
+    /// is routed to it (it is then replaced or removed as usual).
+    Forget {
+        /// The member.
+        id: NodeId,
+    },
 }
 
 /// A key and its state.

@@ -195,6 +195,8 @@ pub struct MembershipStats {
     pub staged: usize,
     /// Keys dropped since start from ranges this node no longer holds.
     pub dropped_keys: u64,
+    /// Members forgotten (`qkv cluster forget`) and not yet replaced or retired.
+    pub forgotten: usize,
     /// Transfers by the node fetched from, ascending.
     pub from: Vec<TransferSum>,
 }
@@ -243,6 +245,7 @@ impl MembershipStats {
             phase: info.phase.name(),
             staged: info.staged.len(),
             dropped_keys: info.dropped_keys,
+            forgotten: info.cluster.lost.len(),
             from: from.into_values().collect(),
         }
     }
@@ -288,6 +291,13 @@ fn membership_families(e: &mut DescriptorEncoder, m: &MembershipStats) -> std::f
             .collect(),
     )?;
     family(e, "qkv_layout_staged_changes", "Membership changes staged on this node.", gauge, one(m.staged as f64))?;
+    family(
+        e,
+        "qkv_layout_forgotten_nodes",
+        "Members forgotten as gone for good and not yet replaced or retired.",
+        gauge,
+        one(m.forgotten as f64),
+    )?;
     family(
         e,
         "qkv_layout_dropped_keys",
@@ -655,6 +665,7 @@ mod tests {
             phase: "syncing",
             staged: 1,
             dropped_keys: 0,
+            forgotten: 1,
             from: vec![TransferSum {
                 from: 3,
                 ranges_done: 1,
@@ -686,6 +697,7 @@ mod tests {
             "qkv_transfer_ranges{node=\"1\",from=\"3\",state=\"left\"} 2",
             "qkv_transfer_rate_bytes_per_second{node=\"1\",from=\"3\"} 250.5",
             "qkv_layout_dropped_keys_total{node=\"1\"} 0",
+            "qkv_layout_forgotten_nodes{node=\"1\"} 1",
             "# HELP qkv_read_repairs Read repairs acknowledged by stale replicas.\n",
             "# TYPE qkv_siblings_per_read histogram",
             "# EOF",

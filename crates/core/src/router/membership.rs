@@ -191,14 +191,25 @@ impl<S: Store> Core<S> {
             || self.members.old_ring.as_ref().is_some_and(|o| o.preference_list(key).contains(&me))
     }
 
-    /// Whether this node is outside the cluster (not yet joined, or gone).
+    /// Whether this node is outside the cluster (not yet joined, gone, or forgotten).
     pub(super) fn outside(&self) -> bool {
-        !self.members.cluster.is_member(self.cfg.me)
+        let c = &self.members.cluster;
+        !c.is_member(self.cfg.me) || c.is_lost(self.cfg.me)
     }
 
     pub(super) fn outside_error(&self) -> Error {
-        let e = self.members.cluster.epoch();
-        wrong(e, format!("node {} is not a member of the cluster (join it with `qkv cluster join`)", self.cfg.me))
+        let (c, me) = (&self.members.cluster, self.cfg.me);
+        if c.is_lost(me) {
+            // Its data may be older than what the cluster acknowledged since: it serves nothing.
+            return wrong(
+                c.epoch(),
+                format!(
+                    "node {me} was forgotten by the cluster (`qkv cluster forget`): it serves no requests; \
+                     wipe its data directory and add it back as a new node (`qkv cluster replace {me} NEW`)"
+                ),
+            );
+        }
+        wrong(c.epoch(), format!("node {me} is not a member of the cluster (join it with `qkv cluster join`)"))
     }
 
     /// Start: build the rings and the transfers of the stored cluster.
@@ -243,7 +254,8 @@ impl<S: Store> Core<S> {
         if changed || retry {
             self.rekey_hints()?;
         }
-        self.detector.set_peers(self.members.cluster.members(), self.now_ms);
+        // Forgotten nodes are never up: nothing is routed to them.
+        self.detector.set_peers(self.members.cluster.live_members(), self.now_ms);
         self.setup_transfers()?;
         // A staged change the cluster already made (committed here or by another node, its
         // clearing lost in a crash) is done: left staged, it would fail every later commit.
@@ -312,6 +324,12 @@ impl<S: Store> Core<S> {
                 && (saved.lo, saved.hi, saved.from) == (j.lo, j.hi, j.from)
             {
                 *j = saved;
+            }
+            // Nothing comes from a forgotten node: what it alone held is lost with it
+            // (a write acknowledged by W ≥ 2 old home replicas is on another one).
+            if m.cluster.is_lost(j.from) && !j.done {
+                j.done = true;
+                j.last_error = Some(format!("skipped: node {} was forgotten", j.from));
             }
         }
         m.retry_at = vec![0; jobs.len()];
@@ -412,13 +430,25 @@ impl<S: Store> Core<S> {
             moving: c.old().is_some(),
             progress: c.progress_list().into_iter().map(|(id, p)| (id, p.acked, p.synced, p.reading)).collect(),
             dropped: c.progress_list().into_iter().map(|(id, p)| (id, p.dropped)).collect(),
+            lost: c.lost.iter().copied().collect(),
         }
     }
 
     /// A peer's view, from its ping or pong: fetch a newer layout, merge progress,
     /// or tell it ours.
     pub(super) fn on_view(&mut self, from: NodeId, view: &LayoutView) {
+        if self.members.cluster.merge_lost_ids(&view.lost) {
+            tracing::warn!(from, lost = ?self.members.cluster.lost, "learned of forgotten nodes");
+            if let Err(e) = self.install(true) {
+                tracing::warn!("installing the cluster layout: {e}");
+            }
+        }
         let c = &self.members.cluster;
+        if c.is_lost(from) && !view.lost.contains(&from) {
+            // A forgotten node came back: it must learn it serves nothing.
+            self.push_layout(from);
+            return;
+        }
         if view.epoch > c.epoch() || (view.epoch == c.epoch() && c.old().is_some() && !view.moving) {
             self.fetch_layout(from);
             return;
@@ -598,7 +628,11 @@ impl<S: Store> Core<S> {
                 break;
             }
             let t = &self.members.transfers[i];
-            if t.done || self.members.busy.contains(&i) || self.members.retry_at[i] > now {
+            if t.done
+                || self.members.busy.contains(&i)
+                || self.members.retry_at[i] > now
+                || self.members.cluster.is_lost(t.from)
+            {
                 continue;
             }
             let from = t.cursor.as_ref().map(|(token, key)| RangeCursor { token: *token, key: key.clone() });
@@ -622,6 +656,10 @@ impl<S: Store> Core<S> {
     pub(super) fn fetch_response(&mut self, op_id: OpId, from: NodeId, result: Result<Response, Error>) {
         let Some(Op::Fetch { job, epoch }) = self.ops.remove(&op_id) else { return };
         if epoch != self.members.cluster.epoch() || job >= self.members.transfers.len() {
+            return;
+        }
+        if self.members.cluster.is_lost(self.members.transfers[job].from) {
+            self.members.busy.remove(&job);
             return;
         }
         match self.take_page(job, from, result) {
@@ -712,6 +750,9 @@ impl<S: Store> Core<S> {
             return;
         }
         self.members.busy.remove(&job);
+        if self.members.cluster.is_lost(self.members.transfers[job].from) {
+            return;
+        }
         let t = &mut self.members.transfers[job];
         match result {
             Ok(()) => {
@@ -874,9 +915,11 @@ impl<S: Store> Core<S> {
             }
         };
         // Each key's state to each of its home replicas, in batches of the handoff's size.
+        // Forgotten home replicas take nothing: their replacement fetches from the others.
         let mut per: BTreeMap<NodeId, Vec<KeyState>> = BTreeMap::new();
+        let lost = &self.members.cluster.lost;
         for (key, set) in &keys {
-            for &h in self.ring.preference_list(key).iter().filter(|&&h| h != me) {
+            for &h in self.ring.preference_list(key).iter().filter(|&&h| h != me && !lost.contains(&h)) {
                 per.entry(h).or_default().push(KeyState { key: key.clone(), set: set.clone() });
             }
         }
@@ -1241,7 +1284,36 @@ impl<S: Store> Core<S> {
                 self.commit(req)?;
                 Ok(None)
             }
+            ClusterAdmin::Forget { id } => {
+                self.forget(req, id)?;
+                Ok(None)
+            }
         }
+    }
+
+    /// Forget member `id`, gone for good: a change in flight stops waiting for it and
+    /// nothing is routed to it. Refused for this node itself and for a node this one
+    /// sees up (a live node forgotten could acknowledge writes nobody else holds).
+    /// Answered once durable here; pings spread it.
+    fn forget(&mut self, req: ReqId, id: NodeId) -> Result<(), Error> {
+        if id == self.cfg.me {
+            return Err(Error::BadRequest(format!("node {id} cannot forget itself: ask another member")));
+        }
+        if !self.members.cluster.is_lost(id) && self.detector.is_up(id) {
+            return Err(Error::BadRequest(format!(
+                "node {id} is up as node {} sees it: forget only a node gone for good (stop it first)",
+                self.cfg.me
+            )));
+        }
+        if self.members.cluster.forget(id).map_err(Error::BadRequest)? {
+            tracing::warn!(node = id, epoch = self.members.cluster.epoch(), "forgot a node: it is gone for good");
+            self.install(true)?;
+        }
+        let resp = Response::ClusterInfo(serde_bytes::ByteBuf::from(self.cluster_info(None).encode()));
+        let op = self.id();
+        self.ops.insert(op, Op::MetaReply { req: Some(req), vote: None, resp });
+        self.flush_sync(op);
+        Ok(())
     }
 
     fn plan(&self) -> Result<Plan, Error> {
