@@ -10,7 +10,11 @@
 //!    also crash or cut off one member around the time the change is staged.
 //! 2. *stage and commit* on one member (`via`, never itself changed), retried with
 //!    a `Show` first, so a lost answer never stages a change twice.
-//! 3. *settle*: wait until `via` holds the change in a stable layout (its data
+//! 3. *doom* (some joins and leaves): a participant other than `via` dies for good,
+//!    its disk lost, a moment after the commit: the transition cannot end until the
+//!    operator *forgets* it (`qkv cluster forget`, retried until `via` sees it down
+//!    and takes it). A dead node still a member is then replaced by the next step.
+//! 4. *settle*: wait until `via` holds the change in a stable layout (its data
 //!    moved) before the next step.
 //!
 //! Healing waits for the script to end and every running node to hold one stable
@@ -73,6 +77,10 @@ enum State {
     Check,
     Stage,
     Commit,
+    /// Kill the step's doomed participant for good.
+    Doom,
+    /// Forget the doomed participant on `via`.
+    Forget,
     /// Committed: wait for the transition to end.
     Settle,
 }
@@ -82,6 +90,12 @@ pub(super) struct Admin {
     steps: Vec<Step>,
     /// Whether each step also crashes or cuts off a member as it is staged.
     disturb: Vec<bool>,
+    /// The participant that dies for good once each step is committed, if any.
+    doom: Vec<Option<NodeId>>,
+    /// The current step's doomed node is dead.
+    killed: bool,
+    /// A dead node `via` has not yet taken the forget of.
+    forgetting: Option<NodeId>,
     /// The member every change is staged and committed on.
     pub via: NodeId,
     /// Data moves at this many bytes per second: half the scripts move it slowly, so
@@ -111,6 +125,19 @@ impl Admin {
         let via = members[rng.random_range(0..members.len())];
         let mut next = nodes as NodeId + 1;
         let mut steps = vec![];
+        let mut doom = vec![];
+        let apply = |members: &mut Vec<NodeId>, next: &mut NodeId, step: Step| match step {
+            Step::Join(id) => {
+                members.push(id);
+                *next += 1;
+            }
+            Step::Leave(id) => members.retain(|&m| m != id),
+            Step::Replace { old, new } => {
+                members.retain(|&m| m != old);
+                members.push(new);
+                *next += 1;
+            }
+        };
         for _ in 0..rng.random_range(1..=3) {
             let others: Vec<NodeId> = members.iter().copied().filter(|&m| m != via).collect();
             let step = match rng.random_range(0..3) {
@@ -118,19 +145,30 @@ impl Admin {
                 2 => Step::Replace { old: others[rng.random_range(0..others.len())], new: next },
                 _ => Step::Join(next),
             };
-            match step {
-                Step::Join(id) => {
-                    members.push(id);
-                    next += 1;
+            // A participant of a join or a leave dies for good during it (the joiner
+            // itself, the leaver itself, or another member but `via`).
+            let victim = match step {
+                Step::Join(_) | Step::Leave(_) if rng.random_bool(0.3) => {
+                    let mut can: Vec<NodeId> = others.clone();
+                    if let Step::Join(j) = step {
+                        can.push(j);
+                    }
+                    Some(can[rng.random_range(0..can.len())])
                 }
-                Step::Leave(id) => members.retain(|&m| m != id),
-                Step::Replace { old, new } => {
-                    members.retain(|&m| m != old);
-                    members.push(new);
-                    next += 1;
-                }
-            }
+                _ => None,
+            };
+            apply(&mut members, &mut next, step);
             steps.push(step);
+            doom.push(victim);
+            // Still a member: the next step replaces it.
+            if let Some(v) = victim
+                && members.contains(&v)
+            {
+                let replace = Step::Replace { old: v, new: next };
+                apply(&mut members, &mut next, replace);
+                steps.push(replace);
+                doom.push(None);
+            }
         }
         let disturb = steps.iter().map(|_| rng.random_bool(0.5)).collect();
         let start_ms = rng.random_range(100..horizon_ms.max(200) / 2 + 100);
@@ -142,6 +180,9 @@ impl Admin {
         Admin {
             steps,
             disturb,
+            doom,
+            killed: false,
+            forgetting: None,
             via,
             transfer_bytes_per_s,
             start_ms,
@@ -186,6 +227,23 @@ impl World {
                 self.prepare_step(step);
                 self.set_admin(State::Check, 0);
             }
+            State::Doom => {
+                let Some(v) = a.doom[a.at] else { return self.set_admin(State::Settle, 0) };
+                self.log(format!("node {v} dies for good during {step:?}"));
+                self.fault("a participant dies for good during a change");
+                self.crash(v);
+                self.wipe(v);
+                self.nodes.get_mut(&v).expect("node exists").active = false;
+                let a = self.admin.as_mut().expect("checked");
+                a.killed = true;
+                a.forgetting = Some(v);
+                let wait = self.rng.random_range(0..2000);
+                self.set_admin(State::Forget, wait);
+            }
+            State::Forget => match a.forgetting {
+                Some(id) => self.admin_ask(via, ClusterAdmin::Forget { id }),
+                None => self.set_admin(State::Settle, 0),
+            },
             State::Check | State::Settle => self.admin_ask(via, ClusterAdmin::Show),
             State::Stage => self.admin_ask(via, ClusterAdmin::Stage(step.change())),
             State::Commit => self.admin_ask(via, ClusterAdmin::Commit),
@@ -225,7 +283,9 @@ impl World {
             if let Some(Response::Error(e)) = &resp {
                 self.log(format!("operator: {} of {step:?}: {e}", format!("{state:?}").to_lowercase()));
             }
-            return self.set_admin(State::Check, retry);
+            // A forget `via` refused (it still sees the node up) is asked again.
+            let again = if state == State::Forget { State::Forget } else { State::Check };
+            return self.set_admin(again, retry);
         };
         for l in &info.cluster.versions {
             if let Err(why) = self.note_layout(info.node, l) {
@@ -236,9 +296,22 @@ impl World {
         let holds = step.done_in(newest);
         self.check_regression(&info);
         match state {
+            State::Forget => {
+                let a = self.admin.as_mut().expect("checked");
+                match a.forgetting {
+                    Some(v) if info.cluster.is_lost(v) || !info.cluster.is_member(v) => {
+                        a.forgetting = None;
+                        self.log(format!("operator: node {v} forgotten at epoch {}", newest.epoch));
+                        self.fault("forget");
+                        self.set_admin(State::Settle, 0);
+                    }
+                    Some(_) => self.set_admin(State::Forget, retry),
+                    None => self.set_admin(State::Settle, 0),
+                }
+            }
             State::Check if holds => {
                 self.committed(step, newest.epoch);
-                self.set_admin(State::Settle, 0);
+                self.after_commit();
             }
             State::Check if info.staged.iter().any(|c| staged_is(c, step)) => self.set_admin(State::Commit, 0),
             State::Check => self.set_admin(State::Stage, 0),
@@ -249,7 +322,10 @@ impl World {
                     self.admin.as_mut().expect("checked").acked = Some((newest.epoch, now));
                 }
                 self.committed(step, newest.epoch);
-                self.set_admin(State::Settle, 0);
+                self.after_commit();
+            }
+            State::Settle if self.admin.as_ref().is_some_and(|a| a.forgetting.is_some()) => {
+                self.set_admin(State::Forget, 0)
             }
             State::Settle if holds && info.phase == qkv_core::membership::Phase::Stable => {
                 self.log(format!("operator: {step:?} settled at epoch {}", newest.epoch));
@@ -258,6 +334,7 @@ impl World {
                 let a = self.admin.as_mut().expect("checked");
                 a.at += 1;
                 a.committed = false;
+                a.killed = false;
                 a.acked = None;
                 a.settled = Some((newest.epoch, now));
                 self.set_admin(State::Prepare, gap);
@@ -281,7 +358,21 @@ impl World {
                 self.set_admin(State::Check, 250)
             }
             State::Settle => self.set_admin(State::Settle, 250),
-            State::Prepare => {}
+            State::Prepare | State::Doom => {}
+        }
+    }
+
+    /// The step is committed: its doomed participant dies a moment later (once), and
+    /// the operator forgets it before waiting for the change to end.
+    fn after_commit(&mut self) {
+        let Some(a) = self.admin.as_ref() else { return };
+        if a.doom[a.at].is_some() && !a.killed {
+            let wait = self.rng.random_range(0..1500);
+            self.set_admin(State::Doom, wait);
+        } else if a.forgetting.is_some() {
+            self.set_admin(State::Forget, 0);
+        } else {
+            self.set_admin(State::Settle, 0);
         }
     }
 
