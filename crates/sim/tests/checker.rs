@@ -184,10 +184,15 @@ fn membership_changes_amid_faults_lose_nothing() {
 
 /// A node that reads from the new home set before its new owners fetched their ranges
 /// misses writes acknowledged before the change.
+///
+/// It shows only when a strict read lands in the few ms between a commit and the new
+/// owners' fetch, on a key whose newest write missed a replica: about one seed in 75 (seeds
+/// 111, 154, 212 and 260 of the first 300 at this config). The bound leaves room for any
+/// change to the random streams (missing it in 1000 seeds at that rate: about 1 in 600 000).
 #[test]
 fn the_checker_catches_reads_switched_before_the_data_moved() {
-    let caught = first_caught(Bugs { early_read_switch: true, ..Bugs::default() }, 100, |c| c.membership = 1.0);
-    let (seed, v) = caught.expect("an early read switch caught within 100 seeds");
+    let caught = first_caught(Bugs { early_read_switch: true, ..Bugs::default() }, 1000, |c| c.membership = 1.0);
+    let (seed, v) = caught.expect("an early read switch caught within 1000 seeds");
     println!("early-read-switch caught at seed {seed}: {v}");
 }
 
