@@ -183,6 +183,9 @@ impl Cluster {
         if !self.is_member(id) {
             return Err(format!("node {id} is not a member of epoch {}", self.epoch()));
         }
+        if self.is_lost(id) {
+            return Ok(false);
+        }
         if self.live_members().len() <= 1 {
             return Err(format!("node {id} is the last member not forgotten"));
         }
@@ -191,18 +194,19 @@ impl Cluster {
         Ok(changed)
     }
 
-    /// Take the forgotten nodes another copy knows of (those still members here).
+    /// Take the forgotten nodes another copy of the same epoch knows of (those still
+    /// members here). Never the last member not forgotten: a node keeps one to route to
+    /// (two concurrent forgets of the last two then stay where each was taken, until an
+    /// operator resolves them; a cleared set would flap back at the next ping).
     fn merge_lost(&mut self, lost: &BTreeSet<NodeId>) -> bool {
         let mut changed = false;
         for &id in lost.iter().take(2 * MEMBERS_MAX) {
-            if self.is_member(id) && self.lost.insert(id) {
-                self.progress.remove(&id);
-                changed = true;
+            if !self.is_member(id) || self.is_lost(id) || self.live_members().len() <= 1 {
+                continue;
             }
-        }
-        // Never every member: a node keeps one to route to.
-        if changed && self.live_members().is_empty() {
-            self.lost.clear();
+            self.lost.insert(id);
+            self.progress.remove(&id);
+            changed = true;
         }
         changed
     }
@@ -314,18 +318,27 @@ impl Cluster {
     /// `E - 1` only when every participant dropped for `E`). The same epoch merges
     /// progress, and a retired copy retires this one (its condition held somewhere).
     ///
-    /// Forgotten nodes merge whatever the epochs (a forget is an operator's word that a
-    /// node is gone, good at any epoch while it is a member).
+    /// Forgotten nodes merge between copies of one epoch. An id names one incarnation
+    /// only while it stays a member: a node left or replaced may later join again under
+    /// the same id, so an older copy's forgets are not taken (its holder carries them
+    /// over when it learns this epoch), and this copy's own go over to the next epoch
+    /// only for members of its newest layout (one change cannot both take such a member
+    /// out and bring its id back).
     pub fn adopt(&mut self, other: Cluster) -> Result<bool, String> {
         other.check()?;
         if other.epoch() > self.epoch() {
-            let mine = std::mem::take(&mut self.lost);
+            let newest = self.newest().members.clone();
+            let mut mine = std::mem::take(&mut self.lost);
+            mine.retain(|id| newest.contains_key(id));
+            let next = other.epoch() == self.epoch() + 1;
             *self = other;
-            self.merge_lost(&mine);
+            if next {
+                self.merge_lost(&mine);
+            }
             return Ok(true);
         }
         if other.epoch() < self.epoch() || other.newest() != self.newest() {
-            return Ok(self.merge_lost(&other.lost));
+            return Ok(false);
         }
         if self.old().is_some() && other.old().is_none() {
             self.versions.remove(0);
@@ -339,8 +352,12 @@ impl Cluster {
         Ok(self.merge_progress(e, &other.progress_list()) | forgot)
     }
 
-    /// Take forgotten nodes a peer's ping named. Returns whether anything changed.
-    pub fn merge_lost_ids(&mut self, ids: &[NodeId]) -> bool {
+    /// Take forgotten nodes a peer's ping named, if it holds epoch `epoch` too (see
+    /// [`Cluster::adopt`]). Returns whether anything changed.
+    pub fn merge_lost_ids(&mut self, epoch: u64, ids: &[NodeId]) -> bool {
+        if epoch != self.epoch() {
+            return false;
+        }
         let ids: BTreeSet<NodeId> = ids.iter().take(2 * MEMBERS_MAX).copied().collect();
         self.merge_lost(&ids)
     }
@@ -850,8 +867,10 @@ mod tests {
         // A newer epoch from a node that never heard of it keeps the forget here.
         let mut fresh = Cluster::new(c.newest().clone());
         assert!(!fresh.is_lost(3));
-        assert!(fresh.merge_lost_ids(&[3, 77]), "ids that are no members are passed over");
+        assert!(!fresh.merge_lost_ids(1, &[3]), "a ping of another epoch names other incarnations");
+        assert!(fresh.merge_lost_ids(2, &[3, 77]), "ids that are no members are passed over");
         assert_eq!(fresh.lost, [3].into());
+        let before_replace = c.clone();
         // Once a replace takes node 3 out, it is no longer kept.
         let replaced = c.newest().apply(&Change::Replace { old: 3, new: 5, addr: "10.0.0.5:7000".into() }).unwrap();
         c.begin(replaced).unwrap();
@@ -862,10 +881,33 @@ mod tests {
         }
         assert!(c.retire_if_done());
         assert!(c.lost.is_empty());
+        // Node 3 comes back wiped and joins again under its old id: no older copy's
+        // forget, by layout or by ping, takes the new incarnation.
+        let rejoin = c.newest().apply(&Change::Join { id: 3, addr: "10.0.0.3:7000".into() }).unwrap();
+        c.begin(rejoin).unwrap();
+        assert_eq!(c.epoch(), 4);
+        assert_eq!(c.adopt(before_replace.clone()), Ok(false));
+        assert!(!c.merge_lost_ids(2, &[3]));
+        assert!(!c.is_lost(3));
+        let mut stale = before_replace.clone();
+        assert!(stale.adopt(c.clone()).unwrap());
+        assert!(!stale.is_lost(3), "a forget is not carried over two epochs");
+        // Nor one epoch, for an id the newest layout had already taken out.
+        let mut leaving = before_replace.clone();
+        let out = leaving.newest().apply(&Change::Leave { id: 3 }).unwrap();
+        leaving.begin(out.clone()).unwrap();
+        assert!(leaving.is_lost(3), "a member of the layout being left");
+        let mut back = Cluster::new(out);
+        back.begin(back.newest().apply(&Change::Join { id: 3, addr: "10.0.0.3:7000".into() }).unwrap()).unwrap();
+        assert!(leaving.adopt(back).unwrap());
+        assert!(!leaving.is_lost(3));
         // Never every member, and never a forgotten non-member from a peer.
         let mut two = Cluster::new(Layout::initial(&seeds(2), 64, 2).unwrap());
         assert_eq!(two.forget(1), Ok(true));
+        assert_eq!(two.forget(1), Ok(false), "a forget again is no error, even with one member left");
         assert!(two.forget(2).is_err(), "the last member not forgotten stays");
+        assert!(!two.merge_lost_ids(1, &[2]), "nor does a peer's word take it");
+        assert_eq!(two.live_members(), [2].into());
         let mut bad = three();
         bad.lost.insert(9);
         assert!(Cluster::decode(&bad.encode()).is_err());

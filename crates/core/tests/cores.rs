@@ -1086,6 +1086,11 @@ fn a_participant_dead_for_good_is_forgotten_so_the_change_ends_and_then_it_is_re
     c.advance(t);
     let e = error_of(c.call(3, get("f1", Level::One)));
     assert!(matches!(&e, Error::WrongLayout { reason, .. } if reason.contains("forgotten")), "{e:?}");
+    // Nor to a peer that has not heard: its data may predate deletes purged since.
+    for req in [Request::ReplicaGet { key: b"f1".to_vec() }, Request::HintGet { key: b"f1".to_vec() }] {
+        let e = error_of(c.call(3, req));
+        assert!(matches!(&e, Error::WrongLayout { reason, .. } if reason.contains("forgotten")), "{e:?}");
+    }
     c.down.insert(3);
     // Replaced by node 5, which fetches from the others.
     let mut cfg = Cluster::config(5, 3, 3);

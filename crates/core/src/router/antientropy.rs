@@ -49,6 +49,17 @@ impl<S: Store> Core<S> {
     pub(super) fn aae_round(&mut self) {
         let now = self.now_ms;
         let due = self.aae.due(now);
+        if self.members.cluster.is_lost(self.cfg.me) {
+            // Forgotten: nothing it holds goes to a peer. A running exchange ends, and
+            // none starts (the timers move on).
+            if let Some((op, x)) = self.aae.take_exchange() {
+                self.ops.remove(&op);
+                self.aae.finished(x, false, now);
+            } else if due.start {
+                let _ = self.aae.next_peer(now, |_| false);
+            }
+            return;
+        }
         // No tombstone is purged while a layout change moves data: its confirmations
         // are of the new ring's replicas, and old ones still hold and send the range.
         if due.gc && self.members.cluster.old().is_none() {

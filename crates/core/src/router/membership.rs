@@ -437,7 +437,7 @@ impl<S: Store> Core<S> {
     /// A peer's view, from its ping or pong: fetch a newer layout, merge progress,
     /// or tell it ours.
     pub(super) fn on_view(&mut self, from: NodeId, view: &LayoutView) {
-        if self.members.cluster.merge_lost_ids(&view.lost) {
+        if self.members.cluster.merge_lost_ids(view.epoch, &view.lost) {
             tracing::warn!(from, lost = ?self.members.cluster.lost, "learned of forgotten nodes");
             if let Err(e) = self.install(true) {
                 tracing::warn!("installing the cluster layout: {e}");
@@ -611,7 +611,9 @@ impl<S: Store> Core<S> {
             self.start_sweep();
             return;
         }
-        self.drop_round();
+        if !self.members.cluster.is_lost(me) {
+            self.drop_round();
+        }
     }
 
     /// Whether a write placed on the old layout alone is still in flight.
@@ -893,9 +895,15 @@ impl<S: Store> Core<S> {
             // stale leftover handed over could bring back a value whose tombstone was
             // purged before this transition began.
             let mut stale = vec![];
+            let lost = &self.members.cluster.lost;
             for (key, set) in page {
                 next = Some(crate::ring::after(&key));
-                if self.ring.preference_list(&key).contains(&me) {
+                let homes = self.ring.preference_list(&key);
+                // A key every new home of which is forgotten has nowhere to go (and a
+                // page with no one to send to would hold the drop for ever): it stays
+                // here until a sweep, once a replace made a home live again, deletes it.
+                // The operator forgot every copy the cluster counted on.
+                if homes.contains(&me) || homes.iter().all(|h| lost.contains(h)) {
                     continue;
                 }
                 let lost_now = self.members.old_ring.as_ref().is_some_and(|o| o.preference_list(&key).contains(&me));

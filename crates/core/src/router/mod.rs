@@ -443,6 +443,24 @@ impl<S: Store> Core<S> {
             let e = self.outside_error();
             return self.reply(req_id, Err(e));
         }
+        // A forgotten node's data may predate what the cluster acknowledged and purged
+        // since: it neither serves it to a peer nor takes new state (a peer that has not
+        // heard of the forget yet still asks).
+        let replica_layer = matches!(
+            req,
+            Request::ReplicaGet { .. }
+                | Request::ReplicaPut { .. }
+                | Request::ReplicaPutBatch { .. }
+                | Request::ReplicaHint { .. }
+                | Request::HintGet { .. }
+                | Request::AaeRoots { .. }
+                | Request::AaeCompare { .. }
+                | Request::RangeFetch { .. }
+        );
+        if replica_layer && self.members.cluster.is_lost(self.cfg.me) {
+            let e = self.outside_error();
+            return self.reply(req_id, Err(e));
+        }
         let immediate = match req {
             Request::Get(g) => self.start_get(req_id, g),
             Request::Put(p) => self.start_put(req_id, p),
@@ -604,9 +622,15 @@ impl<S: Store> Core<S> {
             self.next_ping_ms = now_ms + self.cfg.ping_interval_ms;
             self.ping_round();
         }
+        // A forgotten node only listens for its fate: nothing it holds goes to a peer
+        // (hints, anti-entropy, the drop), as the cluster no longer counts on it.
+        // (`aae_round` keeps its timers going and returns.)
+        let forgotten = self.members.cluster.is_lost(self.cfg.me);
         if now_ms >= self.next_handoff_ms {
             self.next_handoff_ms = now_ms + HANDOFF_INTERVAL_MS;
-            self.handoff_round();
+            if !forgotten {
+                self.handoff_round();
+            }
             self.lag_round();
             self.membership_round();
         }
