@@ -13,7 +13,9 @@
 //! 3. *doom* (some joins and leaves): a participant other than `via` dies for good,
 //!    its disk lost, a moment after the commit: the transition cannot end until the
 //!    operator *forgets* it (`qkv cluster forget`, retried until `via` sees it down
-//!    and takes it). A dead node still a member is then replaced by the next step.
+//!    and takes it). A dead node still a member is then replaced by the next step;
+//!    half of those were only down, and come back with their disk once forgotten (so
+//!    a forgotten node must serve nothing and give nothing back) until that replace.
 //! 4. *settle*: wait until `via` holds the change in a stable layout (its data
 //!    moved) before the next step.
 //!
@@ -96,6 +98,9 @@ pub(super) struct Admin {
     killed: bool,
     /// A dead node `via` has not yet taken the forget of.
     forgetting: Option<NodeId>,
+    /// The doomed node was only down (the operator took it for dead): once forgotten,
+    /// it comes back with its disk, until the step that replaces it.
+    returning: bool,
     /// The member every change is staged and committed on.
     pub via: NodeId,
     /// Data moves at this many bytes per second: half the scripts move it slowly, so
@@ -183,6 +188,7 @@ impl Admin {
             doom,
             killed: false,
             forgetting: None,
+            returning: false,
             via,
             transfer_bytes_per_s,
             start_ms,
@@ -229,14 +235,24 @@ impl World {
             }
             State::Doom => {
                 let Some(v) = a.doom[a.at] else { return self.set_admin(State::Settle, 0) };
-                self.log(format!("node {v} dies for good during {step:?}"));
-                self.fault("a participant dies for good during a change");
+                // Still a member, and so replaced by the next step: half the time it was
+                // only down, and comes back once forgotten, with what it held.
+                let replaced_next = matches!(a.steps.get(a.at + 1), Some(Step::Replace { old, .. }) if *old == v);
+                let returning = replaced_next && self.rng.random_bool(0.5);
                 self.crash(v);
-                self.wipe(v);
+                if returning {
+                    self.log(format!("node {v} goes down during {step:?}; the operator takes it for dead"));
+                    self.fault("a participant goes down, taken for dead, during a change");
+                } else {
+                    self.log(format!("node {v} dies for good during {step:?}"));
+                    self.fault("a participant dies for good during a change");
+                    self.wipe(v);
+                }
                 self.nodes.get_mut(&v).expect("node exists").active = false;
                 let a = self.admin.as_mut().expect("checked");
                 a.killed = true;
                 a.forgetting = Some(v);
+                a.returning = returning;
                 let wait = self.rng.random_range(0..2000);
                 self.set_admin(State::Forget, wait);
             }
@@ -301,8 +317,16 @@ impl World {
                 match a.forgetting {
                     Some(v) if info.cluster.is_lost(v) || !info.cluster.is_member(v) => {
                         a.forgetting = None;
+                        let returning = std::mem::take(&mut a.returning);
                         self.log(format!("operator: node {v} forgotten at epoch {}", newest.epoch));
                         self.fault("forget");
+                        if returning {
+                            // It must learn it serves nothing, and give nothing it holds back.
+                            self.nodes.get_mut(&v).expect("node exists").active = true;
+                            let back = self.now + self.rng.random_range(0..1500);
+                            self.at(back, Ev::Restart(v));
+                            self.fault("a forgotten node comes back");
+                        }
                         self.set_admin(State::Settle, 0);
                     }
                     Some(_) => self.set_admin(State::Forget, retry),
