@@ -47,6 +47,9 @@ pub fn run_seed(seed: u64, cfg: &SimConfig) -> (Run, Report) {
     for c in &run.layout_conflicts {
         report.violations.push(Violation { kind: "two layouts for one epoch", key: vec![], detail: c.clone() });
     }
+    if let Some(why) = &run.livelock {
+        report.violations.push(Violation { kind: "livelock", key: vec![], detail: why.clone() });
+    }
     if let Some(why) = &run.unsettled {
         report.violations.push(Violation {
             kind: "membership change unsettled",

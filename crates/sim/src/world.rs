@@ -158,6 +158,8 @@ pub struct Run {
     pub layout_conflicts: Vec<String>,
     /// Membership the operator saw go back (see `Admin::regressions`).
     pub membership_regressions: Vec<String>,
+    /// Virtual time stopped: one instant took more events than any schedule needs.
+    pub livelock: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -267,6 +269,11 @@ struct SimClient {
 const CLIENT_TIMEOUT_MS: u64 = 3_000;
 /// After healing, anti-entropy gets this long to make every key's replicas agree.
 const CONVERGE_MS_MAX: u64 = 30_000;
+
+/// Events handled at one virtual instant past which a run is a livelock (a timer that
+/// never moves on, two nodes answering each other at once for ever): a real node
+/// would spin a core. Ordinary instants hold a few hundred.
+const EVENTS_PER_INSTANT_MAX: u64 = 200_000;
 const CONVERGE_STEP_MS: u64 = 250;
 const WALL_EPOCH_MS: u64 = 1_700_000_000_000;
 /// No run goes on longer than this, whatever happens.
@@ -277,6 +284,9 @@ pub struct World {
     cfg: SimConfig,
     rng: StdRng,
     now: u64,
+    /// Events handled at `now` so far, and the livelock found, if any (the run stops).
+    at_instant: u64,
+    livelock: Option<String>,
     seq: u64,
     queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
     events: BTreeMap<usize, Ev>,
@@ -365,6 +375,8 @@ impl World {
             blocked: BTreeSet::new(),
             link_ms: BTreeMap::new(),
             reliable: false,
+            at_instant: 0,
+            livelock: None,
             history: History::default(),
             counters: Counters::default(),
             layout,
@@ -940,10 +952,22 @@ impl World {
     /// Process events until `done` or virtual time `until`.
     fn run_until(&mut self, until: u64, done: impl Fn(&World) -> bool) {
         while !done(self) {
+            if self.livelock.is_some() {
+                // Time jumps on with nothing happening, so every wait of the run ends.
+                self.now = self.now.max(until);
+                return;
+            }
             match self.queue.peek() {
                 Some(&Reverse((t, _, id))) if t <= until => {
                     self.queue.pop();
+                    self.at_instant = if t == self.now { self.at_instant + 1 } else { 0 };
                     self.now = t;
+                    if self.at_instant > EVENTS_PER_INSTANT_MAX {
+                        let ev = self.events.get(&id).map(|e| format!("{e:?}")).unwrap_or_default();
+                        let ev: String = ev.chars().take(200).collect();
+                        self.livelock = Some(format!("{EVENTS_PER_INSTANT_MAX} events at {t} ms, the last {ev}"));
+                        continue;
+                    }
                     // Events removed from the map were cancelled (healing drops pending faults).
                     if let Some(ev) = self.events.remove(&id) {
                         self.handle(ev);
@@ -1072,6 +1096,7 @@ impl World {
             unsettled,
             layout_conflicts,
             membership_regressions: self.admin.map(|a| a.regressions).unwrap_or_default(),
+            livelock: self.livelock,
         }
     }
 
