@@ -23,6 +23,8 @@ pub struct MemStore {
     pub fail_lease_writes: u32,
     /// Membership records.
     pub meta: BTreeMap<String, Vec<u8>>,
+    /// How many of the next writes of the `cluster` record fail (an injected I/O error).
+    pub fail_cluster_writes: u32,
 }
 
 impl MemStore {
@@ -107,6 +109,10 @@ impl Store for MemStore {
         Ok(self.meta.get(name).cloned())
     }
     fn put_meta(&mut self, name: &str, value: &[u8]) -> Result<(), Error> {
+        if name == "cluster" && self.fail_cluster_writes > 0 {
+            self.fail_cluster_writes -= 1;
+            return Err(Error::Storage("injected: writing the cluster layout".into()));
+        }
         self.meta.insert(name.to_string(), value.to_vec());
         Ok(())
     }

@@ -1108,3 +1108,64 @@ fn a_participant_dead_for_good_is_forgotten_so_the_change_ends_and_then_it_is_re
         assert_eq!(values(&got), vec![b"v".to_vec()], "{key}");
     }
 }
+
+/// The hint window still runs for a forgotten home replica, which the failure detector
+/// no longer tracks: without it a stand-in would take hints for it with no end, whose
+/// old siblings could outlive the purge records of their deletes.
+#[test]
+fn a_forgotten_owner_takes_hints_only_within_the_hint_window() {
+    use qkv_proto::ClusterAdmin;
+    let mut c = Cluster::with_hint_window(4, 3, 5_000);
+    c.advance(1_000);
+    c.down.insert(4);
+    let t = c.now + 1_000;
+    c.advance(t);
+    let forgot = c.call(1, Request::Cluster(ClusterAdmin::Forget { id: 4 }));
+    assert!(matches!(forgot, Some(Response::ClusterInfo(_))), "{forgot:?}");
+    let ring = c.cores[&1].membership().cluster.newest().ring().unwrap();
+    let key = (0..10_000)
+        .map(|i| format!("h{i}"))
+        .find(|k| {
+            let homes = ring.preference_list(k.as_bytes());
+            homes.contains(&4) && !homes.contains(&1)
+        })
+        .unwrap();
+    let home = ring.preference_list(key.as_bytes()).iter().copied().find(|&h| h != 4).unwrap();
+    assert!(matches!(c.call(home, put(&key, "v", Level::One, Context::empty())), Some(Response::Put(_))));
+    let set = c.stored(home, key.as_bytes()).unwrap();
+    let hint =
+        |c: &mut Cluster| c.call(1, Request::ReplicaHint { owner: 4, key: key.clone().into_bytes(), set: set.clone() });
+    assert_eq!(hint(&mut c), Some(Response::ReplicaAck), "within the window");
+    let t = c.now + 6_000;
+    c.advance(t);
+    let e = error_of(hint(&mut c));
+    assert!(matches!(&e, Error::HintRefused { reason, .. } if reason.contains("hint window")), "{e:?}");
+}
+
+/// A forget the store fails to record is not taken: the operator's error is true, and
+/// nothing spreads a forget this node may not hold after a restart.
+#[test]
+fn a_forget_the_store_cannot_record_changes_nothing() {
+    use qkv_proto::ClusterAdmin;
+    let mut c = Cluster::new(4, 3);
+    c.advance(1_000);
+    c.down.insert(4);
+    let t = c.now + 1_000;
+    c.advance(t);
+    let old = c.cores.remove(&1).unwrap();
+    let mut store = old.store().clone();
+    store.fail_cluster_writes = 1;
+    let mut cfg = Cluster::config(1, 4, 3);
+    cfg.incarnation = 2;
+    c.cores.insert(1, Core::new(cfg, store, c.now, 1_000_000 + c.now).unwrap());
+    let t = c.now + 1_000;
+    c.advance(t);
+    let forget = |c: &mut Cluster| c.call(1, Request::Cluster(ClusterAdmin::Forget { id: 4 }));
+    let e = error_of(forget(&mut c));
+    assert!(matches!(&e, Error::Storage(m) if m.contains("injected")), "{e:?}");
+    let t = c.now + 1_000;
+    c.advance(t);
+    assert!(c.cores.values().all(|k| !k.membership().cluster.is_lost(4)), "taken nowhere");
+    assert!(matches!(forget(&mut c), Some(Response::ClusterInfo(_))), "taken once the store works");
+    assert!(c.cores[&1].membership().cluster.is_lost(4));
+}

@@ -42,6 +42,9 @@ pub(super) struct Members {
     transfers: Vec<Transfer>,
     retry_at: Vec<u64>,
     busy: BTreeSet<usize>,
+    /// When each forgotten member went down, as this node saw it (for the hint window:
+    /// the failure detector no longer tracks it).
+    lost_since: BTreeMap<NodeId, u64>,
     started_ms: u64,
     pace: Bucket,
     /// Where the drop of ranges this node lost stands (`Some`: running).
@@ -122,6 +125,7 @@ impl Members {
             transfers: vec![],
             retry_at: vec![],
             busy: BTreeSet::new(),
+            lost_since: BTreeMap::new(),
             started_ms: now_ms,
             pace: Bucket::new(bytes_per_s.max(1), now_ms),
             dropping,
@@ -191,6 +195,14 @@ impl<S: Store> Core<S> {
             || self.members.old_ring.as_ref().is_some_and(|o| o.preference_list(key).contains(&me))
     }
 
+    /// How long home replica `owner` has been down as this node sees it (`None`: up,
+    /// or unknown), forgotten members included.
+    pub(super) fn down_for_ms(&self, owner: NodeId) -> Option<u64> {
+        self.detector
+            .down_for_ms(owner, self.now_ms)
+            .or_else(|| self.members.lost_since.get(&owner).map(|t| self.now_ms.saturating_sub(*t)))
+    }
+
     /// Whether this node is outside the cluster (not yet joined, gone, or forgotten).
     pub(super) fn outside(&self) -> bool {
         let c = &self.members.cluster;
@@ -254,7 +266,16 @@ impl<S: Store> Core<S> {
         if changed || retry {
             self.rekey_hints()?;
         }
-        // Forgotten nodes are never up: nothing is routed to them.
+        // Forgotten nodes are never up: nothing is routed to them. The hint window of
+        // each still runs from when it went down as this node saw it (or from now, when
+        // it was never seen down, or after a restart: as for a node down).
+        let now = self.now_ms;
+        let lost = &self.members.cluster.lost;
+        self.members.lost_since.retain(|id, _| lost.contains(id));
+        for &id in lost {
+            let down = self.detector.down_for_ms(id, now).unwrap_or(0);
+            self.members.lost_since.entry(id).or_insert(now.saturating_sub(down));
+        }
         self.detector.set_peers(self.members.cluster.live_members(), self.now_ms);
         self.setup_transfers()?;
         // A staged change the cluster already made (committed here or by another node, its
@@ -307,17 +328,28 @@ impl<S: Store> Core<S> {
     }
 
     fn setup_transfers(&mut self) -> Result<(), Error> {
+        // A fetch (or its flush) still in flight for this epoch keeps its job busy: a
+        // second fetch of the same job would count its page twice.
+        let epoch = self.members.cluster.epoch();
+        let busy = self
+            .ops
+            .values()
+            .filter_map(|op| match op {
+                Op::Fetch { job, epoch: e } | Op::FetchFlush { job, epoch: e, .. } if *e == epoch => Some(*job),
+                _ => None,
+            })
+            .collect();
         let m = &mut self.members;
-        m.busy.clear();
+        m.busy = busy;
         let me = self.cfg.me;
         if m.cluster.old().is_none() || !m.cluster.participants().contains(&me) {
+            m.busy.clear();
             m.transfers.clear();
             m.retry_at.clear();
             return Ok(());
         }
         let mut jobs =
             transfers_for(&m.cluster, me).map_err(|e| Error::Internal(format!("the plan of a checked layout: {e}")))?;
-        let epoch = m.cluster.epoch();
         for (i, j) in jobs.iter_mut().enumerate() {
             if let Some(b) = self.store.get_meta(&format!("transfer.{epoch}.{i}"))?
                 && let Ok(saved) = rmp_serde::from_slice::<Transfer>(&b)
@@ -658,6 +690,9 @@ impl<S: Store> Core<S> {
     pub(super) fn fetch_response(&mut self, op_id: OpId, from: NodeId, result: Result<Response, Error>) {
         let Some(Op::Fetch { job, epoch }) = self.ops.remove(&op_id) else { return };
         if epoch != self.members.cluster.epoch() || job >= self.members.transfers.len() {
+            if epoch == self.members.cluster.epoch() {
+                self.members.busy.remove(&job);
+            }
             return;
         }
         if self.members.cluster.is_lost(self.members.transfers[job].from) {
@@ -748,10 +783,12 @@ impl<S: Store> Core<S> {
         next: Option<(u64, Vec<u8>)>,
         result: Result<(), Error>,
     ) {
+        if epoch == self.members.cluster.epoch() {
+            self.members.busy.remove(&job);
+        }
         if epoch != self.members.cluster.epoch() || job >= self.members.transfers.len() {
             return;
         }
-        self.members.busy.remove(&job);
         if self.members.cluster.is_lost(self.members.transfers[job].from) {
             return;
         }
@@ -1313,7 +1350,13 @@ impl<S: Store> Core<S> {
                 self.cfg.me
             )));
         }
-        if self.members.cluster.forget(id).map_err(Error::BadRequest)? {
+        // On a copy first, stored before it takes effect: a store that fails the write
+        // leaves the forget undone here (and unspread), so the error the operator gets
+        // is true.
+        let mut next = self.members.cluster.clone();
+        if next.forget(id).map_err(Error::BadRequest)? {
+            self.store.put_meta("cluster", &next.encode())?;
+            self.members.cluster = next;
             tracing::warn!(node = id, epoch = self.members.cluster.epoch(), "forgot a node: it is gone for good");
             self.install(true)?;
         }

@@ -323,7 +323,7 @@ impl<S: Store> Core<S> {
         };
         let me = self.cfg.me;
         let window = self.hints.limits().window_ms;
-        if let Some(down) = self.detector.down_for_ms(owner, self.now_ms)
+        if let Some(down) = self.down_for_ms(owner)
             && down > window
         {
             self.hints.refused += 1;
