@@ -178,6 +178,13 @@ impl Cluster {
         m
     }
 
+    /// Whether forgetting `id` too leaves a member of the newest layout not forgotten
+    /// (the layout the cluster goes on with; one of an old layout alone is not enough:
+    /// once the old one retires, nobody would be left).
+    fn leaves_a_newest_member(&self, id: NodeId) -> bool {
+        self.newest().members.keys().any(|m| *m != id && !self.lost.contains(m))
+    }
+
     /// Forget `id`, a member gone for good. Returns whether anything changed.
     pub fn forget(&mut self, id: NodeId) -> Result<bool, String> {
         if !self.is_member(id) {
@@ -186,8 +193,8 @@ impl Cluster {
         if self.is_lost(id) {
             return Ok(false);
         }
-        if self.live_members().len() <= 1 {
-            return Err(format!("node {id} is the last member not forgotten"));
+        if !self.leaves_a_newest_member(id) {
+            return Err(format!("node {id} is the last member of epoch {} not forgotten", self.epoch()));
         }
         let changed = self.lost.insert(id);
         self.progress.remove(&id);
@@ -195,13 +202,14 @@ impl Cluster {
     }
 
     /// Take the forgotten nodes another copy of the same epoch knows of (those still
-    /// members here). Never the last member not forgotten: a node keeps one to route to
-    /// (two concurrent forgets of the last two then stay where each was taken, until an
-    /// operator resolves them; a cleared set would flap back at the next ping).
+    /// members here). Never the last member of the newest layout not forgotten: a node
+    /// keeps one to route to (two concurrent forgets of the last two then stay where each
+    /// was taken, until an operator resolves them; a cleared set would flap back at the
+    /// next ping).
     fn merge_lost(&mut self, lost: &BTreeSet<NodeId>) -> bool {
         let mut changed = false;
         for &id in lost.iter().take(2 * MEMBERS_MAX) {
-            if !self.is_member(id) || self.is_lost(id) || self.live_members().len() <= 1 {
+            if !self.is_member(id) || self.is_lost(id) || !self.leaves_a_newest_member(id) {
                 continue;
             }
             self.lost.insert(id);
@@ -381,8 +389,8 @@ impl Cluster {
         if let Some(id) = self.lost.iter().find(|id| !self.is_member(**id)) {
             return Err(format!("node {id} is forgotten but not a member"));
         }
-        if !self.lost.is_empty() && self.live_members().is_empty() {
-            return Err("every member is forgotten".into());
+        if !self.lost.is_empty() && self.newest().members.keys().all(|m| self.lost.contains(m)) {
+            return Err(format!("every member of epoch {} is forgotten", self.epoch()));
         }
         Ok(())
     }
@@ -905,9 +913,20 @@ mod tests {
         let mut two = Cluster::new(Layout::initial(&seeds(2), 64, 2).unwrap());
         assert_eq!(two.forget(1), Ok(true));
         assert_eq!(two.forget(1), Ok(false), "a forget again is no error, even with one member left");
-        assert!(two.forget(2).is_err(), "the last member not forgotten stays");
+        assert_eq!(two.forget(2), Err("node 2 is the last member of epoch 1 not forgotten".into()));
         assert!(!two.merge_lost_ids(1, &[2]), "nor does a peer's word take it");
         assert_eq!(two.live_members(), [2].into());
+        // A member of the layout being left alone is not enough: once it retires, the
+        // cluster would have no member to go on with.
+        let mut shrink = Cluster::new(Layout::initial(&seeds(2), 64, 1).unwrap());
+        shrink.begin(shrink.newest().apply(&Change::Leave { id: 1 }).unwrap()).unwrap();
+        assert_eq!(shrink.forget(2), Err("node 2 is the last member of epoch 2 not forgotten".into()));
+        assert!(!shrink.merge_lost_ids(2, &[2]), "nor by a peer's word");
+        assert_eq!(shrink.forget(1), Ok(true), "the leaving node may go");
+        shrink.check().unwrap();
+        let mut bad = shrink.clone();
+        bad.lost.insert(2);
+        assert!(Cluster::decode(&bad.encode()).is_err(), "a stored cluster with no live newest member");
         let mut bad = three();
         bad.lost.insert(9);
         assert!(Cluster::decode(&bad.encode()).is_err());
