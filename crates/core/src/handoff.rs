@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use qkv_proto::{DvvSet, Error, KeyState, NodeId, Request, Response};
+use qkv_proto::{DvvSet, Error, KeyState, NodeId, Request, Response, actor_node};
 
 use crate::hints::{BATCH_KEYS_MAX, HintIndex, hint_bytes};
 use crate::ring::Ring;
@@ -202,7 +202,8 @@ fn expire<S: Store, F: Fn(NodeId) -> bool>(env: &mut Env<'_, S, F>) {
 }
 
 /// Hints for `owner`, down, older than half the grace: to another home replica of
-/// their key that is up, one batch (one target) at a time.
+/// their key that is up (one that coordinated none of the hint's writes, when there
+/// is one), one batch (one target) at a time.
 fn redirect<S: Store, F: Fn(NodeId) -> bool>(env: &mut Env<'_, S, F>, owner: NodeId) -> Option<(NodeId, Batch)> {
     // Only anti-entropy would bring the owner the redirected write.
     let half = env.grace_ms? / 2;
@@ -218,25 +219,40 @@ fn redirect<S: Store, F: Fn(NodeId) -> bool>(env: &mut Env<'_, S, F>, owner: Nod
         if env.hints.is_resting(owner, &key, env.now_ms) {
             continue;
         }
-        let to = env.ring.preference_list(&key).iter().copied().find(|&n| n != owner && n != env.me && (env.is_up)(n));
+        let h = match env.store.get_hint(owner, &key) {
+            Ok(Some(h)) => h,
+            Ok(None) => {
+                env.hints.remove(owner, &key);
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(owner, "reading a hint: {e}");
+                continue;
+            }
+        };
+        // Rather a home replica that did not coordinate the hint's writes: one that did
+        // already holds them, and handing them to it would leave one copy of two.
+        let coordinators: BTreeSet<NodeId> = h.set.siblings().iter().map(|s| actor_node(s.dot.actor)).collect();
+        let up: Vec<NodeId> = env
+            .ring
+            .preference_list(&key)
+            .iter()
+            .copied()
+            .filter(|&n| n != owner && n != env.me && (env.is_up)(n))
+            .collect();
+        let to = up.iter().copied().find(|n| !coordinators.contains(n)).or(up.first().copied());
         let Some(to) = to else { continue };
         if *target.get_or_insert(to) != to {
             continue;
         }
-        match env.store.get_hint(owner, &key) {
-            Ok(Some(h)) => {
-                // Within the batch's bytes, as for the owner's own batches (a hint larger
-                // than that goes alone).
-                let b = hint_bytes(&key, h.set.value_bytes());
-                if !items.is_empty() && bytes + b > env.hints.limits().batch_bytes_max {
-                    break;
-                }
-                bytes += b;
-                items.push((key, h.set));
-            }
-            Ok(None) => env.hints.remove(owner, &key),
-            Err(e) => tracing::warn!(owner, "reading a hint: {e}"),
+        // Within the batch's bytes, as for the owner's own batches (a hint larger than
+        // that goes alone).
+        let b = hint_bytes(&key, h.set.value_bytes());
+        if !items.is_empty() && bytes + b > env.hints.limits().batch_bytes_max {
+            break;
         }
+        bytes += b;
+        items.push((key, h.set));
     }
     let to = target?;
     if items.is_empty() || !env.hints.start_batch(owner, bytes, env.now_ms) {
@@ -388,6 +404,28 @@ mod tests {
         n.now = GRACE + 1;
         assert_eq!(n.round(), vec![], "nowhere to go");
         assert_eq!((n.held(), n.hints.expired), (0, 1), "older than the grace: dropped and counted");
+    }
+
+    #[test]
+    fn a_redirect_goes_to_a_home_replica_that_did_not_coordinate_the_write_when_one_is_up() {
+        // Four homes: node 1 holds node 2's hint of a write node 3 coordinated (and so
+        // holds); node 4 is the copy that keeps two.
+        let mut n = Node::new();
+        n.ring = Ring::new(&[1, 2, 3, 4], 16, 4).unwrap();
+        n.up = [1, 3, 4].into();
+        let mut set = DvvSet::new();
+        set.update(&VersionVector::new(), Some(b"1".to_vec()), qkv_proto::actor(3, 7));
+        n.hints.record(2, b"a", hint_bytes(b"a", set.value_bytes()), 0);
+        n.store.put_hint(2, b"a", &Hint { set, created_ms: 0 }).unwrap();
+        n.now = GRACE / 2 + 1;
+        let (id, to, _) = n.round().remove(0);
+        assert_eq!(to, 4, "not to node 3, which holds the write already");
+        n.answer(id, Err(Error::Unreachable("lost".into())));
+        // With node 4 down, the coordinator is better than nothing.
+        n.up.remove(&4);
+        n.now = GRACE - 1;
+        let (_, to, _) = n.round().remove(0);
+        assert_eq!(to, 3);
     }
 
     #[test]
