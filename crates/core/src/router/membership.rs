@@ -1358,7 +1358,11 @@ impl<S: Store> Core<S> {
             self.store.put_meta("cluster", &next.encode())?;
             self.members.cluster = next;
             tracing::warn!(node = id, epoch = self.members.cluster.epoch(), "forgot a node: it is gone for good");
-            self.install(true)?;
+            // Stored, so taken: a step of the install that fails now is retried every
+            // round, and the operator is told the truth (the forget holds).
+            if let Err(e) = self.install(true) {
+                tracing::warn!(node = id, "installing the cluster after a forget: {e}; retried every round");
+            }
         }
         let resp = Response::ClusterInfo(serde_bytes::ByteBuf::from(self.cluster_info(None).encode()));
         let op = self.id();
