@@ -98,6 +98,10 @@ pub(super) struct Admin {
     killed: bool,
     /// A dead node `via` has not yet taken the forget of.
     forgetting: Option<NodeId>,
+    /// `via` refused the last forget: ask what it holds before asking again (the node
+    /// may have left the layout meanwhile, and a forget of a non-member is refused
+    /// for good).
+    forget_show: bool,
     /// The doomed node was only down (the operator took it for dead): once forgotten,
     /// it comes back with its disk, until the step that replaces it.
     returning: bool,
@@ -188,6 +192,7 @@ impl Admin {
             doom,
             killed: false,
             forgetting: None,
+            forget_show: false,
             returning: false,
             via,
             transfer_bytes_per_s,
@@ -257,6 +262,10 @@ impl World {
                 self.set_admin(State::Forget, wait);
             }
             State::Forget => match a.forgetting {
+                Some(_) if a.forget_show => {
+                    self.admin.as_mut().expect("checked").forget_show = false;
+                    self.admin_ask(via, ClusterAdmin::Show)
+                }
                 Some(id) => self.admin_ask(via, ClusterAdmin::Forget { id }),
                 None => self.set_admin(State::Settle, 0),
             },
@@ -299,8 +308,12 @@ impl World {
             if let Some(Response::Error(e)) = &resp {
                 self.log(format!("operator: {} of {step:?}: {e}", format!("{state:?}").to_lowercase()));
             }
-            // A forget `via` refused (it still sees the node up) is asked again.
+            // A forget `via` refused (it still sees the node up, or the node is no
+            // member any more) is asked again, after a look at what `via` holds.
             let again = if state == State::Forget { State::Forget } else { State::Check };
+            if state == State::Forget && resp.is_some() {
+                self.admin.as_mut().expect("checked").forget_show = true;
+            }
             return self.set_admin(again, retry);
         };
         for l in &info.cluster.versions {
@@ -351,6 +364,14 @@ impl World {
             State::Settle if self.admin.as_ref().is_some_and(|a| a.forgetting.is_some()) => {
                 self.set_admin(State::Forget, 0)
             }
+            // The forget was taken, but `via` no longer holds it (it lost its disk
+            // before the forget spread), and the dead node holds the change again: an
+            // operator forgets it again.
+            State::Settle if let Some(v) = self.doomed_unforgotten(&info) => {
+                self.log(format!("operator: node {v} is dead but no longer forgotten on node {}", info.node));
+                self.admin.as_mut().expect("checked").forgetting = Some(v);
+                self.set_admin(State::Forget, 0)
+            }
             State::Settle if holds && info.phase == qkv_core::membership::Phase::Stable => {
                 self.log(format!("operator: {step:?} settled at epoch {}", newest.epoch));
                 let gap = self.rng.random_range(100..1500);
@@ -384,6 +405,15 @@ impl World {
             State::Settle => self.set_admin(State::Settle, 250),
             State::Prepare | State::Doom => {}
         }
+    }
+
+    /// The current step's doomed node, if it is dead (not taken back) and `info` shows
+    /// it a member not forgotten.
+    fn doomed_unforgotten(&self, info: &ClusterInfo) -> Option<NodeId> {
+        let a = self.admin.as_ref()?;
+        let v = a.doom[a.at].filter(|_| a.killed)?;
+        let dead = self.nodes.get(&v).is_some_and(|n| !n.active);
+        (dead && info.cluster.is_member(v) && !info.cluster.is_lost(v)).then_some(v)
     }
 
     /// The step is committed: its doomed participant dies a moment later (once), and
