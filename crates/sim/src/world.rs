@@ -23,7 +23,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use crate::checker::FinalKey;
-use crate::disk::{Disk, SharedDisk};
+use crate::disk::{Contents, Disk, SharedDisk};
 use crate::history::{Entry, History, OpKind, Outcome};
 use crate::workload::{ClientState, Workload};
 
@@ -306,6 +306,9 @@ pub struct World {
     /// Whole disks lost (wipes, not the unsynced writes of a power loss): (node, time ms).
     disks_lost: Vec<(NodeId, u64)>,
     wipes: Vec<(NodeId, u64)>,
+    /// Node incarnations that lost durable data they had acknowledged (a wipe, or a
+    /// power loss of a `buffer` node): their acks still in flight vouch for nothing.
+    lost_incs: BTreeSet<(NodeId, u64)>,
     fault_log: Vec<(u64, String)>,
     /// Write ids of puts some copy of which was duplicated on the way.
     dup_writes: BTreeSet<u64>,
@@ -384,6 +387,7 @@ impl World {
             destroyed: BTreeSet::new(),
             disks_lost: vec![],
             wipes: vec![],
+            lost_incs: BTreeSet::new(),
             fault_log: vec![],
             dup_writes: BTreeSet::new(),
             losses: vec![],
@@ -520,10 +524,47 @@ impl World {
         }
     }
 
+    /// Node `id` deleted hints or keys on the word of a node whose disk was lost since
+    /// it acked them: the writes no durable disk keeps now went with that disk.
+    fn note_deleted_on_lost_word(&mut self, id: NodeId, before: &Contents) {
+        let gone: Vec<(Vec<u8>, DvvSet)> = {
+            let d = self.nodes[&id].disk.borrow();
+            let now = d.current();
+            let hints = before
+                .hints
+                .iter()
+                .filter(|(k, _)| !now.hints.contains_key(*k))
+                .map(|((_, k), h)| (k.clone(), h.set.clone()));
+            let now_keys: BTreeSet<&[u8]> = now.entries().map(|(k, _)| k).collect();
+            let keys = before.entries().filter(|(k, _)| !now_keys.contains(k)).map(|(k, s)| (k.to_vec(), s.clone()));
+            hints.chain(keys).collect()
+        };
+        if gone.is_empty() {
+            return;
+        }
+        // This node's copy is gone once deleted, flushed or not.
+        let disks: Vec<Disk> = self
+            .nodes
+            .iter()
+            .map(|(&n, node)| {
+                let mut d = node.disk.borrow().clone();
+                if n == id {
+                    d.sync();
+                }
+                d
+            })
+            .collect();
+        for (key, set) in gone {
+            let kept = join_all(disks.iter().map(|d| d.durable_seen(&key, true)));
+            self.note_destroyed(&key, &set, kept);
+        }
+    }
+
     /// Node `id`'s disk is lost: note every dot it held that no other durable disk holds
     /// (or covers), then wipe it; the node restarts under a new epoch.
     fn wipe(&mut self, id: NodeId) {
         self.wipes.push((id, self.now));
+        self.lost_incs.insert((id, self.nodes[&id].inc));
         self.disks_lost.push((id, self.now));
         let others: Vec<Disk> =
             self.nodes.iter().filter(|(n, _)| **n != id).map(|(_, n)| n.disk.borrow().clone()).collect();
@@ -575,6 +616,7 @@ impl World {
         }
         for id in lost {
             self.wipes.push((id, self.now));
+            self.lost_incs.insert((id, self.nodes[&id].inc));
         }
     }
 
@@ -716,7 +758,17 @@ impl World {
                         node.pending.insert(rid, (from, corr));
                         self.with_core(id, |c, now| c.handle_request(now, rid, req));
                     }
-                    Body::Resp(resp) => self.with_core(id, |c, now| c.handle_response(now, corr, Ok(resp))),
+                    Body::Resp(resp) => {
+                        // An ack its sender's lost disk no longer backs: what this node
+                        // deletes on its word (a hint handed off, a key handed over) may
+                        // have been a write's last copy, lost with that disk.
+                        let lost_word = matches!(from, Addr::Node(a, i) if self.lost_incs.contains(&(a, i)));
+                        let before = lost_word.then(|| node.disk.borrow().current().clone());
+                        self.with_core(id, |c, now| c.handle_response(now, corr, Ok(resp)));
+                        if let Some(before) = before {
+                            self.note_deleted_on_lost_word(id, &before);
+                        }
+                    }
                 }
             }
             (Addr::Client(admin::ADMIN), Body::Resp(resp)) => self.admin_answer(corr, Some(resp)),
