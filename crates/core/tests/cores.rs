@@ -28,6 +28,9 @@ struct Cluster {
     hung: BTreeSet<NodeId>,
     /// Requests of this kind are swallowed on the way (no answer, no failure).
     swallow: Option<fn(&Request) -> bool>,
+    /// Every request this node sends is logged in `sent`.
+    watch: Option<NodeId>,
+    sent: Vec<Request>,
     next_req: u64,
 }
 
@@ -80,6 +83,8 @@ impl Cluster {
             down: BTreeSet::new(),
             hung: BTreeSet::new(),
             swallow: None,
+            watch: None,
+            sent: vec![],
             next_req: 1,
         }
     }
@@ -88,7 +93,12 @@ impl Cluster {
     fn drain(&mut self, node: NodeId) {
         while let Some(o) = self.cores.get_mut(&node).unwrap().poll_output() {
             match o {
-                Output::Send { rpc, to, req, .. } => self.net.push_back(Msg::Request { from: node, to, rpc, req }),
+                Output::Send { rpc, to, req, .. } => {
+                    if self.watch == Some(node) {
+                        self.sent.push(req.clone());
+                    }
+                    self.net.push_back(Msg::Request { from: node, to, rpc, req })
+                }
                 Output::Reply { req, resp } => match self.pending.remove(&(node, req)) {
                     Some((to, rpc)) => self.net.push_back(Msg::Response { to, rpc, resp: Ok(resp) }),
                     None => {
@@ -1107,6 +1117,62 @@ fn a_participant_dead_for_good_is_forgotten_so_the_change_ends_and_then_it_is_re
         let got = c.call(5, get(key, Level::All)).unwrap();
         assert_eq!(values(&got), vec![b"v".to_vec()], "{key}");
     }
+}
+
+/// An old owner forgotten while it was down in the middle of its hand-over comes back
+/// with the layout it held: it must learn its fate before it hands anything over (its
+/// data may predate deletes purged since), and then hand over nothing.
+#[test]
+fn a_forgotten_node_that_returns_pushes_nothing_before_it_learns_its_fate() {
+    use qkv_proto::{ClusterAdmin, ClusterChange};
+    let mut c = cluster_with_joiner(Default::default());
+    for i in 0..100 {
+        let r = c.call(1, put(&format!("r{i}"), "v", Level::All, Context::empty()));
+        assert!(matches!(r, Some(Response::Put(_))), "{r:?}");
+    }
+    // Every hand-over page is lost on the way: the old owners stay in `dropping`.
+    c.swallow = Some(|r| matches!(r, Request::ReplicaPutBatch { sync: true, .. }));
+    let joined = change_membership(&mut c, 1, ClusterChange::Join { id: 4, addr: "node4".into() });
+    assert!(matches!(joined, Response::ClusterInfo(_)), "{joined:?}");
+    let deadline = c.now + 30_000;
+    while c.cores[&3].membership().phase != qkv_core::membership::Phase::Dropping {
+        assert!(c.now < deadline, "node 3 reached the drop");
+        let t = c.now + 100;
+        c.advance(t);
+    }
+    c.down.insert(3);
+    let t = c.now + 1_000;
+    c.advance(t);
+    let forgot = c.call(1, Request::Cluster(ClusterAdmin::Forget { id: 3 }));
+    assert!(matches!(forgot, Some(Response::ClusterInfo(_))), "{forgot:?}");
+    c.swallow = None;
+    settle(&mut c, 2);
+    // Node 3 restarts from its disk, in the drop it never finished.
+    c.restart(3, false, |_| {});
+    assert_eq!(c.cores[&3].membership().phase, qkv_core::membership::Phase::Dropping);
+    c.down.remove(&3);
+    c.watch = Some(3);
+    let t = c.now + 5_000;
+    c.advance(t);
+    assert!(c.cores[&3].membership().cluster.is_lost(3), "it learned it was forgotten");
+    let pushed: Vec<&Request> = c
+        .sent
+        .iter()
+        .filter(|r| {
+            matches!(
+                r,
+                Request::ReplicaPutBatch { .. }
+                    | Request::ReplicaPut { .. }
+                    | Request::ReplicaHint { .. }
+                    | Request::AaeRoots { .. }
+                    | Request::AaeCompare { .. }
+            )
+        })
+        .collect();
+    let kinds: Vec<String> =
+        pushed.iter().map(|r| format!("{r:?}").chars().take_while(|c| c.is_alphanumeric()).collect()).collect();
+    assert!(pushed.is_empty(), "node 3 pushed {kinds:?}");
+    assert!(c.sent.iter().any(|r| matches!(r, Request::Ping { .. })), "it pinged");
 }
 
 /// The hint window still runs for a forgotten home replica, which the failure detector

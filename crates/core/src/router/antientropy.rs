@@ -49,13 +49,15 @@ impl<S: Store> Core<S> {
     pub(super) fn aae_round(&mut self) {
         let now = self.now_ms;
         let due = self.aae.due(now);
-        if self.members.cluster.is_lost(self.cfg.me) {
-            // Forgotten: nothing it holds goes to a peer. A running exchange ends, and
-            // none starts (the timers move on).
+        if self.quiet() {
+            // Forgotten, or not yet told its fate: nothing it holds goes to a peer. A
+            // running exchange ends, and none starts (the timers move on).
             if let Some((op, x)) = self.aae.take_exchange() {
                 self.ops.remove(&op);
                 self.aae.finished(x, false, now);
             } else if due.start {
+                // The next one is due an interval on (a timer left due would fire at
+                // once for ever).
                 let _ = self.aae.next_peer(now, |_| false);
             }
             return;

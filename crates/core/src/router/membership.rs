@@ -69,6 +69,9 @@ pub(super) struct Members {
     fetching_layout: bool,
     /// An install that failed, to run again (`true`: with the layout's write).
     install_pending: Option<bool>,
+    /// Whether a peer's view of this node's epoch was heard since this node started.
+    /// Until then it pushes nothing it holds ([`Core::quiet`]).
+    heard: bool,
     /// The highest ballot a voter answered a commit of this node with `Outbid`: the
     /// next commit's ballot goes above it (not kept across restarts; a lost one costs
     /// one more refused round).
@@ -138,6 +141,7 @@ impl Members {
             dropped: 0,
             fetching_layout: false,
             install_pending: None,
+            heard: false,
             outbid: (0, 0),
         })
     }
@@ -201,6 +205,16 @@ impl<S: Store> Core<S> {
         self.detector
             .down_for_ms(owner, self.now_ms)
             .or_else(|| self.members.lost_since.get(&owner).map(|t| self.now_ms.saturating_sub(*t)))
+    }
+
+    /// Whether this node keeps what it holds to itself: no hint handoff, anti-entropy
+    /// or drop hand-over. So does a forgotten node (the cluster no longer counts on
+    /// it), and so does every node that has other live members until it has heard a
+    /// peer's view of its epoch since it started: a node forgotten while it was down
+    /// learns its fate before it pushes data that may predate deletes purged since.
+    pub(super) fn quiet(&self) -> bool {
+        let (c, me) = (&self.members.cluster, self.cfg.me);
+        c.is_lost(me) || (!self.members.heard && c.live_members().iter().any(|&m| m != me))
     }
 
     /// Whether this node is outside the cluster (not yet joined, gone, or forgotten).
@@ -489,6 +503,8 @@ impl<S: Store> Core<S> {
             self.push_layout(from);
             return;
         }
+        // A view of this epoch, its forgotten nodes merged above: this node knows its fate.
+        self.members.heard = true;
         let dropped: BTreeMap<NodeId, u64> =
             view.dropped.iter().take(2 * crate::layout::MEMBERS_MAX).copied().collect();
         let entries: Vec<(NodeId, Progress)> = view
@@ -643,7 +659,7 @@ impl<S: Store> Core<S> {
             self.start_sweep();
             return;
         }
-        if !self.members.cluster.is_lost(me) {
+        if !self.quiet() {
             self.drop_round();
         }
     }

@@ -622,13 +622,13 @@ impl<S: Store> Core<S> {
             self.next_ping_ms = now_ms + self.cfg.ping_interval_ms;
             self.ping_round();
         }
-        // A forgotten node only listens for its fate: nothing it holds goes to a peer
-        // (hints, anti-entropy, the drop), as the cluster no longer counts on it.
+        // A quiet node (forgotten, or not yet told its fate since it started) only
+        // listens: nothing it holds goes to a peer (hints, anti-entropy, the drop).
         // (`aae_round` keeps its timers going and returns.)
-        let forgotten = self.members.cluster.is_lost(self.cfg.me);
+        let quiet = self.quiet();
         if now_ms >= self.next_handoff_ms {
             self.next_handoff_ms = now_ms + HANDOFF_INTERVAL_MS;
-            if !forgotten {
+            if !quiet {
                 self.handoff_round();
             }
             self.lag_round();
