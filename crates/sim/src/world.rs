@@ -267,7 +267,8 @@ struct SimClient {
 
 /// A client gives up on a request after this long.
 const CLIENT_TIMEOUT_MS: u64 = 3_000;
-/// After healing, anti-entropy gets this long to make every key's replicas agree.
+/// After healing, anti-entropy gets this long to make every key's replicas agree (and
+/// as long again for each membership change the operator has still to see settle).
 const CONVERGE_MS_MAX: u64 = 30_000;
 
 /// Events handled at one virtual instant past which a run is a livelock (a timer that
@@ -1079,8 +1080,10 @@ impl World {
         let keys: BTreeSet<Vec<u8>> = self.history.entries.iter().map(|e| e.key.clone()).collect();
         let healed = self.now;
         let mut converged_after_ms = None;
-        // A membership change also moves data, each step after the last one settled.
-        let converge_ms = if self.admin.is_some() { 2 * CONVERGE_MS_MAX } else { CONVERGE_MS_MAX };
+        // A membership change also moves data, each step after the last one settled:
+        // each step the operator has still to see settle gets the deadline again.
+        let steps_left = self.admin.as_ref().map_or(0, |a| a.steps_left() as u64);
+        let converge_ms = CONVERGE_MS_MAX * (1 + steps_left.max(u64::from(self.admin.is_some())));
         while self.now < healed + converge_ms {
             let step = self.now + CONVERGE_STEP_MS;
             self.run_until(step, |_| false);

@@ -223,6 +223,11 @@ impl Admin {
     pub fn done(&self) -> bool {
         self.at >= self.steps.len()
     }
+
+    /// Steps not yet seen settled, the current one included.
+    pub fn steps_left(&self) -> usize {
+        self.steps.len().saturating_sub(self.at)
+    }
 }
 
 impl World {
