@@ -208,7 +208,10 @@ fn redirect<S: Store, F: Fn(NodeId) -> bool>(env: &mut Env<'_, S, F>, owner: Nod
     // Only anti-entropy would bring the owner the redirected write.
     let half = env.grace_ms? / 2;
     let cutoff = env.wall_ms.checked_sub(half)?;
-    let mut target = None;
+    if !env.hints.can_send(env.now_ms) {
+        return None;
+    }
+    let mut target: Option<NodeId> = None;
     let mut items = vec![];
     let mut bytes = 0u64;
     // Look past hints no home replica can take now, so they do not hold back the rest.
@@ -217,6 +220,17 @@ fn redirect<S: Store, F: Fn(NodeId) -> bool>(env: &mut Env<'_, S, F>, owner: Nod
             break;
         }
         if env.hints.is_resting(owner, &key, env.now_ms) {
+            continue;
+        }
+        let up: Vec<NodeId> = env
+            .ring
+            .preference_list(&key)
+            .iter()
+            .copied()
+            .filter(|&n| n != owner && n != env.me && (env.is_up)(n))
+            .collect();
+        // Nowhere to go, or not where this batch goes: no need to read it.
+        if up.is_empty() || target.is_some_and(|t| !up.contains(&t)) {
             continue;
         }
         let h = match env.store.get_hint(owner, &key) {
@@ -233,17 +247,13 @@ fn redirect<S: Store, F: Fn(NodeId) -> bool>(env: &mut Env<'_, S, F>, owner: Nod
         // Rather a home replica that did not coordinate the hint's writes: one that did
         // already holds them, and handing them to it would leave one copy of two.
         let coordinators: BTreeSet<NodeId> = h.set.siblings().iter().map(|s| actor_node(s.dot.actor)).collect();
-        let up: Vec<NodeId> = env
-            .ring
-            .preference_list(&key)
-            .iter()
-            .copied()
-            .filter(|&n| n != owner && n != env.me && (env.is_up)(n))
-            .collect();
-        let to = up.iter().copied().find(|n| !coordinators.contains(n)).or(up.first().copied());
-        let Some(to) = to else { continue };
-        if *target.get_or_insert(to) != to {
-            continue;
+        let better = up.iter().copied().find(|n| !coordinators.contains(n));
+        match target {
+            None => target = better.or(up.first().copied()),
+            // This batch's target holds the write while another home replica that is up
+            // does not: a later batch takes it there.
+            Some(t) if coordinators.contains(&t) && better.is_some() => continue,
+            Some(_) => {}
         }
         // Within the batch's bytes, as for the owner's own batches (a hint larger than
         // that goes alone).
