@@ -420,10 +420,32 @@ impl Cluster {
 
     /// Decode and check a cluster from the disk or a peer.
     pub fn decode(bytes: &[u8]) -> Result<Cluster, String> {
+        let c = Cluster::parse(bytes)?;
+        c.check()?;
+        Ok(c)
+    }
+
+    fn parse(bytes: &[u8]) -> Result<Cluster, String> {
         if bytes.len() > ENCODED_BYTES_MAX {
             return Err(format!("a cluster layout of {} bytes is over {ENCODED_BYTES_MAX}", bytes.len()));
         }
-        let c: Cluster = rmp_serde::from_slice(bytes).map_err(|e| format!("decoding a cluster layout: {e}"))?;
+        rmp_serde::from_slice(bytes).map_err(|e| format!("decoding a cluster layout: {e}"))
+    }
+
+    /// A cluster from this node's own disk: as [`Cluster::decode`], but one stored with
+    /// every member of its newest layout forgotten (an earlier release allowed that
+    /// while a member of the layout being left was not) gets its lowest such member
+    /// back, with a warning, rather than keep the node from starting.
+    pub fn decode_stored(bytes: &[u8]) -> Result<Cluster, String> {
+        let mut c = Cluster::parse(bytes)?;
+        let newest: Vec<NodeId> = c.newest().members.keys().copied().collect();
+        if !c.lost.is_empty()
+            && newest.iter().all(|m| c.lost.contains(m))
+            && let Some(&back) = newest.first()
+        {
+            tracing::warn!(node = back, "every member of the stored layout was forgotten: node {back} is not");
+            c.lost.remove(&back);
+        }
         c.check()?;
         Ok(c)
     }
@@ -927,6 +949,9 @@ mod tests {
         let mut bad = shrink.clone();
         bad.lost.insert(2);
         assert!(Cluster::decode(&bad.encode()).is_err(), "a stored cluster with no live newest member");
+        // As an earlier release could store it: on this node's own disk, it is mended.
+        let mended = Cluster::decode_stored(&bad.encode()).unwrap();
+        assert_eq!(mended.lost, [1].into());
         let mut bad = three();
         bad.lost.insert(9);
         assert!(Cluster::decode(&bad.encode()).is_err());

@@ -1175,6 +1175,26 @@ fn a_forgotten_node_that_returns_pushes_nothing_before_it_learns_its_fate() {
     assert!(c.sent.iter().any(|r| matches!(r, Request::Ping { .. })), "it pinged");
 }
 
+/// A change that would leave only forgotten members is refused when staged: once the
+/// old layout retired, the cluster would have nobody to go on with.
+#[test]
+fn a_layout_of_forgotten_members_alone_cannot_be_staged() {
+    use qkv_proto::{ClusterAdmin, ClusterChange};
+    let mut c = Cluster::new(4, 2);
+    c.advance(1_000);
+    c.down.extend([1, 3]);
+    let t = c.now + 1_000;
+    c.advance(t);
+    for id in [1, 3] {
+        let r = c.call(2, Request::Cluster(ClusterAdmin::Forget { id }));
+        assert!(matches!(r, Some(Response::ClusterInfo(_))), "{r:?}");
+    }
+    let stage = |c: &mut Cluster, id| c.call(2, Request::Cluster(ClusterAdmin::Stage(ClusterChange::Leave { id })));
+    assert!(matches!(stage(&mut c, 4), Some(Response::ClusterInfo(_))), "node 2 is left");
+    let e = error_of(stage(&mut c, 2));
+    assert!(matches!(&e, Error::BadRequest(m) if m.contains("forgotten")), "{e:?}");
+}
+
 /// The hint window still runs for a forgotten home replica, which the failure detector
 /// no longer tracks: without it a stand-in would take hints for it with no end, whose
 /// old siblings could outlive the purge records of their deletes.

@@ -102,7 +102,7 @@ impl Members {
         // layout does (so a node's `peers` can still be edited as before).
         let cluster = match store.get_meta("cluster")? {
             Some(b) => {
-                let stored = Cluster::decode(&b).map_err(|e| damaged("cluster layout", e))?;
+                let stored = Cluster::decode_stored(&b).map_err(|e| damaged("cluster layout", e))?;
                 if stored.epoch() > initial.epoch { stored } else { Cluster::new(initial.clone()) }
             }
             None => Cluster::new(initial.clone()),
@@ -1258,6 +1258,13 @@ impl<S: Store> Core<S> {
         let mut l = self.members.cluster.newest().clone();
         for c in &self.members.staged {
             l = l.apply(c).map_err(|e| Error::BadRequest(e.to_string()))?;
+        }
+        // A layout of forgotten nodes alone would have nobody to go on with.
+        let c = &self.members.cluster;
+        if !c.lost.is_empty() && l.members.keys().all(|m| c.is_lost(*m)) {
+            return Err(Error::BadRequest(
+                "every member of the staged layout is forgotten: replace them, or stage a join".into(),
+            ));
         }
         // However many changes are staged, they commit as one epoch.
         l.epoch = self.members.cluster.epoch() + 1;
