@@ -565,7 +565,8 @@ impl World {
     /// (or covers), then wipe it; the node restarts under a new epoch.
     fn wipe(&mut self, id: NodeId) {
         self.wipes.push((id, self.now));
-        self.lost_incs.insert((id, self.nodes[&id].inc));
+        // Every incarnation's acks: an ack of an earlier one may still be on its way.
+        self.lost_incs.extend((0..=self.nodes[&id].inc).map(|i| (id, i)));
         self.disks_lost.push((id, self.now));
         let others: Vec<Disk> =
             self.nodes.iter().filter(|(n, _)| **n != id).map(|(_, n)| n.disk.borrow().clone()).collect();
@@ -763,7 +764,8 @@ impl World {
                         // An ack its sender's lost disk no longer backs: what this node
                         // deletes on its word (a hint handed off, a key handed over) may
                         // have been a write's last copy, lost with that disk.
-                        let lost_word = matches!(from, Addr::Node(a, i) if self.lost_incs.contains(&(a, i)));
+                        let ack = matches!(resp, Response::ReplicaAck | Response::ReplicaBatchAck { .. });
+                        let lost_word = ack && matches!(from, Addr::Node(a, i) if self.lost_incs.contains(&(a, i)));
                         let before = lost_word.then(|| node.disk.borrow().current().clone());
                         self.with_core(id, |c, now| c.handle_response(now, corr, Ok(resp)));
                         if let Some(before) = before {

@@ -102,6 +102,8 @@ pub(super) struct Admin {
     /// may have left the layout meanwhile, and a forget of a non-member is refused
     /// for good).
     forget_show: bool,
+    /// When `via` answered that it holds the current step's forget.
+    forgot_at: Option<u64>,
     /// The doomed node was only down (the operator took it for dead): once forgotten,
     /// it comes back with its disk, until the step that replaces it.
     returning: bool,
@@ -193,6 +195,7 @@ impl Admin {
             killed: false,
             forgetting: None,
             forget_show: false,
+            forgot_at: None,
             returning: false,
             via,
             transfer_bytes_per_s,
@@ -335,6 +338,7 @@ impl World {
                 match a.forgetting {
                     Some(v) if info.cluster.is_lost(v) || !info.cluster.is_member(v) => {
                         a.forgetting = None;
+                        a.forgot_at = Some(self.now);
                         let returning = std::mem::take(&mut a.returning);
                         self.log(format!("operator: node {v} forgotten at epoch {}", newest.epoch));
                         self.fault("forget");
@@ -374,6 +378,14 @@ impl World {
             // operator forgets it again.
             State::Settle if let Some(v) = self.doomed_unforgotten(&info) => {
                 self.log(format!("operator: node {v} is dead but no longer forgotten on node {}", info.node));
+                let a = self.admin.as_ref().expect("checked");
+                let since = a.forgot_at.unwrap_or(0);
+                if !self.disks_lost.iter().any(|&(n, t)| n == info.node && t >= since) {
+                    // Only a lost disk takes back a forget `via` answered for (it was
+                    // stored and synced first).
+                    let why = format!("node {} answered the forget of node {v}, then held it not forgotten", info.node);
+                    self.admin.as_mut().expect("checked").regressions.push(why);
+                }
                 self.admin.as_mut().expect("checked").forgetting = Some(v);
                 self.set_admin(State::Forget, 0)
             }
@@ -385,6 +397,7 @@ impl World {
                 a.at += 1;
                 a.committed = false;
                 a.killed = false;
+                a.forgot_at = None;
                 a.acked = None;
                 a.settled = Some((newest.epoch, now));
                 self.set_admin(State::Prepare, gap);
