@@ -499,7 +499,22 @@ impl World {
         if core.hints_expired() == before {
             return;
         }
-        // This node's copy is gone once dropped, flushed or not.
+        let gone: Vec<(Vec<u8>, DvvSet)> = {
+            let d = self.nodes[&id].disk.borrow();
+            held.into_iter()
+                .filter(|(k, _)| !d.current().hints.contains_key(k))
+                .map(|((_, key), h)| (key, h.set))
+                .collect()
+        };
+        self.note_gone(id, gone);
+    }
+
+    /// States node `id` no longer holds (its copy is gone once deleted, flushed or not):
+    /// the writes in them that no durable disk keeps are destroyed.
+    fn note_gone(&mut self, id: NodeId, gone: Vec<(Vec<u8>, DvvSet)>) {
+        if gone.is_empty() {
+            return;
+        }
         let disks: Vec<Disk> = self
             .nodes
             .iter()
@@ -511,17 +526,9 @@ impl World {
                 d
             })
             .collect();
-        let kept = |key: &[u8]| join_all(disks.iter().map(|d| d.durable_seen(key, true)));
-        let gone: Vec<(Vec<u8>, DvvSet)> = {
-            let d = self.nodes[&id].disk.borrow();
-            held.into_iter()
-                .filter(|(k, _)| !d.current().hints.contains_key(k))
-                .map(|((_, key), h)| (key, h.set))
-                .collect()
-        };
         for (key, set) in gone {
-            let k = kept(&key);
-            self.note_destroyed(&key, &set, k);
+            let kept = join_all(disks.iter().map(|d| d.durable_seen(&key, true)));
+            self.note_destroyed(&key, &set, kept);
         }
     }
 
@@ -540,25 +547,7 @@ impl World {
             let keys = before.entries().filter(|(k, _)| !now_keys.contains(k)).map(|(k, s)| (k.to_vec(), s.clone()));
             hints.chain(keys).collect()
         };
-        if gone.is_empty() {
-            return;
-        }
-        // This node's copy is gone once deleted, flushed or not.
-        let disks: Vec<Disk> = self
-            .nodes
-            .iter()
-            .map(|(&n, node)| {
-                let mut d = node.disk.borrow().clone();
-                if n == id {
-                    d.sync();
-                }
-                d
-            })
-            .collect();
-        for (key, set) in gone {
-            let kept = join_all(disks.iter().map(|d| d.durable_seen(&key, true)));
-            self.note_destroyed(&key, &set, kept);
-        }
+        self.note_gone(id, gone);
     }
 
     /// Node `id`'s disk is lost: note every dot it held that no other durable disk holds
