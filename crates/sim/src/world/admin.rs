@@ -104,6 +104,12 @@ pub(super) struct Admin {
     forget_show: bool,
     /// When `via` answered that it holds the current step's forget.
     forgot_at: Option<u64>,
+    /// A forgotten node that comes back only once the change it held has ended (its
+    /// data may then predate deletes purged since).
+    late_return: Option<NodeId>,
+    /// The current step's doomed node goes down only once it is handing over the
+    /// ranges it lost (the `dropping` step), and comes back once forgotten.
+    doom_at_drop: bool,
     /// The doomed node was only down (the operator took it for dead): once forgotten,
     /// it comes back with its disk, until the step that replaces it.
     returning: bool,
@@ -196,6 +202,8 @@ impl Admin {
             forgetting: None,
             forget_show: false,
             forgot_at: None,
+            late_return: None,
+            doom_at_drop: false,
             returning: false,
             via,
             transfer_bytes_per_s,
@@ -251,8 +259,12 @@ impl World {
                 // Still a member, and so replaced by the next step: half the time it was
                 // only down, and comes back once forgotten, with what it held.
                 let replaced_next = matches!(a.steps.get(a.at + 1), Some(Step::Replace { old, .. }) if *old == v);
-                let returning = replaced_next && self.rng.random_bool(0.5);
+                let at_drop = a.doom_at_drop;
+                let returning = at_drop || (replaced_next && self.rng.random_bool(0.5));
                 self.crash(v);
+                if at_drop {
+                    self.fault("a participant goes down while it hands over ranges");
+                }
                 if returning {
                     self.log(format!("node {v} goes down during {step:?}; the operator takes it for dead"));
                     self.fault("a participant goes down, taken for dead, during a change");
@@ -340,9 +352,13 @@ impl World {
                         a.forgetting = None;
                         a.forgot_at = Some(self.now);
                         let returning = std::mem::take(&mut a.returning);
+                        let at_drop = a.doom_at_drop;
                         self.log(format!("operator: node {v} forgotten at epoch {}", newest.epoch));
                         self.fault("forget");
-                        if returning {
+                        // One that went down in its drop comes back once the change ended.
+                        if returning && (at_drop || self.rng.random_bool(0.5)) {
+                            self.admin.as_mut().expect("checked").late_return = Some(v);
+                        } else if returning {
                             // It must learn it serves nothing, and give nothing it holds back.
                             self.nodes.get_mut(&v).expect("node exists").active = true;
                             let back = self.now + self.rng.random_range(0..1500);
@@ -373,6 +389,7 @@ impl World {
             State::Settle if self.admin.as_ref().is_some_and(|a| a.forgetting.is_some()) => {
                 self.set_admin(State::Forget, 0)
             }
+            State::Settle if self.dooms_at_drop(&info) => self.set_admin(State::Doom, 0),
             // The forget was taken, but `via` no longer holds it (it lost its disk
             // before the forget spread), and the dead node holds the change again: an
             // operator forgets it again.
@@ -391,12 +408,22 @@ impl World {
             }
             State::Settle if holds && info.phase == qkv_core::membership::Phase::Stable => {
                 self.log(format!("operator: {step:?} settled at epoch {}", newest.epoch));
-                let gap = self.rng.random_range(100..1500);
+                let mut gap = self.rng.random_range(100..1500);
+                if let Some(v) = self.admin.as_mut().expect("checked").late_return.take() {
+                    // Back once tombstones deleted during the change may be purged, before
+                    // the next step (its replace) begins.
+                    let back = self.rng.random_range(800..6000);
+                    self.nodes.get_mut(&v).expect("node exists").active = true;
+                    self.at(self.now + back, Ev::Restart(v));
+                    self.fault("a forgotten node comes back after the change ended");
+                    gap = back + self.rng.random_range(300..1000);
+                }
                 let now = self.now;
                 let a = self.admin.as_mut().expect("checked");
                 a.at += 1;
                 a.committed = false;
                 a.killed = false;
+                a.doom_at_drop = false;
                 a.forgot_at = None;
                 a.acked = None;
                 a.settled = Some((newest.epoch, now));
@@ -425,6 +452,14 @@ impl World {
         }
     }
 
+    /// Whether the doomed node, waited for until the drop, is in it now, as `via` sees.
+    fn dooms_at_drop(&self, info: &ClusterInfo) -> bool {
+        let Some(a) = self.admin.as_ref() else { return false };
+        let Some(v) = a.doom[a.at].filter(|_| a.doom_at_drop && !a.killed) else { return false };
+        let e = info.cluster.epoch();
+        info.phase == qkv_core::membership::Phase::Dropping && info.cluster.progress_of(v).dropped < e
+    }
+
     /// The current step's doomed node, if it is dead (not taken back) and `info` shows
     /// it a member not forgotten.
     fn doomed_unforgotten(&self, info: &ClusterInfo) -> Option<NodeId> {
@@ -438,7 +473,15 @@ impl World {
     /// the operator forgets it before waiting for the change to end.
     fn after_commit(&mut self) {
         let Some(a) = self.admin.as_ref() else { return };
-        if a.doom[a.at].is_some() && !a.killed {
+        let replaced_next = |v: NodeId| matches!(a.steps.get(a.at + 1), Some(Step::Replace { old, .. }) if *old == v);
+        if let Some(v) = a.doom[a.at]
+            && !a.killed
+            && replaced_next(v)
+            && self.rng.random_bool(0.25)
+        {
+            self.admin.as_mut().expect("checked").doom_at_drop = true;
+            self.set_admin(State::Settle, 0);
+        } else if a.doom[a.at].is_some() && !a.killed {
             let wait = self.rng.random_range(0..1500);
             self.set_admin(State::Doom, wait);
         } else if a.forgetting.is_some() {
