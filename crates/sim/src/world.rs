@@ -553,6 +553,16 @@ impl World {
     /// Node `id`'s disk is lost: note every dot it held that no other durable disk holds
     /// (or covers), then wipe it; the node restarts under a new epoch.
     fn wipe(&mut self, id: NodeId) {
+        self.note_disk_lost(id);
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        node.disk.borrow_mut().wipe();
+        node.epoch = self.rng.random_range(1..=u32::MAX);
+        node.boot = 0;
+    }
+
+    /// What node `id` holds counts as lost from now, as by a wipe: its disk is lost, or
+    /// the operator forgot the node, so the cluster takes nothing from it again.
+    fn note_disk_lost(&mut self, id: NodeId) {
         self.wipes.push((id, self.now));
         // Every incarnation's acks: an ack of an earlier one may still be on its way.
         self.lost_incs.extend((0..=self.nodes[&id].inc).map(|i| (id, i)));
@@ -573,10 +583,6 @@ impl World {
             let k = kept(&key);
             self.note_destroyed(&key, &set, k);
         }
-        let node = self.nodes.get_mut(&id).expect("node exists");
-        node.disk.borrow_mut().wipe();
-        node.epoch = self.rng.random_range(1..=u32::MAX);
-        node.boot = 0;
     }
 
     /// Every node loses power: `buffer` nodes lose what was acked but never synced. Note

@@ -355,6 +355,11 @@ impl World {
                         let at_drop = a.doom_at_drop;
                         self.log(format!("operator: node {v} forgotten at epoch {}", newest.epoch));
                         self.fault("forget");
+                        if returning {
+                            // What it alone held is lost to the cluster, as its docs say: a
+                            // write only it has, or a strict read that misses one, is excused.
+                            self.note_disk_lost(v);
+                        }
                         // One that went down in its drop comes back once the change ended.
                         if returning && (at_drop || self.rng.random_bool(0.5)) {
                             self.admin.as_mut().expect("checked").late_return = Some(v);
