@@ -17,8 +17,9 @@
 //! acknowledged. Disk wipes lose flushed ones, so they come with excuses: a write
 //! whose every durable copy a wipe destroyed ([`Facts::destroyed`]) may be lost, an
 //! overwrite whose copies were destroyed may leave the old value, and a strict read
-//! may miss a write if a home replica of the key was wiped after the write began
-//! (the wiped replica answers until anti-entropy refills it).
+//! may miss a destroyed write, or any write if a home replica of the key was wiped
+//! after the write began (the wiped replica answers until anti-entropy refills it).
+//! A node the operator forgets is not wiped, but what it alone held is destroyed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -270,6 +271,7 @@ fn check_key(key: &[u8], entries: &[&Entry], fin: &FinalKey, facts: &Facts<'_>, 
             }
             if let Some(dot) = w.dot()
                 && !context.seen.covers(dot)
+                && !facts.destroyed.contains(&dot)
                 && !wiped_between(w.invoked_ms, r.completed_ms)
                 && !purged_by(dot, r.completed_ms)
             {

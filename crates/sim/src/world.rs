@@ -213,6 +213,8 @@ enum Ev {
     },
     Crash(NodeId),
     Restart(NodeId),
+    /// A node the operator had taken for dead comes back (it counts as active again).
+    Return(NodeId),
     Partition(Vec<(NodeId, NodeId)>),
     Heal,
     ClockJump(NodeId, i64),
@@ -560,13 +562,20 @@ impl World {
         node.boot = 0;
     }
 
-    /// What node `id` holds counts as lost from now, as by a wipe: its disk is lost, or
-    /// the operator forgot the node, so the cluster takes nothing from it again.
+    /// Node `id`'s disk is lost: a wipe's bookkeeping (the strict-read excuse for
+    /// every key it homed, and what it alone held).
     fn note_disk_lost(&mut self, id: NodeId) {
         self.wipes.push((id, self.now));
+        self.disks_lost.push((id, self.now));
+        self.note_holdings_lost(id);
+    }
+
+    /// What node `id` holds counts as lost from now: its disk is lost, or the operator
+    /// forgot it (the cluster takes nothing from it again). The dots no other durable
+    /// disk keeps are destroyed, and its acks still on their way vouch for nothing.
+    fn note_holdings_lost(&mut self, id: NodeId) {
         // Every incarnation's acks: an ack of an earlier one may still be on its way.
         self.lost_incs.extend((0..=self.nodes[&id].inc).map(|i| (id, i)));
-        self.disks_lost.push((id, self.now));
         let others: Vec<Disk> =
             self.nodes.iter().filter(|(n, _)| **n != id).map(|(_, n)| n.disk.borrow().clone()).collect();
         let kept = |key: &[u8]| join_all(others.iter().map(|d| d.durable_seen(key, true)));
@@ -957,6 +966,10 @@ impl World {
             }
             Ev::Admin => self.admin_tick(),
             Ev::AdminTimeout { seq } => self.admin_answer(seq, None),
+            Ev::Return(n) => {
+                self.nodes.get_mut(&n).expect("node exists").active = true;
+                self.at(self.now, Ev::Restart(n));
+            }
             Ev::Restart(n) => {
                 if self.nodes[&n].core.is_none() && self.nodes[&n].active {
                     self.start(n);

@@ -358,7 +358,7 @@ impl World {
                         if returning {
                             // What it alone held is lost to the cluster, as its docs say: a
                             // write only it has, or a strict read that misses one, is excused.
-                            self.note_disk_lost(v);
+                            self.note_holdings_lost(v);
                         }
                         // One that went down in its drop comes back once the change ended.
                         if returning && (at_drop || self.rng.random_bool(0.5)) {
@@ -418,8 +418,7 @@ impl World {
                     // Back once tombstones deleted during the change may be purged, before
                     // the next step (its replace) begins.
                     let back = self.rng.random_range(800..6000);
-                    self.nodes.get_mut(&v).expect("node exists").active = true;
-                    self.at(self.now + back, Ev::Restart(v));
+                    self.at(self.now + back, Ev::Return(v));
                     self.fault("a forgotten node comes back after the change ended");
                     gap = back + self.rng.random_range(300..1000);
                 }
