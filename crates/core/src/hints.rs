@@ -229,14 +229,14 @@ impl HintIndex {
         o.by_age.iter().take_while(|(t, _)| *t <= cutoff).take(limit).map(|(_, k)| k.clone()).collect()
     }
 
-    /// Mark a batch for `owner` of `bytes` in flight outside [`HintIndex::next_batch`]
-    /// (one sent to another home replica), within the pace; false when over it.
     /// Whether the pace allows a batch now (refilled to `now_ms`).
     pub fn can_send(&mut self, now_ms: u64) -> bool {
         self.tokens.refill(now_ms);
         self.tokens.tokens() > 0.0
     }
 
+    /// Mark a batch for `owner` of `bytes` in flight outside [`HintIndex::next_batch`]
+    /// (one sent to another home replica), within the pace; false when over it.
     pub fn start_batch(&mut self, owner: NodeId, bytes: u64, now_ms: u64) -> bool {
         self.tokens.refill(now_ms);
         let Some(o) = self.owners.get_mut(&owner) else { return false };

@@ -434,14 +434,15 @@ impl Cluster {
 
     /// A cluster from this node's own disk: as [`Cluster::decode`], but one stored with
     /// every member of its newest layout forgotten (an earlier release allowed that
-    /// while a member of the layout being left was not) gets its lowest such member
-    /// back, with a warning, rather than keep the node from starting.
-    pub fn decode_stored(bytes: &[u8]) -> Result<Cluster, String> {
+    /// while a member of the layout being left was not) gets one such member back,
+    /// with a warning, rather than keep the node from starting: `me` when it is one
+    /// (it runs, so it is not gone), else the lowest.
+    pub fn decode_stored(bytes: &[u8], me: NodeId) -> Result<Cluster, String> {
         let mut c = Cluster::parse(bytes)?;
         let newest: Vec<NodeId> = c.newest().members.keys().copied().collect();
         if !c.lost.is_empty()
             && newest.iter().all(|m| c.lost.contains(m))
-            && let Some(&back) = newest.first()
+            && let Some(&back) = newest.iter().find(|&&m| m == me).or(newest.first())
         {
             tracing::warn!(node = back, "every member of the stored layout was forgotten: node {back} is not");
             c.lost.remove(&back);
@@ -950,8 +951,16 @@ mod tests {
         bad.lost.insert(2);
         assert!(Cluster::decode(&bad.encode()).is_err(), "a stored cluster with no live newest member");
         // As an earlier release could store it: on this node's own disk, it is mended.
-        let mended = Cluster::decode_stored(&bad.encode()).unwrap();
+        let mended = Cluster::decode_stored(&bad.encode(), 1).unwrap();
         assert_eq!(mended.lost, [1].into());
+        let mut all = Cluster::new(Layout::initial(&seeds(3), 64, 1).unwrap());
+        all.lost = [1, 2, 3].into();
+        assert_eq!(
+            Cluster::decode_stored(&all.encode(), 2).unwrap().lost,
+            [1, 3].into(),
+            "the node itself, which runs"
+        );
+        assert_eq!(Cluster::decode_stored(&all.encode(), 9).unwrap().lost, [2, 3].into(), "else the lowest");
         let mut bad = three();
         bad.lost.insert(9);
         assert!(Cluster::decode(&bad.encode()).is_err());

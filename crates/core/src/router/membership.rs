@@ -96,13 +96,19 @@ const DROP_RETRY_MS: u64 = 1_000;
 
 impl Members {
     /// From the store, or `initial` on a node's first start.
-    pub fn load<S: Store>(store: &S, initial: &Layout, bytes_per_s: u64, now_ms: u64) -> Result<Members, Error> {
+    pub fn load<S: Store>(
+        store: &S,
+        me: NodeId,
+        initial: &Layout,
+        bytes_per_s: u64,
+        now_ms: u64,
+    ) -> Result<Members, Error> {
         let damaged = |what: &str, e: String| Error::Storage(format!("the stored {what} is damaged: {e}"));
         // A stored cluster wins once a change was committed; until then the config's
         // layout does (so a node's `peers` can still be edited as before).
         let cluster = match store.get_meta("cluster")? {
             Some(b) => {
-                let stored = Cluster::decode_stored(&b).map_err(|e| damaged("cluster layout", e))?;
+                let stored = Cluster::decode_stored(&b, me).map_err(|e| damaged("cluster layout", e))?;
                 if stored.epoch() > initial.epoch { stored } else { Cluster::new(initial.clone()) }
             }
             None => Cluster::new(initial.clone()),

@@ -223,7 +223,7 @@ impl<S: Store> Core<S> {
             return Err(StartError::BugsNotBuilt);
         }
         cfg.layout.check()?;
-        let members = membership::Members::load(&store, &cfg.layout, cfg.transfer_bytes_per_s, now_ms)?;
+        let members = membership::Members::load(&store, cfg.me, &cfg.layout, cfg.transfer_bytes_per_s, now_ms)?;
         let ring = members.cluster.newest().checked_ring()?;
         let ids: Vec<NodeId> = members.cluster.members().into_iter().collect();
         let detector = Detector::new(cfg.me, cfg.incarnation, ids, cfg.down_after_ms, now_ms);
