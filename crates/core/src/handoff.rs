@@ -246,13 +246,13 @@ fn redirect<S: Store, F: Fn(NodeId) -> bool>(env: &mut Env<'_, S, F>, owner: Nod
         };
         // Rather a home replica that did not coordinate the hint's writes: one that did
         // already holds them, and handing them to it would leave one copy of two.
-        let coordinators: BTreeSet<NodeId> = h.set.siblings().iter().map(|s| actor_node(s.dot.actor)).collect();
-        let better = up.iter().copied().find(|n| !coordinators.contains(n));
+        let coordinated = |n: NodeId| h.set.siblings().iter().any(|s| actor_node(s.dot.actor) == n);
+        let better = up.iter().copied().find(|&n| !coordinated(n));
         match target {
             None => target = better.or(up.first().copied()),
             // This batch's target holds the write while another home replica that is up
             // does not: a later batch takes it there.
-            Some(t) if coordinators.contains(&t) && better.is_some() => continue,
+            Some(t) if coordinated(t) && better.is_some() => continue,
             Some(_) => {}
         }
         // Within the batch's bytes, as for the owner's own batches (a hint larger than

@@ -178,6 +178,11 @@ impl Cluster {
         m
     }
 
+    /// Whether some member is forgotten and every member of `layout` is.
+    pub fn all_forgotten(&self, layout: &Layout) -> bool {
+        !self.lost.is_empty() && layout.members.keys().all(|m| self.lost.contains(m))
+    }
+
     /// Whether forgetting `id` too leaves a member of the newest layout not forgotten
     /// (the layout the cluster goes on with; one of an old layout alone is not enough:
     /// once the old one retires, nobody would be left).
@@ -389,7 +394,7 @@ impl Cluster {
         if let Some(id) = self.lost.iter().find(|id| !self.is_member(**id)) {
             return Err(format!("node {id} is forgotten but not a member"));
         }
-        if !self.lost.is_empty() && self.newest().members.keys().all(|m| self.lost.contains(m)) {
+        if self.all_forgotten(self.newest()) {
             return Err(format!("every member of epoch {} is forgotten", self.epoch()));
         }
         Ok(())
@@ -440,8 +445,7 @@ impl Cluster {
     pub fn decode_stored(bytes: &[u8], me: NodeId) -> Result<Cluster, String> {
         let mut c = Cluster::parse(bytes)?;
         let newest: Vec<NodeId> = c.newest().members.keys().copied().collect();
-        if !c.lost.is_empty()
-            && newest.iter().all(|m| c.lost.contains(m))
+        if c.all_forgotten(c.newest())
             && let Some(&back) = newest.iter().find(|&&m| m == me).or(newest.first())
         {
             tracing::warn!(node = back, "every member of the stored layout was forgotten: node {back} is not");

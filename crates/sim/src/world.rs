@@ -528,8 +528,14 @@ impl World {
                 d
             })
             .collect();
-        for (key, set) in gone {
-            let kept = join_all(disks.iter().map(|d| d.durable_seen(&key, true)));
+        self.destroy_unless_kept(gone, &disks, true);
+    }
+
+    /// The writes in `states` that none of `disks` keeps durably (`running`: see
+    /// [`Disk::durable_seen`]) are destroyed.
+    fn destroy_unless_kept(&mut self, states: Vec<(Vec<u8>, DvvSet)>, disks: &[Disk], running: bool) {
+        for (key, set) in states {
+            let kept = join_all(disks.iter().map(|d| d.durable_seen(&key, running)));
             self.note_destroyed(&key, &set, kept);
         }
     }
@@ -578,20 +584,9 @@ impl World {
         self.lost_incs.extend((0..=self.nodes[&id].inc).map(|i| (id, i)));
         let others: Vec<Disk> =
             self.nodes.iter().filter(|(n, _)| **n != id).map(|(_, n)| n.disk.borrow().clone()).collect();
-        let kept = |key: &[u8]| join_all(others.iter().map(|d| d.durable_seen(key, true)));
-        let mine: Vec<(Vec<u8>, DvvSet)> = {
-            // What the process saw: a `buffer` node acked writes not yet durable.
-            let d = self.nodes[&id].disk.borrow();
-            let c = d.current();
-            c.entries()
-                .map(|(k, s)| (k.to_vec(), s.clone()))
-                .chain(c.hints.iter().map(|((_, k), h)| (k.clone(), h.set.clone())))
-                .collect()
-        };
-        for (key, set) in mine {
-            let k = kept(&key);
-            self.note_destroyed(&key, &set, k);
-        }
+        // What the process saw: a `buffer` node acked writes not yet durable.
+        let mine = held_states(self.nodes[&id].disk.borrow().current());
+        self.destroy_unless_kept(mine, &others, true);
     }
 
     /// Every node loses power: `buffer` nodes lose what was acked but never synced. Note
@@ -599,7 +594,6 @@ impl World {
     /// nothing across a power loss) and, as for a wipe, which home replicas lost writes.
     fn lose_unsynced(&mut self) {
         let disks: Vec<Disk> = self.nodes.values().map(|n| n.disk.borrow().clone()).collect();
-        let kept = |key: &[u8]| join_all(disks.iter().map(|d| d.durable_seen(key, false)));
         let mut lost = vec![];
         let mut states = vec![];
         for (&id, n) in &self.nodes {
@@ -609,17 +603,9 @@ impl World {
                 continue;
             }
             lost.push(id);
-            let c = d.current();
-            states.extend(
-                c.entries()
-                    .map(|(k, s)| (k.to_vec(), s.clone()))
-                    .chain(c.hints.iter().map(|((_, k), h)| (k.clone(), h.set.clone()))),
-            );
+            states.extend(held_states(d.current()));
         }
-        for (key, set) in states {
-            let k = kept(&key);
-            self.note_destroyed(&key, &set, k);
-        }
+        self.destroy_unless_kept(states, &disks, false);
         for id in lost {
             self.wipes.push((id, self.now));
             self.lost_incs.insert((id, self.nodes[&id].inc));
@@ -1260,6 +1246,14 @@ impl World {
         let Ok(ring) = self.settled() else { return false };
         keys.iter().all(|key| self.final_key(&ring, key).agrees())
     }
+}
+
+/// Every state a store holds, its keys' and its hints'.
+fn held_states(c: &Contents) -> Vec<(Vec<u8>, DvvSet)> {
+    c.entries()
+        .map(|(k, s)| (k.to_vec(), s.clone()))
+        .chain(c.hints.iter().map(|((_, k), h)| (k.clone(), h.set.clone())))
+        .collect()
 }
 
 /// The join of several `Seen`s: a dot is covered by it when one of them covers it.

@@ -1266,8 +1266,7 @@ impl<S: Store> Core<S> {
             l = l.apply(c).map_err(|e| Error::BadRequest(e.to_string()))?;
         }
         // A layout of forgotten nodes alone would have nobody to go on with.
-        let c = &self.members.cluster;
-        if !c.lost.is_empty() && l.members.keys().all(|m| c.is_lost(*m)) {
+        if self.members.cluster.all_forgotten(&l) {
             return Err(Error::BadRequest(
                 "every member of the staged layout is forgotten: replace them, or stage a join".into(),
             ));
