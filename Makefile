@@ -2,6 +2,8 @@
 NODES ?= 3
 QUICK ?= 0
 export NODES
+# Where cargo puts binaries (CARGO_TARGET_DIR when set, as cargo itself does).
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
 .PHONY: cluster stop status kill start-node logs clean join leave test bench bench-aae bench-join build sim chaos
 
@@ -15,7 +17,7 @@ stop:
 	@./cluster/cluster.sh stop
 
 status:
-	@./target/release/qkv --config cluster/client.toml status
+	@$(TARGET_DIR)/release/qkv --config cluster/client.toml status
 
 kill:
 	@./cluster/cluster.sh kill
@@ -72,4 +74,4 @@ DURATION ?= 60
 PROFILE ?= release
 chaos:
 	cargo build $(if $(filter release,$(PROFILE)),--release,) --workspace --bins
-	./target/$(PROFILE)/qkv-chaos --duration $(DURATION) --nodes $(if $(filter 1 2,$(NODES)),3,$(NODES))
+	$(TARGET_DIR)/$(PROFILE)/qkv-chaos --duration $(DURATION) --nodes $(if $(filter 1 2,$(NODES)),3,$(NODES))

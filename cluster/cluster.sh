@@ -5,7 +5,10 @@ set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(dirname "$here")"
-bin="${QKV_BIN:-$root/target/release}"
+# Binaries: QKV_BIN, else cargo's target dir (CARGO_TARGET_DIR, relative to the root, or target/).
+target="${CARGO_TARGET_DIR:-target}"
+[[ "$target" = /* ]] || target="$root/$target"
+bin="${QKV_BIN:-$target/release}"
 nodes="${NODES:-3}"
 base_port="${BASE_PORT:-7001}"
 wait_s="${WAIT_S:-20}"
@@ -222,7 +225,7 @@ case "${1:-}" in
 quorumkv: nodes $(active_ids | tr '\n' ' ')up on 127.0.0.1:$base_port and on, N=$(( nodes < 3 ? nodes : 3 )).
 Talk to it from this directory (qkv reads cluster/client.toml):
 
-  export PATH="\$PWD/target/release:\$PATH"
+  export PATH="$(if [[ "$bin" == "$root/"* ]]; then echo "\$PWD/${bin#"$root/"}"; else echo "$bin"; fi):\$PATH"
   qkv put greeting hello
   qkv get greeting --r all
   qkv status
