@@ -199,7 +199,8 @@ pub struct Sibling {
 pub struct DvvSet {
     clock: VersionVector,
     /// Dots seen outside the clock (overwritten by a writer who saw them, not received yet).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Always serialised: in the compact form fields go by position (see `frame`).
+    #[serde(default)]
     cloud: Vec<Dot>,
     siblings: Vec<Sibling>,
 }

@@ -2,6 +2,12 @@
 //!
 //! The length is checked against the limit before anything is allocated;
 //! the version byte is checked before the body is decoded.
+//!
+//! Bodies are compact msgpack: struct fields by position, not by name (enum
+//! variants keep their names). The decoder takes either form, so a node reads the
+//! named frames of earlier releases, and they read these. A field added to a
+//! message goes last, with a serde default, and is never skipped when serialising
+//! unless it is last: a skipped field in the middle would shift the ones after it.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -20,8 +26,7 @@ pub const FRAME_BYTES_MAX_DEFAULT: usize = 24 * 1024 * 1024;
 pub fn encode<T: Serialize>(msg: &T, frame_bytes_max: usize) -> Result<Vec<u8>, Error> {
     let mut out = vec![0u8; LEN_BYTES];
     out.push(PROTOCOL_VERSION);
-    rmp_serde::encode::write_named(&mut out, msg)
-        .map_err(|e| Error::BadRequest(format!("cannot encode message: {e}")))?;
+    rmp_serde::encode::write(&mut out, msg).map_err(|e| Error::BadRequest(format!("cannot encode message: {e}")))?;
     let body = out.len() - LEN_BYTES;
     if body > frame_bytes_max {
         return Err(Error::TooLarge { what: "frame".into(), size: body as u64, max: frame_bytes_max as u64 });

@@ -55,6 +55,9 @@ fn default_transfer_bytes_per_s() -> u64 {
 fn default_period_ms() -> u64 {
     100
 }
+fn default_core_thread() -> bool {
+    false
+}
 fn default_ping_ms() -> u64 {
     qkv_core::liveness::PING_INTERVAL_MS_DEFAULT
 }
@@ -123,6 +126,11 @@ pub struct Config {
     /// Tokio worker threads; 0 means one per core.
     #[serde(default)]
     pub worker_threads: usize,
+    /// Run the core (and its storage calls) on a thread of its own, fed through its
+    /// inboxes, instead of as a task on the runtime's workers (the default: fewer
+    /// wake-ups between threads; see README "Performance").
+    #[serde(default = "default_core_thread")]
+    pub core_thread: bool,
     /// Certificates.
     pub tls: TlsPaths,
     /// Settings given under their names of before the sections (still read).
@@ -180,6 +188,7 @@ const ENV_KEYS: &[(&str, &[&str])] = &[
     ("PING_INTERVAL_MS", &["ping_interval_ms"]),
     ("DOWN_AFTER_MS", &["down_after_ms"]),
     ("WORKER_THREADS", &["worker_threads"]),
+    ("CORE_THREAD", &["core_thread"]),
     ("HINTS_BYTES_MAX", &["hints", "total_bytes_max"]),
     ("HINTS_OWNER_BYTES_MAX", &["hints", "owner_bytes_max"]),
     ("HINT_WINDOW_MS", &["hints", "window_ms"]),

@@ -5,11 +5,14 @@
 //! - [`config`]: the TOML config, `QKV_*` overrides, validation.
 //! - [`storage`]: fjall keyspaces, persist policies, group commit.
 //! - [`migrate`]: bringing a data dir of an earlier layout up to this build's.
-//! - [`service`]: the driver running the sans-IO `qkv_core::Core` on tokio and quinn.
+//! - [`driver`]: the core thread that owns the sans-IO `qkv_core::Core`, its inboxes and
+//!   the per-peer sender tasks.
+//! - [`service`]: the request handler, and what the core thread shares with the tasks.
 //! - [`status`]: the status reply, made from the core's report.
 //! - [`metrics`]: the metrics registry; [`http`]: the Prometheus endpoint.
 
 pub mod config;
+pub mod driver;
 pub mod http;
 pub mod metrics;
 pub mod migrate;
@@ -55,11 +58,10 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result
             cfg.id
         );
     }
-    let timers = tokio::spawn(node.clone().timer_loop());
     qkv_transport::serve(endpoint.clone(), std::sync::Arc::new(node.clone()), frame_bytes_max, shutdown).await;
-    timers.abort();
     info!("shutting down: closing connections");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    node.stop().await;
     node.storage().flush()?;
     info!("storage flushed; bye");
     Ok(())

@@ -1,45 +1,46 @@
-//! The node's driver: runs the sans-IO [`Core`] with tokio, quinn and fjall.
+//! The node: the request handler the transport calls, and what the core thread
+//! ([`crate::driver`]) shares with it and with the peer tasks (peer addresses, the
+//! connection pool, the fault switch, metrics).
 //!
-//! The core sits behind one mutex. Every event (a request, a peer's answer, a
-//! completed flush, a timer) takes the lock, feeds the core, drains its outputs
-//! and releases the lock before carrying them out, so no I/O happens under it.
+//! A request reaches the core through one of the core thread's inboxes and is
+//! answered through a oneshot channel; requests about the node itself (status,
+//! stats, placement) run as queries on the core thread. Nothing here takes a lock
+//! around the core: there is none.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use qkv_core::router::{FORWARD_MARGIN_MS, REQUEST_TIMEOUT_MS_MAX};
-use qkv_core::{Core, CoreConfig, Output, ReqId};
+use qkv_core::{Core, CoreConfig};
 use qkv_proto::{AnsweredBy, Error, NodeId, Request, Response, StatsReply};
 use qkv_transport::{Handler, PeerRole, Pool, server};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 
 use crate::config::Config;
+use crate::driver::{CoreThread, Event, Inbox, Lane};
 use crate::metrics::Metrics;
 use crate::storage::{Storage, StoreHandle};
 
 /// A request unanswered this long after its own deadline is failed by the driver (a bug guard).
 const SAFETY_MARGIN_MS: u64 = 5_000;
+/// How long a status, stats or metrics query waits for the core thread.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
-struct Inner {
-    core: Mutex<Core<StoreHandle>>,
-    storage: Arc<Storage>,
+/// What the node's tasks and its core thread share.
+pub struct Shared {
+    pub(crate) storage: Arc<Storage>,
     pool: Pool,
     /// Where to dial each peer: the members of the layouts in effect, and the config's
     /// seeds for nodes no layout names (yet).
     addrs: RwLock<PeerAddrs>,
-    /// The layout epoch `addrs` was last rebuilt for (compared under the core's lock).
-    addrs_epoch: AtomicU64,
-    waiters: Mutex<HashMap<ReqId, oneshot::Sender<Response>>>,
-    next_req: AtomicU64,
-    timer: Notify,
-    start: Instant,
+    /// Monotonic time zero of the core.
+    pub(crate) start: Instant,
     fault_injection: bool,
     /// Peers cut off by the test-only fault switch.
-    isolated: Mutex<BTreeSet<NodeId>>,
-    metrics: Metrics,
+    isolated: RwLock<BTreeSet<NodeId>>,
+    pub(crate) metrics: Metrics,
     metrics_addr: Option<SocketAddr>,
 }
 
@@ -90,12 +91,16 @@ impl PeerAddrs {
 /// Members whose peer address changed the layout, at most this many looked up at once.
 const LOOKUPS_MAX: usize = qkv_core::layout::MEMBERS_MAX;
 
-/// The request handler and driver; cheap to clone.
+/// The request handler; cheap to clone.
 #[derive(Clone)]
-pub struct Node(Arc<Inner>);
+pub struct Node {
+    shared: Arc<Shared>,
+    inbox: Inbox,
+    thread: Arc<Mutex<Option<CoreThread>>>,
+}
 
 impl Node {
-    /// Assemble a node from its parts.
+    /// Assemble a node from its parts and start its core thread (inside a tokio runtime).
     pub fn new(
         cfg: &Config,
         storage: Arc<Storage>,
@@ -126,68 +131,83 @@ impl Node {
         if cfg.fault_injection {
             tracing::warn!("fault_injection is on: any node certificate may cut this node off (tests only)");
         }
-        Ok(Node(Arc::new(Inner {
-            core: Mutex::new(core),
+        let shared = Arc::new(Shared {
             storage,
             pool,
             addrs: RwLock::new(PeerAddrs { epoch: 0, map: seeds.clone(), seeds }),
-            // Not an epoch any layout has: the first event rebuilds the map from the core's.
-            addrs_epoch: AtomicU64::new(u64::MAX),
-            waiters: Mutex::new(HashMap::new()),
-            next_req: AtomicU64::new(1),
-            timer: Notify::new(),
             start: Instant::now(),
             fault_injection: cfg.fault_injection,
-            isolated: Mutex::new(BTreeSet::new()),
+            isolated: RwLock::new(BTreeSet::new()),
             metrics: Metrics::new(cfg.id),
             metrics_addr,
-        })))
+        });
+        let (inbox, thread) = crate::driver::start(core, shared.clone(), cfg.core_thread)?;
+        Ok(Node { shared, inbox, thread: Arc::new(Mutex::new(Some(thread))) })
     }
 
     /// The node's storage (for shutdown).
     pub fn storage(&self) -> &Storage {
-        &self.0.storage
+        &self.shared.storage
+    }
+
+    /// Stop the core thread and wait for it: nothing reaches the core afterwards.
+    pub async fn stop(&self) {
+        let Some(thread) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        let inbox = self.inbox.clone();
+        // The urgent inbox drains first; a full one still takes the stop in time.
+        let _ = tokio::task::spawn_blocking(move || inbox.stop(Duration::from_secs(10))).await;
+        thread.join().await;
     }
 
     fn now_ms(&self) -> u64 {
-        self.0.start.elapsed().as_millis() as u64
+        self.shared.start.elapsed().as_millis() as u64
     }
 
-    /// Feed the core under its lock, then carry out what it asks outside the lock.
-    fn with_core(&self, f: impl FnOnce(&mut Core<StoreHandle>, u64)) {
-        let (outputs, earlier, members): (Vec<Output>, bool, _) = {
-            let mut core = self.0.core.lock().unwrap_or_else(|p| p.into_inner());
-            let due = core.poll_timeout();
-            f(&mut core, self.now_ms());
-            // The layout moved: re-read the members' addresses before sending anything.
-            let epoch = core.layout_epoch();
-            let members = (self.0.addrs_epoch.swap(epoch, Ordering::Relaxed) != epoch).then(|| {
-                let ids = core.membership().cluster.members();
-                let members: Vec<(NodeId, String)> =
-                    ids.into_iter().filter_map(|id| core.peer_addr(id).map(|a| (id, a.to_string()))).collect();
-                (epoch, members)
-            });
-            (std::iter::from_fn(|| core.poll_output()).collect(), core.poll_timeout() < due, members)
+    /// Run `f` on the core thread and wait (bounded) for its result.
+    async fn query<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Core<StoreHandle>, u64) -> T + Send + 'static,
+    ) -> Result<T, Error> {
+        let (tx, rx) = oneshot::channel();
+        let run = move |c: &mut Core<StoreHandle>, now| {
+            let _ = tx.send(f(c, now));
         };
-        if let Some((epoch, members)) = members {
-            self.update_addrs(epoch, &members);
-        }
-        for o in outputs {
-            self.perform(o);
-        }
-        // The timer task sleeps until the deadline it last saw: wake it only if one came earlier.
-        if earlier {
-            self.0.timer.notify_one();
+        self.inbox.post(Lane::Urgent, Event::Query(Box::new(run)))?;
+        match tokio::time::timeout(QUERY_TIMEOUT, rx).await {
+            Ok(Ok(t)) => Ok(t),
+            Ok(Err(_)) => Err(Error::ShuttingDown),
+            Err(_) => Err(Error::Internal(format!("the core thread did not answer within {QUERY_TIMEOUT:?}"))),
         }
     }
 
+    /// [`Node::query`] from a thread that may block (the metrics render).
+    fn query_blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Core<StoreHandle>, u64) -> T + Send + 'static,
+    ) -> Result<T, Error> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let run = move |c: &mut Core<StoreHandle>, now| {
+            let _ = tx.send(f(c, now));
+        };
+        self.inbox.post(Lane::Urgent, Event::Query(Box::new(run)))?;
+        rx.recv_timeout(QUERY_TIMEOUT).map_err(|e| match e {
+            crossbeam_channel::RecvTimeoutError::Timeout => {
+                Error::Internal(format!("the core thread did not answer within {QUERY_TIMEOUT:?}"))
+            }
+            crossbeam_channel::RecvTimeoutError::Disconnected => Error::ShuttingDown,
+        })
+    }
+}
+
+impl Shared {
     /// Rebuild the peer addresses for layout `epoch`; names that are not `ip:port` are
     /// looked up on the blocking pool (never under a lock), each kept once it resolves.
-    fn update_addrs(&self, epoch: u64, members: &[(NodeId, String)]) {
-        let lookup = self.0.addrs.write().unwrap_or_else(|p| p.into_inner()).rebuild(epoch, members);
+    /// Called inside the runtime.
+    pub(crate) fn update_addrs(self: &Arc<Self>, epoch: u64, members: &[(NodeId, String)]) {
+        let lookup = self.addrs.write().unwrap_or_else(|p| p.into_inner()).rebuild(epoch, members);
         tracing::debug!(epoch, members = members.len(), "peer addresses follow the layout");
         for (id, name) in lookup.into_iter().take(LOOKUPS_MAX) {
-            let node = self.clone();
+            let shared = self.clone();
             tokio::spawn(async move {
                 let looked = tokio::task::spawn_blocking({
                     let name = name.clone();
@@ -195,7 +215,7 @@ impl Node {
                 });
                 match tokio::time::timeout(Duration::from_secs(10), looked).await {
                     Ok(Ok(Ok(Some(addr)))) => {
-                        node.0.addrs.write().unwrap_or_else(|p| p.into_inner()).resolved(epoch, id, addr)
+                        shared.addrs.write().unwrap_or_else(|p| p.into_inner()).resolved(epoch, id, addr)
                     }
                     Ok(Ok(Ok(None))) => tracing::warn!(id, "node {id}'s address `{name}` resolves to nothing"),
                     Ok(Ok(Err(e))) => tracing::warn!(id, "node {id}'s address `{name}`: {e}"),
@@ -206,140 +226,84 @@ impl Node {
         }
     }
 
-    fn perform(&self, o: Output) {
-        match o {
-            Output::Send { rpc, to, req, timeout_ms } => {
-                let node = self.clone();
-                tokio::spawn(async move {
-                    let addr = node.0.addrs.read().unwrap_or_else(|p| p.into_inner()).map.get(&to).copied();
-                    let r = match addr {
-                        _ if node.is_isolated(to) => {
-                            Err(Error::Unreachable(format!("node {to} is cut off (fault injection)")))
-                        }
-                        Some(addr) => node
-                            .0
-                            .pool
-                            .request(addr, &req, Duration::from_millis(timeout_ms))
-                            .await
-                            .map_err(Error::from),
-                        None => {
-                            tracing::debug!(to, "no address for node {to}: not in a layout in effect, nor a seed");
-                            Err(Error::Unreachable(format!("unknown node {to}")))
-                        }
-                    };
-                    node.with_core(|c, now| c.handle_response(now, rpc, r));
-                });
-            }
-            Output::Reply { req, resp } => {
-                if let Some(tx) = self.0.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&req) {
-                    let _ = tx.send(resp);
-                }
-            }
-            Output::Flush { token, .. } if self.0.storage.needs_sync() => {
-                let node = self.clone();
-                tokio::spawn(async move {
-                    let r = node.0.storage.durable().await;
-                    node.with_core(|c, now| c.handle_flushed(now, token, r));
-                });
-            }
-            // buffer and periodic, for a counter lease: fdatasync off the async workers.
-            Output::Flush { token, sync: true } => {
-                let node = self.clone();
-                tokio::spawn(async move {
-                    let storage = node.0.storage.clone();
-                    let r = tokio::task::spawn_blocking(move || storage.sync_data())
-                        .await
-                        .unwrap_or(Err(Error::ShuttingDown));
-                    node.with_core(|c, now| c.handle_flushed(now, token, r));
-                });
-            }
-            // buffer and periodic: the write is already flushed to the OS.
-            Output::Flush { token, sync: false } => self.with_core(|c, now| c.handle_flushed(now, token, Ok(()))),
-        }
+    fn is_isolated(&self, id: NodeId) -> bool {
+        self.isolated.read().unwrap_or_else(|p| p.into_inner()).contains(&id)
     }
 
-    /// Fire the core's timers (deadlines, pings) until the task is aborted.
-    pub async fn timer_loop(self) {
-        loop {
-            let next = self.0.core.lock().unwrap_or_else(|p| p.into_inner()).poll_timeout();
-            let at = tokio::time::Instant::from_std(self.0.start + Duration::from_millis(next));
-            tokio::select! {
-                _ = tokio::time::sleep_until(at) => {
-                    let mut lag = vec![];
-                    self.with_core(|c, now| {
-                        c.handle_timeout(now);
-                        lag = c.take_lag_samples();
-                    });
-                    self.0.metrics.lag(&lag);
-                }
-                _ = self.0.timer.notified() => {}
+    /// Send `req` to node `to` and wait for its answer, within `timeout_ms`.
+    pub(crate) async fn request(&self, to: NodeId, req: &Request, timeout_ms: u64) -> Result<Response, Error> {
+        if self.is_isolated(to) {
+            return Err(Error::Unreachable(format!("node {to} is cut off (fault injection)")));
+        }
+        let addr = self.addrs.read().unwrap_or_else(|p| p.into_inner()).map.get(&to).copied();
+        match addr {
+            Some(addr) => self.pool.request(addr, req, Duration::from_millis(timeout_ms)).await.map_err(Error::from),
+            None => {
+                tracing::debug!(to, "no address for node {to}: not in a layout in effect, nor a seed");
+                Err(Error::Unreachable(format!("unknown node {to}")))
             }
         }
     }
 }
 
 impl Node {
-    fn is_isolated(&self, id: NodeId) -> bool {
-        self.0.isolated.lock().unwrap_or_else(|p| p.into_inner()).contains(&id)
+    /// The status reply, from the core's report now, and the writes not yet on every replica.
+    async fn status(&self) -> Result<(qkv_proto::StatusReply, usize), Error> {
+        self.query(|core, now| (crate::status::status_reply(&core.report(now)), core.lag_pending().0)).await
     }
 
-    /// The status reply, from the core's report now.
-    fn status(&self) -> (qkv_proto::StatusReply, usize) {
-        let now = self.now_ms();
-        let core = self.0.core.lock().unwrap_or_else(|p| p.into_inner());
-        let report = core.report(now);
-        let (pending, _) = core.lag_pending();
-        drop(core);
-        (crate::status::status_reply(&report), pending)
-    }
-
-    fn stats(&self) -> (qkv_proto::StatusReply, StatsReply) {
-        let (status, pending) = self.status();
+    fn stats_from(&self, status: qkv_proto::StatusReply, pending: usize) -> (qkv_proto::StatusReply, StatsReply) {
         let base = StatsReply {
             node: status.node,
             uptime_ms: self.now_ms(),
             replication_lag_pending: pending as u64,
-            storage_bytes: self.0.storage.disk_bytes(),
-            metrics_addr: self.0.metrics_addr.map(|a| a.to_string()),
+            storage_bytes: self.shared.storage.disk_bytes(),
+            metrics_addr: self.shared.metrics_addr.map(|a| a.to_string()),
             ..Default::default()
         };
-        let stats = self.0.metrics.stats(&status, base);
+        let stats = self.shared.metrics.stats(&status, base);
         (status, stats)
     }
 
     /// A request about the node itself ([`AnsweredBy::Driver`]).
-    fn answer_here(&self, req: Request) -> Response {
-        match req {
+    async fn answer_here(&self, req: Request) -> Response {
+        let answer = match req {
             Request::Fault { isolate } => {
-                if !self.0.fault_injection {
+                if !self.shared.fault_injection {
                     return Response::Error(Error::NotAuthorized("fault injection is disabled on this node".into()));
                 }
                 tracing::warn!(?isolate, "fault injection: cutting off peers");
-                *self.0.isolated.lock().unwrap_or_else(|p| p.into_inner()) = isolate.into_iter().collect();
-                Response::ReplicaAck
+                *self.shared.isolated.write().unwrap_or_else(|p| p.into_inner()) = isolate.into_iter().collect();
+                Ok(Response::ReplicaAck)
             }
-            Request::Stats => Response::Stats(self.stats().1),
-            Request::Status => Response::Status(self.status().0),
-            Request::Ring { key } => {
-                let placed = self.0.core.lock().unwrap_or_else(|p| p.into_inner()).placement(&key);
-                match placed {
-                    Ok(replicas) => Response::Ring(qkv_proto::RingReply { replicas }),
-                    Err(e) => Response::Error(e),
-                }
+            Request::Stats => self.status().await.map(|(s, pending)| Response::Stats(self.stats_from(s, pending).1)),
+            Request::Status => self.status().await.map(|(s, _)| Response::Status(s)),
+            Request::Ring { key } => self
+                .query(move |core, _| core.placement(&key))
+                .await
+                .and_then(|placed| placed.map(|replicas| Response::Ring(qkv_proto::RingReply { replicas }))),
+            other => Err(Error::Internal(format!("the driver has no answer to {other:?}"))),
+        };
+        answer.unwrap_or_else(Response::Error)
+    }
+
+    /// The Prometheus exposition (blocks on the core thread: call it off the async workers).
+    pub fn prometheus(&self) -> String {
+        let queried = self.query_blocking(|core, now| {
+            let status = crate::status::status_reply(&core.report(now));
+            (status, core.lag_pending().0, core.membership())
+        });
+        match queried {
+            Ok((status, pending, info)) => {
+                let (status, stats) = self.stats_from(status, pending);
+                self.shared.metrics.prometheus(&status, &stats, &crate::metrics::MembershipStats::new(&info))
             }
-            other => Response::Error(Error::Internal(format!("the driver has no answer to {other:?}"))),
+            Err(e) => format!("# the node could not render its metrics: {e}\n"),
         }
     }
 
-    /// The Prometheus exposition.
-    pub fn prometheus(&self) -> String {
-        let (status, stats) = self.stats();
-        let info = self.0.core.lock().unwrap_or_else(|p| p.into_inner()).membership();
-        self.0.metrics.prometheus(&status, &stats, &crate::metrics::MembershipStats::new(&info))
-    }
-
     /// Serve one request through the core, recording client requests in the metrics.
-    async fn serve(&self, req: Request) -> Response {
+    async fn serve(&self, lane: Lane, req: Request) -> Response {
         let measured = match &req {
             Request::Get(g) => Some(("get", g.r.to_string(), g.strict)),
             Request::Put(p) if !p.forwarded => {
@@ -348,7 +312,7 @@ impl Node {
             _ => None,
         };
         let started = Instant::now();
-        let resp = self.through_core(req).await;
+        let resp = self.through_core(lane, req).await;
         if let Some((op, level, strict)) = measured {
             let micros = started.elapsed().as_micros() as u64;
             let outcome = match &resp {
@@ -356,26 +320,23 @@ impl Node {
                 Response::Get(g) => Ok(Some(g.values.len())),
                 _ => Ok(None),
             };
-            self.0.metrics.request(op, level, strict, micros, outcome);
+            self.shared.metrics.request(op, level, strict, micros, outcome);
         }
         resp
     }
 
-    async fn through_core(&self, req: Request) -> Response {
-        let id = self.0.next_req.fetch_add(1, Ordering::Relaxed);
+    async fn through_core(&self, lane: Lane, req: Request) -> Response {
         let (tx, rx) = oneshot::channel();
-        self.0.waiters.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
-        self.with_core(|c, now| c.handle_request(now, id, req));
+        if let Err(e) = self.inbox.post(lane, Event::Request { req, reply: tx }) {
+            return Response::Error(e);
+        }
         // Past the longest an operation can run (a forwarded write's deadline and margin):
         // every request the core takes is answered by then, whatever its config.
         let guard = Duration::from_millis(REQUEST_TIMEOUT_MS_MAX + FORWARD_MARGIN_MS + SAFETY_MARGIN_MS);
         match tokio::time::timeout(guard, rx).await {
             Ok(Ok(resp)) => resp,
             Ok(Err(_)) => Response::Error(Error::ShuttingDown),
-            Err(_) => {
-                self.0.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-                Response::Error(Error::Internal("the core never answered the request".into()))
-            }
+            Err(_) => Response::Error(Error::Internal("the core never answered the request".into())),
         }
     }
 }
@@ -386,13 +347,18 @@ impl Handler for Node {
             return Response::Error(Error::NotAuthorized(req.sender().refusal().into()));
         }
         if let PeerRole::Node(id) = role
-            && self.is_isolated(id)
+            && self.shared.is_isolated(id)
         {
             return Response::Error(Error::Unreachable(format!("node {id} is cut off (fault injection)")));
         }
+        let lane = match (&req, role) {
+            (Request::Ping { .. }, _) => Lane::Urgent,
+            (_, PeerRole::Node(_)) => Lane::Peer,
+            _ => Lane::Client,
+        };
         match req.answered_by() {
-            AnsweredBy::Driver => self.answer_here(req),
-            AnsweredBy::Core => self.serve(req).await,
+            AnsweredBy::Driver => self.answer_here(req).await,
+            AnsweredBy::Core => self.serve(lane, req).await,
         }
     }
 }

@@ -6,13 +6,15 @@
 //! of one arc of the ring, and of one anti-entropy leaf, are one range scan.
 //!
 //! Records carry a format version byte before their msgpack body, so later
-//! releases can read what older ones wrote.
+//! releases can read what older ones wrote (version 1: fields by name; 2: by position).
 //!
+//! Writes go to fjall's journal buffer; the core thread flushes it to the OS once per
+//! round, before any write of the round is acknowledged ([`Storage::flush_journal`]).
 //! Persist policies, each applied before a write is acknowledged:
-//! - `buffer` (default): the journal is flushed to the OS on every write, so an
-//!   acked write survives the process being killed (not a power loss).
-//! - `sync`: also fdatasync before the ack; concurrent writers share one
-//!   fdatasync (group commit) through a dedicated thread.
+//! - `buffer` (default): the journal is flushed to the OS, so an acked write survives
+//!   the process being killed (not a power loss).
+//! - `sync`: also fdatasync; every write waiting for one shares the next (group
+//!   commit) on a dedicated thread, and writes keep coming while it runs.
 //! - `periodic`: `buffer`, plus an fdatasync every `persist_period_ms`.
 
 use std::sync::Arc;
@@ -28,7 +30,10 @@ use serde::Deserialize;
 use tokio::sync::oneshot;
 use tracing::error;
 
-const RECORD_VERSION: u8 = 1;
+/// Records written now: msgpack with struct fields by position (compact).
+const RECORD_VERSION: u8 = 2;
+/// Records of earlier releases: msgpack with field names. Still read.
+const RECORD_VERSION_NAMED: u8 = 1;
 /// Layout of the data directory; 2 = token-prefixed `data` keys. Earlier layouts
 /// are migrated at open ([`crate::migrate`]).
 pub(crate) const FORMAT: u64 = 2;
@@ -48,8 +53,11 @@ pub enum Persist {
     Periodic,
 }
 
-/// A writer waiting for a sync, with the store's sequence number after its write.
-type Waiter = (u64, oneshot::Sender<Result<(), String>>);
+/// What a group commit calls when its fdatasync is done.
+pub type SyncDone = Box<dyn FnOnce(Result<(), Error>) + Send>;
+
+/// A batch waiting for a sync, with the store's sequence number after its writes.
+type Waiter = (u64, SyncDone);
 
 /// The node's storage.
 pub struct Storage {
@@ -62,27 +70,33 @@ pub struct Storage {
     boot: u64,
     epoch: u32,
     fresh: bool,
+    policy: Persist,
+    /// The group-commit thread's queue (every policy: the core's lease and vote syncs
+    /// need an fdatasync under any).
     syncer: Option<Sender<Waiter>>,
-    stop: Option<Sender<Waiter>>,
-    thread: Option<JoinHandle<()>>,
+    /// Stops the periodic sync.
+    stop: Option<Sender<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 fn storage_err(e: impl std::fmt::Display) -> Error {
     Error::Storage(e.to_string())
 }
 
-/// A record: format version byte, then msgpack.
+/// A record: format version byte, then compact msgpack (fields by position; a field
+/// added later goes last, with a serde default).
 fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     let mut out = vec![RECORD_VERSION];
     // DVV sets and hints are integers and byte strings: they always serialise.
-    rmp_serde::encode::write_named(&mut out, value).expect("record serialises");
+    rmp_serde::encode::write(&mut out, value).expect("record serialises");
     out
 }
 
 /// Decode a record written by [`encode`]; `valid` checks what a corrupt disk could break.
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str, valid: impl Fn(&T) -> bool) -> Result<T, Error> {
     match bytes.split_first() {
-        Some((&RECORD_VERSION, rest)) => {
+        // The decoder takes structs by position or by name alike.
+        Some((&(RECORD_VERSION | RECORD_VERSION_NAMED), rest)) => {
             let v: T = rmp_serde::from_slice(rest).map_err(|e| Error::Storage(format!("corrupt {what}: {e}")))?;
             if !valid(&v) {
                 return Err(Error::Storage(format!("corrupt {what}: invalid version vector set")));
@@ -107,8 +121,11 @@ impl Storage {
     /// Refuses a data directory that belongs to another node id.
     pub fn open(dir: &std::path::Path, id: NodeId, policy: Persist, period_ms: u64) -> anyhow::Result<Storage> {
         std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", dir.display()))?;
+        // The journal is flushed to the OS by `flush_journal`, once for all the writes the
+        // core made in a round, before any of them is acknowledged (not once per write).
         let db = Database::builder(dir)
             .worker_threads(1)
+            .manual_journal_persist(true)
             .open()
             .map_err(|e| anyhow::anyhow!("cannot open data dir {}: {e}", dir.display()))?;
         let data = db.keyspace("data", KeyspaceCreateOptions::default)?;
@@ -155,29 +172,33 @@ impl Storage {
         let boot = (meta_u64(&meta, "boot")?.unwrap_or(0) + 1).max(wall_ms as u64);
         meta.insert("boot", boot.to_be_bytes())?;
         db.persist(PersistMode::SyncAll)?;
-        let mut s =
-            Storage { db, data, hints, purged, meta, boot, epoch, fresh, syncer: None, stop: None, thread: None };
-        match policy {
-            Persist::Buffer => {}
-            Persist::Sync => {
-                let (tx, rx) = bounded::<Waiter>(SYNC_WAITERS_MAX);
-                let db = s.db.clone();
-                s.thread = Some(
-                    std::thread::Builder::new().name("qkv-group-commit".into()).spawn(move || group_commit(db, rx))?,
-                );
-                s.syncer = Some(tx);
-            }
-            Persist::Periodic => {
-                let (tx, rx) = bounded::<Waiter>(1);
-                let db = s.db.clone();
-                let period = Duration::from_millis(period_ms);
-                s.thread = Some(
-                    std::thread::Builder::new()
-                        .name("qkv-periodic-sync".into())
-                        .spawn(move || periodic(db, rx, period))?,
-                );
-                s.stop = Some(tx);
-            }
+        let mut s = Storage {
+            db,
+            data,
+            hints,
+            purged,
+            meta,
+            boot,
+            epoch,
+            fresh,
+            policy,
+            syncer: None,
+            stop: None,
+            threads: vec![],
+        };
+        let (tx, rx) = bounded::<Waiter>(SYNC_WAITERS_MAX);
+        let db = s.db.clone();
+        s.threads
+            .push(std::thread::Builder::new().name("qkv-group-commit".into()).spawn(move || group_commit(db, rx))?);
+        s.syncer = Some(tx);
+        if policy == Persist::Periodic {
+            let (tx, rx) = bounded::<()>(1);
+            let db = s.db.clone();
+            let period = Duration::from_millis(period_ms);
+            s.threads.push(
+                std::thread::Builder::new().name("qkv-periodic-sync".into()).spawn(move || periodic(db, rx, period))?,
+            );
+            s.stop = Some(tx);
         }
         Ok(s)
     }
@@ -202,34 +223,47 @@ impl Storage {
         self.fresh
     }
 
-    /// Store the state of `key`. It is in the journal, flushed to the OS, when this
-    /// returns; call [`Storage::durable`] before acknowledging to honour the policy.
+    /// Store the state of `key`. It is in the journal's buffer when this returns; call
+    /// [`Storage::flush_journal`] (and, under `sync`, [`Storage::durable`]) before
+    /// acknowledging it.
     pub fn put(&self, key: &[u8], set: &DvvSet) -> Result<(), Error> {
         self.data.insert(data_key(key), encode(set)).map_err(storage_err)
     }
 
-    /// True when writes need [`Storage::durable`] before their ack (the `sync` policy).
+    /// True when every write needs an fdatasync before its ack (the `sync` policy).
     pub fn needs_sync(&self) -> bool {
-        self.syncer.is_some()
+        self.policy == Persist::Sync
     }
 
-    /// Wait until everything written so far is durable under the policy.
-    pub async fn durable(&self) -> Result<(), Error> {
+    /// Hand every write so far to the OS (one `write` of the journal's buffer): it then
+    /// survives the process being killed. What `buffer` acknowledges after.
+    pub fn flush_journal(&self) -> Result<(), Error> {
+        self.db.persist(PersistMode::Buffer).map_err(storage_err)
+    }
+
+    /// Make everything written so far durable against power loss (fdatasync), then call
+    /// `done` from the group-commit thread. Writes queued while a sync runs share the
+    /// next one. A full queue is an error, and `done` is not called.
+    pub fn sync_later(&self, done: SyncDone) -> Result<(), Error> {
         let Some(tx) = &self.syncer else {
-            return Ok(());
+            return Err(Error::ShuttingDown);
         };
-        let (wtx, wrx) = oneshot::channel();
-        match tx.try_send((self.db.seqno(), wtx)) {
-            Ok(()) => {}
+        match tx.try_send((self.db.seqno(), done)) {
+            Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => {
-                return Err(Error::Storage("too many writes waiting for fdatasync".into()));
+                Err(Error::Storage(format!("{SYNC_WAITERS_MAX} batches of writes are waiting for fdatasync")))
             }
-            Err(TrySendError::Disconnected(_)) => return Err(Error::ShuttingDown),
+            Err(TrySendError::Disconnected(_)) => Err(Error::ShuttingDown),
         }
-        match wrx.await {
-            Ok(r) => r.map_err(Error::Storage),
-            Err(_) => Err(Error::ShuttingDown),
-        }
+    }
+
+    /// Wait until everything written so far is durable against power loss.
+    pub async fn durable(&self) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.sync_later(Box::new(move |r| {
+            let _ = tx.send(r);
+        }))?;
+        rx.await.unwrap_or(Err(Error::ShuttingDown))
     }
 
     /// Bytes on disk.
@@ -253,7 +287,7 @@ impl Drop for Storage {
     fn drop(&mut self) {
         self.syncer = None;
         self.stop = None;
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
         let marked = self.meta.insert("clean", [1u8]).and_then(|()| self.db.persist(PersistMode::SyncAll));
@@ -390,18 +424,18 @@ fn group_commit(db: Database, rx: Receiver<Waiter>) {
         batch.extend(rx.try_iter());
         // Everything written up to here is in this sync; so is every waiter's write.
         let covered = db.seqno();
-        let r = db.persist(PersistMode::SyncData).map_err(|e| e.to_string());
+        let r = db.persist(PersistMode::SyncData).map_err(storage_err);
         if let Err(e) = &r {
             error!("fdatasync failed: {e}");
         }
-        for (written, w) in batch {
+        for (written, done) in batch {
             assert!(written <= covered, "a sync acks a write after it ({written} > {covered})");
-            let _ = w.send(r.clone());
+            done(r.clone());
         }
     }
 }
 
-fn periodic(db: Database, stop: Receiver<Waiter>, period: Duration) {
+fn periodic(db: Database, stop: Receiver<()>, period: Duration) {
     loop {
         match stop.recv_timeout(period) {
             Err(RecvTimeoutError::Timeout) => {
