@@ -1,15 +1,25 @@
-//! The read state machine: answer after R replies, then finish read repair.
+//! The read state machine: ask R replicas, answer after R replies, then finish
+//! read repair.
 //!
-//! Driver contract: create a [`GetOp`], ask every id in [`GetOp::targets`] for
-//! its state (the coordinator's own local read included), feed each answer to
-//! [`GetOp::on_reply`] / [`GetOp::on_failure`], and call [`GetOp::on_timeout`]
-//! at [`GetOp::deadline_ms`]. Carry out every returned [`GetAction`]; stop when
-//! [`GetOp::is_finished`]. After the answer the op keeps collecting the
-//! remaining replies (up to the deadline) so it can repair every replica that
-//! answered with a state older than the merge.
+//! Driver contract: create a [`GetOp`] and carry out the actions of
+//! [`GetOp::start`]; feed each answer to [`GetOp::on_reply`], [`GetOp::on_digest`]
+//! or [`GetOp::on_failure`], and call [`GetOp::on_timeout`] at
+//! [`GetOp::next_wakeup_ms`]. Carry out every returned [`GetAction`]; stop when
+//! [`GetOp::is_finished`].
+//!
+//! A read asks R of its targets for their states (the coordinator's own first, when
+//! it is one), not all of them: an R = one read is one local lookup. A target that
+//! fails, or that has not answered after the hedge delay, is replaced by the next
+//! one. A *checked* read (a sample of reads; see the router) also asks the targets
+//! it did not ask for the digest of their state, after the answer's fashion of not
+//! waiting: a digest that differs from the merge fetches that replica's state, and
+//! read repair then covers it too. Every replica whose state does not cover the
+//! merge of what the read gathered is repaired; unchecked reads repair only among
+//! the replicas they asked, and anti-entropy does the rest.
 
 use qkv_proto::{DvvSet, Error, NodeId};
 
+use crate::merkle::digest;
 use crate::quorum::{Tally, tally};
 
 /// What the driver must do.
@@ -17,6 +27,16 @@ use crate::quorum::{Tally, tally};
 pub enum GetAction {
     /// Answer the client: the merge of the replies so far.
     Reply(Result<GetAnswer, Error>),
+    /// Ask `to` for its state of the key (the coordinator's own read included).
+    Ask {
+        /// The replica.
+        to: NodeId,
+    },
+    /// Ask `to` for the digest of its state of the key only (a checked read).
+    AskDigest {
+        /// The replica.
+        to: NodeId,
+    },
     /// Read repair: send `set` to `to`, which answered with less.
     Repair {
         /// The stale replica.
@@ -35,45 +55,131 @@ pub struct GetAnswer {
     pub replied: usize,
 }
 
+/// How a checked read's digests compared, once it finished.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CheckOutcome {
+    /// Digests that came back.
+    pub compared: usize,
+    /// Of them, those that differed from the merge (their replica was fetched).
+    pub differed: usize,
+}
+
 /// One read in flight.
 #[derive(Debug)]
 pub struct GetOp {
+    key: Vec<u8>,
     needed: usize,
     targets: Vec<NodeId>,
+    /// Targets asked for their states, in order.
+    asked: Vec<NodeId>,
+    /// Targets asked for a digest only.
+    digest_asked: Vec<NodeId>,
     replies: Vec<(NodeId, DvvSet)>,
     failed: Vec<(NodeId, Error)>,
+    digests: Vec<(NodeId, u64)>,
+    digest_failed: Vec<NodeId>,
+    differed: usize,
     deadline_ms: u64,
+    hedge_ms: u64,
+    /// When to ask one more target if the answer has not come (`None`: no more hedges).
+    hedge_at_ms: Option<u64>,
     answered: bool,
     finished: bool,
 }
 
+/// How long a read waits for the replicas it asked before it also asks the next
+/// target: a twentieth of its deadline, at most 50 ms (a replica that stopped
+/// answering costs a read that much, not its whole deadline).
+pub fn hedge_ms(timeout_ms: u64) -> u64 {
+    (timeout_ms / 20).clamp(1, 50)
+}
+
 impl GetOp {
-    /// A read of `targets` needing `needed` replies.
-    pub fn new(targets: Vec<NodeId>, needed: usize, now_ms: u64, timeout_ms: u64) -> Self {
-        GetOp {
+    /// A read of `key` needing `needed` of `targets` (the first asked first); `check`:
+    /// also compare the digests of the targets it does not ask.
+    pub fn new(key: &[u8], targets: Vec<NodeId>, needed: usize, now_ms: u64, timeout_ms: u64, check: bool) -> Self {
+        let hedge_ms = hedge_ms(timeout_ms);
+        let mut op = GetOp {
+            key: key.to_vec(),
             needed,
             targets,
+            asked: vec![],
+            digest_asked: vec![],
             replies: vec![],
             failed: vec![],
+            digests: vec![],
+            digest_failed: vec![],
+            differed: 0,
             deadline_ms: now_ms + timeout_ms,
+            hedge_ms,
+            hedge_at_ms: None,
             answered: false,
             finished: false,
+        };
+        if check {
+            op.digest_asked = op.targets.iter().skip(needed).copied().collect();
         }
+        op
     }
 
-    /// The replicas to ask.
+    /// The first requests: the state of the first R targets, and the digests of the
+    /// others in a checked read.
+    #[must_use]
+    pub fn start(&mut self, now_ms: u64) -> Vec<GetAction> {
+        let first: Vec<NodeId> = self.targets.iter().take(self.needed).copied().collect();
+        let mut out: Vec<GetAction> = first.into_iter().map(|to| self.ask(to)).collect();
+        out.extend(self.digest_asked.iter().map(|&to| GetAction::AskDigest { to }));
+        if self.spare().is_some() {
+            self.hedge_at_ms = Some(now_ms + self.hedge_ms);
+        }
+        out
+    }
+
+    /// Every target (for tests and placement checks).
     pub fn targets(&self) -> &[NodeId] {
         &self.targets
     }
 
-    /// When the driver must call [`GetOp::on_timeout`].
+    /// The replicas asked for their states so far.
+    pub fn asked(&self) -> &[NodeId] {
+        &self.asked
+    }
+
+    /// The read's deadline.
     pub fn deadline_ms(&self) -> u64 {
         self.deadline_ms
+    }
+
+    /// When the driver must call [`GetOp::on_timeout`] next.
+    pub fn next_wakeup_ms(&self) -> u64 {
+        match self.hedge_at_ms {
+            Some(h) if !self.answered => h.min(self.deadline_ms),
+            _ => self.deadline_ms,
+        }
     }
 
     /// True once the answer is sent and read repair is planned.
     pub fn is_finished(&self) -> bool {
         self.finished
+    }
+
+    /// A checked read's digests, once finished (`None`: not a checked read).
+    pub fn check_outcome(&self) -> Option<CheckOutcome> {
+        (!self.digest_asked.is_empty() || !self.digests.is_empty())
+            .then_some(CheckOutcome { compared: self.digests.len(), differed: self.differed })
+    }
+
+    fn ask(&mut self, to: NodeId) -> GetAction {
+        self.asked.push(to);
+        GetAction::Ask { to }
+    }
+
+    /// The next target asked for nothing yet, or only for its digest.
+    fn spare(&self) -> Option<NodeId> {
+        let failed = |n: NodeId| self.failed.iter().any(|f| f.0 == n) || self.digest_failed.contains(&n);
+        let mut rest = self.targets.iter().copied().filter(|n| !self.asked.contains(n) && !failed(*n));
+        let fresh = rest.clone().find(|n| !self.digest_asked.contains(n));
+        fresh.or_else(|| rest.next())
     }
 
     /// A replica's state (`None`: it never saw the key).
@@ -85,20 +191,64 @@ impl GetOp {
         self.step()
     }
 
-    /// A replica failed or could not be reached.
+    /// A replica's digest of its state (a checked read).
     #[must_use]
-    pub fn on_failure(&mut self, from: NodeId, err: Error) -> Vec<GetAction> {
-        if self.is_new(from) {
-            self.failed.push((from, err));
+    pub fn on_digest(&mut self, from: NodeId, d: u64) -> Vec<GetAction> {
+        if !self.finished
+            && self.digest_asked.contains(&from)
+            && !self.digests.iter().any(|x| x.0 == from)
+            && !self.digest_failed.contains(&from)
+        {
+            self.digests.push((from, d));
         }
         self.step()
     }
 
-    /// The deadline passed: answer with a timeout if still unanswered, and repair what replied.
+    /// A replica failed or could not be reached (for its state or its digest).
+    #[must_use]
+    pub fn on_failure(&mut self, from: NodeId, err: Error) -> Vec<GetAction> {
+        let mut out = vec![];
+        if self.is_new(from) {
+            self.failed.push((from, err));
+            // Ask another while the answer is still to come.
+            if !self.answered
+                && let Some(to) = self.spare()
+            {
+                out.push(self.ask(to));
+            }
+        } else if !self.finished
+            && self.digest_asked.contains(&from)
+            && !self.digests.iter().any(|x| x.0 == from)
+            && !self.digest_failed.contains(&from)
+        {
+            self.digest_failed.push(from);
+        }
+        out.extend(self.step());
+        out
+    }
+
+    /// Time passed: past the hedge delay ask one more target; past the deadline answer
+    /// with a timeout if still unanswered, and repair what replied.
     #[must_use]
     pub fn on_timeout(&mut self, now_ms: u64) -> Vec<GetAction> {
-        if self.finished || now_ms < self.deadline_ms {
+        if self.finished {
             return vec![];
+        }
+        if now_ms < self.deadline_ms {
+            let mut out = vec![];
+            if let Some(h) = self.hedge_at_ms
+                && now_ms >= h
+                && !self.answered
+            {
+                self.hedge_at_ms = None;
+                if let Some(to) = self.spare() {
+                    out.push(self.ask(to));
+                    if self.spare().is_some() {
+                        self.hedge_at_ms = Some(now_ms + self.hedge_ms);
+                    }
+                }
+            }
+            return out;
         }
         let mut out = vec![];
         if !self.answered {
@@ -115,7 +265,7 @@ impl GetOp {
 
     fn is_new(&self, from: NodeId) -> bool {
         !self.finished
-            && self.targets.contains(&from)
+            && self.asked.contains(&from)
             && !self.replies.iter().any(|r| r.0 == from)
             && !self.failed.iter().any(|f| f.0 == from)
     }
@@ -148,21 +298,46 @@ impl GetOp {
                 }
             }
         }
-        if self.replies.len() + self.failed.len() == self.targets.len() {
-            out.extend(self.finish());
+        let states_in = self.replies.len() + self.failed.len() == self.asked.len();
+        let digests_in = self.digests.len() + self.digest_failed.len() == self.digest_asked.len();
+        if self.answered && states_in && digests_in {
+            // A digest that is no state the read holds: fetch that replica's state, so
+            // the repair covers it (and what it held reaches the others). A digest of a
+            // state it holds stands for that state.
+            let known: Vec<u64> = self.replies.iter().map(|(_, s)| digest(&self.key, s)).collect();
+            let unknown: Vec<NodeId> = self
+                .digests
+                .iter()
+                .filter(|(n, d)| !known.contains(d) && !self.asked.contains(n))
+                .map(|(n, _)| *n)
+                .collect();
+            if unknown.is_empty() {
+                out.extend(self.finish());
+            } else {
+                self.differed += unknown.len();
+                out.extend(unknown.into_iter().map(|to| self.ask(to)));
+            }
         }
         out
     }
 
-    /// Plan read repair: every replica whose reply does not cover the merge gets the merge.
+    /// Plan read repair: every replica whose state does not cover the merge gets the
+    /// merge (those that sent a digest of a state the read holds included).
     fn finish(&mut self) -> Vec<GetAction> {
         self.finished = true;
         let merged = self.merged();
-        self.replies
-            .iter()
-            .filter(|(_, s)| !s.covers(&merged))
-            .map(|(to, _)| GetAction::Repair { to: *to, set: merged.clone() })
-            .collect()
+        let mut stale: Vec<NodeId> =
+            self.replies.iter().filter(|(_, s)| !s.covers(&merged)).map(|(to, _)| *to).collect();
+        for (n, d) in &self.digests {
+            if self.asked.contains(n) {
+                continue;
+            }
+            let held = self.replies.iter().find(|(_, s)| digest(&self.key, s) == *d);
+            if held.is_some_and(|(_, s)| !s.covers(&merged)) {
+                stale.push(*n);
+            }
+        }
+        stale.into_iter().map(|to| GetAction::Repair { to, set: merged.clone() }).collect()
     }
 }
 
@@ -177,35 +352,85 @@ mod tests {
         s
     }
 
+    fn asks(actions: &[GetAction]) -> Vec<NodeId> {
+        actions.iter().filter_map(|a| if let GetAction::Ask { to } = a { Some(*to) } else { None }).collect()
+    }
+
+    #[test]
+    fn r_one_asks_one_replica_and_answers_from_it() {
+        let mut op = GetOp::new(b"k", vec![1, 2, 3], 1, 0, 1000, false);
+        assert_eq!(op.start(0), vec![GetAction::Ask { to: 1 }]);
+        let a = op.on_reply(1, Some(set(b"v", 1)));
+        assert_eq!(a, vec![GetAction::Reply(Ok(GetAnswer { set: set(b"v", 1), replied: 1 }))]);
+        assert!(op.is_finished(), "nothing else was asked");
+        assert_eq!(op.check_outcome(), None);
+    }
+
     #[test]
     fn answers_at_r_then_repairs_the_stale_replica() {
         let fresh = set(b"v", 1);
-        let mut op = GetOp::new(vec![1, 2, 3], 2, 0, 1000);
+        let mut op = GetOp::new(b"k", vec![1, 2, 3], 3, 0, 1000, false);
+        assert_eq!(asks(&op.start(0)), vec![1, 2, 3]);
         assert!(op.on_reply(1, Some(fresh.clone())).is_empty());
-        let a = op.on_reply(2, Some(fresh.clone()));
-        assert_eq!(a, vec![GetAction::Reply(Ok(GetAnswer { set: fresh.clone(), replied: 2 }))]);
-        assert!(!op.is_finished());
+        assert!(op.on_reply(2, Some(fresh.clone())).is_empty());
         let a = op.on_reply(3, None);
-        assert_eq!(a, vec![GetAction::Repair { to: 3, set: fresh }]);
+        assert_eq!(a[0], GetAction::Reply(Ok(GetAnswer { set: fresh.clone(), replied: 3 })));
+        assert_eq!(a[1], GetAction::Repair { to: 3, set: fresh });
         assert!(op.is_finished());
     }
 
     #[test]
-    fn divergent_replies_are_merged_and_both_sides_repaired() {
+    fn a_failed_replica_is_replaced_by_the_next_target() {
+        let mut op = GetOp::new(b"k", vec![1, 2, 3], 2, 0, 1000, false);
+        assert_eq!(asks(&op.start(0)), vec![1, 2]);
+        assert!(op.on_reply(1, None).is_empty());
+        let a = op.on_failure(2, Error::ShuttingDown);
+        assert_eq!(a, vec![GetAction::Ask { to: 3 }]);
+        let a = op.on_reply(3, None);
+        assert!(matches!(a[0], GetAction::Reply(Ok(GetAnswer { replied: 2, .. }))));
+    }
+
+    #[test]
+    fn a_slow_replica_is_hedged_after_the_delay() {
+        let mut op = GetOp::new(b"k", vec![1, 2, 3], 1, 0, 1000, false);
+        assert_eq!(asks(&op.start(0)), vec![1]);
+        assert_eq!(op.next_wakeup_ms(), 50);
+        assert!(op.on_timeout(49).is_empty());
+        assert_eq!(op.on_timeout(50), vec![GetAction::Ask { to: 2 }]);
+        assert_eq!(op.next_wakeup_ms(), 100);
+        let a = op.on_reply(2, Some(set(b"v", 2)));
+        assert!(matches!(a[0], GetAction::Reply(Ok(_))));
+        // The slow one still counts for repair when it answers.
+        assert!(!op.is_finished());
+        let a = op.on_reply(1, None);
+        assert_eq!(a, vec![GetAction::Repair { to: 1, set: set(b"v", 2) }]);
+    }
+
+    #[test]
+    fn a_checked_read_fetches_a_replica_whose_digest_differs_and_repairs_everyone() {
         let (a, b) = (set(b"a", 1), set(b"b", 2));
-        let mut op = GetOp::new(vec![1, 2], 2, 0, 1000);
-        assert!(op.on_reply(1, Some(a.clone())).is_empty());
-        let acts = op.on_reply(2, Some(b.clone()));
+        let mut op = GetOp::new(b"k", vec![1, 2, 3], 1, 0, 1000, true);
+        let first = op.start(0);
+        assert_eq!(
+            first,
+            vec![GetAction::Ask { to: 1 }, GetAction::AskDigest { to: 2 }, GetAction::AskDigest { to: 3 }]
+        );
+        let acts = op.on_reply(1, Some(a.clone()));
+        assert_eq!(acts, vec![GetAction::Reply(Ok(GetAnswer { set: a.clone(), replied: 1 }))], "no wait for digests");
+        assert!(op.on_digest(2, digest(b"k", &a)).is_empty(), "2 holds what 1 answered");
+        assert_eq!(op.on_digest(3, digest(b"k", &b)), vec![GetAction::Ask { to: 3 }], "3 differs: fetched");
+        let acts = op.on_reply(3, Some(b.clone()));
         let merged = a.merged(&b);
-        assert_eq!(acts.len(), 3);
-        assert_eq!(acts[0], GetAction::Reply(Ok(GetAnswer { set: merged.clone(), replied: 2 })));
-        assert!(acts.contains(&GetAction::Repair { to: 1, set: merged.clone() }));
-        assert!(acts.contains(&GetAction::Repair { to: 2, set: merged }));
+        let repaired = |to| GetAction::Repair { to, set: merged.clone() };
+        assert_eq!(acts, vec![repaired(1), repaired(3), repaired(2)], "2 held `a`: it gets the merge too");
+        assert!(op.is_finished());
+        assert_eq!(op.check_outcome(), Some(CheckOutcome { compared: 2, differed: 1 }));
     }
 
     #[test]
     fn timeout_before_r_is_an_error_and_still_repairs() {
-        let mut op = GetOp::new(vec![1, 2, 3], 3, 0, 1000);
+        let mut op = GetOp::new(b"k", vec![1, 2, 3], 3, 0, 1000, false);
+        let _ = op.start(0);
         assert!(op.on_reply(1, Some(set(b"x", 1))).is_empty());
         assert!(op.on_reply(2, None).is_empty());
         let acts = op.on_timeout(1000);
@@ -217,8 +442,9 @@ mod tests {
 
     #[test]
     fn failures_make_r_unreachable() {
-        let mut op = GetOp::new(vec![1, 2, 3], 2, 0, 1000);
-        assert!(op.on_failure(1, Error::ShuttingDown).is_empty());
+        let mut op = GetOp::new(b"k", vec![1, 2, 3], 2, 0, 1000, false);
+        let _ = op.start(0);
+        assert_eq!(op.on_failure(1, Error::ShuttingDown), vec![GetAction::Ask { to: 3 }]);
         let acts = op.on_failure(2, Error::ShuttingDown);
         assert!(matches!(acts[0], GetAction::Reply(Err(Error::Failed { .. }))));
     }

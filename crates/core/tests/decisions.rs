@@ -144,24 +144,32 @@ fn put(tc: &mut TestCase) -> String {
 fn get(tc: &mut TestCase) -> String {
     let targets = nodes(tc, "targets");
     let needed = number(tc, "needed");
-    let mut op = GetOp::new(targets, needed, 0, TIMEOUT_MS);
-    let mut out = String::new();
-    let mut answered = false;
-    for line in tc.input.lines().filter(|l| !l.trim().is_empty()) {
-        let actions = match event(line) {
-            ("reply", Some(n)) => op.on_reply(n, None),
-            ("fail", Some(n)) => op.on_failure(n, Error::Unreachable(format!("node {n} is down"))),
-            ("timeout", None) => op.on_timeout(TIMEOUT_MS),
-            _ => panic!("unknown event `{line}`"),
-        };
-        let said: Vec<String> = actions
+    let check = tc.args.remove("checked").is_some();
+    let mut op = GetOp::new(b"k", targets, needed, 0, TIMEOUT_MS, check);
+    let say = |actions: &[GetAction]| -> Vec<String> {
+        actions
             .iter()
             .map(|a| match a {
                 GetAction::Reply(Ok(a)) => format!("answered from {} replies", a.replied),
                 GetAction::Reply(Err(e)) => format!("lost: {e}"),
+                GetAction::Ask { to } => format!("ask {to}"),
+                GetAction::AskDigest { to } => format!("ask {to} for a digest"),
                 GetAction::Repair { to, .. } => format!("repair {to}"),
             })
-            .collect();
+            .collect()
+    };
+    let mut out = format!("start: {}\n", say(&op.start(0)).join("; "));
+    let mut answered = false;
+    for line in tc.input.lines().filter(|l| !l.trim().is_empty()) {
+        let actions = match event(line) {
+            ("reply", Some(n)) => op.on_reply(n, None),
+            ("digest", Some(n)) => op.on_digest(n, 7),
+            ("fail", Some(n)) => op.on_failure(n, Error::Unreachable(format!("node {n} is down"))),
+            ("hedge", None) => op.on_timeout(qkv_core::get::hedge_ms(TIMEOUT_MS)),
+            ("timeout", None) => op.on_timeout(TIMEOUT_MS),
+            _ => panic!("unknown event `{line}`"),
+        };
+        let said = say(&actions);
         let said = match (said.is_empty(), answered) {
             (false, _) => said.join("; "),
             (true, true) => "already answered".to_string(),

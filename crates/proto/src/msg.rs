@@ -59,6 +59,13 @@ pub enum Request {
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
+    /// Node-to-node: the digest of this replica's state of a key (a checked read
+    /// compares it with its answer; answered with [`Response::Digest`]).
+    ReplicaDigest {
+        /// The key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
     /// Node-to-node: merge this state into the replica's and persist before acking.
     ReplicaPut {
         /// The key.
@@ -202,6 +209,7 @@ impl Request {
             | Request::AaeRoots { .. }
             | Request::AaeCompare { .. }
             | Request::ReplicaGet { .. }
+            | Request::ReplicaDigest { .. }
             | Request::ReplicaPut { .. }
             | Request::ReplicaHint { .. }
             | Request::ReplicaPutBatch { .. }
@@ -245,6 +253,7 @@ impl Request {
             Request::AaeRoots { .. }
             | Request::AaeCompare { .. }
             | Request::ReplicaGet { .. }
+            | Request::ReplicaDigest { .. }
             | Request::ReplicaPut { .. }
             | Request::ReplicaHint { .. }
             | Request::ReplicaPutBatch { .. }
@@ -434,6 +443,8 @@ pub enum Response {
     ReplicaState(Option<DvvSet>),
     /// A replica merged and persisted the state.
     ReplicaAck,
+    /// The digest of a replica's state of a key ([`Request::ReplicaDigest`]).
+    Digest(u64),
     /// A replica merged and persisted a batch ([`Request::ReplicaPutBatch`]) but for
     /// the items at these indices, which it refused because the key's merged state
     /// would pass twice the per-key limit (the sender keeps them and tries again
@@ -562,6 +573,13 @@ pub struct StatusReply {
     /// The per-key limits and what they refused.
     #[serde(default)]
     pub key_limits: KeyLimitStatus,
+    /// Reads (R below N) that also compared the digests of the replicas they did not
+    /// ask, since start (a sample: one in `qkv_core::router::READ_CHECK_EVERY`).
+    #[serde(default)]
+    pub read_checks: u64,
+    /// Of those, reads that found a replica holding something else (fetched and repaired).
+    #[serde(default)]
+    pub read_checks_differed: u64,
 }
 
 /// The bound on one key's state, and the writes it turned away.

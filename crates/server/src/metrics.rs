@@ -368,6 +368,20 @@ impl Collector for StatusCollector {
             counter,
             one(status.read_repairs as f64),
         )?;
+        family(
+            e,
+            "qkv_read_checks",
+            "Reads below R = N that compared the digests of the replicas they did not ask (a sample).",
+            counter,
+            one(status.read_checks as f64),
+        )?;
+        family(
+            e,
+            "qkv_read_checks_differed",
+            "Checked reads that found a replica holding something else, and repaired it.",
+            counter,
+            one(status.read_checks_differed as f64),
+        )?;
         let h = &status.hints;
         let per_owner = |f: &dyn Fn(&qkv_proto::OwnerHints) -> f64| -> Vec<Row> {
             h.owners.iter().map(|o| (vec![("owner", o.owner.to_string())], f(o))).collect()
@@ -654,6 +668,8 @@ mod tests {
             hints: Default::default(),
             aae: Default::default(),
             key_limits: qkv_proto::KeyLimitStatus { writes_refused: 2, ..Default::default() },
+            read_checks: 9,
+            read_checks_differed: 1,
         };
         let stats = m.stats(&status, StatsReply::default());
         assert_eq!(stats.ops.len(), 2);
@@ -688,6 +704,8 @@ mod tests {
             "qkv_replication_lag_seconds_bucket{node=\"1\",le=\"5.0\"} 2",
             "qkv_replication_lag_seconds_bucket{node=\"1\",le=\"1.0\"} 1",
             "qkv_read_repairs_total{node=\"1\"} 4",
+            "qkv_read_checks_total{node=\"1\"} 9",
+            "qkv_read_checks_differed_total{node=\"1\"} 1",
             "qkv_key_limit_refusals_total{node=\"1\",kind=\"write\"} 2",
             "qkv_layout_epoch{node=\"1\"} 2",
             "qkv_layout_phase{node=\"1\",phase=\"syncing\"} 1",

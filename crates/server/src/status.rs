@@ -18,6 +18,8 @@ pub fn status_reply(r: &Report) -> StatusReply {
             .map(|m| MemberStatus { node: m.node, addr: m.addr.clone(), up: m.up, ownership: m.ownership })
             .collect(),
         read_repairs: r.stats.read_repairs,
+        read_checks: r.stats.read_checks,
+        read_checks_differed: r.stats.read_checks_differed,
         hints: HintStatus {
             count: h.count,
             bytes: h.bytes,

@@ -222,4 +222,8 @@ pub struct Stats {
     pub key_writes_refused: u64,
     /// Replica merges refused at twice the per-key limit.
     pub key_merges_refused: u64,
+    /// Reads that checked the digests of the replicas they did not ask.
+    pub read_checks: u64,
+    /// Of those, reads that found a replica differing from their answer (and repaired it).
+    pub read_checks_differed: u64,
 }

@@ -66,8 +66,6 @@ pub use interface::*;
 pub use report::{HintsReport, MemberReport, Report};
 
 type OpId = u64;
-/// One replica's raw state of a key, or why it could not be read.
-type ReplicaRead = Result<Option<DvvSet>, Error>;
 
 /// A client write applied locally, not yet sent to the other replicas.
 struct PendingPut {
@@ -98,8 +96,9 @@ struct PutState {
 }
 
 enum Op {
-    /// A client read; outlives its answer to finish read repair.
-    Get { req: Option<ReqId>, key: Vec<u8>, op: GetOp, home: Vec<NodeId> },
+    /// A client read; outlives its answer to finish read repair. `wake_ms`: when its
+    /// timer is set (its next hedge, or its deadline).
+    Get { req: Option<ReqId>, key: Vec<u8>, op: GetOp, home: Vec<NodeId>, wake_ms: u64 },
     /// A client write, locally applied, waiting for its flush.
     PutFlush(PendingPut),
     /// A client write being replicated.
@@ -185,7 +184,15 @@ pub struct Core<S> {
     recent_writes: RecentWrites,
     /// The layouts in effect, the vote, staged changes and transfers.
     members: membership::Members,
+    /// Client reads started (every [`READ_CHECK_EVERY`]th that asks fewer than all
+    /// its targets is checked).
+    reads_started: u64,
 }
+
+/// One read in this many of those that ask fewer replicas than they could (R below
+/// N) also compares the digests of the others, in the background, and repairs what
+/// differs: R = one reads converge without waiting on, or loading, every replica.
+pub const READ_CHECK_EVERY: u64 = 10;
 
 /// Most operations a node keeps in flight (client requests it coordinates, replica
 /// writes waiting for their flush, ...); requests that would start more are refused
@@ -277,6 +284,7 @@ impl<S: Store> Core<S> {
             lease_waiters: Default::default(),
             recent_writes: RecentWrites::default(),
             members,
+            reads_started: 0,
         };
         core.load_trees(purged_own)?;
         core.start_membership()?;
@@ -449,6 +457,7 @@ impl<S: Store> Core<S> {
         let replica_layer = matches!(
             req,
             Request::ReplicaGet { .. }
+                | Request::ReplicaDigest { .. }
                 | Request::ReplicaPut { .. }
                 | Request::ReplicaPutBatch { .. }
                 | Request::ReplicaHint { .. }
@@ -470,6 +479,7 @@ impl<S: Store> Core<S> {
                 Err(Error::BadRequest("the node's driver answers this request, not its core".into()))
             }
             Request::ReplicaGet { key } => self.replica_get(&key).map(|s| Some(Response::ReplicaState(s))),
+            Request::ReplicaDigest { key } => self.replica_digest(&key).map(|d| Some(Response::Digest(d))),
             Request::ReplicaPut { key, set } => self.replica_put(req_id, &key, &set),
             Request::ReplicaPutBatch { items, sync } => self.replica_put_batch(req_id, items, sync),
             Request::ReplicaHint { owner, key, set } => self.take_hint(req_id, owner, &key, &set),

@@ -4,7 +4,7 @@
 
 use qkv_proto::{Context, DvvSet, Error, GetReply, GetRequest, NodeId, Request, Response, Secret};
 
-use super::{Core, Op, OpId, ReplicaRead, ReqId, Store, unexpected};
+use super::{Core, Op, OpId, READ_CHECK_EVERY, ReqId, Store, unexpected};
 use crate::get::{GetAction, GetOp};
 use crate::inspect::InspectOp;
 use crate::placement;
@@ -39,57 +39,59 @@ impl<S: Store> Core<S> {
         let ring = self.read_ring();
         let n = ring.n();
         let home = ring.preference_list(&g.key).to_vec();
-        let (targets, alive) = placement::read_targets(ring.walk(&g.key), n, g.strict, |id| self.is_up(id));
+        let (mut targets, alive) = placement::read_targets(ring.walk(&g.key), n, g.strict, |id| self.is_up(id));
         let needed = check_available(g.r, n, alive)?;
-        let op_id = self.id();
-        let get = GetOp::new(targets.clone(), needed, self.now_ms, timeout_ms);
-        self.deadlines.insert((get.deadline_ms(), op_id));
-        self.ops.insert(op_id, Op::Get { req: Some(req), key: g.key.clone(), op: get, home });
-        for t in targets {
-            if t == self.cfg.me {
-                let local = self.replica_get(&g.key);
-                self.get_event(op_id, t, local);
-            } else {
-                self.send(op_id, t, Request::ReplicaGet { key: g.key.clone() }, timeout_ms);
-            }
+        // The coordinator's own copy first: an R = one read is then one local lookup.
+        if let Some(i) = targets.iter().position(|&t| t == self.cfg.me) {
+            targets[..=i].rotate_right(1);
         }
+        // A sample of the reads that ask fewer than every target checks the others'
+        // digests in the background (see `GetOp`).
+        self.reads_started = self.reads_started.wrapping_add(1);
+        let check = needed < targets.len() && self.reads_started.is_multiple_of(READ_CHECK_EVERY);
+        let op_id = self.id();
+        let mut get = GetOp::new(&g.key, targets, needed, self.now_ms, timeout_ms, check);
+        let first = get.start(self.now_ms);
+        let wake_ms = get.next_wakeup_ms();
+        self.deadlines.insert((wake_ms, op_id));
+        self.ops.insert(op_id, Op::Get { req: Some(req), key: g.key.clone(), op: get, home, wake_ms });
+        self.get_actions(op_id, first);
         Ok(None)
     }
 
     pub(super) fn get_response(&mut self, op_id: OpId, from: NodeId, result: Result<Response, Error>) {
-        let state = result.and_then(|r| match r {
-            Response::ReplicaState(s) if s.as_ref().is_none_or(DvvSet::is_valid) => Ok(s),
-            other => Err(unexpected(from, &other)),
-        });
-        self.get_event(op_id, from, state);
-    }
-
-    pub(super) fn get_deadline(&mut self, op_id: OpId) {
-        let now = self.now_ms;
         let Some(Op::Get { op, .. }) = self.ops.get_mut(&op_id) else { return };
-        // At its deadline a read answers (if it has not) and plans its repairs: it is finished.
-        let actions = op.on_timeout(now);
-        self.get_actions(op_id, actions);
-    }
-
-    fn get_event(&mut self, op_id: OpId, from: NodeId, r: ReplicaRead) {
-        let Some(Op::Get { op, .. }) = self.ops.get_mut(&op_id) else { return };
-        let actions = match r {
-            Ok(state) => op.on_reply(from, state),
+        let actions = match result {
+            Ok(Response::ReplicaState(s)) if s.as_ref().is_none_or(DvvSet::is_valid) => op.on_reply(from, s),
+            Ok(Response::Digest(d)) => op.on_digest(from, d),
+            Ok(other) => op.on_failure(from, unexpected(from, &other)),
             Err(e) => op.on_failure(from, e),
         };
         self.get_actions(op_id, actions);
     }
 
+    pub(super) fn get_deadline(&mut self, op_id: OpId) {
+        let now = self.now_ms;
+        let Some(Op::Get { op, .. }) = self.ops.get_mut(&op_id) else { return };
+        // At its deadline a read answers (if it has not) and plans its repairs: it is
+        // finished. Before it, a hedge asks one more replica.
+        let actions = op.on_timeout(now);
+        self.get_actions(op_id, actions);
+    }
+
+    /// This node's digest of its state of `key` (a checked read asks it).
+    pub(super) fn replica_digest(&self, key: &[u8]) -> Result<u64, Error> {
+        Ok(crate::merkle::digest(key, &self.replica_get(key)?.unwrap_or_default()))
+    }
+
     fn get_actions(&mut self, op_id: OpId, actions: Vec<GetAction>) {
-        let Some(Op::Get { req, key, op, home }) = self.ops.get_mut(&op_id) else { return };
-        let answering = actions.iter().any(|a| matches!(a, GetAction::Reply(_)));
-        let req = if answering { req.take() } else { None };
-        let (key, home, finished, deadline) = (key.clone(), home.clone(), op.is_finished(), op.deadline_ms());
-        for a in actions {
+        let mut pending = std::collections::VecDeque::from(actions);
+        while let Some(a) = pending.pop_front() {
+            let Some(Op::Get { req, key, home, .. }) = self.ops.get_mut(&op_id) else { return };
             match a {
                 GetAction::Reply(r) => {
-                    if let Some(req) = req {
+                    if let Some(req) = req.take() {
+                        let key = key.clone();
                         let limits = &self.cfg.limits;
                         let r = r.and_then(|a| {
                             limits.check_reply(&a.set, a.replied)?;
@@ -98,22 +100,73 @@ impl<S: Store> Core<S> {
                         self.reply(req, r);
                     }
                 }
+                GetAction::Ask { to } if to == self.cfg.me => {
+                    let key = key.clone();
+                    let local = self.replica_get(&key);
+                    let Some(Op::Get { op, .. }) = self.ops.get_mut(&op_id) else { return };
+                    pending.extend(match local {
+                        Ok(state) => op.on_reply(to, state),
+                        Err(e) => op.on_failure(to, e),
+                    });
+                }
+                GetAction::Ask { to } => {
+                    let (key, timeout_ms) = (key.clone(), self.get_timeout(op_id));
+                    self.send(op_id, to, Request::ReplicaGet { key }, timeout_ms);
+                }
+                GetAction::AskDigest { to } if to == self.cfg.me => {
+                    let key = key.clone();
+                    let local = self.replica_digest(&key);
+                    let Some(Op::Get { op, .. }) = self.ops.get_mut(&op_id) else { return };
+                    pending.extend(match local {
+                        Ok(d) => op.on_digest(to, d),
+                        Err(e) => op.on_failure(to, e),
+                    });
+                }
+                GetAction::AskDigest { to } => {
+                    let (key, timeout_ms) = (key.clone(), self.get_timeout(op_id));
+                    self.send(op_id, to, Request::ReplicaDigest { key }, timeout_ms);
+                }
                 // Only home replicas are repaired; a stand-in's hints go home by handoff.
                 GetAction::Repair { to, .. } if !home.contains(&to) => {}
                 // A merge no replica could take (it was refused as the answer too) is not sent.
                 GetAction::Repair { set, .. } if !self.cfg.limits.fits_reply(&set) => {}
-                GetAction::Repair { to, set } if to == self.cfg.me => self.repair_locally(&key, &set),
+                GetAction::Repair { to, set } if to == self.cfg.me => {
+                    let key = key.clone();
+                    self.repair_locally(&key, &set)
+                }
                 GetAction::Repair { to, set } => {
+                    let key = key.clone();
                     let rep = self.id();
                     self.ops.insert(rep, Op::Repair);
                     let timeout_ms = self.cfg.request_timeout_ms;
-                    self.send(rep, to, Request::ReplicaPut { key: key.clone(), set }, timeout_ms);
+                    self.send(rep, to, Request::ReplicaPut { key, set }, timeout_ms);
                 }
             }
         }
+        // Re-arm its timer, or retire it.
+        let now = self.now_ms;
+        let Some(Op::Get { op, wake_ms, .. }) = self.ops.get_mut(&op_id) else { return };
+        let (finished, old_wake, new_wake) = (op.is_finished(), *wake_ms, op.next_wakeup_ms().max(now));
+        let checked = if finished { op.check_outcome() } else { None };
         if finished {
-            self.deadlines.remove(&(deadline, op_id));
+            self.deadlines.remove(&(old_wake, op_id));
             self.ops.remove(&op_id);
+        } else if new_wake != old_wake {
+            *wake_ms = new_wake;
+            self.deadlines.remove(&(old_wake, op_id));
+            self.deadlines.insert((new_wake, op_id));
+        }
+        if let Some(c) = checked {
+            self.stats.read_checks += 1;
+            self.stats.read_checks_differed += u64::from(c.differed > 0);
+        }
+    }
+
+    /// What is left of a read's deadline, for one more request of it.
+    fn get_timeout(&self, op_id: OpId) -> u64 {
+        match self.ops.get(&op_id) {
+            Some(Op::Get { op, .. }) => op.deadline_ms().saturating_sub(self.now_ms).max(1),
+            _ => self.cfg.request_timeout_ms,
         }
     }
 
