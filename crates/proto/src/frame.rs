@@ -1,5 +1,11 @@
 //! Framing: `u32 big-endian length ‖ version byte ‖ msgpack body`.
 //!
+//! Two versions share the framing. Version 1 carries one message: a stream holds one
+//! request and its answer. Version 2 ([`MUX_VERSION`]) carries `[id, message]`: a
+//! long-lived stream carries many requests, each answered with its id, in any order
+//! (see `qkv_transport`). A node of an earlier release answers a version 2 frame with
+//! a version 1 error, and the sender goes back to a stream per request.
+//!
 //! The length is checked against the limit before anything is allocated;
 //! the version byte is checked before the body is decoded.
 //!
@@ -16,6 +22,8 @@ use crate::Error;
 
 /// Protocol version carried in every frame.
 pub const PROTOCOL_VERSION: u8 = 1;
+/// Version of the frames of a multiplexed stream: the body is `[id, message]`.
+pub const MUX_VERSION: u8 = 2;
 /// Bytes of the length prefix.
 pub const LEN_BYTES: usize = 4;
 /// Default frame limit of the client: room for the largest state a node holds at its
@@ -33,6 +41,38 @@ pub fn encode<T: Serialize>(msg: &T, frame_bytes_max: usize) -> Result<Vec<u8>, 
     }
     out[..LEN_BYTES].copy_from_slice(&(body as u32).to_be_bytes());
     Ok(out)
+}
+
+/// Encode `msg` as a whole frame of a multiplexed stream, with its request id.
+pub fn encode_mux<T: Serialize>(id: u64, msg: &T, frame_bytes_max: usize) -> Result<Vec<u8>, Error> {
+    let mut out = vec![0u8; LEN_BYTES];
+    out.push(MUX_VERSION);
+    let bad = |e: String| Error::BadRequest(format!("cannot encode message: {e}"));
+    rmp::encode::write_array_len(&mut out, 2).map_err(|e| bad(e.to_string()))?;
+    rmp::encode::write_uint(&mut out, id).map_err(|e| bad(e.to_string()))?;
+    rmp_serde::encode::write(&mut out, msg).map_err(|e| bad(e.to_string()))?;
+    let body = out.len() - LEN_BYTES;
+    if body > frame_bytes_max {
+        return Err(Error::TooLarge { what: "frame".into(), size: body as u64, max: frame_bytes_max as u64 });
+    }
+    out[..LEN_BYTES].copy_from_slice(&(body as u32).to_be_bytes());
+    Ok(out)
+}
+
+/// Decode the body of a multiplexed frame: its id, and its message or why that did
+/// not decode (the id alone is enough to answer the error). `Err`: not even an id.
+pub fn decode_mux_body<T: DeserializeOwned>(body: &[u8]) -> Result<(u64, Result<T, Error>), Error> {
+    let Some((&MUX_VERSION, mut rest)) = body.split_first() else {
+        return Err(Error::BadRequest("not a multiplexed frame".into()));
+    };
+    let bad = |what: &str| Error::BadRequest(format!("malformed multiplexed frame: {what}"));
+    match rmp::decode::read_array_len(&mut rest) {
+        Ok(2) => {}
+        _ => return Err(bad("not an [id, message] pair")),
+    }
+    let id: u64 = rmp::decode::read_int(&mut rest).map_err(|_| bad("no request id"))?;
+    let msg = rmp_serde::from_slice(rest).map_err(|e| Error::BadRequest(format!("malformed frame: {e}")));
+    Ok((id, msg))
 }
 
 /// Read the body length from a length prefix, refusing frames over the limit or empty ones.
@@ -83,5 +123,42 @@ mod tests {
         assert!(decode_body::<Response>(&[]).is_err());
         let big = Request::ReplicaGet { key: vec![0; 4096] };
         assert!(matches!(encode(&big, 1024), Err(Error::TooLarge { .. })));
+        assert!(matches!(encode_mux(1, &big, 1024), Err(Error::TooLarge { .. })));
+    }
+
+    #[test]
+    fn multiplexed_frames_carry_their_id_even_when_the_message_is_garbage() {
+        let req = Request::ReplicaGet { key: b"k".to_vec() };
+        let f = encode_mux(u64::MAX - 3, &req, 1024).unwrap();
+        assert_eq!(decode_len(f[..4].try_into().unwrap(), 1024).unwrap(), f.len() - 4);
+        let (id, got) = decode_mux_body::<Request>(&f[4..]).unwrap();
+        assert_eq!((id, got.unwrap()), (u64::MAX - 3, req.clone()));
+        // A message that does not decode still names its id, to answer the error to.
+        let mut broken = f[4..f.len() - 2].to_vec();
+        broken.push(0xc1);
+        let (id, got) = decode_mux_body::<Request>(&broken).unwrap();
+        assert_eq!(id, u64::MAX - 3);
+        assert!(matches!(got, Err(Error::BadRequest(_))));
+        // Neither a version 1 frame nor garbage is a multiplexed frame; a version 1
+        // reader refuses a multiplexed one (what a node of an earlier release does).
+        assert!(decode_mux_body::<Request>(&encode(&req, 1024).unwrap()[4..]).is_err());
+        assert!(decode_mux_body::<Request>(&[MUX_VERSION, 0x92]).is_err());
+        assert!(decode_mux_body::<Request>(&[]).is_err());
+        assert!(matches!(decode_body::<Request>(&f[4..]), Err(Error::BadRequest(m)) if m.contains("version 2")));
+    }
+
+    #[test]
+    fn compact_bodies_keep_every_field_of_a_state_in_place() {
+        use crate::{DvvSet, VersionVector};
+        // A DVV set with an empty cloud (the field in the middle) round-trips by position.
+        let mut set = DvvSet::new();
+        set.update(&VersionVector::new(), Some(b"v".to_vec()), 7);
+        let req = Request::ReplicaPut { key: b"k".to_vec(), set };
+        let f = encode(&req, 1024).unwrap();
+        assert_eq!(decode_body::<Request>(&f[4..]).unwrap(), req);
+        // And a named body, as an earlier release sent, still decodes.
+        let mut named = vec![PROTOCOL_VERSION];
+        rmp_serde::encode::write_named(&mut named, &req).unwrap();
+        assert_eq!(decode_body::<Request>(&named).unwrap(), req);
     }
 }

@@ -6,6 +6,7 @@
 //! - [`tls`]: rustls + quinn configurations; ALPN `qkv/1`, TLS 1.3, client certificates required.
 //! - [`role`]: node or client, from the peer's certificate.
 //! - [`wire`]: reading and writing one frame on a stream ([`FrameError`]).
+//! - [`mux`]: the sending side of a multiplexed stream (many requests, answers by id).
 //! - [`pool`]: outgoing requests over pooled connections, redial with backoff
 //!   ([`RequestError`]: unreachable, timed out, dropped, a protocol violation, not sendable).
 //! - [`server`]: the accept loop and the [`server::Handler`] trait.
@@ -14,6 +15,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 pub mod certs;
+pub mod mux;
 pub mod pool;
 pub mod role;
 pub mod server;

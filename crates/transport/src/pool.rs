@@ -1,14 +1,18 @@
 //! Outgoing requests over pooled connections: one connection per peer address,
-//! one bidirectional stream per request, redial with exponential backoff.
+//! redial with exponential backoff. Small, frequent requests (reads, writes, replica
+//! traffic, pings, status) share one multiplexed stream per connection
+//! ([`crate::mux`]); the others (and any to a peer of an earlier release) take a
+//! bidirectional stream each.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use qkv_proto::{Request, Response};
 
 use crate::certs::SERVER_NAME;
+use crate::mux::{Channel, Sent};
 use crate::wire::{FrameError, read_frame, write_frame};
 
 /// Why a request to a peer got no answer.
@@ -92,17 +96,58 @@ enum Slot {
     Backoff { until: Instant, delay_ms: u64 },
 }
 
+/// Peers remembered as not speaking multiplexed streams, at most (then forgotten, and
+/// asked again).
+const LEGACY_MAX: usize = 4096;
+
 /// A pool of connections to peers, sharing one QUIC endpoint.
 pub struct Pool {
     endpoint: quinn::Endpoint,
     slots: Mutex<HashMap<SocketAddr, Slot>>,
     frame_bytes_max: usize,
+    /// Each connection's multiplexed stream.
+    pub(crate) channels: Mutex<HashMap<SocketAddr, Arc<Channel>>>,
+    /// Per address: serialises dials and channel opens, so concurrent requests share
+    /// the first.
+    locks: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
+    /// Peers that refused multiplexed streams (an earlier release).
+    legacy: Mutex<HashSet<SocketAddr>>,
 }
+
+/// Whether `req` goes on the connection's multiplexed stream: the small, frequent
+/// requests. Membership changes, transfers, anti-entropy and batches take streams of
+/// their own (large, or not to be sent twice).
+fn multiplexed(req: &Request) -> bool {
+    matches!(
+        req,
+        Request::Get(_)
+            | Request::Put(_)
+            | Request::ReplicaGet { .. }
+            | Request::ReplicaDigest { .. }
+            | Request::ReplicaPut { .. }
+            | Request::ReplicaHint { .. }
+            | Request::HintGet { .. }
+            | Request::Ping { .. }
+            | Request::Status
+            | Request::Stats
+            | Request::Ring { .. }
+    )
+}
+
+/// Whether a request that failed this way may be sent once more (see [`Pool::request`]).
+type Attempt = Result<Response, (RequestError, bool)>;
 
 impl Pool {
     /// A pool sending from `endpoint`, which must have a default client config.
     pub fn new(endpoint: quinn::Endpoint, frame_bytes_max: usize) -> Self {
-        Pool { endpoint, slots: Mutex::new(HashMap::new()), frame_bytes_max }
+        Pool {
+            endpoint,
+            slots: Mutex::new(HashMap::new()),
+            frame_bytes_max,
+            channels: Mutex::new(HashMap::new()),
+            locks: Mutex::new(HashMap::new()),
+            legacy: Mutex::new(HashSet::new()),
+        }
     }
 
     /// Send `req` to `addr` and wait for its response, all within `timeout`.
@@ -115,8 +160,7 @@ impl Pool {
         let deadline = tokio::time::Instant::now() + timeout;
         let too_late = || RequestError::Timeout { addr, ms: timeout.as_millis() as u64 };
         let conn = tokio::time::timeout_at(deadline, self.connection(addr)).await.map_err(|_| too_late())??;
-        let opened = tokio::time::timeout_at(deadline, conn.open_bi()).await.map_err(|_| too_late())?;
-        // The cached connection died before the stream opened; or it ended under a
+        // The cached connection died before the request went out; or it ended under a
         // request that had not timed out: a stateless reset (the peer's process restarted
         // since we dialed; the one before may have run the request before it died), or
         // another request's timeout closed it. Either way the request is sent once more
@@ -124,24 +168,102 @@ impl Pool {
         // lost answer: replica messages merge idempotently, and a put carries its write
         // id (a second run of it is known). Membership changes are not sent again: a
         // second run would answer as if the first had not happened.
-        if let Ok(streams) = opened {
-            match self.finish(addr, conn.clone(), streams, req, deadline, &too_late).await {
-                Err(RequestError::Dropped { .. })
-                    if !matches!(req, Request::Cluster(_))
-                        && matches!(
-                            conn.close_reason(),
-                            Some(quinn::ConnectionError::Reset | quinn::ConnectionError::LocallyClosed)
-                        ) => {}
-                answer => return answer,
-            }
+        match self.attempt(addr, &conn, req, deadline, &too_late).await {
+            Ok(r) => return Ok(r),
+            Err((e, false)) => return Err(e),
+            Err((_, true)) => {}
         }
         self.forget(addr, &conn);
         let conn = tokio::time::timeout_at(deadline, self.connection(addr)).await.map_err(|_| too_late())??;
-        let streams = tokio::time::timeout_at(deadline, conn.open_bi())
+        self.attempt(addr, &conn, req, deadline, &too_late).await.map_err(|(e, _)| e)
+    }
+
+    /// One try of `req` on `conn`: on its multiplexed stream when it goes there, else
+    /// (or when the peer refuses those) on a stream of its own.
+    async fn attempt(
+        &self,
+        addr: SocketAddr,
+        conn: &quinn::Connection,
+        req: &Request,
+        deadline: tokio::time::Instant,
+        too_late: &impl Fn() -> RequestError,
+    ) -> Attempt {
+        let resend_after_drop = |e: RequestError| {
+            let reset = matches!(
+                conn.close_reason(),
+                Some(quinn::ConnectionError::Reset | quinn::ConnectionError::LocallyClosed)
+            );
+            let again = matches!(e, RequestError::Dropped { .. }) && reset && !matches!(req, Request::Cluster(_));
+            (e, again)
+        };
+        if multiplexed(req) && !self.is_legacy(addr) {
+            match self.channel(addr, conn, deadline).await {
+                Ok(ch) => match ch.request(req, deadline).await {
+                    Sent::Done(Err(RequestError::Timeout { .. })) => {
+                        self.timed_out(addr, conn);
+                        return Err((too_late(), false));
+                    }
+                    Sent::Done(Ok(r)) => return Ok(r),
+                    Sent::Done(Err(e)) => return Err(resend_after_drop(e)),
+                    Sent::Refused => self.mark_legacy(addr),
+                    Sent::Unavailable => {}
+                },
+                // The cached connection died before the stream opened.
+                Err(e @ RequestError::Dropped { .. }) => return Err((e, !matches!(req, Request::Cluster(_)))),
+                Err(e) => return Err((e, false)),
+            }
+        }
+        let streams = match tokio::time::timeout_at(deadline, conn.open_bi()).await {
+            Err(_) => return Err((too_late(), false)),
+            Ok(Err(e)) => return Err((RequestError::Dropped { addr, reason: e.to_string() }, true)),
+            Ok(Ok(s)) => s,
+        };
+        self.finish(addr, conn.clone(), streams, req, deadline, too_late).await.map_err(resend_after_drop)
+    }
+
+    /// The multiplexed stream of `conn`, opened if it has none (or only a dead one).
+    async fn channel(
+        &self,
+        addr: SocketAddr,
+        conn: &quinn::Connection,
+        deadline: tokio::time::Instant,
+    ) -> Result<Arc<Channel>, RequestError> {
+        let current = |pool: &Pool| {
+            let channels = pool.channels.lock().unwrap_or_else(|p| p.into_inner());
+            channels.get(&addr).filter(|c| c.conn.stable_id() == conn.stable_id() && !c.is_dead()).cloned()
+        };
+        if let Some(ch) = current(self) {
+            return Ok(ch);
+        }
+        let too_late = || RequestError::Timeout { addr, ms: 0 };
+        let lock = self.lock_of(addr);
+        let _opening = tokio::time::timeout_at(deadline, lock.lock()).await.map_err(|_| too_late())?;
+        if let Some(ch) = current(self) {
+            return Ok(ch);
+        }
+        let ch = tokio::time::timeout_at(deadline, Channel::open(conn.clone(), addr, self.frame_bytes_max))
             .await
-            .map_err(|_| too_late())?
-            .map_err(|e| RequestError::Dropped { addr, reason: e.to_string() })?;
-        self.finish(addr, conn, streams, req, deadline, &too_late).await
+            .map_err(|_| too_late())??;
+        self.channels.lock().unwrap_or_else(|p| p.into_inner()).insert(addr, ch.clone());
+        Ok(ch)
+    }
+
+    fn is_legacy(&self, addr: SocketAddr) -> bool {
+        self.legacy.lock().unwrap_or_else(|p| p.into_inner()).contains(&addr)
+    }
+
+    fn mark_legacy(&self, addr: SocketAddr) {
+        let mut legacy = self.legacy.lock().unwrap_or_else(|p| p.into_inner());
+        if legacy.len() >= LEGACY_MAX {
+            legacy.clear();
+        }
+        legacy.insert(addr);
+    }
+
+    /// A request timed out: close its connection (see [`Pool::request`]).
+    fn timed_out(&self, addr: SocketAddr, conn: &quinn::Connection) {
+        conn.close(0u32.into(), b"request timed out");
+        self.forget(addr, conn);
     }
 
     async fn finish(
@@ -171,8 +293,7 @@ impl Pool {
         match tokio::time::timeout_at(deadline, exchange).await {
             Ok(r) => r,
             Err(_) => {
-                conn.close(0u32.into(), b"request timed out");
-                self.forget(addr, &conn);
+                self.timed_out(addr, &conn);
                 Err(too_late())
             }
         }
@@ -183,9 +304,40 @@ impl Pool {
         if matches!(slots.get(&addr), Some(Slot::Up(c)) if c.stable_id() == conn.stable_id()) {
             slots.remove(&addr);
         }
+        drop(slots);
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if channels.get(&addr).is_some_and(|c| c.conn.stable_id() == conn.stable_id()) {
+            channels.remove(&addr);
+        }
     }
 
+    /// The connection to `addr`: the pooled one, or a new dial (one at a time per
+    /// address: concurrent requests wait for it and share it).
     async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection, RequestError> {
+        {
+            let slots = self.slots.lock().expect("pool lock");
+            if let Some(Slot::Up(c)) = slots.get(&addr)
+                && c.close_reason().is_none()
+            {
+                return Ok(c.clone());
+            }
+        }
+        let lock = self.lock_of(addr);
+        let _dialing = lock.lock().await;
+        self.dial(addr).await
+    }
+
+    /// The lock that serialises dials and channel opens to `addr`.
+    fn lock_of(&self, addr: SocketAddr) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        if locks.len() >= LEGACY_MAX && !locks.contains_key(&addr) {
+            // Addresses come from the layout and the config; past this many, start over.
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        locks.entry(addr).or_default().clone()
+    }
+
+    async fn dial(&self, addr: SocketAddr) -> Result<quinn::Connection, RequestError> {
         let prev_delay = {
             let mut slots = self.slots.lock().expect("pool lock");
             match slots.get(&addr) {

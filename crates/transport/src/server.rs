@@ -1,4 +1,7 @@
-//! Accepting connections and serving one request per bidirectional stream.
+//! Accepting connections and serving their streams: a stream whose first frame is of
+//! version 1 carries one request and its answer; one of version 2 is multiplexed: it
+//! carries requests tagged with ids for as long as the connection lives, served
+//! concurrently and answered in the order they complete (see [`serve_mux`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -8,8 +11,12 @@ use qkv_proto::{Error, Request, Response};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tracing::{debug, info, warn};
 
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
+use qkv_proto::frame;
+
 use crate::role::{PeerRole, peer_role};
-use crate::wire::{FrameError, read_body, read_len, write_frame};
+use crate::wire::{FrameError, read_bytes, read_len, write_frame};
 
 /// Most connections a node serves at once; more are refused.
 pub const CONNECTIONS_MAX: usize = 1024;
@@ -139,12 +146,25 @@ struct Limits {
 /// A request's share of the receive budgets (none for a small frame).
 type Held = Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>;
 
-/// Read one request, taking `len` bytes of both budgets (waiting at most
-/// [`BUDGET_WAIT_MS`]) before its body is received.
-async fn read_request(recv: &mut quinn::RecvStream, limits: &Limits) -> Result<(Request, Held), Error> {
+/// Requests of one multiplexed stream being served at once; past it the stream is
+/// not read until one is answered (QUIC's flow control then holds the sender back).
+pub const MUX_IN_FLIGHT_MAX: usize = 1024;
+/// Frames a multiplexed stream's reader decodes ahead of the requests being served.
+const MUX_READ_AHEAD: usize = 64;
+/// Answers of a multiplexed stream written in one go, at most this many bytes.
+const MUX_WRITE_BATCH_BYTES: usize = 256 << 10;
+
+/// Read one frame's body, taking `len` bytes of both budgets (waiting at most
+/// [`BUDGET_WAIT_MS`]) before it is received.
+async fn read_raw(recv: &mut quinn::RecvStream, limits: &Limits) -> Result<(Vec<u8>, Held), Error> {
     let len = read_len(recv, limits.frame_bytes_max).await?;
+    read_rest(recv, len, limits).await
+}
+
+/// [`read_raw`] once the length is read.
+async fn read_rest(recv: &mut quinn::RecvStream, len: usize, limits: &Limits) -> Result<(Vec<u8>, Held), Error> {
     if len <= SMALL_FRAME_BYTES {
-        return Ok((read_body(recv, len).await?, None));
+        return Ok((read_bytes(recv, len).await?, None));
     }
     let n = u32::try_from(len).map_err(|_| Error::BadRequest("frame length".into()))?;
     let take = |budget: &Arc<Semaphore>, whose: &'static str| {
@@ -163,8 +183,8 @@ async fn read_request(recv: &mut quinn::RecvStream, limits: &Limits) -> Result<(
     };
     let conn = take(&limits.connection, "this connection's").await?;
     let node = take(&limits.node, "the node's").await?;
-    let req = read_body(recv, len).await?;
-    Ok((req, Some((conn, node))))
+    let body = read_bytes(recv, len).await?;
+    Ok((body, Some((conn, node))))
 }
 
 async fn serve_connection<H: Handler>(
@@ -191,7 +211,7 @@ async fn serve_connection<H: Handler>(
         let limits = limits.clone();
         tokio::spawn(async move {
             let read =
-                tokio::time::timeout(Duration::from_millis(REQUEST_READ_TIMEOUT_MS), read_request(&mut recv, &limits))
+                tokio::time::timeout(Duration::from_millis(REQUEST_READ_TIMEOUT_MS), read_raw(&mut recv, &limits))
                     .await
                     .unwrap_or_else(|_| {
                         Err(Error::Overloaded(format!(
@@ -200,25 +220,14 @@ async fn serve_connection<H: Handler>(
                         )))
                     });
             let resp = match read {
-                Ok((req, mut held)) => {
-                    // A client's bytes stay charged while it is served; a peer's go now (see `Budgets`).
-                    if let PeerRole::Node(_) = role {
-                        held = None;
-                    }
-                    let resp = handler.handle(role, req).await;
-                    drop(held);
-                    resp
+                Ok((body, held)) if body.first() == Some(&frame::MUX_VERSION) => {
+                    return serve_mux(send, recv, role, handler, limits, (body, held)).await;
                 }
-                Err(e) => {
-                    if let Error::Overloaded(_) = e {
-                        debug!("refusing a request: {e}");
-                    } else {
-                        warn!("bad frame: {e}");
-                    }
-                    // Tell the peer to stop sending the rest of an oversized or broken frame.
-                    let _ = recv.stop(0u32.into());
-                    Response::Error(e)
-                }
+                Ok((body, held)) => match frame::decode_body::<Request>(&body) {
+                    Ok(req) => serve_one(role, &*handler, req, held).await,
+                    Err(e) => refuse(&mut recv, e),
+                },
+                Err(e) => refuse(&mut recv, e),
             };
             if let Err(e) = write_frame(&mut send, &resp, frame_bytes_max).await {
                 // The response itself may be too big (a key with huge siblings): say so instead.
@@ -230,6 +239,123 @@ async fn serve_connection<H: Handler>(
             }
         });
     }
+}
+
+/// Serve one request; a client's bytes stay charged while it is served, a peer's go
+/// now (see [`Budgets`]).
+async fn serve_one<H: Handler>(role: PeerRole, handler: &H, req: Request, mut held: Held) -> Response {
+    if let PeerRole::Node(_) = role {
+        held = None;
+    }
+    let resp = handler.handle(role, req).await;
+    drop(held);
+    resp
+}
+
+/// The answer to a request that could not be read; the peer is told to stop sending
+/// the rest of an oversized or broken frame.
+fn refuse(recv: &mut quinn::RecvStream, e: Error) -> Response {
+    if let Error::Overloaded(_) = e {
+        debug!("refusing a request: {e}");
+    } else {
+        warn!("bad frame: {e}");
+    }
+    let _ = recv.stop(0u32.into());
+    Response::Error(e)
+}
+
+/// Serve a multiplexed stream, whose first frame (`first`) was read: a reader task
+/// decodes frames ahead, this task serves up to [`MUX_IN_FLIGHT_MAX`] requests at
+/// once (no task each) and writes the answers as they complete, several per write.
+/// A frame without a readable id ends the stream (there is nobody to answer).
+async fn serve_mux<H: Handler>(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    role: PeerRole,
+    handler: Arc<H>,
+    limits: Limits,
+    first: (Vec<u8>, Held),
+) {
+    type Item = Result<(u64, Result<Request, Error>, Held), Error>;
+    let frame_bytes_max = limits.frame_bytes_max;
+    let decode = |(body, held): (Vec<u8>, Held)| -> Item {
+        frame::decode_mux_body::<Request>(&body).map(|(id, req)| (id, req, held))
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Item>(MUX_READ_AHEAD);
+    let _ = tx.try_send(decode(first));
+    let reader = tokio::spawn(async move {
+        let timeout = Duration::from_millis(REQUEST_READ_TIMEOUT_MS);
+        loop {
+            // A stream between requests waits as long as its connection lives; a frame
+            // once begun must arrive whole within the read timeout.
+            let read = match read_len(&mut recv, limits.frame_bytes_max).await {
+                Ok(len) => {
+                    tokio::time::timeout(timeout, read_rest(&mut recv, len, &limits)).await.unwrap_or_else(|_| {
+                        Err(Error::Overloaded(format!(
+                            "a request not received within {} s: the sender is too slow",
+                            REQUEST_READ_TIMEOUT_MS / 1000
+                        )))
+                    })
+                }
+                Err(e) => Err(e.into()),
+            };
+            let ended = read.is_err();
+            let item = read.and_then(decode);
+            if tx.send(item).await.is_err() || ended {
+                return;
+            }
+        }
+    });
+    let mut in_flight = FuturesUnordered::new();
+    let mut reading = true;
+    let mut out = Vec::new();
+    loop {
+        tokio::select! {
+            biased;
+            Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                let mut next = Some(done);
+                while let Some((id, resp)) = next {
+                    out.extend(encode_answer(id, &resp, frame_bytes_max));
+                    next = if out.len() < MUX_WRITE_BATCH_BYTES { in_flight.next().now_or_never().flatten() } else { None };
+                }
+                if let Err(e) = send.write_all(&out).await {
+                    debug!("writing answers: {e}");
+                    break;
+                }
+                out.clear();
+            }
+            item = rx.recv(), if reading && in_flight.len() < MUX_IN_FLIGHT_MAX => match item {
+                Some(Ok((id, Ok(req), held))) => {
+                    let handler = handler.clone();
+                    in_flight.push(async move { (id, serve_one(role, &*handler, req, held).await) }.boxed());
+                }
+                Some(Ok((id, Err(e), _))) => {
+                    warn!("bad request on a multiplexed stream: {e}");
+                    in_flight.push(async move { (id, Response::Error(e)) }.boxed());
+                }
+                Some(Err(e)) => {
+                    if !matches!(e, Error::Unreachable(_)) {
+                        warn!("closing a multiplexed stream: {e}");
+                    }
+                    reading = false;
+                }
+                None => reading = false,
+            },
+            else => break,
+        }
+        if !reading && in_flight.is_empty() {
+            break;
+        }
+    }
+    reader.abort();
+    let _ = send.finish();
+}
+
+/// One answer of a multiplexed stream; one too large for a frame is told as an error.
+fn encode_answer(id: u64, resp: &Response, frame_bytes_max: usize) -> Vec<u8> {
+    frame::encode_mux(id, resp, frame_bytes_max)
+        .or_else(|e| frame::encode_mux(id, &Response::Error(e), frame_bytes_max))
+        .unwrap_or_default()
 }
 
 /// True when `role` may send `req`: what the message type says ([`Request::sender`]).

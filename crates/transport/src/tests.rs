@@ -228,3 +228,129 @@ fn past_a_receive_budget_a_request_is_refused_at_once_and_peers_are_still_served
         );
     });
 }
+
+/// Answers `Ring { key }` with the key, after a delay that depends on it, so answers
+/// complete out of order.
+struct Slow;
+
+impl Handler for Slow {
+    async fn handle(&self, _role: PeerRole, req: Request) -> Response {
+        match req {
+            Request::Ring { key } => {
+                tokio::time::sleep(Duration::from_millis(u64::from(key[0] % 7))).await;
+                Response::Ring(qkv_proto::RingReply { replicas: vec![(1, String::from_utf8(key).unwrap())] })
+            }
+            _ => Response::ReplicaAck,
+        }
+    }
+}
+
+#[test]
+fn concurrent_requests_share_a_multiplexed_stream_and_each_gets_its_own_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    certs::generate(dir.path(), &[1], &["client"], &["admin"]).unwrap();
+    runtime().block_on(async {
+        let ep = node_endpoint("127.0.0.1:0".parse().unwrap(), &TlsFiles::in_dir(dir.path(), "node-1")).unwrap();
+        let addr = ep.local_addr().unwrap();
+        let (_stop, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(serve(ep, Arc::new(Slow), 1 << 20, rx));
+        let client = client_endpoint(&TlsFiles::in_dir(dir.path(), "client")).unwrap();
+        let pool = Arc::new(Pool::new(client, 1 << 20));
+        let mut tasks = vec![];
+        for i in 0..300u32 {
+            let pool = pool.clone();
+            tasks.push(tokio::spawn(async move {
+                let key = format!("{}-key-{i}", (i * 7919) % 251).into_bytes();
+                let got = pool.request(addr, &Request::Ring { key: key.clone() }, Duration::from_secs(5)).await;
+                (key, got)
+            }));
+        }
+        let mut conns = std::collections::BTreeSet::new();
+        for t in tasks {
+            let (key, got) = t.await.unwrap();
+            match got.unwrap() {
+                Response::Ring(r) => assert_eq!(r.replicas[0].1.as_bytes(), key.as_slice()),
+                other => panic!("{other:?}"),
+            }
+            conns.insert(pool.channels.lock().unwrap().get(&addr).map(|c| c.conn.stable_id()));
+        }
+        assert_eq!(conns.len(), 1, "one connection, one multiplexed stream: {conns:?}");
+        // A large request takes a stream of its own and is served all the same.
+        let big = Request::Ring { key: vec![b'x'; crate::mux::FRAME_BYTES_MAX + 1] };
+        let t = Duration::from_secs(5);
+        assert!(matches!(pool.request(addr, &big, t).await.unwrap(), Response::Ring(_)));
+    });
+}
+
+#[test]
+fn a_garbled_request_on_a_multiplexed_stream_is_answered_by_its_id_and_the_stream_goes_on() {
+    use qkv_proto::frame;
+    let dir = tempfile::tempdir().unwrap();
+    certs::generate(dir.path(), &[1], &["client"], &["admin"]).unwrap();
+    runtime().block_on(async {
+        let (addr, _stop) = start(dir.path()).await;
+        let ep = client_endpoint(&TlsFiles::in_dir(dir.path(), "client")).unwrap();
+        let conn = ep.connect(addr, certs::SERVER_NAME).unwrap().await.unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let mut garbled = frame::encode_mux(6, &Request::Status, FRAME_MAX).unwrap();
+        let n = garbled.len();
+        garbled[n - 1] = 0xc1; // never valid msgpack
+        for f in [frame::encode_mux(5, &Request::Status, FRAME_MAX).unwrap(), garbled] {
+            send.write_all(&f).await.unwrap();
+        }
+        send.write_all(&frame::encode_mux(7, &Request::Status, FRAME_MAX).unwrap()).await.unwrap();
+        let mut answers = std::collections::BTreeMap::new();
+        for _ in 0..3 {
+            let len = wire::read_len(&mut recv, FRAME_MAX).await.unwrap();
+            let body = wire::read_bytes(&mut recv, len).await.unwrap();
+            let (id, resp) = frame::decode_mux_body::<Response>(&body).unwrap();
+            answers.insert(id, resp.unwrap());
+        }
+        assert_eq!(answers[&5], Response::ReplicaAck);
+        assert!(matches!(&answers[&6], Response::Error(Error::BadRequest(_))), "{:?}", answers[&6]);
+        assert_eq!(answers[&7], Response::ReplicaAck);
+        // A frame with no readable id ends the stream; the connection serves on.
+        send.write_all(&[0, 0, 0, 2, frame::MUX_VERSION, 0xc1]).await.unwrap();
+        let end = wire::read_len(&mut recv, FRAME_MAX).await;
+        assert!(end.is_err(), "{end:?}");
+        let pool = Pool::new(ep, FRAME_MAX);
+        assert_eq!(pool.request(addr, &Request::Status, Duration::from_secs(5)).await.unwrap(), Response::ReplicaAck);
+    });
+}
+
+#[test]
+fn a_peer_of_an_earlier_release_gets_a_stream_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    certs::generate(dir.path(), &[1], &["client"], &["admin"]).unwrap();
+    runtime().block_on(async {
+        // What a node of the release before multiplexed streams does: one version 1
+        // frame per stream, and an error for any other version.
+        let ep = node_endpoint("127.0.0.1:0".parse().unwrap(), &TlsFiles::in_dir(dir.path(), "node-1")).unwrap();
+        let addr = ep.local_addr().unwrap();
+        let streams = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = streams.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = ep.accept().await {
+                let conn = incoming.await.unwrap();
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let resp = match wire::read_frame::<Request>(&mut recv, FRAME_MAX).await {
+                            Ok(_) => Response::ReplicaAck,
+                            Err(e) => Response::Error(e.into()),
+                        };
+                        let _ = wire::write_frame(&mut send, &resp, FRAME_MAX).await;
+                    }
+                });
+            }
+        });
+        let pool = Pool::new(client_endpoint(&TlsFiles::in_dir(dir.path(), "client")).unwrap(), FRAME_MAX);
+        let t = Duration::from_secs(5);
+        for _ in 0..3 {
+            assert_eq!(pool.request(addr, &Request::Status, t).await.unwrap(), Response::ReplicaAck);
+        }
+        // The refused multiplexed stream, then one stream per request.
+        assert_eq!(streams.load(std::sync::atomic::Ordering::Relaxed), 4);
+    });
+}

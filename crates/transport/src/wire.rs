@@ -64,9 +64,14 @@ pub async fn read_len(recv: &mut quinn::RecvStream, frame_bytes_max: usize) -> R
 
 /// Read and decode a frame body of `len` bytes (after [`read_len`]).
 pub async fn read_body<T: DeserializeOwned>(recv: &mut quinn::RecvStream, len: usize) -> Result<T, FrameError> {
+    Ok(frame::decode_body(&read_bytes(recv, len).await?)?)
+}
+
+/// Read a frame body of `len` bytes (after [`read_len`]), undecoded.
+pub async fn read_bytes(recv: &mut quinn::RecvStream, len: usize) -> Result<Vec<u8>, FrameError> {
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await.map_err(|e| FrameError::Stream(format!("reading a frame: {e}")))?;
-    Ok(frame::decode_body(&body)?)
+    Ok(body)
 }
 
 /// Write one frame and finish the sending side.
