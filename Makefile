@@ -5,7 +5,7 @@ export NODES
 # Where cargo puts binaries (CARGO_TARGET_DIR when set, as cargo itself does).
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: cluster stop status kill start-node logs clean join leave test bench bench-aae bench-join build sim chaos
+.PHONY: cluster stop status kill start-node logs clean join leave test bench bench-aae bench-join bench-peers build sim chaos
 
 build:
 	cargo build --release --workspace --bins
@@ -62,6 +62,14 @@ KEYS ?= 1000000
 bench-join:
 	cargo build --release --workspace --bins
 	QKV_BENCH_JOIN_KEYS=$(KEYS) cargo bench --bench join
+
+# quorumkv beside etcd (3 members) and Redis (a primary and 2 replicas), in one run, with the
+# ratios of the fast-path targets (installs etcd and Redis from Debian's packages when missing).
+# QKV_PEERS_QUICK=1: one short rep; QKV_PEERS_ONLY=etcd|redis|qkv
+bench-peers:
+	./scripts/install-peers.sh
+	cargo build --release --workspace --bins
+	cargo bench --bench peers
 
 # Many seeded schedules of a simulated cluster, each checked: make sim SEEDS=100000 NODES=5
 SEEDS ?= 10000

@@ -231,9 +231,18 @@ impl Cluster {
             .unwrap()
     }
 
-    /// A client of just these nodes.
+    /// A client of just these nodes (it does not route by token: it would learn of the others).
     pub fn client_for(&self, ids: &[usize]) -> Client {
-        self.client_config().builder().nodes(ids.iter().map(|&i| self.addrs[i - 1])).build().unwrap()
+        let nodes = ids.iter().map(|&i| self.addrs[i - 1]);
+        self.client_config().builder().nodes(nodes).route_by_token(false).build().unwrap()
+    }
+
+    /// Send SIGSTOP (`true`) or SIGCONT (`false`) to node `id`: a stalled process,
+    /// alive to the kernel, answering nothing.
+    pub fn pause(&self, id: usize, stop: bool) {
+        let sig = if stop { "-STOP" } else { "-CONT" };
+        let st = Command::new("kill").args([sig, &self.pid(id).to_string()]).status().unwrap();
+        assert!(st.success(), "kill {sig} node {id}");
     }
 
     /// Run the `qkv` CLI against this cluster: (exit code, stdout, stderr).

@@ -29,8 +29,15 @@
 //! With `strict()`, only the key's home replicas count toward R or W; with
 //! R + W > N strict, a read sees every write acknowledged before it started.
 //!
+//! Requests go to the key's home replicas first: the client learns the ring from the
+//! nodes (and follows its changes), so a write reaches a node that coordinates it
+//! without a forward, and an R = one read one that answers from its own copy. Reads
+//! may be hedged ([`ClientBuilder::hedged_reads`], off by default): a read that has not
+//! answered after a delay is also sent to another replica, within a retry budget.
+//!
 //! # Layout
 //! - this file: [`Client`], [`ClientBuilder`], requests and results.
+//! - `route.rs`: the ring the client routes by, and the hedges' retry budget.
 //! - `error.rs`: [`Error`].
 //! - `config.rs`: [`ClientConfig`], the file the `qkv` command reads.
 
@@ -38,6 +45,7 @@
 
 mod config;
 mod error;
+mod route;
 
 use std::collections::HashMap;
 use std::future::{Future, IntoFuture};
@@ -63,6 +71,9 @@ use qkv_transport::{Pool, TlsFiles};
 pub const TIMEOUT_DEFAULT: Duration = Duration::from_secs(1);
 /// Time allowed beyond the request deadline for the network and one forwarding hop.
 const TRANSPORT_MARGIN: Duration = Duration::from_millis(1000);
+/// How long past a node's own deadline the client waits for its answer before it
+/// tries the next node (when one is left).
+const ATTEMPT_SLACK: Duration = Duration::from_millis(200);
 /// A failover attempt needs at least this much of the request's deadline left.
 const MIN_ATTEMPT: Duration = Duration::from_millis(20);
 /// The first pause after a node answered `overloaded` (doubling at each attempt, up to 8x).
@@ -78,6 +89,16 @@ const SUSPECT_AFTER: Duration = Duration::from_millis(250);
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Deadline of a background probe of a node marked down.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Hedged reads: after `after` without an answer a read is also sent to another home
+/// replica, while the budget allows (`budget_percent` % of reads, plus a few saved).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hedge {
+    /// How long a read waits for its first node before it asks a second.
+    pub after: Duration,
+    /// Hedges allowed, as a percentage of reads.
+    pub budget_percent: u32,
+}
 
 /// A node the client is avoiding.
 struct Down {
@@ -95,6 +116,8 @@ pub struct ClientBuilder {
     write: Level,
     timeout: Duration,
     frame_bytes_max: usize,
+    route_by_token: bool,
+    hedge: Option<Hedge>,
 }
 
 impl Default for ClientBuilder {
@@ -106,6 +129,8 @@ impl Default for ClientBuilder {
             write: Level::Quorum,
             timeout: TIMEOUT_DEFAULT,
             frame_bytes_max: qkv_proto::frame::FRAME_BYTES_MAX_DEFAULT,
+            route_by_token: true,
+            hedge: None,
         }
     }
 }
@@ -147,6 +172,23 @@ impl ClientBuilder {
         self
     }
 
+    /// Send each request to the key's home replicas first, by the ring learnt from the
+    /// nodes (default `true`); `false`: to the configured nodes in turn.
+    pub fn route_by_token(mut self, on: bool) -> Self {
+        self.route_by_token = on;
+        self
+    }
+
+    /// Hedge reads: a read unanswered after `after` is also sent to another home
+    /// replica, and the first answer wins; at most `budget_percent` % of reads are
+    /// hedged (off by default). A hedge costs the cluster a second read; it saves a read
+    /// from waiting on a replica that has stalled (a pause, a full disk queue) until
+    /// the cluster takes it for down.
+    pub fn hedged_reads(mut self, after: Duration, budget_percent: u32) -> Self {
+        self.hedge = Some(Hedge { after, budget_percent: budget_percent.min(100) });
+        self
+    }
+
     /// Create the client. Must be called inside a tokio runtime.
     pub fn build(self) -> Result<Client, Error> {
         if self.nodes.is_empty() {
@@ -163,6 +205,10 @@ impl ClientBuilder {
             read: self.read,
             write: self.write,
             timeout: self.timeout,
+            routing: self.route_by_token.then(|| Mutex::new(route::Routing::new())),
+            hedge: self.hedge,
+            budget: route::Budget::new(self.hedge.map_or(0, |h| h.budget_percent)),
+            hedges: AtomicU64::new(0),
         })))
     }
 }
@@ -178,6 +224,12 @@ struct Inner {
     read: Level,
     write: Level,
     timeout: Duration,
+    /// The ring requests are routed by (`None`: routing by token is off).
+    routing: Option<Mutex<route::Routing>>,
+    hedge: Option<Hedge>,
+    budget: route::Budget,
+    /// Hedges sent.
+    hedges: AtomicU64,
 }
 
 /// A quorumkv client. Cheap to clone; clones share connections.
@@ -332,15 +384,31 @@ impl Client {
     /// reached, or (after a short pause) when it is overloaded and did nothing.
     /// `timeout` is the whole request's: every attempt gets what is left of it (a
     /// retried write keeps its write id, so it never lands twice).
-    async fn send(&self, mut req: Request, timeout: Duration) -> Result<Response, Error> {
+    async fn send(&self, req: Request, timeout: Duration) -> Result<Response, Error> {
+        self.send_to(req, timeout, &[]).await.map(|(_, r)| r)
+    }
+
+    /// [`Client::send`], trying the nodes of `first` before the configured ones; with
+    /// the address that answered.
+    async fn send_to(
+        &self,
+        mut req: Request,
+        timeout: Duration,
+        first: &[SocketAddr],
+    ) -> Result<(SocketAddr, Response), Error> {
         let deadline = Instant::now() + timeout + TRANSPORT_MARGIN;
         let start = self.0.next.fetch_add(1, Ordering::Relaxed);
         let n = self.0.nodes.len();
-        let mut order: Vec<(u8, SocketAddr)> = (0..n)
-            .map(|i| self.0.nodes[(start + i) % n])
+        let rest = (0..n).map(|i| self.0.nodes[(start + i) % n]).filter(|a| !first.contains(a));
+        let mut order: Vec<(u8, SocketAddr)> = first
+            .iter()
+            .copied()
+            .chain(rest)
             .map(|a| (if self.is_down(a) { 2 } else { u8::from(self.is_suspect(a)) }, a))
             .collect();
+        // (Stable: the routed nodes stay first among the healthy.)
         order.sort_by_key(|(rank, _)| *rank);
+        let n = order.len();
         let mut last = String::new();
         let mut overloaded = None;
         for (tried, (_, addr)) in order.into_iter().enumerate() {
@@ -349,15 +417,15 @@ impl Client {
                 return Err(Error::Deadline { tried, last });
             }
             // The node's own deadline leaves room for the network, as the first attempt's did.
-            set_timeout(&mut req, left.saturating_sub(TRANSPORT_MARGIN).max(left / 2));
-            self.load(addr, |l| l.0 += 1);
-            let result = self.0.pool.request(addr, &req, left).await;
-            self.load(addr, |l| {
-                l.0 = l.0.saturating_sub(1);
-                if result.is_ok() {
-                    l.1 = Instant::now();
-                }
-            });
+            let node_deadline = left.saturating_sub(TRANSPORT_MARGIN).max(left / 2);
+            set_timeout(&mut req, node_deadline);
+            // A node answers by its deadline, even if only to say it timed out. One that
+            // died with its connection open answers nothing: past its deadline and a
+            // little, the rest of the time goes to the next node.
+            let wait = if tried + 1 < n { (node_deadline + ATTEMPT_SLACK).min(left) } else { left };
+            let in_flight = InFlight::start(self, addr);
+            let result = self.0.pool.request(addr, &req, wait).await;
+            in_flight.end(result.is_ok());
             match result {
                 Ok(Response::Error(e @ qkv_proto::Error::Overloaded(_))) => {
                     // Nothing was done: pause (more at each attempt), then ask the next node.
@@ -373,7 +441,7 @@ impl Client {
                 Ok(Response::Error(e)) => return Err(Error::Cluster(e)),
                 Ok(r) => {
                     self.0.health.lock().unwrap_or_else(|p| p.into_inner()).remove(&addr);
-                    return Ok(r);
+                    return Ok((addr, r));
                 }
                 // Over the frame limit here: no node would take it, and nothing was sent.
                 Err(e @ (qkv_transport::RequestError::TooLarge { .. } | qkv_transport::RequestError::Encode(_))) => {
@@ -388,6 +456,95 @@ impl Client {
         match overloaded {
             Some(e) => Err(Error::Cluster(e)),
             None => Err(Error::NoNodeReachable { tried: n, last }),
+        }
+    }
+
+    /// The addresses of `key`'s home replicas by the ring the client knows (empty when
+    /// it knows none yet, or routing is off); starts a fetch of the layout when due.
+    fn homes(&self, key: &[u8]) -> Vec<SocketAddr> {
+        let Some(routing) = &self.0.routing else { return vec![] };
+        let (view, fetch) = {
+            let mut r = routing.lock().unwrap_or_else(|p| p.into_inner());
+            (r.view.clone(), r.start_fetch())
+        };
+        if fetch {
+            let client = self.clone();
+            tokio::spawn(async move {
+                let view = client.fetch_ring().await;
+                if let Err(e) = &view {
+                    tracing::debug!("no ring to route by: {e}");
+                }
+                if let Some(routing) = &client.0.routing {
+                    routing.lock().unwrap_or_else(|p| p.into_inner()).fetched(view.ok());
+                }
+            });
+        }
+        view.map(|v| v.homes(key)).unwrap_or_default()
+    }
+
+    /// The layout of any node, as a ring to route by.
+    async fn fetch_ring(&self) -> Result<route::RingView, Error> {
+        let info = match self.send(Request::Cluster(ClusterAdmin::Show), self.0.timeout).await? {
+            Response::ClusterInfo(b) => qkv_core::membership::ClusterInfo::decode(&b).map_err(Error::Protocol)?,
+            other => return Err(unexpected(other)),
+        };
+        route::RingView::from_info(&info).map_err(Error::Protocol)
+    }
+
+    /// A write answered by `answered` was coordinated by `coordinator`: when the ring
+    /// places it elsewhere, it was forwarded, and the ring is fetched again soon.
+    fn check_route(&self, answered: SocketAddr, coordinator: NodeId) {
+        let Some(routing) = &self.0.routing else { return };
+        let mut r = routing.lock().unwrap_or_else(|p| p.into_inner());
+        let placed = r.view.as_ref().and_then(|v| v.addr(coordinator));
+        if placed != Some(answered) {
+            r.stale();
+        }
+    }
+
+    /// Hedges sent so far ([`ClientBuilder::hedged_reads`]).
+    pub fn hedges_sent(&self) -> u64 {
+        self.0.hedges.load(Ordering::Relaxed)
+    }
+
+    /// The epoch of the layout the client routes by (`None`: none fetched yet).
+    pub fn routing_epoch(&self) -> Option<u64> {
+        let r = self.0.routing.as_ref()?.lock().unwrap_or_else(|p| p.into_inner());
+        r.view.as_ref().map(|v| v.epoch)
+    }
+
+    /// A read, hedged when so configured: after the hedge delay the same read also goes
+    /// to the next node, and the first success wins.
+    async fn read(&self, req: Request, timeout: Duration, homes: Vec<SocketAddr>) -> Result<Response, Error> {
+        let hedge = match self.0.hedge {
+            Some(h) if homes.len() > 1 => h,
+            _ => return self.send_to(req, timeout, &homes).await.map(|(_, r)| r),
+        };
+        self.0.budget.deposit();
+        let first = self.send_to(req.clone(), timeout, &homes);
+        tokio::pin!(first);
+        tokio::select! {
+            r = &mut first => return r.map(|(_, r)| r),
+            _ = tokio::time::sleep(hedge.after) => {}
+        }
+        if !self.0.budget.withdraw() {
+            return first.await.map(|(_, r)| r);
+        }
+        self.0.hedges.fetch_add(1, Ordering::Relaxed);
+        let mut others = homes.clone();
+        others.rotate_left(1);
+        let second = self.send_to(req, timeout.saturating_sub(hedge.after), &others);
+        tokio::pin!(second);
+        // The first success wins; an error waits for the other.
+        tokio::select! {
+            r = &mut first => match r {
+                Ok((_, r)) => Ok(r),
+                Err(_) => second.await.map(|(_, r)| r),
+            },
+            r = &mut second => match r {
+                Ok((_, r)) => Ok(r),
+                Err(_) => first.await.map(|(_, r)| r),
+            },
         }
     }
 
@@ -427,6 +584,38 @@ impl Client {
         let mut health = self.0.health.lock().unwrap_or_else(|p| p.into_inner());
         let d = health.entry(addr).or_insert(Down { until: Instant::now(), backoff: DOWN_BACKOFF_MIN, probing: false });
         d.until = Instant::now() + d.backoff;
+    }
+}
+
+/// A request counted in flight to a node until it ends, or its future is dropped (a
+/// hedged read's loser, a caller's own timeout): a count left behind would make the
+/// node look suspect for good.
+struct InFlight<'a> {
+    client: &'a Client,
+    addr: SocketAddr,
+    answered: bool,
+}
+
+impl<'a> InFlight<'a> {
+    fn start(client: &'a Client, addr: SocketAddr) -> Self {
+        client.load(addr, |l| l.0 += 1);
+        InFlight { client, addr, answered: false }
+    }
+
+    fn end(mut self, answered: bool) {
+        self.answered = answered;
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let answered = self.answered;
+        self.client.load(self.addr, |l| {
+            l.0 = l.0.saturating_sub(1);
+            if answered {
+                l.1 = Instant::now();
+            }
+        });
     }
 }
 
@@ -477,9 +666,15 @@ impl IntoFuture for Get {
 
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
+            // Reads spread over the key's home replicas (each answers R = one itself).
+            let mut homes = self.client.homes(&self.key);
+            if !homes.is_empty() {
+                let turn = self.client.0.next.fetch_add(1, Ordering::Relaxed) % homes.len();
+                homes.rotate_left(turn);
+            }
             let req =
                 GetRequest { key: self.key, r: self.r, strict: self.strict, timeout_ms: timeout_ms(self.timeout) };
-            match self.client.send(Request::Get(req), self.timeout).await? {
+            match self.client.read(Request::Get(req), self.timeout, homes).await? {
                 Response::Get(g) => Ok(GetResult {
                     found: g.found,
                     values: g.values.into_iter().map(|v| v.into_vec()).collect(),
@@ -545,15 +740,20 @@ impl IntoFuture for Put {
                 forwarded: false,
                 write_id: Some(new_write_id()),
             };
-            match self.client.send(Request::Put(req), self.timeout).await? {
-                Response::Put(p) => Ok(PutResult {
-                    context: p.context,
-                    dot: p.dot,
-                    home_acks: p.home_acks,
-                    standin_acks: p.standin_acks,
-                    coordinator: p.coordinator,
-                }),
-                other => Err(unexpected(other)),
+            // To the first home replica up: it coordinates the write itself.
+            let homes = self.client.homes(&req.key);
+            match self.client.send_to(Request::Put(req), self.timeout, &homes).await? {
+                (answered, Response::Put(p)) => {
+                    self.client.check_route(answered, p.coordinator);
+                    Ok(PutResult {
+                        context: p.context,
+                        dot: p.dot,
+                        home_acks: p.home_acks,
+                        standin_acks: p.standin_acks,
+                        coordinator: p.coordinator,
+                    })
+                }
+                (_, other) => Err(unexpected(other)),
             }
         })
     }

@@ -110,19 +110,13 @@ impl Channel {
             }
             w.map.insert(id, tx);
         }
-        let forget = || {
-            self.lock().map.remove(&id);
-        };
+        // Whatever ends the wait (an answer, a timeout, the caller dropping the request),
+        // the waiter goes.
+        let _waiting = Forget { waiters: &self.waiters, id };
         match tokio::time::timeout_at(deadline, self.queue.send(bytes)).await {
             Ok(Ok(())) => {}
-            Ok(Err(_)) => {
-                forget();
-                return Sent::Unavailable;
-            }
-            Err(_) => {
-                forget();
-                return Sent::Done(Err(RequestError::Timeout { addr: self.addr, ms: 0 }));
-            }
+            Ok(Err(_)) => return Sent::Unavailable,
+            Err(_) => return Sent::Done(Err(RequestError::Timeout { addr: self.addr, ms: 0 })),
         }
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(answer)) => Sent::Done(answer),
@@ -139,11 +133,20 @@ impl Channel {
                     ))
                 }
             }
-            Err(_) => {
-                forget();
-                Sent::Done(Err(RequestError::Timeout { addr: self.addr, ms: 0 }))
-            }
+            Err(_) => Sent::Done(Err(RequestError::Timeout { addr: self.addr, ms: 0 })),
         }
+    }
+}
+
+/// Removes a request's waiter when its wait ends, however it ends.
+struct Forget<'a> {
+    waiters: &'a Mutex<Waiters>,
+    id: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner()).map.remove(&self.id);
     }
 }
 
