@@ -5,7 +5,7 @@ export NODES
 # Where cargo puts binaries (CARGO_TARGET_DIR when set, as cargo itself does).
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: cluster stop status kill start-node logs clean join leave test bench bench-aae bench-join bench-peers build sim chaos
+.PHONY: cluster stop status kill start-node logs clean join leave test bench bench-aae bench-join bench-peers bench-hedge build sim chaos
 
 build:
 	cargo build --release --workspace --bins
@@ -70,6 +70,11 @@ bench-peers:
 	./scripts/install-peers.sh
 	cargo build --release --workspace --bins
 	cargo bench --bench peers
+
+# R = one reads with a replica stopped by SIGSTOP, without and with hedged reads
+bench-hedge:
+	cargo build --release --workspace --bins
+	cargo bench --bench hedge
 
 # Many seeded schedules of a simulated cluster, each checked: make sim SEEDS=100000 NODES=5
 SEEDS ?= 10000

@@ -72,8 +72,9 @@ pub const TIMEOUT_DEFAULT: Duration = Duration::from_secs(1);
 /// Time allowed beyond the request deadline for the network and one forwarding hop.
 const TRANSPORT_MARGIN: Duration = Duration::from_millis(1000);
 /// How long past a node's own deadline the client waits for its answer before it
-/// tries the next node (when one is left).
-const ATTEMPT_SLACK: Duration = Duration::from_millis(200);
+/// tries the next node (when one is left): a forwarded write's margin (500 ms), and
+/// 200 ms for the network.
+const ATTEMPT_SLACK: Duration = Duration::from_millis(700);
 /// A failover attempt needs at least this much of the request's deadline left.
 const MIN_ATTEMPT: Duration = Duration::from_millis(20);
 /// The first pause after a node answered `overloaded` (doubling at each attempt, up to 8x).
@@ -419,9 +420,10 @@ impl Client {
             // The node's own deadline leaves room for the network, as the first attempt's did.
             let node_deadline = left.saturating_sub(TRANSPORT_MARGIN).max(left / 2);
             set_timeout(&mut req, node_deadline);
-            // A node answers by its deadline, even if only to say it timed out. One that
-            // died with its connection open answers nothing: past its deadline and a
-            // little, the rest of the time goes to the next node.
+            // A node answers by its deadline (a forwarded write by its deadline and the
+            // forward's margin), even if only to say it timed out. One that died with its
+            // connection open answers nothing: past that and a little, the rest of the
+            // time goes to the next node.
             let wait = if tried + 1 < n { (node_deadline + ATTEMPT_SLACK).min(left) } else { left };
             let in_flight = InFlight::start(self, addr);
             let result = self.0.pool.request(addr, &req, wait).await;
@@ -437,6 +439,15 @@ impl Client {
                         break;
                     }
                     tokio::time::sleep(pause).await;
+                }
+                // A node outside the cluster (it left, or was forgotten) did nothing: the
+                // ring that routed here is stale; ask the next node.
+                Ok(Response::Error(e @ qkv_proto::Error::WrongLayout { .. }))
+                    if matches!(req, Request::Get(_) | Request::Put(_)) =>
+                {
+                    self.route_stale();
+                    last = e.to_string();
+                    overloaded = Some(e);
                 }
                 Ok(Response::Error(e)) => return Err(Error::Cluster(e)),
                 Ok(r) => {
@@ -491,6 +502,13 @@ impl Client {
         route::RingView::from_info(&info).map_err(Error::Protocol)
     }
 
+    /// The ring looks stale: fetch it again soon.
+    fn route_stale(&self) {
+        if let Some(routing) = &self.0.routing {
+            routing.lock().unwrap_or_else(|p| p.into_inner()).stale();
+        }
+    }
+
     /// A write answered by `answered` was coordinated by `coordinator`: when the ring
     /// places it elsewhere, it was forwarded, and the ring is fetched again soon.
     fn check_route(&self, answered: SocketAddr, coordinator: NodeId) {
@@ -514,21 +532,29 @@ impl Client {
     }
 
     /// A read, hedged when so configured: after the hedge delay the same read also goes
-    /// to the next node, and the first success wins.
+    /// to the next node, and the first success wins. The first attempt runs on as a
+    /// task of its own until it ends: a node that stalls keeps requests in flight and
+    /// so becomes suspect, and reads stop going to it first (were it dropped, the
+    /// stalled node would look idle, and every read routed to it would need a hedge).
     async fn read(&self, req: Request, timeout: Duration, homes: Vec<SocketAddr>) -> Result<Response, Error> {
         let hedge = match self.0.hedge {
             Some(h) if homes.len() > 1 => h,
             _ => return self.send_to(req, timeout, &homes).await.map(|(_, r)| r),
         };
         self.0.budget.deposit();
-        let first = self.send_to(req.clone(), timeout, &homes);
-        tokio::pin!(first);
+        let mut first = tokio::spawn({
+            let (client, req, homes) = (self.clone(), req.clone(), homes.clone());
+            async move { client.send_to(req, timeout, &homes).await }
+        });
+        let joined = |r: Result<Result<(SocketAddr, Response), Error>, tokio::task::JoinError>| {
+            r.unwrap_or_else(|e| Err(Error::Protocol(format!("a read's task failed: {e}")))).map(|(_, r)| r)
+        };
         tokio::select! {
-            r = &mut first => return r.map(|(_, r)| r),
+            r = &mut first => return joined(r),
             _ = tokio::time::sleep(hedge.after) => {}
         }
         if !self.0.budget.withdraw() {
-            return first.await.map(|(_, r)| r);
+            return joined(first.await);
         }
         self.0.hedges.fetch_add(1, Ordering::Relaxed);
         let mut others = homes.clone();
@@ -537,13 +563,13 @@ impl Client {
         tokio::pin!(second);
         // The first success wins; an error waits for the other.
         tokio::select! {
-            r = &mut first => match r {
-                Ok((_, r)) => Ok(r),
+            r = &mut first => match joined(r) {
+                Ok(r) => Ok(r),
                 Err(_) => second.await.map(|(_, r)| r),
             },
             r = &mut second => match r {
                 Ok((_, r)) => Ok(r),
-                Err(_) => first.await.map(|(_, r)| r),
+                Err(_) => joined(first.await),
             },
         }
     }

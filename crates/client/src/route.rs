@@ -81,11 +81,14 @@ impl Routing {
         true
     }
 
-    /// A fetch ended (with a view, or not).
+    /// A fetch ended (with a view, or not). A view older than the one held (from a
+    /// node that has not heard of the newest layout yet) is not taken.
     pub(crate) fn fetched(&mut self, view: Option<RingView>) {
         self.fetching = false;
         self.due = Instant::now() + REFRESH;
-        if let Some(v) = view {
+        if let Some(v) = view
+            && self.view.as_ref().is_none_or(|old| v.epoch >= old.epoch)
+        {
             self.view = Some(Arc::new(v));
         }
     }

@@ -20,7 +20,7 @@
 use qkv_proto::{DvvSet, Error, NodeId};
 
 use crate::merkle::digest;
-use crate::quorum::{Tally, tally};
+use crate::quorum::Tally;
 
 /// What the driver must do.
 #[derive(Clone, Debug, PartialEq)]
@@ -174,12 +174,27 @@ impl GetOp {
         GetAction::Ask { to }
     }
 
-    /// The next target asked for nothing yet, or only for its digest.
+    /// The next target to ask for its state: one asked nothing yet, else one whose
+    /// digest came back. Never one whose digest is still out (each target has at most
+    /// one request of a read out, so an answer or failure says what it is about), nor
+    /// one that failed.
     fn spare(&self) -> Option<NodeId> {
         let failed = |n: NodeId| self.failed.iter().any(|f| f.0 == n) || self.digest_failed.contains(&n);
-        let mut rest = self.targets.iter().copied().filter(|n| !self.asked.contains(n) && !failed(*n));
+        let digest_in = |n: NodeId| self.digests.iter().any(|d| d.0 == n);
+        let mut rest = self.targets.iter().copied().filter(|&n| !self.asked.contains(&n) && !failed(n));
         let fresh = rest.clone().find(|n| !self.digest_asked.contains(n));
-        fresh.or_else(|| rest.next())
+        fresh.or_else(|| rest.find(|&n| digest_in(n)))
+    }
+
+    /// State requests out (asked, neither answered nor failed).
+    fn outstanding(&self) -> usize {
+        self.asked.len() - self.replies.len() - self.failed.len()
+    }
+
+    /// Targets that may still be asked for their state (or are being asked).
+    fn possible(&self) -> usize {
+        let failed = |n: NodeId| self.failed.iter().any(|f| f.0 == n) || self.digest_failed.contains(&n);
+        self.targets.iter().filter(|&&n| !self.asked.contains(&n) && !failed(n)).count() + self.outstanding()
     }
 
     /// A replica's state (`None`: it never saw the key).
@@ -210,12 +225,6 @@ impl GetOp {
         let mut out = vec![];
         if self.is_new(from) {
             self.failed.push((from, err));
-            // Ask another while the answer is still to come.
-            if !self.answered
-                && let Some(to) = self.spare()
-            {
-                out.push(self.ask(to));
-            }
         } else if !self.finished
             && self.digest_asked.contains(&from)
             && !self.digests.iter().any(|x| x.0 == from)
@@ -280,7 +289,20 @@ impl GetOp {
         }
         let mut out = vec![];
         if !self.answered {
-            match tally(self.needed, self.replies.len(), self.failed.len(), self.targets.len()) {
+            // Keep R requests in play: a failed one is replaced by the next target (one
+            // whose digest is out is asked once the digest is in).
+            while self.replies.len() + self.outstanding() < self.needed {
+                let Some(to) = self.spare() else { break };
+                out.push(self.ask(to));
+            }
+            let state = if self.replies.len() >= self.needed {
+                Tally::Won
+            } else if self.replies.len() + self.possible() < self.needed {
+                Tally::Lost
+            } else {
+                Tally::Pending
+            };
+            match state {
                 Tally::Pending => {}
                 Tally::Won => {
                     self.answered = true;
@@ -447,5 +469,27 @@ mod tests {
         assert_eq!(op.on_failure(1, Error::ShuttingDown), vec![GetAction::Ask { to: 3 }]);
         let acts = op.on_failure(2, Error::ShuttingDown);
         assert!(matches!(acts[0], GetAction::Reply(Err(Error::Failed { .. }))));
+    }
+
+    /// A checked read keeps a target's state and digest requests apart: a digest that
+    /// fails is not a failed replica, and a target whose digest is out is asked for its
+    /// state only once the digest is in.
+    #[test]
+    fn a_failed_digest_is_not_a_failed_replica() {
+        let mut op = GetOp::new(b"k", vec![1, 2, 3], 2, 0, 1000, true);
+        let first = op.start(0);
+        assert_eq!(first, vec![GetAction::Ask { to: 1 }, GetAction::Ask { to: 2 }, GetAction::AskDigest { to: 3 }]);
+        assert!(op.on_reply(1, None).is_empty());
+        assert!(op.on_timeout(50).is_empty(), "no hedge to 3 while its digest is out");
+        assert!(op.on_failure(2, Error::ShuttingDown).is_empty(), "3 may still make two once its digest is in");
+        assert_eq!(op.on_digest(3, 7), vec![GetAction::Ask { to: 3 }]);
+        let acts = op.on_reply(3, None);
+        assert!(matches!(acts[0], GetAction::Reply(Ok(GetAnswer { replied: 2, .. }))), "{acts:?}");
+        // The other way: the digest fails, and that is not the replica's state failing.
+        let mut op = GetOp::new(b"k", vec![1, 2, 3], 2, 0, 1000, true);
+        let _ = op.start(0);
+        assert!(op.on_failure(3, Error::ShuttingDown).is_empty());
+        assert!(op.on_reply(1, None).is_empty());
+        assert!(matches!(op.on_reply(2, None)[0], GetAction::Reply(Ok(_))));
     }
 }

@@ -9,11 +9,15 @@
 //! The length is checked against the limit before anything is allocated;
 //! the version byte is checked before the body is decoded.
 //!
-//! Bodies are compact msgpack: struct fields by position, not by name (enum
-//! variants keep their names). The decoder takes either form, so a node reads the
-//! named frames of earlier releases, and they read these. A field added to a
-//! message goes last, with a serde default, and is never skipped when serialising
-//! unless it is last: a skipped field in the middle would shift the ones after it.
+//! Bodies are msgpack. The hot messages (reads, writes and replica traffic, see
+//! [`Message::compact`]) go compact: struct fields by position, not by name (enum
+//! variants keep their names); their shape is fixed for a protocol version (a test
+//! pins it): a field added to one changes the version, since a reader of the version
+//! before would refuse the longer array. The others (status, stats, pings, errors,
+//! membership) keep their field names, so a field added with a serde default is read
+//! by both releases. The decoder takes either form. Within a compact message no field
+//! is skipped when serialising unless it is the last (a skipped field in the middle
+//! would shift the ones after it).
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -30,11 +34,56 @@ pub const LEN_BYTES: usize = 4;
 /// default limits (twice the 8 MiB per-key limit, the key and the message around it).
 pub const FRAME_BYTES_MAX_DEFAULT: usize = 24 * 1024 * 1024;
 
+/// A message of the wire: whether it goes compact (see the module docs).
+pub trait Message: Serialize {
+    /// Fields by position (`true`) or by name.
+    fn compact(&self) -> bool;
+}
+
+impl Message for crate::Request {
+    fn compact(&self) -> bool {
+        use crate::Request as R;
+        matches!(
+            self,
+            R::Get(_)
+                | R::Put(_)
+                | R::ReplicaGet { .. }
+                | R::ReplicaDigest { .. }
+                | R::ReplicaPut { .. }
+                | R::ReplicaHint { .. }
+                | R::ReplicaPutBatch { .. }
+                | R::HintGet { .. }
+        )
+    }
+}
+
+impl Message for crate::Response {
+    fn compact(&self) -> bool {
+        use crate::Response as R;
+        matches!(
+            self,
+            R::Get(_)
+                | R::Put(_)
+                | R::ReplicaState(_)
+                | R::ReplicaAck
+                | R::ReplicaBatchAck { .. }
+                | R::Digest(_)
+                | R::Hints(_)
+        )
+    }
+}
+
+fn write_body<T: Message>(out: &mut Vec<u8>, msg: &T) -> Result<(), Error> {
+    let written =
+        if msg.compact() { rmp_serde::encode::write(out, msg) } else { rmp_serde::encode::write_named(out, msg) };
+    written.map_err(|e| Error::BadRequest(format!("cannot encode message: {e}")))
+}
+
 /// Encode `msg` as a whole frame, length prefix included.
-pub fn encode<T: Serialize>(msg: &T, frame_bytes_max: usize) -> Result<Vec<u8>, Error> {
+pub fn encode<T: Message>(msg: &T, frame_bytes_max: usize) -> Result<Vec<u8>, Error> {
     let mut out = vec![0u8; LEN_BYTES];
     out.push(PROTOCOL_VERSION);
-    rmp_serde::encode::write(&mut out, msg).map_err(|e| Error::BadRequest(format!("cannot encode message: {e}")))?;
+    write_body(&mut out, msg)?;
     let body = out.len() - LEN_BYTES;
     if body > frame_bytes_max {
         return Err(Error::TooLarge { what: "frame".into(), size: body as u64, max: frame_bytes_max as u64 });
@@ -44,13 +93,13 @@ pub fn encode<T: Serialize>(msg: &T, frame_bytes_max: usize) -> Result<Vec<u8>, 
 }
 
 /// Encode `msg` as a whole frame of a multiplexed stream, with its request id.
-pub fn encode_mux<T: Serialize>(id: u64, msg: &T, frame_bytes_max: usize) -> Result<Vec<u8>, Error> {
+pub fn encode_mux<T: Message>(id: u64, msg: &T, frame_bytes_max: usize) -> Result<Vec<u8>, Error> {
     let mut out = vec![0u8; LEN_BYTES];
     out.push(MUX_VERSION);
     let bad = |e: String| Error::BadRequest(format!("cannot encode message: {e}"));
     rmp::encode::write_array_len(&mut out, 2).map_err(|e| bad(e.to_string()))?;
     rmp::encode::write_uint(&mut out, id).map_err(|e| bad(e.to_string()))?;
-    rmp_serde::encode::write(&mut out, msg).map_err(|e| bad(e.to_string()))?;
+    write_body(&mut out, msg)?;
     let body = out.len() - LEN_BYTES;
     if body > frame_bytes_max {
         return Err(Error::TooLarge { what: "frame".into(), size: body as u64, max: frame_bytes_max as u64 });
@@ -73,6 +122,16 @@ pub fn decode_mux_body<T: DeserializeOwned>(body: &[u8]) -> Result<(u64, Result<
     let id: u64 = rmp::decode::read_int(&mut rest).map_err(|_| bad("no request id"))?;
     let msg = rmp_serde::from_slice(rest).map_err(|e| Error::BadRequest(format!("malformed frame: {e}")));
     Ok((id, msg))
+}
+
+/// The id of a multiplexed frame from the first bytes of its body (16 are enough),
+/// for a frame whose message is not read (refused, or over a limit).
+pub fn mux_id(head: &[u8]) -> Option<u64> {
+    let mut rest = head.strip_prefix(&[MUX_VERSION])?;
+    match rmp::decode::read_array_len(&mut rest) {
+        Ok(2) => rmp::decode::read_int(&mut rest).ok(),
+        _ => None,
+    }
 }
 
 /// Read the body length from a length prefix, refusing frames over the limit or empty ones.
@@ -133,6 +192,8 @@ mod tests {
         assert_eq!(decode_len(f[..4].try_into().unwrap(), 1024).unwrap(), f.len() - 4);
         let (id, got) = decode_mux_body::<Request>(&f[4..]).unwrap();
         assert_eq!((id, got.unwrap()), (u64::MAX - 3, req.clone()));
+        assert_eq!(mux_id(&f[4..20]), Some(u64::MAX - 3), "the id from the first 16 bytes");
+        assert_eq!(mux_id(&f[4..6]), None);
         // A message that does not decode still names its id, to answer the error to.
         let mut broken = f[4..f.len() - 2].to_vec();
         broken.push(0xc1);
@@ -145,6 +206,63 @@ mod tests {
         assert!(decode_mux_body::<Request>(&[MUX_VERSION, 0x92]).is_err());
         assert!(decode_mux_body::<Request>(&[]).is_err());
         assert!(matches!(decode_body::<Request>(&f[4..]), Err(Error::BadRequest(m)) if m.contains("version 2")));
+    }
+
+    /// The compact messages' shape is fixed for a protocol version: a reader of it
+    /// refuses an array longer than its struct. This pins it; a change here must come
+    /// with a new version (and its fallback).
+    #[test]
+    fn the_compact_messages_keep_their_shape() {
+        use crate::{Context, Dot, DvvSet, GetReply, GetRequest, Level, PutReply, PutRequest, VersionVector};
+        let hex = |m: &dyn Fn(&mut Vec<u8>)| {
+            let mut v = vec![];
+            m(&mut v);
+            v.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        };
+        let mut set = DvvSet::new();
+        set.update(&VersionVector::new(), Some(b"v".to_vec()), 7);
+        let get = Request::Get(GetRequest { key: b"k".to_vec(), r: Level::One, strict: false, timeout_ms: Some(5) });
+        let put = Request::Put(PutRequest {
+            key: b"k".to_vec(),
+            value: Some(b"v".to_vec()),
+            context: Context::empty(),
+            w: Level::Quorum,
+            strict: true,
+            timeout_ms: None,
+            forwarded: false,
+            write_id: Some(9),
+        });
+        let replica = Request::ReplicaPut { key: b"k".to_vec(), set: set.clone() };
+        let got = Response::Get(GetReply { values: vec![], found: false, context: Context::empty(), replied: 1 });
+        let put_reply = Response::Put(PutReply {
+            context: Context::empty(),
+            dot: Dot { actor: 7, counter: 1 },
+            home_acks: vec![1],
+            standin_acks: vec![],
+            coordinator: 1,
+        });
+        let body = |m: &dyn Fn(&mut Vec<u8>) -> Result<(), Error>| {
+            let mut v = vec![];
+            m(&mut v).unwrap();
+            hex(&|out| out.extend_from_slice(&v))
+        };
+        let shapes = [
+            body(&|v| write_body(v, &get)),
+            body(&|v| write_body(v, &put)),
+            body(&|v| write_body(v, &replica)),
+            body(&|v| write_body(v, &got)),
+            body(&|v| write_body(v, &put_reply)),
+        ];
+        let pinned = [
+            "81a347657494c4016ba34f6e65c205",
+            "81a350757498c4016bc40176929180c400a651756f72756dc3c0c209",
+            "81aa5265706c69636150757492c4016b93810701909192920701c40176",
+            "81a34765749490c2929180c40001",
+            "81a350757495929180c40092070191019001",
+        ];
+        for (got, want) in shapes.iter().zip(pinned) {
+            assert_eq!(got, want);
+        }
     }
 
     #[test]

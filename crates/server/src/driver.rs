@@ -1,22 +1,31 @@
-//! The core's owner: one OS thread runs the sans-IO [`Core`] and its fjall store,
-//! fed by bounded inboxes. Nothing else touches the core, so there is no lock
-//! around it, and storage reads, writes and scans never run on an async worker.
+//! The core's owner: one task (or, with `core_thread = true`, one OS thread) runs the
+//! sans-IO [`Core`] and its fjall store, fed by inboxes. Nothing else touches the
+//! core, so there is no lock around it.
 //!
-//! - **Inboxes.** Three bounded channels, drained in this order every round:
-//!   `urgent` (answers to this node's requests, completed flushes, pings, the
-//!   driver's own queries), then `peers` (replica traffic), then `clients`. A ping
-//!   therefore waits behind at most one event's work, never behind a queue of
-//!   reads and writes. A full client or peer inbox refuses the request at once
-//!   with [`Error::Overloaded`]: backpressure, never an unbounded queue.
-//! - **Sends.** Each peer has one task with a bounded queue; it runs the requests
-//!   to that peer concurrently and posts each answer to `urgent`. No task is
-//!   spawned per message.
-//! - **Flushes.** `buffer` writes are in the journal and flushed to the OS when the
-//!   store returns, so their flush completes in the same round. Flushes that need
-//!   an fdatasync (`sync`, and the core's lease and vote syncs under any policy) go
-//!   to the group-commit thread as one batch per round: one fdatasync covers every
-//!   write of every batch queued while the last one ran.
-//! - **Timers.** The thread sleeps on its inboxes until the core's next deadline.
+//! - **Inboxes**, taken in this order every round: `internal` (answers to this node's
+//!   requests and completed flushes: never refused nor dropped, as each is the end of
+//!   one request or flush the core itself has in its tables, which bound them), then
+//!   `urgent` (pings and the driver's own queries, bounded), then `peers` (replica
+//!   traffic) and `clients`, alternately. Each round takes at most
+//!   [`ROUND_EVENTS_MAX`] events from a lane, so the outputs go out between rounds
+//!   whatever arrives. A ping waits behind at most one round, never behind a queue
+//!   of reads and writes. A full urgent, peer or client inbox refuses the request at
+//!   once with [`Error::Overloaded`]: backpressure, never an unbounded queue.
+//! - **Sends.** Each peer has one task with a bounded queue; it runs up to
+//!   [`PEER_IN_FLIGHT_MAX`] requests to that peer at once and posts each answer to
+//!   `internal`. No task is spawned per message.
+//! - **Flushes.** Writes stay in fjall's journal buffer; at the end of a round one
+//!   write hands them all to the OS, and the round's `buffer` flushes complete then.
+//!   Flushes that need an fdatasync (`sync`, and the core's lease and vote syncs under
+//!   any policy) go to the group-commit thread as one batch per round: one fdatasync
+//!   covers every batch queued while the last one ran.
+//! - **Timers.** The owner sleeps on its inboxes until the core's next deadline.
+//!
+//! The task is the default: on a machine whose cores the whole cluster shares, the
+//! wake-up of a second thread for every request cost more than it saved (see README
+//! "Performance"). Storage calls then run on the runtime's worker; they are memory
+//! writes and lookups in the common case, and each event's work is bounded by the
+//! core's page sizes.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,7 +33,7 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded, unbounded};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use qkv_core::{Core, Output, ReqId, RpcId};
@@ -34,22 +43,19 @@ use tokio::sync::{mpsc, oneshot};
 use crate::service::Shared;
 use crate::storage::StoreHandle;
 
-/// Client requests waiting for the core thread; more are refused as overloaded.
+/// Client requests waiting for the core; more are refused as overloaded.
 pub const CLIENT_INBOX_MAX: usize = 8192;
-/// Replica requests from peers waiting for the core thread; more are refused as overloaded.
+/// Replica requests from peers waiting for the core; more are refused as overloaded.
 pub const PEER_INBOX_MAX: usize = 16_384;
-/// Answers, flushes, pings and queries waiting for the core thread. Answers are to
-/// requests the core sent (bounded by its tables); one that finds this full is
-/// dropped with a warning, and the core fails that request at its deadline.
-pub const URGENT_INBOX_MAX: usize = 65_536;
+/// Pings and the driver's queries waiting for the core; more are refused as overloaded.
+pub const URGENT_INBOX_MAX: usize = 4096;
 /// Requests queued for one peer's sender task; more fail at once (the core counts
 /// them as that peer failing).
 pub const PEER_QUEUE_MAX: usize = 16_384;
-/// Events the core thread takes from the client and peer inboxes before it looks at
-/// `urgent` again and drains the outputs.
-const ROUND_EVENTS_MAX: usize = 64;
-/// How long the group-commit thread waits for room to report a sync.
-const FLUSHED_WAIT: Duration = Duration::from_secs(60);
+/// Requests one peer's sender task runs at once; the rest wait in its queue.
+pub const PEER_IN_FLIGHT_MAX: usize = 4096;
+/// Events the core takes from one lane in a round before the outputs go out.
+pub const ROUND_EVENTS_MAX: usize = 256;
 /// How often the thread looks for waiters whose client gave up.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -73,6 +79,8 @@ pub enum Event {
 /// Which inbox a request goes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lane {
+    /// Answers to the core's own requests, and completed flushes (never refused).
+    Internal,
     /// Liveness and the driver's own queries.
     Urgent,
     /// Replica traffic from other nodes.
@@ -81,9 +89,11 @@ pub enum Lane {
     Client,
 }
 
-/// The senders of the three inboxes; cheap to clone.
+/// The senders of the inboxes; cheap to clone.
 #[derive(Clone)]
 pub struct Inbox {
+    /// Unbounded by the channel: see the module docs for what bounds it.
+    internal: Sender<Event>,
     urgent: Sender<Event>,
     peers: Sender<Event>,
     clients: Sender<Event>,
@@ -113,6 +123,7 @@ impl Bell {
 
 /// The receiving ends of the inboxes.
 struct Lanes {
+    internal: Receiver<Event>,
     urgent: Receiver<Event>,
     peers: Receiver<Event>,
     clients: Receiver<Event>,
@@ -120,7 +131,7 @@ struct Lanes {
 
 impl Lanes {
     fn is_empty(&self) -> bool {
-        self.urgent.is_empty() && self.peers.is_empty() && self.clients.is_empty()
+        self.internal.is_empty() && self.urgent.is_empty() && self.peers.is_empty() && self.clients.is_empty()
     }
 }
 
@@ -128,7 +139,8 @@ impl Inbox {
     /// Queue `event` on `lane`, or say why not (nothing was queued).
     pub fn post(&self, lane: Lane, event: Event) -> Result<(), Error> {
         let (tx, what, max) = match lane {
-            Lane::Urgent => (&self.urgent, "internal events", URGENT_INBOX_MAX),
+            Lane::Internal => (&self.internal, "answers", usize::MAX),
+            Lane::Urgent => (&self.urgent, "pings and queries", URGENT_INBOX_MAX),
             Lane::Peer => (&self.peers, "replica requests", PEER_INBOX_MAX),
             Lane::Client => (&self.clients, "client requests", CLIENT_INBOX_MAX),
         };
@@ -144,17 +156,9 @@ impl Inbox {
         }
     }
 
-    /// Queue `event` on the urgent lane, waiting at most `timeout` for room (from a
-    /// thread that may block: the group-commit thread, the node's shutdown).
-    pub fn post_waiting(&self, event: Event, timeout: Duration) -> Result<(), Error> {
-        self.urgent.send_timeout(event, timeout).map_err(|_| Error::ShuttingDown)?;
-        self.bell.ring();
-        Ok(())
-    }
-
-    /// Tell the core thread to stop, waiting at most `timeout` for room.
-    pub fn stop(&self, timeout: Duration) -> Result<(), Error> {
-        self.post_waiting(Event::Stop, timeout)
+    /// Tell the core to stop (after what is queued on the internal lane).
+    pub fn stop(&self) -> Result<(), Error> {
+        self.post(Lane::Internal, Event::Stop)
     }
 }
 
@@ -179,11 +183,12 @@ impl CoreThread {
 /// Start the core's owner: a thread of its own, or (`thread: false`) a task on the
 /// node's runtime. It ends at [`Event::Stop`].
 pub fn start(core: Core<StoreHandle>, shared: Arc<Shared>, thread: bool) -> std::io::Result<(Inbox, CoreThread)> {
+    let (internal_tx, internal_rx) = unbounded();
     let (urgent_tx, urgent_rx) = bounded(URGENT_INBOX_MAX);
     let (peers_tx, peers_rx) = bounded(PEER_INBOX_MAX);
     let (clients_tx, clients_rx) = bounded(CLIENT_INBOX_MAX);
     let bell = Arc::new(Bell { sleeping: AtomicBool::new(false), thread: OnceLock::new(), notify: Default::default() });
-    let inbox = Inbox { urgent: urgent_tx, peers: peers_tx, clients: clients_tx, bell };
+    let inbox = Inbox { internal: internal_tx, urgent: urgent_tx, peers: peers_tx, clients: clients_tx, bell };
     let runtime = tokio::runtime::Handle::current();
     let mut driver = Driver {
         core,
@@ -195,9 +200,10 @@ pub fn start(core: Core<StoreHandle>, shared: Arc<Shared>, thread: bool) -> std:
         peers: HashMap::new(),
         addrs_epoch: u64::MAX,
         sync_tokens: vec![],
+        later: vec![],
         last_sweep: Instant::now(),
     };
-    let lanes = Lanes { urgent: urgent_rx, peers: peers_rx, clients: clients_rx };
+    let lanes = Lanes { internal: internal_rx, urgent: urgent_rx, peers: peers_rx, clients: clients_rx };
     if !thread {
         let task = driver.runtime.clone().spawn(driver.run_task(lanes));
         return Ok((inbox, CoreThread { thread: None, task: Some(task) }));
@@ -222,45 +228,49 @@ struct Driver {
     addrs_epoch: u64,
     /// Flush tokens of this round that need an fdatasync.
     sync_tokens: Vec<u64>,
+    /// Flushes whose completion goes to the next round.
+    later: Vec<(u64, Result<(), Error>)>,
     last_sweep: Instant,
 }
+
+/// Passes of a round's drain (outputs, flush, completions) before the rest waits for
+/// the next round.
+const DRAIN_PASSES_MAX: usize = 8;
 
 impl Driver {
     fn now_ms(&self) -> u64 {
         self.shared.start.elapsed().as_millis() as u64
     }
 
-    /// One round: the urgent lane whole, then up to [`ROUND_EVENTS_MAX`] requests of
-    /// each other lane, the core's timers, and the outputs. `None` at [`Event::Stop`],
-    /// else whether anything was done.
+    /// One round: up to [`ROUND_EVENTS_MAX`] events of each lane (internal, urgent,
+    /// then peers and clients alternately), the core's timers, and the outputs. `None`
+    /// at [`Event::Stop`], else whether anything was done.
     fn round(&mut self, lanes: &Lanes) -> Option<bool> {
         let mut took = 0;
-        while let Ok(ev) = lanes.urgent.try_recv() {
-            if !self.handle(ev) {
-                return None;
-            }
-            took += 1;
-        }
-        for _ in 0..ROUND_EVENTS_MAX {
-            let mut any = false;
-            if let Ok(ev) = lanes.peers.try_recv() {
-                any = true;
+        for lane in [&lanes.internal, &lanes.urgent] {
+            for ev in lane.try_iter().take(ROUND_EVENTS_MAX) {
                 if !self.handle(ev) {
                     return None;
                 }
+                took += 1;
             }
-            if let Ok(ev) = lanes.clients.try_recv() {
-                any = true;
-                if !self.handle(ev) {
-                    return None;
+        }
+        for _ in 0..ROUND_EVENTS_MAX {
+            let mut any = false;
+            for lane in [&lanes.peers, &lanes.clients] {
+                if let Ok(ev) = lane.try_recv() {
+                    any = true;
+                    if !self.handle(ev) {
+                        return None;
+                    }
                 }
             }
             if !any {
                 break;
             }
             took += 1;
-            // Liveness and answers go first: look at them between requests.
-            if !lanes.urgent.is_empty() {
+            // Answers and pings go first: look at them between requests.
+            if !lanes.internal.is_empty() || !lanes.urgent.is_empty() {
                 break;
             }
         }
@@ -347,11 +357,15 @@ impl Driver {
         true
     }
 
-    /// Carry out everything the core asked for, until it asks nothing more (a
-    /// `buffer` flush completes at once, which may release more outputs).
+    /// Carry out everything the core asked for, until it asks nothing more: the
+    /// round's writes go to the OS in one write, after which its `buffer` flushes
+    /// complete (which may release more outputs). Never recursive: a round always ends.
     fn drain(&mut self) {
-        self.follow_layout();
+        let mut passes = 0;
         loop {
+            // The layout may have moved (by the round's events, or a flush): re-read the
+            // members' addresses before anything is sent.
+            self.follow_layout();
             let mut done_flushes = vec![];
             while let Some(o) = self.core.poll_output() {
                 match o {
@@ -365,42 +379,68 @@ impl Driver {
                         if sync || self.shared.storage.needs_sync() {
                             self.sync_tokens.push(token);
                         } else {
-                            // buffer and periodic: flushed to the OS below, all at once.
                             done_flushes.push(token);
                         }
                     }
                 }
             }
-            if done_flushes.is_empty() {
+            // One write of the journal's buffer for every write of the round: what the
+            // `buffer` flushes wait for, and what every other write gets too.
+            let flushed = self.shared.storage.flush_if_written();
+            if let Err(e) = &flushed {
+                tracing::warn!("flushing the journal: {e}");
+            }
+            passes += 1;
+            if done_flushes.is_empty() || passes > DRAIN_PASSES_MAX {
+                for t in done_flushes {
+                    // (Past the bound: completed next round, in `complete_later`.)
+                    self.later.push((t, flushed.clone()));
+                }
                 break;
             }
-            // One write of the journal's buffer for every write of the round.
-            let flushed = self.shared.storage.flush_journal();
             let now = self.now_ms();
             for t in done_flushes {
                 self.core.handle_flushed(now, t, flushed.clone());
             }
         }
+        self.complete_later();
         if !self.sync_tokens.is_empty() {
             let tokens = std::mem::take(&mut self.sync_tokens);
             let inbox = self.inbox.clone();
             let done = {
                 let tokens = tokens.clone();
-                // From the group-commit thread: it may wait for room, the core thread never does.
+                // From the group-commit thread: it never waits (the internal lane takes all).
                 Box::new(move |result| {
-                    if inbox.post_waiting(Event::Flushed { tokens, result }, FLUSHED_WAIT).is_err() {
-                        tracing::warn!("a completed sync found the core thread gone or stuck");
+                    if inbox.post(Lane::Internal, Event::Flushed { tokens, result }).is_err() {
+                        tracing::debug!("a completed sync found the core gone");
                     }
                 })
             };
-            if let Err(e) = self.shared.storage.sync_later(done) {
-                let now = self.now_ms();
-                for t in tokens {
-                    self.core.handle_flushed(now, t, Err(e.clone()));
+            match self.shared.storage.sync_later(done) {
+                Ok(()) => {}
+                // The group-commit queue is full: ask again next round.
+                Err(Error::Storage(e)) => {
+                    tracing::warn!("{e}; the syncs wait for the next round");
+                    self.sync_tokens = tokens;
                 }
-                // Their failures may have asked for more.
-                self.drain();
+                Err(e) => {
+                    // Shutting down: they fail (next round, never here: no recursion).
+                    self.later.extend(tokens.into_iter().map(|t| (t, Err(e.clone()))));
+                }
             }
+        }
+    }
+
+    /// Flush completions held back from the last pass of a round.
+    fn complete_later(&mut self) {
+        if self.later.is_empty() {
+            return;
+        }
+        let later = std::mem::take(&mut self.later);
+        let inbox = self.inbox.clone();
+        for (t, r) in later {
+            // Through the internal lane: taken next round, after its outputs went out.
+            let _ = inbox.post(Lane::Internal, Event::Flushed { tokens: vec![t], result: r });
         }
     }
 
@@ -417,6 +457,8 @@ impl Driver {
         let shared = self.shared.clone();
         let _guard = self.runtime.enter();
         shared.update_addrs(epoch, &members);
+        // Sender tasks of nodes no layout in effect names, nor the config's seeds, end.
+        self.peers.retain(|id, _| shared.knows(*id));
     }
 
     fn send(&mut self, rpc: RpcId, to: NodeId, req: Request, timeout_ms: u64) {
@@ -447,7 +489,7 @@ async fn peer_task(shared: Arc<Shared>, inbox: Inbox, to: NodeId, mut rx: mpsc::
     let mut inflight = FuturesUnordered::new();
     loop {
         tokio::select! {
-            next = rx.recv() => match next {
+            next = rx.recv(), if inflight.len() < PEER_IN_FLIGHT_MAX => match next {
                 Some((rpc, req, timeout_ms)) => {
                     let shared = shared.clone();
                     inflight.push(async move { (rpc, shared.request(to, &req, timeout_ms).await) });
@@ -455,8 +497,9 @@ async fn peer_task(shared: Arc<Shared>, inbox: Inbox, to: NodeId, mut rx: mpsc::
                 None => break,
             },
             Some((rpc, result)) = inflight.next(), if !inflight.is_empty() => {
-                if let Err(e) = inbox.post(Lane::Urgent, Event::Response { rpc, result }) {
-                    tracing::warn!("an answer from node {to} was dropped: {e}");
+                if inbox.post(Lane::Internal, Event::Response { rpc, result }).is_err() {
+                    // The core stopped.
+                    return;
                 }
             }
         }

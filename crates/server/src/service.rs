@@ -153,9 +153,7 @@ impl Node {
     /// Stop the core thread and wait for it: nothing reaches the core afterwards.
     pub async fn stop(&self) {
         let Some(thread) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
-        let inbox = self.inbox.clone();
-        // The urgent inbox drains first; a full one still takes the stop in time.
-        let _ = tokio::task::spawn_blocking(move || inbox.stop(Duration::from_secs(10))).await;
+        let _ = self.inbox.stop();
         thread.join().await;
     }
 
@@ -163,16 +161,18 @@ impl Node {
         self.shared.start.elapsed().as_millis() as u64
     }
 
-    /// Run `f` on the core thread and wait (bounded) for its result.
+    /// Run `f` on the core and wait (bounded) for its result; queued on `lane` (a
+    /// client's question waits in the clients' inbox, and is refused when it is full).
     async fn query<T: Send + 'static>(
         &self,
+        lane: Lane,
         f: impl FnOnce(&mut Core<StoreHandle>, u64) -> T + Send + 'static,
     ) -> Result<T, Error> {
         let (tx, rx) = oneshot::channel();
         let run = move |c: &mut Core<StoreHandle>, now| {
             let _ = tx.send(f(c, now));
         };
-        self.inbox.post(Lane::Urgent, Event::Query(Box::new(run)))?;
+        self.inbox.post(lane, Event::Query(Box::new(run)))?;
         match tokio::time::timeout(QUERY_TIMEOUT, rx).await {
             Ok(Ok(t)) => Ok(t),
             Ok(Err(_)) => Err(Error::ShuttingDown),
@@ -226,6 +226,11 @@ impl Shared {
         }
     }
 
+    /// Whether node `id` is a member of a layout in effect, or a seed.
+    pub(crate) fn knows(&self, id: NodeId) -> bool {
+        self.addrs.read().unwrap_or_else(|p| p.into_inner()).map.contains_key(&id)
+    }
+
     fn is_isolated(&self, id: NodeId) -> bool {
         self.isolated.read().unwrap_or_else(|p| p.into_inner()).contains(&id)
     }
@@ -248,8 +253,8 @@ impl Shared {
 
 impl Node {
     /// The status reply, from the core's report now, and the writes not yet on every replica.
-    async fn status(&self) -> Result<(qkv_proto::StatusReply, usize), Error> {
-        self.query(|core, now| (crate::status::status_reply(&core.report(now)), core.lag_pending().0)).await
+    async fn status(&self, lane: Lane) -> Result<(qkv_proto::StatusReply, usize), Error> {
+        self.query(lane, |core, now| (crate::status::status_reply(&core.report(now)), core.lag_pending().0)).await
     }
 
     fn stats_from(&self, status: qkv_proto::StatusReply, pending: usize) -> (qkv_proto::StatusReply, StatsReply) {
@@ -265,8 +270,8 @@ impl Node {
         (status, stats)
     }
 
-    /// A request about the node itself ([`AnsweredBy::Driver`]).
-    async fn answer_here(&self, req: Request) -> Response {
+    /// A request about the node itself ([`AnsweredBy::Driver`]), queued on `lane`.
+    async fn answer_here(&self, lane: Lane, req: Request) -> Response {
         let answer = match req {
             Request::Fault { isolate } => {
                 if !self.shared.fault_injection {
@@ -276,10 +281,12 @@ impl Node {
                 *self.shared.isolated.write().unwrap_or_else(|p| p.into_inner()) = isolate.into_iter().collect();
                 Ok(Response::ReplicaAck)
             }
-            Request::Stats => self.status().await.map(|(s, pending)| Response::Stats(self.stats_from(s, pending).1)),
-            Request::Status => self.status().await.map(|(s, _)| Response::Status(s)),
+            Request::Stats => {
+                self.status(lane).await.map(|(s, pending)| Response::Stats(self.stats_from(s, pending).1))
+            }
+            Request::Status => self.status(lane).await.map(|(s, _)| Response::Status(s)),
             Request::Ring { key } => self
-                .query(move |core, _| core.placement(&key))
+                .query(lane, move |core, _| core.placement(&key))
                 .await
                 .and_then(|placed| placed.map(|replicas| Response::Ring(qkv_proto::RingReply { replicas }))),
             other => Err(Error::Internal(format!("the driver has no answer to {other:?}"))),
@@ -357,7 +364,7 @@ impl Handler for Node {
             _ => Lane::Client,
         };
         match req.answered_by() {
-            AnsweredBy::Driver => self.answer_here(req).await,
+            AnsweredBy::Driver => self.answer_here(lane, req).await,
             AnsweredBy::Core => self.serve(lane, req).await,
         }
     }

@@ -70,6 +70,8 @@ pub struct Storage {
     boot: u64,
     epoch: u32,
     fresh: bool,
+    /// Written since the last flush of the journal (see [`Storage::flush_journal`]).
+    dirty: std::sync::atomic::AtomicBool,
     policy: Persist,
     /// The group-commit thread's queue (every policy: the core's lease and vote syncs
     /// need an fdatasync under any).
@@ -121,17 +123,19 @@ impl Storage {
     /// Refuses a data directory that belongs to another node id.
     pub fn open(dir: &std::path::Path, id: NodeId, policy: Persist, period_ms: u64) -> anyhow::Result<Storage> {
         std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", dir.display()))?;
-        // The journal is flushed to the OS by `flush_journal`, once for all the writes the
-        // core made in a round, before any of them is acknowledged (not once per write).
         let db = Database::builder(dir)
             .worker_threads(1)
-            .manual_journal_persist(true)
             .open()
             .map_err(|e| anyhow::anyhow!("cannot open data dir {}: {e}", dir.display()))?;
-        let data = db.keyspace("data", KeyspaceCreateOptions::default)?;
-        let hints = db.keyspace("hints", KeyspaceCreateOptions::default)?;
-        let purged = db.keyspace("purged", KeyspaceCreateOptions::default)?;
-        let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
+        // Writes stay in the journal's buffer until `flush_journal`, once for all the
+        // writes the core made in a round, before any of them is acknowledged (not once
+        // per write). fjall stores the setting with a keyspace when it creates it: the
+        // keyspaces of a data dir created by an earlier release flush on every write.
+        let manual = || KeyspaceCreateOptions::default().manual_journal_persist(true);
+        let data = db.keyspace("data", manual)?;
+        let hints = db.keyspace("hints", manual)?;
+        let purged = db.keyspace("purged", manual)?;
+        let meta = db.keyspace("meta", manual)?;
         let fresh = meta.get("node_id")?.is_none();
         match meta.get("node_id")? {
             Some(v) if v.as_ref() != id.to_be_bytes() => {
@@ -181,6 +185,7 @@ impl Storage {
             boot,
             epoch,
             fresh,
+            dirty: Default::default(),
             policy,
             syncer: None,
             stop: None,
@@ -227,6 +232,7 @@ impl Storage {
     /// [`Storage::flush_journal`] (and, under `sync`, [`Storage::durable`]) before
     /// acknowledging it.
     pub fn put(&self, key: &[u8], set: &DvvSet) -> Result<(), Error> {
+        self.wrote();
         self.data.insert(data_key(key), encode(set)).map_err(storage_err)
     }
 
@@ -238,7 +244,20 @@ impl Storage {
     /// Hand every write so far to the OS (one `write` of the journal's buffer): it then
     /// survives the process being killed. What `buffer` acknowledges after.
     pub fn flush_journal(&self) -> Result<(), Error> {
+        self.dirty.store(false, std::sync::atomic::Ordering::Relaxed);
         self.db.persist(PersistMode::Buffer).map_err(storage_err)
+    }
+
+    /// Flush the journal if anything was written since its last flush: the core
+    /// thread does it at the end of every round, so no write stays only in this
+    /// process's memory past the round that made it (replies that wait for no flush
+    /// included).
+    pub fn flush_if_written(&self) -> Result<(), Error> {
+        if self.dirty.load(std::sync::atomic::Ordering::Relaxed) { self.flush_journal() } else { Ok(()) }
+    }
+
+    fn wrote(&self) {
+        self.dirty.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Make everything written so far durable against power loss (fdatasync), then call
@@ -340,6 +359,7 @@ impl qkv_core::Store for StoreHandle {
         self.0.put(key, set)
     }
     fn delete(&mut self, key: &[u8]) -> Result<(), Error> {
+        self.0.wrote();
         self.0.data.remove(data_key(key)).map_err(storage_err)
     }
     fn scan(&self, from: (u64, &[u8]), to: u64, limit: usize) -> Result<Vec<(Vec<u8>, DvvSet)>, Error> {
@@ -365,6 +385,7 @@ impl qkv_core::Store for StoreHandle {
         meta_u64(&self.0.meta, "counter").map(|c| c.unwrap_or(0)).map_err(storage_err)
     }
     fn put_counter_lease(&mut self, lease: u64) -> Result<(), Error> {
+        self.0.wrote();
         self.0.meta.insert("counter", lease.to_be_bytes()).map_err(storage_err)
     }
     fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, Error> {
@@ -372,15 +393,18 @@ impl qkv_core::Store for StoreHandle {
         Ok(got.map(|v| v.to_vec()))
     }
     fn put_meta(&mut self, name: &str, value: &[u8]) -> Result<(), Error> {
+        self.0.wrote();
         self.0.meta.insert(format!("membership.{name}"), value).map_err(storage_err)
     }
     fn get_hint(&self, owner: NodeId, key: &[u8]) -> Result<Option<Hint>, Error> {
         self.0.hints.get(hint_key(owner, key)).map_err(storage_err)?.map(|v| decode_hint(&v)).transpose()
     }
     fn put_hint(&mut self, owner: NodeId, key: &[u8], hint: &Hint) -> Result<(), Error> {
+        self.0.wrote();
         self.0.hints.insert(hint_key(owner, key), encode(hint)).map_err(storage_err)
     }
     fn delete_hint(&mut self, owner: NodeId, key: &[u8]) -> Result<(), Error> {
+        self.0.wrote();
         self.0.hints.remove(hint_key(owner, key)).map_err(storage_err)
     }
     fn scan_hints(&self) -> Result<Vec<HintMeta>, Error> {
@@ -402,9 +426,11 @@ impl qkv_core::Store for StoreHandle {
         Ok(out)
     }
     fn put_purged(&mut self, key: &[u8], seen: &qkv_proto::Seen) -> Result<(), Error> {
+        self.0.wrote();
         self.0.purged.insert(key, encode(seen)).map_err(storage_err)
     }
     fn delete_purged(&mut self, key: &[u8]) -> Result<(), Error> {
+        self.0.wrote();
         self.0.purged.remove(key).map_err(storage_err)
     }
     fn scan_purged(&self) -> Result<Vec<(Vec<u8>, qkv_proto::Seen)>, Error> {

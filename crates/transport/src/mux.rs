@@ -55,9 +55,22 @@ pub(crate) struct Channel {
     waiters: Arc<Mutex<Waiters>>,
     next_id: AtomicU64,
     frame_bytes_max: usize,
+    /// When the peer last sent anything on the stream (ms since `born`).
+    heard: Arc<AtomicU64>,
+    born: std::time::Instant,
 }
 
 impl Channel {
+    /// Whether the peer sent anything on the stream since `since` (ms since `born`).
+    pub(crate) fn heard_since(&self, since: u64) -> bool {
+        self.heard.load(Ordering::Relaxed) >= since
+    }
+
+    /// Now, in ms since the channel was opened.
+    pub(crate) fn now_ms(&self) -> u64 {
+        now_ms(&self.born)
+    }
+
     /// Open a channel on `conn` (a stream, a writer and a reader task).
     pub(crate) async fn open(
         conn: quinn::Connection,
@@ -74,9 +87,11 @@ impl Channel {
             waiters: waiters.clone(),
             next_id: AtomicU64::new(1),
             frame_bytes_max,
+            heard: Arc::new(AtomicU64::new(0)),
+            born: std::time::Instant::now(),
         });
         tokio::spawn(write_loop(send, rx, waiters.clone(), addr));
-        tokio::spawn(read_loop(recv, waiters, addr, frame_bytes_max));
+        tokio::spawn(read_loop(recv, waiters, addr, frame_bytes_max, ch.heard.clone(), ch.born));
         Ok(ch)
     }
 
@@ -156,9 +171,13 @@ fn end(waiters: &Mutex<Waiters>, why: RequestError, refused: bool) {
     let mut w = waiters.lock().unwrap_or_else(|p| p.into_inner());
     if w.ended.is_none() {
         w.ended = Some(why);
-        w.refused |= refused;
     }
+    w.refused |= refused;
     w.map.clear();
+}
+
+fn now_ms(born: &std::time::Instant) -> u64 {
+    born.elapsed().as_millis() as u64
 }
 
 async fn write_loop(
@@ -178,11 +197,36 @@ async fn write_loop(
             }
         }
         if let Err(e) = send.write_all(&buf).await {
-            end(&waiters, RequestError::Dropped { addr, reason: format!("writing a request: {e}") }, false);
+            // The reader says why (a peer of an earlier release stops this side and
+            // then answers in its own framing; a lost connection ends both sides).
+            // Requests queued from now on go on streams of their own.
+            tracing::debug!(%addr, "writing requests: {e}");
+            let _ = waiters;
             return;
         }
     }
     let _ = send.finish();
+}
+
+/// Read and drop a frame body of `len` bytes, in pieces; its first bytes (enough for a
+/// multiplexed frame's id) are kept.
+pub(crate) async fn skip_body(recv: &mut quinn::RecvStream, len: usize) -> Result<Vec<u8>, quinn::ReadExactError> {
+    const HEAD: usize = 16;
+    let mut head = vec![0u8; len.min(HEAD)];
+    recv.read_exact(&mut head).await?;
+    let mut left = len - head.len();
+    let mut buf = vec![0u8; left.min(64 << 10)];
+    while left > 0 {
+        let n = left.min(buf.len());
+        recv.read_exact(&mut buf[..n]).await?;
+        left -= n;
+    }
+    Ok(head)
+}
+
+/// The id at the start of a multiplexed frame's body.
+pub(crate) fn id_of(head: &[u8]) -> Option<u64> {
+    frame::mux_id(head)
 }
 
 async fn read_loop(
@@ -190,6 +234,8 @@ async fn read_loop(
     waiters: Arc<Mutex<Waiters>>,
     addr: SocketAddr,
     frame_bytes_max: usize,
+    heard: Arc<AtomicU64>,
+    born: std::time::Instant,
 ) {
     loop {
         let mut prefix = [0u8; LEN_BYTES];
@@ -197,7 +243,27 @@ async fn read_loop(
             end(&waiters, RequestError::Dropped { addr, reason: format!("reading an answer: {e}") }, false);
             return;
         }
-        let len = match frame::decode_len(prefix, frame_bytes_max) {
+        heard.store(now_ms(&born), Ordering::Relaxed);
+        let len = match frame::decode_len(prefix, usize::MAX) {
+            Ok(l) if l > frame_bytes_max => {
+                // An answer over this side's limit: it fails alone; the stream goes on.
+                let head = match skip_body(&mut recv, l).await {
+                    Ok(h) => h,
+                    Err(e) => {
+                        end(&waiters, RequestError::Dropped { addr, reason: format!("reading an answer: {e}") }, false);
+                        return;
+                    }
+                };
+                let waiter =
+                    id_of(&head).and_then(|id| waiters.lock().unwrap_or_else(|p| p.into_inner()).map.remove(&id));
+                if let Some(w) = waiter {
+                    let _ = w.send(Err(RequestError::Protocol {
+                        addr,
+                        reason: format!("an answer of {l} bytes is over the frame limit of {frame_bytes_max}"),
+                    }));
+                }
+                continue;
+            }
             Ok(l) => l,
             Err(e) => {
                 end(&waiters, RequestError::Protocol { addr, reason: e.to_string() }, false);
@@ -210,10 +276,17 @@ async fn read_loop(
             return;
         }
         if body.first() == Some(&frame::PROTOCOL_VERSION) {
-            // A node of an earlier release: it answered the first frame with an error
-            // in its own framing and ran nothing.
-            tracing::debug!(%addr, "the peer does not speak multiplexed streams");
-            end(&waiters, RequestError::Dropped { addr, reason: "multiplexed streams refused".into() }, true);
+            // An answer in a single request's framing: from a node of an earlier release,
+            // which refuses the version (and ran nothing), or from one that could not
+            // read the first frame (it says why).
+            let refused = matches!(
+                frame::decode_body::<Response>(&body),
+                Ok(Response::Error(qkv_proto::Error::BadRequest(m))) if m.contains("unsupported protocol version")
+            );
+            if refused {
+                tracing::debug!(%addr, "the peer does not speak multiplexed streams");
+            }
+            end(&waiters, RequestError::Dropped { addr, reason: "the multiplexed stream was refused".into() }, refused);
             return;
         }
         match frame::decode_mux_body::<Response>(&body) {

@@ -4,7 +4,7 @@
 //! ([`crate::mux`]); the others (and any to a peer of an earlier release) take a
 //! bidirectional stream each.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -99,6 +99,9 @@ enum Slot {
 /// Peers remembered as not speaking multiplexed streams, at most (then forgotten, and
 /// asked again).
 const LEGACY_MAX: usize = 4096;
+/// How long a peer is remembered as not speaking multiplexed streams (it may be
+/// upgraded meanwhile).
+const LEGACY_FOR: Duration = Duration::from_secs(60);
 
 /// A pool of connections to peers, sharing one QUIC endpoint.
 pub struct Pool {
@@ -110,8 +113,8 @@ pub struct Pool {
     /// Per address: serialises dials and channel opens, so concurrent requests share
     /// the first.
     locks: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
-    /// Peers that refused multiplexed streams (an earlier release).
-    legacy: Mutex<HashSet<SocketAddr>>,
+    /// Peers that refused multiplexed streams (an earlier release), and since when.
+    legacy: Mutex<HashMap<SocketAddr, Instant>>,
 }
 
 /// Whether `req` goes on the connection's multiplexed stream: the small, frequent
@@ -146,7 +149,7 @@ impl Pool {
             frame_bytes_max,
             channels: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
-            legacy: Mutex::new(HashSet::new()),
+            legacy: Mutex::new(HashMap::new()),
         }
     }
 
@@ -198,15 +201,20 @@ impl Pool {
         };
         if multiplexed(req) && !self.is_legacy(addr) {
             match self.channel(addr, conn, deadline).await {
-                Ok(ch) => match ch.request(req, deadline).await {
-                    Sent::Done(Err(RequestError::Timeout { .. })) => {
-                        self.timed_out(addr, conn);
+                Ok(ch) => match (ch.now_ms(), ch.request(req, deadline).await) {
+                    (sent, Sent::Done(Err(RequestError::Timeout { .. }))) => {
+                        // A peer that answered others meanwhile is alive: this request is
+                        // abandoned alone. One that answered nothing may be dead with its
+                        // connection open: the connection goes (see `request`).
+                        if !ch.heard_since(sent) {
+                            self.timed_out(addr, conn);
+                        }
                         return Err((too_late(), false));
                     }
-                    Sent::Done(Ok(r)) => return Ok(r),
-                    Sent::Done(Err(e)) => return Err(resend_after_drop(e)),
-                    Sent::Refused => self.mark_legacy(addr),
-                    Sent::Unavailable => {}
+                    (_, Sent::Done(Ok(r))) => return Ok(r),
+                    (_, Sent::Done(Err(e))) => return Err(resend_after_drop(e)),
+                    (_, Sent::Refused) => self.mark_legacy(addr),
+                    (_, Sent::Unavailable) => {}
                 },
                 // The cached connection died before the stream opened.
                 Err(e @ RequestError::Dropped { .. }) => return Err((e, !matches!(req, Request::Cluster(_)))),
@@ -249,15 +257,26 @@ impl Pool {
     }
 
     fn is_legacy(&self, addr: SocketAddr) -> bool {
-        self.legacy.lock().unwrap_or_else(|p| p.into_inner()).contains(&addr)
+        let mut legacy = self.legacy.lock().unwrap_or_else(|p| p.into_inner());
+        match legacy.get(&addr) {
+            Some(since) if since.elapsed() < LEGACY_FOR => true,
+            Some(_) => {
+                legacy.remove(&addr);
+                false
+            }
+            None => false,
+        }
     }
 
     fn mark_legacy(&self, addr: SocketAddr) {
         let mut legacy = self.legacy.lock().unwrap_or_else(|p| p.into_inner());
         if legacy.len() >= LEGACY_MAX {
-            legacy.clear();
+            legacy.retain(|_, since| since.elapsed() < LEGACY_FOR);
+            if legacy.len() >= LEGACY_MAX {
+                legacy.clear();
+            }
         }
-        legacy.insert(addr);
+        legacy.insert(addr, Instant::now());
     }
 
     /// A request timed out: close its connection (see [`Pool::request`]).

@@ -163,8 +163,17 @@ async fn read_raw(recv: &mut quinn::RecvStream, limits: &Limits) -> Result<(Vec<
 
 /// [`read_raw`] once the length is read.
 async fn read_rest(recv: &mut quinn::RecvStream, len: usize, limits: &Limits) -> Result<(Vec<u8>, Held), Error> {
+    let held = take_budgets(len, limits).await?;
+    let body = read_bytes(recv, len).await?;
+    Ok((body, held))
+}
+
+/// A frame's share of the receive budgets: nothing for a small one; for a larger one,
+/// `len` bytes of its connection's and the node's, each waited for at most
+/// [`BUDGET_WAIT_MS`] (then [`Error::Overloaded`]).
+async fn take_budgets(len: usize, limits: &Limits) -> Result<Held, Error> {
     if len <= SMALL_FRAME_BYTES {
-        return Ok((read_bytes(recv, len).await?, None));
+        return Ok(None);
     }
     let n = u32::try_from(len).map_err(|_| Error::BadRequest("frame length".into()))?;
     let take = |budget: &Arc<Semaphore>, whose: &'static str| {
@@ -183,9 +192,47 @@ async fn read_rest(recv: &mut quinn::RecvStream, len: usize, limits: &Limits) ->
     };
     let conn = take(&limits.connection, "this connection's").await?;
     let node = take(&limits.node, "the node's").await?;
-    let body = read_bytes(recv, len).await?;
-    Ok((body, Some((conn, node))))
+    Ok(Some((conn, node)))
 }
+
+/// One request of a multiplexed stream, or why the stream cannot go on (`Err`). A
+/// frame over the limit, or one that finds no room in the receive budgets, is read
+/// and dropped, and answered with its error by its id: the stream goes on.
+async fn read_mux_item(recv: &mut quinn::RecvStream, limits: &Limits) -> Result<MuxItem, Error> {
+    // A stream between requests waits as long as its connection lives; a frame once
+    // begun must arrive whole within the read timeout.
+    let len = read_len(recv, usize::MAX).await?;
+    let whole = async {
+        let refused = if len > limits.frame_bytes_max {
+            Error::TooLarge { what: "frame".into(), size: len as u64, max: limits.frame_bytes_max as u64 }
+        } else {
+            match take_budgets(len, limits).await {
+                Ok(held) => {
+                    let body = read_bytes(recv, len).await?;
+                    let (id, req) = frame::decode_mux_body::<Request>(&body)?;
+                    return Ok((id, req, held));
+                }
+                Err(e @ Error::Overloaded(_)) => e,
+                Err(e) => return Err(e),
+            }
+        };
+        let head =
+            crate::mux::skip_body(recv, len).await.map_err(|e| Error::Unreachable(format!("reading a frame: {e}")))?;
+        let id = frame::mux_id(&head).ok_or_else(|| Error::BadRequest("a multiplexed frame without an id".into()))?;
+        debug!("refusing a request on a multiplexed stream: {refused}");
+        Ok((id, Err(refused), None))
+    };
+    tokio::time::timeout(Duration::from_millis(REQUEST_READ_TIMEOUT_MS), whole).await.unwrap_or_else(|_| {
+        Err(Error::Overloaded(format!(
+            "a request not received within {} s: the sender is too slow",
+            REQUEST_READ_TIMEOUT_MS / 1000
+        )))
+    })
+}
+
+/// A request read from a multiplexed stream: its id, the request or why it cannot be
+/// served, and its share of the budgets.
+type MuxItem = (u64, Result<Request, Error>, Held);
 
 async fn serve_connection<H: Handler>(
     conn: quinn::Connection,
@@ -276,7 +323,7 @@ async fn serve_mux<H: Handler>(
     limits: Limits,
     first: (Vec<u8>, Held),
 ) {
-    type Item = Result<(u64, Result<Request, Error>, Held), Error>;
+    type Item = Result<MuxItem, Error>;
     let frame_bytes_max = limits.frame_bytes_max;
     let decode = |(body, held): (Vec<u8>, Held)| -> Item {
         frame::decode_mux_body::<Request>(&body).map(|(id, req)| (id, req, held))
@@ -284,23 +331,9 @@ async fn serve_mux<H: Handler>(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Item>(MUX_READ_AHEAD);
     let _ = tx.try_send(decode(first));
     let reader = tokio::spawn(async move {
-        let timeout = Duration::from_millis(REQUEST_READ_TIMEOUT_MS);
         loop {
-            // A stream between requests waits as long as its connection lives; a frame
-            // once begun must arrive whole within the read timeout.
-            let read = match read_len(&mut recv, limits.frame_bytes_max).await {
-                Ok(len) => {
-                    tokio::time::timeout(timeout, read_rest(&mut recv, len, &limits)).await.unwrap_or_else(|_| {
-                        Err(Error::Overloaded(format!(
-                            "a request not received within {} s: the sender is too slow",
-                            REQUEST_READ_TIMEOUT_MS / 1000
-                        )))
-                    })
-                }
-                Err(e) => Err(e.into()),
-            };
-            let ended = read.is_err();
-            let item = read.and_then(decode);
+            let item = read_mux_item(&mut recv, &limits).await;
+            let ended = item.is_err();
             if tx.send(item).await.is_err() || ended {
                 return;
             }

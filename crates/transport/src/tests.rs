@@ -309,6 +309,20 @@ fn a_garbled_request_on_a_multiplexed_stream_is_answered_by_its_id_and_the_strea
         assert_eq!(answers[&5], Response::ReplicaAck);
         assert!(matches!(&answers[&6], Response::Error(Error::BadRequest(_))), "{:?}", answers[&6]);
         assert_eq!(answers[&7], Response::ReplicaAck);
+        // A frame over the limit is read and dropped, and answered by its id.
+        let mut big = frame::encode_mux(8, &Request::Ring { key: vec![1; FRAME_MAX] }, 4 * FRAME_MAX).unwrap();
+        big.extend(frame::encode_mux(9, &Request::Status, FRAME_MAX).unwrap());
+        send.write_all(&big).await.unwrap();
+        for id in [8, 9] {
+            let len = wire::read_len(&mut recv, FRAME_MAX).await.unwrap();
+            let (got, resp) =
+                frame::decode_mux_body::<Response>(&wire::read_bytes(&mut recv, len).await.unwrap()).unwrap();
+            assert_eq!(got, id);
+            match (id, resp.unwrap()) {
+                (8, Response::Error(Error::TooLarge { .. })) | (9, Response::ReplicaAck) => {}
+                other => panic!("{other:?}"),
+            }
+        }
         // A frame with no readable id ends the stream; the connection serves on.
         send.write_all(&[0, 0, 0, 2, frame::MUX_VERSION, 0xc1]).await.unwrap();
         let end = wire::read_len(&mut recv, FRAME_MAX).await;

@@ -1,7 +1,6 @@
 //! One framed message each way on a QUIC bidirectional stream.
 
 use qkv_proto::frame::{self, LEN_BYTES};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// Why a frame could not be read or written.
@@ -75,7 +74,7 @@ pub async fn read_bytes(recv: &mut quinn::RecvStream, len: usize) -> Result<Vec<
 }
 
 /// Write one frame and finish the sending side.
-pub async fn write_frame<T: Serialize>(
+pub async fn write_frame<T: frame::Message>(
     send: &mut quinn::SendStream,
     msg: &T,
     frame_bytes_max: usize,

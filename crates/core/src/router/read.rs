@@ -41,10 +41,11 @@ impl<S: Store> Core<S> {
         let home = ring.preference_list(&g.key).to_vec();
         let (mut targets, alive) = placement::read_targets(ring.walk(&g.key), n, g.strict, |id| self.is_up(id));
         let needed = check_available(g.r, n, alive)?;
-        // The coordinator's own copy first: an R = one read is then one local lookup.
-        if let Some(i) = targets.iter().position(|&t| t == self.cfg.me) {
-            targets[..=i].rotate_right(1);
-        }
+        // The coordinator's own copy first (an R = one read is then one local lookup),
+        // then the targets up before those down (a strict read's home replicas include
+        // those down), each in the walk's order.
+        let me = self.cfg.me;
+        targets.sort_by_key(|&t| (t != me, !self.is_up(t)));
         // A sample of the reads that ask fewer than every target checks the others'
         // digests in the background (see `GetOp`).
         self.reads_started = self.reads_started.wrapping_add(1);
