@@ -1,9 +1,8 @@
 //! The write state machine: count acks from the replicas until W, failure, or the deadline.
 //!
 //! Driver contract: the coordinating replica first applies the write locally
-//! ([`crate::replica::coordinate`]), then creates a [`PutOp`] (its own ack counted,
-//! or, with [`PutOp::local_pending`], counted by [`PutOp::on_ack`] once its local
-//! flush completes), sends the new state to every id in
+//! ([`crate::replica::coordinate`]) and persists it, then creates a [`PutOp`]
+//! (its own ack counted), sends the new state to every id in
 //! [`PutOp::remote_targets`], feeds each answer to [`PutOp::on_ack`] /
 //! [`PutOp::on_failure`], and calls [`PutOp::on_timeout`] once `now_ms` reaches
 //! [`PutOp::deadline_ms`]. The first `Some` returned is the answer; later calls return `None`.
@@ -56,12 +55,6 @@ impl PutOp {
             old_home: vec![],
             extra,
         }
-    }
-
-    /// The coordinator's own copy is not durable yet: it counts only once acked
-    /// ([`PutOp::on_ack`] with `me`), like any replica's.
-    pub fn local_pending(&mut self) {
-        self.acked.retain(|&n| n != self.me);
     }
 
     /// Whether `node` is a target only as an old home replica.
@@ -187,19 +180,6 @@ mod tests {
         let mut op = PutOp::new(1, vec![1, 2, 3], 1, 0, 1000);
         assert_eq!(op.poll(), Some(Ok(vec![1])));
         assert_eq!(op.on_ack(2), None, "answered only once");
-    }
-
-    #[test]
-    fn a_local_copy_not_yet_durable_counts_only_once_flushed() {
-        let mut op = PutOp::new(1, vec![1, 2, 3], 1, 0, 1000);
-        op.local_pending();
-        assert_eq!(op.poll(), None, "W = 1, but the coordinator's copy is not durable yet");
-        assert_eq!(op.on_ack(1), Some(Ok(vec![1])));
-        let mut op = PutOp::new(1, vec![1, 2, 3], 2, 0, 1000);
-        op.local_pending();
-        assert_eq!(op.on_failure(1, Error::Storage("disk full".into())), None, "2 and 3 may still make two");
-        assert_eq!(op.on_ack(2), None);
-        assert_eq!(op.on_ack(3), Some(Ok(vec![2, 3])));
     }
 
     #[test]

@@ -67,7 +67,7 @@ pub use report::{HintsReport, MemberReport, Report};
 
 type OpId = u64;
 
-/// A client write applied locally, about to be sent to the other replicas.
+/// A client write applied locally, not yet sent to the other replicas.
 struct PendingPut {
     req: ReqId,
     key: Vec<u8>,
@@ -99,6 +99,8 @@ enum Op {
     /// A client read; outlives its answer to finish read repair. `wake_ms`: when its
     /// timer is set (its next hedge, or its deadline).
     Get { req: Option<ReqId>, key: Vec<u8>, op: GetOp, home: Vec<NodeId>, wake_ms: u64 },
+    /// A client write, locally applied, waiting for its flush.
+    PutFlush(PendingPut),
     /// A client write being replicated.
     Put(Box<PutState>),
     /// A write forwarded to its coordinator.
@@ -548,10 +550,10 @@ impl<S: Store> Core<S> {
         let Some(op_id) = self.flushes.remove(&token) else { return };
         match self.ops.remove(&op_id) {
             Some(Op::ReplicaFlush { req, refused }) => self.reply(req, result.map(|_| write::replica_ack(refused))),
-            Some(op @ (Op::Put(_) | Op::PutTail { .. })) => {
-                self.ops.insert(op_id, op);
-                self.local_flushed(op_id, result);
-            }
+            Some(Op::PutFlush(pending)) => match result {
+                Ok(()) => self.replicate(op_id, pending),
+                Err(e) => self.reply(pending.req, Err(e)),
+            },
             Some(Op::MetaReply { req, vote, resp }) => self.meta_flushed(req, vote, resp, result),
             Some(Op::FetchFlush { job, epoch, keys, bytes, next }) => {
                 self.fetch_flushed(job, epoch, keys, bytes, next, result)
@@ -602,7 +604,7 @@ impl<S: Store> Core<S> {
             }
             Some(Op::Commit { .. }) => self.commit_response(op_id, from, result),
             Some(Op::Fetch { .. }) => self.fetch_response(op_id, from, result),
-            Some(Op::ReplicaFlush { .. } | Op::MetaReply { .. } | Op::FetchFlush { .. }) | None => {}
+            Some(Op::PutFlush(_) | Op::ReplicaFlush { .. } | Op::MetaReply { .. } | Op::FetchFlush { .. }) | None => {}
         }
     }
 

@@ -71,21 +71,17 @@ impl<S: Store> Core<S> {
         let pending = PendingPut { req, key: p.key, set, ctx, dot, needed, timeout_ms, strict };
         if self.cfg.bugs().ack_before_flush {
             self.flush_unawaited();
-            self.replicate(op, pending, true);
+            self.replicate(op, pending);
             return Ok(None);
         }
-        // The local flush runs beside the replica writes (under `sync`, one fdatasync on
-        // the answer's path, not two in a row); the coordinator's own copy counts toward
-        // W once it is durable (`local_flushed`).
+        self.ops.insert(op, Op::PutFlush(pending));
         self.flush(op);
-        self.replicate(op, pending, false);
         Ok(None)
     }
 
-    /// Send the local write to the other home replicas, and to stand-ins for home
-    /// replicas that are down (sloppy writes only). `local_durable`: the coordinator's
-    /// copy already counts; else it counts when its flush completes.
-    pub(super) fn replicate(&mut self, op_id: OpId, pending: PendingPut, local_durable: bool) {
+    /// The local write is durable: send it to the other home replicas, and to
+    /// stand-ins for home replicas that are down (sloppy writes only).
+    pub(super) fn replicate(&mut self, op_id: OpId, pending: PendingPut) {
         let PendingPut { req, key, set, ctx, dot, needed, timeout_ms, strict } = pending;
         let me = self.cfg.me;
         let n = self.ring.n();
@@ -93,9 +89,6 @@ impl<S: Store> Core<S> {
         let home = walk[..n].to_vec();
         let placement = placement::write_targets(walk, n, me, strict, |id| self.is_up(id));
         let mut op = PutOp::new(me, placement.targets.clone(), needed, self.now_ms, timeout_ms);
-        if !local_durable {
-            op.local_pending();
-        }
         // During a layout transition the old home set gets it too (and, strict, W of it),
         // until every node reads from the new one (the `dropping` step).
         let joint = !self.cfg.bugs().no_joint_writes
@@ -133,33 +126,6 @@ impl<S: Store> Core<S> {
         self.ops.insert(op_id, Op::Put(Box::new(state)));
         for (t, msg, timeout) in sends {
             self.send(op_id, t, msg, timeout);
-        }
-    }
-
-    /// The coordinator's own copy of write `op_id` was flushed (or failed to be): it
-    /// counts toward W now, or as a failed replica.
-    pub(super) fn local_flushed(&mut self, op_id: OpId, result: Result<(), Error>) {
-        let me = self.cfg.me;
-        match self.ops.get_mut(&op_id) {
-            Some(Op::Put(state)) => {
-                let outcome = match result {
-                    Ok(()) => state.op.on_ack(me),
-                    Err(e) => state.op.on_failure(me, e),
-                };
-                self.put_decided(op_id, outcome);
-            }
-            // Answered already (by other replicas' acks): the local copy is one fewer to wait for.
-            Some(Op::PutTail { track, outstanding }) => {
-                let track = *track;
-                *outstanding = outstanding.saturating_sub(1);
-                if *outstanding == 0 {
-                    self.ops.remove(&op_id);
-                }
-                if let (Some(t), Ok(())) = (track, result) {
-                    self.lag.applied(t, me, self.now_ms);
-                }
-            }
-            _ => {}
         }
     }
 
