@@ -39,12 +39,18 @@ impl<S: Store> Core<S> {
         let ring = self.read_ring();
         let n = ring.n();
         let home = ring.preference_list(&g.key).to_vec();
-        let (mut targets, alive) = placement::read_targets(ring.walk(&g.key), n, g.strict, |id| self.is_up(id));
+        let me = self.cfg.me;
+        // A node that has not heard a peer's view since it started may have been
+        // forgotten while it was down, its copies older than what the cluster acked and
+        // purged since: until it knows, it reads from the others only.
+        let trusted = |id| id != me || !self.quiet();
+        let (mut targets, alive) =
+            placement::read_targets(ring.walk(&g.key), n, g.strict, |id| self.is_up(id) && trusted(id));
+        targets.retain(|&t| trusted(t));
         let needed = check_available(g.r, n, alive)?;
         // The coordinator's own copy first (an R = one read is then one local lookup),
         // then the targets up before those down (a strict read's home replicas include
         // those down), each in the walk's order.
-        let me = self.cfg.me;
         targets.sort_by_key(|&t| (t != me, !self.is_up(t)));
         // A sample of the reads that ask fewer than every target checks the others'
         // digests in the background (see `GetOp`).
