@@ -263,6 +263,9 @@ pub struct PutResult {
     pub standin_acks: Vec<(NodeId, NodeId)>,
     /// The node that coordinated the write.
     pub coordinator: NodeId,
+    /// The write's id, the same on every attempt (see `PutRequest::write_id`): replicas
+    /// that hold it twice (a retry two coordinators took) keep one.
+    pub write_id: u64,
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -756,6 +759,7 @@ impl IntoFuture for Put {
 
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
+            let write_id = new_write_id();
             let req = PutRequest {
                 key: self.key,
                 value: self.value,
@@ -764,7 +768,7 @@ impl IntoFuture for Put {
                 strict: self.strict,
                 timeout_ms: timeout_ms(self.timeout),
                 forwarded: false,
-                write_id: Some(new_write_id()),
+                write_id: Some(write_id),
             };
             // To the first home replica up: it coordinates the write itself.
             let homes = self.client.homes(&req.key);
@@ -777,6 +781,7 @@ impl IntoFuture for Put {
                         home_acks: p.home_acks,
                         standin_acks: p.standin_acks,
                         coordinator: p.coordinator,
+                        write_id,
                     })
                 }
                 (_, other) => Err(unexpected(other)),

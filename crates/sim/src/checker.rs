@@ -172,9 +172,13 @@ fn check_key(key: &[u8], entries: &[&Entry], fin: &FinalKey, facts: &Facts<'_>, 
             );
             continue;
         }
-        // A retry taken by two coordinators is one sibling under the first dot: same write, same value.
-        let present =
-            merged.siblings().iter().any(|s| s.dot == dot || (written.is_some() && s.value.as_deref() == written));
+        // A retry taken by two coordinators is one sibling under the first dot: same write,
+        // same value (a delete's tombstone too: same write id, no value).
+        let same_write = |s: &qkv_proto::dvv::Sibling| {
+            s.value.as_deref() == written
+                && (written.is_some() || (e.duplicated && e.write_id.is_some() && s.write_id == e.write_id))
+        };
+        let present = merged.siblings().iter().any(|s| s.dot == dot || same_write(s));
         // A value may disappear only when a later write was sent with the context of an
         // observation that returned it: a read that showed the value, or this write's own
         // answer (its writer replacing it). A tombstone, whenever a context covered it.
@@ -400,6 +404,7 @@ mod tests {
             completed_ms: at + 1,
             outcome: Outcome::Put { context: vv(got), dot: Dot { actor: grew.0, counter: grew.1 } },
             duplicated: false,
+            write_id: None,
         }
     }
 
@@ -472,6 +477,7 @@ mod tests {
             completed_ms: 11,
             outcome: Outcome::Get { values: vec![b"zzz".to_vec()], context: Context::empty() },
             duplicated: false,
+            write_id: None,
         };
         let h = History { entries: vec![put(1, "a", &[], &[(1, 1)], 0, true), read] };
         let mut f = finals(s);

@@ -69,6 +69,8 @@ pub struct Entry {
     /// The request may have reached nodes more than once (a duplicated message, a
     /// client's failover): its answer speaks for one attempt only.
     pub duplicated: bool,
+    /// A put's write id (the same on every copy of the request).
+    pub write_id: Option<u64>,
 }
 
 impl Entry {

@@ -815,6 +815,7 @@ impl World {
             completed_ms: self.now,
             outcome,
             duplicated: f.write_id.is_some_and(|id| self.dup_writes.contains(&id)),
+            write_id: f.write_id,
         });
         if more {
             // With an operator, clients pause longer: their requests span every step of

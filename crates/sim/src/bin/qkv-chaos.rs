@@ -610,7 +610,7 @@ async fn drive(dir: PathBuf, duration: u64, clients: u32, seed: u64) -> anyhow::
                 seq += 1;
                 let (key, op, _) = state.next(id, seq, workload, n, &mut rng);
                 let invoked_ms = start.elapsed().as_millis() as u64;
-                let outcome = execute(&client, &key, &op).await;
+                let (outcome, write_id) = execute(&client, &key, &op).await;
                 state.completed(workload, &key, &op, &outcome);
                 let completed_ms = start.elapsed().as_millis() as u64;
                 history.lock().expect("history").entries.push(Entry {
@@ -622,6 +622,7 @@ async fn drive(dir: PathBuf, duration: u64, clients: u32, seed: u64) -> anyhow::
                     outcome,
                     // The client fails over between nodes, so any request may have been tried twice.
                     duplicated: true,
+                    write_id,
                 });
                 tokio::time::sleep(Duration::from_millis(rng.random_range(0..20))).await;
             }
@@ -678,7 +679,9 @@ async fn drive(dir: PathBuf, duration: u64, clients: u32, seed: u64) -> anyhow::
     Ok(report.violations.is_empty())
 }
 
-async fn execute(client: &Client, key: &[u8], op: &OpKind) -> Outcome {
+/// Run `op`: its outcome, and a put's write id (when it was answered).
+async fn execute(client: &Client, key: &[u8], op: &OpKind) -> (Outcome, Option<u64>) {
+    let mut write_id = None;
     let result = match op {
         OpKind::Get { r, strict } => {
             let mut g = client.get(key.to_vec()).r(*r);
@@ -696,14 +699,18 @@ async fn execute(client: &Client, key: &[u8], op: &OpKind) -> Outcome {
             if *strict {
                 p = p.strict();
             }
-            p.await.map(|r| Outcome::Put { context: r.context, dot: r.dot })
+            p.await.map(|r| {
+                write_id = Some(r.write_id);
+                Outcome::Put { context: r.context, dot: r.dot }
+            })
         }
     };
-    match result {
+    let outcome = match result {
         Ok(o) => o,
         Err(ClientError::Cluster(e)) => Outcome::Failed(e.to_string()),
         Err(_) => Outcome::Unknown,
-    }
+    };
+    (outcome, write_id)
 }
 
 fn main() -> ExitCode {
