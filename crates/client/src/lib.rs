@@ -72,9 +72,10 @@ pub const TIMEOUT_DEFAULT: Duration = Duration::from_secs(1);
 /// Time allowed beyond the request deadline for the network and one forwarding hop.
 const TRANSPORT_MARGIN: Duration = Duration::from_millis(1000);
 /// How long past a node's own deadline the client waits for its answer before it
-/// tries the next node (when one is left): a forwarded write's margin (500 ms), and
-/// 200 ms for the network.
-const ATTEMPT_SLACK: Duration = Duration::from_millis(700);
+/// tries the next node (when one is left).
+const ATTEMPT_SLACK: Duration = Duration::from_millis(200);
+/// ... and a write, which the node may forward, the forward's margin on top.
+const FORWARD_SLACK: Duration = Duration::from_millis(500);
 /// A failover attempt needs at least this much of the request's deadline left.
 const MIN_ATTEMPT: Duration = Duration::from_millis(20);
 /// The first pause after a node answered `overloaded` (doubling at each attempt, up to 8x).
@@ -427,7 +428,9 @@ impl Client {
             // forward's margin), even if only to say it timed out. One that died with its
             // connection open answers nothing: past that and a little, the rest of the
             // time goes to the next node.
-            let wait = if tried + 1 < n { (node_deadline + ATTEMPT_SLACK).min(left) } else { left };
+            let slack = if matches!(req, Request::Put(_)) { FORWARD_SLACK + ATTEMPT_SLACK } else { ATTEMPT_SLACK };
+            // (The next node keeps at least a quarter of what is left.)
+            let wait = if tried + 1 < n { (node_deadline + slack).min(left - left / 4) } else { left };
             let in_flight = InFlight::start(self, addr);
             let result = self.0.pool.request(addr, &req, wait).await;
             in_flight.end(result.is_ok());

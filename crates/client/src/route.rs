@@ -85,11 +85,13 @@ impl Routing {
     /// node that has not heard of the newest layout yet) is not taken.
     pub(crate) fn fetched(&mut self, view: Option<RingView>) {
         self.fetching = false;
-        self.due = Instant::now() + REFRESH;
-        if let Some(v) = view
-            && self.view.as_ref().is_none_or(|old| v.epoch >= old.epoch)
-        {
-            self.view = Some(Arc::new(v));
+        match view {
+            Some(v) if self.view.as_ref().is_none_or(|old| v.epoch >= old.epoch) => {
+                self.view = Some(Arc::new(v));
+                self.due = Instant::now() + REFRESH;
+            }
+            // No answer, or an older layout (from a node behind): ask again soon.
+            _ => self.due = Instant::now() + REFRESH_MIN,
         }
     }
 
@@ -157,7 +159,8 @@ mod tests {
         assert!(r.start_fetch());
         assert!(!r.start_fetch(), "one at a time");
         r.fetched(None);
-        assert!(!r.start_fetch(), "not before the refresh is due");
+        assert!(!r.start_fetch(), "not at once after a failed fetch");
+        assert!(r.due <= Instant::now() + REFRESH_MIN, "but soon");
         r.stale();
         assert!(r.due <= Instant::now() + REFRESH_MIN);
     }

@@ -129,7 +129,7 @@ impl GetOp {
         let first: Vec<NodeId> = self.targets.iter().take(self.needed).copied().collect();
         let mut out: Vec<GetAction> = first.into_iter().map(|to| self.ask(to)).collect();
         out.extend(self.digest_asked.iter().map(|&to| GetAction::AskDigest { to }));
-        if self.spare().is_some() {
+        if self.hedge_target().is_some() {
             self.hedge_at_ms = Some(now_ms + self.hedge_ms);
         }
         out
@@ -186,6 +186,21 @@ impl GetOp {
         fresh.or_else(|| rest.find(|&n| digest_in(n)))
     }
 
+    /// Whom the hedge asks: a [`GetOp::spare`], else a target whose digest is still out
+    /// (a checked read's other targets all are): it then has two requests of this read
+    /// out, and a failure from it fails both (see [`GetOp::on_failure`]).
+    fn hedge_target(&self) -> Option<NodeId> {
+        self.spare().or_else(|| {
+            let failed = |n: NodeId| self.failed.iter().any(|f| f.0 == n) || self.digest_failed.contains(&n);
+            self.targets.iter().copied().find(|&n| {
+                !self.asked.contains(&n)
+                    && !failed(n)
+                    && self.digest_asked.contains(&n)
+                    && !self.digests.iter().any(|d| d.0 == n)
+            })
+        })
+    }
+
     /// State requests out (asked, neither answered nor failed).
     fn outstanding(&self) -> usize {
         self.asked.len() - self.replies.len() - self.failed.len()
@@ -223,7 +238,15 @@ impl GetOp {
     #[must_use]
     pub fn on_failure(&mut self, from: NodeId, err: Error) -> Vec<GetAction> {
         let mut out = vec![];
+        let digest_out = self.digest_asked.contains(&from)
+            && !self.digests.iter().any(|x| x.0 == from)
+            && !self.digest_failed.contains(&from);
         if self.is_new(from) {
+            // (A hedge may have asked a target whose digest was out: which request
+            // failed is unknown, so both did.)
+            if digest_out {
+                self.digest_failed.push(from);
+            }
             self.failed.push((from, err));
         } else if !self.finished
             && self.digest_asked.contains(&from)
@@ -250,9 +273,9 @@ impl GetOp {
                 && !self.answered
             {
                 self.hedge_at_ms = None;
-                if let Some(to) = self.spare() {
+                if let Some(to) = self.hedge_target() {
                     out.push(self.ask(to));
-                    if self.spare().is_some() {
+                    if self.hedge_target().is_some() {
                         self.hedge_at_ms = Some(now_ms + self.hedge_ms);
                     }
                 }
@@ -480,7 +503,6 @@ mod tests {
         let first = op.start(0);
         assert_eq!(first, vec![GetAction::Ask { to: 1 }, GetAction::Ask { to: 2 }, GetAction::AskDigest { to: 3 }]);
         assert!(op.on_reply(1, None).is_empty());
-        assert!(op.on_timeout(50).is_empty(), "no hedge to 3 while its digest is out");
         assert!(op.on_failure(2, Error::ShuttingDown).is_empty(), "3 may still make two once its digest is in");
         assert_eq!(op.on_digest(3, 7), vec![GetAction::Ask { to: 3 }]);
         let acts = op.on_reply(3, None);
@@ -491,5 +513,18 @@ mod tests {
         assert!(op.on_failure(3, Error::ShuttingDown).is_empty());
         assert!(op.on_reply(1, None).is_empty());
         assert!(matches!(op.on_reply(2, None)[0], GetAction::Reply(Ok(_))));
+        // A checked read still hedges: to a target whose digest is out, whose failure
+        // then fails both its requests.
+        let mut op = GetOp::new(b"k", vec![1, 2, 3], 1, 0, 1000, true);
+        let _ = op.start(0);
+        assert_eq!(op.next_wakeup_ms(), 50);
+        assert_eq!(op.on_timeout(50), vec![GetAction::Ask { to: 2 }], "the slow 1 hedged to 2");
+        let acts = op.on_reply(2, Some(DvvSet::new()));
+        assert!(matches!(acts[0], GetAction::Reply(Ok(_))), "{acts:?}");
+        assert!(op.on_failure(3, Error::ShuttingDown).is_empty());
+        assert_eq!(op.on_digest(2, 1), vec![], "2's digest still counts");
+        assert!(!op.is_finished(), "1 is still out");
+        let acts = op.on_failure(1, Error::ShuttingDown);
+        assert!(op.is_finished(), "{acts:?}");
     }
 }

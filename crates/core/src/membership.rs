@@ -511,7 +511,9 @@ impl Acceptor {
         if let Err(e) = self.ready(cluster, epoch, me).and(check_ballot(ballot)) {
             return Vote::Refused(e);
         }
-        if ballot <= self.promised {
+        // The same ballot again is the same proposer's same round, sent twice (a
+        // request resent over a fresh connection): the same answer.
+        if ballot < self.promised {
             return Vote::Outbid(self.promised);
         }
         self.promised = ballot;
@@ -1097,6 +1099,7 @@ mod tests {
         bad.n = 2;
         assert!(matches!(a.accept(&c, 1, 2, (1, 1), bad), Vote::Refused(_)), "N changes");
         assert_eq!(a.prepare(&c, 1, 2, (2, 1)), Vote::Promise(None));
+        assert_eq!(a.prepare(&c, 1, 2, (2, 1)), Vote::Promise(None), "a resent prepare gets the same answer");
         assert_eq!(a.prepare(&c, 1, 2, (1, 3)), Vote::Outbid((2, 1)));
         assert_eq!(Acceptor::decode(&a.encode()).unwrap(), a);
         // Numbers at the top of the range (a peer's, or a damaged disk's) are refused, not overflowed.

@@ -385,8 +385,14 @@ impl Driver {
                 }
             }
             // One write of the journal's buffer for every write of the round: what the
-            // `buffer` flushes wait for, and what every other write gets too.
-            let flushed = self.shared.storage.flush_if_written();
+            // `buffer` flushes wait for, and what every other write gets too. A flush
+            // someone waits for always asks the journal (a merge that changed nothing
+            // waits for an earlier copy's flush, which may have failed).
+            let flushed = if done_flushes.is_empty() {
+                self.shared.storage.flush_if_written()
+            } else {
+                self.shared.storage.flush_journal()
+            };
             if let Err(e) = &flushed {
                 tracing::warn!("flushing the journal: {e}");
             }
@@ -487,14 +493,17 @@ impl Driver {
 /// Sends the requests queued for one peer, concurrently, and posts each answer.
 async fn peer_task(shared: Arc<Shared>, inbox: Inbox, to: NodeId, mut rx: mpsc::Receiver<(RpcId, Request, u64)>) {
     let mut inflight = FuturesUnordered::new();
-    loop {
+    let mut open = true;
+    while open || !inflight.is_empty() {
         tokio::select! {
-            next = rx.recv(), if inflight.len() < PEER_IN_FLIGHT_MAX => match next {
+            next = rx.recv(), if open && inflight.len() < PEER_IN_FLIGHT_MAX => match next {
                 Some((rpc, req, timeout_ms)) => {
                     let shared = shared.clone();
                     inflight.push(async move { (rpc, shared.request(to, &req, timeout_ms).await) });
                 }
-                None => break,
+                // The node left the layouts (or the core stopped): what is in flight
+                // still reports its answer.
+                None => open = false,
             },
             Some((rpc, result)) = inflight.next(), if !inflight.is_empty() => {
                 if inbox.post(Lane::Internal, Event::Response { rpc, result }).is_err() {
@@ -504,5 +513,4 @@ async fn peer_task(shared: Arc<Shared>, inbox: Inbox, to: NodeId, mut rx: mpsc::
             }
         }
     }
-    // The core is gone: what is still in flight has nobody to tell.
 }

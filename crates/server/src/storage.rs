@@ -244,8 +244,14 @@ impl Storage {
     /// Hand every write so far to the OS (one `write` of the journal's buffer): it then
     /// survives the process being killed. What `buffer` acknowledges after.
     pub fn flush_journal(&self) -> Result<(), Error> {
+        // Cleared before the write, so a write made meanwhile sets it again; set back if
+        // the flush failed (fjall is then poisoned, and every later flush says so).
         self.dirty.store(false, std::sync::atomic::Ordering::Relaxed);
-        self.db.persist(PersistMode::Buffer).map_err(storage_err)
+        let r = self.db.persist(PersistMode::Buffer).map_err(storage_err);
+        if r.is_err() {
+            self.wrote();
+        }
+        r
     }
 
     /// Flush the journal if anything was written since its last flush: the core

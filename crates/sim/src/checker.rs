@@ -179,6 +179,10 @@ fn check_key(key: &[u8], entries: &[&Entry], fin: &FinalKey, facts: &Facts<'_>, 
                 && (written.is_some() || (e.duplicated && e.write_id.is_some() && s.write_id == e.write_id))
         };
         let present = merged.siblings().iter().any(|s| s.dot == dot || same_write(s));
+        // (For a resurrection the sibling must be this dot, or the same value: a retried
+        // delete kept under another dot is not covered by this answer's context.)
+        let back =
+            merged.siblings().iter().any(|s| s.dot == dot || (written.is_some() && s.value.as_deref() == written));
         // A value may disappear only when a later write was sent with the context of an
         // observation that returned it: a read that showed the value, or this write's own
         // answer (its writer replacing it). A tombstone, whenever a context covered it.
@@ -210,7 +214,7 @@ fn check_key(key: &[u8], entries: &[&Entry], fin: &FinalKey, facts: &Facts<'_>, 
                 && o.sent_context().is_some_and(|c| c.covers(dot))
                 && o.dot().is_some_and(|d| !facts.destroyed.contains(&d))
         });
-        if present && overwritten_for_good {
+        if back && overwritten_for_good {
             bad(
                 "resurrected value",
                 format!(

@@ -44,6 +44,9 @@ struct Waiters {
     /// Why the channel ended; set once, before the waiters are failed.
     ended: Option<RequestError>,
     refused: bool,
+    /// The peer answered the stream's first frame in a single request's framing: it
+    /// ran nothing on the stream.
+    unserved: bool,
 }
 
 /// One multiplexed stream on a connection.
@@ -63,7 +66,7 @@ pub(crate) struct Channel {
 impl Channel {
     /// Whether the peer sent anything on the stream since `since` (ms since `born`).
     pub(crate) fn heard_since(&self, since: u64) -> bool {
-        self.heard.load(Ordering::Relaxed) >= since
+        self.heard.load(Ordering::Relaxed) > since
     }
 
     /// Now, in ms since the channel was opened.
@@ -79,7 +82,8 @@ impl Channel {
     ) -> Result<Arc<Channel>, RequestError> {
         let (send, recv) = conn.open_bi().await.map_err(|e| RequestError::Dropped { addr, reason: e.to_string() })?;
         let (queue, rx) = mpsc::channel(QUEUE_MAX);
-        let waiters = Arc::new(Mutex::new(Waiters { map: HashMap::new(), ended: None, refused: false }));
+        let waiters =
+            Arc::new(Mutex::new(Waiters { map: HashMap::new(), ended: None, refused: false, unserved: false }));
         let ch = Arc::new(Channel {
             conn,
             addr,
@@ -140,6 +144,8 @@ impl Channel {
                 let w = self.lock();
                 if w.refused {
                     Sent::Refused
+                } else if w.unserved {
+                    Sent::Unavailable
                 } else {
                     let why = w.ended.clone();
                     drop(w);
@@ -243,7 +249,9 @@ async fn read_loop(
             end(&waiters, RequestError::Dropped { addr, reason: format!("reading an answer: {e}") }, false);
             return;
         }
-        heard.store(now_ms(&born), Ordering::Relaxed);
+        // (Stored one past the ms, so 0 is "never" and an answer in the ms a request
+        // was sent counts as after it.)
+        heard.store(now_ms(&born) + 1, Ordering::Relaxed);
         let len = match frame::decode_len(prefix, usize::MAX) {
             Ok(l) if l > frame_bytes_max => {
                 // An answer over this side's limit: it fails alone; the stream goes on.
@@ -286,6 +294,10 @@ async fn read_loop(
             if refused {
                 tracing::debug!(%addr, "the peer does not speak multiplexed streams");
             }
+            // Either way the peer read no more of the stream than its first frame, and
+            // ran nothing: every request on it goes on a stream of its own.
+            // (Marked before the waiters are failed, so each sees it.)
+            waiters.lock().unwrap_or_else(|p| p.into_inner()).unserved = true;
             end(&waiters, RequestError::Dropped { addr, reason: "the multiplexed stream was refused".into() }, refused);
             return;
         }

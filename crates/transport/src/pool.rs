@@ -99,6 +99,9 @@ enum Slot {
 /// Peers remembered as not speaking multiplexed streams, at most (then forgotten, and
 /// asked again).
 const LEGACY_MAX: usize = 4096;
+/// A peer that answered on a connection within this long is alive: a request of
+/// its that timed out does not close the connection.
+const ALIVE_MS: u64 = 1000;
 /// How long a peer is remembered as not speaking multiplexed streams (it may be
 /// upgraded meanwhile).
 const LEGACY_FOR: Duration = Duration::from_secs(60);
@@ -207,7 +210,8 @@ impl Pool {
                         // abandoned alone. One that answered nothing may be dead with its
                         // connection open: the connection goes (see `request`).
                         if !ch.heard_since(sent) {
-                            self.timed_out(addr, conn);
+                            conn.close(0u32.into(), b"request timed out");
+                            self.forget(addr, conn);
                         }
                         return Err((too_late(), false));
                     }
@@ -279,8 +283,21 @@ impl Pool {
         legacy.insert(addr, Instant::now());
     }
 
-    /// A request timed out: close its connection (see [`Pool::request`]).
+    /// A request on a stream of its own timed out: close its connection (see
+    /// [`Pool::request`]), unless the peer answered on the connection's multiplexed
+    /// stream within the last [`ALIVE_MS`]: it is alive, and the connection carries
+    /// every other request to it.
     fn timed_out(&self, addr: SocketAddr, conn: &quinn::Connection) {
+        let alive = self
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&addr)
+            .filter(|c| c.conn.stable_id() == conn.stable_id())
+            .is_some_and(|c| c.heard_since(c.now_ms().saturating_sub(ALIVE_MS)));
+        if alive {
+            return;
+        }
         conn.close(0u32.into(), b"request timed out");
         self.forget(addr, conn);
     }

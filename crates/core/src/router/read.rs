@@ -40,14 +40,16 @@ impl<S: Store> Core<S> {
         let n = ring.n();
         let home = ring.preference_list(&g.key).to_vec();
         let me = self.cfg.me;
+        let (mut targets, alive) = placement::read_targets(ring.walk(&g.key), n, g.strict, |id| self.is_up(id));
+        let needed = check_available(g.r, n, alive)?;
         // A node that has not heard a peer's view since it started may have been
         // forgotten while it was down, its copies older than what the cluster acked and
-        // purged since: until it knows, it reads from the others only.
-        let trusted = |id| id != me || !self.quiet();
-        let (mut targets, alive) =
-            placement::read_targets(ring.walk(&g.key), n, g.strict, |id| self.is_up(id) && trusted(id));
-        targets.retain(|&t| trusted(t));
-        let needed = check_available(g.r, n, alive)?;
+        // purged since: until it knows, it does not count its own copy when the other
+        // replicas up can make R. (When they cannot, it reads every one of them and
+        // itself.)
+        if self.quiet() && targets.iter().filter(|&&t| t != me && self.is_up(t)).count() >= needed {
+            targets.retain(|&t| t != me);
+        }
         // The coordinator's own copy first (an R = one read is then one local lookup),
         // then the targets up before those down (a strict read's home replicas include
         // those down), each in the walk's order.
