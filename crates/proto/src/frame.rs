@@ -79,17 +79,23 @@ fn write_body<T: Message>(out: &mut Vec<u8>, msg: &T) -> Result<(), Error> {
     written.map_err(|e| Error::BadRequest(format!("cannot encode message: {e}")))
 }
 
-/// Encode `msg` as a whole frame, length prefix included.
-pub fn encode<T: Message>(msg: &T, frame_bytes_max: usize) -> Result<Vec<u8>, Error> {
-    let mut out = vec![0u8; LEN_BYTES];
-    out.push(PROTOCOL_VERSION);
-    write_body(&mut out, msg)?;
+/// Fill in the length prefix of a frame written after [`LEN_BYTES`] zeros, refusing
+/// one over the limit.
+fn with_length(mut out: Vec<u8>, frame_bytes_max: usize) -> Result<Vec<u8>, Error> {
     let body = out.len() - LEN_BYTES;
     if body > frame_bytes_max {
         return Err(Error::TooLarge { what: "frame".into(), size: body as u64, max: frame_bytes_max as u64 });
     }
     out[..LEN_BYTES].copy_from_slice(&(body as u32).to_be_bytes());
     Ok(out)
+}
+
+/// Encode `msg` as a whole frame, length prefix included.
+pub fn encode<T: Message>(msg: &T, frame_bytes_max: usize) -> Result<Vec<u8>, Error> {
+    let mut out = vec![0u8; LEN_BYTES];
+    out.push(PROTOCOL_VERSION);
+    write_body(&mut out, msg)?;
+    with_length(out, frame_bytes_max)
 }
 
 /// Encode `msg` as a whole frame of a multiplexed stream, with its request id.
@@ -100,12 +106,7 @@ pub fn encode_mux<T: Message>(id: u64, msg: &T, frame_bytes_max: usize) -> Resul
     rmp::encode::write_array_len(&mut out, 2).map_err(|e| bad(e.to_string()))?;
     rmp::encode::write_uint(&mut out, id).map_err(|e| bad(e.to_string()))?;
     write_body(&mut out, msg)?;
-    let body = out.len() - LEN_BYTES;
-    if body > frame_bytes_max {
-        return Err(Error::TooLarge { what: "frame".into(), size: body as u64, max: frame_bytes_max as u64 });
-    }
-    out[..LEN_BYTES].copy_from_slice(&(body as u32).to_be_bytes());
-    Ok(out)
+    with_length(out, frame_bytes_max)
 }
 
 /// Decode the body of a multiplexed frame: its id, and its message or why that did
