@@ -14,7 +14,8 @@
 //! - `buffer` (default): the journal is flushed to the OS, so an acked write survives
 //!   the process being killed (not a power loss).
 //! - `sync`: also fdatasync; every write waiting for one shares the next (group
-//!   commit) on a dedicated thread, and writes keep coming while it runs.
+//!   commit) on a dedicated thread. (fjall holds its journal's lock through the
+//!   fdatasync: a write of the core waits for a sync that is running.)
 //! - `periodic`: `buffer`, plus an fdatasync every `persist_period_ms`.
 
 use std::sync::Arc;
