@@ -135,6 +135,11 @@ impl GetOp {
         out
     }
 
+    /// The key read.
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+
     /// Every target (for tests and placement checks).
     pub fn targets(&self) -> &[NodeId] {
         &self.targets
@@ -165,7 +170,7 @@ impl GetOp {
 
     /// A checked read's digests, once finished (`None`: not a checked read).
     pub fn check_outcome(&self) -> Option<CheckOutcome> {
-        (!self.digest_asked.is_empty() || !self.digests.is_empty())
+        (!self.digest_asked.is_empty())
             .then_some(CheckOutcome { compared: self.digests.len(), differed: self.differed })
     }
 

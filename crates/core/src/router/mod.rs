@@ -98,7 +98,7 @@ struct PutState {
 enum Op {
     /// A client read; outlives its answer to finish read repair. `wake_ms`: when its
     /// timer is set (its next hedge, or its deadline).
-    Get { req: Option<ReqId>, key: Vec<u8>, op: GetOp, home: Vec<NodeId>, wake_ms: u64 },
+    Get { req: Option<ReqId>, op: GetOp, home: Vec<NodeId>, wake_ms: u64 },
     /// A client write, locally applied, waiting for its flush.
     PutFlush(PendingPut),
     /// A client write being replicated.

@@ -63,19 +63,14 @@ impl<S: Store> Core<S> {
         let first = get.start(self.now_ms);
         let wake_ms = get.next_wakeup_ms();
         self.deadlines.insert((wake_ms, op_id));
-        self.ops.insert(op_id, Op::Get { req: Some(req), key: g.key.clone(), op: get, home, wake_ms });
+        self.ops.insert(op_id, Op::Get { req: Some(req), op: get, home, wake_ms });
         self.get_actions(op_id, first);
         Ok(None)
     }
 
     pub(super) fn get_response(&mut self, op_id: OpId, from: NodeId, result: Result<Response, Error>) {
         let Some(Op::Get { op, .. }) = self.ops.get_mut(&op_id) else { return };
-        let actions = match result {
-            Ok(Response::ReplicaState(s)) if s.as_ref().is_none_or(DvvSet::is_valid) => op.on_reply(from, s),
-            Ok(Response::Digest(d)) => op.on_digest(from, d),
-            Ok(other) => op.on_failure(from, unexpected(from, &other)),
-            Err(e) => op.on_failure(from, e),
-        };
+        let actions = answered(op, from, result);
         self.get_actions(op_id, actions);
     }
 
@@ -96,11 +91,11 @@ impl<S: Store> Core<S> {
     fn get_actions(&mut self, op_id: OpId, actions: Vec<GetAction>) {
         let mut pending = std::collections::VecDeque::from(actions);
         while let Some(a) = pending.pop_front() {
-            let Some(Op::Get { req, key, home, .. }) = self.ops.get_mut(&op_id) else { return };
+            let Some(Op::Get { req, op, home, .. }) = self.ops.get_mut(&op_id) else { return };
+            let key = op.key().to_vec();
             match a {
                 GetAction::Reply(r) => {
                     if let Some(req) = req.take() {
-                        let key = key.clone();
                         let limits = &self.cfg.limits;
                         let r = r.and_then(|a| {
                             limits.check_reply(&a.set, a.replied)?;
@@ -109,42 +104,14 @@ impl<S: Store> Core<S> {
                         self.reply(req, r);
                     }
                 }
-                GetAction::Ask { to } if to == self.cfg.me => {
-                    let key = key.clone();
-                    let local = self.replica_get(&key);
-                    let Some(Op::Get { op, .. }) = self.ops.get_mut(&op_id) else { return };
-                    pending.extend(match local {
-                        Ok(state) => op.on_reply(to, state),
-                        Err(e) => op.on_failure(to, e),
-                    });
-                }
-                GetAction::Ask { to } => {
-                    let (key, timeout_ms) = (key.clone(), self.get_timeout(op_id));
-                    self.send(op_id, to, Request::ReplicaGet { key }, timeout_ms);
-                }
-                GetAction::AskDigest { to } if to == self.cfg.me => {
-                    let key = key.clone();
-                    let local = self.replica_digest(&key);
-                    let Some(Op::Get { op, .. }) = self.ops.get_mut(&op_id) else { return };
-                    pending.extend(match local {
-                        Ok(d) => op.on_digest(to, d),
-                        Err(e) => op.on_failure(to, e),
-                    });
-                }
-                GetAction::AskDigest { to } => {
-                    let (key, timeout_ms) = (key.clone(), self.get_timeout(op_id));
-                    self.send(op_id, to, Request::ReplicaDigest { key }, timeout_ms);
-                }
+                GetAction::Ask { to } => self.get_ask(op_id, to, Request::ReplicaGet { key }, &mut pending),
+                GetAction::AskDigest { to } => self.get_ask(op_id, to, Request::ReplicaDigest { key }, &mut pending),
                 // Only home replicas are repaired; a stand-in's hints go home by handoff.
                 GetAction::Repair { to, .. } if !home.contains(&to) => {}
                 // A merge no replica could take (it was refused as the answer too) is not sent.
                 GetAction::Repair { set, .. } if !self.cfg.limits.fits_reply(&set) => {}
-                GetAction::Repair { to, set } if to == self.cfg.me => {
-                    let key = key.clone();
-                    self.repair_locally(&key, &set)
-                }
+                GetAction::Repair { to, set } if to == self.cfg.me => self.repair_locally(&key, &set),
                 GetAction::Repair { to, set } => {
-                    let key = key.clone();
                     let rep = self.id();
                     self.ops.insert(rep, Op::Repair);
                     let timeout_ms = self.cfg.request_timeout_ms;
@@ -168,6 +135,23 @@ impl<S: Store> Core<S> {
         if let Some(c) = checked {
             self.stats.read_checks += 1;
             self.stats.read_checks_differed += u64::from(c.differed > 0);
+        }
+    }
+
+    /// Send a read's request (`ReplicaGet` or `ReplicaDigest`) to `to`; this node's own
+    /// copy answers at once, and what that answer sets off joins `pending`.
+    fn get_ask(&mut self, op_id: OpId, to: NodeId, ask: Request, pending: &mut std::collections::VecDeque<GetAction>) {
+        if to != self.cfg.me {
+            let timeout_ms = self.get_timeout(op_id);
+            return self.send(op_id, to, ask, timeout_ms);
+        }
+        let answer = match &ask {
+            Request::ReplicaDigest { key } => self.replica_digest(key).map(Response::Digest),
+            Request::ReplicaGet { key } => self.replica_get(key).map(Response::ReplicaState),
+            _ => return,
+        };
+        if let Some(Op::Get { op, .. }) = self.ops.get_mut(&op_id) {
+            pending.extend(answered(op, to, answer));
         }
     }
 
@@ -231,6 +215,17 @@ impl<S: Store> Core<S> {
             self.deadlines.remove(&(deadline_ms, op));
             self.reply(req, Ok(Response::Inspect(inspect.reply())));
         }
+    }
+}
+
+/// What a replica's answer to a read's request (its state, its digest, or why neither
+/// came) sets off.
+fn answered(op: &mut GetOp, from: NodeId, answer: Result<Response, Error>) -> Vec<GetAction> {
+    match answer {
+        Ok(Response::ReplicaState(s)) if s.as_ref().is_none_or(DvvSet::is_valid) => op.on_reply(from, s),
+        Ok(Response::Digest(d)) => op.on_digest(from, d),
+        Ok(other) => op.on_failure(from, unexpected(from, &other)),
+        Err(e) => op.on_failure(from, e),
     }
 }
 
