@@ -5,7 +5,7 @@ export NODES
 # Where cargo puts binaries (CARGO_TARGET_DIR when set, as cargo itself does).
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: cluster stop status kill start-node logs clean join leave test bench bench-aae bench-join bench-peers bench-hedge build sim chaos
+.PHONY: cluster stop status kill start-node logs clean join leave test bench bench-aae bench-join bench-peers bench-hedge build sim chaos alerts-check
 
 build:
 	cargo build --release --workspace --bins
@@ -45,6 +45,14 @@ test:
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo build --workspace --bins
 	cargo test --workspace
+
+# The alert rules alone: promtool check and their unit tests (tests/ops.rs runs both in make test,
+# and checks the metric names against a real node). Installs Debian's prometheus package when
+# promtool is missing (root).
+alerts-check:
+	./scripts/install-promtool.sh
+	promtool check rules ops/prometheus/qkv-alerts.yml
+	promtool test rules ops/prometheus/qkv-alerts.test.yml
 
 # Latency benches on a fresh local cluster: make bench [QUICK=1] [NODES=5] (results in target/bench/)
 bench:
