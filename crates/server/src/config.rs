@@ -131,6 +131,11 @@ pub struct Config {
     /// wake-ups between threads; see README "Performance").
     #[serde(default = "default_core_thread")]
     pub core_thread: bool,
+    /// Test-only: hold every replica write from a peer a random 0 to 2x this many ms
+    /// (uniform, mean this) before it reaches the core, so the node applies it late and
+    /// staleness shows on loopback (the kernel here has no netem). 0 (the default): off.
+    #[serde(default)]
+    pub test_apply_delay_ms: u64,
     /// Certificates.
     pub tls: TlsPaths,
     /// Settings given under their names of before the sections (still read).
@@ -203,6 +208,7 @@ const ENV_KEYS: &[(&str, &[&str])] = &[
     ("GC_BATCH", &["anti_entropy", "gc_batch"]),
     ("HANDOFF_BATCH_BYTES_MAX", &["hints", "batch_bytes_max"]),
     ("FAULT_INJECTION", &["fault_injection"]),
+    ("TEST_APPLY_DELAY_MS", &["test_apply_delay_ms"]),
     ("TLS_CA", &["tls", "ca"]),
     ("TLS_CERT", &["tls", "cert"]),
     ("TLS_KEY", &["tls", "key"]),

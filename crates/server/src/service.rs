@@ -42,6 +42,8 @@ pub struct Shared {
     isolated: RwLock<BTreeSet<NodeId>>,
     pub(crate) metrics: Metrics,
     metrics_addr: Option<SocketAddr>,
+    /// Test-only: replica writes from peers wait a uniform 0 to 2x this (ms) first.
+    apply_delay_ms: u64,
 }
 
 /// Peer addresses, rebuilt from the layouts in effect whenever the layout epoch moves.
@@ -131,6 +133,13 @@ impl Node {
         if cfg.fault_injection {
             tracing::warn!("fault_injection is on: any node certificate may cut this node off (tests only)");
         }
+        if cfg.test_apply_delay_ms > 0 {
+            tracing::warn!(
+                "test_apply_delay_ms = {}: replica writes from peers are held 0 to {} ms (tests only)",
+                cfg.test_apply_delay_ms,
+                2 * cfg.test_apply_delay_ms
+            );
+        }
         let shared = Arc::new(Shared {
             storage,
             pool,
@@ -140,6 +149,7 @@ impl Node {
             isolated: RwLock::new(BTreeSet::new()),
             metrics: Metrics::new(cfg.id),
             metrics_addr,
+            apply_delay_ms: cfg.test_apply_delay_ms.min(60_000),
         });
         let (inbox, thread) = crate::driver::start(core, shared.clone(), cfg.core_thread)?;
         Ok(Node { shared, inbox, thread: Arc::new(Mutex::new(Some(thread))) })
@@ -358,6 +368,14 @@ impl Handler for Node {
         {
             return Response::Error(Error::Unreachable(format!("node {id} is cut off (fault injection)")));
         }
+        if self.shared.apply_delay_ms > 0
+            && matches!(role, PeerRole::Node(_))
+            && matches!(req, Request::ReplicaPut { .. } | Request::ReplicaPutBatch { .. })
+        {
+            // Test-only (`test_apply_delay_ms`): this replica applies the write late.
+            let ms = uniform_up_to(2 * self.shared.apply_delay_ms);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
         let lane = match (&req, role) {
             (Request::Ping { .. }, _) => Lane::Urgent,
             (_, PeerRole::Node(_)) => Lane::Peer,
@@ -368,6 +386,17 @@ impl Handler for Node {
             AnsweredBy::Core => self.serve(lane, req).await,
         }
     }
+}
+
+/// A number from 0 to `max`, uniform enough for a test delay (std's randomly keyed hasher
+/// over a counter: no RNG crate on the request path).
+fn uniform_up_to(max: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = KEYS.get_or_init(Default::default).build_hasher();
+    h.write_u64(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    h.finish() % (max + 1)
 }
 
 #[cfg(test)]
