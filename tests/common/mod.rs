@@ -65,6 +65,11 @@ impl Default for Opts {
 
 impl Cluster {
     pub async fn start(opts: Opts) -> Cluster {
+        Cluster::start_with(opts, |_| String::new()).await
+    }
+
+    /// [`Cluster::start`], with more config lines for node `id` from `node_extra(id)`.
+    pub async fn start_with(opts: Opts, node_extra: impl Fn(usize) -> String) -> Cluster {
         let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let ids: Vec<String> = (1..=opts.nodes).map(|i| i.to_string()).collect();
@@ -82,8 +87,10 @@ impl Cluster {
         for (i, a) in addrs.iter().enumerate() {
             let id = i + 1;
             let cfg = format!(
-                "id = {id}\nlisten = \"{a}\"\ndata_dir = \"data/node{id}\"\nreplication = {}\nworker_threads = 1\nmetrics_listen = \"127.0.0.1:0\"\n{}\npeers = [{peers}]\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/node-{id}.pem\"\nkey = \"certs/node-{id}.key\"\n",
-                opts.replication, opts.extra
+                "id = {id}\nlisten = \"{a}\"\ndata_dir = \"data/node{id}\"\nreplication = {}\nworker_threads = 1\nmetrics_listen = \"127.0.0.1:0\"\n{}\n{}\npeers = [{peers}]\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/node-{id}.pem\"\nkey = \"certs/node-{id}.key\"\n",
+                opts.replication,
+                opts.extra,
+                node_extra(id)
             );
             std::fs::write(dir.path().join(format!("node{id}.toml")), cfg).unwrap();
         }

@@ -35,9 +35,14 @@
 //! may be hedged ([`ClientBuilder::hedged_reads`], off by default): a read that has not
 //! answered after a delay is also sent to another replica, within a retry budget.
 //!
+//! A [`Session`] ([`Client::session`]) reads its own writes and never reads back in
+//! time, at any R and through any node; [`Session::token`] carries it to another
+//! process.
+//!
 //! # Layout
 //! - this file: [`Client`], [`ClientBuilder`], requests and results.
 //! - `route.rs`: the ring the client routes by, and the hedges' retry budget.
+//! - `session.rs`: [`Session`], read-your-writes and monotonic reads.
 //! - `error.rs`: [`Error`].
 //! - `config.rs`: [`ClientConfig`], the file the `qkv` command reads.
 
@@ -46,6 +51,7 @@
 mod config;
 mod error;
 mod route;
+mod session;
 
 use std::collections::HashMap;
 use std::future::{Future, IntoFuture};
@@ -66,6 +72,7 @@ pub use qkv_proto::{
 };
 use qkv_proto::{GetRequest, PutRequest, Request, Response};
 use qkv_transport::{Pool, TlsFiles};
+pub use session::{SESSION_KEYS_DEFAULT, SESSION_TOKEN_CHARS_MAX, Session};
 
 /// Default request deadline.
 pub const TIMEOUT_DEFAULT: Duration = Duration::from_secs(1);
@@ -247,6 +254,9 @@ pub struct GetResult {
     pub values: Vec<Vec<u8>>,
     /// Pass to the next write of this key to replace these values.
     pub context: Context,
+    /// Replicas whose answers made this one (R, or more: a session read asks past R
+    /// while the first answers are older than the session).
+    pub replied: u32,
 }
 
 /// A write's result.
@@ -284,7 +294,26 @@ impl Client {
 
     /// Read `key`. Await the returned request, after setting options on it.
     pub fn get(&self, key: impl Into<Vec<u8>>) -> Get {
-        Get { client: self.clone(), key: key.into(), r: self.0.read, strict: false, timeout: self.0.timeout }
+        Get {
+            client: self.clone(),
+            key: key.into(),
+            r: self.0.read,
+            strict: false,
+            timeout: self.0.timeout,
+            session: None,
+        }
+    }
+
+    /// A new session: its reads return nothing older than what it wrote or read before.
+    pub fn session(&self) -> Session {
+        Session::new(self.clone())
+    }
+
+    /// Resume a session from [`Session::token`] (made by any client of the cluster).
+    /// A malformed token is an error here; a token with a floor the cluster did not
+    /// issue is refused by the node at the session's first request for that key.
+    pub fn resume_session(&self, token: &str) -> Result<Session, Error> {
+        Session::resume(self.clone(), token)
     }
 
     /// Write `value` under `key`.
@@ -306,6 +335,7 @@ impl Client {
             strict: false,
             context: Context::empty(),
             timeout: self.0.timeout,
+            session: None,
         }
     }
 
@@ -670,6 +700,7 @@ pub struct Get {
     r: Level,
     strict: bool,
     timeout: Duration,
+    session: Option<Session>,
 }
 
 impl Get {
@@ -690,7 +721,21 @@ impl Get {
         self.timeout = timeout;
         self
     }
+
+    /// Read in `session`: the answer is at least as new as what the session wrote and
+    /// read of the key. While no replica is, the read waits (1 ms, doubling up to
+    /// 50 ms) and asks again, until its deadline: then the error is
+    /// [`ClusterError::Behind`] (or a timeout), never an older state.
+    pub fn session(mut self, session: &Session) -> Self {
+        self.session = Some(session.clone());
+        self
+    }
 }
+
+/// First pause of a session read whose replicas are all behind the session.
+const BEHIND_PAUSE: Duration = Duration::from_millis(1);
+/// Longest such pause.
+const BEHIND_PAUSE_MAX: Duration = Duration::from_millis(50);
 
 impl IntoFuture for Get {
     type Output = Result<GetResult, Error>;
@@ -704,15 +749,41 @@ impl IntoFuture for Get {
                 let turn = self.client.0.next.fetch_add(1, Ordering::Relaxed) % homes.len();
                 homes.rotate_left(turn);
             }
-            let req =
-                GetRequest { key: self.key, r: self.r, strict: self.strict, timeout_ms: timeout_ms(self.timeout) };
-            match self.client.read(Request::Get(req), self.timeout, homes).await? {
-                Response::Get(g) => Ok(GetResult {
-                    found: g.found,
-                    values: g.values.into_iter().map(|v| v.into_vec()).collect(),
-                    context: g.context,
-                }),
-                other => Err(unexpected(other)),
+            let started = Instant::now();
+            let floor = self.session.as_ref().and_then(|s| s.floor(&self.key));
+            let mut pause = BEHIND_PAUSE;
+            loop {
+                let left = self.timeout.saturating_sub(started.elapsed());
+                let req = GetRequest {
+                    key: self.key.clone(),
+                    r: self.r,
+                    strict: self.strict,
+                    timeout_ms: timeout_ms(left),
+                    session: floor.clone(),
+                };
+                let answer = self.client.read(Request::Get(req), left, homes.clone()).await;
+                match answer {
+                    Ok(Response::Get(g)) => {
+                        if let Some(s) = &self.session {
+                            s.saw(&self.key, &g.context, g.found);
+                        }
+                        return Ok(GetResult {
+                            found: g.found,
+                            values: g.values.into_iter().map(|v| v.into_vec()).collect(),
+                            context: g.context,
+                            replied: g.replied,
+                        });
+                    }
+                    // No replica has caught up with the session yet: wait, then ask again.
+                    Err(Error::Cluster(ClusterError::Behind { .. }))
+                        if started.elapsed() + pause + MIN_ATTEMPT < self.timeout =>
+                    {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(BEHIND_PAUSE_MAX);
+                    }
+                    Ok(other) => return Err(unexpected(other)),
+                    Err(e) => return Err(e),
+                }
             }
         })
     }
@@ -728,6 +799,7 @@ pub struct Put {
     strict: bool,
     context: Context,
     timeout: Duration,
+    session: Option<Session>,
 }
 
 impl Put {
@@ -754,6 +826,13 @@ impl Put {
         self.timeout = timeout;
         self
     }
+
+    /// Write in `session`: the session's later reads of the key see this write (or
+    /// something newer). The write replaces only what its own context names.
+    pub fn session(mut self, session: &Session) -> Self {
+        self.session = Some(session.clone());
+        self
+    }
 }
 
 impl IntoFuture for Put {
@@ -763,6 +842,7 @@ impl IntoFuture for Put {
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
             let write_id = new_write_id();
+            let session = self.session.as_ref().and_then(|s| s.floor(&self.key)).map(|f| f.context);
             let req = PutRequest {
                 key: self.key,
                 value: self.value,
@@ -772,12 +852,19 @@ impl IntoFuture for Put {
                 timeout_ms: timeout_ms(self.timeout),
                 forwarded: false,
                 write_id: Some(write_id),
+                session,
             };
+            let deleted = req.value.is_none();
             // To the first home replica up: it coordinates the write itself.
             let homes = self.client.homes(&req.key);
+            let req_key = req.key.clone();
             match self.client.send_to(Request::Put(req), self.timeout, &homes).await? {
                 (answered, Response::Put(p)) => {
                     self.client.check_route(answered, p.coordinator);
+                    if let Some(s) = &self.session {
+                        // (A node of an earlier release sends no floor: the write's context is one.)
+                        s.wrote(&req_key, p.session.unwrap_or_else(|| p.context.clone()), deleted);
+                    }
                     Ok(PutResult {
                         context: p.context,
                         dot: p.dot,

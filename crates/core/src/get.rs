@@ -17,10 +17,9 @@
 //! merge of what the read gathered is repaired; unchecked reads repair only among
 //! the replicas they asked, and anti-entropy does the rest.
 
-use qkv_proto::{DvvSet, Error, NodeId};
+use qkv_proto::{DvvSet, Error, NodeId, Seen};
 
 use crate::merkle::digest;
-use crate::quorum::Tally;
 
 /// What the driver must do.
 #[derive(Clone, Debug, PartialEq)]
@@ -85,6 +84,9 @@ pub struct GetOp {
     hedge_at_ms: Option<u64>,
     answered: bool,
     finished: bool,
+    /// A session read: what the answer must be at least as new as, and whether an
+    /// answer with no value is (see `SessionFloor`).
+    floor: Option<(Seen, bool)>,
 }
 
 /// How long a read waits for the replicas it asked before it also asks the next
@@ -115,11 +117,27 @@ impl GetOp {
             hedge_at_ms: None,
             answered: false,
             finished: false,
+            floor: None,
         };
         if check {
             op.digest_asked = op.targets.iter().skip(needed).copied().collect();
         }
         op
+    }
+
+    /// Make this a session read: it answers only with a merge at least as new as
+    /// `seen` (or, `deleted`, one with no value), asking the targets past R when the
+    /// first R answers are older, and failing with [`Error::Behind`] when no target is.
+    pub fn with_floor(mut self, seen: Seen, deleted: bool) -> Self {
+        self.floor = Some((seen, deleted));
+        self
+    }
+
+    /// True when the answers so far are as new as the session needs (always, outside one).
+    fn fresh(&self) -> bool {
+        let Some((seen, deleted)) = &self.floor else { return true };
+        let merged = self.merged();
+        (*deleted && merged.is_deleted()) || merged.seen().covers_all(seen)
     }
 
     /// The first requests: the state of the first R targets, and the digests of the
@@ -323,29 +341,33 @@ impl GetOp {
                 let Some(to) = self.spare() else { break };
                 out.push(self.ask(to));
             }
-            let state = if self.replies.len() >= self.needed {
-                Tally::Won
+            let enough = self.replies.len() >= self.needed;
+            let fresh = !enough || self.fresh();
+            if enough && !fresh {
+                // A session read whose answers are older than the session: ask every
+                // other target (the first that has caught up ends it).
+                while let Some(to) = self.spare() {
+                    out.push(self.ask(to));
+                }
+            }
+            let answer = if enough && fresh {
+                Some(Ok(GetAnswer { set: self.merged(), replied: self.replies.len() }))
+            } else if enough && self.possible() == 0 {
+                Some(Err(Error::Behind { asked: self.replies.len() as u32 }))
             } else if self.replies.len() + self.possible() < self.needed {
-                Tally::Lost
+                Some(Err(Error::Failed {
+                    acked: self.replies.len() as u32,
+                    needed: self.needed as u32,
+                    failed: self.failed.len() as u32,
+                    cause: self.failed.first().map(|(n, e)| format!("node {n}: {e}")).unwrap_or_default(),
+                    write: false,
+                }))
             } else {
-                Tally::Pending
+                None
             };
-            match state {
-                Tally::Pending => {}
-                Tally::Won => {
-                    self.answered = true;
-                    out.push(GetAction::Reply(Ok(GetAnswer { set: self.merged(), replied: self.replies.len() })));
-                }
-                Tally::Lost => {
-                    self.answered = true;
-                    out.push(GetAction::Reply(Err(Error::Failed {
-                        acked: self.replies.len() as u32,
-                        needed: self.needed as u32,
-                        failed: self.failed.len() as u32,
-                        cause: self.failed.first().map(|(n, e)| format!("node {n}: {e}")).unwrap_or_default(),
-                        write: false,
-                    })));
-                }
+            if let Some(answer) = answer {
+                self.answered = true;
+                out.push(GetAction::Reply(answer));
             }
         }
         let states_in = self.replies.len() + self.failed.len() == self.asked.len();
@@ -414,6 +436,39 @@ mod tests {
         assert_eq!(a, vec![GetAction::Reply(Ok(GetAnswer { set: set(b"v", 1), replied: 1 }))]);
         assert!(op.is_finished(), "nothing else was asked");
         assert_eq!(op.check_outcome(), None);
+    }
+
+    #[test]
+    fn a_session_read_asks_past_r_until_a_replica_is_as_new_as_the_session() {
+        let old = set(b"old", 1);
+        let mut new = old.clone();
+        new.update(old.clock(), Some(b"new".to_vec()), 2);
+        let floor = new.seen();
+        let mut op = GetOp::new(b"k", vec![1, 2, 3], 1, 0, 1000, false).with_floor(floor.clone(), false);
+        assert_eq!(asks(&op.start(0)), vec![1]);
+        // The first answer is older than the session: the others are asked, nothing answered.
+        let a = op.on_reply(1, Some(old.clone()));
+        assert_eq!(asks(&a), vec![2, 3]);
+        assert!(!a.iter().any(|x| matches!(x, GetAction::Reply(_))));
+        // A replica that caught up answers; the stale one is repaired once all are in.
+        let a = op.on_reply(3, Some(new.clone()));
+        assert!(a.contains(&GetAction::Reply(Ok(GetAnswer { set: new.clone(), replied: 2 }))), "{a:?}");
+        let a = op.on_reply(2, Some(old.clone()));
+        assert!(a.contains(&GetAction::Repair { to: 1, set: new.clone() }), "{a:?}");
+
+        // No replica has caught up: `Behind`, never the older state.
+        let mut op = GetOp::new(b"k", vec![1, 2, 3], 1, 0, 1000, false).with_floor(floor.clone(), false);
+        let _ = op.start(0);
+        let _ = op.on_reply(1, Some(old.clone()));
+        let _ = op.on_failure(2, Error::Unreachable("down".into()));
+        let a = op.on_reply(3, None);
+        assert_eq!(a.first(), Some(&GetAction::Reply(Err(Error::Behind { asked: 2 }))), "{a:?}");
+
+        // A session that last saw the key deleted takes an answer with no value.
+        let mut op = GetOp::new(b"k", vec![1, 2, 3], 1, 0, 1000, false).with_floor(floor, true);
+        let _ = op.start(0);
+        let a = op.on_reply(1, None);
+        assert_eq!(a.first(), Some(&GetAction::Reply(Ok(GetAnswer { set: DvvSet::new(), replied: 1 }))), "{a:?}");
     }
 
     #[test]

@@ -207,11 +207,12 @@ fn put_with(key: &str, value: &str, w: Level, context: Context, strict: bool) ->
         timeout_ms: None,
         forwarded: false,
         write_id: None,
+        session: None,
     })
 }
 
 fn get(key: &str, r: Level) -> Request {
-    Request::Get(GetRequest { key: key.into(), r, strict: true, timeout_ms: None })
+    Request::Get(GetRequest { key: key.into(), r, strict: true, timeout_ms: None, session: None })
 }
 
 fn values(resp: &Response) -> Vec<Vec<u8>> {
@@ -343,8 +344,16 @@ fn sloppy_writes_go_to_stand_ins_and_are_handed_off_when_the_owners_return() {
     // A sloppy read sees the writes through the stand-ins' hints.
     let got = c.call(1, get(&key, Level::All));
     assert!(matches!(got, Some(Response::Error(Error::Unavailable { .. }))), "strict R=all: {got:?}");
-    let got =
-        c.call(1, Request::Get(GetRequest { key: key.clone().into(), r: Level::All, strict: false, timeout_ms: None }));
+    let got = c.call(
+        1,
+        Request::Get(GetRequest {
+            key: key.clone().into(),
+            r: Level::All,
+            strict: false,
+            timeout_ms: None,
+            session: None,
+        }),
+    );
     assert_eq!(values(&got.unwrap()).len(), 2, "v and w are siblings");
 
     c.down.clear();

@@ -67,6 +67,7 @@ fn put(key: &str, value: &str, context: Context) -> Request {
         timeout_ms: None,
         forwarded: false,
         write_id: None,
+        session: None,
     })
 }
 

@@ -167,6 +167,28 @@ impl Seen {
         self.dots.retain(|d| !vv.covers(*d));
     }
 
+    /// True when everything `other` saw was seen here too (a state with this causal
+    /// history is at least as new as one with `other`'s).
+    pub fn covers_all(&self, other: &Seen) -> bool {
+        let vv_in = other.vv.0.iter().all(|(&actor, &n)| {
+            let have = self.vv.get(actor);
+            // Counters past this vector are covered only by single dots, one each: at
+            // most `dots.len()` of them, so the walk is bounded by this set's size.
+            have >= n
+                || (n - have <= self.dots.len() as u64
+                    && (have + 1..=n).all(|counter| self.dots.binary_search(&Dot { actor, counter }).is_ok()))
+        });
+        vv_in && other.dots.iter().all(|d| self.covers(*d))
+    }
+
+    /// Everything either saw, in normal form.
+    pub fn joined(mut self, other: &Seen) -> Seen {
+        self.vv.join(&other.vv);
+        self.dots.extend_from_slice(&other.dots);
+        self.normalize();
+        self
+    }
+
     /// Actors named, in the vector and the dots.
     pub fn actors(&self) -> usize {
         self.vv.0.len() + self.dots.len()
@@ -497,6 +519,27 @@ mod laws {
 
     /// Histories: a few replicas, each op either a local write (with the context
     /// of some replica's current state, or none) or a sync from another replica.
+    #[test]
+    fn covers_all_reads_counters_past_the_vector_from_the_dots() {
+        let d = |actor, counter| Dot { actor, counter };
+        let mut a = Seen::new();
+        a.vv.add(d(1, 2));
+        a.add_dot(d(1, 3));
+        a.add_dot(d(1, 4));
+        a.add_dot(d(2, 7));
+        let mut b = Seen::new();
+        b.vv.add(d(1, 4));
+        assert!(a.covers_all(&b), "1:1..2 by the vector, 1:3 and 1:4 by dots");
+        b.vv.add(d(1, 5));
+        assert!(!a.covers_all(&b));
+        let mut c = Seen::new();
+        c.add_dot(d(2, 7));
+        assert!(a.covers_all(&c) && !c.covers_all(&a));
+        assert!(a.covers_all(&Seen::new()) && Seen::new().covers_all(&Seen::new()));
+        let j = c.clone().joined(&b);
+        assert!(j.is_normal() && j.covers_all(&b) && j.covers_all(&c));
+    }
+
     fn states() -> impl Strategy<Value = Vec<DvvSet>> {
         let op = (0usize..3, 0usize..3, 0u8..4, any::<u8>());
         proptest::collection::vec(op, 0..24).prop_map(|ops| {

@@ -222,7 +222,13 @@ mod tests {
         };
         let mut set = DvvSet::new();
         set.update(&VersionVector::new(), Some(b"v".to_vec()), 7);
-        let get = Request::Get(GetRequest { key: b"k".to_vec(), r: Level::One, strict: false, timeout_ms: Some(5) });
+        let get = Request::Get(GetRequest {
+            key: b"k".to_vec(),
+            r: Level::One,
+            strict: false,
+            timeout_ms: Some(5),
+            session: None,
+        });
         let put = Request::Put(PutRequest {
             key: b"k".to_vec(),
             value: Some(b"v".to_vec()),
@@ -232,6 +238,7 @@ mod tests {
             timeout_ms: None,
             forwarded: false,
             write_id: Some(9),
+            session: None,
         });
         let replica = Request::ReplicaPut { key: b"k".to_vec(), set: set.clone() };
         let got = Response::Get(GetReply { values: vec![], found: false, context: Context::empty(), replied: 1 });
@@ -241,6 +248,7 @@ mod tests {
             home_acks: vec![1],
             standin_acks: vec![],
             coordinator: 1,
+            session: None,
         });
         let body = |m: &dyn Fn(&mut Vec<u8>) -> Result<(), Error>| {
             let mut v = vec![];
@@ -263,6 +271,44 @@ mod tests {
         ];
         for (got, want) in shapes.iter().zip(pinned) {
             assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn session_fields_round_trip_and_requests_without_them_keep_their_bytes() {
+        use crate::{Context, Dot, GetRequest, Level, PutRequest, Seen, SessionFloor, VersionVector};
+        let mut vv = VersionVector::new();
+        vv.add(Dot { actor: 7, counter: 3 });
+        let ctx = Context { seen: Seen::of(vv), mac: vec![1; 16] };
+        let get = Request::Get(GetRequest {
+            key: b"k".to_vec(),
+            r: Level::One,
+            strict: false,
+            timeout_ms: Some(5),
+            session: Some(SessionFloor { context: ctx.clone(), deleted: true }),
+        });
+        let put = Request::Put(PutRequest {
+            key: b"k".to_vec(),
+            value: None,
+            context: Context::empty(),
+            w: Level::One,
+            strict: false,
+            timeout_ms: None,
+            forwarded: false,
+            write_id: None,
+            session: Some(ctx),
+        });
+        for req in [get, put] {
+            let f = encode(&req, 1024).unwrap();
+            assert_eq!(decode_body::<Request>(&f[4..]).unwrap(), req);
+        }
+        // A put of the earlier release (write id left out) still decodes.
+        let old = "81a350757497c4016bc40176929180c400a651756f72756dc3c0c2";
+        let mut bytes = vec![PROTOCOL_VERSION];
+        bytes.extend((0..old.len()).step_by(2).map(|i| u8::from_str_radix(&old[i..i + 2], 16).unwrap()));
+        match decode_body::<Request>(&bytes).unwrap() {
+            Request::Put(p) => assert_eq!((p.write_id, p.session), (None, None)),
+            other => panic!("{other:?}"),
         }
     }
 

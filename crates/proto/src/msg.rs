@@ -392,6 +392,23 @@ pub struct GetRequest {
     pub strict: bool,
     /// Deadline for the request, from its arrival at the coordinator.
     pub timeout_ms: Option<u32>,
+    /// A session read: the answer must be at least as new as this (what the session
+    /// wrote and saw of the key). Replicas past R are asked until one is; none being
+    /// is [`crate::Error::Behind`]. A context is untrusted input: one the cluster did
+    /// not issue for this key is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionFloor>,
+}
+
+/// What a session knows of one key: a read in the session returns nothing older.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionFloor {
+    /// Everything the session wrote and saw of the key (issued by the cluster).
+    pub context: Context,
+    /// The session's latest view of the key was "no value" (its delete, or a read
+    /// that found nothing): an answer with no value is then as new as it needs to be,
+    /// even one whose history lacks the delete (its tombstone may have been purged).
+    pub deleted: bool,
 }
 
 /// A write or delete.
@@ -417,8 +434,13 @@ pub struct PutRequest {
     /// random). A coordinator holding a sibling of this id answers with it instead of
     /// writing again, and replicas merging two siblings of one id keep one: a retry
     /// never becomes a second sibling.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub write_id: Option<u64>,
+    /// A session write: what the session knew of the key before it (issued by the
+    /// cluster; one it did not issue is refused). The answer's
+    /// [`PutReply::session`] then covers both, for the session's next reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<Context>,
 }
 
 /// A response to a [`Request`].
@@ -551,6 +573,11 @@ pub struct PutReply {
     pub standin_acks: Vec<(NodeId, NodeId)>,
     /// The node that coordinated the write.
     pub coordinator: NodeId,
+    /// A session write's new floor: the session's earlier knowledge of the key plus
+    /// this write (not a context to write with: it may name siblings the write did
+    /// not replace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<Context>,
 }
 
 /// One node's view of the cluster.

@@ -90,6 +90,18 @@ pub enum Error {
         /// The byte limit.
         bytes_max: u64,
     },
+    /// A session read found no replica as new as what the session wrote or saw of the
+    /// key (replication has not reached the replicas asked yet). Nothing is returned
+    /// rather than an older state; retry after a pause (the client does, within its
+    /// deadline).
+    #[error(
+        "behind: {asked} replicas answered, none as new as what this session wrote or read of the key; retry \
+         shortly (replication is on its way)"
+    )]
+    Behind {
+        /// Replicas that answered.
+        asked: u32,
+    },
     /// The request is malformed.
     #[error("bad request: {0}")]
     BadRequest(String),

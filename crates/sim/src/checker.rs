@@ -318,6 +318,47 @@ fn check_key(key: &[u8], entries: &[&Entry], fin: &FinalKey, facts: &Facts<'_>, 
         }
     }
 
+    // Sessions: a read in a session returns a state at least as new as everything the
+    // session wrote or read of the key before (Terry et al.'s read-your-writes and
+    // monotonic reads). "As new" is causal: the read's context covers what the session
+    // knew. An answer with no value stands for a delete the session made or saw, or
+    // one whose tombstone was purged.
+    let sessions: BTreeSet<u32> = entries.iter().filter(|e| e.session).map(|e| e.client).collect();
+    for c in sessions {
+        let mut known = qkv_proto::Seen::new();
+        let mut deleted = false;
+        let mut mine: Vec<&&Entry> = entries.iter().filter(|e| e.client == c).collect();
+        mine.sort_by_key(|e| (e.invoked_ms, e.completed_ms));
+        for e in mine {
+            match (&e.op, &e.outcome) {
+                (OpKind::Get { r, .. }, Outcome::Get { values, context }) => {
+                    let fresh = context.seen.covers_all(&known);
+                    let purged_before = fin.purged.iter().any(|(t, _)| *t <= e.completed_ms);
+                    if fresh {
+                        known = known.joined(&context.seen);
+                        deleted = values.is_empty();
+                    } else if !(values.is_empty() && (deleted || purged_before)) {
+                        bad(
+                            "session read went back",
+                            format!(
+                                "client {}'s read at R = {r:?} (invoked at {} ms) saw {} but the session had seen {}",
+                                e.client,
+                                e.invoked_ms,
+                                seen_text(&context.seen),
+                                seen_text(&known)
+                            ),
+                        );
+                    }
+                }
+                (OpKind::Put { value, .. }, Outcome::Put { context, .. }) => {
+                    known = known.joined(&context.seen);
+                    deleted = value.is_none();
+                }
+                _ => {}
+            }
+        }
+    }
+
     // Convergence of home replicas.
     if facts.check_convergence && !fin.agrees() {
         let states: Vec<String> = fin
@@ -409,6 +450,7 @@ mod tests {
             outcome: Outcome::Put { context: vv(got), dot: Dot { actor: grew.0, counter: grew.1 } },
             duplicated: false,
             write_id: None,
+            session: false,
         }
     }
 
@@ -482,6 +524,7 @@ mod tests {
             outcome: Outcome::Get { values: vec![b"zzz".to_vec()], context: Context::empty() },
             duplicated: false,
             write_id: None,
+            session: false,
         };
         let h = History { entries: vec![put(1, "a", &[], &[(1, 1)], 0, true), read] };
         let mut f = finals(s);

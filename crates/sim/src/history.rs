@@ -71,6 +71,9 @@ pub struct Entry {
     pub duplicated: bool,
     /// A put's write id (the same on every copy of the request).
     pub write_id: Option<u64>,
+    /// The client works in a session (read-your-writes, monotonic reads): the checker
+    /// holds its reads to the session rules.
+    pub session: bool,
 }
 
 impl Entry {

@@ -85,6 +85,10 @@ struct Args {
     /// `--features bugs`: production cores have none of them.
     #[arg(long)]
     bug: Option<String>,
+    /// Session clients (every other client) send no session floors: the checker still
+    /// holds their reads to the session rules, and shows what a client without sessions sees.
+    #[arg(long)]
+    no_sessions: bool,
     /// Stop at the first violating seed.
     #[arg(long)]
     fail_fast: bool,
@@ -189,6 +193,7 @@ fn main() -> ExitCode {
             storage_errors: a.storage_errors,
             keep_epoch: false,
             membership: a.membership,
+            sessions: !a.no_sessions,
             bugs,
         };
         let (run, report) = run_seed(seed, &cfg);

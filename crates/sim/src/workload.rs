@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use qkv_proto::{Context, GetRequest, Level, PutRequest, Request};
+use qkv_proto::{Context, GetRequest, Level, PutRequest, Request, SessionFloor};
 use rand::RngExt;
 use rand::rngs::StdRng;
 
@@ -50,6 +50,11 @@ pub struct ClientState {
     /// Set workload: a read done, the write of `element` to follow.
     pending_add: Option<(Vec<u8>, BTreeSet<u64>, Context, bool)>,
     next_element: u64,
+    /// A session client (see `qkv_client::Session`), and whether it sends its floors.
+    session: bool,
+    send_floors: bool,
+    /// What the session wrote and read of each key (kept as `qkv_client::Session` keeps it).
+    floors: BTreeMap<Vec<u8>, SessionFloor>,
 }
 
 fn level(rng: &mut StdRng, n: usize) -> Level {
@@ -68,8 +73,41 @@ impl ClientState {
         ClientState { ops_left: ops, ..Default::default() }
     }
 
+    /// Make this a session client (`session`), sending its floors with its requests
+    /// (`send_floors`; without, it is a client that only claims to be one).
+    pub fn in_session(mut self, session: bool, send_floors: bool) -> Self {
+        self.session = session;
+        self.send_floors = send_floors;
+        self
+    }
+
+    /// True for a session client.
+    pub fn is_session(&self) -> bool {
+        self.session
+    }
+
     /// The next request, and its history record.
     pub fn next(&mut self, id: u32, seq: u64, w: Workload, n: usize, rng: &mut StdRng) -> (Vec<u8>, OpKind, Request) {
+        let (key, op, mut req) = self.next_plain(id, seq, w, n, rng);
+        if self.session && self.send_floors {
+            let floor = self.floors.get(&key).cloned();
+            match &mut req {
+                Request::Get(g) => g.session = floor,
+                Request::Put(p) => p.session = floor.map(|f| f.context),
+                _ => {}
+            }
+        }
+        (key, op, req)
+    }
+
+    /// A session write was acknowledged with this floor.
+    pub fn session_wrote(&mut self, key: &[u8], op: &OpKind, floor: &Context) {
+        if let (true, OpKind::Put { value, .. }) = (self.session, op) {
+            self.floors.insert(key.to_vec(), SessionFloor { context: floor.clone(), deleted: value.is_none() });
+        }
+    }
+
+    fn next_plain(&mut self, id: u32, seq: u64, w: Workload, n: usize, rng: &mut StdRng) -> (Vec<u8>, OpKind, Request) {
         match w {
             Workload::Mixed => {
                 let hot = rng.random_bool(0.1);
@@ -155,6 +193,12 @@ impl ClientState {
         match outcome {
             Outcome::Get { values, context } => {
                 self.contexts.insert(key.to_vec(), context.clone());
+                // A session read's answer is the new floor when it covers the old one.
+                let covers = self.floors.get(key).is_none_or(|f| context.seen.covers_all(&f.context.seen));
+                if self.session && covers {
+                    let floor = SessionFloor { context: context.clone(), deleted: values.is_empty() };
+                    self.floors.insert(key.to_vec(), floor);
+                }
                 if w == Workload::Set
                     && let OpKind::Get { strict, .. } = op
                 {
@@ -191,7 +235,7 @@ fn forged(mut c: Context, rng: &mut StdRng) -> Context {
 }
 
 fn get(key: Vec<u8>, r: Level, strict: bool) -> Request {
-    Request::Get(GetRequest { key, r, strict, timeout_ms: None })
+    Request::Get(GetRequest { key, r, strict, timeout_ms: None, session: None })
 }
 
 fn put(
@@ -202,5 +246,15 @@ fn put(
     strict: bool,
     write_id: Option<u64>,
 ) -> Request {
-    Request::Put(PutRequest { key, value, context, w, strict, timeout_ms: None, forwarded: false, write_id })
+    Request::Put(PutRequest {
+        key,
+        value,
+        context,
+        w,
+        strict,
+        timeout_ms: None,
+        forwarded: false,
+        write_id,
+        session: None,
+    })
 }

@@ -63,6 +63,10 @@ pub struct SimConfig {
     pub keep_epoch: bool,
     /// Share of seeds in which an operator joins, retires and replaces nodes (see `admin`).
     pub membership: f64,
+    /// Session clients (every other client) send their floors with their requests;
+    /// without, the checker still holds their reads to the session rules (and finds
+    /// them broken).
+    pub sessions: bool,
     /// Deliberate bugs in every node.
     pub bugs: Bugs,
 }
@@ -75,6 +79,7 @@ impl Default for SimConfig {
             clients: 6,
             ops_per_client: 40,
             workload: Workload::Mixed,
+            sessions: true,
             faults: true,
             loss: 0.01,
             dup: 0.01,
@@ -366,7 +371,10 @@ impl World {
             })
             .collect();
         let clients = (1..=cfg.clients as u32)
-            .map(|c| (c, SimClient { state: ClientState::new(cfg.ops_per_client), seq: 0, inflight: None }))
+            .map(|c| {
+                let state = ClientState::new(cfg.ops_per_client).in_session(c % 2 == 1, cfg.sessions);
+                (c, SimClient { state, seq: 0, inflight: None })
+            })
             .collect();
         let mut w = World {
             cfg,
@@ -797,7 +805,10 @@ impl World {
         }
         let f = cl.inflight.take().expect("checked");
         let outcome = match resp {
-            Some(Response::Put(p)) => Outcome::Put { context: p.context, dot: p.dot },
+            Some(Response::Put(p)) => {
+                cl.state.session_wrote(&f.key, &f.op, p.session.as_ref().unwrap_or(&p.context));
+                Outcome::Put { context: p.context, dot: p.dot }
+            }
             Some(Response::Get(g)) => {
                 Outcome::Get { values: g.values.into_iter().map(|v| v.into_vec()).collect(), context: g.context }
             }
@@ -816,6 +827,7 @@ impl World {
             outcome,
             duplicated: f.write_id.is_some_and(|id| self.dup_writes.contains(&id)),
             write_id: f.write_id,
+            session: cl.state.is_session(),
         });
         if more {
             // With an operator, clients pause longer: their requests span every step of

@@ -215,3 +215,18 @@ fn the_checker_catches_writes_to_the_new_home_set_alone() {
     let (seed, v) = caught.expect("writes to the new home set alone caught within 100 seeds");
     println!("no-joint-writes caught at seed {seed}: {v}");
 }
+
+#[test]
+fn session_reads_never_go_back_and_the_rules_fail_a_client_without_sessions() {
+    // Mixed workload: every other client is a session client, reading at R = one and
+    // two through any node while others write.
+    let mixed = |sessions: bool| SimConfig { workload: Workload::Mixed, sessions, ..SimConfig::default() };
+    let went_back = |seed: u64, sessions: bool| {
+        run_seed(seed, &mixed(sessions)).1.violations.iter().filter(|v| v.kind == "session read went back").count()
+    };
+    let without: usize = (0..60).map(|seed| went_back(seed, false)).sum();
+    assert!(without > 0, "a client that sends no session floors reads back in time somewhere in 60 seeds");
+    for seed in 0..60 {
+        assert_eq!(went_back(seed, true), 0, "seed {seed}: replay with qkv-sim --seed {seed} --workload mixed");
+    }
+}

@@ -268,6 +268,7 @@ mod tests {
             timeout_ms: None,
             forwarded: false,
             write_id: None,
+            session: None,
         })
     }
 

@@ -73,6 +73,8 @@ struct PendingPut {
     key: Vec<u8>,
     set: DvvSet,
     ctx: Context,
+    /// A session write's new floor (see `PutReply::session`).
+    session: Option<Context>,
     dot: Dot,
     needed: usize,
     timeout_ms: u64,
@@ -84,6 +86,7 @@ struct PutState {
     req: ReqId,
     op: PutOp,
     ctx: Context,
+    session: Option<Context>,
     dot: Dot,
     key: Vec<u8>,
     set: DvvSet,

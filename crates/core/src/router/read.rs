@@ -35,6 +35,12 @@ impl<S: Store> Core<S> {
 
     pub(super) fn start_get(&mut self, req: ReqId, g: GetRequest) -> Result<Option<Response>, Error> {
         self.cfg.limits.check(&g.key, None)?;
+        // A session's floor is untrusted input: a forged one would have the read wait
+        // for writes that never were.
+        let floor = match &g.session {
+            Some(f) => Some((f.context.verify(&self.cfg.secret, &g.key)?.clone(), f.deleted)),
+            None => None,
+        };
         let timeout_ms = self.timeout_ms(g.timeout_ms)?;
         let ring = self.read_ring();
         let n = ring.n();
@@ -60,6 +66,9 @@ impl<S: Store> Core<S> {
         let check = needed < targets.len() && self.reads_started.is_multiple_of(READ_CHECK_EVERY);
         let op_id = self.id();
         let mut get = GetOp::new(&g.key, targets, needed, self.now_ms, timeout_ms, check);
+        if let Some((seen, deleted)) = floor {
+            get = get.with_floor(seen, deleted);
+        }
         let first = get.start(self.now_ms);
         let wake_ms = get.next_wakeup_ms();
         self.deadlines.insert((wake_ms, op_id));

@@ -2,7 +2,7 @@
 //! replicas and (sloppy writes) to stand-ins for those that are down or fail,
 //! and the replica side: merging writes, batches and hints.
 
-use qkv_proto::{DvvSet, Error, KeyState, NodeId, PutReply, PutRequest, Request, Response};
+use qkv_proto::{Context, DvvSet, Error, KeyState, NodeId, PutReply, PutRequest, Request, Response};
 
 use super::{
     Core, FORWARD_MARGIN_MS, Hint, LEASE_WAITERS_MAX, Op, OpId, PendingPut, PutState, ReqId, Store, unexpected,
@@ -51,6 +51,12 @@ impl<S: Store> Core<S> {
         let needed = check_available(p.w, n, alive)?;
         // A context is untrusted input: only one the cluster issued for this key may delete siblings.
         let seen = p.context.verify(&self.cfg.secret, &p.key)?.clone();
+        // So is a session's floor: it only ever goes back to the session, but a forged
+        // one would make the session wait for writes that never were.
+        let floor = match &p.session {
+            Some(f) => Some(f.verify(&self.cfg.secret, &p.key)?.clone()),
+            None => None,
+        };
         let minted = match self.lease_ready(&seen)? {
             true => self.coordinate_write(&p.key, &seen, &mut p.value, p.write_id)?,
             false => None,
@@ -68,7 +74,8 @@ impl<S: Store> Core<S> {
         };
         let op = self.id();
         debug_assert!(dot.actor != self.actor || dot.counter <= self.lease_durable, "no dot above the durable lease");
-        let pending = PendingPut { req, key: p.key, set, ctx, dot, needed, timeout_ms, strict };
+        let session = floor.map(|f| Context::issue(&self.cfg.secret, &p.key, f.joined(&ctx.seen)));
+        let pending = PendingPut { req, key: p.key, set, ctx, session, dot, needed, timeout_ms, strict };
         if self.cfg.bugs().ack_before_flush {
             self.flush_unawaited();
             self.replicate(op, pending);
@@ -82,7 +89,7 @@ impl<S: Store> Core<S> {
     /// The local write is durable: send it to the other home replicas, and to
     /// stand-ins for home replicas that are down (sloppy writes only).
     pub(super) fn replicate(&mut self, op_id: OpId, pending: PendingPut) {
-        let PendingPut { req, key, set, ctx, dot, needed, timeout_ms, strict } = pending;
+        let PendingPut { req, key, set, ctx, session, dot, needed, timeout_ms, strict } = pending;
         let me = self.cfg.me;
         let n = self.ring.n();
         let walk = self.ring.walk(&key);
@@ -100,7 +107,7 @@ impl<S: Store> Core<S> {
         let targets: Vec<NodeId> = std::iter::once(me).chain(op.remote_targets()).collect();
         let decided = op.poll();
         let epoch = self.members.cluster.epoch();
-        let state = PutState { req, op, ctx, dot, key, set, home, placement, sloppy: !strict, epoch };
+        let state = PutState { req, op, ctx, session, dot, key, set, home, placement, sloppy: !strict, epoch };
         if let Some(outcome) = decided {
             // Answered already (W = 1): the other replicas still get the write.
             let track = self.put_answer(&state, outcome);
@@ -145,6 +152,7 @@ impl<S: Store> Core<S> {
                 home_acks,
                 standin_acks,
                 coordinator: me,
+                session: state.session.clone(),
             })
         });
         self.reply(state.req, resp);

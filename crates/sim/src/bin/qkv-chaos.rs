@@ -623,6 +623,7 @@ async fn drive(dir: PathBuf, duration: u64, clients: u32, seed: u64) -> anyhow::
                     // The client fails over between nodes, so any request may have been tried twice.
                     duplicated: true,
                     write_id,
+                    session: false,
                 });
                 tokio::time::sleep(Duration::from_millis(rng.random_range(0..20))).await;
             }
