@@ -85,3 +85,46 @@ fn swap_key(token: &str, from: &[u8], to: &[u8]) -> String {
     bytes[at + 2..at + 2 + to.len()].copy_from_slice(to);
     URL_SAFE_NO_PAD.encode(bytes)
 }
+
+/// `qkv pbs` predicts from the live round trips: strict quorums are always fresh, and a
+/// late replica makes R = W = 1 stale right after the ack, less so later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pbs_predicts_from_live_round_trips() {
+    let c =
+        Cluster::start_with(
+            Opts::default(),
+            |id| {
+                if id == 3 { "test_apply_delay_ms = 20".into() } else { String::new() }
+            },
+        )
+        .await;
+    // Nothing written yet: no replica round trips, a clear error.
+    let (code, _, err) = c.qkv(&["pbs"], None);
+    assert_ne!(code, 0);
+    assert!(err.contains("no latency samples yet"), "{err}");
+    let client = c.client();
+    for i in 0..200 {
+        client.put(format!("p{i}"), "v").w(Level::All).await.unwrap();
+        client.get(format!("p{i}")).r(Level::All).await.unwrap();
+    }
+    let (code, out, err) = c.qkv(&["pbs", "--json", "--trials", "20000"], None);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["n"], 3);
+    assert_eq!(v["all"].as_array().unwrap().len(), 9);
+    let p = |rw: &serde_json::Value, t: usize| rw["p"][t]["p"].as_f64().unwrap();
+    for rw in v["all"].as_array().unwrap() {
+        let (r, w) = (rw["r"].as_u64().unwrap(), rw["w"].as_u64().unwrap());
+        if r + w > 3 {
+            assert_eq!(p(rw, 0), 1.0, "R = {r}, W = {w} is a strict quorum");
+        }
+    }
+    // Node 3 applies 0 to 40 ms late: when it reads alone (about 2 reads in 9) the
+    // write may not be there at t = 0, and is by t = 50 ms.
+    let given = &v["given"];
+    assert!(p(given, 0) < 0.97 && p(given, 0) > 0.6, "{given}");
+    assert!(p(given, 5) > 0.99, "{given}");
+    let (code, _, err) = c.qkv(&["pbs", "--r", "4"], None);
+    assert_ne!(code, 0);
+    assert!(err.contains("1 <= R <= N"), "{err}");
+}

@@ -103,6 +103,36 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// How stale reads are, predicted: the probability that a read issued t ms after a
+    /// write was acknowledged returns it (t-visibility), at t = 0, 1, 2, 5, 10 and 50 ms
+    /// and the t at which it reaches 99.9 %, for the given R and W and for every pair.
+    ///
+    /// From the cluster's live round trips (each node's last 512 replica writes, replica
+    /// reads and pings to each peer), with the WARS model of Bailis et al. (VLDB 2012,
+    /// "Probabilistically Bounded Staleness") following this store's paths: the write's
+    /// coordinator is a home replica (applied there at once), a read asks its
+    /// coordinator's own copy and R - 1 other replicas. R + W > N is always 100 %.
+    /// Write and read some keys first: no round trips, no prediction.
+    Pbs {
+        /// Replicas per key (default: the cluster's).
+        #[arg(long)]
+        n: Option<usize>,
+        /// Replicas a read waits for.
+        #[arg(long, default_value_t = 1)]
+        r: usize,
+        /// Replicas a write waits for.
+        #[arg(long, default_value_t = 1)]
+        w: usize,
+        /// Monte Carlo trials per (R, W).
+        #[arg(long, default_value_t = qkv_client::pbs::TRIALS_DEFAULT)]
+        trials: usize,
+        /// Seed of the draws (the same samples and seed give the same prediction).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The preference list (home replicas) of KEY.
     Ring {
         /// The key.
@@ -256,6 +286,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Status { json } => status(&client(&cli.config, None)?, json).await,
         Cmd::Stats { json } => stats(&client(&cli.config, None)?, json).await,
+        Cmd::Pbs { n, r, w, trials, seed, json } => {
+            pbs(&client(&cli.config, None)?, PbsArgs { n, r, w, trials, seed, json }).await
+        }
         Cmd::Ring { key, json } => {
             let r = client(&cli.config, None)?.ring(key.clone()).await?;
             if json {
@@ -415,6 +448,68 @@ fn ms_text(ms: u64) -> String {
         ms if ms >= 60_000 => format!("{:.1} min", ms as f64 / 6e4),
         ms => format!("{:.1} s", ms as f64 / 1e3),
     }
+}
+
+struct PbsArgs {
+    n: Option<usize>,
+    r: usize,
+    w: usize,
+    trials: usize,
+    seed: u64,
+    json: bool,
+}
+
+async fn pbs(c: &Client, a: PbsArgs) -> anyhow::Result<ExitCode> {
+    use qkv_client::pbs::{T_MS, TRIALS_MAX, predict};
+    if a.trials == 0 || a.trials > TRIALS_MAX {
+        bail!("--trials must be 1 to {TRIALS_MAX}");
+    }
+    let (samples, cluster_n) = c.latency_samples().await?;
+    let n = a.n.unwrap_or(cluster_n);
+    let given = predict(&samples, n, a.r, a.w, a.trials, a.seed).map_err(|e| anyhow::anyhow!(e))?;
+    let mut all = vec![];
+    for r in 1..=n {
+        for w in 1..=n {
+            all.push(predict(&samples, n, r, w, a.trials, a.seed).map_err(|e| anyhow::anyhow!(e))?);
+        }
+    }
+    let counts: usize = samples.pairs.values().map(|p| p.write_us.len() + p.read_us.len() + p.ping_us.len()).sum();
+    let row = |p: &qkv_client::pbs::Prediction| {
+        json!({
+            "r": p.r, "w": p.w,
+            "p": T_MS.iter().map(|&t| json!({"t_ms": t, "p": p.p_at(t)})).collect::<Vec<_>>(),
+            "t_999_ms": p.t_for(0.999),
+        })
+    };
+    if a.json {
+        let out = json!({
+            "n": n, "trials": a.trials, "seed": a.seed, "nodes": samples.nodes, "samples": counts,
+            "given": row(&given), "all": all.iter().map(row).collect::<Vec<_>>(),
+        });
+        println!("{out}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "t-visibility: the chance a read issued t ms after a write's ack returns it (WARS model, {} trials, {counts} \
+         round trips from {} nodes)",
+        a.trials,
+        samples.nodes.len()
+    );
+    let pct = |p: f64| format!("{:.2}%", 100.0 * p);
+    let line = |p: &qkv_client::pbs::Prediction| {
+        let cols: Vec<String> = T_MS.iter().map(|&t| format!("{:>8}", pct(p.p_at(t)))).collect();
+        format!("{:>2} {:>2}  {}  {:>10.2}", p.r, p.w, cols.join(" "), p.t_for(0.999))
+    };
+    let head: Vec<String> = T_MS.iter().map(|t| format!("{:>8}", format!("t={t}ms"))).collect();
+    println!("\nN = {n}, R = {}, W = {}:", a.r, a.w);
+    println!(" R  W  {}  99.9% at ms", head.join(" "));
+    println!("{}", line(&given));
+    println!("\nevery (R, W) with N = {n}:");
+    println!(" R  W  {}  99.9% at ms", head.join(" "));
+    for p in &all {
+        println!("{}", line(p));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn stats(c: &Client, as_json: bool) -> anyhow::Result<ExitCode> {

@@ -64,6 +64,7 @@ use std::time::{Duration, Instant};
 
 pub use config::ClientConfig;
 pub use error::Error;
+pub use qkv_core::pbs;
 pub use qkv_proto::Error as ClusterError;
 pub use qkv_proto::{
     AaePair, AaeStatus, Actor, ClusterAdmin, ClusterChange, Context, Dot, DvvSet, HintStatus, InspectReply, Level,
@@ -345,6 +346,26 @@ impl Client {
         match resp.map_err(|e| Error::NoNodeReachable { tried: 1, last: e.to_string() })? {
             Response::Status(s) => Ok(s),
             other => Err(unexpected(other)),
+        }
+    }
+
+    /// Every reachable node's latest round trips to its peers, and the cluster's
+    /// replication factor: what [`pbs::predict`] takes to predict staleness.
+    pub async fn latency_samples(&self) -> Result<(pbs::Samples, usize), Error> {
+        let mut nodes = vec![];
+        let (mut n, mut last) = (None, None);
+        for &addr in self.nodes() {
+            match self.stats_of(addr).await {
+                Ok(s) => nodes.push((s.node, s.latency)),
+                Err(e) => last = Some(e),
+            }
+            if n.is_none() {
+                n = self.status_of(addr).await.ok().map(|s| s.n as usize);
+            }
+        }
+        match (nodes.is_empty(), n) {
+            (false, Some(n)) => Ok((pbs::Samples::from_nodes(&nodes), n)),
+            _ => Err(last.unwrap_or(Error::NoNodeReachable { tried: self.nodes().len(), last: "no answer".into() })),
         }
     }
 

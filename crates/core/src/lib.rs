@@ -31,6 +31,7 @@
 //! - [`gc`]: tombstone GC as its own state machine over those and the store.
 //! - [`mem`]: an in-memory store for tests and the simulator.
 //! - [`pace`]: the token bucket that paces handoff and anti-entropy.
+//! - [`pbs`]: staleness predicted from measured latencies (PBS, the WARS model).
 //! - [`router`]: the node as one state machine over a [`Store`]: it owns the tables of
 //!   work in flight and hands each input to the subsystem above it is for.
 
@@ -47,6 +48,7 @@ pub mod mem;
 pub mod membership;
 pub mod merkle;
 pub mod pace;
+pub mod pbs;
 pub mod placement;
 pub mod put;
 pub mod quorum;

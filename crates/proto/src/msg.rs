@@ -802,4 +802,20 @@ pub struct StatsReply {
     pub storage_bytes: u64,
     /// Where the node serves Prometheus metrics, if it does.
     pub metrics_addr: Option<String>,
+    /// Its latest round trips to each peer (for `qkv pbs`).
+    #[serde(default)]
+    pub latency: Vec<PeerLatency>,
+}
+
+/// One node's latest answered round trips to one peer, in µs (see `qkv_core::pbs`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerLatency {
+    /// The peer.
+    pub peer: NodeId,
+    /// Replica writes.
+    pub write_us: Vec<u32>,
+    /// Replica reads.
+    pub read_us: Vec<u32>,
+    /// Pings.
+    pub ping_us: Vec<u32>,
 }

@@ -465,6 +465,7 @@ impl Driver {
         shared.update_addrs(epoch, &members);
         // Sender tasks of nodes no layout in effect names, nor the config's seeds, end.
         self.peers.retain(|id, _| shared.knows(*id));
+        shared.round_trips.retain(|id| shared.knows(id));
     }
 
     fn send(&mut self, rpc: RpcId, to: NodeId, req: Request, timeout_ms: u64) {
@@ -499,7 +500,14 @@ async fn peer_task(shared: Arc<Shared>, inbox: Inbox, to: NodeId, mut rx: mpsc::
             next = rx.recv(), if open && inflight.len() < PEER_IN_FLIGHT_MAX => match next {
                 Some((rpc, req, timeout_ms)) => {
                     let shared = shared.clone();
-                    inflight.push(async move { (rpc, shared.request(to, &req, timeout_ms).await) });
+                    inflight.push(async move {
+                        let started = Instant::now();
+                        let result = shared.request(to, &req, timeout_ms).await;
+                        if result.as_ref().is_ok_and(|r| !matches!(r, Response::Error(_))) {
+                            shared.round_trips.record(to, &req, started.elapsed().as_micros() as u64);
+                        }
+                        (rpc, result)
+                    });
                 }
                 // The node left the layouts (or the core stopped): what is in flight
                 // still reports its answer.

@@ -14,6 +14,7 @@
 pub mod config;
 pub mod driver;
 pub mod http;
+pub mod latency;
 pub mod metrics;
 pub mod migrate;
 pub mod service;

@@ -251,6 +251,36 @@ impl MembershipStats {
     }
 }
 
+/// Trials per (R, W) of the scrape's staleness prediction.
+const PBS_TRIALS: usize = 20_000;
+/// Delays (ms) after the ack the gauge predicts for.
+const PBS_AFTER_MS: [u64; 2] = [0, 10];
+
+/// The stale-read probability of every (R, W), from this node's round trips to its
+/// peers standing for every pair's (no samples yet: no rows). R + W > N is 0: every
+/// read set meets every write set.
+fn pbs_rows(me: NodeId, n: usize, latency: &[qkv_proto::PeerLatency]) -> Vec<Row> {
+    let samples = qkv_core::pbs::Samples::from_nodes(&[(me, latency.to_vec())]);
+    let mut rows = vec![];
+    for r in 1..=n {
+        for w in 1..=n {
+            let p = if r + w > n { None } else { Some(qkv_core::pbs::predict(&samples, n, r, w, PBS_TRIALS, 1)) };
+            if let Some(Err(_)) = p {
+                return vec![];
+            }
+            for after in PBS_AFTER_MS {
+                let labels = vec![("r", r.to_string()), ("w", w.to_string()), ("after_ms", after.to_string())];
+                let stale = match &p {
+                    Some(Ok(p)) => 1.0 - p.p_at(after as f64),
+                    _ => 0.0,
+                };
+                rows.push((labels, stale));
+            }
+        }
+    }
+    rows
+}
+
 fn family(enc: &mut DescriptorEncoder, name: &str, help: &str, kind: MetricType, rows: Vec<Row>) -> std::fmt::Result {
     fn value(e: &mut MetricEncoder, kind: MetricType, v: f64) -> std::fmt::Result {
         // Whole numbers print as integers.
@@ -381,6 +411,14 @@ impl Collector for StatusCollector {
             "Checked reads that found a replica holding something else, and repaired it.",
             counter,
             one(status.read_checks_differed as f64),
+        )?;
+        family(
+            e,
+            "qkv_pbs_stale_read_probability",
+            "Predicted probability that a read at R = r issued after_ms after a write at W = w was acknowledged \
+             misses it (PBS, WARS model, from this node's round trips to its peers; see `qkv pbs`).",
+            gauge,
+            pbs_rows(status.node, status.n as usize, &stats.latency),
         )?;
         let h = &status.hints;
         let per_owner = |f: &dyn Fn(&qkv_proto::OwnerHints) -> f64| -> Vec<Row> {

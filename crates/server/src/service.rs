@@ -44,6 +44,8 @@ pub struct Shared {
     metrics_addr: Option<SocketAddr>,
     /// Test-only: replica writes from peers wait a uniform 0 to 2x this (ms) first.
     apply_delay_ms: u64,
+    /// Round trips to each peer, for staleness prediction.
+    pub(crate) round_trips: crate::latency::RoundTrips,
 }
 
 /// Peer addresses, rebuilt from the layouts in effect whenever the layout epoch moves.
@@ -150,6 +152,7 @@ impl Node {
             metrics: Metrics::new(cfg.id),
             metrics_addr,
             apply_delay_ms: cfg.test_apply_delay_ms.min(60_000),
+            round_trips: Default::default(),
         });
         let (inbox, thread) = crate::driver::start(core, shared.clone(), cfg.core_thread)?;
         Ok(Node { shared, inbox, thread: Arc::new(Mutex::new(Some(thread))) })
@@ -274,6 +277,7 @@ impl Node {
             replication_lag_pending: pending as u64,
             storage_bytes: self.shared.storage.disk_bytes(),
             metrics_addr: self.shared.metrics_addr.map(|a| a.to_string()),
+            latency: self.shared.round_trips.snapshot(),
             ..Default::default()
         };
         let stats = self.shared.metrics.stats(&status, base);

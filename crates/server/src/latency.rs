@@ -1,0 +1,96 @@
+//! Round trips to each peer, the input of staleness prediction ([`qkv_core::pbs`]):
+//! the last [`SAMPLES_PER_KIND`] replica writes, replica reads and pings that were
+//! answered, per peer, in µs. Failed requests are not samples (a write that failed
+//! was not applied: the prediction is for writes that reach their replicas).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use qkv_proto::{NodeId, PeerLatency, Request};
+
+/// Samples kept per peer and kind.
+pub const SAMPLES_PER_KIND: usize = 512;
+
+#[derive(Default)]
+struct Ring {
+    v: Vec<u32>,
+    next: usize,
+}
+
+impl Ring {
+    fn push(&mut self, us: u32) {
+        if self.v.len() < SAMPLES_PER_KIND {
+            self.v.push(us);
+        } else {
+            self.v[self.next] = us;
+        }
+        self.next = (self.next + 1) % SAMPLES_PER_KIND;
+    }
+}
+
+#[derive(Default)]
+struct Peer {
+    write: Ring,
+    read: Ring,
+    ping: Ring,
+}
+
+/// The round trips of this node's peers (one entry per peer the node sends to: the
+/// members, bounded by the cluster's size).
+#[derive(Default)]
+pub struct RoundTrips(Mutex<BTreeMap<NodeId, Peer>>);
+
+impl RoundTrips {
+    /// `req` to `to` was answered after `us` µs.
+    pub fn record(&self, to: NodeId, req: &Request, us: u64) {
+        let us = us.min(u64::from(u32::MAX)) as u32;
+        let mut peers = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match req {
+            Request::ReplicaPut { .. } => peers.entry(to).or_default().write.push(us),
+            Request::ReplicaGet { .. } => peers.entry(to).or_default().read.push(us),
+            Request::Ping { .. } => peers.entry(to).or_default().ping.push(us),
+            _ => {}
+        }
+    }
+
+    /// Forget peers that are no longer members.
+    pub fn retain(&self, keep: impl Fn(NodeId) -> bool) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).retain(|id, _| keep(*id));
+    }
+
+    /// Every peer's samples.
+    pub fn snapshot(&self) -> Vec<PeerLatency> {
+        let peers = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        peers
+            .iter()
+            .map(|(&peer, p)| PeerLatency {
+                peer,
+                write_us: p.write.v.clone(),
+                read_us: p.read.v.clone(),
+                ping_us: p.ping.v.clone(),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_last_samples_of_each_kind_per_peer() {
+        let rt = RoundTrips::default();
+        for i in 0..(SAMPLES_PER_KIND as u64 + 10) {
+            rt.record(2, &Request::ReplicaGet { key: b"k".to_vec() }, i);
+        }
+        rt.record(2, &Request::Ping { from: 1, gossip: vec![], view: Default::default() }, 90);
+        rt.record(3, &Request::Status, 5);
+        let snap = rt.snapshot();
+        assert_eq!(snap.len(), 1, "a status request is no sample");
+        assert_eq!(snap[0].read_us.len(), SAMPLES_PER_KIND);
+        assert!(snap[0].read_us.contains(&(SAMPLES_PER_KIND as u32 + 9)) && !snap[0].read_us.contains(&0));
+        assert_eq!(snap[0].ping_us, vec![90]);
+        rt.retain(|id| id != 2);
+        assert!(rt.snapshot().is_empty());
+    }
+}
