@@ -5,7 +5,7 @@ export NODES
 # Where cargo puts binaries (CARGO_TARGET_DIR when set, as cargo itself does).
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: cluster stop status kill start-node logs clean join leave test bench bench-aae bench-join bench-peers bench-hedge build sim chaos alerts-check
+.PHONY: cluster stop status kill start-node logs clean join leave test bench bench-aae bench-join bench-peers bench-hedge bench-shortener build sim chaos alerts-check
 
 build:
 	cargo build --release --workspace --bins
@@ -83,6 +83,13 @@ bench-peers:
 bench-hedge:
 	cargo build --release --workspace --bins
 	cargo bench --bench hedge
+
+# The URL shortener's scenario: create a link, a click at once on another instance; the 404 rate
+# of a friend at R = one, of the creator with their session cookie, of a friend at R = quorum.
+# QKV_BENCH_LINKS (1000) links per scenario; node 3 applies late by QKV_BENCH_APPLY_DELAY_MS (5)
+bench-shortener:
+	cargo build --release --workspace --bins
+	cargo bench --bench shortener
 
 # Many seeded schedules of a simulated cluster, each checked: make sim SEEDS=100000 NODES=5
 SEEDS ?= 10000
