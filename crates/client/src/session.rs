@@ -14,10 +14,19 @@
 //! untrusted input to the node, which refuses a floor it did not issue for that key.
 //! A session remembers at most [`Session::with_capacity`] keys (default
 //! [`SESSION_KEYS_DEFAULT`]); past that it forgets the key it touched longest ago, and
-//! for that key it guarantees nothing more.
+//! for that key it guarantees nothing more. It also forgets what it learnt of a key
+//! [`SESSION_FLOOR_TTL_DEFAULT`] (10 minutes, [`Session::with_ttl`]) ago and has not
+//! seen again since: replication lag is milliseconds to seconds, while a deleted
+//! value's tombstone is purged only hours later (`tombstone_grace_ms`, 4 h by default),
+//! so a floor never outlives the history it names (a floor naming a purged delete
+//! could never be met again).
+//!
+//! Requests of one session on one key run one at a time (others wait their turn), so
+//! the floor each leaves behind covers the ones before it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -27,27 +36,56 @@ use crate::{Client, ClusterError, Error, Get, Put};
 
 /// Keys a session remembers unless told otherwise.
 pub const SESSION_KEYS_DEFAULT: usize = 1024;
+/// How long a session keeps what it learnt of a key unless told otherwise.
+pub const SESSION_FLOOR_TTL_DEFAULT: Duration = Duration::from_secs(600);
+/// Locks that take a session's requests on one key one at a time (keys share them by hash).
+const KEY_LOCKS: usize = 64;
 /// Longest session token accepted, in characters.
 pub const SESSION_TOKEN_CHARS_MAX: usize = 64 * 1024;
 const TOKEN_VERSION: u8 = 1;
 
+/// A key's floor, and since when (wall clock, ms) the oldest knowledge in it dates.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Dated {
+    floor: SessionFloor,
+    since_ms: u64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 #[derive(Default)]
 struct Floors {
     /// key → (floor, when it was last touched).
-    by_key: HashMap<Vec<u8>, (SessionFloor, u64)>,
+    by_key: HashMap<Vec<u8>, (Dated, u64)>,
     /// when touched → key: the order in which keys are forgotten.
     by_age: BTreeMap<u64, Vec<u8>>,
     clock: u64,
     capacity: usize,
+    ttl_ms: u64,
 }
 
 impl Floors {
     fn new(capacity: usize) -> Self {
-        Floors { capacity: capacity.max(1), ..Default::default() }
+        Floors { capacity: capacity.max(1), ttl_ms: SESSION_FLOOR_TTL_DEFAULT.as_millis() as u64, ..Default::default() }
     }
 
-    fn get(&self, key: &[u8]) -> Option<SessionFloor> {
-        self.by_key.get(key).map(|(f, _)| f.clone())
+    /// The floor of `key` at `now`, unless it expired (then it is forgotten).
+    fn get_at(&mut self, key: &[u8], now: u64) -> Option<Dated> {
+        let (d, at) = self.by_key.get(key)?;
+        if now.saturating_sub(d.since_ms) <= self.ttl_ms {
+            return Some(d.clone());
+        }
+        let at = *at;
+        self.by_key.remove(key);
+        self.by_age.remove(&at);
+        None
+    }
+
+    #[cfg(test)]
+    fn get(&mut self, key: &[u8]) -> Option<SessionFloor> {
+        self.get_at(key, now_ms()).map(|d| d.floor)
     }
 
     fn shrink_to(&mut self, capacity: usize) {
@@ -59,26 +97,44 @@ impl Floors {
     }
 
     /// A read answered: see [`Session::saw`].
-    fn saw(&mut self, key: &[u8], context: &Context, found: bool) {
-        match self.by_key.get(key) {
-            Some((old, _)) if !context.seen.covers_all(&old.context.seen) => {
-                let old = old.clone();
-                self.set(key, old);
+    fn saw_at(&mut self, key: &[u8], context: &Context, found: bool, now: u64) {
+        match self.get_at(key, now) {
+            Some(old) if !context.seen.covers_all(&old.floor.context.seen) => self.set(key, old),
+            _ => {
+                let floor = SessionFloor { context: context.clone(), deleted: !found };
+                self.set(key, Dated { floor, since_ms: now })
             }
-            _ => self.set(key, SessionFloor { context: context.clone(), deleted: !found }),
         }
     }
 
+    fn saw(&mut self, key: &[u8], context: &Context, found: bool) {
+        self.saw_at(key, context, found, now_ms());
+    }
+
+    /// A write answered with `floor`: it covers the floor the write was sent with,
+    /// whose age it keeps (`sent`: that floor's `since_ms`, `None` if it had none).
+    fn wrote_at(&mut self, key: &[u8], floor: SessionFloor, sent: Option<u64>, now: u64) {
+        self.set(key, Dated { floor, since_ms: sent.unwrap_or(now) });
+    }
+
+    /// The newest keys that fit in [`SESSION_TOKEN_CHARS_MAX`] characters.
     fn token(&self) -> String {
-        let entries: Vec<(serde_bytes::ByteBuf, &SessionFloor)> = self
+        let mut entries: Vec<(serde_bytes::ByteBuf, &Dated)> = self
             .by_age
             .values()
             .filter_map(|k| self.by_key.get(k).map(|(floor, _)| (serde_bytes::ByteBuf::from(k.clone()), floor)))
             .collect();
-        let mut bytes = vec![TOKEN_VERSION];
-        // Byte strings, integers and contexts always serialise.
-        bytes.extend(rmp_serde::to_vec(&entries).expect("a session serialises"));
-        URL_SAFE_NO_PAD.encode(bytes)
+        loop {
+            let mut bytes = vec![TOKEN_VERSION];
+            // Byte strings, integers and contexts always serialise.
+            bytes.extend(rmp_serde::to_vec(&entries).expect("a session serialises"));
+            let token = URL_SAFE_NO_PAD.encode(bytes);
+            if token.len() <= SESSION_TOKEN_CHARS_MAX || entries.is_empty() {
+                return token;
+            }
+            // Too long: the oldest tenth goes.
+            entries.drain(..entries.len().div_ceil(10));
+        }
     }
 
     fn from_token(token: &str) -> Result<Floors, Error> {
@@ -88,7 +144,7 @@ impl Floors {
             return Err(bad(&format!("longer than {SESSION_TOKEN_CHARS_MAX} characters")));
         }
         let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad("not base64url"))?;
-        let entries: Vec<(serde_bytes::ByteBuf, SessionFloor)> = match bytes.split_first() {
+        let entries: Vec<(serde_bytes::ByteBuf, Dated)> = match bytes.split_first() {
             Some((&TOKEN_VERSION, rest)) => rmp_serde::from_slice(rest).map_err(|_| bad("corrupt"))?,
             Some((v, _)) => return Err(bad(&format!("version {v}, this client reads {TOKEN_VERSION}"))),
             None => return Err(bad("empty")),
@@ -100,7 +156,7 @@ impl Floors {
         Ok(f)
     }
 
-    fn set(&mut self, key: &[u8], floor: SessionFloor) {
+    fn set(&mut self, key: &[u8], floor: Dated) {
         self.clock += 1;
         if let Some((_, at)) = self.by_key.remove(key) {
             self.by_age.remove(&at);
@@ -120,6 +176,8 @@ impl Floors {
 pub struct Session {
     client: Client,
     floors: Arc<Mutex<Floors>>,
+    /// One request per key at a time (by hash of the key).
+    locks: Arc<[tokio::sync::Mutex<()>]>,
 }
 
 impl std::fmt::Debug for Session {
@@ -130,7 +188,27 @@ impl std::fmt::Debug for Session {
 
 impl Session {
     pub(crate) fn new(client: Client) -> Self {
-        Session { client, floors: Arc::new(Mutex::new(Floors::new(SESSION_KEYS_DEFAULT))) }
+        Session::of(client, Floors::new(SESSION_KEYS_DEFAULT))
+    }
+
+    fn of(client: Client, floors: Floors) -> Self {
+        let locks: Arc<[tokio::sync::Mutex<()>]> = (0..KEY_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect();
+        Session { client, floors: Arc::new(Mutex::new(floors)), locks }
+    }
+
+    /// Forget what was learnt of a key `ttl` ago and not seen again since (at least
+    /// 1 s; keep it well under the cluster's `tombstone_grace_ms`).
+    pub fn with_ttl(self, ttl: Duration) -> Self {
+        self.lock().ttl_ms = ttl.as_millis().max(1000) as u64;
+        self
+    }
+
+    /// Wait for this session's turn on `key`.
+    pub(crate) async fn turn(&self, key: &[u8]) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::Hasher;
+        let mut h = std::hash::DefaultHasher::new();
+        h.write(key);
+        self.locks[(h.finish() % KEY_LOCKS as u64) as usize].lock().await
     }
 
     /// Remember at most `keys` keys (at least one); past that the key touched longest
@@ -166,19 +244,19 @@ impl Session {
     }
 
     /// The session as text, to resume it elsewhere with [`Client::resume_session`]
-    /// (URL- and cookie-safe: base64url).
+    /// (URL- and cookie-safe: base64url): its newest keys that fit in
+    /// [`SESSION_TOKEN_CHARS_MAX`] characters (a few hundred; a cookie holds about 40).
     pub fn token(&self) -> String {
         self.lock().token()
     }
 
     pub(crate) fn resume(client: Client, token: &str) -> Result<Session, Error> {
-        let floors = Floors::from_token(token)?;
-        Ok(Session { client, floors: Arc::new(Mutex::new(floors)) })
+        Ok(Session::of(client, Floors::from_token(token)?))
     }
 
-    /// What the session knows of `key`, for a request.
-    pub(crate) fn floor(&self, key: &[u8]) -> Option<SessionFloor> {
-        self.lock().get(key)
+    /// What the session knows of `key`, for a request, and since when.
+    pub(crate) fn floor(&self, key: &[u8]) -> Option<(SessionFloor, u64)> {
+        self.lock().get_at(key, now_ms()).map(|d| (d.floor, d.since_ms))
     }
 
     /// A session read answered: the answer is the new floor when it covers the old one
@@ -188,9 +266,10 @@ impl Session {
         self.lock().saw(key, context, found);
     }
 
-    /// A session write answered with `floor` (the node's merge of the old floor and the write).
-    pub(crate) fn wrote(&self, key: &[u8], floor: Context, deleted: bool) {
-        self.lock().set(key, SessionFloor { context: floor, deleted });
+    /// A session write answered with `floor` (the node's merge of the floor it was
+    /// sent with, dated `sent`, and the write).
+    pub(crate) fn wrote(&self, key: &[u8], floor: Context, deleted: bool, sent: Option<u64>) {
+        self.lock().wrote_at(key, SessionFloor { context: floor, deleted }, sent, now_ms());
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Floors> {
@@ -216,15 +295,25 @@ mod tests {
     #[test]
     fn a_token_resumes_the_session_and_bad_tokens_are_clear_errors() {
         let mut s = Floors::new(8);
-        s.set(b"a", floor(ctx(2), false));
+        s.wrote_at(b"a", floor(ctx(2), false), None, now_ms());
         s.saw(b"b", &ctx(1), false);
-        let again = Floors::from_token(&s.token()).unwrap();
+        let mut again = Floors::from_token(&s.token()).unwrap();
         assert_eq!(again.get(b"a").unwrap().context, ctx(2));
         assert!(again.get(b"b").unwrap().deleted);
         for bad in ["", "!!!", &URL_SAFE_NO_PAD.encode([9u8, 1, 2]), &URL_SAFE_NO_PAD.encode([1u8, 0xc1])] {
             let e = Floors::from_token(bad).err().unwrap().to_string();
             assert!(e.contains("invalid session token"), "{e}");
         }
+        // A full session's token keeps its newest keys, within the limit.
+        let mut big = Floors::new(SESSION_KEYS_DEFAULT);
+        for i in 0..SESSION_KEYS_DEFAULT {
+            big.wrote_at(format!("key-{i:06}").as_bytes(), floor(ctx(i as u64 + 1), false), None, now_ms());
+        }
+        let t = big.token();
+        assert!(t.len() <= SESSION_TOKEN_CHARS_MAX);
+        let mut back = Floors::from_token(&t).unwrap();
+        assert!(back.get(format!("key-{:06}", SESSION_KEYS_DEFAULT - 1).as_bytes()).is_some(), "the newest stays");
+        assert!(back.get(b"key-000000").is_none(), "the oldest went");
         let long = "A".repeat(SESSION_TOKEN_CHARS_MAX + 1);
         assert!(Floors::from_token(&long).err().unwrap().to_string().contains("longer than"));
     }
@@ -232,18 +321,35 @@ mod tests {
     #[test]
     fn floors_only_move_forward_and_the_oldest_key_goes_first() {
         let mut s = Floors::new(2);
-        s.set(b"a", floor(ctx(3), false));
+        s.wrote_at(b"a", floor(ctx(3), false), None, 1000);
         // An older answer (a purged delete read as nothing) leaves the floor where it was.
-        s.saw(b"a", &Context::empty(), false);
-        assert_eq!(s.get(b"a").unwrap().context, ctx(3));
-        s.saw(b"a", &ctx(4), true);
-        assert_eq!(s.get(b"a").unwrap(), floor(ctx(4), false));
-        s.set(b"b", floor(ctx(1), false));
-        s.set(b"c", floor(ctx(1), false));
+        s.saw_at(b"a", &Context::empty(), false, 1000);
+        assert_eq!(s.get_at(b"a", 1000).unwrap().floor.context, ctx(3));
+        s.saw_at(b"a", &ctx(4), true, 1000);
+        assert_eq!(s.get_at(b"a", 1000).unwrap().floor, floor(ctx(4), false));
+        s.wrote_at(b"b", floor(ctx(1), false), None, 1000);
+        s.wrote_at(b"c", floor(ctx(1), false), None, 1000);
         assert_eq!(s.by_key.len(), 2);
-        assert!(s.get(b"a").is_none(), "touched longest ago");
+        assert!(s.get_at(b"a", 1000).is_none(), "touched longest ago");
         s.shrink_to(1);
-        assert_eq!(s.get(b"c").unwrap(), floor(ctx(1), false));
-        assert!(s.get(b"b").is_none());
+        assert_eq!(s.get_at(b"c", 1000).unwrap().floor, floor(ctx(1), false));
+        assert!(s.get_at(b"b", 1000).is_none());
+    }
+
+    #[test]
+    fn a_floor_is_forgotten_a_ttl_after_its_oldest_knowledge() {
+        let mut s = Floors::new(8);
+        s.ttl_ms = 10_000;
+        s.saw_at(b"k", &ctx(1), true, 1_000);
+        // A write keeps the age of the floor it was sent with; a read that covers it
+        // starts anew.
+        let sent = s.get_at(b"k", 5_000).map(|d| d.since_ms);
+        s.wrote_at(b"k", floor(ctx(2), false), sent, 5_000);
+        assert_eq!(s.get_at(b"k", 11_000).unwrap().since_ms, 1_000);
+        assert!(s.get_at(b"k", 11_001).is_none(), "expired: forgotten");
+        assert!(s.by_key.is_empty() && s.by_age.is_empty());
+        s.saw_at(b"k", &ctx(2), true, 12_000);
+        s.saw_at(b"k", &ctx(3), true, 20_000);
+        assert_eq!(s.get_at(b"k", 29_000).unwrap().since_ms, 20_000);
     }
 }

@@ -308,11 +308,13 @@ impl GetOp {
         let mut out = vec![];
         if !self.answered {
             self.answered = true;
-            out.push(GetAction::Reply(Err(Error::Timeout {
-                acked: self.replies.len() as u32,
-                needed: self.needed as u32,
-                write: false,
-            })));
+            // Enough answers, all older than the session: say so, not "timeout".
+            let answer = if self.replies.len() >= self.needed {
+                Error::Behind { asked: self.replies.len() as u32 }
+            } else {
+                Error::Timeout { acked: self.replies.len() as u32, needed: self.needed as u32, write: false }
+            };
+            out.push(GetAction::Reply(Err(answer)));
         }
         out.extend(self.finish());
         out

@@ -99,7 +99,7 @@ pub enum Error {
          shortly (replication is on its way)"
     )]
     Behind {
-        /// Replicas that answered.
+        /// Replicas that answered (none of them as new as the session).
         asked: u32,
     },
     /// The request is malformed.

@@ -322,7 +322,7 @@ fn check_key(key: &[u8], entries: &[&Entry], fin: &FinalKey, facts: &Facts<'_>, 
     // session wrote or read of the key before (Terry et al.'s read-your-writes and
     // monotonic reads). "As new" is causal: the read's context covers what the session
     // knew. An answer with no value stands for a delete the session made or saw, or
-    // one whose tombstone was purged.
+    // one whose purged tombstone covered what the session knew.
     let sessions: BTreeSet<u32> = entries.iter().filter(|e| e.session).map(|e| e.client).collect();
     for c in sessions {
         let mut known = qkv_proto::Seen::new();
@@ -333,7 +333,13 @@ fn check_key(key: &[u8], entries: &[&Entry], fin: &FinalKey, facts: &Facts<'_>, 
             match (&e.op, &e.outcome) {
                 (OpKind::Get { r, .. }, Outcome::Get { values, context }) => {
                     let fresh = context.seen.covers_all(&known);
-                    let purged_before = fin.purged.iter().any(|(t, _)| *t <= e.completed_ms);
+                    // A purged tombstone that covered what the session knew reads as nothing.
+                    let purged_before = fin
+                        .purged
+                        .iter()
+                        .filter(|(t, _)| *t <= e.completed_ms)
+                        .fold(qkv_proto::Seen::new(), |acc, (_, s)| acc.joined(s))
+                        .covers_all(&known);
                     if fresh {
                         known = known.joined(&context.seen);
                         deleted = values.is_empty();
