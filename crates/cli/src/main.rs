@@ -107,12 +107,14 @@ enum Cmd {
     /// write was acknowledged returns it (t-visibility), at t = 0, 1, 2, 5, 10 and 50 ms
     /// and the t at which it reaches 99.9 %, for the given R and W and for every pair.
     ///
-    /// From the cluster's live round trips (each node's last 512 replica writes, replica
-    /// reads and pings to each peer), with the WARS model of Bailis et al. (VLDB 2012,
-    /// "Probabilistically Bounded Staleness") following this store's paths: the write's
-    /// coordinator is a home replica (applied there at once), a read asks its
-    /// coordinator's own copy and R - 1 other replicas. R + W > N is always 100 %.
-    /// Write and read some keys first: no round trips, no prediction.
+    /// From the cluster's live measurements (each node's last 512 replica writes and
+    /// replica reads to each peer, and how long replica writes waited before their
+    /// apply) and this command's own round trips for the client's legs, with the WARS
+    /// model of Bailis et al. (VLDB 2012, "Probabilistically Bounded Staleness")
+    /// following this store's paths: the write's coordinator is a home replica (applied
+    /// there at once), a read asks its coordinator's own copy and R - 1 other replicas.
+    /// R + W > N is always 100 %. Write and read some keys first: no round trips, no
+    /// prediction. `make bench-staleness` sets it beside measured stale reads.
     Pbs {
         /// Replicas per key (default: the cluster's).
         #[arg(long)]
@@ -450,6 +452,9 @@ fn ms_text(ms: u64) -> String {
     }
 }
 
+/// R = one reads `qkv pbs` times for the client's own round trips.
+const CLIENT_PROBES: usize = 30;
+
 struct PbsArgs {
     n: Option<usize>,
     r: usize,
@@ -464,7 +469,16 @@ async fn pbs(c: &Client, a: PbsArgs) -> anyhow::Result<ExitCode> {
     if a.trials == 0 || a.trials > TRIALS_MAX {
         bail!("--trials must be 1 to {TRIALS_MAX}");
     }
-    let (samples, cluster_n) = c.latency_samples().await?;
+    let (mut samples, cluster_n) = c.latency_samples().await?;
+    // This command's own round trips stand for the client's legs (t counts from the
+    // client's receipt of the ack): R = one reads of a few keys nobody writes.
+    for i in 0..CLIENT_PROBES {
+        let probe = c.get(format!("qkv-pbs-probe-{i}")).r(qkv_client::Level::One);
+        let sent = std::time::Instant::now();
+        if probe.await.is_ok() {
+            samples.client_us.push(sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+        }
+    }
     let n = a.n.unwrap_or(cluster_n);
     let given = predict(&samples, n, a.r, a.w, a.trials, a.seed).map_err(|e| anyhow::anyhow!(e))?;
     let mut all = vec![];
@@ -473,7 +487,7 @@ async fn pbs(c: &Client, a: PbsArgs) -> anyhow::Result<ExitCode> {
             all.push(predict(&samples, n, r, w, a.trials, a.seed).map_err(|e| anyhow::anyhow!(e))?);
         }
     }
-    let counts: usize = samples.pairs.values().map(|p| p.write_us.len() + p.read_us.len() + p.ping_us.len()).sum();
+    let counts: usize = samples.pairs.values().map(|p| p.write_us.len() + p.read_us.len()).sum();
     let row = |p: &qkv_client::pbs::Prediction| {
         json!({
             "r": p.r, "w": p.w,

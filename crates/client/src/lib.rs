@@ -356,7 +356,11 @@ impl Client {
         let (mut n, mut last) = (None, None);
         for &addr in self.nodes() {
             match self.stats_of(addr).await {
-                Ok(s) => nodes.push((s.node, s.latency)),
+                Ok(s) => nodes.push(pbs::NodeReport {
+                    node: s.node,
+                    peers: s.latency,
+                    apply_wait_us: s.replica_write_wait_us,
+                }),
                 Err(e) => last = Some(e),
             }
             if n.is_none() {
@@ -771,7 +775,13 @@ impl IntoFuture for Get {
                 homes.rotate_left(turn);
             }
             let started = Instant::now();
-            let floor = self.session.as_ref().and_then(|s| s.floor(&self.key));
+            // One request of a session on a key at a time: each leaves a floor that
+            // covers the ones before it.
+            let _turn = match &self.session {
+                Some(s) => Some(s.turn(&self.key).await),
+                None => None,
+            };
+            let floor = self.session.as_ref().and_then(|s| s.floor(&self.key)).map(|(f, _)| f);
             let mut pause = BEHIND_PAUSE;
             loop {
                 let left = self.timeout.saturating_sub(started.elapsed());
@@ -863,7 +873,12 @@ impl IntoFuture for Put {
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
             let write_id = new_write_id();
-            let session = self.session.as_ref().and_then(|s| s.floor(&self.key)).map(|f| f.context);
+            let _turn = match &self.session {
+                Some(s) => Some(s.turn(&self.key).await),
+                None => None,
+            };
+            let floor = self.session.as_ref().and_then(|s| s.floor(&self.key));
+            let (session, since) = (floor.as_ref().map(|f| f.0.context.clone()), floor.map(|f| f.1));
             let req = PutRequest {
                 key: self.key,
                 value: self.value,
@@ -884,7 +899,7 @@ impl IntoFuture for Put {
                     self.client.check_route(answered, p.coordinator);
                     if let Some(s) = &self.session {
                         // (A node of an earlier release sends no floor: the write's context is one.)
-                        s.wrote(&req_key, p.session.unwrap_or_else(|| p.context.clone()), deleted);
+                        s.wrote(&req_key, p.session.unwrap_or_else(|| p.context.clone()), deleted, since);
                     }
                     Ok(PutResult {
                         context: p.context,

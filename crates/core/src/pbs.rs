@@ -11,19 +11,25 @@
 //! `t* = max(0, min_j (W_j - R_j) - T)` over the replicas the read asks, and
 //! `P(consistent at t) = P(t* <= t)`: one sorted list of thresholds answers every t.
 //!
-//! **This store's paths**, which the model follows:
-//! - the write's coordinator is a home replica (clients route writes to the first home
-//!   replica up); its own copy is applied at 0 and acks at 0;
+//! **This store's paths and what is measured**, which the model follows:
+//! - the write's coordinator is the key's first home replica (clients send writes to
+//!   the first home replica up); its own copy is applied at 0 and acks at 0;
 //! - a read's coordinator is any home replica (clients spread reads over them); it
-//!   asks its own copy (at 0) and R - 1 others, picked at random;
-//! - the client is as far from the nodes as they are from each other: the ack reaches
-//!   it half a ping after `T`, and its read reaches the read's coordinator half a
-//!   ping after it is issued (so `t` counts from the client's receipt of the ack);
-//! - for each ordered pair of nodes (a, b) the samples are a's round trips to b:
-//!   replica writes, replica reads, and pings. Pings are answered at once, so the way
-//!   back (`A`, `S`) is half a ping, and the way there (`W`, `R`) is the rest of the
-//!   round trip: a replica that applies late (a slow disk, a queue, a delayed apply)
-//!   counts on the way there, before its apply, where it makes reads stale.
+//!   asks its own copy (at 0), then the first R - 1 others in the key's walk order,
+//!   which starts at the write's coordinator (so with every replica up an R >= 2 read
+//!   always asks it). [`predict_elsewhere`]: the write's coordinator is any replica and
+//!   the read goes through another;
+//! - a hop from node a to node b takes half of a's round trip for a replica read (or
+//!   digest) to b; each node keeps its last round trips to each peer. A cluster whose
+//!   reads were all local so far uses its replica writes' round trips less the waits;
+//! - a write reaches replica j one hop after it is sent, then waits there until the
+//!   core applies it (`W_j` = hop + wait): each node measures that wait for the
+//!   replica writes it takes (a queue, a slow core, the test-only apply delay); a node
+//!   without such samples is taken to wait as the others do;
+//! - its ack is back one hop after the apply (`A_j`);
+//! - `t` counts from the client's receipt of the ack: the ack's way to the client and
+//!   the read's way back to a node are one round trip of the client's own (what the
+//!   caller measured, else a replica read's round trip).
 //!
 //! Sans-IO: the samples come in, a seeded generator makes the draws, and the same
 //! samples and seed give the same prediction.
@@ -35,7 +41,7 @@ use qkv_proto::{NodeId, PeerLatency};
 /// Trials unless told otherwise.
 pub const TRIALS_DEFAULT: usize = 100_000;
 /// Most trials a prediction runs.
-pub const TRIALS_MAX: usize = 10_000_000;
+pub const TRIALS_MAX: usize = 1_000_000;
 /// The t values (ms) predictions are usually shown at.
 pub const T_MS: [f64; 6] = [0.0, 1.0, 2.0, 5.0, 10.0, 50.0];
 
@@ -46,8 +52,6 @@ pub struct PairSamples {
     pub write_us: Vec<u32>,
     /// Replica reads.
     pub read_us: Vec<u32>,
-    /// Pings.
-    pub ping_us: Vec<u32>,
 }
 
 /// Round trips between the nodes of a cluster.
@@ -57,24 +61,39 @@ pub struct Samples {
     pub pairs: BTreeMap<(NodeId, NodeId), PairSamples>,
     /// Every node that may be a replica.
     pub nodes: Vec<NodeId>,
+    /// Per node, how long replica writes waited there from arrival to apply, µs.
+    pub apply_wait_us: BTreeMap<NodeId, Vec<u32>>,
+    /// The client's own round trips to a node (an R = one read), µs: the ack's way to
+    /// it and its read's way back. Empty: a replica read's round trip stands for it.
+    pub client_us: Vec<u32>,
+}
+
+/// What one node reports: its round trips to each peer, and its replica-write service times.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeReport {
+    /// The node.
+    pub node: NodeId,
+    /// Its round trips to each peer.
+    pub peers: Vec<PeerLatency>,
+    /// How long replica writes waited there from arrival to apply, µs.
+    pub apply_wait_us: Vec<u32>,
 }
 
 impl Samples {
     /// The samples of a cluster, from each node's round trips to its peers (as the
     /// nodes report them in `StatsReply::latency`).
-    pub fn from_nodes(nodes: &[(NodeId, Vec<PeerLatency>)]) -> Samples {
+    pub fn from_nodes(nodes: &[NodeReport]) -> Samples {
         let mut s = Samples::default();
-        for (from, peers) in nodes {
-            if !s.nodes.contains(from) {
-                s.nodes.push(*from);
+        for r in nodes {
+            if !s.nodes.contains(&r.node) {
+                s.nodes.push(r.node);
             }
-            for p in peers {
-                let pair = PairSamples {
-                    write_us: p.write_us.clone(),
-                    read_us: p.read_us.clone(),
-                    ping_us: p.ping_us.clone(),
-                };
-                s.add(*from, p.peer, pair);
+            for p in &r.peers {
+                let pair = PairSamples { write_us: p.write_us.clone(), read_us: p.read_us.clone() };
+                s.add(r.node, p.peer, pair);
+            }
+            if !r.apply_wait_us.is_empty() {
+                s.apply_wait_us.insert(r.node, r.apply_wait_us.clone());
             }
         }
         s.nodes.sort_unstable();
@@ -162,6 +181,34 @@ pub fn predict(
     trials: usize,
     seed: u64,
 ) -> Result<Prediction, String> {
+    predict_paths(samples, n, r, w, trials, seed, false)
+}
+
+/// [`predict`] for a read coordinated by another replica than the write (the friend
+/// who clicks a link through another node than its creator's).
+pub fn predict_elsewhere(
+    samples: &Samples,
+    n: usize,
+    r: usize,
+    w: usize,
+    trials: usize,
+    seed: u64,
+) -> Result<Prediction, String> {
+    if n < 2 {
+        return Err("a read elsewhere needs N >= 2".into());
+    }
+    predict_paths(samples, n, r, w, trials, seed, true)
+}
+
+fn predict_paths(
+    samples: &Samples,
+    n: usize,
+    r: usize,
+    w: usize,
+    trials: usize,
+    seed: u64,
+    elsewhere: bool,
+) -> Result<Prediction, String> {
     if n == 0 || r == 0 || w == 0 || r > n || w > n {
         return Err(format!("need 1 <= R <= N and 1 <= W <= N (N = {n}, R = {r}, W = {w})"));
     }
@@ -172,28 +219,45 @@ pub fn predict(
         ));
     }
     let trials = trials.clamp(1, TRIALS_MAX);
-    let mut pooled = [samples.pooled(|p| &p.write_us), samples.pooled(|p| &p.read_us), samples.pooled(|p| &p.ping_us)];
-    if n > 1 && pooled.iter().any(Vec::is_empty) {
+    // Hops come from replica reads (and digests); a cluster that has sent none yet (all
+    // its reads local) falls back on its replica writes' round trips, less the waits.
+    let reads = samples.pooled(|p| &p.read_us);
+    let writes = samples.pooled(|p| &p.write_us);
+    if n > 1 && reads.is_empty() && writes.is_empty() {
         return Err(
-            "no latency samples yet (replica writes, replica reads and pings between nodes): write and read some keys \
-             first"
+            "no latency samples yet (replica writes and replica reads between nodes): write and read some keys first"
                 .into(),
         );
     }
-    if n == 1 {
-        // (No peers: the client's legs do not matter either.)
-        pooled[2] = vec![0];
-    }
-    // A pair's own samples when it has them, else every pair's.
-    let of = |from: NodeId, to: NodeId, kind: usize| -> &[u32] {
-        let own = samples.pairs.get(&(from, to)).map(|p| match kind {
-            0 => &p.write_us,
-            1 => &p.read_us,
-            _ => &p.ping_us,
-        });
-        match own {
-            Some(v) if !v.is_empty() => v,
-            _ => &pooled[kind],
+    let waits: Vec<u32> = samples.apply_wait_us.values().flatten().copied().collect();
+    let hops_from_writes: Vec<u32> = if reads.is_empty() {
+        let median_wait = {
+            let mut w = waits.clone();
+            w.sort_unstable();
+            w.get(w.len() / 2).copied().unwrap_or(0)
+        };
+        writes.iter().map(|&rtt| rtt.saturating_sub(median_wait)).collect()
+    } else {
+        vec![]
+    };
+    let pooled_hops: &[u32] = if reads.is_empty() { &hops_from_writes } else { &reads };
+    let client_us: &[u32] = match (&samples.client_us, n) {
+        (c, _) if !c.is_empty() => c,
+        (_, 1) => &[0],
+        _ => pooled_hops,
+    };
+    // A hop (half a round trip) from `from` to `to`: the pair's own samples when it has
+    // them, else every pair's.
+    let hop = |d: &mut Draws, from: NodeId, to: NodeId| -> f64 {
+        let own = samples.pairs.get(&(from, to)).map(|p| &p.read_us).filter(|v| !v.is_empty());
+        d.pick(own.map_or(pooled_hops, |v| v.as_slice())) / 2.0
+    };
+    // A replica's wait before its apply: its own samples, else every node's, else none.
+    let wait = |d: &mut Draws, at: NodeId| -> f64 {
+        match samples.apply_wait_us.get(&at).filter(|v| !v.is_empty()) {
+            Some(v) => d.pick(v),
+            None if !waits.is_empty() => d.pick(&waits),
+            None => 0.0,
         }
     };
     let mut d = Draws(seed ^ 0x0005_eed0_f9b5);
@@ -202,42 +266,41 @@ pub fn predict(
         nodes.push(0);
     }
     let mut thresholds_ms = Vec::with_capacity(trials);
-    let (mut apply_us, mut acks_us) = (vec![0.0; n], vec![0.0; n]);
+    let (mut apply_us, mut acks_us, mut sorted) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
     for _ in 0..trials {
-        // N distinct replicas, at random: the first coordinates the write.
+        // N distinct replicas in a random walk order. The write's coordinator is the
+        // first (clients send writes to the first home replica up), or, `elsewhere`,
+        // any (the caller pins it).
         for i in 0..n.min(nodes.len()) {
             let j = i + d.below(nodes.len() - i);
             nodes.swap(i, j);
         }
         let replicas = &nodes[..n.min(nodes.len())];
-        let coordinator = replicas[0];
+        let writer = if elsewhere { d.below(replicas.len()) } else { 0 };
         for (i, &to) in replicas.iter().enumerate() {
-            if i == 0 {
+            if i == writer {
                 (apply_us[i], acks_us[i]) = (0.0, 0.0);
                 continue;
             }
-            let back = d.pick(of(coordinator, to, 2)) / 2.0;
-            let there = (d.pick(of(coordinator, to, 0)) - back).max(0.0);
-            (apply_us[i], acks_us[i]) = (there, there + back);
+            let there = hop(&mut d, replicas[writer], to) + wait(&mut d, to);
+            (apply_us[i], acks_us[i]) = (there, there + hop(&mut d, to, replicas[writer]));
         }
-        let mut sorted = acks_us[..replicas.len()].to_vec();
-        sorted.sort_by(f64::total_cmp);
-        let acked = sorted[w.min(sorted.len()) - 1];
-        // The read's coordinator, any replica; it asks itself and R - 1 others.
-        let reader = d.below(replicas.len());
-        let mut others: Vec<usize> = (0..replicas.len()).filter(|&i| i != reader).collect();
+        sorted[..replicas.len()].copy_from_slice(&acks_us[..replicas.len()]);
+        sorted[..replicas.len()].sort_by(f64::total_cmp);
+        let acked = sorted[w.min(replicas.len()) - 1];
+        // The read's coordinator, any replica (another than the writer, `elsewhere`): it
+        // asks itself, then the first R - 1 others in walk order.
+        let reader = if elsewhere {
+            (writer + 1 + d.below(replicas.len() - 1)) % replicas.len()
+        } else {
+            d.below(replicas.len())
+        };
         let mut earliest = apply_us[reader];
-        for k in 0..r - 1 {
-            let pick = k + d.below(others.len() - k);
-            others.swap(k, pick);
-            let j = others[k];
-            let (from, to) = (replicas[reader], replicas[j]);
-            let back = d.pick(of(from, to, 2)) / 2.0;
-            let there = (d.pick(of(from, to, 1)) - back).max(0.0);
-            earliest = earliest.min(apply_us[j] - there);
+        for j in (0..replicas.len()).filter(|&j| j != reader).take(r - 1) {
+            earliest = earliest.min(apply_us[j] - hop(&mut d, replicas[reader], replicas[j]));
         }
         // The ack's way to the client and the read's way from it.
-        let client = d.pick(&pooled[2]);
+        let client = d.pick(client_us);
         thresholds_ms.push(((earliest - acked - client) / 1000.0).max(0.0));
     }
     thresholds_ms.sort_by(f64::total_cmp);
@@ -263,10 +326,9 @@ mod tests {
     fn strict_quorums_always_see_the_write() {
         let mut s = Samples::default();
         for (a, b) in [(1, 2), (1, 3), (2, 1), (2, 3), (3, 1), (3, 2)] {
-            let p =
-                PairSamples { write_us: exp(5000.0, 500, a * 10 + b), read_us: exp(300.0, 500, b), ping_us: vec![200] };
-            s.add(a as NodeId, b as NodeId, p);
+            s.add(a, b, PairSamples { write_us: exp(600.0, 500, u64::from(a * 10 + b)), read_us: exp(300.0, 500, 9) });
         }
+        s.apply_wait_us.insert(3, exp(5000.0, 500, 3));
         for (r, w) in [(2, 2), (1, 3), (3, 1)] {
             let p = predict(&s, 3, r, w, 20_000, 1).unwrap();
             assert_eq!(p.p_at(0.0), 1.0, "R = {r}, W = {w}");
@@ -277,30 +339,49 @@ mod tests {
         assert_eq!(weak, predict(&s, 3, 1, 1, 20_000, 1).unwrap(), "same samples and seed, same prediction");
     }
 
-    /// Two replicas, R = W = 1, pings of 0: the write reaches the other replica after
-    /// W ~ Exp(mean 1/λ) and a read of it after R ~ Exp(mean 1/μ). The read's
-    /// coordinator is the writer with probability 1/2 (it sees its own write); else the
-    /// read is its own copy, which had the write by time t with probability
-    /// 1 - e^{-λt}: p(t) = 1/2 + 1/2 (1 - e^{-λt}).
+    /// Two replicas, R = W = 1, hops and the client's legs of 0: the write is applied
+    /// at the other replica after a wait ~ Exp(mean 1/λ). The read's coordinator is
+    /// the writer with probability 1/2 (it sees its own write); else its own copy has
+    /// the write by time t with probability 1 - e^{-λt}: p(t) = 1/2 + 1/2 (1 - e^{-λt}).
     #[test]
     fn matches_the_closed_form_of_two_replicas() {
-        let mean_w_ms = 2.0;
-        let mut s = Samples::default();
+        let mean_ms = 2.0;
+        let mut s = Samples { client_us: vec![0], ..Default::default() };
         for (a, b) in [(1, 2), (2, 1)] {
-            let p = PairSamples {
-                write_us: exp(mean_w_ms * 1000.0, 200_000, a),
-                read_us: exp(500.0, 1000, b),
-                ping_us: vec![0],
-            };
-            s.add(a as NodeId, b as NodeId, p);
+            s.add(a, b, PairSamples { write_us: vec![1], read_us: vec![0] });
+            s.apply_wait_us.insert(b, exp(mean_ms * 1000.0, 200_000, u64::from(b)));
         }
         let p = predict(&s, 2, 1, 1, 400_000, 7).unwrap();
         for t in [0.0, 1.0, 2.0, 5.0, 10.0] {
-            let want = 0.5 + 0.5 * (1.0 - (-t / mean_w_ms).exp());
+            let want = 0.5 + 0.5 * (1.0 - (-t / mean_ms).exp());
             assert!((p.p_at(t) - want).abs() < 0.005, "t = {t}: predicted {} want {want}", p.p_at(t));
         }
+        // Read through the other replica: p(t) = 1 - e^{-λt}.
+        let elsewhere = predict_elsewhere(&s, 2, 1, 1, 400_000, 7).unwrap();
+        assert!((elsewhere.p_at(2.0) - (1.0 - (-1.0f64).exp())).abs() < 0.005);
         // With R = 2 the read also asks the writer's copy, applied at 0: always seen.
         assert_eq!(predict(&s, 2, 2, 1, 10_000, 7).unwrap().p_at(0.0), 1.0);
+        // The client's own round trip counts before the read: 1 ms of it is t + 1.
+        s.client_us = vec![1000];
+        let later = predict(&s, 2, 1, 1, 400_000, 7).unwrap();
+        assert!((later.p_at(1.0) - (0.5 + 0.5 * (1.0 - (-2.0 / mean_ms).exp()))).abs() < 0.005);
+    }
+
+    /// N = 3, W = 2, R = 1, hops of 0, i.i.d. waits at the other two: the ack comes
+    /// with the faster of them, so a read through the slower (1 in 3) misses the write.
+    #[test]
+    fn the_ack_waits_for_the_w_th_apply() {
+        let mut s = Samples { client_us: vec![0], ..Default::default() };
+        for (a, b) in [(1, 2), (1, 3), (2, 1), (2, 3), (3, 1), (3, 2)] {
+            s.add(a, b, PairSamples { write_us: vec![1], read_us: vec![0] });
+        }
+        for node in 1..=3 {
+            s.apply_wait_us.insert(node, exp(3000.0, 100_000, u64::from(node)));
+        }
+        let p = predict(&s, 3, 1, 2, 300_000, 3).unwrap();
+        assert!((1.0 - p.p_at(0.0) - 1.0 / 3.0).abs() < 0.005, "{}", p.p_at(0.0));
+        // R = 2 asks the write's coordinator too (first in walk order): always seen.
+        assert_eq!(predict(&s, 3, 2, 1, 10_000, 3).unwrap().p_at(0.0), 1.0);
     }
 
     #[test]

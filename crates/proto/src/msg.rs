@@ -805,6 +805,10 @@ pub struct StatsReply {
     /// Its latest round trips to each peer (for `qkv pbs`).
     #[serde(default)]
     pub latency: Vec<PeerLatency>,
+    /// How long its latest replica writes waited between arriving and being applied, µs
+    /// (for `qkv pbs`: a replica's part of a write's way there).
+    #[serde(default)]
+    pub replica_write_wait_us: Vec<u32>,
 }
 
 /// One node's latest answered round trips to one peer, in µs (see `qkv_core::pbs`).
@@ -813,9 +817,9 @@ pub struct PeerLatency {
     /// The peer.
     pub peer: NodeId,
     /// Replica writes.
+    #[serde(default)]
     pub write_us: Vec<u32>,
-    /// Replica reads.
+    /// Replica reads and digests.
+    #[serde(default)]
     pub read_us: Vec<u32>,
-    /// Pings.
-    pub ping_us: Vec<u32>,
 }

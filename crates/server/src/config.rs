@@ -131,8 +131,10 @@ pub struct Config {
     /// wake-ups between threads; see README "Performance").
     #[serde(default = "default_core_thread")]
     pub core_thread: bool,
-    /// Test-only: hold every replica write from a peer a random 0 to 2x this many ms
-    /// (uniform, mean this) before it reaches the core, so the node applies it late and
+    /// Test-only: hold each replica write from a peer (`ReplicaPut`: replication and read
+    /// repair; `ReplicaPutBatch`: handoff and anti-entropy; not hints) a random 0 to 2x
+    /// this many ms (uniform to the µs, mean this, at most 60 s; on a blocking thread,
+    /// 64 at once) before it reaches the core, so the node applies it late and
     /// staleness shows on loopback (the kernel here has no netem). 0 (the default): off.
     #[serde(default)]
     pub test_apply_delay_ms: u64,

@@ -1,6 +1,7 @@
 //! Round trips to each peer, the input of staleness prediction ([`qkv_core::pbs`]):
-//! the last [`SAMPLES_PER_KIND`] replica writes, replica reads and pings that were
-//! answered, per peer, in µs. Failed requests are not samples (a write that failed
+//! the last [`SAMPLES_PER_KIND`] replica writes and replica reads that were answered,
+//! per peer, in µs (digests count as reads), and how long replica writes waited here
+//! before their apply. Failed requests are not samples (a write that failed
 //! was not applied: the prediction is for writes that reach their replicas).
 
 use std::collections::BTreeMap;
@@ -32,25 +33,37 @@ impl Ring {
 struct Peer {
     write: Ring,
     read: Ring,
-    ping: Ring,
 }
 
 /// The round trips of this node's peers (one entry per peer the node sends to: the
-/// members, bounded by the cluster's size).
+/// members, bounded by the cluster's size), and how long replica writes wait here
+/// between their arrival and their apply.
 #[derive(Default)]
-pub struct RoundTrips(Mutex<BTreeMap<NodeId, Peer>>);
+pub struct RoundTrips(Mutex<BTreeMap<NodeId, Peer>>, Mutex<Ring>);
 
 impl RoundTrips {
     /// `req` to `to` was answered after `us` µs.
     pub fn record(&self, to: NodeId, req: &Request, us: u64) {
+        let write = match req {
+            Request::ReplicaPut { .. } => true,
+            // A digest is a read's round trip too (checked reads send them at R = one).
+            Request::ReplicaGet { .. } | Request::ReplicaDigest { .. } => false,
+            _ => return,
+        };
         let us = us.min(u64::from(u32::MAX)) as u32;
         let mut peers = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        match req {
-            Request::ReplicaPut { .. } => peers.entry(to).or_default().write.push(us),
-            Request::ReplicaGet { .. } => peers.entry(to).or_default().read.push(us),
-            Request::Ping { .. } => peers.entry(to).or_default().ping.push(us),
-            _ => {}
-        }
+        let peer = peers.entry(to).or_default();
+        if write { peer.write.push(us) } else { peer.read.push(us) }
+    }
+
+    /// The core took a replica write `us` µs after it arrived (to apply it at once).
+    pub fn waited_to_apply(&self, us: u64) {
+        self.1.lock().unwrap_or_else(|p| p.into_inner()).push(us.min(u64::from(u32::MAX)) as u32);
+    }
+
+    /// The latest waits of replica writes from arrival to apply, µs.
+    pub fn apply_waits(&self) -> Vec<u32> {
+        self.1.lock().unwrap_or_else(|p| p.into_inner()).v.clone()
     }
 
     /// Forget peers that are no longer members.
@@ -63,12 +76,7 @@ impl RoundTrips {
         let peers = self.0.lock().unwrap_or_else(|p| p.into_inner());
         peers
             .iter()
-            .map(|(&peer, p)| PeerLatency {
-                peer,
-                write_us: p.write.v.clone(),
-                read_us: p.read.v.clone(),
-                ping_us: p.ping.v.clone(),
-            })
+            .map(|(&peer, p)| PeerLatency { peer, write_us: p.write.v.clone(), read_us: p.read.v.clone() })
             .collect()
     }
 }
@@ -83,13 +91,15 @@ mod tests {
         for i in 0..(SAMPLES_PER_KIND as u64 + 10) {
             rt.record(2, &Request::ReplicaGet { key: b"k".to_vec() }, i);
         }
-        rt.record(2, &Request::Ping { from: 1, gossip: vec![], view: Default::default() }, 90);
+        rt.record(2, &Request::ReplicaPut { key: b"k".to_vec(), set: Default::default() }, 90);
         rt.record(3, &Request::Status, 5);
         let snap = rt.snapshot();
         assert_eq!(snap.len(), 1, "a status request is no sample");
         assert_eq!(snap[0].read_us.len(), SAMPLES_PER_KIND);
         assert!(snap[0].read_us.contains(&(SAMPLES_PER_KIND as u32 + 9)) && !snap[0].read_us.contains(&0));
-        assert_eq!(snap[0].ping_us, vec![90]);
+        assert_eq!(snap[0].write_us, vec![90]);
+        rt.waited_to_apply(7);
+        assert_eq!(rt.apply_waits(), vec![7]);
         rt.retain(|id| id != 2);
         assert!(rt.snapshot().is_empty());
     }

@@ -252,15 +252,20 @@ impl MembershipStats {
 }
 
 /// Trials per (R, W) of the scrape's staleness prediction.
-const PBS_TRIALS: usize = 20_000;
+const PBS_TRIALS: usize = 5_000;
 /// Delays (ms) after the ack the gauge predicts for.
 const PBS_AFTER_MS: [u64; 2] = [0, 10];
 
 /// The stale-read probability of every (R, W), from this node's round trips to its
 /// peers standing for every pair's (no samples yet: no rows). R + W > N is 0: every
 /// read set meets every write set.
-fn pbs_rows(me: NodeId, n: usize, latency: &[qkv_proto::PeerLatency]) -> Vec<Row> {
-    let samples = qkv_core::pbs::Samples::from_nodes(&[(me, latency.to_vec())]);
+fn pbs_rows(me: NodeId, n: usize, stats: &StatsReply) -> Vec<Row> {
+    let report = qkv_core::pbs::NodeReport {
+        node: me,
+        peers: stats.latency.clone(),
+        apply_wait_us: stats.replica_write_wait_us.clone(),
+    };
+    let samples = qkv_core::pbs::Samples::from_nodes(&[report]);
     let mut rows = vec![];
     for r in 1..=n {
         for w in 1..=n {
@@ -271,7 +276,7 @@ fn pbs_rows(me: NodeId, n: usize, latency: &[qkv_proto::PeerLatency]) -> Vec<Row
             for after in PBS_AFTER_MS {
                 let labels = vec![("r", r.to_string()), ("w", w.to_string()), ("after_ms", after.to_string())];
                 let stale = match &p {
-                    Some(Ok(p)) => 1.0 - p.p_at(after as f64),
+                    Some(Ok(p)) => ((1.0 - p.p_at(after as f64)) * 1e4).round() / 1e4,
                     _ => 0.0,
                 };
                 rows.push((labels, stale));
@@ -416,9 +421,10 @@ impl Collector for StatusCollector {
             e,
             "qkv_pbs_stale_read_probability",
             "Predicted probability that a read at R = r issued after_ms after a write at W = w was acknowledged \
-             misses it (PBS, WARS model, from this node's round trips to its peers; see `qkv pbs`).",
+             misses it (PBS, WARS model; this node's view: its round trips and apply waits stand for every \
+             node's; `qkv pbs` has the whole cluster's).",
             gauge,
-            pbs_rows(status.node, status.n as usize, &stats.latency),
+            pbs_rows(status.node, status.n as usize, stats),
         )?;
         let h = &status.hints;
         let per_owner = |f: &dyn Fn(&qkv_proto::OwnerHints) -> f64| -> Vec<Row> {

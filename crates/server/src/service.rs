@@ -135,11 +135,12 @@ impl Node {
         if cfg.fault_injection {
             tracing::warn!("fault_injection is on: any node certificate may cut this node off (tests only)");
         }
-        if cfg.test_apply_delay_ms > 0 {
+        let apply_delay_ms = cfg.test_apply_delay_ms.min(APPLY_DELAY_MS_MAX);
+        if apply_delay_ms > 0 {
             tracing::warn!(
-                "test_apply_delay_ms = {}: replica writes from peers are held 0 to {} ms (tests only)",
-                cfg.test_apply_delay_ms,
-                2 * cfg.test_apply_delay_ms
+                "test_apply_delay_ms = {apply_delay_ms}: replica writes from peers are held 0 to {} ms before their \
+                 apply (tests only)",
+                2 * apply_delay_ms
             );
         }
         let shared = Arc::new(Shared {
@@ -151,7 +152,7 @@ impl Node {
             isolated: RwLock::new(BTreeSet::new()),
             metrics: Metrics::new(cfg.id),
             metrics_addr,
-            apply_delay_ms: cfg.test_apply_delay_ms.min(60_000),
+            apply_delay_ms,
             round_trips: Default::default(),
         });
         let (inbox, thread) = crate::driver::start(core, shared.clone(), cfg.core_thread)?;
@@ -278,6 +279,7 @@ impl Node {
             storage_bytes: self.shared.storage.disk_bytes(),
             metrics_addr: self.shared.metrics_addr.map(|a| a.to_string()),
             latency: self.shared.round_trips.snapshot(),
+            replica_write_wait_us: self.shared.round_trips.apply_waits(),
             ..Default::default()
         };
         let stats = self.shared.metrics.stats(&status, base);
@@ -324,7 +326,7 @@ impl Node {
     }
 
     /// Serve one request through the core, recording client requests in the metrics.
-    async fn serve(&self, lane: Lane, req: Request) -> Response {
+    async fn serve(&self, lane: Lane, req: Request, arrived: Option<Instant>) -> Response {
         let measured = match &req {
             Request::Get(g) => Some(("get", g.r.to_string(), g.strict)),
             Request::Put(p) if !p.forwarded => {
@@ -333,7 +335,7 @@ impl Node {
             _ => None,
         };
         let started = Instant::now();
-        let resp = self.through_core(lane, req).await;
+        let resp = self.through_core(lane, req, arrived).await;
         if let Some((op, level, strict)) = measured {
             let micros = started.elapsed().as_micros() as u64;
             let outcome = match &resp {
@@ -346,9 +348,9 @@ impl Node {
         resp
     }
 
-    async fn through_core(&self, lane: Lane, req: Request) -> Response {
+    async fn through_core(&self, lane: Lane, req: Request, arrived: Option<Instant>) -> Response {
         let (tx, rx) = oneshot::channel();
-        if let Err(e) = self.inbox.post(lane, Event::Request { req, reply: tx }) {
+        if let Err(e) = self.inbox.post(lane, Event::Request { req, reply: tx, arrived }) {
             return Response::Error(e);
         }
         // Past the longest an operation can run (a forwarded write's deadline and margin):
@@ -372,25 +374,40 @@ impl Handler for Node {
         {
             return Response::Error(Error::Unreachable(format!("node {id} is cut off (fault injection)")));
         }
+        let arrived = Instant::now();
         if self.shared.apply_delay_ms > 0
             && matches!(role, PeerRole::Node(_))
             && matches!(req, Request::ReplicaPut { .. } | Request::ReplicaPutBatch { .. })
         {
-            // Test-only (`test_apply_delay_ms`): this replica applies the write late.
-            let ms = uniform_up_to(2 * self.shared.apply_delay_ms);
-            tokio::time::sleep(Duration::from_millis(ms)).await;
+            // Test-only (`test_apply_delay_ms`): this replica applies the write late. On a
+            // blocking thread, to the µs: the runtime's timers fire on millisecond ticks,
+            // and early when other work wakes the runtime, which blurs the delay.
+            // At most APPLY_DELAYS_MAX held at once (the rest wait for a thread).
+            static HELD: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(APPLY_DELAYS_MAX);
+            let us = uniform_up_to(2_000 * self.shared.apply_delay_ms);
+            let _held = HELD.acquire().await;
+            let _ = tokio::task::spawn_blocking(move || std::thread::sleep(Duration::from_micros(us))).await;
         }
         let lane = match (&req, role) {
             (Request::Ping { .. }, _) => Lane::Urgent,
             (_, PeerRole::Node(_)) => Lane::Peer,
             _ => Lane::Client,
         };
+        // A replica write's wait from its arrival until the core applies it (any test
+        // delay, the inbox) is a sample for staleness prediction.
+        let arrived = matches!(role, PeerRole::Node(_) if matches!(req, Request::ReplicaPut { .. })).then_some(arrived);
         match req.answered_by() {
             AnsweredBy::Driver => self.answer_here(lane, req).await,
-            AnsweredBy::Core => self.serve(lane, req).await,
+            AnsweredBy::Core => self.serve(lane, req, arrived).await,
         }
     }
 }
+
+/// The longest test-only apply delay (mean, ms).
+const APPLY_DELAY_MS_MAX: u64 = 60_000;
+
+/// Replica writes the test-only apply delay holds at once, each on a blocking thread.
+const APPLY_DELAYS_MAX: usize = 64;
 
 /// A number from 0 to `max`, uniform enough for a test delay (std's randomly keyed hasher
 /// over a counter: no RNG crate on the request path).
