@@ -84,6 +84,12 @@ bench-hedge:
 	cargo build --release --workspace --bins
 	cargo bench --bench hedge
 
+# Stale reads measured beside the PBS prediction (qkv pbs), node 3 applying replica writes
+# 0-2x QKV_STALE_DELAY_MS (5) ms late; table, JSON and SVG in target/bench/staleness.*
+bench-staleness:
+	cargo build --release --workspace --bins
+	cargo bench --bench staleness
+
 # The URL shortener's scenario: create a link, a click at once on another instance; the 404 rate
 # of a friend at R = one, of the creator with their session cookie, of a friend at R = quorum.
 # QKV_BENCH_LINKS (1000) links per scenario; node 3 applies late by QKV_BENCH_APPLY_DELAY_MS (5)

@@ -86,12 +86,23 @@ struct PbsInput {
     create_p50_ms: f64,
     /// Median redirect latency of this scenario (HTTP included), ms.
     redirect_p50_ms: f64,
+    /// Every redirect's latency, µs.
+    redirect_us: Vec<u32>,
 }
 
-/// PBS PREDICTED: the probability that the click answers 404 (None: no prediction yet).
-/// `c` is the bench's cluster, still running, after the clicks.
-async fn pbs_predicted(_c: &Cluster, _input: &PbsInput) -> Option<f64> {
-    None
+/// The probability that the click answers 404, predicted by `qkv_core::pbs` (what `qkv
+/// pbs` prints) from the cluster's live round trips and the clicks' own: a click is a
+/// read through another node than the create's, `click_gap_ms` after its answer, and
+/// its way there and the answer's way back are one click (the redirect's round trip).
+/// A session click is 0 by construction (read-your-writes).
+async fn pbs_predicted(c: &Cluster, input: &PbsInput) -> Option<f64> {
+    if input.session {
+        return Some(0.0);
+    }
+    let (mut samples, n) = c.client().latency_samples().await.ok()?;
+    samples.client_us = input.redirect_us.clone();
+    let p = quorumkv::pbs::predict_elsewhere(&samples, n, input.r as usize, input.w as usize, 200_000, 1).ok()?;
+    Some(1.0 - p.p_at(input.click_gap_ms))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -278,6 +289,7 @@ async fn run(links: u64, delay_ms: u64, seed: u64) -> String {
             click_gap_ms: median_ms(&mut t.gap_us),
             create_p50_ms: create_p50,
             redirect_p50_ms: median_ms(&mut t.redirect_us),
+            redirect_us: t.redirect_us.iter().map(|&us| us.min(u64::from(u32::MAX)) as u32).collect(),
         };
         let predicted = pbs_predicted(&c, &input).await;
         let _ = writeln!(
