@@ -318,6 +318,16 @@ fn check_key(key: &[u8], entries: &[&Entry], fin: &FinalKey, facts: &Facts<'_>, 
         }
     }
 
+    // A forged session floor is untrusted input the cluster refuses.
+    for e in entries.iter().filter(|e| e.forged_floor) {
+        if matches!(e.outcome, Outcome::Put { .. } | Outcome::Get { .. }) {
+            bad(
+                "forged session floor accepted",
+                format!("client {}'s request at {} ms carried a forged floor and was answered", e.client, e.invoked_ms),
+            );
+        }
+    }
+
     // Sessions: a read in a session returns a state at least as new as everything the
     // session wrote or read of the key before (Terry et al.'s read-your-writes and
     // monotonic reads). "As new" is causal: the read's context covers what the session
@@ -457,6 +467,7 @@ mod tests {
             duplicated: false,
             write_id: None,
             session: false,
+            forged_floor: false,
         }
     }
 
@@ -531,11 +542,41 @@ mod tests {
             duplicated: false,
             write_id: None,
             session: false,
+            forged_floor: false,
         };
         let h = History { entries: vec![put(1, "a", &[], &[(1, 1)], 0, true), read] };
         let mut f = finals(s);
         f.get_mut(b"k".as_slice()).unwrap().replicas.push((3, None));
         let kinds: Vec<&str> = check(&h, &facts(&f)).violations.iter().map(|v| v.kind).collect();
         assert_eq!(kinds, vec!["stale strict read", "phantom value", "replicas diverge"]);
+    }
+
+    #[test]
+    fn session_reads_that_go_back_and_accepted_forged_floors_are_caught() {
+        let mut s = DvvSet::new();
+        s.update(&VersionVector::new(), Some(b"a".to_vec()), 1);
+        let mut write = put(1, "a", &[], &[(1, 1)], 0, true);
+        write.session = true;
+        // The same session then reads nothing: older than its own write.
+        let read = Entry {
+            client: 1,
+            key: b"k".to_vec(),
+            op: OpKind::Get { r: Level::One, strict: false },
+            invoked_ms: 10,
+            completed_ms: 11,
+            outcome: Outcome::Get { values: vec![], context: Context::empty() },
+            duplicated: false,
+            write_id: None,
+            session: true,
+            forged_floor: false,
+        };
+        let mut forged = read.clone();
+        forged.outcome =
+            Outcome::Get { values: vec![b"a".to_vec()], context: write.observed_context().unwrap().clone() };
+        forged.forged_floor = true;
+        forged.client = 2;
+        let h = History { entries: vec![write, read, forged] };
+        let kinds: Vec<&str> = check(&h, &facts(&finals(s))).violations.iter().map(|v| v.kind).collect();
+        assert_eq!(kinds, vec!["forged session floor accepted", "session read went back"]);
     }
 }

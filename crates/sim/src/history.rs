@@ -74,6 +74,8 @@ pub struct Entry {
     /// The client works in a session (read-your-writes, monotonic reads): the checker
     /// holds its reads to the session rules.
     pub session: bool,
+    /// The request carried a forged session floor: the cluster must refuse it.
+    pub forged_floor: bool,
 }
 
 impl Entry {

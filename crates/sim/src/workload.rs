@@ -55,6 +55,8 @@ pub struct ClientState {
     send_floors: bool,
     /// What the session wrote and read of each key (kept as `qkv_client::Session` keeps it).
     floors: BTreeMap<Vec<u8>, SessionFloor>,
+    /// The last request carried a forged floor.
+    forged_floor: bool,
 }
 
 fn level(rng: &mut StdRng, n: usize) -> Level {
@@ -89,8 +91,15 @@ impl ClientState {
     /// The next request, and its history record.
     pub fn next(&mut self, id: u32, seq: u64, w: Workload, n: usize, rng: &mut StdRng) -> (Vec<u8>, OpKind, Request) {
         let (key, op, mut req) = self.next_plain(id, seq, w, n, rng);
+        self.forged_floor = false;
         if self.session && self.send_floors {
-            let floor = self.floors.get(&key).cloned();
+            let mut floor = self.floors.get(&key).cloned();
+            // Untrusted input: now and then a floor with its counters raised or actors
+            // invented (a client claiming it saw more). The cluster must refuse it.
+            if let Some(f) = floor.as_mut().filter(|f| !f.context.is_empty() && rng.random_bool(0.02)) {
+                f.context = forged(f.context.clone(), rng);
+                self.forged_floor = true;
+            }
             match &mut req {
                 Request::Get(g) => g.session = floor,
                 Request::Put(p) => p.session = floor.map(|f| f.context),
@@ -98,6 +107,11 @@ impl ClientState {
             }
         }
         (key, op, req)
+    }
+
+    /// Whether the request just made carried a forged floor.
+    pub fn sent_forged_floor(&self) -> bool {
+        self.forged_floor
     }
 
     /// A session write was acknowledged with this floor.

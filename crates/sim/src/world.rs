@@ -264,6 +264,7 @@ struct InFlight {
     key: Vec<u8>,
     op: OpKind,
     invoked_ms: u64,
+    forged_floor: bool,
 }
 
 struct SimClient {
@@ -790,7 +791,8 @@ impl World {
             Request::Put(p) => p.write_id,
             _ => None,
         };
-        cl.inflight = Some(InFlight { seq, write_id, key, op, invoked_ms: self.now });
+        let forged_floor = cl.state.sent_forged_floor();
+        cl.inflight = Some(InFlight { seq, write_id, key, op, invoked_ms: self.now, forged_floor });
         self.counters.ops += 1;
         let active: Vec<NodeId> = self.nodes.iter().filter(|(_, n)| n.active).map(|(&id, _)| id).collect();
         let node = active[self.rng.random_range(0..active.len())];
@@ -828,6 +830,7 @@ impl World {
             duplicated: f.write_id.is_some_and(|id| self.dup_writes.contains(&id)),
             write_id: f.write_id,
             session: cl.state.is_session(),
+            forged_floor: f.forged_floor,
         });
         if more {
             // With an operator, clients pause longer: their requests span every step of

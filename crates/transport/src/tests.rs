@@ -171,6 +171,13 @@ fn certs_are_kept_when_regenerating() {
     assert_eq!(again.written.len(), 2, "only node-2 is new");
     assert_eq!(certs::load_secret(&dir.path().join(certs::SECRET_FILE)).unwrap(), secret, "the secret is kept");
     tls::server_config(&TlsFiles::in_dir(dir.path(), "node-2")).unwrap();
+    // A node given a client's certificate refuses to start, saying why.
+    let client = TlsFiles::in_dir(dir.path(), "client");
+    let e = match tls::server_config(&client) {
+        Ok(_) => panic!("a client certificate cannot serve"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("does not allow server authentication"), "{e}");
     let missing = TlsFiles::in_dir(dir.path(), "node-9");
     assert!(tls::client_config(&missing).is_err());
 }

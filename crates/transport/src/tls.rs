@@ -74,6 +74,7 @@ fn transport() -> Arc<quinn::TransportConfig> {
 /// Server side: require a client certificate signed by the cluster CA.
 pub fn server_config(files: &TlsFiles) -> Result<quinn::ServerConfig, TlsError> {
     let l = load(files)?;
+    refuse_client_only(&files.cert, &l.chain[0])?;
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(l.roots), provider())
         .build()
         .map_err(|e| TlsError::Config(e.to_string()))?;
@@ -88,6 +89,23 @@ pub fn server_config(files: &TlsFiles) -> Result<quinn::ServerConfig, TlsError> 
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
     server.transport_config(transport());
     Ok(server)
+}
+
+/// A node must serve with a certificate that allows server authentication: a client's
+/// (say `QKV_TLS_CERT` left exported for an application) would start, and every peer
+/// would then refuse it at each handshake.
+fn refuse_client_only(path: &std::path::Path, cert: &CertificateDer<'_>) -> Result<(), TlsError> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let Ok((_, parsed)) = X509Certificate::from_der(cert.as_ref()) else { return Ok(()) };
+    match parsed.extended_key_usage() {
+        Ok(Some(eku)) if !eku.value.server_auth && !eku.value.any => Err(TlsError::Pem(
+            path.to_path_buf(),
+            "a client certificate (it does not allow server authentication): a node needs its own node \
+             certificate (certs/node-<id>.pem; check tls.cert and QKV_TLS_CERT)"
+                .into(),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Client side: verify the node's certificate against the cluster CA and present ours.

@@ -624,6 +624,7 @@ async fn drive(dir: PathBuf, duration: u64, clients: u32, seed: u64) -> anyhow::
                     duplicated: true,
                     write_id,
                     session: false,
+                    forged_floor: false,
                 });
                 tokio::time::sleep(Duration::from_millis(rng.random_range(0..20))).await;
             }
