@@ -61,12 +61,15 @@ async fn a_forged_session_token_is_refused_and_changes_nothing() {
         t.token()
     };
     assert_ne!(token, a_floor_as_b);
-    let forged = client.resume_session(&swap_key(&a_floor_as_b, b"a", b"b")).unwrap();
+    let forged_token = swap_key(&a_floor_as_b, b"a", b"b");
+    let forged = client.resume_session(&forged_token).unwrap();
     match forged.get("b").await {
         Err(Error::Cluster(ClusterError::BadRequest(m))) => assert!(m.contains("invalid context"), "{m}"),
         other => panic!("a forged floor must be refused: {other:?}"),
     }
-    match forged.put("b", "forged").await {
+    // The refused floor is forgotten: the session's next read of the key goes through.
+    assert_eq!(forged.get("b").await.unwrap().values, vec![b"2".to_vec()]);
+    match client.resume_session(&forged_token).unwrap().put("b", "forged").await {
         Err(Error::Cluster(ClusterError::BadRequest(m))) => assert!(m.contains("invalid context"), "{m}"),
         other => panic!("a forged floor must be refused: {other:?}"),
     }

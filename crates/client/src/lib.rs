@@ -778,7 +778,7 @@ impl IntoFuture for Get {
             // One request of a session on a key at a time: each leaves a floor that
             // covers the ones before it.
             let _turn = match &self.session {
-                Some(s) => Some(s.turn(&self.key).await),
+                Some(s) => Some(s.turn(&self.key, self.timeout).await?),
                 None => None,
             };
             let floor = self.session.as_ref().and_then(|s| s.floor(&self.key)).map(|(f, _)| f);
@@ -813,10 +813,23 @@ impl IntoFuture for Get {
                         pause = (pause * 2).min(BEHIND_PAUSE_MAX);
                     }
                     Ok(other) => return Err(unexpected(other)),
-                    Err(e) => return Err(e),
+                    Err(e) => {
+                        if let Some(s) = self.session.as_ref().filter(|_| floor.is_some()) {
+                            forget_refused_floor(s, &self.key, &e);
+                        }
+                        return Err(e);
+                    }
                 }
             }
         })
+    }
+}
+
+/// The cluster refused a session's floor of `key` (not one it issued for the key):
+/// the session forgets it, so that its next request of the key can go through.
+fn forget_refused_floor(session: &Session, key: &[u8], e: &Error) {
+    if matches!(e, Error::Cluster(ClusterError::BadRequest(m)) if m.contains("invalid context")) {
+        session.forget(key);
     }
 }
 
@@ -873,10 +886,12 @@ impl IntoFuture for Put {
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
             let write_id = new_write_id();
+            let started = Instant::now();
             let _turn = match &self.session {
-                Some(s) => Some(s.turn(&self.key).await),
+                Some(s) => Some(s.turn(&self.key, self.timeout).await?),
                 None => None,
             };
+            let timeout = self.timeout.saturating_sub(started.elapsed()).max(MIN_ATTEMPT);
             let floor = self.session.as_ref().and_then(|s| s.floor(&self.key));
             let (session, since) = (floor.as_ref().map(|f| f.0.context.clone()), floor.map(|f| f.1));
             let req = PutRequest {
@@ -885,21 +900,26 @@ impl IntoFuture for Put {
                 context: self.context,
                 w: self.w,
                 strict: self.strict,
-                timeout_ms: timeout_ms(self.timeout),
+                timeout_ms: timeout_ms(timeout),
                 forwarded: false,
                 write_id: Some(write_id),
-                session,
+                session: session.clone(),
             };
             let deleted = req.value.is_none();
             // To the first home replica up: it coordinates the write itself.
             let homes = self.client.homes(&req.key);
             let req_key = req.key.clone();
-            match self.client.send_to(Request::Put(req), self.timeout, &homes).await? {
+            let sent = self.client.send_to(Request::Put(req), timeout, &homes).await;
+            if let (Err(e), Some(s)) = (&sent, self.session.as_ref().filter(|_| session.is_some())) {
+                forget_refused_floor(s, &req_key, e);
+            }
+            match sent? {
                 (answered, Response::Put(p)) => {
                     self.client.check_route(answered, p.coordinator);
                     if let Some(s) = &self.session {
+                        let fresh = session.as_ref().is_some_and(|f| p.context.seen.covers_all(&f.seen));
                         // (A node of an earlier release sends no floor: the write's context is one.)
-                        s.wrote(&req_key, p.session.unwrap_or_else(|| p.context.clone()), deleted, since);
+                        s.wrote(&req_key, p.session.unwrap_or_else(|| p.context.clone()), deleted, since, fresh);
                     }
                     Ok(PutResult {
                         context: p.context,

@@ -150,7 +150,10 @@ impl Floors {
             None => return Err(bad("empty")),
         };
         let mut f = Floors::new(SESSION_KEYS_DEFAULT.max(entries.len()));
-        for (key, floor) in entries {
+        let now = now_ms();
+        for (key, mut floor) in entries {
+            // (Untrusted: a date in the future would keep the floor for ever.)
+            floor.since_ms = floor.since_ms.min(now);
             f.set(&key, floor);
         }
         Ok(f)
@@ -203,12 +206,27 @@ impl Session {
         self
     }
 
-    /// Wait for this session's turn on `key`.
-    pub(crate) async fn turn(&self, key: &[u8]) -> tokio::sync::MutexGuard<'_, ()> {
+    /// Wait for this session's turn on `key`, at most `within`.
+    pub(crate) async fn turn(&self, key: &[u8], within: Duration) -> Result<tokio::sync::MutexGuard<'_, ()>, Error> {
         use std::hash::Hasher;
         let mut h = std::hash::DefaultHasher::new();
         h.write(key);
-        self.locks[(h.finish() % KEY_LOCKS as u64) as usize].lock().await
+        let lock = self.locks[(h.finish() % KEY_LOCKS as u64) as usize].lock();
+        tokio::time::timeout(within, lock).await.map_err(|_| Error::Deadline {
+            tried: 0,
+            last: "the session's earlier request on this key (or one sharing its lock) did not end in time".into(),
+        })
+    }
+
+    /// Forget what the session knows of `key` (its reads of it then guarantee nothing
+    /// until it reads or writes it again). The client does it itself when the cluster
+    /// refuses the key's floor (a token from another cluster, or edited), after
+    /// answering that request with the refusal.
+    pub fn forget(&self, key: &[u8]) {
+        let mut f = self.lock();
+        if let Some((_, at)) = f.by_key.remove(key) {
+            f.by_age.remove(&at);
+        }
     }
 
     /// Remember at most `keys` keys (at least one); past that the key touched longest
@@ -267,8 +285,11 @@ impl Session {
     }
 
     /// A session write answered with `floor` (the node's merge of the floor it was
-    /// sent with, dated `sent`, and the write).
-    pub(crate) fn wrote(&self, key: &[u8], floor: Context, deleted: bool, sent: Option<u64>) {
+    /// sent with, dated `sent`, and the write). `fresh`: the write's own context
+    /// covered that floor, so the floor's history is a live value's now, and its age
+    /// starts again.
+    pub(crate) fn wrote(&self, key: &[u8], floor: Context, deleted: bool, sent: Option<u64>, fresh: bool) {
+        let sent = if fresh { None } else { sent };
         self.lock().wrote_at(key, SessionFloor { context: floor, deleted }, sent, now_ms());
     }
 
@@ -334,6 +355,16 @@ mod tests {
         s.shrink_to(1);
         assert_eq!(s.get_at(b"c", 1000).unwrap().floor, floor(ctx(1), false));
         assert!(s.get_at(b"b", 1000).is_none());
+    }
+
+    #[test]
+    fn a_token_cannot_date_a_floor_in_the_future() {
+        let mut s = Floors::new(8);
+        s.set(b"k", Dated { floor: floor(ctx(1), false), since_ms: u64::MAX });
+        let mut back = Floors::from_token(&s.token()).unwrap();
+        let now = now_ms();
+        assert!(back.get_at(b"k", now).unwrap().since_ms <= now);
+        assert!(back.get_at(b"k", now + SESSION_FLOOR_TTL_DEFAULT.as_millis() as u64 + 1_000).is_none());
     }
 
     #[test]
