@@ -19,9 +19,11 @@
 //!   which starts at the write's coordinator (so with every replica up an R >= 2 read
 //!   always asks it). [`predict_elsewhere`]: the write's coordinator is any replica and
 //!   the read goes through another;
-//! - a hop from node a to node b takes half of a's round trip for a replica read (or
-//!   digest) to b; each node keeps its last round trips to each peer. A cluster whose
-//!   reads were all local so far uses its replica writes' round trips less the waits;
+//! - a hop from node a to node b takes half of a's median round trip for a replica read
+//!   (or digest) to b; each node keeps its last round trips to each peer. (The median:
+//!   a round trip's tail is mostly the sender's own queues and background reads.) A
+//!   cluster whose reads were all local so far uses its replica writes' round trips
+//!   less the waits;
 //! - a write reaches replica j one hop after it is sent, then waits there until the
 //!   core applies it (`W_j` = hop + wait): each node measures that wait for the
 //!   replica writes it takes (a queue, a slow core, the test-only apply delay); a node
@@ -246,12 +248,23 @@ fn predict_paths(
         (_, 1) => &[0],
         _ => pooled_hops,
     };
-    // A hop (half a round trip) from `from` to `to`: the pair's own samples when it has
-    // them, else every pair's.
-    let hop = |d: &mut Draws, from: NodeId, to: NodeId| -> f64 {
-        let own = samples.pairs.get(&(from, to)).map(|p| &p.read_us).filter(|v| !v.is_empty());
-        d.pick(own.map_or(pooled_hops, |v| v.as_slice())) / 2.0
+    // A hop from `from` to `to`: half the median round trip of the pair's replica reads
+    // (else every pair's). The median, not a draw: a round trip's tail is the sender's
+    // own queues and the background reads (a checked read's digests, the lag probes),
+    // which run long, not the path; drawn, it made every replica look late.
+    let median = |v: &[u32]| -> f64 {
+        let mut v = v.to_vec();
+        v.sort_unstable();
+        v.get(v.len() / 2).map_or(0.0, |&x| f64::from(x))
     };
+    let pooled_hop = median(pooled_hops) / 2.0;
+    let hops: BTreeMap<(NodeId, NodeId), f64> = samples
+        .pairs
+        .iter()
+        .filter(|(_, p)| !p.read_us.is_empty())
+        .map(|(&pair, p)| (pair, median(&p.read_us) / 2.0))
+        .collect();
+    let hop = |_: &mut Draws, from: NodeId, to: NodeId| -> f64 { hops.get(&(from, to)).copied().unwrap_or(pooled_hop) };
     // A replica's wait before its apply: its own samples, else every node's, else none.
     let wait = |d: &mut Draws, at: NodeId| -> f64 {
         match samples.apply_wait_us.get(&at).filter(|v| !v.is_empty()) {
