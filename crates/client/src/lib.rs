@@ -777,10 +777,7 @@ impl IntoFuture for Get {
             let started = Instant::now();
             // One request of a session on a key at a time: each leaves a floor that
             // covers the ones before it.
-            let _turn = match &self.session {
-                Some(s) => Some(s.turn(&self.key, self.timeout).await?),
-                None => None,
-            };
+            let _turn = Session::turn_of(self.session.as_ref(), &self.key, self.timeout).await?;
             let floor = self.session.as_ref().and_then(|s| s.floor(&self.key)).map(|(f, _)| f);
             let mut pause = BEHIND_PAUSE;
             loop {
@@ -887,10 +884,7 @@ impl IntoFuture for Put {
         Box::pin(async move {
             let write_id = new_write_id();
             let started = Instant::now();
-            let _turn = match &self.session {
-                Some(s) => Some(s.turn(&self.key, self.timeout).await?),
-                None => None,
-            };
+            let _turn = Session::turn_of(self.session.as_ref(), &self.key, self.timeout).await?;
             let timeout = self.timeout.saturating_sub(started.elapsed()).max(MIN_ATTEMPT);
             let floor = self.session.as_ref().and_then(|s| s.floor(&self.key));
             let (session, since) = (floor.as_ref().map(|f| f.0.context.clone()), floor.map(|f| f.1));

@@ -218,6 +218,18 @@ impl Session {
         })
     }
 
+    /// [`Session::turn`] for a request in `session`, if it is in one.
+    pub(crate) async fn turn_of<'a>(
+        session: Option<&'a Session>,
+        key: &[u8],
+        within: Duration,
+    ) -> Result<Option<tokio::sync::MutexGuard<'a, ()>>, Error> {
+        match session {
+            Some(s) => s.turn(key, within).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Forget what the session knows of `key` (its reads of it then guarantee nothing
     /// until it reads or writes it again). The client does it itself when the cluster
     /// refuses the key's floor (a token from another cluster, or edited), after

@@ -152,6 +152,13 @@ impl Prediction {
     }
 }
 
+/// The median of `v` (0 when empty).
+fn median(v: &[u32]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    v.get(v.len() / 2).map_or(0.0, |&x| f64::from(x))
+}
+
 /// A small seeded generator (splitmix64): the draws of a prediction.
 struct Draws(u64);
 
@@ -233,11 +240,7 @@ fn predict_paths(
     }
     let waits: Vec<u32> = samples.apply_wait_us.values().flatten().copied().collect();
     let hops_from_writes: Vec<u32> = if reads.is_empty() {
-        let median_wait = {
-            let mut w = waits.clone();
-            w.sort_unstable();
-            w.get(w.len() / 2).copied().unwrap_or(0)
-        };
+        let median_wait = median(&waits) as u32;
         writes.iter().map(|&rtt| rtt.saturating_sub(median_wait)).collect()
     } else {
         vec![]
@@ -252,11 +255,6 @@ fn predict_paths(
     // (else every pair's). The median, not a draw: a round trip's tail is the sender's
     // own queues and the background reads (a checked read's digests, the lag probes),
     // which run long, not the path; drawn, it made every replica look late.
-    let median = |v: &[u32]| -> f64 {
-        let mut v = v.to_vec();
-        v.sort_unstable();
-        v.get(v.len() / 2).map_or(0.0, |&x| f64::from(x))
-    };
     let pooled_hop = median(pooled_hops) / 2.0;
     let hops: BTreeMap<(NodeId, NodeId), f64> = samples
         .pairs
@@ -264,7 +262,7 @@ fn predict_paths(
         .filter(|(_, p)| !p.read_us.is_empty())
         .map(|(&pair, p)| (pair, median(&p.read_us) / 2.0))
         .collect();
-    let hop = |_: &mut Draws, from: NodeId, to: NodeId| -> f64 { hops.get(&(from, to)).copied().unwrap_or(pooled_hop) };
+    let hop = |from: NodeId, to: NodeId| -> f64 { hops.get(&(from, to)).copied().unwrap_or(pooled_hop) };
     // A replica's wait before its apply: its own samples, else every node's, else none.
     let wait = |d: &mut Draws, at: NodeId| -> f64 {
         match samples.apply_wait_us.get(&at).filter(|v| !v.is_empty()) {
@@ -295,8 +293,8 @@ fn predict_paths(
                 (apply_us[i], acks_us[i]) = (0.0, 0.0);
                 continue;
             }
-            let there = hop(&mut d, replicas[writer], to) + wait(&mut d, to);
-            (apply_us[i], acks_us[i]) = (there, there + hop(&mut d, to, replicas[writer]));
+            let there = hop(replicas[writer], to) + wait(&mut d, to);
+            (apply_us[i], acks_us[i]) = (there, there + hop(to, replicas[writer]));
         }
         sorted[..replicas.len()].copy_from_slice(&acks_us[..replicas.len()]);
         sorted[..replicas.len()].sort_by(f64::total_cmp);
@@ -310,7 +308,7 @@ fn predict_paths(
         };
         let mut earliest = apply_us[reader];
         for j in (0..replicas.len()).filter(|&j| j != reader).take(r - 1) {
-            earliest = earliest.min(apply_us[j] - hop(&mut d, replicas[reader], replicas[j]));
+            earliest = earliest.min(apply_us[j] - hop(replicas[reader], replicas[j]));
         }
         // The ack's way to the client and the read's way from it.
         let client = d.pick(client_us);

@@ -374,9 +374,12 @@ impl Handler for Node {
         {
             return Response::Error(Error::Unreachable(format!("node {id} is cut off (fault injection)")));
         }
-        let arrived = Instant::now();
+        // A replica write's wait from its arrival until the core applies it (any test
+        // delay, the inbox) is a sample for staleness prediction; nothing else is timed.
+        let from_node = matches!(role, PeerRole::Node(_));
+        let arrived = (from_node && matches!(req, Request::ReplicaPut { .. })).then(Instant::now);
         if self.shared.apply_delay_ms > 0
-            && matches!(role, PeerRole::Node(_))
+            && from_node
             && matches!(req, Request::ReplicaPut { .. } | Request::ReplicaPutBatch { .. })
         {
             // Test-only (`test_apply_delay_ms`): this replica applies the write late. On a
@@ -393,9 +396,6 @@ impl Handler for Node {
             (_, PeerRole::Node(_)) => Lane::Peer,
             _ => Lane::Client,
         };
-        // A replica write's wait from its arrival until the core applies it (any test
-        // delay, the inbox) is a sample for staleness prediction.
-        let arrived = matches!(role, PeerRole::Node(_) if matches!(req, Request::ReplicaPut { .. })).then_some(arrived);
         match req.answered_by() {
             AnsweredBy::Driver => self.answer_here(lane, req).await,
             AnsweredBy::Core => self.serve(lane, req, arrived).await,

@@ -297,11 +297,6 @@ impl Storage {
         self.db.disk_space().unwrap_or(0)
     }
 
-    /// fdatasync now, whatever the policy (a counter lease must survive a power loss).
-    pub fn sync_data(&self) -> Result<(), Error> {
-        self.db.persist(PersistMode::SyncData).map_err(storage_err)
-    }
-
     /// fsync everything (on clean shutdown).
     pub fn flush(&self) -> Result<(), Error> {
         self.db.persist(PersistMode::SyncAll).map_err(storage_err)

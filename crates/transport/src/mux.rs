@@ -94,7 +94,7 @@ impl Channel {
             heard: Arc::new(AtomicU64::new(0)),
             born: std::time::Instant::now(),
         });
-        tokio::spawn(write_loop(send, rx, waiters.clone(), addr));
+        tokio::spawn(write_loop(send, rx, addr));
         tokio::spawn(read_loop(recv, waiters, addr, frame_bytes_max, ch.heard.clone(), ch.born));
         Ok(ch)
     }
@@ -186,12 +186,7 @@ fn now_ms(born: &std::time::Instant) -> u64 {
     born.elapsed().as_millis() as u64
 }
 
-async fn write_loop(
-    mut send: quinn::SendStream,
-    mut rx: mpsc::Receiver<Vec<u8>>,
-    waiters: Arc<Mutex<Waiters>>,
-    addr: SocketAddr,
-) {
+async fn write_loop(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Vec<u8>>, addr: SocketAddr) {
     let mut buf = Vec::new();
     while let Some(first) = rx.recv().await {
         buf.clear();
@@ -207,7 +202,6 @@ async fn write_loop(
             // then answers in its own framing; a lost connection ends both sides).
             // Requests queued from now on go on streams of their own.
             tracing::debug!(%addr, "writing requests: {e}");
-            let _ = waiters;
             return;
         }
     }
@@ -228,11 +222,6 @@ pub(crate) async fn skip_body(recv: &mut quinn::RecvStream, len: usize) -> Resul
         left -= n;
     }
     Ok(head)
-}
-
-/// The id at the start of a multiplexed frame's body.
-pub(crate) fn id_of(head: &[u8]) -> Option<u64> {
-    frame::mux_id(head)
 }
 
 async fn read_loop(
@@ -262,8 +251,8 @@ async fn read_loop(
                         return;
                     }
                 };
-                let waiter =
-                    id_of(&head).and_then(|id| waiters.lock().unwrap_or_else(|p| p.into_inner()).map.remove(&id));
+                let waiter = frame::mux_id(&head)
+                    .and_then(|id| waiters.lock().unwrap_or_else(|p| p.into_inner()).map.remove(&id));
                 if let Some(w) = waiter {
                     let _ = w.send(Err(RequestError::Protocol {
                         addr,
