@@ -108,11 +108,12 @@ enum Cmd {
     /// and the t at which it reaches 99.9 %, for the given R and W and for every pair.
     ///
     /// From the cluster's live measurements (each node's last 512 replica writes and
-    /// replica reads to each peer, and how long replica writes waited before their
-    /// apply) and this command's own round trips for the client's legs, with the WARS
-    /// model of Bailis et al. (VLDB 2012, "Probabilistically Bounded Staleness")
-    /// following this store's paths: the write's coordinator is a home replica (applied
-    /// there at once), a read asks its coordinator's own copy and R - 1 other replicas.
+    /// replica reads to each peer, and how long its last 4096 replica writes waited
+    /// before they joined its core's inbox), the ring's placement of keys, and this
+    /// command's own round trips for the client's legs, with the WARS model of Bailis
+    /// et al. (VLDB 2012, "Probabilistically Bounded Staleness") following this store's
+    /// paths: the write's coordinator is the key's first home replica (applied there at
+    /// once), a read asks its coordinator's own copy and R - 1 other replicas.
     /// R + W > N is always 100 %. Write and read some keys first: no round trips, no
     /// prediction. `make bench-staleness` sets it beside measured stale reads.
     Pbs {

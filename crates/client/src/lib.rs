@@ -349,8 +349,9 @@ impl Client {
         }
     }
 
-    /// Every reachable node's latest round trips to its peers, and the cluster's
-    /// replication factor: what [`pbs::predict`] takes to predict staleness.
+    /// Every reachable node's latest round trips to its peers, the ring's preference
+    /// lists (who coordinates a key's writes), and the cluster's replication factor:
+    /// what [`pbs::predict`] takes to predict staleness.
     pub async fn latency_samples(&self) -> Result<(pbs::Samples, usize), Error> {
         let mut nodes = vec![];
         let (mut n, mut last) = (None, None);
@@ -368,7 +369,15 @@ impl Client {
             }
         }
         match (nodes.is_empty(), n) {
-            (false, Some(n)) => Ok((pbs::Samples::from_nodes(&nodes), n)),
+            (false, Some(n)) => {
+                let mut samples = pbs::Samples::from_nodes(&nodes);
+                // Without the layout, every order of the nodes is taken as equally likely.
+                match self.fetch_ring().await {
+                    Ok(view) => samples.orders = view.shares(),
+                    Err(e) => tracing::debug!("no ring for the prediction's key placement: {e}"),
+                }
+                Ok((samples, n))
+            }
             _ => Err(last.unwrap_or(Error::NoNodeReachable { tried: self.nodes().len(), last: "no answer".into() })),
         }
     }

@@ -52,6 +52,11 @@ impl RingView {
         self.ring.preference_list(key).iter().filter_map(|id| self.addrs.get(id).copied()).collect()
     }
 
+    /// The ring's preference lists with the share of keys on each.
+    pub(crate) fn shares(&self) -> Vec<(Vec<NodeId>, f64)> {
+        self.ring.preference_shares()
+    }
+
     /// The address of node `id`.
     pub(crate) fn addr(&self, id: NodeId) -> Option<SocketAddr> {
         self.addrs.get(&id).copied()

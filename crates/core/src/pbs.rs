@@ -13,7 +13,9 @@
 //!
 //! **This store's paths and what is measured**, which the model follows:
 //! - the write's coordinator is the key's first home replica (clients send writes to
-//!   the first home replica up); its own copy is applied at 0 and acks at 0;
+//!   the first home replica up): each node as often as the ring makes it a key's first
+//!   home ([`Samples::orders`]; a ring's vnodes rarely split the keys evenly), and the
+//!   key's other homes follow in walk order. Its own copy is applied at 0 and acks at 0;
 //! - a read's coordinator is any home replica (clients spread reads over them); it
 //!   asks its own copy (at 0), then the first R - 1 others in the key's walk order,
 //!   which starts at the write's coordinator (so with every replica up an R >= 2 read
@@ -24,10 +26,13 @@
 //!   a round trip's tail is mostly the sender's own queues and background reads.) A
 //!   cluster whose reads were all local so far uses its replica writes' round trips
 //!   less the waits;
-//! - a write reaches replica j one hop after it is sent, then waits there until the
-//!   core applies it (`W_j` = hop + wait): each node measures that wait for the
-//!   replica writes it takes (a queue, a slow core, the test-only apply delay); a node
-//!   without such samples is taken to wait as the others do;
+//! - a write reaches replica j one hop after it is sent, then waits there until it
+//!   joins the core's inbox (`W_j` = hop + wait): each node measures that wait for the
+//!   replica writes it takes (a thread to run on, the test-only apply delay); a node
+//!   without such samples is taken to wait as the others do. Its wait in the inbox
+//!   does not count: the core takes its inbox in order, so a read that reaches j after
+//!   the write waits behind it there and sees it (counted, that queue made a busy
+//!   replica look late to reads that in fact queued behind the write);
 //! - its ack is back one hop after the apply (`A_j`);
 //! - `t` counts from the client's receipt of the ack: the ack's way to the client and
 //!   the read's way back to a node are one round trip of the client's own (what the
@@ -63,11 +68,16 @@ pub struct Samples {
     pub pairs: BTreeMap<(NodeId, NodeId), PairSamples>,
     /// Every node that may be a replica.
     pub nodes: Vec<NodeId>,
-    /// Per node, how long replica writes waited there from arrival to apply, µs.
+    /// Per node, how long replica writes waited there from arrival to the core's inbox, µs.
     pub apply_wait_us: BTreeMap<NodeId, Vec<u32>>,
     /// The client's own round trips to a node (an R = one read), µs: the ack's way to
     /// it and its read's way back. Empty: a replica read's round trip stands for it.
     pub client_us: Vec<u32>,
+    /// The ring's preference lists with the share of keys on each
+    /// ([`crate::Ring::preference_shares`]): how often each node is a key's first home
+    /// (its writes' coordinator) and who follows it. Empty: every order of the nodes
+    /// equally likely.
+    pub orders: Vec<(Vec<NodeId>, f64)>,
 }
 
 /// What one node reports: its round trips to each peer, and its replica-write service times.
@@ -77,7 +87,7 @@ pub struct NodeReport {
     pub node: NodeId,
     /// Its round trips to each peer.
     pub peers: Vec<PeerLatency>,
-    /// How long replica writes waited there from arrival to apply, µs.
+    /// How long replica writes waited there from arrival to the core's inbox, µs.
     pub apply_wait_us: Vec<u32>,
 }
 
@@ -178,6 +188,11 @@ impl Draws {
     fn pick(&mut self, from: &[u32]) -> f64 {
         f64::from(from[self.below(from.len())])
     }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
 }
 
 /// Predict t-visibility for `n` replicas, reads at `r`, writes at `w`, from `samples`,
@@ -276,17 +291,41 @@ fn predict_paths(
     if nodes.is_empty() {
         nodes.push(0);
     }
+    // The ring's preference lists, as cumulative shares (only when each names N nodes).
+    let orders: Vec<(&[NodeId], f64)> = if samples.orders.iter().all(|(l, s)| l.len() >= n && s.is_finite()) {
+        let mut total = 0.0;
+        samples
+            .orders
+            .iter()
+            .filter(|(_, share)| *share > 0.0)
+            .map(|(list, share)| {
+                total += share;
+                (&list[..n], total)
+            })
+            .collect()
+    } else {
+        vec![]
+    };
     let mut thresholds_ms = Vec::with_capacity(trials);
     let (mut apply_us, mut acks_us, mut sorted) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
     for _ in 0..trials {
-        // N distinct replicas in a random walk order. The write's coordinator is the
-        // first (clients send writes to the first home replica up), or, `elsewhere`,
-        // any (the caller pins it).
-        for i in 0..n.min(nodes.len()) {
-            let j = i + d.below(nodes.len() - i);
-            nodes.swap(i, j);
-        }
-        let replicas = &nodes[..n.min(nodes.len())];
+        // N distinct replicas in walk order: a preference list of the ring, by its share
+        // of the keys, else a random order. The write's coordinator is the first
+        // (clients send writes to the first home replica up), or, `elsewhere`, any (the
+        // caller pins it).
+        let replicas: &[NodeId] = match orders.last() {
+            Some(&(_, total)) => {
+                let at = d.unit() * total;
+                orders[orders.partition_point(|&(_, upto)| upto <= at).min(orders.len() - 1)].0
+            }
+            None => {
+                for i in 0..n.min(nodes.len()) {
+                    let j = i + d.below(nodes.len() - i);
+                    nodes.swap(i, j);
+                }
+                &nodes[..n.min(nodes.len())]
+            }
+        };
         let writer = if elsewhere { d.below(replicas.len()) } else { 0 };
         for (i, &to) in replicas.iter().enumerate() {
             if i == writer {
@@ -327,7 +366,7 @@ mod tests {
         let mut d = Draws(seed);
         (0..count)
             .map(|_| {
-                let u = (d.next() >> 11) as f64 / (1u64 << 53) as f64;
+                let u = d.unit();
                 (-mean_us * (1.0 - u).ln()).round() as u32
             })
             .collect()
@@ -376,6 +415,34 @@ mod tests {
         s.client_us = vec![1000];
         let later = predict(&s, 2, 1, 1, 400_000, 7).unwrap();
         assert!((later.p_at(1.0) - (0.5 + 0.5 * (1.0 - (-2.0 / mean_ms).exp()))).abs() < 0.005);
+    }
+
+    /// The ring's preference lists weigh who coordinates the write: two replicas, node
+    /// 1 applies replica writes after a wait ~ Exp(mean 1/λ), node 2 at once. A key on
+    /// [1, 2] (share s) is written through node 1, whose write node 2 has at once: always
+    /// seen. A key on [2, 1] is written through node 2: a read through node 1 (half of
+    /// them) sees it by t with probability 1 - e^{-λt}.
+    #[test]
+    fn the_rings_shares_pick_the_writer() {
+        let mean_ms = 2.0;
+        let mut s = Samples { client_us: vec![0], ..Default::default() };
+        for (a, b) in [(1, 2), (2, 1)] {
+            s.add(a, b, PairSamples { write_us: vec![1], read_us: vec![0] });
+        }
+        s.apply_wait_us.insert(1, exp(mean_ms * 1000.0, 200_000, 1));
+        s.apply_wait_us.insert(2, vec![0]);
+        for share in [0.0, 0.25, 1.0] {
+            s.orders = vec![(vec![1, 2], share), (vec![2, 1], 1.0 - share)];
+            let p = predict(&s, 2, 1, 1, 400_000, 5).unwrap();
+            for t in [0.0, 2.0, 5.0] {
+                let want = share + (1.0 - share) * (0.5 + 0.5 * (1.0 - (-t / mean_ms).exp()));
+                assert!((p.p_at(t) - want).abs() < 0.005, "share {share}, t = {t}: {} want {want}", p.p_at(t));
+            }
+        }
+        // Lists shorter than N are not a ring of N: every order is then equally likely.
+        s.orders = vec![(vec![1], 1.0)];
+        let p = predict(&s, 2, 1, 1, 400_000, 5).unwrap();
+        assert!((p.p_at(0.0) - 0.75).abs() < 0.005, "{}", p.p_at(0.0));
     }
 
     /// N = 3, W = 2, R = 1, hops of 0, i.i.d. waits at the other two: the ack comes

@@ -269,6 +269,18 @@ impl Ring {
         &self.arc_homes[i]
     }
 
+    /// Each preference list (home replicas in walk order) with the share of the key
+    /// space placed on it (the shares sum to 1): how often a key's first home is each
+    /// node, and who follows it. Sorted by list.
+    pub fn preference_shares(&self) -> Vec<(Vec<NodeId>, f64)> {
+        let mut out: BTreeMap<&[NodeId], f64> = BTreeMap::new();
+        for (vnode, arc) in &self.arcs {
+            let share = if self.arcs.len() == 1 { 1.0 } else { *arc as f64 / 2f64.powi(64) };
+            *out.entry(&self.walks[vnode][..self.n]).or_default() += share;
+        }
+        out.into_iter().map(|(list, share)| (list.to_vec(), share)).collect()
+    }
+
     /// For each node, the share of the key space it is a home replica for (sums to N).
     pub fn ownership(&self) -> BTreeMap<NodeId, f64> {
         let mut out: BTreeMap<NodeId, f64> = BTreeMap::new();
@@ -322,6 +334,23 @@ mod tests {
             }
         }
         assert!(moved > 0);
+    }
+
+    #[test]
+    fn preference_shares_are_how_often_keys_land_on_each_list() {
+        let ring = Ring::new(&[1, 2, 3], 64, 3).unwrap();
+        let shares = ring.preference_shares();
+        assert!((shares.iter().map(|s| s.1).sum::<f64>() - 1.0).abs() < 1e-9);
+        assert!(shares.iter().all(|(list, _)| list.len() == 3));
+        let mut counts: BTreeMap<Vec<NodeId>, usize> = BTreeMap::new();
+        for k in keys(60_000) {
+            *counts.entry(ring.preference_list(&k).to_vec()).or_default() += 1;
+        }
+        for (list, share) in &shares {
+            let measured = counts.get(list).copied().unwrap_or(0) as f64 / 60_000.0;
+            assert!((measured - share).abs() < 0.01, "{list:?}: keys {measured} vs arcs {share}");
+        }
+        assert_eq!(Ring::new(&[7], 8, 1).unwrap().preference_shares(), vec![(vec![7], 1.0)]);
     }
 
     #[test]

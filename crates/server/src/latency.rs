@@ -1,7 +1,7 @@
 //! Round trips to each peer, the input of staleness prediction ([`qkv_core::pbs`]):
 //! the last [`SAMPLES_PER_KIND`] replica writes and replica reads that were answered,
 //! per peer, in µs (digests count as reads), and how long replica writes waited here
-//! before their apply. Failed requests are not samples (a write that failed
+//! before they joined the core's inbox. Failed requests are not samples (a write that failed
 //! was not applied: the prediction is for writes that reach their replicas).
 
 use std::collections::BTreeMap;
@@ -11,35 +11,39 @@ use qkv_proto::{NodeId, PeerLatency, Request};
 
 /// Samples kept per peer and kind.
 pub const SAMPLES_PER_KIND: usize = 512;
+/// Replica writes' waits kept: more than round trips, as the prediction draws from
+/// them (it takes only the median of a round trip) and a late replica's tail is thin.
+pub const HOLDS_KEPT: usize = 4096;
 
+/// The last `CAP` samples.
 #[derive(Default)]
-struct Ring {
+struct Ring<const CAP: usize> {
     v: Vec<u32>,
     next: usize,
 }
 
-impl Ring {
+impl<const CAP: usize> Ring<CAP> {
     fn push(&mut self, us: u32) {
-        if self.v.len() < SAMPLES_PER_KIND {
+        if self.v.len() < CAP {
             self.v.push(us);
         } else {
             self.v[self.next] = us;
         }
-        self.next = (self.next + 1) % SAMPLES_PER_KIND;
+        self.next = (self.next + 1) % CAP;
     }
 }
 
 #[derive(Default)]
 struct Peer {
-    write: Ring,
-    read: Ring,
+    write: Ring<SAMPLES_PER_KIND>,
+    read: Ring<SAMPLES_PER_KIND>,
 }
 
 /// The round trips of this node's peers (one entry per peer the node sends to: the
 /// members, bounded by the cluster's size), and how long replica writes wait here
-/// between their arrival and their apply.
+/// between their arrival and the core's inbox.
 #[derive(Default)]
-pub struct RoundTrips(Mutex<BTreeMap<NodeId, Peer>>, Mutex<Ring>);
+pub struct RoundTrips(Mutex<BTreeMap<NodeId, Peer>>, Mutex<Ring<HOLDS_KEPT>>);
 
 impl RoundTrips {
     /// `req` to `to` was answered after `us` µs.
@@ -56,12 +60,13 @@ impl RoundTrips {
         if write { peer.write.push(us) } else { peer.read.push(us) }
     }
 
-    /// The core took a replica write `us` µs after it arrived (to apply it at once).
-    pub fn waited_to_apply(&self, us: u64) {
+    /// A replica write joined the core's inbox `us` µs after it arrived (the core
+    /// applies it in inbox order, before any read that arrived after it).
+    pub fn held(&self, us: u64) {
         self.1.lock().unwrap_or_else(|p| p.into_inner()).push(us.min(u64::from(u32::MAX)) as u32);
     }
 
-    /// The latest waits of replica writes from arrival to apply, µs.
+    /// The latest waits of replica writes from arrival to the core's inbox, µs.
     pub fn apply_waits(&self) -> Vec<u32> {
         self.1.lock().unwrap_or_else(|p| p.into_inner()).v.clone()
     }
@@ -98,8 +103,12 @@ mod tests {
         assert_eq!(snap[0].read_us.len(), SAMPLES_PER_KIND);
         assert!(snap[0].read_us.contains(&(SAMPLES_PER_KIND as u32 + 9)) && !snap[0].read_us.contains(&0));
         assert_eq!(snap[0].write_us, vec![90]);
-        rt.waited_to_apply(7);
-        assert_eq!(rt.apply_waits(), vec![7]);
+        for i in 0..(HOLDS_KEPT as u64 + 7) {
+            rt.held(i);
+        }
+        let holds = rt.apply_waits();
+        assert_eq!(holds.len(), HOLDS_KEPT);
+        assert!(holds.contains(&(HOLDS_KEPT as u32 + 6)) && !holds.contains(&6));
         rt.retain(|id| id != 2);
         assert!(rt.snapshot().is_empty());
     }
