@@ -140,7 +140,10 @@ async fn main() -> anyhow::Result<()> {
             let mut tasks = vec![];
             for k in 0..parallel {
                 let share = count / parallel + u64::from(k < count % parallel);
-                let seed = 0x9e37_79b9_7f4a_7c15u64 ^ (k + 1).wrapping_mul(0x2545_f491_4f6c_dd1d) ^ t.to_bits();
+                let seed = 0x9e37_79b9_7f4a_7c15u64
+                    ^ (k + 1).wrapping_mul(0x2545_f491_4f6c_dd1d)
+                    ^ t.to_bits()
+                    ^ ((r * 16 + w) as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9);
                 let job = trials(writer.clone(), readers.clone(), (r, w, t), share, k.to_string(), seed | 1);
                 tasks.push(tokio::spawn(job));
             }

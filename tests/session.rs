@@ -110,10 +110,16 @@ async fn pbs_predicts_from_live_round_trips() {
         client.put(format!("p{i}"), "v").w(Level::All).await.unwrap();
         client.get(format!("p{i}")).r(Level::All).await.unwrap();
     }
+    // The samples carry the ring's placement: each node's share of keys' first homes.
+    let (samples, n) = client.latency_samples().await.unwrap();
+    assert_eq!(n, 3);
+    assert!(samples.placed_by_ring(3), "{:?}", samples.orders);
+    assert!((samples.orders.iter().map(|o| o.1).sum::<f64>() - 1.0).abs() < 1e-6, "{:?}", samples.orders);
     let (code, out, err) = c.qkv(&["pbs", "--json", "--trials", "20000"], None);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["n"], 3);
+    assert_eq!(v["placed_by_ring"], true);
     assert_eq!(v["all"].as_array().unwrap().len(), 9);
     let p = |rw: &serde_json::Value, t: usize| rw["p"][t]["p"].as_f64().unwrap();
     for rw in v["all"].as_array().unwrap() {

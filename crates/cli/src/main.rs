@@ -109,7 +109,7 @@ enum Cmd {
     ///
     /// From the cluster's live measurements (each node's last 512 replica writes and
     /// replica reads to each peer, and how long its last 4096 replica writes waited
-    /// before they joined its core's inbox), the ring's placement of keys, and this
+    /// before their apply), the ring's placement of keys, and this
     /// command's own round trips for the client's legs, with the WARS model of Bailis
     /// et al. (VLDB 2012, "Probabilistically Bounded Staleness") following this store's
     /// paths: the write's coordinator is the key's first home replica (applied there at
@@ -499,6 +499,7 @@ async fn pbs(c: &Client, a: PbsArgs) -> anyhow::Result<ExitCode> {
     if a.json {
         let out = json!({
             "n": n, "trials": a.trials, "seed": a.seed, "nodes": samples.nodes, "samples": counts,
+            "placed_by_ring": samples.placed_by_ring(n),
             "given": row(&given), "all": all.iter().map(row).collect::<Vec<_>>(),
         });
         println!("{out}");
@@ -506,9 +507,14 @@ async fn pbs(c: &Client, a: PbsArgs) -> anyhow::Result<ExitCode> {
     }
     println!(
         "t-visibility: the chance a read issued t ms after a write's ack returns it (WARS model, {} trials, {counts} \
-         round trips from {} nodes)",
+         round trips from {} nodes, {})",
         a.trials,
-        samples.nodes.len()
+        samples.nodes.len(),
+        if samples.placed_by_ring(n) {
+            "keys placed as the ring places them"
+        } else {
+            "keys taken as spread evenly: no ring of N nodes that all answered"
+        }
     );
     let pct = |p: f64| format!("{:.2}%", 100.0 * p);
     let line = |p: &qkv_client::pbs::Prediction| {

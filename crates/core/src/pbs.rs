@@ -26,13 +26,12 @@
 //!   a round trip's tail is mostly the sender's own queues and background reads.) A
 //!   cluster whose reads were all local so far uses its replica writes' round trips
 //!   less the waits;
-//! - a write reaches replica j one hop after it is sent, then waits there until it
-//!   joins the core's inbox (`W_j` = hop + wait): each node measures that wait for the
-//!   replica writes it takes (a thread to run on, the test-only apply delay); a node
-//!   without such samples is taken to wait as the others do. Its wait in the inbox
-//!   does not count: the core takes its inbox in order, so a read that reaches j after
-//!   the write waits behind it there and sees it (counted, that queue made a busy
-//!   replica look late to reads that in fact queued behind the write);
+//! - a write reaches replica j one hop after it is sent, then waits there until the
+//!   core applies it (`W_j` = hop + wait): each node measures that wait for the
+//!   replica writes it takes (its inbox, a slow core, the test-only apply delay); a
+//!   node without such samples is taken to wait as the others do. A read through j
+//!   waits in j's inbox too (in another lane, so it may pass a queued write): that
+//!   wait is in the client's round trip below;
 //! - its ack is back one hop after the apply (`A_j`);
 //! - `t` counts from the client's receipt of the ack: the ack's way to the client and
 //!   the read's way back to a node are one round trip of the client's own (what the
@@ -68,15 +67,15 @@ pub struct Samples {
     pub pairs: BTreeMap<(NodeId, NodeId), PairSamples>,
     /// Every node that may be a replica.
     pub nodes: Vec<NodeId>,
-    /// Per node, how long replica writes waited there from arrival to the core's inbox, µs.
+    /// Per node, how long replica writes waited there from arrival to apply, µs.
     pub apply_wait_us: BTreeMap<NodeId, Vec<u32>>,
     /// The client's own round trips to a node (an R = one read), µs: the ack's way to
     /// it and its read's way back. Empty: a replica read's round trip stands for it.
     pub client_us: Vec<u32>,
     /// The ring's preference lists with the share of keys on each
     /// ([`crate::Ring::preference_shares`]): how often each node is a key's first home
-    /// (its writes' coordinator) and who follows it. Empty: every order of the nodes
-    /// equally likely.
+    /// (its writes' coordinator) and who follows it. Empty, or not of N distinct nodes
+    /// that all have samples: every order of the nodes equally likely.
     pub orders: Vec<(Vec<NodeId>, f64)>,
 }
 
@@ -87,7 +86,7 @@ pub struct NodeReport {
     pub node: NodeId,
     /// Its round trips to each peer.
     pub peers: Vec<PeerLatency>,
-    /// How long replica writes waited there from arrival to the core's inbox, µs.
+    /// How long replica writes waited there from arrival to apply, µs.
     pub apply_wait_us: Vec<u32>,
 }
 
@@ -120,6 +119,36 @@ impl Samples {
             }
         }
         self.pairs.insert((from, to), s);
+    }
+
+    /// Whether a prediction for `n` replicas places keys by the ring's shares
+    /// ([`Samples::orders`]), rather than taking every order as equally likely.
+    pub fn placed_by_ring(&self, n: usize) -> bool {
+        !self.orders_of(n).is_empty()
+    }
+
+    /// The ring's preference lists (their first `n` nodes) with cumulative shares: only
+    /// when each names `n` distinct nodes that reported samples, with finite shares and
+    /// some keys; else none (every order is then equally likely).
+    fn orders_of(&self, n: usize) -> Vec<(&[NodeId], f64)> {
+        let usable = |(list, share): &(Vec<NodeId>, f64)| {
+            let homes = list.get(..n).unwrap_or_default();
+            homes.len() == n
+                && share.is_finite()
+                && homes.iter().enumerate().all(|(i, a)| self.nodes.contains(a) && !homes[..i].contains(a))
+        };
+        let mut total = 0.0;
+        let mut orders = vec![];
+        if self.orders.iter().all(usable) {
+            for (list, share) in self.orders.iter().filter(|(_, share)| *share > 0.0) {
+                total += share;
+                orders.push((&list[..n], total));
+            }
+        }
+        if !(total.is_finite() && total > 0.0) {
+            orders.clear();
+        }
+        orders
     }
 
     fn pooled(&self, kind: fn(&PairSamples) -> &Vec<u32>) -> Vec<u32> {
@@ -291,21 +320,7 @@ fn predict_paths(
     if nodes.is_empty() {
         nodes.push(0);
     }
-    // The ring's preference lists, as cumulative shares (only when each names N nodes).
-    let orders: Vec<(&[NodeId], f64)> = if samples.orders.iter().all(|(l, s)| l.len() >= n && s.is_finite()) {
-        let mut total = 0.0;
-        samples
-            .orders
-            .iter()
-            .filter(|(_, share)| *share > 0.0)
-            .map(|(list, share)| {
-                total += share;
-                (&list[..n], total)
-            })
-            .collect()
-    } else {
-        vec![]
-    };
+    let orders = samples.orders_of(n);
     let mut thresholds_ms = Vec::with_capacity(trials);
     let (mut apply_us, mut acks_us, mut sorted) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
     for _ in 0..trials {
@@ -439,10 +454,26 @@ mod tests {
                 assert!((p.p_at(t) - want).abs() < 0.005, "share {share}, t = {t}: {} want {want}", p.p_at(t));
             }
         }
-        // Lists shorter than N are not a ring of N: every order is then equally likely.
-        s.orders = vec![(vec![1], 1.0)];
+        // A list of no keys changes nothing.
+        s.orders = vec![(vec![1, 2], 0.25), (vec![2, 1], 0.0), (vec![2, 1], 0.75)];
         let p = predict(&s, 2, 1, 1, 400_000, 5).unwrap();
-        assert!((p.p_at(0.0) - 0.75).abs() < 0.005, "{}", p.p_at(0.0));
+        assert!((p.p_at(0.0) - 0.625).abs() < 0.005, "{}", p.p_at(0.0));
+        // Lists that are no ring of N nodes with samples (too short, a node twice, a
+        // node that reported nothing, a share that is no number), or no keys at all:
+        // every order is then equally likely.
+        for bad in [
+            vec![(vec![1], 1.0)],
+            vec![(vec![1, 1], 1.0)],
+            vec![(vec![1, 9], 1.0)],
+            vec![(vec![1, 2], f64::NAN)],
+            vec![(vec![1, 2], f64::MAX), (vec![2, 1], f64::MAX)],
+            vec![(vec![1, 2], 0.0)],
+            vec![(vec![1, 2], -1.0)],
+        ] {
+            s.orders = bad.clone();
+            let p = predict(&s, 2, 1, 1, 400_000, 5).unwrap();
+            assert!((p.p_at(0.0) - 0.75).abs() < 0.005, "{bad:?}: {}", p.p_at(0.0));
+        }
     }
 
     /// N = 3, W = 2, R = 1, hops of 0, i.i.d. waits at the other two: the ack comes

@@ -338,17 +338,20 @@ mod tests {
 
     #[test]
     fn preference_shares_are_how_often_keys_land_on_each_list() {
-        let ring = Ring::new(&[1, 2, 3], 64, 3).unwrap();
-        let shares = ring.preference_shares();
-        assert!((shares.iter().map(|s| s.1).sum::<f64>() - 1.0).abs() < 1e-9);
-        assert!(shares.iter().all(|(list, _)| list.len() == 3));
-        let mut counts: BTreeMap<Vec<NodeId>, usize> = BTreeMap::new();
-        for k in keys(60_000) {
-            *counts.entry(ring.preference_list(&k).to_vec()).or_default() += 1;
-        }
-        for (list, share) in &shares {
-            let measured = counts.get(list).copied().unwrap_or(0) as f64 / 60_000.0;
-            assert!((measured - share).abs() < 0.01, "{list:?}: keys {measured} vs arcs {share}");
+        for (members, n) in [(vec![1, 2, 3], 3), (vec![1, 2, 3, 4, 5], 3)] {
+            let ring = Ring::new(&members, 64, n).unwrap();
+            let shares = ring.preference_shares();
+            assert!((shares.iter().map(|s| s.1).sum::<f64>() - 1.0).abs() < 1e-9);
+            assert!(shares.iter().all(|(list, _)| list.len() == n));
+            let mut counts: BTreeMap<Vec<NodeId>, usize> = BTreeMap::new();
+            for k in keys(60_000) {
+                *counts.entry(ring.preference_list(&k).to_vec()).or_default() += 1;
+            }
+            assert_eq!(counts.len(), shares.len(), "every list keys land on, and no other");
+            for (list, share) in &shares {
+                let measured = counts.get(list).copied().unwrap_or(0) as f64 / 60_000.0;
+                assert!((measured - share).abs() < 0.01, "{list:?}: keys {measured} vs arcs {share}");
+            }
         }
         assert_eq!(Ring::new(&[7], 8, 1).unwrap().preference_shares(), vec![(vec![7], 1.0)]);
     }

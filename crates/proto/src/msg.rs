@@ -805,9 +805,8 @@ pub struct StatsReply {
     /// Its latest round trips to each peer (for `qkv pbs`).
     #[serde(default)]
     pub latency: Vec<PeerLatency>,
-    /// How long its latest replica writes waited between arriving and joining the
-    /// core's inbox, µs (for `qkv pbs`: a replica's part of a write's way there; the
-    /// inbox is not, as a read that arrives later waits there behind the write).
+    /// How long its latest replica writes waited between arriving and being applied, µs
+    /// (for `qkv pbs`: a replica's part of a write's way there).
     #[serde(default)]
     pub replica_write_wait_us: Vec<u32>,
 }

@@ -65,7 +65,9 @@ pub type Query = Box<dyn FnOnce(&mut Core<StoreHandle>, u64) + Send>;
 /// What the core thread takes.
 pub enum Event {
     /// A request to answer through `reply`.
-    Request { req: Request, reply: oneshot::Sender<Response> },
+    /// `arrived`: when a replica write from a peer reached this node (its wait until the
+    /// core applies it is a sample for staleness prediction).
+    Request { req: Request, reply: oneshot::Sender<Response>, arrived: Option<Instant> },
     /// The answer to, or failure of, a request the core sent.
     Response { rpc: RpcId, result: Result<Response, Error> },
     /// Flushes completed.
@@ -339,7 +341,10 @@ impl Driver {
     fn handle(&mut self, ev: Event) -> bool {
         let now = self.now_ms();
         match ev {
-            Event::Request { req, reply } => {
+            Event::Request { req, reply, arrived } => {
+                if let Some(at) = arrived {
+                    self.shared.round_trips.waited_to_apply(at.elapsed().as_micros() as u64);
+                }
                 let id = self.next_req;
                 self.next_req += 1;
                 self.waiters.insert(id, reply);

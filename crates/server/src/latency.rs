@@ -1,7 +1,7 @@
 //! Round trips to each peer, the input of staleness prediction ([`qkv_core::pbs`]):
 //! the last [`SAMPLES_PER_KIND`] replica writes and replica reads that were answered,
-//! per peer, in µs (digests count as reads), and how long replica writes waited here
-//! before they joined the core's inbox. Failed requests are not samples (a write that failed
+//! per peer, in µs (digests count as reads), and how long the last [`HOLDS_KEPT`]
+//! replica writes waited here before their apply. Failed requests are not samples (a write that failed
 //! was not applied: the prediction is for writes that reach their replicas).
 
 use std::collections::BTreeMap;
@@ -41,7 +41,7 @@ struct Peer {
 
 /// The round trips of this node's peers (one entry per peer the node sends to: the
 /// members, bounded by the cluster's size), and how long replica writes wait here
-/// between their arrival and the core's inbox.
+/// between their arrival and their apply.
 #[derive(Default)]
 pub struct RoundTrips(Mutex<BTreeMap<NodeId, Peer>>, Mutex<Ring<HOLDS_KEPT>>);
 
@@ -60,13 +60,12 @@ impl RoundTrips {
         if write { peer.write.push(us) } else { peer.read.push(us) }
     }
 
-    /// A replica write joined the core's inbox `us` µs after it arrived (the core
-    /// applies it in inbox order, before any read that arrived after it).
-    pub fn held(&self, us: u64) {
+    /// The core took a replica write `us` µs after it arrived (to apply it at once).
+    pub fn waited_to_apply(&self, us: u64) {
         self.1.lock().unwrap_or_else(|p| p.into_inner()).push(us.min(u64::from(u32::MAX)) as u32);
     }
 
-    /// The latest waits of replica writes from arrival to the core's inbox, µs.
+    /// The latest waits of replica writes from arrival to apply, µs.
     pub fn apply_waits(&self) -> Vec<u32> {
         self.1.lock().unwrap_or_else(|p| p.into_inner()).v.clone()
     }
@@ -104,7 +103,7 @@ mod tests {
         assert!(snap[0].read_us.contains(&(SAMPLES_PER_KIND as u32 + 9)) && !snap[0].read_us.contains(&0));
         assert_eq!(snap[0].write_us, vec![90]);
         for i in 0..(HOLDS_KEPT as u64 + 7) {
-            rt.held(i);
+            rt.waited_to_apply(i);
         }
         let holds = rt.apply_waits();
         assert_eq!(holds.len(), HOLDS_KEPT);

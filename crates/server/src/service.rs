@@ -326,7 +326,7 @@ impl Node {
     }
 
     /// Serve one request through the core, recording client requests in the metrics.
-    async fn serve(&self, lane: Lane, req: Request) -> Response {
+    async fn serve(&self, lane: Lane, req: Request, arrived: Option<Instant>) -> Response {
         let measured = match &req {
             Request::Get(g) => Some(("get", g.r.to_string(), g.strict)),
             Request::Put(p) if !p.forwarded => {
@@ -335,7 +335,7 @@ impl Node {
             _ => None,
         };
         let started = Instant::now();
-        let resp = self.through_core(lane, req).await;
+        let resp = self.through_core(lane, req, arrived).await;
         if let Some((op, level, strict)) = measured {
             let micros = started.elapsed().as_micros() as u64;
             let outcome = match &resp {
@@ -348,9 +348,9 @@ impl Node {
         resp
     }
 
-    async fn through_core(&self, lane: Lane, req: Request) -> Response {
+    async fn through_core(&self, lane: Lane, req: Request, arrived: Option<Instant>) -> Response {
         let (tx, rx) = oneshot::channel();
-        if let Err(e) = self.inbox.post(lane, Event::Request { req, reply: tx }) {
+        if let Err(e) = self.inbox.post(lane, Event::Request { req, reply: tx, arrived }) {
             return Response::Error(e);
         }
         // Past the longest an operation can run (a forwarded write's deadline and margin):
@@ -374,9 +374,8 @@ impl Handler for Node {
         {
             return Response::Error(Error::Unreachable(format!("node {id} is cut off (fault injection)")));
         }
-        // A replica write's wait from its arrival until it joins the core's inbox (the
-        // test delay, a thread to run on) is a sample for staleness prediction. Its wait
-        // in the inbox is not: a read arriving after it waits there behind it, in order.
+        // A replica write's wait from its arrival until the core applies it (any test
+        // delay, the inbox) is a sample for staleness prediction; nothing else is timed.
         let from_node = matches!(role, PeerRole::Node(_));
         let arrived = (from_node && matches!(req, Request::ReplicaPut { .. })).then(Instant::now);
         if self.shared.apply_delay_ms > 0
@@ -392,9 +391,6 @@ impl Handler for Node {
             let _held = HELD.acquire().await;
             let _ = tokio::task::spawn_blocking(move || std::thread::sleep(Duration::from_micros(us))).await;
         }
-        if let Some(at) = arrived {
-            self.shared.round_trips.held(at.elapsed().as_micros() as u64);
-        }
         let lane = match (&req, role) {
             (Request::Ping { .. }, _) => Lane::Urgent,
             (_, PeerRole::Node(_)) => Lane::Peer,
@@ -402,7 +398,7 @@ impl Handler for Node {
         };
         match req.answered_by() {
             AnsweredBy::Driver => self.answer_here(lane, req).await,
-            AnsweredBy::Core => self.serve(lane, req).await,
+            AnsweredBy::Core => self.serve(lane, req, arrived).await,
         }
     }
 }
