@@ -185,6 +185,14 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // A closed pipe (`qkv pbs | head`) ends the command quietly, as it does any Unix
+    // tool, instead of a panic in `println!` (Rust ignores SIGPIPE by default).
+    #[cfg(unix)]
+    // SAFETY: first thing in main, before any other thread exists; it restores the
+    // signal's default action and touches no memory.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => e.exit(), // --help, --version
