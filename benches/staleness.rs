@@ -11,14 +11,15 @@
 //! at R through a home replica picked at random (a client pinned to that node), and
 //! count the reads that miss it. Beside each measured fraction is the prediction of
 //! `qkv_core::pbs` (what `qkv pbs` prints) from the samples the nodes keep right after
-//! that row (their latest round trips and replica-write waits: the row's own
-//! conditions), this client's round trips of the row's R = one reads, and the ring's
+//! that row (their latest round trips and replica-write waits: mostly the row's own;
+//! a t = 50 ms row's are partly the row before), this client's round trips of the
+//! row's R = one reads (an R = 2 row: of the last R = one row), and the ring's
 //! key placement, taken at the delay each read was really sent (a read leaves a
 //! little after its t) and averaged; and whether the two agree within 10 % of the
 //! measured value or 0.5 percentage points, whichever is larger.
 //!
 //! `QKV_STALE_TRIALS` (10,000) trials per row up to 10 ms and a sixth of that at 50 ms
-//! (about 5 minutes): fewer, and the measured fraction's own 95 % interval is wider
+//! (about 7 minutes): fewer, and the measured fraction's own 95 % interval is wider
 //! than the bound. Output: a table on stdout and in `target/bench/staleness.txt`, JSON
 //! in `target/bench/staleness.json`, and `target/bench/staleness.svg` (predicted lines,
 //! measured points). `QKV_STALE_DEBUG=1` also prints each row's samples and writes

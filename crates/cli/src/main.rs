@@ -521,7 +521,7 @@ async fn pbs(c: &Client, a: PbsArgs) -> anyhow::Result<ExitCode> {
         if samples.placed_by_ring(n) {
             "keys placed as the ring places them"
         } else {
-            "keys taken as spread evenly: no ring of N nodes that all answered"
+            "keys taken as spread evenly: no usable ring placement for this N"
         }
     );
     let pct = |p: f64| format!("{:.2}%", 100.0 * p);

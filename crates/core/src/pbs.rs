@@ -75,7 +75,7 @@ pub struct Samples {
     /// The ring's preference lists with the share of keys on each
     /// ([`crate::Ring::preference_shares`]): how often each node is a key's first home
     /// (its writes' coordinator) and who follows it. Empty, or not of N distinct nodes
-    /// that all have samples: every order of the nodes equally likely.
+    /// the samples know: every order of the nodes equally likely.
     pub orders: Vec<(Vec<NodeId>, f64)>,
 }
 
@@ -128,14 +128,17 @@ impl Samples {
     }
 
     /// The ring's preference lists (their first `n` nodes) with cumulative shares: only
-    /// when each names `n` distinct nodes that reported samples, with finite shares and
-    /// some keys; else none (every order is then equally likely).
+    /// when each names `n` distinct nodes the samples know (reported, or measured by
+    /// another), with shares that are numbers, none negative, and some keys; else none
+    /// (every order is then equally likely).
     fn orders_of(&self, n: usize) -> Vec<(&[NodeId], f64)> {
+        let nodes: std::collections::BTreeSet<NodeId> = self.nodes.iter().copied().collect();
         let usable = |(list, share): &(Vec<NodeId>, f64)| {
             let homes = list.get(..n).unwrap_or_default();
             homes.len() == n
                 && share.is_finite()
-                && homes.iter().enumerate().all(|(i, a)| self.nodes.contains(a) && !homes[..i].contains(a))
+                && *share >= 0.0
+                && homes.iter().enumerate().all(|(i, a)| nodes.contains(a) && !homes[..i].contains(a))
         };
         let mut total = 0.0;
         let mut orders = vec![];
@@ -469,6 +472,7 @@ mod tests {
             vec![(vec![1, 2], f64::MAX), (vec![2, 1], f64::MAX)],
             vec![(vec![1, 2], 0.0)],
             vec![(vec![1, 2], -1.0)],
+            vec![(vec![1, 2], 0.5), (vec![2, 1], -0.25)],
         ] {
             s.orders = bad.clone();
             let p = predict(&s, 2, 1, 1, 400_000, 5).unwrap();

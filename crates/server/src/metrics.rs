@@ -199,9 +199,6 @@ pub struct MembershipStats {
     pub forgotten: usize,
     /// Transfers by the node fetched from, ascending.
     pub from: Vec<TransferSum>,
-    /// The newest layout's preference lists with their shares of the keys (who
-    /// coordinates a key's writes, for the staleness gauge).
-    pub placement: Vec<(Vec<NodeId>, f64)>,
 }
 
 /// This node's transfers from one node, summed.
@@ -250,7 +247,6 @@ impl MembershipStats {
             dropped_keys: info.dropped_keys,
             forgotten: info.cluster.lost.len(),
             from: from.into_values().collect(),
-            placement: info.cluster.newest().checked_ring().map(|r| r.preference_shares()).unwrap_or_default(),
         }
     }
 }
@@ -263,14 +259,13 @@ const PBS_AFTER_MS: [u64; 2] = [0, 10];
 /// The stale-read probability of every (R, W), from this node's round trips to its
 /// peers standing for every pair's (no samples yet: no rows). R + W > N is 0: every
 /// read set meets every write set.
-fn pbs_rows(me: NodeId, n: usize, stats: &StatsReply, placement: &[(Vec<NodeId>, f64)]) -> Vec<Row> {
+fn pbs_rows(me: NodeId, n: usize, stats: &StatsReply) -> Vec<Row> {
     let report = qkv_core::pbs::NodeReport {
         node: me,
         peers: stats.latency.clone(),
         apply_wait_us: stats.replica_write_wait_us.clone(),
     };
-    let mut samples = qkv_core::pbs::Samples::from_nodes(&[report]);
-    samples.orders = placement.to_vec();
+    let samples = qkv_core::pbs::Samples::from_nodes(&[report]);
     let mut rows = vec![];
     for r in 1..=n {
         for w in 1..=n {
@@ -427,9 +422,9 @@ impl Collector for StatusCollector {
             "qkv_pbs_stale_read_probability",
             "Predicted probability that a read at R = r issued after_ms after a write at W = w was acknowledged \
              misses it (PBS, WARS model; this node's view: its round trips and apply waits stand for every \
-             node's, with keys placed as its ring places them; `qkv pbs` has the whole cluster's).",
+             node's; `qkv pbs` has the whole cluster's).",
             gauge,
-            pbs_rows(status.node, status.n as usize, stats, &members.placement),
+            pbs_rows(status.node, status.n as usize, stats),
         )?;
         let h = &status.hints;
         let per_owner = |f: &dyn Fn(&qkv_proto::OwnerHints) -> f64| -> Vec<Row> {
@@ -731,7 +726,6 @@ mod tests {
             staged: 1,
             dropped_keys: 0,
             forgotten: 1,
-            placement: vec![],
             from: vec![TransferSum {
                 from: 3,
                 ranges_done: 1,
