@@ -5,7 +5,7 @@ export NODES
 # Where cargo puts binaries (CARGO_TARGET_DIR when set, as cargo itself does).
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: cluster stop status kill start-node logs clean join leave test bench bench-aae bench-join bench-peers bench-hedge bench-shortener build sim chaos alerts-check
+.PHONY: cluster stop status kill start-node logs clean join leave test bench bench-aae bench-join bench-peers bench-hedge bench-shortener bench-growth build sim chaos alerts-check
 
 build:
 	cargo build --release --workspace --bins
@@ -96,6 +96,13 @@ bench-staleness:
 bench-shortener:
 	cargo build --release --workspace --bins
 	cargo bench --bench shortener
+
+# Cost growth: quorum p50/p99 at 100k and at KEYS keys (100-byte values), bytes per key on disk
+# and in memory, and a node's start time holding them all. make bench-growth GROWTH_KEYS=10000000
+GROWTH_KEYS ?= 3000000
+bench-growth:
+	cargo build --release --workspace --bins
+	QKV_GROWTH_KEYS=$(GROWTH_KEYS) cargo bench --bench growth
 
 # Many seeded schedules of a simulated cluster, each checked: make sim SEEDS=100000 NODES=5
 SEEDS ?= 10000

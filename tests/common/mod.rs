@@ -113,7 +113,7 @@ impl Cluster {
         c
     }
 
-    fn spawn(&mut self, id: usize) {
+    pub fn spawn(&mut self, id: usize) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
