@@ -136,4 +136,16 @@ async fn pbs_predicts_from_live_round_trips() {
     let (code, _, err) = c.qkv(&["pbs", "--r", "4"], None);
     assert_ne!(code, 0);
     assert!(err.contains("1 <= R <= N"), "{err}");
+    // Its reader gone (`qkv pbs | head`), the command ends by SIGPIPE, as Unix tools
+    // do, without a panic.
+    let mut cmd = std::process::Command::new(common::bin("qkv"));
+    cmd.arg("--config").arg(c.dir.path().join("client.toml")).arg("pbs");
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(13), "{:?}: {err}", out.status);
 }
