@@ -895,8 +895,8 @@ impl IntoFuture for Put {
             let started = Instant::now();
             let _turn = Session::turn_of(self.session.as_ref(), &self.key, self.timeout).await?;
             let timeout = self.timeout.saturating_sub(started.elapsed()).max(MIN_ATTEMPT);
-            let floor = self.session.as_ref().and_then(|s| s.floor(&self.key));
-            let (session, since) = (floor.as_ref().map(|f| f.0.context.clone()), floor.map(|f| f.1));
+            let (session, since) =
+                self.session.as_ref().and_then(|s| s.floor(&self.key)).map(|(f, since)| (f.context, since)).unzip();
             let req = PutRequest {
                 key: self.key,
                 value: self.value,

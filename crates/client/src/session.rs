@@ -73,14 +73,19 @@ impl Floors {
 
     /// The floor of `key` at `now`, unless it expired (then it is forgotten).
     fn get_at(&mut self, key: &[u8], now: u64) -> Option<Dated> {
-        let (d, at) = self.by_key.get(key)?;
+        let (d, _) = self.by_key.get(key)?;
         if now.saturating_sub(d.since_ms) <= self.ttl_ms {
             return Some(d.clone());
         }
-        let at = *at;
-        self.by_key.remove(key);
-        self.by_age.remove(&at);
+        self.remove(key);
         None
+    }
+
+    /// Forget `key`.
+    fn remove(&mut self, key: &[u8]) {
+        if let Some((_, at)) = self.by_key.remove(key) {
+            self.by_age.remove(&at);
+        }
     }
 
     #[cfg(test)]
@@ -161,9 +166,7 @@ impl Floors {
 
     fn set(&mut self, key: &[u8], floor: Dated) {
         self.clock += 1;
-        if let Some((_, at)) = self.by_key.remove(key) {
-            self.by_age.remove(&at);
-        }
+        self.remove(key);
         while self.by_key.len() >= self.capacity.max(1) {
             let Some((_, oldest)) = self.by_age.pop_first() else { break };
             self.by_key.remove(&oldest);
@@ -235,10 +238,7 @@ impl Session {
     /// refuses the key's floor (a token from another cluster, or edited), after
     /// answering that request with the refusal.
     pub fn forget(&self, key: &[u8]) {
-        let mut f = self.lock();
-        if let Some((_, at)) = f.by_key.remove(key) {
-            f.by_age.remove(&at);
-        }
+        self.lock().remove(key);
     }
 
     /// Remember at most `keys` keys (at least one); past that the key touched longest

@@ -471,6 +471,25 @@ mod tests {
         }
     }
 
+    /// A read of `k` by `client` at `r` over 10 to 11 ms, answered `values` (no context).
+    fn get(client: u32, r: Level, strict: bool, values: &[&str]) -> Entry {
+        Entry {
+            client,
+            key: b"k".to_vec(),
+            op: OpKind::Get { r, strict },
+            invoked_ms: 10,
+            completed_ms: 11,
+            outcome: Outcome::Get {
+                values: values.iter().map(|v| v.as_bytes().to_vec()).collect(),
+                context: Context::empty(),
+            },
+            duplicated: false,
+            write_id: None,
+            session: false,
+            forged_floor: false,
+        }
+    }
+
     fn finals(set: DvvSet) -> BTreeMap<Vec<u8>, FinalKey> {
         [(
             b"k".to_vec(),
@@ -532,18 +551,7 @@ mod tests {
     fn a_stale_strict_read_divergence_and_phantoms_are_caught() {
         let mut s = DvvSet::new();
         s.update(&VersionVector::new(), Some(b"a".to_vec()), 1);
-        let read = Entry {
-            client: 3,
-            key: b"k".to_vec(),
-            op: OpKind::Get { r: Level::Quorum, strict: true },
-            invoked_ms: 10,
-            completed_ms: 11,
-            outcome: Outcome::Get { values: vec![b"zzz".to_vec()], context: Context::empty() },
-            duplicated: false,
-            write_id: None,
-            session: false,
-            forged_floor: false,
-        };
+        let read = get(3, Level::Quorum, true, &["zzz"]);
         let h = History { entries: vec![put(1, "a", &[], &[(1, 1)], 0, true), read] };
         let mut f = finals(s);
         f.get_mut(b"k".as_slice()).unwrap().replicas.push((3, None));
@@ -558,18 +566,8 @@ mod tests {
         let mut write = put(1, "a", &[], &[(1, 1)], 0, true);
         write.session = true;
         // The same session then reads nothing: older than its own write.
-        let read = Entry {
-            client: 1,
-            key: b"k".to_vec(),
-            op: OpKind::Get { r: Level::One, strict: false },
-            invoked_ms: 10,
-            completed_ms: 11,
-            outcome: Outcome::Get { values: vec![], context: Context::empty() },
-            duplicated: false,
-            write_id: None,
-            session: true,
-            forged_floor: false,
-        };
+        let mut read = get(1, Level::One, false, &[]);
+        read.session = true;
         let mut forged = read.clone();
         forged.outcome =
             Outcome::Get { values: vec![b"a".to_vec()], context: write.observed_context().unwrap().clone() };
